@@ -1,0 +1,15 @@
+//! tokenkeeper: keeps OAuth access tokens fresh in files that applications read, and revokes
+//! them when it stops.
+//!
+//! Data flows one way: [`config`] → one task per scope set in [`daemon`] → [`provider`] →
+//! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
+
+pub mod secret;
+
+/// Install rustls' ring crypto provider as the process default. reqwest is built without a
+/// provider of its own (ring builds faster and smaller than aws-lc); every client needs one.
+/// Calling it again is harmless.
+pub fn init_tls() {
+    // An error only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,255 @@
+//! Secret values (API keys, access tokens) and the places they are read from.
+//!
+//! Every secret lives in a [`Secret`], whose `Debug` and `Display` print `[redacted]` and whose
+//! memory is zeroed on drop; the value is read only through [`Secret::expose`], so each place
+//! that touches a secret is visible in review. Tokens are named in logs by [`fingerprint`].
+
+use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Largest secret we read from a file or credential. API keys and tokens are well under 1 KiB;
+/// the cap keeps a misnamed path (a log file, `/dev/zero`) from being slurped into memory.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// A secret string. Never printed; zeroed when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(Zeroizing::new(value.into()))
+    }
+
+    /// The secret itself. Call only where the value must leave the process (an HTTP request,
+    /// a token file).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// First 8 hex digits of the value's SHA-256: enough to tell tokens apart in logs and
+    /// to match a log line against a file with `sha256sum`, useless for guessing the token.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(self.expose())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// First 8 hex digits of the SHA-256 of `value`.
+pub fn fingerprint(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a secret comes from, as the config names it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable.
+    Env(String),
+    /// A file readable by the owner only.
+    File(PathBuf),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/NAME` (`LoadCredential=`).
+    Credential(String),
+    /// The value written in the config itself (`check` warns about it).
+    Plain(Secret),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "env:{name}"),
+            SecretSource::File(path) => write!(f, "file:{}", path.display()),
+            SecretSource::Credential(name) => write!(f, "credential:{name}"),
+            SecretSource::Plain(_) => f.write_str("plain:[redacted]"),
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+            SecretSource::File(path) => write!(f, "file {}", path.display()),
+            SecretSource::Credential(name) => write!(f, "systemd credential {name}"),
+            SecretSource::Plain(_) => f.write_str("value written in the config"),
+        }
+    }
+}
+
+/// Why a secret could not be read. Never carries the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    #[error("environment variable {0} is empty or not valid UTF-8")]
+    EnvInvalid(String),
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is readable by group or others (mode {mode:04o}); run `chmod 600 {path}`",
+        path = path.display()
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("{0} is larger than 64 KiB, which no API key is")]
+    TooLarge(PathBuf),
+    #[error("{0} is empty or not valid UTF-8")]
+    Invalid(PathBuf),
+    #[error(
+        "systemd credential {0} cannot be read: $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)"
+    )]
+    NoCredentialsDirectory(String),
+}
+
+/// What `check` could tell about a secret without using it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Availability {
+    Ok,
+    /// A `credential` outside systemd: it exists only once the unit runs.
+    Unknowable(String),
+}
+
+impl SecretSource {
+    /// Read the secret. Trailing newlines are dropped: `echo key > file` is how most
+    /// people write a key file, and no API key ends in a newline.
+    pub fn load(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::Plain(secret) => Ok(secret.clone()),
+            SecretSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim_end_matches(['\n', '\r']))),
+                Ok(_) | Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(SecretError::EnvInvalid(name.clone()))
+                }
+                Err(std::env::VarError::NotPresent) => Err(SecretError::EnvMissing(name.clone())),
+            },
+            SecretSource::File(path) => read_secret_file(path, true),
+            SecretSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
+                // systemd makes credential files owner-only and read-only itself; their
+                // mode is its business, not the operator's.
+                read_secret_file(&Path::new(&dir).join(name), false)
+            }
+        }
+    }
+
+    /// Check that the secret can be read, without keeping it.
+    pub fn check(&self) -> Result<Availability, SecretError> {
+        if let SecretSource::Credential(name) = self
+            && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+        {
+            return Ok(Availability::Unknowable(format!(
+                "systemd credential {name} was not checked: $CREDENTIALS_DIRECTORY is not set outside the service"
+            )));
+        }
+        self.load().map(|_| Availability::Ok)
+    }
+}
+
+fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError> {
+    let read_err = |source| SecretError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(SecretError::NotAFile(path.to_path_buf()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if check_mode && mode & 0o077 != 0 {
+        return Err(SecretError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(SecretError::TooLarge(path.to_path_buf()));
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(read_err)?;
+    if buf.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(SecretError::TooLarge(path.to_path_buf()));
+    }
+    let text = std::str::from_utf8(&buf).map_err(|_| SecretError::Invalid(path.to_path_buf()))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(SecretError::Invalid(path.to_path_buf()));
+    }
+    Ok(Secret::new(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = Secret::new("sk_live_do_not_print");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        let src = SecretSource::Plain(s);
+        assert!(!format!("{src:?}").contains("do_not_print"));
+        assert!(!format!("{src}").contains("do_not_print"));
+    }
+
+    #[test]
+    fn fingerprint_is_first_eight_hex_of_sha256() {
+        // sha256("abc") = ba7816bf...
+        assert_eq!(fingerprint("abc"), "ba7816bf");
+        assert_eq!(Secret::new("abc").fingerprint(), "ba7816bf");
+    }
+
+    #[test]
+    fn file_secret_must_be_owner_only_and_trailing_newline_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "k3y\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let src = SecretSource::File(path.clone());
+        let err = src.load().unwrap_err();
+        assert!(
+            matches!(err, SecretError::TooOpen { mode: 0o640, .. }),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(src.load().unwrap().expose(), "k3y");
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = SecretSource::File(dir.path().join("nope"));
+        assert!(matches!(missing.load(), Err(SecretError::Read { .. })));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            SecretSource::File(empty).load(),
+            Err(SecretError::Invalid(_))
+        ));
+    }
+}
