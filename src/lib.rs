@@ -4,6 +4,8 @@
 //! Data flows one way: [`config`] → one task per scope set in [`daemon`] → [`provider`] →
 //! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
 
+pub mod config;
+pub mod provider;
 pub mod secret;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a

@@ -1,0 +1,2609 @@
+//! The configuration: YAML → raw structs → a checked [`Config`].
+//!
+//! One run reports every mistake in the file, not just the first, in three passes:
+//! 1. The text into a [`serde_yaml::Value`]: syntax errors (with line and column), an empty
+//!    file, a top level that is not a mapping.
+//! 2. The text again into `Raw*` structs whose fields are nearly all optional, through
+//!    `serde_ignored`, so serde fails only on a wrong shape and every unknown key is
+//!    collected: a misspelt `mdoe:` would otherwise be ignored and the default mode used.
+//! 3. Every value and cross-reference is checked, each mistake becoming a [`Problem`].
+//!
+//! Values whose wrong type deserves a better message than serde's (modes, secrets,
+//! percentages, durations, scopes) stay [`Value`]s until pass 3. No message ever contains a
+//! secret value: secrets are described by where they come from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::secret::{Availability, Secret, SecretSource};
+
+/// Where the config is read from when neither `-c` nor `$TOKENKEEPER_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tokenkeeper/config.yaml";
+
+/// A checked configuration: every value parsed, every cross-reference resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Journal of live tokens (used from the state journal on; created 0700).
+    pub state_dir: PathBuf,
+    /// Deadline for revoking everything at stop.
+    pub shutdown_timeout: Duration,
+    /// `log_level:` (a tracing filter such as `info` or `tokenkeeper=debug`); `RUST_LOG` wins.
+    pub log_level: Option<String>,
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Scope sets in config order.
+    pub sets: Vec<SetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Per-request deadline (connect + send + read the answer).
+    pub timeout: Duration,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderKind {
+    Voucherify {
+        /// Base URL without a trailing slash, e.g. `https://api.voucherify.io`.
+        base_url: Url,
+        app_id: SecretSource,
+        app_token: SecretSource,
+    },
+}
+
+impl ProviderKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ProviderKind::Voucherify { .. } => "voucherify",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetConfig {
+    pub name: String,
+    pub provider: String,
+    pub scopes: Vec<String>,
+    pub file: FileConfig,
+    pub refresh: RefreshPolicy,
+    pub on_shutdown: OnShutdown,
+    pub revoke_superseded_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    pub format: FileFormat,
+    /// Permission bits, e.g. 0o640.
+    pub mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Raw,
+    Json,
+    Env,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Fraction of the lifetime after which the token is replaced, in (0, 1].
+    pub at: f64,
+    /// Largest fraction of the lifetime by which that moment is brought forward at random,
+    /// in [0, at).
+    pub jitter: f64,
+    /// Floor between two issues for one set.
+    pub min_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    Revoke,
+    Keep,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration that passed every check, with what deserves a look but not a refusal.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Human-readable, one line each, never containing a secret.
+    pub warnings: Vec<String>,
+}
+
+/// One mistake in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; known for YAML errors and for keys that appear once in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Where in the configuration, e.g. `scope_sets[1] (orders-sync).file.mode`; empty for
+    /// the file as a whole.
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{line}:{column}: ")?,
+            (Some(line), None) => write!(f, "{line}: ")?,
+            _ => {}
+        }
+        if !self.at.is_empty() {
+            write!(f, "{}: ", self.at)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}", path = path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {n} problem(s) in the configuration",
+        path = path.display(),
+        n = problems.len()
+    )]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+        /// Warnings found on the way, so a refused config still shows them.
+        warnings: Vec<String>,
+    },
+}
+
+/// Read, parse, validate, and check every secret the config names. Collects all problems,
+/// including those of secrets of providers that are valid while other parts are not.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut parsed = parse_text(&text);
+    let (problems, warnings) = check_sources(&parsed.secrets);
+    parsed.problems.extend(problems);
+    parsed.warnings.extend(warnings);
+    parsed.finish(path)
+}
+
+/// Parse and validate `text` without reading any secret (for tests and reload). `origin`
+/// names the text in [`ConfigError::Invalid`].
+pub fn parse(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
+    parse_text(text).finish(origin)
+}
+
+/// Check every secret the config names: it exists, is readable, and a file is not group- or
+/// world-readable. Returns (problems, warnings).
+pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
+    let mut sources = Vec::new();
+    for (name, provider) in &config.providers {
+        let ProviderKind::Voucherify {
+            app_id, app_token, ..
+        } = &provider.kind;
+        sources.push((format!("providers.{name}.app_id"), app_id.clone()));
+        sources.push((format!("providers.{name}.app_token"), app_token.clone()));
+    }
+    check_sources(&sources)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and fixed lists
+// ---------------------------------------------------------------------------------------------
+
+/// The FHS place for a daemon's persistent state.
+const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
+/// Well inside systemd's default 90 s stop timeout, with room for a few revocation retries.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Two thirds of the lifetime: a 900 s Voucherify token is replaced after 594 s at the
+/// latest, leaving five minutes to retry before it expires.
+const DEFAULT_REFRESH_AT: f64 = 0.66;
+/// Spreads replacements over a tenth of the lifetime (90 s for Voucherify) so that many sets
+/// and hosts do not call the provider in step.
+const DEFAULT_REFRESH_JITTER: f64 = 0.10;
+/// At most one issue per second per set: short-lived test tokens still work, and a bug
+/// cannot flood a provider that caps live tokens (Voucherify: 1000 per project).
+const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Owner read-write, group read: share a token with one application's group, never others.
+const DEFAULT_FILE_MODE: u32 = 0o640;
+/// Long enough for a reader of the old token to finish its requests, short enough that a set
+/// holds at most two live tokens at steady state.
+const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
+/// A provider slower than this per request is better retried than waited for.
+const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
+const VOUCHERIFY_DEFAULT_URL: &str = "https://api.voucherify.io";
+/// Voucherify's API hosts by cluster, as its documentation lists them.
+const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
+    ("eu", VOUCHERIFY_DEFAULT_URL),
+    ("us1", "https://us1.api.voucherify.io"),
+    ("as1", "https://as1.api.voucherify.io"),
+];
+/// Provider kinds DESIGN.md plans: named apart from typos so the message says "not yet".
+const PLANNED_PROVIDER_KINDS: &[&str] = &["square", "oauth2"];
+/// Keys DESIGN.md plans: refused like any unknown key, but the message says "not yet".
+const PLANNED_KEYS: &[&str] = &["stores", "store", "rotate", "on_rotate"];
+/// Why scopes are one per entry: the hint every scope-format message ends with.
+const SCOPE_HINT: &str =
+    "Voucherify wants scopes space-separated; list each scope as its own entry";
+/// How a secret may be given, for the messages that refuse one.
+const SECRET_FORMS: &str = "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
+/// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
+const RESERVED_ID: u32 = u32::MAX;
+
+// ---------------------------------------------------------------------------------------------
+// Raw structs: what serde reads. Nearly everything is optional so that a missing key becomes
+// a problem with a message of ours, and checks carry on past it.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct RawConfig {
+    state_dir: Option<String>,
+    shutdown_timeout: Option<Value>,
+    log_level: Option<String>,
+    defaults: Option<RawDefaults>,
+    providers: Option<BTreeMap<String, Option<RawProvider>>>,
+    scope_sets: Option<Vec<Option<RawSet>>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawDefaults {
+    refresh: Option<RawRefresh>,
+    file: Option<RawDefaultFile>,
+    on_shutdown: Option<String>,
+    revoke_superseded_after: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawRefresh {
+    at: Option<Value>,
+    jitter: Option<Value>,
+    min_interval: Option<Value>,
+}
+
+/// Only what makes sense for every file: `path` is per set by nature.
+#[derive(Deserialize)]
+struct RawDefaultFile {
+    mode: Option<Value>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawProvider {
+    kind: Option<String>,
+    base_url: Option<String>,
+    cluster: Option<String>,
+    app_id: Option<Value>,
+    app_token: Option<Value>,
+    timeout: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawSet {
+    name: Option<String>,
+    provider: Option<String>,
+    scopes: Option<Value>,
+    file: Option<RawFile>,
+    refresh: Option<RawRefresh>,
+    on_shutdown: Option<String>,
+    revoke_superseded_after: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawFile {
+    path: Option<String>,
+    format: Option<String>,
+    mode: Option<Value>,
+    owner: Option<Value>,
+    group: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking
+// ---------------------------------------------------------------------------------------------
+
+/// What one pass over the text found. `secrets` holds every well-formed secret source, even
+/// when other parts are wrong, so that `load` reports unreadable secrets in the same run.
+struct Parsed {
+    config: Option<Config>,
+    secrets: Vec<(String, SecretSource)>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+impl Parsed {
+    fn finish(self, origin: &Path) -> Result<Loaded, ConfigError> {
+        match self.config {
+            Some(config) if self.problems.is_empty() => Ok(Loaded {
+                config,
+                warnings: self.warnings,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: origin.to_path_buf(),
+                problems: self.problems,
+                warnings: self.warnings,
+            }),
+        }
+    }
+}
+
+/// A checked value: `Err(())` when it was present but wrong (the problem is already
+/// recorded), so that cross-checks built on it stay quiet instead of piling up.
+type Checked<T> = Result<Option<T>, ()>;
+
+/// The refresh keys of one mapping (`defaults.refresh` or a set's `refresh`), each checked.
+struct RefreshParts {
+    at: Checked<f64>,
+    jitter: Checked<f64>,
+    min_interval: Checked<Duration>,
+}
+
+/// Effective defaults; `None` where `defaults:` gave a wrong value (already reported).
+struct Defaults {
+    at: Option<f64>,
+    jitter: Option<f64>,
+    min_interval: Duration,
+    mode: u32,
+    format: FileFormat,
+    on_shutdown: OnShutdown,
+    revoke_superseded_after: Duration,
+}
+
+struct Checker<'t> {
+    text: &'t str,
+    /// Each set's `name` as written, to label paths: `scope_sets[1] (orders-sync)`.
+    set_names: Vec<Option<String>>,
+    /// Every secret source that parsed, by its key path.
+    secrets: Vec<(String, SecretSource)>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+fn parse_text(text: &str) -> Parsed {
+    let mut ck = Checker {
+        text,
+        set_names: Vec::new(),
+        secrets: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            ck.yaml_error(&err);
+            return ck.into_parsed(None);
+        }
+    };
+    match &value {
+        Value::Mapping(_) => {}
+        Value::Null => {
+            ck.problem(
+                String::new(),
+                None,
+                "the configuration is empty; it needs at least `providers:` and `scope_sets:`",
+            );
+            return ck.into_parsed(None);
+        }
+        other => {
+            ck.problem(
+                String::new(),
+                None,
+                format!(
+                    "the configuration must be a YAML mapping with keys such as `providers:` and `scope_sets:`, not {}",
+                    describe(other)
+                ),
+            );
+            return ck.into_parsed(None);
+        }
+    }
+    ck.set_names = match value.get("scope_sets") {
+        Some(Value::Sequence(sets)) => sets
+            .iter()
+            .map(|set| match set.get("name") {
+                Some(Value::String(name)) => Some(name.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+
+    let mut unknown = Vec::new();
+    let raw: Result<RawConfig, _> =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+            unknown.push(segments(&path));
+        });
+    // Keys under a provider of another kind belong to that kind: its own problem says why it
+    // is refused, and listing its keys as unknown would only bury that message.
+    unknown.retain(|segs| match segs.as_slice() {
+        [Seg::Key(top), Seg::Key(name), _, ..] if top == "providers" => {
+            let kind = value
+                .get("providers")
+                .and_then(|p| p.get(name.as_str()))
+                .and_then(|p| p.get("kind"))
+                .and_then(Value::as_str);
+            kind == Some("voucherify")
+        }
+        _ => true,
+    });
+    for segs in &unknown {
+        ck.unknown_key(segs);
+    }
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(err) => {
+            ck.yaml_error(&err);
+            return ck.into_parsed(None);
+        }
+    };
+    ck.check(raw)
+}
+
+impl Checker<'_> {
+    fn into_parsed(self, config: Option<Config>) -> Parsed {
+        Parsed {
+            config,
+            secrets: self.secrets,
+            problems: self.problems,
+            warnings: self.warnings,
+        }
+    }
+
+    /// Record a problem; `locate` is a key whose line is given if it appears once in the text.
+    fn problem(&mut self, at: String, locate: Option<&str>, message: impl Into<String>) {
+        let (line, column) = match locate.map(|key| key_positions(self.text, key)) {
+            Some(found) if found.len() == 1 => (Some(found[0].0), Some(found[0].1)),
+            _ => (None, None),
+        };
+        self.problems.push(Problem {
+            line,
+            column,
+            at,
+            message: message.into(),
+        });
+    }
+
+    /// A problem with the value of `key` in the mapping at `parent`.
+    fn bad(&mut self, parent: &str, key: &str, message: impl Into<String>) {
+        self.problem(join(parent, key), Some(key), message);
+    }
+
+    /// A required `key` missing from the mapping at `parent` (located by the mapping's key).
+    fn missing(&mut self, parent: &str, key: &str, what: &str) {
+        let locate = parent.rsplit('.').next().filter(|k| !k.contains('['));
+        self.problem(
+            parent.to_string(),
+            locate,
+            format!("missing `{key}` ({what})"),
+        );
+    }
+
+    fn warn(&mut self, at: &str, message: impl fmt::Display) {
+        self.warnings.push(if at.is_empty() {
+            message.to_string()
+        } else {
+            format!("{at}: {message}")
+        });
+    }
+
+    fn set_at(&self, index: usize) -> String {
+        match self.set_names.get(index) {
+            Some(Some(name)) => format!("scope_sets[{index}] ({name})"),
+            _ => format!("scope_sets[{index}]"),
+        }
+    }
+
+    fn yaml_error(&mut self, err: &serde_yaml::Error) {
+        let text = strip_marks(&err.to_string());
+        // serde_yaml prefixes a path such as `scope_sets[0].file: `; split it off into `at`.
+        let (at, message) = match text.split_once(": ") {
+            Some((path, rest))
+                if !path.is_empty()
+                    && !path.contains(char::is_whitespace)
+                    && !path.contains('`') =>
+            {
+                (self.label_sets(path), rest.to_string())
+            }
+            _ => (String::new(), text),
+        };
+        let message = hide_raw_names(&message);
+        self.problems.push(Problem {
+            line: err.location().map(|l| l.line()),
+            column: err.location().map(|l| l.column()),
+            at,
+            message,
+        });
+    }
+
+    /// `scope_sets[1].file` → `scope_sets[1] (orders-sync).file`.
+    fn label_sets(&self, path: &str) -> String {
+        if let Some(rest) = path.strip_prefix("scope_sets[")
+            && let Some((index, tail)) = rest.split_once(']')
+            && let Ok(index) = index.parse::<usize>()
+        {
+            return format!("{}{tail}", self.set_at(index));
+        }
+        path.to_string()
+    }
+
+    fn unknown_key(&mut self, segs: &[Seg]) {
+        let Some((Seg::Key(key), parent)) = segs.split_last() else {
+            return;
+        };
+        let mut at = String::new();
+        let mut i = 0;
+        while i < parent.len() {
+            match (&parent[i], parent.get(i + 1)) {
+                (Seg::Key(k), Some(Seg::Index(n))) if i == 0 && k == "scope_sets" => {
+                    at = self.set_at(*n);
+                    i += 1;
+                }
+                (Seg::Key(k), _) => at = join(&at, k),
+                (Seg::Index(n), _) => at.push_str(&format!("[{n}]")),
+            }
+            i += 1;
+        }
+        let mut message = format!("unknown key `{key}`");
+        if PLANNED_KEYS.contains(&key.as_str()) {
+            message.push_str(" (planned, but not supported by this version yet)");
+        } else if let Some(near) = closest(key, known_keys(parent)) {
+            message.push_str(&format!(" (did you mean `{near}`?)"));
+        }
+        self.problem(at, Some(key), message);
+    }
+
+    fn check(mut self, raw: RawConfig) -> Parsed {
+        let state_dir = match raw.state_dir.as_deref() {
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+            Some(dir) => {
+                if !Path::new(dir).is_absolute() {
+                    self.bad(
+                        "",
+                        "state_dir",
+                        format!("state_dir `{dir}` must be an absolute path"),
+                    );
+                }
+                normalize(Path::new(dir))
+            }
+        };
+        let shutdown_timeout = self
+            .positive_duration("", "shutdown_timeout", raw.shutdown_timeout.as_ref(), "")
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        if let Some(filter) = &raw.log_level
+            && let Err(err) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            self.bad(
+                "",
+                "log_level",
+                format!("log_level `{filter}` is not a tracing filter such as `info` or `tokenkeeper=debug`: {err}"),
+            );
+        }
+        let defaults = self.defaults(raw.defaults.as_ref());
+
+        let raw_providers = raw.providers.unwrap_or_default();
+        let raw_sets = raw.scope_sets.unwrap_or_default();
+        let mut providers = BTreeMap::new();
+        for (name, provider) in &raw_providers {
+            let default = RawProvider::default();
+            if let Some(checked) = self.provider(name, provider.as_ref().unwrap_or(&default)) {
+                providers.insert(name.clone(), checked);
+            }
+        }
+        if raw_sets.is_empty() {
+            self.problem(
+                "scope_sets".into(),
+                Some("scope_sets"),
+                "no scope sets: nothing to do",
+            );
+        } else if raw_providers.is_empty() {
+            self.problem(
+                "providers".into(),
+                Some("providers"),
+                "no providers: every scope set names one",
+            );
+        }
+
+        let mut sets = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut paths: HashMap<PathBuf, usize> = HashMap::new();
+        for (index, set) in raw_sets.iter().enumerate() {
+            let default = RawSet::default();
+            let set = set.as_ref().unwrap_or(&default);
+            // Uniqueness is checked on the raw values, so that a set wrong in another way
+            // still has its clash reported.
+            let at = self.set_at(index);
+            if let Some(name) = set.name.as_deref().filter(|n| valid_set_name(n)) {
+                if let Some(first) = names.get(name) {
+                    let msg = format!(
+                        "scope set name `{name}` is used twice: by scope_sets[{first}] and scope_sets[{index}]"
+                    );
+                    self.bad(&at, "name", msg);
+                } else {
+                    names.insert(name.to_string(), index);
+                }
+            }
+            let path = set.file.as_ref().and_then(|f| f.path.as_deref());
+            if let Some(path) = path.map(Path::new).filter(|p| p.is_absolute()) {
+                let path = normalize(path);
+                if let Some(first) = paths.get(&path) {
+                    let msg = format!(
+                        "file path {} is also the file of {}",
+                        path.display(),
+                        self.set_at(*first)
+                    );
+                    self.bad(&format!("{at}.file"), "path", msg);
+                } else {
+                    paths.insert(path, index);
+                }
+            }
+            if let Some(checked) = self.set(index, set, &raw_providers, &defaults) {
+                sets.push(checked);
+            }
+        }
+
+        let config = Config {
+            state_dir,
+            shutdown_timeout,
+            log_level: raw.log_level,
+            providers,
+            sets,
+        };
+        self.into_parsed(Some(config))
+    }
+
+    fn defaults(&mut self, raw: Option<&RawDefaults>) -> Defaults {
+        let default = RawDefaults::default();
+        let raw = raw.unwrap_or(&default);
+        let refresh = self.refresh("defaults.refresh", raw.refresh.as_ref());
+        let at = effective(refresh.at, Some(DEFAULT_REFRESH_AT));
+        let jitter = effective(refresh.jitter, Some(DEFAULT_REFRESH_JITTER));
+        if let (Some(at), Some(jitter)) = (at, jitter) {
+            let key = if raw.refresh.as_ref().is_some_and(|r| r.jitter.is_some()) {
+                "jitter"
+            } else {
+                "at"
+            };
+            self.jitter_below_at("defaults.refresh", key, at, jitter);
+        }
+        let file = raw.file.as_ref();
+        let mode = match file.and_then(|f| f.mode.as_ref()) {
+            Some(mode) => self.mode("defaults.file", mode),
+            None => None,
+        };
+        let format = self.choice(
+            "defaults.file",
+            "format",
+            file.and_then(|f| f.format.as_deref()),
+            FORMATS,
+        );
+        let on_shutdown = self.choice(
+            "defaults",
+            "on_shutdown",
+            raw.on_shutdown.as_deref(),
+            ON_SHUTDOWN,
+        );
+        let revoke_after = self.duration(
+            "defaults",
+            "revoke_superseded_after",
+            raw.revoke_superseded_after.as_ref(),
+        );
+        Defaults {
+            at,
+            jitter,
+            min_interval: refresh
+                .min_interval
+                .ok()
+                .flatten()
+                .unwrap_or(DEFAULT_MIN_INTERVAL),
+            mode: mode.unwrap_or(DEFAULT_FILE_MODE),
+            format: format.ok().flatten().unwrap_or(FileFormat::Raw),
+            on_shutdown: on_shutdown.ok().flatten().unwrap_or(OnShutdown::Revoke),
+            revoke_superseded_after: revoke_after
+                .ok()
+                .flatten()
+                .unwrap_or(DEFAULT_REVOKE_SUPERSEDED_AFTER),
+        }
+    }
+
+    fn refresh(&mut self, at: &str, raw: Option<&RawRefresh>) -> RefreshParts {
+        let Some(raw) = raw else {
+            return RefreshParts {
+                at: Ok(None),
+                jitter: Ok(None),
+                min_interval: Ok(None),
+            };
+        };
+        let mut refresh_at = self.percent(at, "at", raw.at.as_ref());
+        if let Ok(Some(value)) = refresh_at
+            && !(value > 0.0 && value <= 1.0)
+        {
+            self.bad(
+                at,
+                "at",
+                format!("at ({}) must be more than 0% and at most 100%", pct(value)),
+            );
+            refresh_at = Err(());
+        }
+        let mut jitter = self.percent(at, "jitter", raw.jitter.as_ref());
+        if let Ok(Some(value)) = jitter
+            && value >= 1.0
+        {
+            self.bad(
+                at,
+                "jitter",
+                format!("jitter ({}) must be less than 100%", pct(value)),
+            );
+            jitter = Err(());
+        }
+        let min_interval = self.positive_duration(
+            at,
+            "min_interval",
+            raw.min_interval.as_ref(),
+            ": 0 would allow a tight issuing loop",
+        );
+        RefreshParts {
+            at: refresh_at,
+            jitter,
+            min_interval,
+        }
+    }
+
+    fn jitter_below_at(&mut self, parent: &str, key: &str, at: f64, jitter: f64) {
+        if jitter >= at {
+            self.bad(
+                parent,
+                key,
+                format!(
+                    "jitter ({}) must be smaller than at ({}), or a token could be replaced as soon as it is issued",
+                    pct(jitter),
+                    pct(at)
+                ),
+            );
+        }
+    }
+
+    fn provider(&mut self, name: &str, raw: &RawProvider) -> Option<ProviderConfig> {
+        let at = format!("providers.{name}");
+        let timeout = self.positive_duration(&at, "timeout", raw.timeout.as_ref(), "");
+        match raw.kind.as_deref() {
+            Some("voucherify") => {}
+            Some(kind) if PLANNED_PROVIDER_KINDS.contains(&kind) => {
+                self.bad(
+                    &at,
+                    "kind",
+                    format!("provider kind `{kind}` is not supported by this version yet"),
+                );
+                return None;
+            }
+            Some(kind) => {
+                self.bad(
+                    &at,
+                    "kind",
+                    format!("unknown provider kind `{kind}`; this version supports `voucherify`"),
+                );
+                return None;
+            }
+            None => {
+                self.missing(&at, "kind", "`voucherify`");
+                return None;
+            }
+        }
+        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.bad(&at, "cluster", "give base_url or cluster, not both");
+                None
+            }
+            (Some(url), None) => self.base_url(&at, url),
+            (None, Some(cluster)) => {
+                match self.choice(&at, "cluster", Some(cluster), VOUCHERIFY_CLUSTERS) {
+                    Ok(Some(url)) => Url::parse(url).ok(),
+                    _ => None,
+                }
+            }
+            (None, None) => Url::parse(VOUCHERIFY_DEFAULT_URL).ok(),
+        };
+        let app_id = self.secret(
+            &at,
+            "app_id",
+            raw.app_id.as_ref(),
+            "the Voucherify application id",
+        );
+        let app_token = self.secret(
+            &at,
+            "app_token",
+            raw.app_token.as_ref(),
+            "the Voucherify application secret key",
+        );
+        Some(ProviderConfig {
+            name: name.to_string(),
+            timeout: timeout.ok()?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+            kind: ProviderKind::Voucherify {
+                base_url: base_url?,
+                app_id: app_id?,
+                app_token: app_token?,
+            },
+        })
+    }
+
+    fn base_url(&mut self, parent: &str, text: &str) -> Option<Url> {
+        let mut url = match Url::parse(text.trim()) {
+            Ok(url) => url,
+            // The URL itself is not repeated: it might carry a password.
+            Err(err) => {
+                self.bad(
+                    parent,
+                    "base_url",
+                    format!("base_url is not a valid URL ({err}); write it as https://HOST"),
+                );
+                return None;
+            }
+        };
+        let before = self.problems.len();
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => self.bad(
+                parent,
+                "base_url",
+                "http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://",
+            ),
+            other => self.bad(parent, "base_url", format!("base_url must use https://, not {other}:")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            self.bad(
+                parent,
+                "base_url",
+                "base_url must not contain a user name or password; app_id and app_token authenticate",
+            );
+        }
+        if url.query().is_some() {
+            self.bad(
+                parent,
+                "base_url",
+                "base_url must not have a query (`?...`)",
+            );
+        }
+        if url.fragment().is_some() {
+            self.bad(
+                parent,
+                "base_url",
+                "base_url must not have a fragment (`#...`)",
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        // Request paths are appended to the base path; a trailing slash would double them.
+        let path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&path);
+        Some(url)
+    }
+
+    fn secret(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        let source = self.secret_source(parent, key, value, what)?;
+        self.secrets.push((join(parent, key), source.clone()));
+        Some(source)
+    }
+
+    fn secret_source(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        let at = join(parent, key);
+        let Some(value) = value else {
+            self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
+            return None;
+        };
+        match value {
+            Value::String(text) if text.is_empty() => {
+                self.bad(parent, key, format!("{key} is empty"));
+                None
+            }
+            Value::String(text) => {
+                self.warn(
+                    "",
+                    format!("{at} is written in the config; prefer {{ credential: NAME }}, {{ file: PATH }} or {{ env: NAME }}"),
+                );
+                Some(SecretSource::Plain(Secret::new(text.as_str())))
+            }
+            Value::Mapping(map) => {
+                let mut found = Vec::new();
+                for (k, v) in map {
+                    let Some(k) = k.as_str() else {
+                        self.bad(
+                            parent,
+                            key,
+                            format!(
+                                "{key} has a key that is not a string; use one of {SECRET_FORMS}"
+                            ),
+                        );
+                        continue;
+                    };
+                    if !["env", "file", "credential"].contains(&k) {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("unknown key `{k}` in {key}; use one of {SECRET_FORMS}"),
+                        );
+                        continue;
+                    }
+                    found.push((k, v));
+                }
+                let [(source, v)] = found.as_slice() else {
+                    let names: Vec<String> = found.iter().map(|(k, _)| format!("`{k}`")).collect();
+                    let msg = if names.is_empty() {
+                        format!("{key} must be one of {SECRET_FORMS}")
+                    } else {
+                        format!(
+                            "{key} gives {}; give exactly one of env, file, credential",
+                            names.join(" and ")
+                        )
+                    };
+                    self.bad(parent, key, msg);
+                    return None;
+                };
+                let Some(name) = v.as_str().filter(|s| !s.is_empty()) else {
+                    self.bad(
+                        parent,
+                        key,
+                        format!(
+                            "{key}.{source} must be a non-empty string, not {}",
+                            describe(v)
+                        ),
+                    );
+                    return None;
+                };
+                match *source {
+                    "env" if name.contains(['=', '\0']) => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.env `{name}` is not an environment variable name"),
+                        );
+                        None
+                    }
+                    "env" => Some(SecretSource::Env(name.to_string())),
+                    "file" if !Path::new(name).is_absolute() => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.file `{name}` must be an absolute path"),
+                        );
+                        None
+                    }
+                    "file" => Some(SecretSource::File(PathBuf::from(name))),
+                    _ if name.contains('/') || name == "." || name == ".." => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.credential `{name}` must be a bare credential name (as in LoadCredential=NAME:...), not a path"),
+                        );
+                        None
+                    }
+                    _ => Some(SecretSource::Credential(name.to_string())),
+                }
+            }
+            other => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be {SECRET_FORMS}, not {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn set(
+        &mut self,
+        index: usize,
+        raw: &RawSet,
+        providers: &BTreeMap<String, Option<RawProvider>>,
+        defaults: &Defaults,
+    ) -> Option<SetConfig> {
+        let at = self.set_at(index);
+        let name = match raw.name.as_deref() {
+            None => {
+                self.missing(&at, "name", "[a-z0-9][a-z0-9_-]*, unique");
+                None
+            }
+            Some(name) if !valid_set_name(name) => {
+                self.bad(
+                    &at,
+                    "name",
+                    format!("name `{name}` must start with a-z or 0-9 and contain only a-z, 0-9, `_` and `-` (it names env variables and files)"),
+                );
+                None
+            }
+            Some(name) => Some(name.to_string()),
+        };
+        let provider = match raw.provider.as_deref() {
+            None => {
+                self.missing(&at, "provider", "the name of one of `providers:`");
+                None
+            }
+            // With no providers at all, one problem at `providers` says it for every set.
+            Some(_) if providers.is_empty() => None,
+            Some(provider) if !providers.contains_key(provider) => {
+                let known: Vec<String> = providers.keys().map(|k| format!("`{k}`")).collect();
+                self.bad(
+                    &at,
+                    "provider",
+                    format!(
+                        "unknown provider `{provider}`; known providers: {}",
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+            Some(provider) => Some(provider.to_string()),
+        };
+        let voucherify = provider
+            .as_ref()
+            .and_then(|p| providers.get(p))
+            .and_then(|p| p.as_ref())
+            .and_then(|p| p.kind.as_deref())
+            == Some("voucherify");
+        let scopes = self.scopes(&at, raw.scopes.as_ref(), voucherify);
+        let file = match &raw.file {
+            None => {
+                self.missing(
+                    &at,
+                    "file",
+                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token }",
+                );
+                None
+            }
+            Some(file) => self.file(&format!("{at}.file"), file, defaults),
+        };
+
+        let refresh_at = format!("{at}.refresh");
+        let parts = self.refresh(&refresh_at, raw.refresh.as_ref());
+        let set_at_value = effective(parts.at, defaults.at);
+        let set_jitter = effective(parts.jitter, defaults.jitter);
+        let overrides = raw.refresh.as_ref();
+        // Only a set that changes at or jitter can break the pair; the defaults are checked once.
+        if let (Some(at_value), Some(jitter)) = (set_at_value, set_jitter)
+            && let Some(overrides) = overrides
+            && (overrides.at.is_some() || overrides.jitter.is_some())
+        {
+            let key = if overrides.jitter.is_some() {
+                "jitter"
+            } else {
+                "at"
+            };
+            self.jitter_below_at(&refresh_at, key, at_value, jitter);
+        }
+        let on_shutdown = self.choice(&at, "on_shutdown", raw.on_shutdown.as_deref(), ON_SHUTDOWN);
+        let revoke_after = self.duration(
+            &at,
+            "revoke_superseded_after",
+            raw.revoke_superseded_after.as_ref(),
+        );
+
+        Some(SetConfig {
+            name: name?,
+            provider: provider?,
+            scopes: scopes?,
+            file: file?,
+            refresh: RefreshPolicy {
+                at: set_at_value.unwrap_or(DEFAULT_REFRESH_AT),
+                jitter: set_jitter.unwrap_or(DEFAULT_REFRESH_JITTER),
+                min_interval: parts.min_interval.ok()?.unwrap_or(defaults.min_interval),
+            },
+            on_shutdown: on_shutdown.ok()?.unwrap_or(defaults.on_shutdown),
+            revoke_superseded_after: revoke_after
+                .ok()?
+                .unwrap_or(defaults.revoke_superseded_after),
+        })
+    }
+
+    fn scopes(
+        &mut self,
+        parent: &str,
+        value: Option<&Value>,
+        voucherify: bool,
+    ) -> Option<Vec<String>> {
+        let Some(value) = value else {
+            self.missing(parent, "scopes", "a list such as [orders, customers]");
+            return None;
+        };
+        let items = match value {
+            Value::Sequence(items) => items,
+            Value::String(text) => {
+                let hint = if text.contains([',', ' ']) {
+                    format!("; {SCOPE_HINT}")
+                } else {
+                    String::new()
+                };
+                self.bad(
+                    parent,
+                    "scopes",
+                    format!(
+                        "scopes must be a list such as [orders, customers], not a string{hint}"
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.bad(
+                    parent,
+                    "scopes",
+                    format!(
+                        "scopes must be a list such as [orders, customers], not {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.bad(
+                parent,
+                "scopes",
+                "scopes is empty; a token needs at least one scope",
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        let mut scopes: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{parent}.scopes[{i}]");
+            let scope = match item {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    self.problem(
+                        at,
+                        Some("scopes"),
+                        format!("a scope must be a string, not {}", describe(other)),
+                    );
+                    continue;
+                }
+            };
+            if scope.is_empty() {
+                self.problem(at, Some("scopes"), "scope is empty");
+            } else if scope.contains(',') {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!("scope `{scope}` contains a comma; {SCOPE_HINT}"),
+                );
+            } else if scope.contains(char::is_whitespace) {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!("scope `{scope}` contains whitespace; {SCOPE_HINT}"),
+                );
+            } else if scopes.contains(&scope) {
+                self.warn(
+                    &format!("{parent}.scopes"),
+                    format_args!("scope `{scope}` is listed twice"),
+                );
+            } else {
+                if voucherify && !crate::provider::voucherify::SCOPES.contains(&scope.as_str()) {
+                    self.warn(
+                        &format!("{parent}.scopes"),
+                        format_args!("scope `{scope}` is not in Voucherify's documented list; the API may refuse it"),
+                    );
+                }
+                scopes.push(scope);
+            }
+        }
+        (self.problems.len() == before).then_some(scopes)
+    }
+
+    fn file(&mut self, at: &str, raw: &RawFile, defaults: &Defaults) -> Option<FileConfig> {
+        let path = match raw.path.as_deref() {
+            None => {
+                self.missing(
+                    at,
+                    "path",
+                    "an absolute path such as /run/tokenkeeper/NAME.token",
+                );
+                None
+            }
+            Some(path) if !Path::new(path).is_absolute() => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{path}` must be an absolute path"),
+                );
+                None
+            }
+            Some(path) if path.ends_with('/') || Path::new(path).file_name().is_none() => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{path}` must name a file, not a directory"),
+                );
+                None
+            }
+            Some(path) => Some(normalize(Path::new(path))),
+        };
+        let format = self.choice(at, "format", raw.format.as_deref(), FORMATS);
+        let mode = match &raw.mode {
+            Some(mode) => self.mode(at, mode),
+            None => Some(defaults.mode),
+        };
+        let owner = self.id(at, "owner", raw.owner.as_ref());
+        let group = self.id(at, "group", raw.group.as_ref());
+        Some(FileConfig {
+            path: path?,
+            format: format.ok()?.unwrap_or(defaults.format),
+            mode: mode?,
+            owner: owner.ok()?,
+            group: group.ok()?,
+        })
+    }
+
+    fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
+        let text = match value {
+            Value::String(text) => text.trim(),
+            Value::Number(n) => {
+                self.bad(
+                    parent,
+                    "mode",
+                    format!("mode must be a quoted octal string such as \"0640\" (YAML reads an unquoted mode as a number; this one as {n})"),
+                );
+                return None;
+            }
+            other => {
+                self.bad(
+                    parent,
+                    "mode",
+                    format!(
+                        "mode must be a quoted octal string such as \"0640\", not {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let octal =
+            (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        let Some(mode) = u32::from_str_radix(text, 8).ok().filter(|_| octal) else {
+            self.bad(
+                parent,
+                "mode",
+                format!("mode `{text}` must be 3 or 4 octal digits, such as \"0640\""),
+            );
+            return None;
+        };
+        if mode > 0o777 {
+            self.bad(
+                parent,
+                "mode",
+                format!("mode {mode:04o} is larger than 0777; setuid, setgid and sticky bits have no place on a token file"),
+            );
+            return None;
+        }
+        if mode & 0o007 != 0 {
+            self.warn(
+                &join(parent, "mode"),
+                format_args!("mode {mode:04o} gives every local user access to the token"),
+            );
+        }
+        Some(mode)
+    }
+
+    /// `owner`/`group`: a name (looked up now, so a typo is found by `check`) or a numeric id.
+    fn id(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<u32> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let what = if key == "owner" { "user" } else { "group" };
+        let id = match value {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().ok()
+            }
+            Value::String(name) if !name.is_empty() => {
+                let found = if key == "owner" {
+                    nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+                } else {
+                    nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
+                };
+                return match found {
+                    Ok(Some(id)) => Ok(Some(id)),
+                    Ok(None) => {
+                        self.bad(parent, key, format!("unknown {what} `{name}`"));
+                        Err(())
+                    }
+                    Err(err) => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("cannot look up {what} `{name}`: {err}"),
+                        );
+                        Err(())
+                    }
+                };
+            }
+            _ => None,
+        };
+        match id {
+            Some(id) if id != RESERVED_ID => Ok(Some(id)),
+            _ => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be a {what} name or a numeric id below {RESERVED_ID}"),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&str>,
+        options: &[(&str, T)],
+    ) -> Checked<T> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        if let Some((_, choice)) = options.iter().find(|(name, _)| *name == value) {
+            return Ok(Some(*choice));
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        self.bad(
+            parent,
+            key,
+            format!("{key} `{value}` must be one of {}", names.join(", ")),
+        );
+        Err(())
+    }
+
+    fn duration(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<Duration> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                Ok(duration) => Ok(Some(duration)),
+                Err(err) => {
+                    self.bad(
+                        parent,
+                        key,
+                        format!(
+                            "{key} `{text}` is not a duration such as \"20s\" or \"15m\": {err}"
+                        ),
+                    );
+                    Err(())
+                }
+            },
+            Some(Value::Number(n)) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a duration with a unit, such as \"{n}s\", not a bare number"
+                    ),
+                );
+                Err(())
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a duration such as \"20s\", not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        why: &str,
+    ) -> Checked<Duration> {
+        match self.duration(parent, key, value) {
+            Ok(Some(duration)) if duration.is_zero() => {
+                self.bad(parent, key, format!("{key} must be more than 0s{why}"));
+                Err(())
+            }
+            other => other,
+        }
+    }
+
+    fn percent(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
+        let value = match value {
+            None => return Ok(None),
+            Some(Value::String(text)) => text.trim(),
+            Some(Value::Number(n)) => {
+                let n = n.as_f64().unwrap_or(0.0);
+                let example = if (0.0..=1.0).contains(&n) {
+                    n * 100.0
+                } else {
+                    n
+                };
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} is a bare number; write it as a percentage, e.g. \"{}\"",
+                        pct(example / 100.0)
+                    ),
+                );
+                return Err(());
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a percentage such as \"66%\", not {}",
+                        describe(other)
+                    ),
+                );
+                return Err(());
+            }
+        };
+        match value
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+        {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n / 100.0)),
+            _ => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} `{value}` must be a percentage such as \"66%\" or \"12.5%\""),
+                );
+                Err(())
+            }
+        }
+    }
+}
+
+fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for (at, source) in sources {
+        match source.check() {
+            Ok(Availability::Ok) => {}
+            Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
+            // SecretError never carries the value; its sources are io errors about paths.
+            Err(err) => {
+                let mut message = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                problems.push(Problem {
+                    line: None,
+                    column: None,
+                    at: at.clone(),
+                    message,
+                });
+            }
+        }
+    }
+    (problems, warnings)
+}
+
+/// The names `format:` accepts.
+const FORMATS: &[(&str, FileFormat)] = &[
+    ("raw", FileFormat::Raw),
+    ("json", FileFormat::Json),
+    ("env", FileFormat::Env),
+    ("header", FileFormat::Header),
+];
+
+/// The names `on_shutdown:` accepts.
+const ON_SHUTDOWN: &[(&str, OnShutdown)] =
+    &[("revoke", OnShutdown::Revoke), ("keep", OnShutdown::Keep)];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A checked value from a set or the mapping it overrides; `None` if either was wrong.
+fn effective(own: Checked<f64>, fallback: Option<f64>) -> Option<f64> {
+    match own {
+        Ok(Some(value)) => Some(value),
+        Ok(None) => fallback,
+        Err(()) => None,
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `0.125` → `12.5%`, without float noise such as `66.00000000000001%`.
+fn pct(fraction: f64) -> String {
+    let text = format!("{:.3}", fraction * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn valid_set_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Lexical normalization: `//` and `.` go, `..` stays (resolving it could be wrong across
+/// a symlink), so that two spellings of one file compare equal.
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// " at line 3 column 1" and " at position 7" are carried by `Problem::line`/`column`.
+fn strip_marks(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(" at ") {
+        let after = &rest[start + 4..];
+        let skip = mark_len(after);
+        out.push_str(&rest[..start]);
+        if skip == 0 {
+            out.push_str(" at ");
+        }
+        rest = &after[skip..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// serde names the expected type (`expected struct RawSet`); users know it as a mapping.
+fn hide_raw_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find("struct Raw") {
+        out.push_str(&rest[..start]);
+        out.push_str("a mapping");
+        let name = &rest[start + "struct ".len()..];
+        let len = name
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(name.len());
+        rest = &name[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Length of a leading "line N column M" or "position N" in `text`, else 0.
+fn mark_len(text: &str) -> usize {
+    fn number(text: &str) -> usize {
+        text.bytes().take_while(u8::is_ascii_digit).count()
+    }
+    if let Some(rest) = text.strip_prefix("line ") {
+        let n = number(rest);
+        if n > 0
+            && let Some(col) = rest[n..].strip_prefix(" column ")
+        {
+            let m = number(col);
+            if m > 0 {
+                return "line ".len() + n + " column ".len() + m;
+            }
+        }
+    } else if let Some(rest) = text.strip_prefix("position ") {
+        let n = number(rest);
+        if n > 0 {
+            return "position ".len() + n;
+        }
+    }
+    0
+}
+
+/// Where `key` is written as a mapping key, as (line, column), both 1-based: at the start of
+/// a line (after any `- `) or after `{` or `,` in a flow mapping, plain or quoted, followed by
+/// `:`. Comments are skipped. A heuristic, used only when it finds exactly one place.
+fn key_positions(text: &str, key: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    if key.is_empty() {
+        return found;
+    }
+    for (n, line) in text.lines().enumerate() {
+        let chars: Vec<char> = strip_comment(line).chars().collect();
+        for start in 0..chars.len() {
+            let before: String = chars[..start].iter().collect();
+            let block = before.chars().all(|c| c == ' ' || c == '\t' || c == '-')
+                && (before.is_empty() || before.ends_with([' ', '\t']));
+            let flow = before.trim_end().ends_with(['{', ',']);
+            if !(block || flow) {
+                continue;
+            }
+            let rest: String = chars[start..].iter().collect();
+            let after = [("", ""), ("\"", "\""), ("'", "'")]
+                .iter()
+                .find_map(|(open, close)| {
+                    let quoted = !open.is_empty();
+                    rest.strip_prefix(open)
+                        .and_then(|r| r.strip_prefix(key))
+                        .and_then(|r| r.strip_prefix(close))
+                        .map(|r| (quoted, r.trim_start_matches([' ', '\t']).to_string()))
+                });
+            if let Some((quoted, after)) = after
+                && let Some(value) = after.strip_prefix(':')
+                && (quoted || value.is_empty() || value.starts_with([' ', '\t']))
+            {
+                found.push((n + 1, start + 1));
+            }
+        }
+    }
+    found
+}
+
+/// The line without its comment: `#` at the start or after whitespace, outside quotes.
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    let mut prev_space = true;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' && prev_space => return &line[..i],
+            None => {}
+        }
+        prev_space = c.is_whitespace();
+    }
+    line
+}
+
+/// A path from `serde_ignored`, without its `Option` steps.
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(path: &serde_ignored::Path) -> Vec<Seg> {
+    use serde_ignored::Path as P;
+    let mut out = Vec::new();
+    let mut path = path;
+    loop {
+        match path {
+            P::Root => break,
+            P::Seq { parent, index } => {
+                out.push(Seg::Index(*index));
+                path = parent;
+            }
+            P::Map { parent, key } => {
+                out.push(Seg::Key(key.clone()));
+                path = parent;
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                path = parent;
+            }
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The keys a mapping at `parent` accepts, read from the raw structs themselves so that the
+/// suggestions cannot drift from what is parsed.
+fn known_keys(parent: &[Seg]) -> &'static [&'static str] {
+    let is = |seg: &Seg, name: &str| matches!(seg, Seg::Key(k) if k == name);
+    match parent {
+        [] => fields_of::<RawConfig>(),
+        [d] if is(d, "defaults") => fields_of::<RawDefaults>(),
+        [d, r] if is(d, "defaults") && is(r, "refresh") => fields_of::<RawRefresh>(),
+        [d, f] if is(d, "defaults") && is(f, "file") => fields_of::<RawDefaultFile>(),
+        [p, Seg::Key(_)] if is(p, "providers") => fields_of::<RawProvider>(),
+        [s, Seg::Index(_)] if is(s, "scope_sets") => fields_of::<RawSet>(),
+        [s, Seg::Index(_), f] if is(s, "scope_sets") && is(f, "file") => fields_of::<RawFile>(),
+        [s, Seg::Index(_), r] if is(s, "scope_sets") && is(r, "refresh") => {
+            fields_of::<RawRefresh>()
+        }
+        _ => &[],
+    }
+}
+
+/// The field names serde's derive passes to `deserialize_struct`.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    // The deserializer always fails once it has the names; the failure is the point.
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+/// The known key nearest to a misspelt one, if near enough to be a typo: one edit for short
+/// keys, two for longer ones (a transposition counts as one edit).
+fn closest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    let limit = if key.chars().count() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance (Levenshtein plus adjacent transpositions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A valid config every refusal test changes in one place.
+    const BASE: &str = r#"
+providers:
+  vf:
+    kind: voucherify
+    cluster: eu
+    app_id: { env: VF_APP_ID }
+    app_token: { credential: vf-app-token }
+scope_sets:
+  - name: orders-sync
+    provider: vf
+    scopes: [orders, customers]
+    file:
+      path: /run/tokenkeeper/orders.token
+      mode: "0600"
+  - name: vouchers
+    provider: vf
+    scopes: [vouchers]
+    file:
+      path: /run/tokenkeeper/vouchers.token
+"#;
+
+    fn with(replacements: &[(&str, &str)]) -> String {
+        let mut text = BASE.to_string();
+        for (from, to) in replacements {
+            assert!(text.contains(from), "BASE has no {from:?}");
+            text = text.replacen(from, to, 1);
+        }
+        text
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, Path::new("test.yaml")) {
+            Ok(loaded) => panic!("accepted: {:#?}", loaded.config),
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    fn accepted(text: &str) -> Loaded {
+        match parse(text, Path::new("test.yaml")) {
+            Ok(loaded) => loaded,
+            Err(ConfigError::Invalid { problems, .. }) => {
+                let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                panic!("refused:\n{}", list.join("\n"))
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn full_config_parses_with_defaults_and_overrides() {
+        let text = r#"
+state_dir: /var/lib/tk
+shutdown_timeout: 45s
+log_level: info
+defaults:
+  refresh: { at: 70%, jitter: 12.5%, min_interval: 2s }
+  file: { mode: "0600", format: json }
+  on_shutdown: keep
+  revoke_superseded_after: 30s
+providers:
+  voucherify-eu:
+    kind: voucherify
+    base_url: https://api.voucherify.io/
+    app_id: { credential: voucherify-app-id }
+    app_token: { file: /etc/tokenkeeper/app-token }
+    timeout: 10s
+  us:
+    kind: voucherify
+    cluster: us1
+    app_id: { env: US_APP_ID }
+    app_token: { env: US_APP_TOKEN }
+scope_sets:
+  - name: orders-sync
+    provider: voucherify-eu
+    scopes: [orders, customers]
+    file:
+      path: /run/tokenkeeper/orders-sync.token
+      format: raw
+      mode: "0640"
+      owner: root
+      group: "0"
+    refresh: { jitter: 5% }
+    on_shutdown: revoke
+    revoke_superseded_after: 0s
+  - name: us_1
+    provider: us
+    scopes: [vouchers]
+    file: { path: /run/tokenkeeper//./us.token, owner: 1000 }
+"#;
+        let loaded = accepted(text);
+        let c = &loaded.config;
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/tk"));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(45));
+        assert_eq!(c.log_level.as_deref(), Some("info"));
+
+        let eu = &c.providers["voucherify-eu"];
+        assert_eq!(eu.timeout, Duration::from_secs(10));
+        let ProviderKind::Voucherify {
+            base_url,
+            app_id,
+            app_token,
+        } = &eu.kind;
+        assert_eq!(base_url.as_str(), "https://api.voucherify.io/");
+        assert_eq!(base_url.path(), "/");
+        assert_eq!(
+            app_id,
+            &SecretSource::Credential("voucherify-app-id".into())
+        );
+        assert_eq!(
+            app_token,
+            &SecretSource::File("/etc/tokenkeeper/app-token".into())
+        );
+        let us = &c.providers["us"];
+        assert_eq!(us.timeout, DEFAULT_PROVIDER_TIMEOUT);
+        let ProviderKind::Voucherify { base_url, .. } = &us.kind;
+        assert_eq!(base_url.as_str(), "https://us1.api.voucherify.io/");
+
+        let [orders, us_set] = c.sets.as_slice() else {
+            panic!("{:?}", c.sets)
+        };
+        assert_eq!(orders.name, "orders-sync");
+        assert_eq!(orders.provider, "voucherify-eu");
+        assert_eq!(orders.scopes, ["orders", "customers"]);
+        assert_eq!(
+            orders.file,
+            FileConfig {
+                path: "/run/tokenkeeper/orders-sync.token".into(),
+                format: FileFormat::Raw,
+                mode: 0o640,
+                owner: Some(0),
+                group: Some(0),
+            }
+        );
+        // jitter overridden, at and min_interval inherited from defaults.
+        assert_eq!(orders.refresh.at, 0.70);
+        assert_eq!(orders.refresh.jitter, 0.05);
+        assert_eq!(orders.refresh.min_interval, Duration::from_secs(2));
+        assert_eq!(orders.on_shutdown, OnShutdown::Revoke);
+        assert_eq!(orders.revoke_superseded_after, Duration::ZERO);
+
+        assert_eq!(us_set.file.path, PathBuf::from("/run/tokenkeeper/us.token"));
+        assert_eq!(us_set.file.format, FileFormat::Json);
+        assert_eq!(us_set.file.mode, 0o600);
+        assert_eq!(us_set.file.owner, Some(1000));
+        assert_eq!(us_set.file.group, None);
+        assert_eq!(us_set.refresh.at, 0.70);
+        assert_eq!(us_set.refresh.jitter, 0.125);
+        assert_eq!(us_set.on_shutdown, OnShutdown::Keep);
+        assert_eq!(us_set.revoke_superseded_after, Duration::from_secs(30));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn built_in_defaults() {
+        let c = accepted(BASE).config;
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/tokenkeeper"));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(c.log_level, None);
+        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+        assert_eq!(base_url.as_str(), "https://api.voucherify.io/");
+        let set = &c.sets[1];
+        assert_eq!(
+            set.refresh,
+            RefreshPolicy {
+                at: 0.66,
+                jitter: 0.10,
+                min_interval: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(set.file.mode, 0o640);
+        assert_eq!(set.file.format, FileFormat::Raw);
+        assert_eq!(set.on_shutdown, OnShutdown::Revoke);
+        assert_eq!(set.revoke_superseded_after, Duration::from_secs(60));
+        assert_eq!(c.sets[0].file.mode, 0o600);
+    }
+
+    /// Each refusal: (what it tests, config text, words one problem's Display must contain).
+    #[test]
+    fn refusals_name_the_rule() {
+        let cases: Vec<(&str, String, &[&str])> = vec![
+            (
+                "unknown key with line number",
+                with(&[("      mode: \"0600\"", "      mdoe: \"0600\"")]),
+                &[
+                    "14:7: scope_sets[0] (orders-sync).file: unknown key `mdoe` (did you mean `mode`?)",
+                ],
+            ),
+            (
+                "planned key",
+                format!("{BASE}stores: {{}}\n"),
+                &["unknown key `stores`", "not supported by this version yet"],
+            ),
+            (
+                "duplicate set names",
+                with(&[("name: vouchers", "name: orders-sync")]),
+                &[
+                    "scope_sets[1] (orders-sync).name",
+                    "used twice",
+                    "scope_sets[0] and scope_sets[1]",
+                ],
+            ),
+            (
+                "duplicate file paths after normalization",
+                with(&[(
+                    "/run/tokenkeeper/vouchers.token",
+                    "/run//tokenkeeper/./orders.token",
+                )]),
+                &[
+                    "scope_sets[1] (vouchers).file.path",
+                    "also the file of scope_sets[0] (orders-sync)",
+                ],
+            ),
+            (
+                "unknown provider",
+                with(&[(
+                    "provider: vf\n    scopes: [vouchers]",
+                    "provider: vff\n    scopes: [vouchers]",
+                )]),
+                &["unknown provider `vff`", "known providers: `vf`"],
+            ),
+            (
+                "empty scopes",
+                with(&[("[vouchers]", "[]")]),
+                &["scopes is empty"],
+            ),
+            (
+                "scope with comma",
+                with(&[("[vouchers]", "[\"vouchers,orders\"]")]),
+                &["scopes[0]", "contains a comma", "space-separated"],
+            ),
+            (
+                "scope with space",
+                with(&[("[vouchers]", "[\"vouchers orders\"]")]),
+                &["contains whitespace", "list each scope as its own entry"],
+            ),
+            (
+                "scopes as one string",
+                with(&[("[vouchers]", "vouchers orders")]),
+                &["must be a list", "space-separated"],
+            ),
+            (
+                "integer mode",
+                with(&[("mode: \"0600\"", "mode: 600")]),
+                &["mode must be a quoted octal string such as \"0640\"", "600"],
+            ),
+            (
+                "YAML 1.2 octal mode",
+                with(&[("mode: \"0600\"", "mode: 0o600")]),
+                &["quoted octal string", "384"],
+            ),
+            (
+                "mode too large",
+                with(&[("\"0600\"", "\"1777\"")]),
+                &["larger than 0777"],
+            ),
+            (
+                "mode not octal",
+                with(&[("\"0600\"", "\"0680\"")]),
+                &["3 or 4 octal digits"],
+            ),
+            (
+                "relative path",
+                with(&[("/run/tokenkeeper/orders.token", "run/orders.token")]),
+                &["file.path", "must be an absolute path"],
+            ),
+            (
+                "directory path",
+                with(&[("/run/tokenkeeper/orders.token", "/run/tokenkeeper/")]),
+                &["must name a file"],
+            ),
+            (
+                "missing file",
+                with(&[(
+                    "    file:\n      path: /run/tokenkeeper/vouchers.token\n",
+                    "",
+                )]),
+                &["missing `file`"],
+            ),
+            (
+                "http non-loopback URL",
+                with(&[("cluster: eu", "base_url: http://api.voucherify.io")]),
+                &[
+                    "providers.vf.base_url",
+                    "http:// is allowed only for loopback hosts",
+                ],
+            ),
+            (
+                "base_url with password, which is not repeated",
+                with(&[(
+                    "cluster: eu",
+                    "base_url: https://u:hunter2@api.voucherify.io",
+                )]),
+                &["user name or password"],
+            ),
+            (
+                "base_url with query",
+                with(&[("cluster: eu", "base_url: https://a.example/?x=1")]),
+                &["query"],
+            ),
+            (
+                "base_url and cluster",
+                with(&[(
+                    "cluster: eu",
+                    "cluster: eu\n    base_url: https://a.example",
+                )]),
+                &["not both"],
+            ),
+            (
+                "unknown cluster",
+                with(&[("cluster: eu", "cluster: mars")]),
+                &["cluster `mars` must be one of eu, us1, as1"],
+            ),
+            (
+                "bad percentage",
+                with(&[(
+                    "    file:\n      path: /run/tokenkeeper/vouchers.token",
+                    "    refresh: { at: 0.66 }\n    file:\n      path: /run/tokenkeeper/vouchers.token",
+                )]),
+                &["refresh.at", "write it as a percentage, e.g. \"66%\""],
+            ),
+            (
+                "percentage without %",
+                format!("defaults:\n  refresh: {{ jitter: ten }}\n{BASE}"),
+                &["defaults.refresh.jitter", "must be a percentage"],
+            ),
+            (
+                "at above 100%",
+                format!("defaults:\n  refresh: {{ at: 120% }}\n{BASE}"),
+                &["at (120%) must be more than 0% and at most 100%"],
+            ),
+            (
+                "at zero",
+                format!("defaults:\n  refresh: {{ at: 0% }}\n{BASE}"),
+                &["at (0%) must be more than 0%"],
+            ),
+            (
+                "jitter >= at in defaults",
+                format!("defaults:\n  refresh: {{ at: 50%, jitter: 50% }}\n{BASE}"),
+                &[
+                    "defaults.refresh.jitter",
+                    "jitter (50%) must be smaller than at (50%)",
+                ],
+            ),
+            (
+                "set at below default jitter",
+                with(&[(
+                    "    file:\n      path: /run/tokenkeeper/vouchers.token",
+                    "    refresh: { at: 5% }\n    file:\n      path: /run/tokenkeeper/vouchers.token",
+                )]),
+                &[
+                    "scope_sets[1] (vouchers).refresh.at",
+                    "jitter (10%) must be smaller than at (5%)",
+                ],
+            ),
+            (
+                "min_interval 0",
+                format!("defaults:\n  refresh: {{ min_interval: 0s }}\n{BASE}"),
+                &["min_interval must be more than 0s", "tight issuing loop"],
+            ),
+            (
+                "duration without unit",
+                format!("shutdown_timeout: 20\n{BASE}"),
+                &["shutdown_timeout", "unit"],
+            ),
+            (
+                "shutdown_timeout 0",
+                format!("shutdown_timeout: 0s\n{BASE}"),
+                &["shutdown_timeout must be more than 0s"],
+            ),
+            (
+                "bad duration",
+                format!("defaults:\n  revoke_superseded_after: soon\n{BASE}"),
+                &["revoke_superseded_after `soon` is not a duration"],
+            ),
+            (
+                "secret with two sources",
+                with(&[("{ env: VF_APP_ID }", "{ env: VF_APP_ID, file: /k }")]),
+                &["providers.vf.app_id", "`env` and `file`", "exactly one"],
+            ),
+            (
+                "secret relative file",
+                with(&[("{ env: VF_APP_ID }", "{ file: k }")]),
+                &["must be an absolute path"],
+            ),
+            (
+                "credential as path",
+                with(&[("{ credential: vf-app-token }", "{ credential: /run/x }")]),
+                &["bare credential name"],
+            ),
+            (
+                "secret as number",
+                with(&[("{ env: VF_APP_ID }", "12345")]),
+                &["app_id must be { credential: NAME }", "not a number"],
+            ),
+            (
+                "missing secret",
+                with(&[("    app_id: { env: VF_APP_ID }\n", "")]),
+                &["providers.vf", "missing `app_id`"],
+            ),
+            (
+                "square",
+                with(&[("kind: voucherify", "kind: square")]),
+                &["provider kind `square` is not supported by this version yet"],
+            ),
+            (
+                "oauth2",
+                with(&[("kind: voucherify", "kind: oauth2")]),
+                &["provider kind `oauth2` is not supported"],
+            ),
+            (
+                "unknown kind",
+                with(&[("kind: voucherify", "kind: okta")]),
+                &["unknown provider kind `okta`"],
+            ),
+            (
+                "bad set name",
+                with(&[("name: vouchers", "name: Vouchers")]),
+                &["name `Vouchers` must start with"],
+            ),
+            (
+                "missing name",
+                with(&[("  - name: vouchers\n    provider", "  - provider")]),
+                &["scope_sets[1]: missing `name`"],
+            ),
+            (
+                "unknown user",
+                with(&[("      mode: \"0600\"", "      owner: no-such-user-tk")]),
+                &["unknown user `no-such-user-tk`"],
+            ),
+            (
+                "unknown group",
+                with(&[("      mode: \"0600\"", "      group: no-such-group-tk")]),
+                &["unknown group `no-such-group-tk`"],
+            ),
+            (
+                "bad format",
+                with(&[("      mode: \"0600\"", "      format: yaml")]),
+                &["format `yaml` must be one of raw, json, env, header"],
+            ),
+            (
+                "bad on_shutdown",
+                format!("defaults:\n  on_shutdown: maybe\n{BASE}"),
+                &["on_shutdown `maybe` must be one of revoke, keep"],
+            ),
+            (
+                "relative state_dir",
+                format!("state_dir: state\n{BASE}"),
+                &["state_dir `state` must be an absolute path"],
+            ),
+            (
+                "bad log_level",
+                format!("log_level: \"a=b=c\"\n{BASE}"),
+                &["log_level"],
+            ),
+            (
+                "no scope sets",
+                with(&[(
+                    &BASE[BASE.find("scope_sets:").unwrap_or(0)..],
+                    "scope_sets: []\n",
+                )]),
+                &["no scope sets: nothing to do"],
+            ),
+            (
+                "missing scope sets",
+                "providers: {}\n".to_string(),
+                &["no scope sets: nothing to do"],
+            ),
+            (
+                "no providers",
+                BASE.replacen(&BASE[..BASE.find("scope_sets:").unwrap_or(0)], "\n", 1),
+                &["no providers"],
+            ),
+            (
+                "empty file",
+                "# nothing\n".to_string(),
+                &["the configuration is empty"],
+            ),
+            (
+                "not a mapping",
+                "- a\n- b\n".to_string(),
+                &["must be a YAML mapping", "not a list"],
+            ),
+            (
+                "wrong shape",
+                with(&[(
+                    "    file:\n      path: /run/tokenkeeper/vouchers.token\n",
+                    "    file: [x]\n",
+                )]),
+                &["scope_sets[1] (vouchers).file: invalid type: sequence"],
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, text, needles) in &cases {
+            let found: Vec<String> = match parse(text, Path::new("t.yaml")) {
+                Ok(_) => vec!["<accepted>".into()],
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(|p| p.to_string()).collect()
+                }
+                Err(other) => vec![other.to_string()],
+            };
+            if !found.iter().any(|p| needles.iter().all(|n| p.contains(n))) {
+                failures.push(format!("{what}: wanted {needles:?}, got {found:#?}"));
+            }
+            if found.iter().any(|p| p.contains("hunter2")) {
+                failures.push(format!("{what}: a password reached a message"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() {
+        let problems = problems("providers:\n  vf: [\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!((problems[0].line, problems[0].column), (Some(3), Some(1)));
+        assert!(
+            !problems[0].message.contains(" at line "),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn several_problems_are_all_reported() {
+        let text = with(&[
+            ("mode: \"0600\"", "mode: 0600\n      mdoe: x"),
+            ("name: vouchers", "name: orders-sync"),
+            ("[vouchers]", "[]"),
+            ("cluster: eu", "base_url: http://example.com"),
+        ]);
+        let found: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();
+        for needle in [
+            "unknown key `mdoe`",
+            "used twice",
+            "scopes is empty",
+            "http:// is allowed only for loopback hosts",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(needle)),
+                "{needle} not in {found:#?}"
+            );
+        }
+        // An unquoted 0600 is read as the string "0600" by this YAML parser: accepted.
+        assert!(!found.iter().any(|p| p.contains("file.mode")), "{found:#?}");
+    }
+
+    #[test]
+    fn http_is_accepted_for_loopback_hosts() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.3.4.5/",
+            "http://localhost:1234/v",
+            "http://[::1]:9000/prefix/",
+        ] {
+            let text = with(&[("cluster: eu", &format!("base_url: {url}"))]);
+            let c = accepted(&text).config;
+            let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+            assert_eq!(base_url.scheme(), "http");
+            assert!(
+                base_url.path() == "/" || !base_url.path().ends_with('/'),
+                "{base_url}"
+            );
+        }
+        let c = accepted(&with(&[(
+            "cluster: eu",
+            "base_url: https://proxy.example/voucherify/",
+        )]))
+        .config;
+        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+        assert_eq!(base_url.as_str(), "https://proxy.example/voucherify");
+    }
+
+    #[test]
+    fn warnings_never_refusals() {
+        let text = with(&[
+            ("{ env: VF_APP_ID }", "\"plain-app-id-value\""),
+            ("[vouchers]", "[vouchers, frobnicate, vouchers]"),
+            ("mode: \"0600\"", "mode: \"0644\""),
+        ]);
+        let loaded = accepted(&text);
+        let w = loaded.warnings.join("\n");
+        assert!(w.contains("providers.vf.app_id is written in the config; prefer { credential: NAME }, { file: PATH } or { env: NAME }"), "{w}");
+        assert!(!w.contains("plain-app-id-value"), "{w}");
+        assert!(
+            w.contains("scope `frobnicate` is not in Voucherify's documented list"),
+            "{w}"
+        );
+        assert!(w.contains("scope `vouchers` is listed twice"), "{w}");
+        assert!(w.contains("mode 0644 gives every local user access"), "{w}");
+        assert_eq!(loaded.config.sets[1].scopes, ["vouchers", "frobnicate"]);
+        let SecretSource::Plain(secret) = (match &loaded.config.providers["vf"].kind {
+            ProviderKind::Voucherify { app_id, .. } => app_id,
+        }) else {
+            panic!("not plain")
+        };
+        assert_eq!(secret.expose(), "plain-app-id-value");
+    }
+
+    #[test]
+    fn unknown_keys_of_an_unsupported_kind_are_not_listed() {
+        let text = with(&[(
+            "kind: voucherify",
+            "kind: oauth2\n    issuer: https://login.example.com",
+        )]);
+        let found = problems(&text);
+        assert!(
+            !found.iter().any(|p| p.message.contains("issuer")),
+            "{found:?}"
+        );
+    }
+
+    fn provider_with(app_id: SecretSource, app_token: SecretSource) -> Config {
+        let mut config = accepted(BASE).config;
+        config.providers.insert(
+            "vf".into(),
+            ProviderConfig {
+                name: "vf".into(),
+                timeout: DEFAULT_PROVIDER_TIMEOUT,
+                kind: ProviderKind::Voucherify {
+                    base_url: Url::parse(VOUCHERIFY_DEFAULT_URL).unwrap(),
+                    app_id,
+                    app_token,
+                },
+            },
+        );
+        config
+    }
+
+    #[test]
+    fn check_secrets_reports_missing_env_and_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("token");
+        std::fs::write(&open, "s3cret-value\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = provider_with(
+            SecretSource::Env("TOKENKEEPER_TEST_SURELY_UNSET_9F2C".into()),
+            SecretSource::File(open.clone()),
+        );
+        let (problems, _) = check_secrets(&config);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 2, "{text:#?}");
+        assert_eq!(
+            text[0],
+            "providers.vf.app_id: environment variable TOKENKEEPER_TEST_SURELY_UNSET_9F2C is not set"
+        );
+        assert!(
+            text[1].starts_with("providers.vf.app_token: "),
+            "{}",
+            text[1]
+        );
+        assert!(
+            text[1].contains("readable by group or others"),
+            "{}",
+            text[1]
+        );
+        assert!(!text.join("").contains("s3cret"));
+
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let missing = SecretSource::File(dir.path().join("nope"));
+        let (problems, _) = check_secrets(&provider_with(SecretSource::File(open), missing));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("No such file"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn credential_without_credentials_directory_is_a_warning() {
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+            eprintln!("skipped: CREDENTIALS_DIRECTORY is set");
+            return;
+        }
+        let config = provider_with(
+            SecretSource::Plain(Secret::new("x")),
+            SecretSource::Credential("vf-app-token".into()),
+        );
+        let (problems, warnings) = check_secrets(&config);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("providers.vf.app_token: systemd credential vf-app-token"));
+    }
+
+    #[test]
+    fn load_merges_parse_and_secret_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            with(&[
+                (
+                    "{ env: VF_APP_ID }",
+                    "{ env: TOKENKEEPER_TEST_SURELY_UNSET_9F2C }",
+                ),
+                ("[vouchers]", "[]"),
+            ]),
+        )
+        .unwrap();
+        let Err(err @ ConfigError::Invalid { .. }) = load(&path) else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("{}: 2 problem(s) in the configuration", path.display())
+        );
+        let ConfigError::Invalid { problems, .. } = err else {
+            unreachable!()
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("scopes is empty"))
+        );
+        assert!(problems.iter().any(|p| p.message.contains("is not set")));
+
+        let missing = dir.path().join("absent.yaml");
+        let err = load(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read config file {}", missing.display())
+        );
+    }
+
+    #[test]
+    fn problem_display_omits_unknown_parts() {
+        let p = |line, column, at: &str| Problem {
+            line,
+            column,
+            at: at.into(),
+            message: "m".into(),
+        };
+        assert_eq!(p(Some(3), Some(7), "a.b").to_string(), "3:7: a.b: m");
+        assert_eq!(p(None, None, "a.b").to_string(), "a.b: m");
+        assert_eq!(p(Some(3), Some(7), "").to_string(), "3:7: m");
+        assert_eq!(p(None, None, "").to_string(), "m");
+    }
+
+    #[test]
+    fn key_positions_finds_block_and_flow_keys_but_not_comments_or_values() {
+        let text = "a:\n  - mode: x # mode: y\n  b: { mode: 1, c: mode }\nmodes: 2\n'mode': 3\n";
+        assert_eq!(key_positions(text, "mode"), [(2, 5), (3, 8), (5, 1)]);
+        assert_eq!(key_positions(text, "c"), [(3, 17)]);
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(pct(0.66), "66%");
+        assert_eq!(pct(0.125), "12.5%");
+        assert_eq!(edit_distance("mdoe", "mode"), 1);
+        assert_eq!(closest("scoeps", fields_of::<RawSet>()), Some("scopes"));
+        assert_eq!(closest("zzz", fields_of::<RawSet>()), None);
+        assert!(fields_of::<RawProvider>().contains(&"app_token"));
+        assert_eq!(
+            strip_marks("x at line 3 column 1, while parsing at line 2 column 5"),
+            "x, while parsing"
+        );
+        assert_eq!(
+            hide_raw_names("invalid type: integer `1`, expected struct RawProvider"),
+            "invalid type: integer `1`, expected a mapping"
+        );
+        assert!(valid_set_name("a-b_9") && !valid_set_name("-a") && !valid_set_name(""));
+    }
+}

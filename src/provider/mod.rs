@@ -1,0 +1,3 @@
+//! Token providers behind one trait: issue, revoke, introspect.
+
+pub mod voucherify;
