@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod provider;
+pub mod schedule;
 pub mod secret;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a
