@@ -8,6 +8,7 @@ pub mod config;
 pub mod provider;
 pub mod schedule;
 pub mod secret;
+pub mod sink;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a
 /// provider of its own (ring builds faster and smaller than aws-lc); every client needs one.

@@ -1,0 +1,295 @@
+//! Token files: the formats, and the atomic writer.
+//!
+//! Every write goes to a temporary file in the target's directory that only the owner can read,
+//! is flushed to disk, given its owner and exact mode, and renamed over the target, after which
+//! the directory is flushed too. A reader opening the path at any moment sees a whole file,
+//! old or new; a crash leaves either, never a mix.
+
+use std::fs::{File, Permissions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::config::{FileConfig, FileFormat};
+use crate::secret::Secret;
+
+/// Mode of a token directory we create: the owner writes, the consumers' group may list and
+/// open files, others see nothing.
+pub const DIR_MODE: u32 = 0o750;
+
+/// Mode the temporary file is created with, before it gets the target's exact mode: owner
+/// only, so no one else can read the token during the write, whatever the target mode is.
+const TEMP_MODE: u32 = 0o600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{op} {path}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has no parent directory or file name", path = .0.display())]
+    BadPath(PathBuf),
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
+    move |source| SinkError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What goes into a token file.
+pub struct TokenContent<'a> {
+    pub set: &'a str,
+    pub token: &'a Secret,
+    pub token_type: &'a str,
+    pub expires_at: SystemTime,
+    pub scope: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonFile<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    scope: &'a str,
+    set: &'a str,
+}
+
+/// `orders-sync` → `ORDERS_SYNC`, the prefix of the `env` format's variables.
+pub fn env_name(set: &str) -> String {
+    set.to_ascii_uppercase().replace('-', "_")
+}
+
+/// The file's bytes in `format`. The buffer is zeroed when dropped.
+pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
+    let expires = humantime::format_rfc3339_seconds(c.expires_at).to_string();
+    let token = c.token.expose();
+    let mut out = Zeroizing::new(Vec::with_capacity(token.len() + 128));
+    match format {
+        FileFormat::Raw => out.extend_from_slice(token.as_bytes()),
+        FileFormat::Json => {
+            let doc = JsonFile {
+                access_token: token,
+                token_type: c.token_type,
+                expires_at: expires,
+                scope: c.scope,
+                set: c.set,
+            };
+            // Serializing plain strings into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, &doc);
+            out.push(b'\n');
+        }
+        FileFormat::Env => {
+            let name = env_name(c.set);
+            // Tokens are checked to be b64token characters (RFC 6750), so they need no quoting.
+            let _ = write!(
+                out,
+                "{name}_TOKEN={token}\n{name}_TOKEN_EXPIRES_AT={expires}\n"
+            );
+        }
+        FileFormat::Header => {
+            let _ = writeln!(out, "Authorization: Bearer {token}");
+        }
+    }
+    out
+}
+
+/// Create the target's directory (and missing parents) with [`DIR_MODE`], exactly.
+pub fn ensure_parent(path: &Path) -> Result<(), SinkError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| SinkError::BadPath(path.to_path_buf()))?;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // Create one level at a time so that each directory we make gets the exact mode, which
+    // the umask would otherwise trim.
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => std::fs::set_permissions(d, Permissions::from_mode(DIR_MODE))
+                .map_err(io("set the mode of", d))?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create directory", d)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Remove temporary files that a killed writer left behind for this target.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let n = entry.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Atomically replace `file.path` with `contents`, with the exact mode and owner.
+pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError> {
+    let path = &file.path;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => return Err(SinkError::BadPath(path.clone())),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(TEMP_MODE))
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    tmp.write_all(contents).map_err(io("write", &tmp_path))?;
+    let f: &File = tmp.as_file();
+    if file.owner.is_some() || file.group.is_some() {
+        std::os::unix::fs::fchown(f, file.owner, file.group).map_err(io("chown", &tmp_path))?;
+    }
+    // fchmod after fchown: chown may clear mode bits, and the umask never touches fchmod.
+    f.set_permissions(Permissions::from_mode(file.mode))
+        .map_err(io("set the mode of", &tmp_path))?;
+    f.sync_all().map_err(io("fsync", &tmp_path))?;
+    tmp.persist(path)
+        .map_err(|e| io("rename a temporary file over", path)(e.error))?;
+    sync_dir(dir)
+}
+
+/// Remove a token file; a file that is already gone is fine.
+pub fn remove(path: &Path) -> Result<(), SinkError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("remove", path)(e)),
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Flush a directory so a rename or unlink in it survives a power cut.
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn content(token: &Secret) -> TokenContent<'_> {
+        TokenContent {
+            set: "orders-sync",
+            token,
+            token_type: "Bearer",
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_738_945_086),
+            scope: "orders customers",
+        }
+    }
+
+    #[test]
+    fn formats() {
+        let t = Secret::new("tok123");
+        let c = content(&t);
+        assert_eq!(&*render(FileFormat::Raw, &c), b"tok123");
+        assert_eq!(
+            String::from_utf8(render(FileFormat::Header, &c).to_vec()).unwrap(),
+            "Authorization: Bearer tok123\n"
+        );
+        assert_eq!(
+            String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap(),
+            "ORDERS_SYNC_TOKEN=tok123\nORDERS_SYNC_TOKEN_EXPIRES_AT=2025-02-07T16:18:06Z\n"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&render(FileFormat::Json, &c)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "access_token": "tok123", "token_type": "Bearer",
+                "expires_at": "2025-02-07T16:18:06Z", "scope": "orders customers",
+                "set": "orders-sync"
+            })
+        );
+    }
+
+    fn file_cfg(path: PathBuf, mode: u32) -> FileConfig {
+        FileConfig {
+            path,
+            format: FileFormat::Raw,
+            mode,
+            owner: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn write_sets_exact_mode_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dir/t.token");
+        ensure_parent(&path).unwrap();
+        let meta = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(meta.mode() & 0o7777, DIR_MODE);
+        for (mode, body) in [(0o640, "one"), (0o604, "two"), (0o600, "three")] {
+            write_atomic(&file_cfg(path.clone(), mode), body.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), body);
+            let m = std::fs::metadata(&path).unwrap().mode() & 0o7777;
+            assert_eq!(m, mode);
+        }
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("t.token")]);
+        remove(&path).unwrap();
+        assert!(!path.exists());
+        remove(&path).unwrap();
+    }
+
+    #[test]
+    fn a_directory_in_the_way_is_an_error_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.token");
+        std::fs::create_dir(&path).unwrap();
+        let err = write_atomic(&file_cfg(path.clone(), 0o640), b"x").unwrap_err();
+        assert!(err.to_string().contains("rename"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temps_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.token");
+        std::fs::write(dir.path().join(".t.token.abc123.tmp"), "x").unwrap();
+        std::fs::write(dir.path().join("other"), "x").unwrap();
+        remove_stale_temps(&path);
+        assert!(!dir.path().join(".t.token.abc123.tmp").exists());
+        assert!(dir.path().join("other").exists());
+    }
+}
