@@ -1502,17 +1502,11 @@ fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<Strin
             Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
             // SecretError never carries the value; its sources are io errors about paths.
             Err(err) => {
-                let mut message = err.to_string();
-                let mut source = std::error::Error::source(&err);
-                while let Some(cause) = source {
-                    message.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
                 problems.push(Problem {
                     line: None,
                     column: None,
                     at: at.clone(),
-                    message,
+                    message: crate::error_chain(&err),
                 });
             }
         }
