@@ -1,4 +1,22 @@
-//! Voucherify OAuth v1 (`specs/oauth-contract.md` section 1).
+//! Voucherify OAuth v1 (`specs/oauth-contract.md` section 1): form-encoded POSTs carrying both
+//! `X-App-Id` and `X-App-Token`, 900 s bearer tokens, no refresh tokens.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::{
+    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, TokenProvider, is_b64token,
+    parse_retry_after, read_body, sanitize,
+};
+use crate::secret::Secret;
+
+/// Longest lifetime we believe. Voucherify grants 900 s; a year means a broken answer, and
+/// would overflow nothing but would park the refresh loop for good.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The 42 scopes Voucherify documents for OAuth tokens (2026-07-17 spec). A scope outside
 /// this list gets a warning, not a refusal: the vendor adds scopes over time.
@@ -46,3 +64,503 @@ pub const SCOPES: &[&str] = &[
     "validations",
     "vouchers",
 ];
+
+/// A Voucherify project's OAuth endpoints.
+pub struct Voucherify {
+    http: reqwest::Client,
+    token_url: Url,
+    introspect_url: Url,
+    revoke_url: Url,
+    /// `X-App-Id` and `X-App-Token`, marked sensitive so no HTTP library prints them.
+    auth: HeaderMap,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Voucherify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Voucherify")
+            .field("token_url", &self.token_url.as_str())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 200 answer to `POST /v1/oauth/token`: the spec marks all six fields required.
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[allow(dead_code)] // required by the contract; checked by deserializing, not used
+    client_id: String,
+    #[allow(dead_code)] // informational: our clock is the monotonic one
+    expires_at: i64,
+    expires_in: i64,
+    scope: String,
+    token_type: String,
+}
+
+impl Drop for TokenResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.access_token);
+    }
+}
+
+/// The 200 answer to introspect: only `active` is certain (`{"active": false}` for unknown
+/// tokens).
+#[derive(Deserialize)]
+struct IntrospectResponse {
+    active: bool,
+    expires_in: Option<i64>,
+}
+
+/// Voucherify's error body; every field optional because we read it on a failure path.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    code: Option<i64>,
+    key: Option<String>,
+    message: Option<String>,
+    details: Option<String>,
+    request_id: Option<String>,
+}
+
+impl ErrorBody {
+    fn describe(body: &[u8]) -> String {
+        let Ok(e) = serde_json::from_slice::<ErrorBody>(body) else {
+            return if body.is_empty() {
+                "empty body".to_string()
+            } else {
+                "body is not a Voucherify error".to_string()
+            };
+        };
+        let mut parts = Vec::new();
+        if let Some(k) = e.key {
+            parts.push(format!("key={}", sanitize(&k)));
+        }
+        if let Some(m) = e.message {
+            parts.push(format!("message={:?}", sanitize(&m)));
+        }
+        if let Some(d) = e.details {
+            parts.push(format!("details={:?}", sanitize(&d)));
+        }
+        if let Some(r) = e.request_id {
+            parts.push(format!("request_id={}", sanitize(&r)));
+        }
+        if parts.is_empty() {
+            match e.code {
+                Some(c) => format!("code={c}"),
+                None => "no detail".to_string(),
+            }
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+impl Voucherify {
+    pub fn new(
+        http: reqwest::Client,
+        base_url: Url,
+        app_id: &Secret,
+        app_token: &Secret,
+        timeout: Duration,
+    ) -> Result<Self, ProviderError> {
+        let join = |path: &str| {
+            let mut u = base_url.clone();
+            let base = u.path().trim_end_matches('/').to_string();
+            u.set_path(&format!("{base}{path}"));
+            u
+        };
+        let mut auth = HeaderMap::new();
+        for (name, what, value) in [
+            ("x-app-id", "app_id", app_id),
+            ("x-app-token", "app_token", app_token),
+        ] {
+            let mut v = HeaderValue::from_str(value.expose())
+                .map_err(|_| ProviderError::BadHeader { what })?;
+            v.set_sensitive(true);
+            auth.insert(name, v);
+        }
+        Ok(Voucherify {
+            http,
+            token_url: join("/v1/oauth/token"),
+            introspect_url: join("/v1/oauth/introspect"),
+            revoke_url: join("/v1/oauth/token/revoke"),
+            auth,
+            timeout,
+        })
+    }
+
+    async fn post(
+        &self,
+        operation: &'static str,
+        url: &Url,
+        form: &[(&str, &str)],
+    ) -> Result<(StatusCode, HeaderMap, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
+        let resp = self
+            .http
+            .post(url.clone())
+            .headers(self.auth.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(self.timeout)
+            .form(form)
+            .send()
+            .await
+            .map_err(|source| ProviderError::Transport { operation, source })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = read_body(operation, resp).await?;
+        Ok((status, headers, body))
+    }
+
+    /// Turn a non-success answer into the error class the daemon retries by.
+    fn failure(
+        operation: &'static str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> ProviderError {
+        let detail = ErrorBody::describe(body);
+        let code = status.as_u16();
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            ProviderError::Unavailable {
+                operation,
+                status: code,
+                detail,
+                retry_after: parse_retry_after(headers),
+            }
+        } else {
+            ProviderError::Refused {
+                operation,
+                status: code,
+                detail,
+            }
+        }
+    }
+}
+
+/// serde_json's message with every quoted string blanked: "invalid type: string \"…\"" can
+/// quote a value from the body, and a broken answer may carry a token in the wrong field.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn malformed(operation: &'static str, what: impl Into<String>) -> ProviderError {
+    ProviderError::Malformed {
+        operation,
+        what: what.into(),
+    }
+}
+
+impl TokenProvider for Voucherify {
+    async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
+        const OP: &str = "token request";
+        let scope = scopes.join(" ");
+        let issued_at = Instant::now();
+        let (status, headers, body) = self
+            .post(
+                OP,
+                &self.token_url,
+                &[("grant_type", "client_credentials"), ("scope", &scope)],
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::failure(OP, status, &headers, &body));
+        }
+        // serde_json's messages name the field and position, never the value of a string.
+        let mut r: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
+        if !is_b64token(&r.access_token) {
+            return Err(malformed(
+                OP,
+                format!(
+                    "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+                ),
+            ));
+        }
+        if !r.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(malformed(
+                OP,
+                format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
+            ));
+        }
+        let lifetime = u64::try_from(r.expires_in)
+            .ok()
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs)
+            .filter(|d| *d <= MAX_LIFETIME)
+            .ok_or_else(|| {
+                malformed(
+                    OP,
+                    format!("expires_in {} is not a sane lifetime", r.expires_in),
+                )
+            })?;
+        Ok(Issued {
+            token: Secret::new(std::mem::take(&mut r.access_token)),
+            token_type: sanitize(&r.token_type),
+            scope: sanitize(&r.scope),
+            issued_at,
+            lifetime,
+        })
+    }
+
+    async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
+        const OP: &str = "revoke";
+        let (status, headers, body) = self
+            .post(OP, &self.revoke_url, &[("access_token", token.expose())])
+            .await?;
+        match status {
+            // 404: unknown or already inactive. Either way it can no longer be used.
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+            _ => Err(Self::failure(OP, status, &headers, &body)),
+        }
+    }
+
+    async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
+        const OP: &str = "introspect";
+        let (status, headers, body) = self
+            .post(
+                OP,
+                &self.introspect_url,
+                &[("access_token", token.expose())],
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(Self::failure(OP, status, &headers, &body));
+        }
+        let r: IntrospectResponse = serde_json::from_slice(&body).map_err(|e| {
+            malformed(
+                OP,
+                format!("not an introspection answer: {}", json_error(&e)),
+            )
+        })?;
+        if !r.active {
+            return Ok(Introspection::Inactive);
+        }
+        let remaining = r
+            .expires_in
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs);
+        Ok(Introspection::Active { remaining })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot HTTP server answering with `response` (raw bytes) and handing back the
+    /// request it received.
+    async fn canned(response: Vec<u8>) -> (Url, tokio::task::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read headers, then the body by Content-Length.
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= i + 4 + len {
+                        break;
+                    }
+                }
+            }
+            s.write_all(&response).await.unwrap();
+            let _ = s.shutdown().await;
+            String::from_utf8(req).unwrap()
+        });
+        (url, h)
+    }
+
+    fn http(status: &str, headers: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn client(url: Url) -> Voucherify {
+        Voucherify::new(
+            super::super::http_client().unwrap(),
+            url,
+            &Secret::new("app-id-1"),
+            &Secret::new("app-token-1"),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
+    const OK: &str = r#"{"access_token":"1ABCde","client_id":"c","expires_at":1738945086,"expires_in":900,"scope":"api vouchers","token_type":"Bearer"}"#;
+
+    #[tokio::test]
+    async fn issue_sends_the_contract_request_and_reads_the_answer() {
+        let (url, req) = canned(http("200 OK", "Content-Type: application/json\r\n", OK)).await;
+        let issued = client(url)
+            .issue(&["api".into(), "vouchers".into()])
+            .await
+            .unwrap();
+        assert_eq!(issued.token.expose(), "1ABCde");
+        assert_eq!(issued.lifetime, Duration::from_secs(900));
+        assert_eq!(issued.scope, "api vouchers");
+        let req = req.await.unwrap();
+        let lower = req.to_ascii_lowercase();
+        assert!(
+            req.starts_with("POST /v1/oauth/token HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(lower.contains("x-app-id: app-id-1\r\n"), "{req}");
+        assert!(lower.contains("x-app-token: app-token-1\r\n"), "{req}");
+        assert!(lower.contains("content-type: application/x-www-form-urlencoded\r\n"));
+        assert!(lower.contains("user-agent: tokenkeeper/"), "{req}");
+        assert!(
+            req.ends_with("\r\n\r\ngrant_type=client_credentials&scope=api+vouchers"),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_errors_never_panics() {
+        let huge = format!(
+            r#"{{"pad":"{}"}}"#,
+            "x".repeat(super::super::MAX_BODY_BYTES)
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (http("200 OK", "", r#"{"access_token":"a","client_id":"c","expires_at":1,"expires_in":"900","scope":"api","token_type":"Bearer"}"#), "invalid type"),
+            (http("200 OK", "", r#"{"access_token":"a","expires_at":1,"expires_in":900,"scope":"api","token_type":"Bearer"}"#), "missing field `client_id`"),
+            (http("200 OK", "", r#"{"access_token":"a\nB=c","client_id":"c","expires_at":1,"expires_in":900,"scope":"api","token_type":"Bearer"}"#), "characters a bearer token cannot have"),
+            (http("200 OK", "", r#"{"access_token":"a","client_id":"c","expires_at":1,"expires_in":0,"scope":"api","token_type":"Bearer"}"#), "not a sane lifetime"),
+            (http("200 OK", "", r#"{"access_token":"a","client_id":"c","expires_at":1,"expires_in":900,"scope":"api","token_type":"MAC"}"#), "is not Bearer"),
+            (http("200 OK", "", r#"{"access_token":"a","#), "EOF"),
+            (http("200 OK", "", "<html>"), "not an OAuth token"),
+            (http("200 OK", "", &huge), "larger than"),
+            // Promises more body than it sends: a truncated answer.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{\"access_token\":".to_vec(), "request failed"),
+        ];
+        for (resp, want) in cases {
+            let (url, _req) = canned(resp).await;
+            let err = client(url).issue(&["api".into()]).await.unwrap_err();
+            let text = crate::error_chain(&err);
+            assert!(text.contains(want), "want {want:?} in {text:?}");
+            assert_eq!(
+                err.retry_class(),
+                if want == "request failed" {
+                    crate::schedule::RetryClass::Transient
+                } else {
+                    crate::schedule::RetryClass::Slow
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_typed_token_never_reaches_the_error_text() {
+        let (url, _r) = canned(http("200 OK", "", r#"{"access_token":"1SECRETtok","client_id":"c","expires_at":1,"expires_in":"1SECRETtok","scope":"api","token_type":"Bearer"}"#)).await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        let text = format!("{} {err:?}", crate::error_chain(&err));
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_and_carry_key_and_message() {
+        let (url, _r) = canned(http(
+            "401 Unauthorized",
+            "",
+            r#"{"code":401,"key":"unauthorized","message":"Unauthorized"}"#,
+        ))
+        .await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Refused { status: 401, .. }));
+        assert!(
+            err.to_string()
+                .contains(r#"key=unauthorized message="Unauthorized""#),
+            "{err}"
+        );
+
+        let (url, _r) = canned(http(
+            "400 Bad Request",
+            "",
+            r#"{"code":400,"key":"invalid_scope","message":"Invalid scope: a,b"}"#,
+        ))
+        .await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        assert!(err.to_string().contains("key=invalid_scope"), "{err}");
+        assert_eq!(err.retry_class(), crate::schedule::RetryClass::Slow);
+
+        let (url, _r) = canned(http(
+            "429 Too Many Requests",
+            "Retry-After: 7\r\n",
+            r#"{"code":429,"message":"Too many requests hit the API too quickly."}"#,
+        ))
+        .await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        assert_eq!(err.retry_class(), crate::schedule::RetryClass::Transient);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+
+        let (url, _r) = canned(http("503 Service Unavailable", "", "")).await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        assert_eq!(err.retry_class(), crate::schedule::RetryClass::Transient);
+        assert!(err.to_string().contains("empty body"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn revoke_counts_204_and_404_as_revoked() {
+        for status in ["204 No Content", "404 Not Found"] {
+            let (url, req) = canned(http(status, "", "")).await;
+            client(url).revoke(&Secret::new("tok")).await.unwrap();
+            let req = req.await.unwrap();
+            assert!(req.starts_with("POST /v1/oauth/token/revoke "), "{req}");
+            assert!(req.ends_with("\r\n\r\naccess_token=tok"), "{req}");
+        }
+        let (url, _r) = canned(http("500 Internal Server Error", "", "")).await;
+        assert!(client(url).revoke(&Secret::new("tok")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn introspect_reads_active_and_inactive() {
+        let (url, req) = canned(http("200 OK", "", r#"{"active":false}"#)).await;
+        assert_eq!(
+            client(url).introspect(&Secret::new("tok")).await.unwrap(),
+            Introspection::Inactive
+        );
+        assert!(req.await.unwrap().starts_with("POST /v1/oauth/introspect "));
+        let body = OK
+            .replace("\"expires_in\":900", "\"expires_in\":555")
+            .replace('}', ",\"active\":true}");
+        let (url, _r) = canned(http("200 OK", "", &body)).await;
+        assert_eq!(
+            client(url).introspect(&Secret::new("tok")).await.unwrap(),
+            Introspection::Active {
+                remaining: Some(Duration::from_secs(555))
+            }
+        );
+    }
+}
