@@ -5,6 +5,7 @@
 //! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
 
 pub mod config;
+pub mod devprovider;
 pub mod provider;
 pub mod schedule;
 pub mod secret;
