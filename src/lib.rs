@@ -5,11 +5,14 @@
 //! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
 
 pub mod config;
+pub mod daemon;
 pub mod devprovider;
 pub mod provider;
 pub mod schedule;
 pub mod secret;
+pub mod signals;
 pub mod sink;
+pub mod systemd;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a
 /// provider of its own (ring builds faster and smaller than aws-lc); every client needs one.
