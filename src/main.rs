@@ -1,1 +1,388 @@
-fn main() {}
+//! The `tokenkeeper` command: parse arguments, set up logging, call the library, and map
+//! errors to exit codes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use tokenkeeper::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Loaded};
+use tokenkeeper::daemon::{self, DaemonError, RunReport};
+use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
+use tokenkeeper::error_chain as chain;
+use tokenkeeper::{signals, systemd};
+
+/// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
+/// keeps systemd from restarting into the same bad config.
+const EXIT_OK: u8 = 0;
+/// Some tokens could not be revoked, or some sets failed.
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 78;
+/// `EX_OSERR`: the operating system refused something we need (signals, a socket).
+const EXIT_OSERR: u8 = 71;
+
+#[derive(Parser)]
+#[command(
+    name = "tokenkeeper",
+    version,
+    about = "Keeps OAuth access tokens fresh in files, and revokes them when it stops"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(short, long, env = "TOKENKEEPER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Validate the configuration and the secrets it names; exit 0 or 78.
+    Check(ConfigArg),
+    /// Try it without credentials: a local development provider plus the daemon.
+    Demo {
+        /// Folder for the demo's token files and config.
+        #[arg(long, default_value = "tokenkeeper-demo")]
+        dir: PathBuf,
+        /// Lifetime of the demo's tokens.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+    },
+    /// Run the Voucherify-compatible development provider alone.
+    DevProvider {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8400")]
+        listen: SocketAddr,
+        /// Lifetime of issued tokens (whole seconds).
+        #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+        /// The `X-App-Id` clients must send.
+        #[arg(long, default_value = devprovider::DEV_APP_ID)]
+        app_id: String,
+        /// The `X-App-Token` clients must send.
+        #[arg(long, default_value = devprovider::DEV_APP_TOKEN)]
+        app_token: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check(a) => check(&a.config),
+        Command::Run(a) => with_runtime(|| run(&a.config)),
+        Command::Demo { dir, lifetime } => with_runtime(|| demo(dir, lifetime)),
+        Command::DevProvider {
+            listen,
+            lifetime,
+            app_id,
+            app_token,
+        } => with_runtime(|| {
+            dev_provider(
+                listen,
+                DevProviderOptions {
+                    app_id,
+                    app_token,
+                    lifetime,
+                    ..DevProviderOptions::default()
+                },
+            )
+        }),
+    };
+    ExitCode::from(code)
+}
+
+fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            eprintln!("tokenkeeper: cannot start the async runtime: {e}");
+            EXIT_OSERR
+        }
+    }
+}
+
+/// Print a config error with every problem, one per line, as `FILE:LINE:COL: AT: MESSAGE`
+/// (the form editors and CI annotate), then its warnings.
+fn print_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid {
+            path,
+            problems,
+            warnings,
+        } => {
+            for p in problems {
+                match (p.line, p.column) {
+                    (Some(line), Some(col)) => {
+                        eprintln!("error: {}:{line}:{col}: {}", path.display(), located(p))
+                    }
+                    _ => eprintln!("error: {}: {}", path.display(), located(p)),
+                }
+            }
+            print_warnings(path, warnings);
+            eprintln!("tokenkeeper: {e}");
+        }
+        other => eprintln!("tokenkeeper: {}", chain(other)),
+    }
+}
+
+/// `AT: MESSAGE`, or the message alone for a problem with the whole file.
+fn located(p: &config::Problem) -> String {
+    if p.at.is_empty() {
+        p.message.clone()
+    } else {
+        format!("{}: {}", p.at, p.message)
+    }
+}
+
+fn print_warnings(path: &Path, warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {}: {w}", path.display());
+    }
+}
+
+fn check(path: &Path) -> u8 {
+    match config::load(path) {
+        Ok(Loaded { config, warnings }) => {
+            print_warnings(path, &warnings);
+            println!(
+                "{}: ok ({} scope set{}, {} provider{})",
+                path.display(),
+                config.sets.len(),
+                plural(config.sets.len()),
+                config.providers.len(),
+                plural(config.providers.len()),
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            print_config_error(&e);
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins over the config, which wins over "info".
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Exit at once on a second stop signal: the operator has chosen speed over revocation.
+fn exit_now() {
+    std::process::exit(i32::from(EXIT_FAILED));
+}
+
+async fn run(path: &Path) -> u8 {
+    let Loaded { config, warnings } = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            print_config_error(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    init_logging(config.log_level.as_deref());
+    for w in &warnings {
+        warn!("{}: {w}", path.display());
+    }
+    run_daemon(config).await
+}
+
+async fn run_daemon(config: config::Config) -> u8 {
+    // Handlers first: from here on, a stop signal means "revoke", never "die".
+    let control = match signals::listen(exit_now) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return EXIT_OSERR;
+        }
+    };
+    let providers = match daemon::build_providers(&config) {
+        Ok(p) => p,
+        Err(e @ DaemonError::Provider { .. }) | Err(e @ DaemonError::MissingProvider { .. }) => {
+            error!("{}", chain(&e));
+            return EXIT_CONFIG;
+        }
+    };
+    // systemd starts dependants once every token file exists (Type=notify).
+    let on_ready = || systemd::notify("READY=1");
+    let result = daemon::run(config, providers, control, on_ready).await;
+    match result {
+        Ok(report) => summarize(&report),
+        Err(e) => {
+            error!("{}", chain(&e));
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// Log the one-line stop summary and pick the exit code.
+fn summarize(report: &RunReport) -> u8 {
+    let failed = report.failed_sets();
+    let kept: usize = report.sets.iter().filter(|s| s.kept.is_some()).count();
+    let sets = report.sets.len();
+    if failed.is_empty() {
+        info!(
+            revoked = report.revoked_count(),
+            kept,
+            "stopped: revoked {} token{} across {sets} set{}",
+            report.revoked_count(),
+            plural(report.revoked_count()),
+            plural(sets)
+        );
+        EXIT_OK
+    } else {
+        error!(
+            revoked = report.revoked_count(),
+            "stopped: revoked {} token{}, but could not revoke every token of: {}",
+            report.revoked_count(),
+            plural(report.revoked_count()),
+            failed.join(", ")
+        );
+        EXIT_FAILED
+    }
+}
+
+async fn dev_provider(listen: SocketAddr, opts: DevProviderOptions) -> u8 {
+    init_logging(None);
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let shutdown = async {
+        tokio::select! {
+            () = stop => {},
+            () = term => {},
+        }
+    };
+    match devprovider::serve(listen, opts, shutdown).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error!(address = %listen, error = %e, "development provider failed");
+            EXIT_OSERR
+        }
+    }
+}
+
+/// The demo's config, in the same YAML an operator writes: it goes through the real loader.
+fn demo_config(dir: &Path, base_url: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"# Written by `tokenkeeper demo`. The same file runs against `tokenkeeper dev-provider`.
+state_dir: {d}/state
+shutdown_timeout: 10s
+defaults:
+  refresh: {{ at: 66%, jitter: 10%, min_interval: 1s }}
+  file: {{ mode: "0640", format: raw }}
+  revoke_superseded_after: 5s
+providers:
+  dev:
+    kind: voucherify
+    base_url: {base_url}
+    # The development provider's well-known credentials; real keys belong in
+    # {{ credential: NAME }}, {{ file: PATH }} or {{ env: NAME }}.
+    app_id: {app_id}
+    app_token: {app_token}
+scope_sets:
+  - name: orders-sync
+    provider: dev
+    scopes: [orders, customers]
+    file: {{ path: {d}/orders-sync.token }}
+  - name: reports
+    provider: dev
+    scopes: [vouchers, campaigns]
+    file: {{ path: {d}/reports.json, format: json }}
+  - name: legacy-app
+    provider: dev
+    scopes: [api]
+    file: {{ path: {d}/legacy-app.env, format: env, mode: "0600" }}
+"#,
+        app_id = devprovider::DEV_APP_ID,
+        app_token = devprovider::DEV_APP_TOKEN,
+    )
+}
+
+async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
+    init_logging(None);
+    let dir = match std::path::absolute(&dir) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(dir = %dir.display(), error = %e, "cannot resolve the demo folder");
+            return EXIT_OSERR;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        error!(dir = %dir.display(), error = %e, "cannot create the demo folder");
+        return EXIT_OSERR;
+    }
+    let opts = DevProviderOptions {
+        lifetime,
+        ..DevProviderOptions::default()
+    };
+    let provider = match DevProvider::start(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "cannot start the development provider");
+            return EXIT_OSERR;
+        }
+    };
+    let cfg_path = dir.join("demo-config.yaml");
+    if let Err(e) = std::fs::write(&cfg_path, demo_config(&dir, &provider.base_url())) {
+        error!(path = %cfg_path.display(), error = %e, "cannot write the demo config");
+        return EXIT_OSERR;
+    }
+    let config = match config::load(&cfg_path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            print_config_error(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    eprintln!(
+        "\ntokenkeeper demo\n  development provider: {url} (Voucherify OAuth v1, {life}s tokens)\n  token files:          {d}/\n  config it runs:       {cfg}\n\n  Watch the files change:  watch -n1 'ls -l {d}; cat {d}/orders-sync.token; echo'\n  Ctrl-C revokes every token and removes the files.\n",
+        url = provider.base_url(),
+        life = lifetime.as_secs(),
+        d = dir.display(),
+        cfg = cfg_path.display(),
+    );
+    let code = run_daemon(config).await;
+    let live = provider.live_tokens().len();
+    let issued = provider.issued_tokens().len();
+    eprintln!(
+        "\ndemo over: the provider issued {issued} token{} and now holds {live} live one{}.",
+        plural(issued),
+        plural(live)
+    );
+    provider.shutdown().await;
+    code
+}

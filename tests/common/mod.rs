@@ -1,0 +1,151 @@
+//! Shared pieces of the integration tests: the real binary, run against the strict
+//! development provider on 127.0.0.1, with real signals.
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokenkeeper::devprovider::{DevProvider, DevProviderOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenkeeper");
+
+/// How long any single wait in these tests may take before it counts as a failure. Generous:
+/// the tests wait for events, they never time them.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub async fn provider(lifetime: Duration) -> DevProvider {
+    DevProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        DevProviderOptions {
+            lifetime,
+            ..DevProviderOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A config with one voucherify provider named `dev` pointing at `p`, and the given sets
+/// (YAML list items, indented by two spaces) and extra top-level lines.
+pub fn config(p: &DevProvider, top: &str, sets: &str) -> String {
+    format!(
+        "{top}\nproviders:\n  dev:\n    kind: voucherify\n    base_url: {}\n    app_id: {{ env: TK_TEST_APP_ID }}\n    app_token: {{ env: TK_TEST_APP_TOKEN }}\nscope_sets:\n{sets}",
+        p.base_url()
+    )
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `tokenkeeper ARGS` with its output going to a file, under `umask`.
+    pub fn spawn(dir: &Path, args: &[&str], umask: u32, env: &[(&str, &str)]) -> Daemon {
+        let log = dir.join(format!("daemon-{}.log", fastrand::u32(..)));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+            .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mask = nix::sys::stat::Mode::from_bits_truncate(umask);
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own state.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::stat::umask(mask);
+                Ok(())
+            });
+        }
+        Daemon {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn run(dir: &Path, config_yaml: &str, umask: u32) -> Daemon {
+        let cfg = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
+        std::fs::write(&cfg, config_yaml).unwrap();
+        Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], umask, &[])
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the process to exit; panics (after killing it) if it does not within `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "daemon did not exit within {limit:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_for_log(&self, needle: &str) {
+        let out = wait_until(PATIENCE, || self.output().contains(needle)).await;
+        assert!(
+            out,
+            "{needle:?} never appeared in the output:\n{}",
+            self.output()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A test that failed half-way must not leave its daemon running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Poll `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+pub fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
