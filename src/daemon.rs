@@ -432,6 +432,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             }
         }
+        if !outcome.revoked.is_empty() {
+            info!(set = %name, fingerprints = %outcome.revoked.join(","), "revoked");
+        }
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
         if outcome.kept.is_none() && (current_revoked || current_fp.is_none()) {

@@ -34,7 +34,7 @@ pub fn listen(on_second_stop: fn()) -> std::io::Result<mpsc::Receiver<Control>> 
                 }
                 SIGTERM | SIGINT => {
                     stopping = true;
-                    info!(signal = sig, "stop signal received");
+                    info!(signal = name(sig), "stop signal received");
                     Control::Shutdown
                 }
                 SIGHUP => Control::Reload,
@@ -50,4 +50,14 @@ pub fn listen(on_second_stop: fn()) -> std::io::Result<mpsc::Receiver<Control>> 
         }
     });
     Ok(rx)
+}
+
+fn name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        _ => "other",
+    }
 }
