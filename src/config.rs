@@ -46,7 +46,20 @@ pub struct ProviderConfig {
     pub name: String,
     /// Per-request deadline (connect + send + read the answer).
     pub timeout: Duration,
+    /// Most tokens tokenkeeper holds live at once from this provider (current, superseded,
+    /// and those being issued), across all sets.
+    pub max_live_tokens: usize,
+    /// Token-bucket limit on issuing: sustained rate and burst.
+    pub issue_rate: IssueRate,
     pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IssueRate {
+    /// Tokens per second, sustained.
+    pub per_second: f64,
+    /// Tokens that may be issued back to back before the rate applies.
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +241,14 @@ const DEFAULT_FILE_MODE: u32 = 0o640;
 /// Long enough for a reader of the old token to finish its requests, short enough that a set
 /// holds at most two live tokens at steady state.
 const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
+/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025). Lower
+/// it when other clients share the project, so they keep room of their own.
+const VOUCHERIFY_MAX_LIVE_TOKENS: u64 = 1000;
+/// Sustained issuing rate per provider: a hundred sets start in about ten seconds, while a
+/// runaway loop cannot mint more than 600 tokens a minute.
+const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
+/// Issues allowed back to back: enough for a typical machine's sets to start at once.
+const DEFAULT_ISSUE_BURST: u64 = 100;
 /// A provider slower than this per request is better retried than waited for.
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
@@ -295,6 +316,9 @@ struct RawProvider {
     app_id: Option<Value>,
     app_token: Option<Value>,
     timeout: Option<Value>,
+    max_live_tokens: Option<Value>,
+    issue_rate: Option<Value>,
+    issue_burst: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -786,6 +810,10 @@ impl Checker<'_> {
     fn provider(&mut self, name: &str, raw: &RawProvider) -> Option<ProviderConfig> {
         let at = format!("providers.{name}");
         let timeout = self.positive_duration(&at, "timeout", raw.timeout.as_ref(), "");
+        let max_live_tokens =
+            self.positive_integer(&at, "max_live_tokens", raw.max_live_tokens.as_ref());
+        let per_second = self.rate(&at, "issue_rate", raw.issue_rate.as_ref());
+        let burst = self.positive_integer(&at, "issue_burst", raw.issue_burst.as_ref());
         match raw.kind.as_deref() {
             Some("voucherify") => {}
             Some(kind) if PLANNED_PROVIDER_KINDS.contains(&kind) => {
@@ -838,6 +866,15 @@ impl Checker<'_> {
         Some(ProviderConfig {
             name: name.to_string(),
             timeout: timeout.ok()?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+            max_live_tokens: usize::try_from(
+                max_live_tokens.ok()?.unwrap_or(VOUCHERIFY_MAX_LIVE_TOKENS),
+            )
+            .unwrap_or(usize::MAX),
+            issue_rate: IssueRate {
+                per_second: per_second.ok()?.unwrap_or(DEFAULT_ISSUE_PER_SECOND),
+                burst: u32::try_from(burst.ok()?.unwrap_or(DEFAULT_ISSUE_BURST))
+                    .unwrap_or(u32::MAX),
+            },
             kind: ProviderKind::Voucherify {
                 base_url: base_url?,
                 app_id: app_id?,
@@ -1443,6 +1480,57 @@ impl Checker<'_> {
         }
     }
 
+    fn positive_integer(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<u64> {
+        match value {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => Ok(n.as_u64()),
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a whole number above 0, not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// `N/s`, `N/m` or `N/h` as tokens per second.
+    fn rate(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let parsed = value.as_str().and_then(|text| {
+            let (n, unit) = text.trim().split_once('/')?;
+            let n: f64 = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+            let per = match unit.trim() {
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+            Some(n / per)
+        });
+        match parsed {
+            Some(rate) => Ok(Some(rate)),
+            None => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be a rate such as \"10/s\", \"120/m\" or \"1000/h\""),
+                );
+                Err(())
+            }
+        }
+    }
+
     fn percent(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
         let value = match value {
             None => return Ok(None),
@@ -1881,6 +1969,51 @@ scope_sets:
                 panic!("refused:\n{}", list.join("\n"))
             }
             Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn provider_budget_has_defaults_and_can_be_set() {
+        let vf = &accepted(BASE).config.providers["vf"];
+        assert_eq!(vf.max_live_tokens, 1000);
+        assert_eq!(vf.issue_rate.per_second, 10.0);
+        assert_eq!(vf.issue_rate.burst, 100);
+        let text = BASE.replace(
+            "    cluster: eu\n",
+            "    cluster: eu\n    max_live_tokens: 200\n    issue_rate: 120/m\n    issue_burst: 5\n",
+        );
+        let vf = &accepted(&text).config.providers["vf"];
+        assert_eq!(vf.max_live_tokens, 200);
+        assert_eq!(vf.issue_rate.per_second, 2.0);
+        assert_eq!(vf.issue_rate.burst, 5);
+        for (bad, want) in [
+            (
+                "    max_live_tokens: 0\n",
+                "max_live_tokens must be a whole number above 0",
+            ),
+            (
+                "    max_live_tokens: \"10\"\n",
+                "max_live_tokens must be a whole number above 0",
+            ),
+            ("    issue_rate: 10\n", "issue_rate must be a rate such as"),
+            (
+                "    issue_rate: 10/d\n",
+                "issue_rate must be a rate such as",
+            ),
+            (
+                "    issue_burst: -1\n",
+                "issue_burst must be a whole number above 0",
+            ),
+        ] {
+            let text = BASE.replace("    cluster: eu\n", &format!("    cluster: eu\n{bad}"));
+            let Err(ConfigError::Invalid { problems, .. }) = parse(&text, Path::new("t.yaml"))
+            else {
+                panic!("{bad:?} accepted")
+            };
+            assert!(
+                problems.iter().any(|p| p.message.contains(want)),
+                "{bad:?}: {problems:?}"
+            );
         }
     }
 
@@ -2454,6 +2587,11 @@ scope_sets:
             ProviderConfig {
                 name: "vf".into(),
                 timeout: DEFAULT_PROVIDER_TIMEOUT,
+                max_live_tokens: 1000,
+                issue_rate: IssueRate {
+                    per_second: DEFAULT_ISSUE_PER_SECOND,
+                    burst: 100,
+                },
                 kind: ProviderKind::Voucherify {
                     base_url: Url::parse(VOUCHERIFY_DEFAULT_URL).unwrap(),
                     app_id,

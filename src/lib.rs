@@ -4,6 +4,7 @@
 //! Data flows one way: [`config`] → one task per scope set in [`daemon`] → [`provider`] →
 //! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
 
+pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod devprovider;
