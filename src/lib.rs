@@ -8,6 +8,7 @@ pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod devprovider;
+pub mod journal;
 pub mod provider;
 pub mod schedule;
 pub mod secret;

@@ -1,0 +1,473 @@
+//! The state journal: every live token tokenkeeper holds, on disk, so that neither a crash
+//! nor a restart loses track of one.
+//!
+//! A token is recorded (and the record flushed) before it is written to its file, and dropped
+//! from the journal once it is revoked or has expired. On start the daemon reuses a journaled
+//! token that still fits its set, and revokes the rest; `tokenkeeper revoke` revokes whatever
+//! the journal holds. The journal is one JSON file in `state_dir` (0700), mode 0600, replaced
+//! atomically like the token files. One process owns a state directory at a time: it holds an
+//! exclusive `flock` on `state_dir/lock`.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{ProviderConfig, ProviderKind, SetConfig};
+use crate::secret::Secret;
+
+/// The journal's file name inside `state_dir`.
+pub const JOURNAL_FILE: &str = "journal.json";
+/// The lock file's name inside `state_dir`.
+pub const LOCK_FILE: &str = "lock";
+/// Exact mode of `state_dir`: it holds live tokens, so only the daemon's user may enter.
+pub const STATE_DIR_MODE: u32 = 0o700;
+/// Exact mode of the journal: owner read-write, nobody else.
+const JOURNAL_MODE: u32 = 0o600;
+/// Format version, so a future layout can be told apart instead of misread.
+const VERSION: u32 = 1;
+/// Operations waiting for the writer. Each set has at most one outstanding at a time, so this
+/// only bounds bursts; a full queue makes senders wait, which is the back-pressure we want.
+const QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{op} {path}", path = path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another tokenkeeper process (pid {pid}) holds {path}; one process per state_dir",
+        path = path.display()
+    )]
+    Locked { path: PathBuf, pid: String },
+    #[error("{path} is not a tokenkeeper journal", path = path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} has journal version {found}; this tokenkeeper reads version {VERSION}", path = path.display())]
+    Version { path: PathBuf, found: u32 },
+    #[error("the journal writer has stopped")]
+    Closed,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One live token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub set: String,
+    pub provider: String,
+    pub fingerprint: String,
+    #[serde(with = "secret_serde")]
+    pub token: Secret,
+    pub token_type: String,
+    pub scope: String,
+    /// Wall-clock times: the journal outlives the process, and with it its monotonic clock.
+    #[serde(with = "humantime_serde")]
+    pub issued_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub expires_at: SystemTime,
+    /// When the set planned to replace it. A restart before then reuses the token.
+    #[serde(with = "humantime_serde")]
+    pub refresh_at: SystemTime,
+    /// [`config_hash`] of the set when the token was issued.
+    pub config_hash: String,
+    /// The file the token was written to, so `revoke` can remove it.
+    pub file: Option<PathBuf>,
+}
+
+mod secret_serde {
+    use crate::secret::Secret;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.expose())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Secret, D::Error> {
+        let s = zeroize::Zeroizing::new(String::deserialize(de)?);
+        Ok(Secret::new(s.as_str()))
+    }
+}
+
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(de)?;
+        humantime::parse_rfc3339(&s).map_err(D::Error::custom)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Document {
+    version: u32,
+    tokens: Vec<Entry>,
+}
+
+/// What a token is: its provider and scopes. A journaled token is reused only for a set whose
+/// hash still matches; a change of file settings does not need a new token.
+pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(b"v1\0provider\0");
+    h.update(set.provider.as_bytes());
+    h.update(b"\0kind\0");
+    h.update(provider.kind.kind_name().as_bytes());
+    match &provider.kind {
+        ProviderKind::Voucherify { base_url, .. } => {
+            h.update(b"\0base_url\0");
+            h.update(base_url.as_str().as_bytes());
+        }
+    }
+    let mut scopes = set.scopes.clone();
+    scopes.sort();
+    for s in &scopes {
+        h.update(b"\0scope\0");
+        h.update(s.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Exclusive ownership of a state directory, for as long as this value lives.
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: Flock<File>,
+}
+
+/// Create `state_dir` (exactly 0700) and take its lock, without blocking.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
+    ensure_state_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(JOURNAL_MODE)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            return Err(JournalError::Locked { path, pid });
+        }
+        Err((_, e)) => return Err(io("lock", &path)(std::io::Error::from(e))),
+    };
+    // The pid inside is for the message above, and for operators; the lock is the flock.
+    let pid = std::process::id().to_string();
+    lock.set_len(0).map_err(io("write", &path))?;
+    (&*lock)
+        .write_all(pid.as_bytes())
+        .map_err(io("write", &path))?;
+    Ok(StateLock { _lock: lock })
+}
+
+fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create directory", dir)(e)),
+    }
+    // Exact whatever the umask, and tightened if someone loosened it.
+    std::fs::set_permissions(dir, Permissions::from_mode(STATE_DIR_MODE))
+        .map_err(io("set the mode of", dir))
+}
+
+/// Read the journal; a missing file is an empty journal.
+pub fn load(dir: &Path) -> Result<Vec<Entry>, JournalError> {
+    let path = dir.join(JOURNAL_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("read", &path)(e)),
+    };
+    let doc: Document = serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    if doc.version != VERSION {
+        return Err(JournalError::Version {
+            path,
+            found: doc.version,
+        });
+    }
+    Ok(doc.tokens)
+}
+
+/// Replace the journal with `entries`, atomically and durably.
+pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
+    let path = dir.join(JOURNAL_FILE);
+    let doc = Document {
+        version: VERSION,
+        tokens: entries.to_vec(),
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    serde_json::to_writer(&mut *bytes, &doc).map_err(|source| JournalError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".journal.")
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(JOURNAL_MODE))
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    let tmp_path = tmp.path().to_path_buf();
+    tmp.write_all(&bytes).map_err(io("write", &tmp_path))?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(JOURNAL_MODE))
+        .map_err(io("set the mode of", &tmp_path))?;
+    tmp.as_file().sync_all().map_err(io("fsync", &tmp_path))?;
+    tmp.persist(&path)
+        .map_err(|e| io("rename a temporary file over", &path)(e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+enum Op {
+    Record(Box<Entry>),
+    Remove(Vec<String>),
+}
+
+/// A cheap handle on the journal writer task. Every change is acknowledged only once it is
+/// on disk (or, for [`Journal::memory`], in memory).
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<(Op, oneshot::Sender<Result<(), String>>)>,
+}
+
+impl Journal {
+    /// Start the writer for `dir`, beginning from `entries` (what [`load`] returned).
+    pub fn start(dir: PathBuf, entries: Vec<Entry>) -> Journal {
+        Self::spawn(Some(dir), entries).0
+    }
+
+    /// A journal that lives in memory only, for tests; the returned watch shows its content.
+    pub fn memory() -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
+        Self::spawn(None, Vec::new())
+    }
+
+    fn spawn(
+        dir: Option<PathBuf>,
+        entries: Vec<Entry>,
+    ) -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
+        let (tx, mut rx) = mpsc::channel::<(Op, oneshot::Sender<Result<(), String>>)>(QUEUE);
+        let (view_tx, view_rx) = tokio::sync::watch::channel(entries.clone());
+        tokio::spawn(async move {
+            let mut entries = entries;
+            while let Some(first) = rx.recv().await {
+                // Group commit: everything queued while the last write ran goes in this one.
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let mut acks = Vec::with_capacity(batch.len());
+                for (op, ack) in batch {
+                    match op {
+                        Op::Record(e) => {
+                            entries.retain(|x| x.fingerprint != e.fingerprint);
+                            entries.push(*e);
+                        }
+                        Op::Remove(fps) => entries.retain(|x| !fps.contains(&x.fingerprint)),
+                    }
+                    acks.push(ack);
+                }
+                // Expired tokens need no revocation and no record: this is what keeps the
+                // journal from growing when revocations fail.
+                let now = SystemTime::now();
+                entries.retain(|e| e.expires_at > now);
+                let result = match &dir {
+                    Some(dir) => {
+                        let dir = dir.clone();
+                        let snapshot = entries.clone();
+                        match tokio::task::spawn_blocking(move || save(&dir, &snapshot)).await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(crate::error_chain(&e)),
+                            Err(e) => Err(format!("journal writer thread failed: {e}")),
+                        }
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = &result {
+                    // Kept in memory: the next change writes it all again.
+                    error!(error = %e, "could not write the state journal");
+                }
+                view_tx.send_replace(entries.clone());
+                for ack in acks {
+                    let _ = ack.send(result.clone());
+                }
+            }
+        });
+        (Journal { tx }, view_rx)
+    }
+
+    async fn op(&self, op: Op) -> Result<(), String> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((op, ack))
+            .await
+            .map_err(|_| JournalError::Closed.to_string())?;
+        done.await.map_err(|_| JournalError::Closed.to_string())?
+    }
+
+    /// Record a live token; returns once the record is durable. An error is logged by the
+    /// writer and returned for the caller's log line; the record stays queued in memory.
+    pub async fn record(&self, entry: Entry) -> Result<(), String> {
+        self.op(Op::Record(Box::new(entry))).await
+    }
+
+    /// Forget tokens that were revoked (or expired), by fingerprint.
+    pub async fn remove(&self, fingerprints: Vec<String>) {
+        if fingerprints.is_empty() {
+            return;
+        }
+        if let Err(e) = self.op(Op::Remove(fingerprints)).await {
+            warn!(error = %e, "journal not updated after revocation; the next start will find those tokens gone");
+        }
+    }
+}
+
+/// Remaining life of a journaled token by the wall clock.
+pub fn remaining(e: &Entry, now: SystemTime) -> Duration {
+    e.expires_at.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn entry(fp: &str, expires_in: u64) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            set: "s".into(),
+            provider: "p".into(),
+            fingerprint: fp.into(),
+            token: Secret::new(format!("tok-{fp}")),
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            issued_at: now,
+            expires_at: now + Duration::from_secs(expires_in),
+            refresh_at: now + Duration::from_secs(expires_in / 2),
+            config_hash: "h".into(),
+            file: Some("/run/x".into()),
+        }
+    }
+
+    #[test]
+    fn state_dir_is_0700_and_locked_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let lock = lock_state_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+        let err = lock_state_dir(&dir).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(lock);
+        lock_state_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn save_and_load_round_trip_with_an_owner_only_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = vec![entry("aa", 600), entry("bb", 900)];
+        save(tmp.path(), &e).unwrap();
+        let path = tmp.path().join(JOURNAL_FILE);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+        let back = load(tmp.path()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].token.expose(), "tok-bb");
+        // Times survive to the millisecond.
+        let d = back[0]
+            .expires_at
+            .duration_since(e[0].expires_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(d < Duration::from_millis(1));
+        assert!(load(&tmp.path().join("none")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_an_error_not_an_empty_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(JOURNAL_FILE), "{\"version\":1,\"tok").unwrap();
+        assert!(matches!(
+            load(tmp.path()),
+            Err(JournalError::Corrupt { .. })
+        ));
+        std::fs::write(
+            tmp.path().join(JOURNAL_FILE),
+            "{\"version\":9,\"tokens\":[]}",
+        )
+        .unwrap();
+        assert!(matches!(
+            load(tmp.path()),
+            Err(JournalError::Version { found: 9, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_writer_records_removes_and_prunes_expired_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::start(tmp.path().to_path_buf(), vec![entry("old", 0)]);
+        j.record(entry("aa", 600)).await.unwrap();
+        j.record(entry("bb", 600)).await.unwrap();
+        let on_disk: Vec<String> = load(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(on_disk, vec!["aa", "bb"]);
+        j.remove(vec!["aa".into()]).await;
+        let on_disk: Vec<String> = load(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(on_disk, vec!["bb"]);
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let e = entry("aa", 600);
+        assert!(!format!("{e:?}").contains("tok-aa"));
+    }
+}
