@@ -15,12 +15,14 @@ use futures_util::future::join_all;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout_at};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::budget::{Budget, Refusal, Slot};
 use crate::config::{Config, FileConfig, OnShutdown, SetConfig};
 use crate::error_chain as chain;
-use crate::provider::{Issued, Provider, ProviderError, TokenProvider};
-use crate::schedule::{RetryClass, refresh_after, retry_after};
+use crate::journal::{self, Entry, Journal};
+use crate::provider::{Introspection, Issued, Provider, ProviderError, TokenProvider};
+use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
 
@@ -31,6 +33,10 @@ const STOP_RETRY_BASE: Duration = Duration::from_millis(250);
 /// Longest pause between revocation attempts at stop: several attempts still fit in the
 /// default 20 s deadline.
 const STOP_RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// How often a set blocked by the live-token cap looks again. Slots free up as superseded
+/// tokens are revoked (a minute after their replacement, by default), so seconds suffice.
+const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
 /// A superseded token whose revocation failed is tried again this much later, with backoff on
 /// top; it is dropped once it has expired, since an expired token needs no revocation.
@@ -133,15 +139,17 @@ impl TokenSink for FileSink {
     }
 }
 
-/// A token a set holds.
-struct Held {
+/// A token a set holds, with its place in the provider's budget.
+pub struct Held {
     token: Secret,
     fingerprint: String,
     expires_at: Instant,
+    /// Given back when the token is dropped: revoked, expired, or abandoned at exit.
+    _slot: Slot,
 }
 
 impl Held {
-    fn from_issued(issued: Issued) -> (Held, IssuedMeta) {
+    fn from_issued(issued: Issued, slot: Slot) -> (Held, IssuedMeta) {
         let meta = IssuedMeta {
             expires_at: issued.expires_at_wall(),
             token_type: issued.token_type.clone(),
@@ -151,9 +159,33 @@ impl Held {
             fingerprint: issued.token.fingerprint(),
             expires_at: issued.expires_at(),
             token: issued.token,
+            _slot: slot,
         };
         (held, meta)
     }
+
+    /// A token from the journal, alive for `remaining` more.
+    pub fn adopted(entry: &Entry, remaining: Duration, slot: Slot) -> Held {
+        Held {
+            token: entry.token.clone(),
+            fingerprint: entry.fingerprint.clone(),
+            expires_at: Instant::now() + remaining,
+            _slot: slot,
+        }
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
+/// What the journal hands a set at start.
+#[derive(Default)]
+pub struct Start {
+    /// A journaled token to go on using, its file content, and when to replace it.
+    pub current: Option<(Held, IssuedMeta, Instant)>,
+    /// This set's other journaled tokens: revoked once the set has a token in place.
+    pub stale: Vec<Held>,
 }
 
 /// How a set ended: which tokens were revoked, which could not be.
@@ -203,10 +235,25 @@ pub struct SetTask<P, S> {
     pub stop: watch::Receiver<Option<Instant>>,
     pub rotate: broadcast::Receiver<()>,
     pub state: watch::Sender<SetState>,
+    pub journal: Journal,
+    pub budget: Arc<Budget>,
+    /// [`journal::config_hash`] of this set, recorded with each token.
+    pub config_hash: String,
+    pub start: Start,
 }
 
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
 type SupersededResult = (Held, Result<(), ProviderError>);
+
+/// Wall-clock equivalent of a tokio instant, for the journal.
+fn wall(at: Instant) -> SystemTime {
+    let now = Instant::now();
+    if at >= now {
+        SystemTime::now() + (at - now)
+    } else {
+        SystemTime::now() - (now - at)
+    }
+}
 
 impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     /// When to try again after a failure: `delay` from now, but never sooner than
@@ -219,6 +266,30 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
     }
 
+    fn journal_entry(&self, held: &Held, meta: &IssuedMeta, refresh_at: Instant) -> Entry {
+        Entry {
+            set: self.cfg.name.clone(),
+            provider: self.cfg.provider.clone(),
+            fingerprint: held.fingerprint.clone(),
+            token: held.token.clone(),
+            token_type: meta.token_type.clone(),
+            scope: meta.scope.clone(),
+            issued_at: SystemTime::now(),
+            expires_at: meta.expires_at,
+            refresh_at: wall(refresh_at),
+            config_hash: self.config_hash.clone(),
+            file: Some(self.cfg.file.path.clone()),
+        }
+    }
+
+    fn fresh(&self, held: &Held, next_refresh: Instant) {
+        self.state.send_replace(SetState::Fresh {
+            fingerprint: held.fingerprint.clone(),
+            expires_at: held.expires_at,
+            next_refresh,
+        });
+    }
+
     /// Keep the set's sink holding a valid token until told to stop, then revoke.
     pub async fn run(mut self) -> SetOutcome {
         let name = self.cfg.name.clone();
@@ -227,12 +298,39 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let mut superseded: Vec<(Held, Instant)> = Vec::new();
         // Revocations of superseded tokens under way.
         let mut revoking: JoinSet<SupersededResult> = JoinSet::new();
-        // Tokens obtained but never written (a write failed, or stop came first).
+        // Tokens obtained but never written (stop came first).
         let mut orphans: Vec<Held> = Vec::new();
         let mut next_issue = Instant::now();
         let mut last_issue: Option<Instant> = None;
         let mut attempt: u32 = 0;
+        // Whether the budget refused last time, so the refusal is logged once, not per retry.
+        let mut budget_blocked = false;
         let deadline: Instant;
+
+        let start = std::mem::take(&mut self.start);
+        if let Some((held, meta, refresh_at)) = start.current {
+            // The file may be missing or from another config: put the token back in place.
+            match self.sink.write(&held.token, &meta).await {
+                Ok(()) => {
+                    info!(set = %name, fingerprint = %held.fingerprint,
+                        refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
+                        "reusing the journaled token");
+                    next_issue = refresh_at;
+                    self.fresh(&held, next_issue);
+                }
+                Err(e) => {
+                    error!(set = %name, error = %chain(&e), "could not write the journaled token; replacing it");
+                }
+            }
+            current = Some(held);
+        }
+        // Journaled tokens that no longer fit. With a token adopted, none of them is in the
+        // file: revoke them now. Otherwise the file may still hold one, so they are treated
+        // like superseded tokens once the first new token is written.
+        let mut stale = start.stale;
+        if current.is_some() {
+            superseded.extend(stale.drain(..).map(|h| (h, Instant::now())));
+        }
 
         loop {
             let expiry = current.as_ref().map(|h| h.expires_at);
@@ -249,15 +347,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     info!(set = %name, "rotation requested");
                 }
                 Some(joined) = revoking.join_next(), if !revoking.is_empty() => {
-                    if let Ok((held, Err(e))) = joined {
-                        if held.expires_at > Instant::now() {
+                    match joined {
+                        Ok((held, Ok(()))) => {
+                            info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
+                            self.journal.remove(vec![held.fingerprint.clone()]).await;
+                        }
+                        Ok((held, Err(e))) if held.expires_at > Instant::now() => {
                             warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
                                 "could not revoke superseded token; will retry");
                             let again = Instant::now() + SUPERSEDED_RETRY.mul_f64(1.0 + (self.jitter)());
                             superseded.push((held, again));
                         }
-                    } else if let Ok((held, Ok(()))) = joined {
-                        info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
+                        // Expired meanwhile: nothing left to revoke; the journal prunes it.
+                        Ok((_, Err(_))) => {}
+                        Err(e) => error!(set = %name, error = %e, "a revocation task failed"),
                     }
                 }
                 () = sleep_until(expiry.unwrap_or(next_issue)), if expiry.is_some() => {
@@ -267,6 +370,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         if let Err(e) = self.sink.remove().await {
                             error!(set = %name, error = %chain(&e), "could not remove expired token");
                         }
+                        self.journal.remove(vec![h.fingerprint.clone()]).await;
                         self.state.send_replace(SetState::Failing {
                             has_token: false,
                             error: "token expired with no replacement".into(),
@@ -292,6 +396,33 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     }
                 }
                 () = sleep_until(next_issue) => {
+                    let slot = match self.budget.acquire() {
+                        Ok(slot) => {
+                            if std::mem::take(&mut budget_blocked) {
+                                info!(set = %name, provider = %self.cfg.provider, "token budget available again");
+                            }
+                            slot
+                        }
+                        Err(refusal) => {
+                            let wait = match &refusal {
+                                Refusal::Rate { wait } => *wait,
+                                Refusal::Live { .. } => BUDGET_RECHECK.mul_f64(1.0 + (self.jitter)()),
+                            };
+                            next_issue = Instant::now() + wait;
+                            if matches!(refusal, Refusal::Live { .. }) && !budget_blocked {
+                                budget_blocked = true;
+                                warn!(set = %name, provider = %self.cfg.provider, reason = %refusal,
+                                    "not issuing: the provider's token budget is exhausted; waiting for tokens to be revoked or to expire");
+                                self.state.send_replace(SetState::Failing {
+                                    has_token: current.is_some(),
+                                    error: refusal.to_string(),
+                                });
+                            } else {
+                                debug!(set = %name, reason = %refusal, "issue delayed");
+                            }
+                            continue;
+                        }
+                    };
                     last_issue = Some(Instant::now());
                     let issue = self.provider.issue(&self.cfg.scopes);
                     tokio::pin!(issue);
@@ -304,9 +435,11 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                             deadline = stop_deadline(&self.stop, changed);
                             match timeout_at(deadline, issue).await {
                                 Ok(Ok(issued)) => {
-                                    let (held, _) = Held::from_issued(issued);
+                                    let (held, meta) = Held::from_issued(issued, slot);
                                     info!(set = %name, fingerprint = %held.fingerprint,
                                         "token issued while stopping; revoking it");
+                                    let entry = self.journal_entry(&held, &meta, Instant::now());
+                                    let _ = self.journal.record(entry).await;
                                     orphans.push(held);
                                 }
                                 Ok(Err(e)) => warn!(set = %name, error = %chain(&e), "issue in flight at stop failed"),
@@ -319,24 +452,25 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         Ok(issued) => {
                             let lifetime = issued.lifetime;
                             let issued_at = issued.issued_at;
-                            let (held, meta) = Held::from_issued(issued);
+                            let (held, meta) = Held::from_issued(issued, slot);
+                            let refresh_at = issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
+                            // Journal first: a crash after the file write must not lose track.
+                            if let Err(e) = self.journal.record(self.journal_entry(&held, &meta, refresh_at)).await {
+                                error!(set = %name, fingerprint = %held.fingerprint, error = %e,
+                                    "token not journaled; if tokenkeeper is killed now it stays live until it expires");
+                            }
                             match self.sink.write(&held.token, &meta).await {
                                 Ok(()) => {
                                     attempt = 0;
-                                    next_issue = issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
+                                    next_issue = refresh_at;
                                     info!(set = %name, provider = %self.cfg.provider,
                                         fingerprint = %held.fingerprint,
                                         expires_in = %humantime::format_duration(whole_secs(lifetime)),
                                         refresh_in = %humantime::format_duration(whole_secs(next_issue.saturating_duration_since(Instant::now()))),
                                         "token written");
-                                    self.state.send_replace(SetState::Fresh {
-                                        fingerprint: held.fingerprint.clone(),
-                                        expires_at: held.expires_at,
-                                        next_refresh: next_issue,
-                                    });
-                                    if let Some(old) = current.replace(held) {
-                                        superseded.push((old, Instant::now() + self.cfg.revoke_superseded_after));
-                                    }
+                                    self.fresh(&held, next_issue);
+                                    let grace = Instant::now() + self.cfg.revoke_superseded_after;
+                                    superseded.extend(current.replace(held).into_iter().chain(stale.drain(..)).map(|h| (h, grace)));
                                 }
                                 Err(e) => {
                                     // The file still holds the previous token (or nothing); the
@@ -385,8 +519,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         if let Ok(Some(pending)) = timeout_at(deadline, async {
             let mut back = Vec::new();
             while let Some(joined) = revoking.join_next().await {
-                if let Ok((held, Err(_))) = joined {
-                    back.push(held);
+                match joined {
+                    Ok((held, Err(_))) => back.push(held),
+                    Ok((held, Ok(()))) => outcome.revoked.push(held.fingerprint.clone()),
+                    Err(_) => {}
                 }
             }
             Some(back)
@@ -398,6 +534,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             revoking.abort_all();
         }
         let mut to_revoke: Vec<Held> = orphans;
+        to_revoke.extend(stale);
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
         let mut current_revoked = false;
         let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
@@ -405,7 +542,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
             (Some(h), OnShutdown::Keep) => {
                 info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep)");
-                outcome.kept = Some(h.fingerprint);
+                outcome.kept = Some(h.fingerprint.clone());
             }
             (None, _) => {}
         }
@@ -415,7 +552,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         drop(expired);
         let results = join_all(
             live.iter()
-                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline)),
+                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
         )
         .await;
         for (h, r) in live.iter().zip(results) {
@@ -427,20 +564,23 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     outcome.revoked.push(h.fingerprint.clone());
                 }
                 Err(e) => {
-                    error!(set = %name, fingerprint = %h.fingerprint, error = %e, "could not revoke token");
+                    error!(set = %name, fingerprint = %h.fingerprint, error = %e,
+                        "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
                     outcome.failed.push((h.fingerprint.clone(), e));
                 }
             }
         }
+        self.journal.remove(outcome.revoked.clone()).await;
         if !outcome.revoked.is_empty() {
             info!(set = %name, fingerprints = %outcome.revoked.join(","), "revoked");
         }
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
-        if outcome.kept.is_none() && (current_revoked || current_fp.is_none()) {
-            if let Err(e) = self.sink.remove().await {
-                error!(set = %name, error = %chain(&e), "could not remove the token file");
-            }
+        if outcome.kept.is_none()
+            && (current_revoked || current_fp.is_none())
+            && let Err(e) = self.sink.remove().await
+        {
+            error!(set = %name, error = %chain(&e), "could not remove the token file");
         }
         self.state.send_replace(SetState::Stopped);
         outcome
@@ -457,11 +597,12 @@ fn stop_deadline(
         .unwrap_or_else(|| Instant::now() + STOP_RETRY_CAP)
 }
 
-/// Revoke `token`, retrying transient failures until `deadline`.
+/// Revoke `token`, retrying transient failures (pauses doubling up to `cap`) until `deadline`.
 async fn revoke_until<P: TokenProvider>(
     provider: &P,
     token: &Secret,
     deadline: Instant,
+    cap: Duration,
 ) -> Result<(), String> {
     let mut pause = STOP_RETRY_BASE;
     loop {
@@ -472,10 +613,10 @@ async fn revoke_until<P: TokenProvider>(
                     return Err(chain(&e));
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(STOP_RETRY_CAP);
+                pause = (pause * 2).min(cap);
             }
             Ok(Err(e)) => return Err(chain(&e)),
-            Err(_) => return Err("shutdown_timeout reached before the provider answered".into()),
+            Err(_) => return Err("the deadline passed before the provider answered".into()),
         }
     }
 }
@@ -542,38 +683,288 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>
     Ok(out)
 }
 
+/// Name under which tokens of sets that are no longer configured are reported.
+pub const REMOVED_SETS: &str = "(sets no longer configured)";
+
+/// Decide, for one set, what to do with its journaled tokens: reuse the best one that still
+/// fits (same provider and scopes, not yet due for refresh, and active when introspected),
+/// and mark the rest for revocation.
+async fn adopt<P: TokenProvider>(
+    set: &SetConfig,
+    hash: &str,
+    provider: &P,
+    budget: &Arc<Budget>,
+    mut mine: Vec<Entry>,
+    journal: &Journal,
+) -> Start {
+    let now = SystemTime::now();
+    mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
+    let mut start = Start::default();
+    let mut gone = Vec::new();
+    for e in mine {
+        let remaining = journal::remaining(&e, now);
+        if remaining.is_zero() {
+            continue;
+        }
+        let fits = e.config_hash == hash && e.refresh_at > now;
+        if start.current.is_some() || !fits {
+            start
+                .stale
+                .push(Held::adopted(&e, remaining, budget.adopt()));
+            continue;
+        }
+        let meta = IssuedMeta {
+            token_type: e.token_type.clone(),
+            scope: e.scope.clone(),
+            expires_at: e.expires_at,
+        };
+        let refresh_in = e.refresh_at.duration_since(now).unwrap_or(Duration::ZERO);
+        match provider.introspect(&e.token).await {
+            Ok(Introspection::Active { remaining: r }) => {
+                let left = r.map_or(remaining, |r| r.min(remaining));
+                let held = Held::adopted(&e, left, budget.adopt());
+                start.current = Some((held, meta, Instant::now() + refresh_in.min(left)));
+            }
+            Ok(Introspection::Inactive) => {
+                info!(set = %set.name, fingerprint = %e.fingerprint,
+                    "journaled token is no longer active at the provider; issuing a new one");
+                gone.push(e.fingerprint.clone());
+            }
+            Err(err) => {
+                // Keep serving it (it is valid by the clock) but replace it straight away.
+                warn!(set = %set.name, fingerprint = %e.fingerprint, error = %chain(&err),
+                    "could not check the journaled token; using it until a replacement is in place");
+                let held = Held::adopted(&e, remaining, budget.adopt());
+                start.current = Some((held, meta, Instant::now()));
+            }
+        }
+    }
+    journal.remove(gone).await;
+    start
+}
+
+/// Revoke journaled tokens that belong to no configured set (or to a set's former provider),
+/// retrying until each is revoked or expired, or until stop; then remove their files.
+async fn revoke_leftovers<P: TokenProvider>(
+    entries: Vec<Entry>,
+    providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    in_use: Vec<std::path::PathBuf>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) -> SetOutcome {
+    let mut outcome = SetOutcome {
+        set: REMOVED_SETS.into(),
+        ..SetOutcome::default()
+    };
+    let now = SystemTime::now();
+    let attempts = entries.iter().map(|e| {
+        let provider = providers.get(&e.provider).cloned();
+        let mut stop = stop.clone();
+        let expires = Instant::now() + journal::remaining(e, now);
+        async move {
+            let Some(p) = provider else {
+                return Err(format!(
+                    "provider {} is no longer configured; the token expires on its own",
+                    e.provider
+                ));
+            };
+            tokio::select! {
+                r = revoke_until(p.as_ref(), &e.token, expires, BACKOFF_CAP) => r,
+                changed = stop.changed() => {
+                    let deadline = stop_deadline(&stop, changed);
+                    revoke_until(p.as_ref(), &e.token, deadline.min(expires), STOP_RETRY_CAP).await
+                }
+            }
+        }
+    });
+    let results = join_all(attempts).await;
+    for (e, r) in entries.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                info!(set = %e.set, fingerprint = %e.fingerprint, "revoked a journaled token of a set no longer configured");
+                outcome.revoked.push(e.fingerprint.clone());
+                if let Some(path) = e.file.clone().filter(|p| !in_use.contains(p)) {
+                    let _ = tokio::task::spawn_blocking(move || sink::remove(&path)).await;
+                }
+            }
+            // Expired while we tried: nothing is left to revoke.
+            Err(_) if journal::remaining(e, SystemTime::now()).is_zero() => {}
+            Err(why) => {
+                warn!(set = %e.set, fingerprint = %e.fingerprint, error = %why, "could not revoke a journaled token");
+                outcome.failed.push((e.fingerprint.clone(), why));
+            }
+        }
+    }
+    journal.remove(outcome.revoked.clone()).await;
+    // Wait for stop, so the report is complete however early this finished.
+    while stop.borrow().is_none() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    outcome
+}
+
+/// What `tokenkeeper revoke` did with one journaled token.
+#[derive(Debug)]
+pub struct Revoked {
+    pub set: String,
+    pub fingerprint: String,
+    pub result: Result<(), String>,
+}
+
+/// Revoke the journaled `entries` (the daemon is not running: the caller holds the state
+/// lock), each retried until `deadline`; write back the journal without the revoked ones and
+/// remove files whose every journaled token was revoked.
+pub async fn revoke_journaled<P: TokenProvider>(
+    state_dir: &std::path::Path,
+    all: Vec<Entry>,
+    selected: impl Fn(&Entry) -> bool,
+    providers: &HashMap<String, Arc<P>>,
+    deadline: Instant,
+) -> Result<Vec<Revoked>, journal::JournalError> {
+    let (chosen, kept): (Vec<Entry>, Vec<Entry>) = all.into_iter().partition(|e| selected(e));
+    let results = join_all(chosen.iter().map(|e| async move {
+        match providers.get(&e.provider) {
+            Some(p) => revoke_until(p.as_ref(), &e.token, deadline, STOP_RETRY_CAP).await,
+            None => Err(format!(
+                "provider {} is not in the config; it cannot be revoked (it expires on its own)",
+                e.provider
+            )),
+        }
+    }))
+    .await;
+    let mut report = Vec::new();
+    let mut remaining = kept;
+    let mut revoked = Vec::new();
+    for (e, r) in chosen.into_iter().zip(results) {
+        report.push(Revoked {
+            set: e.set.clone(),
+            fingerprint: e.fingerprint.clone(),
+            result: r.clone(),
+        });
+        if r.is_ok() {
+            revoked.push(e);
+        } else {
+            remaining.push(e);
+        }
+    }
+    let dir = state_dir.to_path_buf();
+    let files = files_to_remove(&revoked, &remaining);
+    tokio::task::spawn_blocking(move || {
+        journal::save(&dir, &remaining)?;
+        for f in files {
+            if let Err(e) = sink::remove(&f) {
+                warn!(file = %f.display(), error = %chain(&e), "could not remove the file of a revoked token");
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| journal::JournalError::Io {
+        op: "write",
+        path: state_dir.join(journal::JOURNAL_FILE),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    Ok(report)
+}
+
+/// Files of revoked tokens that no remaining journaled token names.
+fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = revoked
+        .iter()
+        .filter_map(|e| e.file.clone())
+        .filter(|f| !remaining.iter().any(|r| r.file.as_ref() == Some(f)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Run the daemon until `control` says stop; revoke everything; report.
 ///
+/// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
 /// `on_ready` is called once, when every set first has a valid token in place.
 pub async fn run<P: TokenProvider + 'static>(
     config: Config,
     providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    entries: Vec<Entry>,
     mut control: mpsc::Receiver<Control>,
     mut on_ready: impl FnMut(),
 ) -> Result<RunReport, DaemonError> {
+    let budgets: HashMap<String, Arc<Budget>> = config
+        .providers
+        .iter()
+        .map(|(name, p)| {
+            (
+                name.clone(),
+                Budget::new(name, p.max_live_tokens, p.issue_rate),
+            )
+        })
+        .collect();
+
+    // Sort the journal out before any set issues: reuse what fits, revoke the rest.
+    let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
+    let mut leftovers = Vec::new();
+    for e in entries {
+        let configured = config
+            .sets
+            .iter()
+            .any(|s| s.name == e.set && s.provider == e.provider);
+        if configured {
+            by_set.entry(e.set.clone()).or_default().push(e);
+        } else {
+            leftovers.push(e);
+        }
+    }
+    let mut plans = Vec::new();
+    for set in &config.sets {
+        let (Some(provider), Some(budget), Some(pcfg)) = (
+            providers.get(&set.provider),
+            budgets.get(&set.provider),
+            config.providers.get(&set.provider),
+        ) else {
+            return Err(DaemonError::MissingProvider {
+                set: set.name.clone(),
+                provider: set.provider.clone(),
+            });
+        };
+        let hash = journal::config_hash(set, pcfg);
+        plans.push((set, Arc::clone(provider), Arc::clone(budget), hash));
+    }
+    let starts = join_all(plans.iter().map(|(set, provider, budget, hash)| {
+        adopt(
+            set,
+            hash,
+            provider.as_ref(),
+            budget,
+            by_set.remove(&set.name).unwrap_or_default(),
+            &journal,
+        )
+    }))
+    .await;
+
     let (rotate_tx, _) = broadcast::channel(16);
     let mut tasks = JoinSet::new();
     let mut running: Vec<(String, Running)> = Vec::new();
-    for set in &config.sets {
-        let provider =
-            providers
-                .get(&set.provider)
-                .ok_or_else(|| DaemonError::MissingProvider {
-                    set: set.name.clone(),
-                    provider: set.provider.clone(),
-                })?;
+    for ((set, provider, budget, hash), start) in plans.into_iter().zip(starts) {
         let path = set.file.path.clone();
         let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
         let task = SetTask {
             cfg: set.clone(),
-            provider: Arc::clone(provider),
+            provider,
             sink: FileSink::new(set),
             jitter: random_jitter(),
             stop: stop_rx,
             rotate: rotate_tx.subscribe(),
             state: state_tx,
+            journal: journal.clone(),
+            budget,
+            config_hash: hash,
+            start,
         };
         tasks.spawn(task.run());
         running.push((
@@ -582,6 +973,21 @@ pub async fn run<P: TokenProvider + 'static>(
                 stop: stop_tx,
                 state: state_rx,
             },
+        ));
+    }
+    let (leftover_stop, leftover_stop_rx) = watch::channel(None);
+    if !leftovers.is_empty() {
+        info!(
+            tokens = leftovers.len(),
+            "revoking journaled tokens of sets that are no longer configured"
+        );
+        let in_use = config.sets.iter().map(|s| s.file.path.clone()).collect();
+        tasks.spawn(revoke_leftovers(
+            leftovers,
+            providers.clone(),
+            journal.clone(),
+            in_use,
+            leftover_stop_rx,
         ));
     }
     info!(sets = config.sets.len(), "started");
@@ -632,6 +1038,7 @@ pub async fn run<P: TokenProvider + 'static>(
     for (_, r) in &running {
         r.stop.send_replace(Some(deadline));
     }
+    leftover_stop.send_replace(Some(deadline));
     let mut report = RunReport::default();
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
@@ -830,6 +1237,10 @@ mod tests {
     }
 
     fn start(cfg: SetConfig, p: &Arc<Mock>, u: f64) -> Harness {
+        start_from(cfg, p, u, Start::default())
+    }
+
+    fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start) -> Harness {
         let (stop, stop_rx) = watch::channel(None);
         let (rotate, rotate_rx) = broadcast::channel(4);
         let (state, _) = watch::channel(SetState::Starting);
@@ -842,6 +1253,17 @@ mod tests {
             stop: stop_rx,
             rotate: rotate_rx,
             state,
+            journal: Journal::memory().0,
+            budget: Budget::new(
+                "p",
+                1000,
+                crate::config::IssueRate {
+                    per_second: 1000.0,
+                    burst: 1000,
+                },
+            ),
+            config_hash: "h".into(),
+            start: begin,
         };
         let task = tokio::spawn(task.run());
         Harness {
@@ -1012,6 +1434,73 @@ mod tests {
         assert!(outcome.kept.is_some());
         assert!(p.revoked().is_empty());
         assert_eq!(sink.content().as_deref(), Some("tok1"));
+    }
+
+    fn journaled(fp: &str, secs: u64) -> Held {
+        let b = Budget::new(
+            "p",
+            10,
+            crate::config::IssueRate {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        Held {
+            token: Secret::new(fp),
+            fingerprint: fp.into(),
+            expires_at: Instant::now() + S(secs),
+            _slot: b.adopt(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adopted_token_is_kept_until_its_refresh_and_stale_ones_go_at_once() {
+        let t0 = Instant::now();
+        let p = Mock::new(S(900));
+        let meta = IssuedMeta {
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            expires_at: SystemTime::now() + S(600),
+        };
+        let begin = Start {
+            current: Some((journaled("old", 600), meta, t0 + S(300))),
+            stale: vec![journaled("older", 100)],
+        };
+        let h = start_from(set_cfg(0.66, 0.0), &p, 0.0, begin);
+        tokio::time::sleep(S(1)).await;
+        assert_eq!(h.sink.content().as_deref(), Some("old"));
+        assert_eq!(
+            p.revoked()
+                .iter()
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>(),
+            vec!["older"]
+        );
+        assert!(p.issued().is_empty());
+        tokio::time::sleep(S(300)).await;
+        let issued: Vec<Duration> = p.issued().iter().map(|(_, at)| *at - t0).collect();
+        assert_eq!(issued, vec![S(300)]);
+        tokio::time::sleep(S(61)).await;
+        assert!(p.revoked().iter().any(|(t, _)| t == "old"));
+        h.stop(S(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_adopted_token_stale_ones_wait_for_the_replacement() {
+        let p = Mock::new(S(900));
+        p.s.lock().unwrap().fail_all = Some(503);
+        let begin = Start {
+            current: None,
+            stale: vec![journaled("stale", 600)],
+        };
+        let h = start_from(set_cfg(0.66, 0.0), &p, 1.0, begin);
+        tokio::time::sleep(S(30)).await;
+        // No replacement yet: the stale token (maybe still in the file) is not revoked.
+        assert!(p.revoked().is_empty());
+        p.s.lock().unwrap().fail_all = None;
+        tokio::time::sleep(S(60 + 61)).await;
+        assert!(p.revoked().iter().any(|(t, _)| t == "stale"));
+        h.stop(S(5)).await;
     }
 
     #[tokio::test(start_paused = true)]

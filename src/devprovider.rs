@@ -255,6 +255,17 @@ impl DevProvider {
             .collect()
     }
 
+    /// Every token ever issued with the moment it was minted (tokio's clock), oldest first:
+    /// tests use it to tell a token leaked by a kill mid-issue from one the client lost.
+    pub fn issued_with_times(&self) -> Vec<(String, Instant)> {
+        self.shared
+            .lock()
+            .tokens
+            .iter()
+            .map(|t| (t.token.clone(), t.minted()))
+            .collect()
+    }
+
     /// Issued tokens that are neither revoked nor expired, oldest first.
     pub fn live_tokens(&self) -> Vec<String> {
         let now = Instant::now();
@@ -479,6 +490,13 @@ struct TokenRecord {
     /// `expires_in` at issue.
     lifetime_secs: u64,
     revoked: bool,
+}
+
+impl TokenRecord {
+    /// When it was minted, on tokio's clock.
+    fn minted(&self) -> Instant {
+        self.expires - Duration::from_secs(self.lifetime_secs)
+    }
 }
 
 impl TokenRecord {

@@ -13,6 +13,7 @@ use tokenkeeper::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Loaded};
 use tokenkeeper::daemon::{self, DaemonError, RunReport};
 use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
+use tokenkeeper::journal::{self, JournalError, StateLock};
 use tokenkeeper::{signals, systemd};
 
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
@@ -21,6 +22,12 @@ const EXIT_OK: u8 = 0;
 /// Some tokens could not be revoked, or some sets failed.
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 78;
+/// `EX_DATAERR`: the state journal cannot be read, so which tokens are live is unknown.
+const EXIT_DATAERR: u8 = 65;
+/// `EX_CANTCREAT`: the state directory or journal cannot be created or written.
+const EXIT_CANTCREAT: u8 = 73;
+/// `EX_TEMPFAIL`: another tokenkeeper process holds the state directory.
+const EXIT_TEMPFAIL: u8 = 75;
 /// `EX_OSERR`: the operating system refused something we need (signals, a socket).
 const EXIT_OSERR: u8 = 71;
 
@@ -48,6 +55,14 @@ enum Command {
     Run(ConfigArg),
     /// Validate the configuration and the secrets it names; exit 0 or 78.
     Check(ConfigArg),
+    /// Revoke the tokens recorded in the state journal (all sets, or those named), after a
+    /// crash or before decommissioning a machine. Refuses while the daemon runs.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Scope sets to revoke; all by default.
+        sets: Vec<String>,
+    },
     /// Try it without credentials: a local development provider plus the daemon.
     Demo {
         /// Folder for the demo's token files and config.
@@ -79,6 +94,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
         Command::Run(a) => with_runtime(|| run(&a.config)),
+        Command::Revoke { config, sets } => with_runtime(|| revoke(&config.config, sets)),
         Command::Demo { dir, lifetime } => with_runtime(|| demo(dir, lifetime)),
         Command::DevProvider {
             listen,
@@ -211,6 +227,28 @@ async fn run(path: &Path) -> u8 {
     run_daemon(config).await
 }
 
+/// Take the state directory and read its journal. The lock is held as long as the returned
+/// value lives.
+fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
+    let code = |e: &JournalError| match e {
+        JournalError::Locked { .. } => EXIT_TEMPFAIL,
+        JournalError::Corrupt { .. } | JournalError::Version { .. } => EXIT_DATAERR,
+        JournalError::Io { .. } | JournalError::Closed => EXIT_CANTCREAT,
+    };
+    let lock = journal::lock_state_dir(dir).map_err(|e| {
+        error!("{}", chain(&e));
+        code(&e)
+    })?;
+    let entries = journal::load(dir).map_err(|e| {
+        error!(
+            "{}; move it aside to start afresh (its tokens then expire on their own)",
+            chain(&e)
+        );
+        code(&e)
+    })?;
+    Ok((lock, entries))
+}
+
 async fn run_daemon(config: config::Config) -> u8 {
     // Handlers first: from here on, a stop signal means "revoke", never "die".
     let control = match signals::listen(exit_now) {
@@ -227,9 +265,14 @@ async fn run_daemon(config: config::Config) -> u8 {
             return EXIT_CONFIG;
         }
     };
+    let (_lock, entries) = match open_state(&config.state_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let journal = journal::Journal::start(config.state_dir.clone(), entries.clone());
     // systemd starts dependants once every token file exists (Type=notify).
     let on_ready = || systemd::notify("READY=1");
-    let result = daemon::run(config, providers, control, on_ready).await;
+    let result = daemon::run(config, providers, journal, entries, control, on_ready).await;
     match result {
         Ok(report) => summarize(&report),
         Err(e) => {
@@ -237,6 +280,64 @@ async fn run_daemon(config: config::Config) -> u8 {
             EXIT_CONFIG
         }
     }
+}
+
+async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
+    let Loaded { config, .. } = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            print_config_error(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    init_logging(config.log_level.as_deref());
+    let providers = match daemon::build_providers(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{}", chain(&e));
+            return EXIT_CONFIG;
+        }
+    };
+    let (_lock, entries) = match open_state(&config.state_dir) {
+        Ok(s) => s,
+        Err(EXIT_TEMPFAIL) => {
+            eprintln!(
+                "tokenkeeper: the daemon is running on {}; stop it instead: it revokes every token at stop",
+                config.state_dir.display()
+            );
+            return EXIT_TEMPFAIL;
+        }
+        Err(code) => return code,
+    };
+    for s in &sets {
+        if !entries.iter().any(|e| &e.set == s) {
+            println!("{s}: no journaled token");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    let selected = |e: &journal::Entry| sets.is_empty() || sets.contains(&e.set);
+    let report =
+        match daemon::revoke_journaled(&config.state_dir, entries, selected, &providers, deadline)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!("{}", chain(&e));
+                return EXIT_CANTCREAT;
+            }
+        };
+    let mut failed = 0;
+    for r in &report {
+        match &r.result {
+            Ok(()) => println!("{}: revoked {}", r.set, r.fingerprint),
+            Err(why) => {
+                failed += 1;
+                println!("{}: FAILED to revoke {}: {why}", r.set, r.fingerprint);
+            }
+        }
+    }
+    println!("{} revoked, {failed} failed", report.len() - failed);
+    if failed == 0 { EXIT_OK } else { EXIT_FAILED }
 }
 
 /// Log the one-line stop summary and pick the exit code.

@@ -56,7 +56,7 @@ async fn first_issuance_writes_every_file_with_exact_mode_and_format_then_sigter
         .iter()
         .map(|(n, s, path, extra)| set(n, &s.replace(' ', ", "), path, extra))
         .collect();
-    let cfg = config(&p, "shutdown_timeout: 10s", &sets);
+    let cfg = config(&p, dir.path(), "shutdown_timeout: 10s", &sets);
     // umask 077 would strip every group and other bit from a naive create.
     let mut d = Daemon::run(dir.path(), &cfg, 0o077);
     let all_there = wait_until(PATIENCE, || files.iter().all(|(_, _, f, _)| f.exists())).await;
@@ -131,7 +131,7 @@ async fn mode_is_exact_under_a_permissive_umask_too() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
-    let cfg = config(&p, "", &set("s", "api", &f, ", mode: \"0600\""));
+    let cfg = config(&p, dir.path(), "", &set("s", "api", &f, ", mode: \"0600\""));
     let mut d = Daemon::run(dir.path(), &cfg, 0o000);
     assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
     assert_eq!(mode(&f), 0o600);
@@ -147,6 +147,7 @@ async fn token_is_replaced_before_expiry_and_the_superseded_one_revoked() {
     let f = dir.path().join("t.token");
     let cfg = config(
         &p,
+        dir.path(),
         "defaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 500ms",
         &set("s", "api", &f, ""),
     );
@@ -189,6 +190,7 @@ async fn an_outage_keeps_the_old_file_until_expiry_then_removes_it_and_recovers(
     let f = dir.path().join("t.token");
     let cfg = config(
         &p,
+        dir.path(),
         "defaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }",
         &set("s", "api", &f, ""),
     );
@@ -231,6 +233,7 @@ async fn sigterm_revokes_everything_including_tokens_issued_while_it_arrived() {
     let b = dir.path().join("b.token");
     let cfg = config(
         &p,
+        dir.path(),
         "shutdown_timeout: 15s\ndefaults:\n  refresh: { min_interval: 10ms }",
         &(set("a", "api", &a, "") + &set("b", "orders", &b, "")),
     );
@@ -272,7 +275,12 @@ async fn failed_revocations_exit_1_naming_the_set_and_keep_the_file() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
-    let cfg = config(&p, "shutdown_timeout: 2s", &set("billing", "api", &f, ""));
+    let cfg = config(
+        &p,
+        dir.path(),
+        "shutdown_timeout: 2s",
+        &set("billing", "api", &f, ""),
+    );
     let mut d = Daemon::run(dir.path(), &cfg, 0o022);
     assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
     p.set_revoke_status(Some(500));
@@ -293,7 +301,12 @@ async fn a_second_signal_exits_at_once() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
-    let cfg = config(&p, "shutdown_timeout: 60s", &set("s", "api", &f, ""));
+    let cfg = config(
+        &p,
+        dir.path(),
+        "shutdown_timeout: 60s",
+        &set("s", "api", &f, ""),
+    );
     let mut d = Daemon::run(dir.path(), &cfg, 0o022);
     assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
     // Revocation keeps failing with a retryable status, so the first stop would take 60 s.
@@ -317,7 +330,7 @@ async fn refusals_are_logged_with_voucherifys_key_and_message() {
     p.set_app_token("rotated-elsewhere");
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
-    let cfg = config(&p, "", &set("s", "api", &f, ""));
+    let cfg = config(&p, dir.path(), "", &set("s", "api", &f, ""));
     let mut d = Daemon::run(dir.path(), &cfg, 0o022);
     d.wait_for_log("HTTP 401").await;
     let out = d.output();
@@ -343,6 +356,7 @@ async fn a_reader_never_sees_a_partial_or_unknown_token() {
     let json = dir.path().join("t.json");
     let cfg = config(
         &p,
+        dir.path(),
         "defaults:\n  refresh: { min_interval: 1ms }\n  revoke_superseded_after: 0s",
         &(set("r", "api", &raw, "") + &set("j", "api", &json, ", format: json")),
     );
@@ -404,6 +418,7 @@ async fn no_secret_appears_in_the_output_even_at_trace_level() {
     let cfg_path = dir.path().join("c.yaml");
     let cfg = config(
         &p,
+        dir.path(),
         "defaults:\n  refresh: { at: 50%, min_interval: 100ms }\n  revoke_superseded_after: 200ms",
         &set("s", "api", &f, ", format: json"),
     );

@@ -30,11 +30,32 @@ pub async fn provider(lifetime: Duration) -> DevProvider {
     .unwrap()
 }
 
-/// A config with one voucherify provider named `dev` pointing at `p`, and the given sets
-/// (YAML list items, indented by two spaces) and extra top-level lines.
-pub fn config(p: &DevProvider, top: &str, sets: &str) -> String {
+/// A config with its state in `dir`, one voucherify provider named `dev` pointing at `p`, and
+/// the given sets (YAML list items, indented by two spaces) and extra top-level lines. The
+/// issue rate is lifted far above the default so tests that rotate hundreds of times are not
+/// paced by it; [`config_with`] sets provider keys of a test's own.
+pub fn config(p: &DevProvider, dir: &Path, top: &str, sets: &str) -> String {
+    config_with(
+        p,
+        dir,
+        "issue_rate: 10000/s\n    issue_burst: 10000",
+        top,
+        sets,
+    )
+}
+
+/// [`config`] with `provider_keys` (lines indented by four spaces after the first) added to the
+/// provider.
+pub fn config_with(
+    p: &DevProvider,
+    dir: &Path,
+    provider_keys: &str,
+    top: &str,
+    sets: &str,
+) -> String {
     format!(
-        "{top}\nproviders:\n  dev:\n    kind: voucherify\n    base_url: {}\n    app_id: {{ env: TK_TEST_APP_ID }}\n    app_token: {{ env: TK_TEST_APP_TOKEN }}\nscope_sets:\n{sets}",
+        "state_dir: {}/state\n{top}\nproviders:\n  dev:\n    kind: voucherify\n    base_url: {}\n    app_id: {{ env: TK_TEST_APP_ID }}\n    app_token: {{ env: TK_TEST_APP_TOKEN }}\n    {provider_keys}\nscope_sets:\n{sets}",
+        dir.display(),
         p.base_url()
     )
 }

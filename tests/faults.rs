@@ -1,0 +1,708 @@
+//! Never leak, never lose: crashes, restarts, provider faults and disk faults, with the built
+//! binary against the strict development provider on 127.0.0.1.
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
+        path.display()
+    )
+}
+
+fn write_config(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn start(dir: &Path, cfg: &Path) -> Daemon {
+    Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[])
+}
+
+fn revoke_cmd(cfg: &Path, sets: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["revoke", "-c", cfg.to_str().unwrap()])
+        .args(sets)
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+async fn kill(d: &mut Daemon) {
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+}
+
+async fn stop_clean(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_reuses_the_journaled_token_instead_of_issuing() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "", &set("s", "api", &f, "")),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+    kill(&mut d).await;
+    // The journal is owner-only in an owner-only directory.
+    assert_eq!(mode(&dir.path().join("state")), 0o700);
+    assert_eq!(mode(&dir.path().join("state/journal.json")), 0o600);
+    std::fs::remove_file(&f).unwrap();
+
+    let mut d = start(dir.path(), &cfg);
+    d.wait_for_log("reusing the journaled token").await;
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    assert_eq!(read(&f).unwrap(), first, "the file holds the reused token");
+    assert_eq!(p.issued_tokens().len(), 1, "a restart issued a new token");
+    assert!(
+        p.requests().introspect >= 1,
+        "the reused token was not checked"
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_replaces_what_no_longer_fits_and_revokes_the_old_tokens() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.token");
+    let b = dir.path().join("b.token");
+    let both = set("a", "api", &a, "") + &set("b", "orders", &b, "");
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), "", &both));
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists()).await,
+        "{}",
+        d.output()
+    );
+    let (old_a, old_b) = (read(&a).unwrap(), read(&b).unwrap());
+    kill(&mut d).await;
+
+    // Set a changes its scopes; set b is gone from the config.
+    write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  revoke_superseded_after: 200ms",
+            &set("a", "api, vouchers", &a, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || read(&a).is_some_and(|t| t != old_a)).await,
+        "{}",
+        d.output()
+    );
+    let new_a = read(&a).unwrap();
+    assert_eq!(p.scopes_of(&new_a).unwrap(), vec!["api", "vouchers"]);
+    assert!(
+        wait_until(PATIENCE, || !p.is_live(&old_a) && !p.is_live(&old_b)).await,
+        "old tokens not revoked:\n{}",
+        d.output()
+    );
+    assert!(p.revoked_tokens().contains(&old_a) && p.revoked_tokens().contains(&old_b));
+    assert!(
+        wait_until(PATIENCE, || !b.exists()).await,
+        "the removed set's file is still there"
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_due_for_refresh_at_restart_is_replaced() {
+    let p = provider(Duration::from_secs(4)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { at: 25%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 100ms",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+    kill(&mut d).await;
+    // Past its refresh time (1 s), still valid (4 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&first)).await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_cleans_up_after_a_crash_and_refuses_while_the_daemon_runs() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.token");
+    let b = dir.path().join("b.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "",
+            &(set("a", "api", &a, "") + &set("b", "orders", &b, "")),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists()).await,
+        "{}",
+        d.output()
+    );
+
+    let o = revoke_cmd(&cfg, &[]);
+    assert_eq!(o.status.code(), Some(75), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the daemon is running"));
+    assert_eq!(p.live_tokens().len(), 2);
+
+    kill(&mut d).await;
+    let o = revoke_cmd(&cfg, &["b"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("b: revoked ") && out.contains("1 revoked, 0 failed"),
+        "{out}"
+    );
+    assert!(!b.exists() && a.exists());
+    assert_eq!(p.live_tokens().len(), 1);
+
+    let o = revoke_cmd(&cfg, &[]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("a: revoked "), "{out}");
+    assert!(!a.exists());
+    assert!(p.live_tokens().is_empty());
+    let journal = std::fs::read_to_string(dir.path().join("state/journal.json")).unwrap();
+    assert!(journal.contains("\"tokens\":[]"), "{journal}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_down_at_stop_is_bounded_and_the_tokens_are_revoked_later() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "shutdown_timeout: 2s",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    p.set_revoke_status(Some(503));
+    let t = Instant::now();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(1), "{}", d.output());
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(p.live_tokens().len(), 1);
+    p.set_revoke_status(None);
+    let o = revoke_cmd(&cfg, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(p.live_tokens().is_empty());
+}
+
+/// SIGKILL at random moments, over and over, while a reader watches the files: they are
+/// always whole, restarts reuse journaled tokens, and after a final clean stop nothing is
+/// left live but what a kill caught between the provider's answer and the journal.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_loses_nothing() {
+    /// Enough kills to land in every phase (start, issue, write, rotate, idle) many times.
+    const ITERATIONS: usize = 40;
+    /// A token minted this close before a kill may not have reached the journal: the only
+    /// leak a crash can cause (the provider has no way to list tokens).
+    const KILL_WINDOW: Duration = Duration::from_millis(100);
+    let p = Arc::new(provider(Duration::from_secs(900)).await);
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("t.token");
+    let json = dir.path().join("t.json");
+    let cfg = write_config(
+        dir.path(),
+        &config_with(
+            &p,
+            dir.path(),
+            // A crash loop must stay under the cap.
+            "max_live_tokens: 6\n    issue_rate: 10000/s\n    issue_burst: 10000",
+            "defaults:\n  refresh: { min_interval: 1ms }\n  revoke_superseded_after: 50ms",
+            &(set("r", "api", &raw, "") + &set("j", "orders", &json, ", format: json")),
+        ),
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (p, done, raw, json) = (Arc::clone(&p), Arc::clone(&done), raw.clone(), json.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            let mut known: HashSet<String> = HashSet::new();
+            let mut check = |tok: &str, what: &str| {
+                assert!(!tok.is_empty(), "empty {what}");
+                if !known.contains(tok) {
+                    known = p.issued_tokens().into_iter().collect();
+                    assert!(known.contains(tok), "{what} holds a token never issued");
+                }
+            };
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(r) = std::fs::read_to_string(&raw) {
+                    check(&r, "raw file");
+                    reads += 1;
+                }
+                if let Ok(j) = std::fs::read_to_string(&json) {
+                    let v: serde_json::Value = serde_json::from_str(&j)
+                        .unwrap_or_else(|e| panic!("torn json ({e}): {j:?}"));
+                    check(v["access_token"].as_str().unwrap_or(""), "json file");
+                }
+            }
+            reads
+        })
+    };
+
+    let mut kills = Vec::new();
+    let mut rotations = 0;
+    for i in 0..ITERATIONS {
+        let mut d = start(dir.path(), &cfg);
+        if i % 2 == 1 {
+            // Let it settle, then rotate so the kill can land mid-issue or mid-write.
+            wait_until(PATIENCE, || raw.exists() && json.exists()).await;
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..50))).await;
+            d.signal(Signal::SIGUSR1);
+            rotations += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..150))).await;
+        d.signal(Signal::SIGKILL);
+        kills.push(tokio::time::Instant::now());
+        d.wait(PATIENCE).await;
+        assert!(
+            p.live_tokens().len() <= 6 + kills.len(),
+            "live tokens beyond the cap"
+        );
+    }
+    // A final clean run: ready, then stopped.
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || {
+            read(&raw).is_some_and(|t| p.is_live(&t)) && json.exists()
+        })
+        .await,
+        "{}",
+        d.output()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_clean(&mut d).await;
+    done.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("a reader saw a broken file");
+
+    let issued = p.issued_with_times();
+    let leaked: Vec<_> = issued.iter().filter(|(t, _)| p.is_live(t)).collect();
+    for (_, minted) in &leaked {
+        assert!(
+            kills
+                .iter()
+                .any(|k| *k >= *minted && *k - *minted <= KILL_WINDOW),
+            "a token minted outside any kill window is still live"
+        );
+    }
+    // Each start either reuses a token or replaces one a kill caught mid-rotation; without
+    // the journal every start would mint two.
+    assert!(
+        issued.len() < 2 * (ITERATIONS + 1),
+        "{} tokens for {ITERATIONS} restarts: restarts are not reusing tokens",
+        issued.len()
+    );
+    eprintln!(
+        "sigkill: {ITERATIONS} kills, {rotations} rotations, {} tokens issued, {} leaked by kills mid-issue, {reads} reads",
+        issued.len(),
+        leaked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_down_at_start_is_retried_with_backoff_then_recovers() {
+    let p = provider(Duration::from_secs(900)).await;
+    p.set_outage(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "", &set("s", "api", &f, "")),
+    );
+    let mut d = start(dir.path(), &cfg);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!f.exists());
+    // Backoff from 1 s (with min_interval 1 s): a handful of attempts, not a spin.
+    let attempts = p.requests().token;
+    assert!((1..=5).contains(&attempts), "{attempts} attempts in 3 s");
+    p.set_outage(None);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_provider_never_leaves_a_bad_file() {
+    let p = Arc::new(provider(Duration::from_secs(2)).await);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { at: 30%, jitter: 0%, min_interval: 50ms }\n  revoke_superseded_after: 100ms",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let t = Instant::now();
+    let mut down = false;
+    while t.elapsed() < Duration::from_secs(5) {
+        down = !down;
+        p.set_drop_connections(down);
+        let phase = Instant::now();
+        while phase.elapsed() < Duration::from_millis(300) {
+            // Present means valid: never an expired, revoked or unknown token.
+            if let Some(tok) = read(&f) {
+                assert!(p.is_live(&tok), "the file holds a dead token");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    p.set_drop_connections(false);
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| p.is_live(&t))).await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_slower_than_the_timeout_is_retried() {
+    let p = provider(Duration::from_secs(900)).await;
+    p.set_issue_delay(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config_with(
+            &p,
+            dir.path(),
+            "timeout: 1s\n    issue_rate: 10000/s\n    issue_burst: 10000",
+            "",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    d.wait_for_log("could not get a token").await;
+    assert!(!f.exists());
+    p.set_issue_delay(Duration::ZERO);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let timed_out = p.issued_tokens().len() - 1;
+    stop_clean(&mut d).await;
+    // Tokens minted for requests we gave up on are unknowable to us; nothing else is live.
+    assert!(
+        p.live_tokens().len() <= timed_out,
+        "{} live after stop, {timed_out} timed out",
+        p.live_tokens().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_requests_honours_retry_after() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+    p.fail_next_issues(1, 429, Some(2));
+    let before = p.requests().token;
+    d.signal(Signal::SIGUSR1);
+    assert!(wait_until(PATIENCE, || p.requests().token > before).await);
+    let refused_at = Instant::now();
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        refused_at.elapsed() >= Duration::from_millis(1900),
+        "retried {:?} after a 429 with Retry-After: 2",
+        refused_at.elapsed()
+    );
+    stop_clean(&mut d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_api_key_is_reported_and_never_spins() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "", &set("s", "api", &f, "")),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+    kill(&mut d).await;
+    p.set_app_token("regenerated-elsewhere");
+    let before = p.requests();
+    let mut d = start(dir.path(), &cfg);
+    d.wait_for_log("HTTP 401").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = p.requests();
+    // One introspection, then one issue attempt: refusals wait at least 30 s.
+    assert!(after.token - before.token <= 1, "{after:?}");
+    assert!(after.introspect - before.introspect <= 1, "{after:?}");
+    // The journaled token is still valid by the clock: it stays in place meanwhile.
+    assert_eq!(read(&f).as_deref(), Some(first.as_str()));
+    assert!(d.output().contains("key=unauthorized"), "{}", d.output());
+    d.signal(Signal::SIGTERM);
+    d.wait(PATIENCE).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_budget_caps_live_tokens_and_says_why() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.token");
+    let b = dir.path().join("b.token");
+    let cfg = write_config(
+        dir.path(),
+        &config_with(
+            &p,
+            dir.path(),
+            "max_live_tokens: 1",
+            "",
+            &(set("a", "api", &a, "") + &set("b", "orders", &b, "")),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    d.wait_for_log("token budget exhausted: 1 live tokens held, max_live_tokens is 1")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.issued_tokens().len(), 1);
+    assert!(a.exists() != b.exists(), "exactly one set has its token");
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
+
+/// Disk faults need root (to mount a tiny tmpfs); elsewhere they are skipped loudly.
+fn can_mount() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let s = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(s.success(), "mount tmpfs failed");
+        Tmpfs(dir.to_path_buf())
+    }
+    fn remount(&self, opts: &str) {
+        let s = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_or_read_only_disk_keeps_the_old_file_and_writing_resumes() {
+    if !can_mount() {
+        eprintln!(
+            "!!! SKIPPED a_full_or_read_only_disk_keeps_the_old_file: needs root to mount a tmpfs"
+        );
+        return;
+    }
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&dir.path().join("tokens"), "64k");
+    let f = fs.0.join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }\n  revoke_superseded_after: 0s",
+            &set("s", "api", &f, ", format: json"),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+
+    // Full: fill every block but what the token file holds.
+    let filler = fs.0.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
+    d.signal(Signal::SIGUSR1);
+    d.wait_for_log("could not write the token").await;
+    assert_eq!(read(&f).unwrap(), first, "the old file was damaged");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "writing did not resume after space was freed:\n{}",
+        d.output()
+    );
+
+    // Read-only.
+    let second = read(&f).unwrap();
+    fs.remount("ro");
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || d
+            .output()
+            .matches("could not write the token")
+            .count()
+            >= 2)
+        .await
+    );
+    assert_eq!(read(&f).unwrap(), second);
+    fs.remount("rw");
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != second)).await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    // Tokens issued but never written were revoked at once: nothing leaks.
+    assert!(p.live_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_directory_a_symlink_or_a_directory_in_the_way() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let f = out.join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+
+    // The whole directory removed: it is created again at the next write.
+    std::fs::remove_dir_all(&out).unwrap();
+    d.signal(Signal::SIGUSR1);
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    assert_eq!(mode(&out), 0o750);
+
+    // A symlink put in place of the file is replaced, and its target left alone.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::remove_file(&f).unwrap();
+    std::os::unix::fs::symlink(&victim, &f).unwrap();
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || !std::fs::symlink_metadata(&f)
+            .unwrap()
+            .file_type()
+            .is_symlink())
+        .await
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert!(p.is_live(&read(&f).unwrap()));
+
+    // A directory in the way: reported, and writing resumes once it is gone.
+    std::fs::remove_file(&f).unwrap();
+    std::fs::create_dir(&f).unwrap();
+    d.signal(Signal::SIGUSR1);
+    d.wait_for_log("could not write the token").await;
+    std::fs::remove_dir(&f).unwrap();
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| p.is_live(&t))).await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
