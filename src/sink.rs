@@ -158,12 +158,7 @@ pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError>
         (Some(d), Some(n)) => (d, n),
         _ => return Err(SinkError::BadPath(path.clone())),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(TEMP_MODE))
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
+    let mut tmp = create_temp(dir, name)?;
     let tmp_path = tmp.path().to_path_buf();
     tmp.write_all(contents).map_err(io("write", &tmp_path))?;
     let f: &File = tmp.as_file();
@@ -177,6 +172,17 @@ pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError>
     tmp.persist(path)
         .map_err(|e| io("rename a temporary file over", path)(e.error))?;
     sync_dir(dir)
+}
+
+/// The temporary file a write starts with: next to the target (so the rename is atomic),
+/// with a random name opened exclusively (so nobody can plant it), readable by the owner only.
+fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> Result<tempfile::NamedTempFile, SinkError> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .permissions(Permissions::from_mode(TEMP_MODE))
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))
 }
 
 /// Remove a token file; a file that is already gone is fine.
@@ -280,6 +286,17 @@ mod tests {
         let err = write_atomic(&file_cfg(path.clone(), 0o640), b"x").unwrap_err();
         assert!(err.to_string().contains("rename"), "{err}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_temporary_file_is_owner_only_from_its_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        // Even with no umask at all, the token is never readable by others mid-write.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let tmp = create_temp(dir.path(), std::ffi::OsStr::new("t.token"));
+        nix::sys::stat::umask(old);
+        let tmp = tmp.unwrap();
+        assert_eq!(tmp.as_file().metadata().unwrap().mode() & 0o7777, 0o600);
     }
 
     #[test]

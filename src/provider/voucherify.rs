@@ -532,6 +532,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn redirects_are_never_followed_so_credentials_stay_put() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere = l.local_addr().unwrap();
+        let (url, _r) = canned(http(
+            "307 Temporary Redirect",
+            &format!("Location: http://{elsewhere}/v1/oauth/token\r\n"),
+            "",
+        ))
+        .await;
+        let err = client(url).issue(&["api".into()]).await.unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Refused { status: 307, .. }),
+            "{err}"
+        );
+        // Nobody connected to the redirect target.
+        let accepted = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
+        assert!(accepted.is_err(), "the redirect was followed");
+    }
+
+    #[tokio::test]
     async fn revoke_counts_204_and_404_as_revoked() {
         for status in ["204 No Content", "404 Not Found"] {
             let (url, req) = canned(http(status, "", "")).await;
