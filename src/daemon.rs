@@ -8,17 +8,17 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, info, warn};
 
 use crate::budget::{Budget, Refusal, Slot};
-use crate::config::{Config, FileConfig, OnShutdown, SetConfig};
+use crate::config::{Config, FileConfig, OnShutdown, ProviderConfig, SetConfig};
 use crate::error_chain as chain;
 use crate::journal::{self, Entry, Journal};
 use crate::provider::{Introspection, Issued, Provider, ProviderError, TokenProvider};
@@ -37,6 +37,11 @@ const STOP_RETRY_CAP: Duration = Duration::from_secs(2);
 /// How often a set blocked by the live-token cap looks again. Slots free up as superseded
 /// tokens are revoked (a minute after their replacement, by default), so seconds suffice.
 const BUDGET_RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a set being replaced at a reload waits for its requests under way (an issue, a
+/// superseded token's revocation) before handing over: a request's own timeout is 30 s by
+/// default, and tokens are never abandoned mid-request.
+const HANDOVER_WAIT: Duration = Duration::from_secs(35);
 
 /// A superseded token whose revocation failed is tried again this much later, with backoff on
 /// top; it is dropped once it has expired, since an expired token needs no revocation.
@@ -75,6 +80,8 @@ pub trait TokenSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Remove the token from the sink (nothing there is fine).
     fn remove(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Where the sink writes, to tell whether two sinks are the same place.
+    fn location(&self) -> String;
 }
 
 /// The non-secret facts about a token that sinks render.
@@ -137,6 +144,10 @@ impl TokenSink for FileSink {
         let path: PathBuf = self.file.path.clone();
         blocking(&self.file.path, move || sink::remove(&path)).await
     }
+
+    fn location(&self) -> String {
+        self.file.path.display().to_string()
+    }
 }
 
 /// A token a set holds, with its place in the provider's budget.
@@ -179,13 +190,42 @@ impl Held {
     }
 }
 
-/// What the journal hands a set at start.
-#[derive(Default)]
-pub struct Start {
-    /// A journaled token to go on using, its file content, and when to replace it.
+/// What a set begins with: from the journal at start, or from its predecessor at a reload.
+pub struct Start<S> {
+    /// A token to go on using, its file content, and when to replace it.
     pub current: Option<(Held, IssuedMeta, Instant)>,
-    /// This set's other journaled tokens: revoked once the set has a token in place.
+    /// Tokens that no longer fit: revoked once the set has a token in place.
     pub stale: Vec<Held>,
+    /// Superseded tokens with the time they are due to be revoked.
+    pub superseded: Vec<(Held, Instant)>,
+    /// The predecessor's sink, emptied once this set has written its first token, unless it
+    /// is the same place.
+    pub previous: Option<S>,
+}
+
+impl<S> Default for Start<S> {
+    fn default() -> Self {
+        Start {
+            current: None,
+            stale: Vec::new(),
+            superseded: Vec::new(),
+            previous: None,
+        }
+    }
+}
+
+/// Everything a set hands its successor when a reload changes it (same provider).
+pub struct Handover<S> {
+    pub start: Start<S>,
+}
+
+/// What the daemon tells a set's task to do.
+pub enum Order<S> {
+    /// Stop: revoke everything by `deadline`; leave the file in place if `keep_file` (a
+    /// successor writes to the same path).
+    Revoke { deadline: Instant, keep_file: bool },
+    /// Stop without revoking: hand every token over to a successor (config reload).
+    Handover(Mutex<Option<oneshot::Sender<Handover<S>>>>),
 }
 
 /// How a set ended: which tokens were revoked, which could not be.
@@ -231,15 +271,15 @@ pub struct SetTask<P, S> {
     pub provider: Arc<P>,
     pub sink: S,
     pub jitter: Jitter,
-    /// Becomes `Some(deadline)` when the set must stop and revoke by `deadline`.
-    pub stop: watch::Receiver<Option<Instant>>,
+    /// Becomes `Some(order)` when the set must stop.
+    pub stop: watch::Receiver<Option<Order<S>>>,
     pub rotate: broadcast::Receiver<()>,
     pub state: watch::Sender<SetState>,
     pub journal: Journal,
     pub budget: Arc<Budget>,
     /// [`journal::config_hash`] of this set, recorded with each token.
     pub config_hash: String,
-    pub start: Start,
+    pub start: Start<S>,
 }
 
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
@@ -282,6 +322,17 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
     }
 
+    /// Empty the predecessor's sink once this set's token is in place, unless both write to
+    /// the same place.
+    async fn forget_previous(&self, previous: &mut Option<S>) {
+        if let Some(old) = previous.take()
+            && old.location() != self.sink.location()
+            && let Err(e) = old.remove().await
+        {
+            warn!(set = %self.cfg.name, error = %chain(&e), "could not remove the set's previous token file");
+        }
+    }
+
     fn fresh(&self, held: &Held, next_refresh: Instant) {
         self.state.send_replace(SetState::Fresh {
             fingerprint: held.fingerprint.clone(),
@@ -305,24 +356,30 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let mut attempt: u32 = 0;
         // Whether the budget refused last time, so the refusal is logged once, not per retry.
         let mut budget_blocked = false;
-        let deadline: Instant;
+        // The file content of `current`, handed over on reload.
+        let mut current_meta: Option<IssuedMeta> = None;
+        let order: Option<Order<S>>;
 
         let start = std::mem::take(&mut self.start);
+        let mut previous = start.previous;
+        superseded.extend(start.superseded);
         if let Some((held, meta, refresh_at)) = start.current {
             // The file may be missing or from another config: put the token back in place.
             match self.sink.write(&held.token, &meta).await {
                 Ok(()) => {
                     info!(set = %name, fingerprint = %held.fingerprint,
                         refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
-                        "reusing the journaled token");
+                        "reusing the token it already holds");
                     next_issue = refresh_at;
                     self.fresh(&held, next_issue);
+                    self.forget_previous(&mut previous).await;
                 }
                 Err(e) => {
-                    error!(set = %name, error = %chain(&e), "could not write the journaled token; replacing it");
+                    error!(set = %name, error = %chain(&e), "could not write the token it already holds; replacing it");
                 }
             }
             current = Some(held);
+            current_meta = Some(meta);
         }
         // Journaled tokens that no longer fit. With a token adopted, none of them is in the
         // file: revoke them now. Otherwise the file may still hold one, so they are treated
@@ -338,7 +395,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             tokio::select! {
                 biased;
                 changed = self.stop.changed() => {
-                    deadline = stop_deadline(&self.stop, changed);
+                    order = take_order(&self.stop, changed);
                     break;
                 }
                 Ok(()) = self.rotate.recv() => {
@@ -431,8 +488,13 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         r = &mut issue => r,
                         changed = self.stop.changed() => {
                             // Stop arrived mid-issue. The provider may already have minted the
-                            // token, so wait for the answer (up to the deadline) and revoke it.
-                            deadline = stop_deadline(&self.stop, changed);
+                            // token, so wait for the answer (up to the deadline) and revoke or
+                            // hand it over.
+                            order = take_order(&self.stop, changed);
+                            let deadline = match &order {
+                                Some(Order::Revoke { deadline, .. }) => *deadline,
+                                _ => Instant::now() + HANDOVER_WAIT,
+                            };
                             match timeout_at(deadline, issue).await {
                                 Ok(Ok(issued)) => {
                                     let (held, meta) = Held::from_issued(issued, slot);
@@ -471,6 +533,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                     self.fresh(&held, next_issue);
                                     let grace = Instant::now() + self.cfg.revoke_superseded_after;
                                     superseded.extend(current.replace(held).into_iter().chain(stale.drain(..)).map(|h| (h, grace)));
+                                    current_meta = Some(meta);
+                                    self.forget_previous(&mut previous).await;
                                 }
                                 Err(e) => {
                                     // The file still holds the previous token (or nothing); the
@@ -510,6 +574,48 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             }
         }
+
+        let (deadline, keep_file) = match order {
+            Some(Order::Revoke {
+                deadline,
+                keep_file,
+            }) => (deadline, keep_file),
+            Some(Order::Handover(reply)) => {
+                // Superseded revocations under way finish first, so nothing is revoked twice
+                // or lost between two tasks.
+                let wait = Instant::now() + HANDOVER_WAIT;
+                while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
+                    match joined {
+                        Ok((held, Ok(()))) => {
+                            self.journal.remove(vec![held.fingerprint.clone()]).await
+                        }
+                        Ok((held, Err(_))) => superseded.push((held, Instant::now())),
+                        Err(_) => {}
+                    }
+                }
+                revoking.abort_all();
+                let now = Instant::now();
+                superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
+                let start = Start {
+                    current: current.zip(current_meta).map(|(h, m)| (h, m, next_issue)),
+                    stale: Vec::new(),
+                    superseded,
+                    previous: Some(self.sink),
+                };
+                if let Some(tx) = reply.lock().ok().and_then(|mut g| g.take()) {
+                    // A successor that is gone drops the tokens, which stay in the journal
+                    // and are revoked at the next start.
+                    let _ = tx.send(Handover { start });
+                }
+                self.state.send_replace(SetState::Stopped);
+                return SetOutcome {
+                    set: name,
+                    ..SetOutcome::default()
+                };
+            }
+            // The daemon dropped its end: stop quickly rather than hang.
+            None => (Instant::now() + STOP_RETRY_CAP, false),
+        };
 
         // Stop: collect every live token this set holds and revoke them together.
         let mut outcome = SetOutcome {
@@ -577,6 +683,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
         if outcome.kept.is_none()
+            && !keep_file
             && (current_revoked || current_fp.is_none())
             && let Err(e) = self.sink.remove().await
         {
@@ -587,12 +694,30 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     }
 }
 
-/// The deadline the daemon sent. If it dropped its end without one (it is going away),
-/// stop quickly rather than hang.
-fn stop_deadline(
-    stop: &watch::Receiver<Option<Instant>>,
+/// The order the daemon sent; `None` when it dropped its end without one (it is going away).
+fn take_order<S>(
+    stop: &watch::Receiver<Option<Order<S>>>,
     _changed: Result<(), watch::error::RecvError>,
-) -> Instant {
+) -> Option<Order<S>> {
+    match &*stop.borrow() {
+        Some(Order::Revoke {
+            deadline,
+            keep_file,
+        }) => Some(Order::Revoke {
+            deadline: *deadline,
+            keep_file: *keep_file,
+        }),
+        Some(Order::Handover(reply)) => {
+            let tx = reply.lock().ok().and_then(|mut g| g.take());
+            Some(Order::Handover(Mutex::new(tx)))
+        }
+        None => None,
+    }
+}
+
+/// The deadline for revocations outside a set's task (leftovers at start), from a plain
+/// deadline watch.
+fn stop_deadline(stop: &watch::Receiver<Option<Instant>>) -> Instant {
     stop.borrow()
         .unwrap_or_else(|| Instant::now() + STOP_RETRY_CAP)
 }
@@ -653,11 +778,6 @@ impl RunReport {
     }
 }
 
-struct Running {
-    stop: watch::Sender<Option<Instant>>,
-    state: watch::Receiver<SetState>,
-}
-
 /// Build every provider once, with the shared HTTP client.
 pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
     let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
@@ -696,7 +816,7 @@ async fn adopt<P: TokenProvider>(
     budget: &Arc<Budget>,
     mut mine: Vec<Entry>,
     journal: &Journal,
-) -> Start {
+) -> Start<FileSink> {
     let now = SystemTime::now();
     mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
     let mut start = Start::default();
@@ -770,8 +890,8 @@ async fn revoke_leftovers<P: TokenProvider>(
             };
             tokio::select! {
                 r = revoke_until(p.as_ref(), &e.token, expires, BACKOFF_CAP) => r,
-                changed = stop.changed() => {
-                    let deadline = stop_deadline(&stop, changed);
+                _ = stop.changed() => {
+                    let deadline = stop_deadline(&stop);
                     revoke_until(p.as_ref(), &e.token, deadline.min(expires), STOP_RETRY_CAP).await
                 }
             }
@@ -881,19 +1001,87 @@ fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<std::path::Pat
     out
 }
 
-/// Run the daemon until `control` says stop; revoke everything; report.
-///
-/// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
-/// `on_ready` is called once, when every set first has a valid token in place.
-pub async fn run<P: TokenProvider + 'static>(
-    config: Config,
+/// Re-reads and checks the config, secrets included; the error says why it was refused.
+pub type LoadConfig = Box<dyn Fn() -> Result<Config, String> + Send>;
+/// Builds a provider for a new or changed provider config (this reads its secrets).
+pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String> + Send>;
+
+/// What the daemon needs to apply a reload (SIGHUP).
+pub struct Reloader<P> {
+    pub load: LoadConfig,
+    pub build: BuildProvider<P>,
+}
+
+/// A running set.
+struct Live {
+    cfg: SetConfig,
+    provider_cfg: ProviderConfig,
+    stop: watch::Sender<Option<Order<FileSink>>>,
+    state: watch::Receiver<SetState>,
+    task: JoinHandle<SetOutcome>,
+}
+
+/// What every set's task is started with, kept for the sets a reload adds.
+struct Shared<P> {
     providers: HashMap<String, Arc<P>>,
+    budgets: HashMap<String, Arc<Budget>>,
     journal: Journal,
-    entries: Vec<Entry>,
-    mut control: mpsc::Receiver<Control>,
-    mut on_ready: impl FnMut(),
-) -> Result<RunReport, DaemonError> {
-    let budgets: HashMap<String, Arc<Budget>> = config
+    rotate: broadcast::Sender<()>,
+    /// Pinged on every state change of every set, for readiness.
+    changed: mpsc::Sender<()>,
+}
+
+impl<P: TokenProvider + 'static> Shared<P> {
+    async fn spawn(
+        &self,
+        set: &SetConfig,
+        provider_cfg: &ProviderConfig,
+        start: Start<FileSink>,
+    ) -> Result<Live, DaemonError> {
+        let missing = || DaemonError::MissingProvider {
+            set: set.name.clone(),
+            provider: set.provider.clone(),
+        };
+        let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
+        let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
+        let path = set.file.path.clone();
+        let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (state_tx, state_rx) = watch::channel(SetState::Starting);
+        let mut watch_state = state_rx.clone();
+        let ping = self.changed.clone();
+        tokio::spawn(async move {
+            while watch_state.changed().await.is_ok() {
+                if ping.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let task = SetTask {
+            cfg: set.clone(),
+            provider: Arc::clone(provider),
+            sink: FileSink::new(set),
+            jitter: random_jitter(),
+            stop: stop_rx,
+            rotate: self.rotate.subscribe(),
+            state: state_tx,
+            journal: self.journal.clone(),
+            budget: Arc::clone(budget),
+            config_hash: journal::config_hash(set, provider_cfg),
+            start,
+        };
+        Ok(Live {
+            cfg: set.clone(),
+            provider_cfg: provider_cfg.clone(),
+            stop: stop_tx,
+            state: state_rx,
+            task: tokio::spawn(task.run()),
+        })
+    }
+}
+
+fn budgets_for(config: &Config) -> HashMap<String, Arc<Budget>> {
+    config
         .providers
         .iter()
         .map(|(name, p)| {
@@ -902,7 +1090,32 @@ pub async fn run<P: TokenProvider + 'static>(
                 Budget::new(name, p.max_live_tokens, p.issue_rate),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Run the daemon until `control` says stop; revoke everything; report.
+///
+/// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
+/// `on_ready` is called once, when every set first has a valid token in place. Without a
+/// `reloader`, SIGHUP is logged and ignored.
+pub async fn run<P: TokenProvider + 'static>(
+    mut config: Config,
+    providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    entries: Vec<Entry>,
+    mut control: mpsc::Receiver<Control>,
+    reloader: Option<Reloader<P>>,
+    mut on_ready: impl FnMut(),
+) -> Result<RunReport, DaemonError> {
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    let (rotate, _) = broadcast::channel(16);
+    let mut shared = Shared {
+        budgets: budgets_for(&config),
+        providers,
+        journal,
+        rotate,
+        changed: changed_tx,
+    };
 
     // Sort the journal out before any set issues: reuse what fits, revoke the rest.
     let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
@@ -921,8 +1134,8 @@ pub async fn run<P: TokenProvider + 'static>(
     let mut plans = Vec::new();
     for set in &config.sets {
         let (Some(provider), Some(budget), Some(pcfg)) = (
-            providers.get(&set.provider),
-            budgets.get(&set.provider),
+            shared.providers.get(&set.provider),
+            shared.budgets.get(&set.provider),
             config.providers.get(&set.provider),
         ) else {
             return Err(DaemonError::MissingProvider {
@@ -931,50 +1144,25 @@ pub async fn run<P: TokenProvider + 'static>(
             });
         };
         let hash = journal::config_hash(set, pcfg);
-        plans.push((set, Arc::clone(provider), Arc::clone(budget), hash));
+        plans.push((set, pcfg, Arc::clone(provider), Arc::clone(budget), hash));
     }
-    let starts = join_all(plans.iter().map(|(set, provider, budget, hash)| {
+    let starts = join_all(plans.iter().map(|(set, _, provider, budget, hash)| {
         adopt(
             set,
             hash,
             provider.as_ref(),
             budget,
             by_set.remove(&set.name).unwrap_or_default(),
-            &journal,
+            &shared.journal,
         )
     }))
     .await;
-
-    let (rotate_tx, _) = broadcast::channel(16);
-    let mut tasks = JoinSet::new();
-    let mut running: Vec<(String, Running)> = Vec::new();
-    for ((set, provider, budget, hash), start) in plans.into_iter().zip(starts) {
-        let path = set.file.path.clone();
-        let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
-        let (stop_tx, stop_rx) = watch::channel(None);
-        let (state_tx, state_rx) = watch::channel(SetState::Starting);
-        let task = SetTask {
-            cfg: set.clone(),
-            provider,
-            sink: FileSink::new(set),
-            jitter: random_jitter(),
-            stop: stop_rx,
-            rotate: rotate_tx.subscribe(),
-            state: state_tx,
-            journal: journal.clone(),
-            budget,
-            config_hash: hash,
-            start,
-        };
-        tasks.spawn(task.run());
-        running.push((
-            set.name.clone(),
-            Running {
-                stop: stop_tx,
-                state: state_rx,
-            },
-        ));
+    let mut live: Vec<Live> = Vec::new();
+    for ((set, pcfg, ..), start) in plans.into_iter().zip(starts) {
+        live.push(shared.spawn(set, pcfg, start).await?);
     }
+    // Sets stopped by a reload, still revoking: the final stop waits for them too.
+    let mut retiring: Vec<(String, JoinHandle<SetOutcome>)> = Vec::new();
     let (leftover_stop, leftover_stop_rx) = watch::channel(None);
     if !leftovers.is_empty() {
         info!(
@@ -982,47 +1170,41 @@ pub async fn run<P: TokenProvider + 'static>(
             "revoking journaled tokens of sets that are no longer configured"
         );
         let in_use = config.sets.iter().map(|s| s.file.path.clone()).collect();
-        tasks.spawn(revoke_leftovers(
-            leftovers,
-            providers.clone(),
-            journal.clone(),
-            in_use,
-            leftover_stop_rx,
+        retiring.push((
+            REMOVED_SETS.into(),
+            tokio::spawn(revoke_leftovers(
+                leftovers,
+                shared.providers.clone(),
+                shared.journal.clone(),
+                in_use,
+                leftover_stop_rx,
+            )),
         ));
     }
     info!(sets = config.sets.len(), "started");
 
     let mut ready = false;
-    let (any_change_tx, mut any_change) = mpsc::channel::<()>(1);
-    for (_, r) in &running {
-        let mut rx = r.state.clone();
-        let tx = any_change_tx.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if tx.send(()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(any_change_tx);
-
     loop {
         tokio::select! {
             c = control.recv() => match c {
                 Some(Control::Rotate) => {
                     info!("rotating every set");
-                    let _ = rotate_tx.send(());
+                    let _ = shared.rotate.send(());
                 }
-                Some(Control::Reload) => {
-                    warn!("SIGHUP: reloading the configuration is not supported by this version yet; running on with the current one");
-                }
+                Some(Control::Reload) => match &reloader {
+                    Some(r) => {
+                        crate::systemd::notify("RELOADING=1");
+                        reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        crate::systemd::notify("READY=1");
+                    }
+                    None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
+                },
                 Some(Control::Shutdown) | None => break,
             },
-            Some(()) = any_change.recv(), if !ready => {
-                if running.iter().all(|(_, r)| matches!(*r.state.borrow(), SetState::Fresh { .. })) {
+            Some(()) = changed.recv(), if !ready => {
+                if live.iter().all(|l| matches!(*l.state.borrow(), SetState::Fresh { .. })) {
                     ready = true;
-                    info!(sets = running.len(), "ready: every set has a valid token");
+                    info!(sets = live.len(), "ready: every set has a valid token");
                     on_ready();
                 }
             }
@@ -1035,27 +1217,173 @@ pub async fn run<P: TokenProvider + 'static>(
         timeout = %humantime::format_duration(config.shutdown_timeout),
         "stopping: revoking every token"
     );
-    for (_, r) in &running {
-        r.stop.send_replace(Some(deadline));
+    for l in &live {
+        l.stop.send_replace(Some(Order::Revoke {
+            deadline,
+            keep_file: false,
+        }));
     }
     leftover_stop.send_replace(Some(deadline));
     let mut report = RunReport::default();
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
-    while let Ok(Some(joined)) = timeout_at(grace, tasks.join_next()).await {
-        match joined {
-            Ok(outcome) => report.sets.push(outcome),
-            Err(e) => error!(error = %e, "a set's task failed"),
+    let waiting = live
+        .into_iter()
+        .map(|l| (l.cfg.name, l.task))
+        .chain(retiring);
+    for (name, task) in waiting {
+        let abort = task.abort_handle();
+        match timeout_at(grace, task).await {
+            Ok(Ok(outcome)) => report.sets.push(outcome),
+            Ok(Err(e)) => {
+                error!(set = %name, error = %e, "a set's task failed");
+                report.unfinished.push(name);
+            }
+            Err(_) => {
+                abort.abort();
+                report.unfinished.push(name);
+            }
         }
     }
-    let finished: Vec<&str> = report.sets.iter().map(|s| s.set.as_str()).collect();
-    report.unfinished = running
-        .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| !finished.contains(&n.as_str()))
-        .collect();
-    tasks.abort_all();
     Ok(report)
+}
+
+/// Apply a new config: new sets start, removed sets revoke and remove their files, changed
+/// sets are handed their predecessor's tokens (re-issued if the scopes changed, rewritten if
+/// only the file did) or, when their provider changed, replaced, and unchanged sets are left
+/// alone. A config that does not load, or a provider that cannot be built, changes nothing.
+async fn reload<P: TokenProvider + 'static>(
+    r: &Reloader<P>,
+    config: &mut Config,
+    shared: &mut Shared<P>,
+    live: &mut Vec<Live>,
+    retiring: &mut Vec<(String, JoinHandle<SetOutcome>)>,
+) {
+    let new = match (r.load)() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("reload refused, running on with the current configuration: {e}");
+            return;
+        }
+    };
+    let mut providers = HashMap::new();
+    let mut budgets = HashMap::new();
+    let fresh_budgets = budgets_for(&new);
+    for (name, pcfg) in &new.providers {
+        let same = config.providers.get(name) == Some(pcfg);
+        match (same, shared.providers.get(name), shared.budgets.get(name)) {
+            (true, Some(p), Some(b)) => {
+                providers.insert(name.clone(), Arc::clone(p));
+                budgets.insert(name.clone(), Arc::clone(b));
+            }
+            _ => match (r.build)(pcfg) {
+                Ok(p) => {
+                    providers.insert(name.clone(), p);
+                    if let Some(b) = fresh_budgets.get(name) {
+                        budgets.insert(name.clone(), Arc::clone(b));
+                    }
+                }
+                Err(e) => {
+                    error!(provider = %name, "reload refused, running on with the current configuration: {e}");
+                    return;
+                }
+            },
+        }
+    }
+    shared.providers = providers;
+    shared.budgets = budgets;
+
+    let deadline = Instant::now() + new.shutdown_timeout;
+    let mut old: HashMap<String, Live> = live.drain(..).map(|l| (l.cfg.name.clone(), l)).collect();
+    let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0usize);
+    for set in &new.sets {
+        let Some(pcfg) = new.providers.get(&set.provider) else {
+            continue;
+        };
+        let spawned = match old.remove(&set.name) {
+            None => {
+                added.push(set.name.clone());
+                shared.spawn(set, pcfg, Start::default()).await
+            }
+            Some(l) if l.cfg == *set && l.provider_cfg == *pcfg => {
+                kept += 1;
+                Ok(l)
+            }
+            Some(l) if l.cfg.provider == set.provider && l.provider_cfg == *pcfg => {
+                changed.push(set.name.clone());
+                let (tx, rx) = oneshot::channel();
+                l.stop
+                    .send_replace(Some(Order::Handover(Mutex::new(Some(tx)))));
+                let mut start = match timeout_at(Instant::now() + HANDOVER_WAIT * 2, rx).await {
+                    Ok(Ok(h)) => h.start,
+                    _ => {
+                        warn!(set = %set.name, "the set did not hand its tokens over; they stay in the journal for the next start");
+                        Start::default()
+                    }
+                };
+                if journal::config_hash(&l.cfg, &l.provider_cfg) != journal::config_hash(set, pcfg)
+                {
+                    // New scopes: the token no longer fits; it goes once the new one is written.
+                    start.stale.extend(start.current.take().map(|(h, _, _)| h));
+                }
+                shared.spawn(set, pcfg, start).await
+            }
+            Some(l) => {
+                // Another provider: the old one revokes its own tokens first.
+                changed.push(set.name.clone());
+                l.stop.send_replace(Some(Order::Revoke {
+                    deadline,
+                    keep_file: l.cfg.file.path == set.file.path,
+                }));
+                log_retired(
+                    &set.name,
+                    timeout_at(deadline + STOP_RETRY_BASE, l.task).await,
+                );
+                shared.spawn(set, pcfg, Start::default()).await
+            }
+        };
+        match spawned {
+            Ok(l) => live.push(l),
+            Err(e) => error!(set = %set.name, error = %chain(&e), "could not start the set"),
+        }
+    }
+    let removed: Vec<String> = old.keys().cloned().collect();
+    for (name, l) in old {
+        l.stop.send_replace(Some(Order::Revoke {
+            deadline,
+            keep_file: false,
+        }));
+        retiring.push((name, l.task));
+    }
+    info!(
+        sets = live.len(),
+        added = %added.join(","),
+        changed = %changed.join(","),
+        removed = %removed.join(","),
+        unchanged = kept,
+        "reloaded the configuration"
+    );
+    *config = new;
+}
+
+fn log_retired(
+    set: &str,
+    r: Result<Result<SetOutcome, tokio::task::JoinError>, tokio::time::error::Elapsed>,
+) {
+    match r {
+        Ok(Ok(o)) if o.failed.is_empty() => {
+            info!(set, revoked = o.revoked.len(), "old set stopped")
+        }
+        Ok(Ok(o)) => warn!(
+            set,
+            failed = o.failed.len(),
+            "old set stopped; some tokens stay in the journal for the next start"
+        ),
+        _ => warn!(
+            set,
+            "old set did not stop in time; its tokens stay in the journal for the next start"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -1205,6 +1533,9 @@ mod tests {
             self.ev.lock().unwrap().push(Ev::Remove(Instant::now()));
             Ok(())
         }
+        fn location(&self) -> String {
+            format!("{:p}", Arc::as_ptr(&self.ev))
+        }
     }
 
     fn set_cfg(at: f64, jitter: f64) -> SetConfig {
@@ -1230,7 +1561,7 @@ mod tests {
     }
 
     struct Harness {
-        stop: watch::Sender<Option<Instant>>,
+        stop: watch::Sender<Option<Order<MemSink>>>,
         rotate: broadcast::Sender<()>,
         task: tokio::task::JoinHandle<SetOutcome>,
         sink: MemSink,
@@ -1240,7 +1571,7 @@ mod tests {
         start_from(cfg, p, u, Start::default())
     }
 
-    fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start) -> Harness {
+    fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> Harness {
         let (stop, stop_rx) = watch::channel(None);
         let (rotate, rotate_rx) = broadcast::channel(4);
         let (state, _) = watch::channel(SetState::Starting);
@@ -1276,7 +1607,10 @@ mod tests {
 
     impl Harness {
         async fn stop(self, timeout: Duration) -> (SetOutcome, MemSink) {
-            self.stop.send_replace(Some(Instant::now() + timeout));
+            self.stop.send_replace(Some(Order::Revoke {
+                deadline: Instant::now() + timeout,
+                keep_file: false,
+            }));
             (self.task.await.unwrap(), self.sink)
         }
     }
@@ -1465,6 +1799,7 @@ mod tests {
         let begin = Start {
             current: Some((journaled("old", 600), meta, t0 + S(300))),
             stale: vec![journaled("older", 100)],
+            ..Start::default()
         };
         let h = start_from(set_cfg(0.66, 0.0), &p, 0.0, begin);
         tokio::time::sleep(S(1)).await;
@@ -1492,6 +1827,7 @@ mod tests {
         let begin = Start {
             current: None,
             stale: vec![journaled("stale", 600)],
+            ..Start::default()
         };
         let h = start_from(set_cfg(0.66, 0.0), &p, 1.0, begin);
         tokio::time::sleep(S(30)).await;

@@ -224,7 +224,35 @@ async fn run(path: &Path) -> u8 {
     for w in &warnings {
         warn!("{}: {w}", path.display());
     }
-    run_daemon(config).await
+    run_daemon(config, Some(path.to_path_buf())).await
+}
+
+/// SIGHUP re-reads `path` with the same checks as a start (every problem is logged, and the
+/// daemon runs on with the old config), and builds providers for new or changed ones.
+fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> {
+    let http = tokenkeeper::provider::http_client();
+    daemon::Reloader {
+        load: Box::new(move || match config::load(&path) {
+            Ok(Loaded { config, warnings }) => {
+                for w in &warnings {
+                    warn!("{}: {w}", path.display());
+                }
+                Ok(config)
+            }
+            Err(ConfigError::Invalid { problems, .. }) => Err(problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")),
+            Err(e) => Err(chain(&e)),
+        }),
+        build: Box::new(move |pcfg| {
+            let http = http.as_ref().map_err(|e| chain(e))?;
+            tokenkeeper::provider::Provider::build(pcfg, http)
+                .map(std::sync::Arc::new)
+                .map_err(|e| chain(&e))
+        }),
+    }
 }
 
 /// Take the state directory and read its journal. The lock is held as long as the returned
@@ -249,7 +277,7 @@ fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
     Ok((lock, entries))
 }
 
-async fn run_daemon(config: config::Config) -> u8 {
+async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
     // Handlers first: from here on, a stop signal means "revoke", never "die".
     let control = match signals::listen(exit_now) {
         Ok(c) => c,
@@ -272,7 +300,11 @@ async fn run_daemon(config: config::Config) -> u8 {
     let journal = journal::Journal::start(config.state_dir.clone(), entries.clone());
     // systemd starts dependants once every token file exists (Type=notify).
     let on_ready = || systemd::notify("READY=1");
-    let result = daemon::run(config, providers, journal, entries, control, on_ready).await;
+    let reload = path.map(reloader);
+    let result = daemon::run(
+        config, providers, journal, entries, control, reload, on_ready,
+    )
+    .await;
     match result {
         Ok(report) => summarize(&report),
         Err(e) => {
@@ -476,7 +508,7 @@ async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
         d = dir.display(),
         cfg = cfg_path.display(),
     );
-    let code = run_daemon(config).await;
+    let code = run_daemon(config, Some(cfg_path.clone())).await;
     let live = provider.live_tokens().len();
     let issued = provider.issued_tokens().len();
     eprintln!(

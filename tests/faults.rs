@@ -72,7 +72,7 @@ async fn a_restart_reuses_the_journaled_token_instead_of_issuing() {
     std::fs::remove_file(&f).unwrap();
 
     let mut d = start(dir.path(), &cfg);
-    d.wait_for_log("reusing the journaled token").await;
+    d.wait_for_log("reusing the token it already holds").await;
     assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
     assert_eq!(read(&f).unwrap(), first, "the file holds the reused token");
     assert_eq!(p.issued_tokens().len(), 1, "a restart issued a new token");
