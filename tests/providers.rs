@@ -79,14 +79,7 @@ scope_sets:
         sq = sq.server.url(),
         sets = [
             set("v", "dev", "vouchers", &v, ""),
-            set(
-                "api",
-                "idp",
-                "read, write",
-                &api,
-                "    file: { path: PLACEHOLDER }\n"
-            )
-            .replace("    file: { path: PLACEHOLDER }\n", ""),
+            set("api", "idp", "read, write", &api, ""),
             set(
                 "orders",
                 "shop",
