@@ -70,12 +70,92 @@ pub enum ProviderKind {
         app_id: SecretSource,
         app_token: SecretSource,
     },
+    /// Any RFC 6749 authorization server, client_credentials grant.
+    OAuth2 {
+        endpoints: OAuth2Endpoints,
+        client_id: String,
+        client_secret: SecretSource,
+        auth_method: AuthMethod,
+        /// Extra token request parameters (`audience`, `resource`, `project_id`, ...), in
+        /// key order.
+        extra_params: BTreeMap<String, String>,
+        /// Lifetime assumed when a token answer has no `expires_in`.
+        default_lifetime: Duration,
+    },
+    /// Square OAuth: ObtainToken with the refresh_token grant, or the legacy RenewToken.
+    Square {
+        /// Base URL without a trailing slash, e.g. `https://connect.squareup.com`.
+        base_url: Url,
+        client_id: String,
+        /// Absent for PKCE applications, which have no secret (and so cannot revoke).
+        client_secret: Option<SecretSource>,
+        grant: SquareGrant,
+        /// Where rotated refresh tokens (or renewed access tokens) are kept, inside `state_dir`.
+        state_file: PathBuf,
+    },
+}
+
+/// Where an OAuth 2.0 server's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OAuth2Endpoints {
+    /// RFC 8414 / OpenID Connect discovery from the issuer, at first use.
+    Discover { issuer: Url },
+    Explicit {
+        token_url: Url,
+        revocation_url: Option<Url>,
+        introspection_url: Option<Url>,
+    },
+}
+
+/// RFC 6749 section 2.3.1 client authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic with the form-encoded client id and secret (the RFC's MUST-support method).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// How a Square provider gets each new access token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SquareGrant {
+    /// ObtainToken with `grant_type=refresh_token`; this is the first refresh token.
+    RefreshToken(SecretSource),
+    /// The deprecated RenewToken; this is the first access token to renew.
+    Renew(SecretSource),
 }
 
 impl ProviderKind {
     pub fn kind_name(&self) -> &'static str {
         match self {
             ProviderKind::Voucherify { .. } => "voucherify",
+            ProviderKind::OAuth2 { .. } => "oauth2",
+            ProviderKind::Square { .. } => "square",
+        }
+    }
+
+    /// Every secret this provider reads, by its key.
+    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            ProviderKind::Voucherify {
+                app_id, app_token, ..
+            } => vec![("app_id", app_id), ("app_token", app_token)],
+            ProviderKind::OAuth2 { client_secret, .. } => vec![("client_secret", client_secret)],
+            ProviderKind::Square {
+                client_secret,
+                grant,
+                ..
+            } => {
+                let mut v = Vec::new();
+                if let Some(s) = client_secret {
+                    v.push(("client_secret", s));
+                }
+                match grant {
+                    SquareGrant::RefreshToken(s) => v.push(("refresh_token", s)),
+                    SquareGrant::Renew(s) => v.push(("access_token", s)),
+                }
+                v
+            }
         }
     }
 }
@@ -210,11 +290,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
 pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
     let mut sources = Vec::new();
     for (name, provider) in &config.providers {
-        let ProviderKind::Voucherify {
-            app_id, app_token, ..
-        } = &provider.kind;
-        sources.push((format!("providers.{name}.app_id"), app_id.clone()));
-        sources.push((format!("providers.{name}.app_token"), app_token.clone()));
+        for (key, source) in provider.kind.secret_sources() {
+            sources.push((format!("providers.{name}.{key}"), source.clone()));
+        }
     }
     check_sources(&sources)
 }
@@ -241,9 +319,11 @@ const DEFAULT_FILE_MODE: u32 = 0o640;
 /// Long enough for a reader of the old token to finish its requests, short enough that a set
 /// holds at most two live tokens at steady state.
 const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
-/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025). Lower
-/// it when other clients share the project, so they keep room of their own.
-const VOUCHERIFY_MAX_LIVE_TOKENS: u64 = 1000;
+/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025), and
+/// the default for every kind: the others document no cap, and a thousand live tokens is far
+/// beyond what one machine's sets need, so it only stops a runaway. Lower it when other
+/// clients share a Voucherify project, so they keep room of their own.
+const DEFAULT_MAX_LIVE_TOKENS: u64 = 1000;
 /// Sustained issuing rate per provider: a hundred sets start in about ten seconds, while a
 /// runaway loop cannot mint more than 600 tokens a minute.
 const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
@@ -259,13 +339,65 @@ const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
     ("us1", "https://us1.api.voucherify.io"),
     ("as1", "https://as1.api.voucherify.io"),
 ];
-/// Provider kinds DESIGN.md plans: named apart from typos so the message says "not yet".
-const PLANNED_PROVIDER_KINDS: &[&str] = &["square", "oauth2"];
+/// The provider kinds this version knows.
+const PROVIDER_KINDS: &[&str] = &["voucherify", "oauth2", "square"];
+/// Keys every provider kind accepts.
+const COMMON_PROVIDER_KEYS: &[&str] = &["kind", "timeout"];
+/// The keys of each provider kind, so that a key of another kind (`cluster:` under
+/// `kind: oauth2`) is named as misplaced rather than silently ignored.
+const PROVIDER_KEYS: &[(&str, &[&str])] = &[
+    (
+        "voucherify",
+        &["base_url", "cluster", "app_id", "app_token"],
+    ),
+    (
+        "oauth2",
+        &[
+            "issuer",
+            "token_url",
+            "revocation_url",
+            "introspection_url",
+            "client_id",
+            "client_secret",
+            "auth_method",
+            "extra_params",
+            "default_lifetime",
+        ],
+    ),
+    (
+        "square",
+        &[
+            "base_url",
+            "environment",
+            "client_id",
+            "client_secret",
+            "refresh_token",
+            "access_token",
+            "mode",
+        ],
+    ),
+];
+/// Square's hosts by environment (the spec's `servers`).
+const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
+    ("production", "https://connect.squareup.com"),
+    ("sandbox", "https://connect.squareupsandbox.com"),
+];
+/// Five minutes: a server that omits `expires_in` gives no hint, and a guess that is too
+/// short costs only extra requests, while one too long leaves an expired token in the file.
+const DEFAULT_OAUTH2_LIFETIME: Duration = Duration::from_secs(300);
+/// Token request parameters tokenkeeper sets itself; `extra_params` may not override them.
+const RESERVED_TOKEN_PARAMS: &[&str] = &["grant_type", "scope", "client_id", "client_secret"];
+/// The names `auth_method:` accepts.
+const AUTH_METHODS: &[(&str, AuthMethod)] = &[
+    ("client_secret_basic", AuthMethod::ClientSecretBasic),
+    ("client_secret_post", AuthMethod::ClientSecretPost),
+];
+/// The names a Square provider's `mode:` accepts.
+const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
 /// Keys DESIGN.md plans: refused like any unknown key, but the message says "not yet".
 const PLANNED_KEYS: &[&str] = &["stores", "store", "rotate", "on_rotate"];
 /// Why scopes are one per entry: the hint every scope-format message ends with.
-const SCOPE_HINT: &str =
-    "Voucherify wants scopes space-separated; list each scope as its own entry";
+const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
 /// How a secret may be given, for the messages that refuse one.
 const SECRET_FORMS: &str = "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
 /// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
@@ -319,6 +451,19 @@ struct RawProvider {
     max_live_tokens: Option<Value>,
     issue_rate: Option<Value>,
     issue_burst: Option<Value>,
+    issuer: Option<String>,
+    token_url: Option<String>,
+    revocation_url: Option<String>,
+    introspection_url: Option<String>,
+    client_id: Option<Value>,
+    client_secret: Option<Value>,
+    auth_method: Option<String>,
+    extra_params: Option<BTreeMap<String, Value>>,
+    default_lifetime: Option<Value>,
+    environment: Option<String>,
+    refresh_token: Option<Value>,
+    access_token: Option<Value>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -465,7 +610,7 @@ fn parse_text(text: &str) -> Parsed {
                 .and_then(|p| p.get(name.as_str()))
                 .and_then(|p| p.get("kind"))
                 .and_then(Value::as_str);
-            kind == Some("voucherify")
+            kind.is_some_and(|k| PROVIDER_KINDS.contains(&k))
         }
         _ => true,
     });
@@ -630,7 +775,9 @@ impl Checker<'_> {
         let mut providers = BTreeMap::new();
         for (name, provider) in &raw_providers {
             let default = RawProvider::default();
-            if let Some(checked) = self.provider(name, provider.as_ref().unwrap_or(&default)) {
+            if let Some(checked) =
+                self.provider(name, provider.as_ref().unwrap_or(&default), &state_dir)
+            {
                 providers.insert(name.clone(), checked);
             }
         }
@@ -686,6 +833,7 @@ impl Checker<'_> {
             }
         }
 
+        self.renew_sets_unshared(&providers, &sets);
         let config = Config {
             state_dir,
             shutdown_timeout,
@@ -694,6 +842,41 @@ impl Checker<'_> {
             sets,
         };
         self.into_parsed(Some(config))
+    }
+
+    /// RenewToken renews one access token into the next: two sets cannot share that chain
+    /// without one revoking or outliving the other's token.
+    fn renew_sets_unshared(
+        &mut self,
+        providers: &BTreeMap<String, ProviderConfig>,
+        sets: &[SetConfig],
+    ) {
+        for (name, provider) in providers {
+            if !matches!(
+                provider.kind,
+                ProviderKind::Square {
+                    grant: SquareGrant::Renew(_),
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let users: Vec<&str> = sets
+                .iter()
+                .filter(|s| &s.provider == name)
+                .map(|s| s.name.as_str())
+                .collect();
+            if users.len() > 1 {
+                self.problem(
+                    format!("providers.{name}"),
+                    Some("mode"),
+                    format!(
+                        "a square provider in mode: renew serves one scope set, but {} name it; give each its own provider or use the refresh_token mode",
+                        users.join(", ")
+                    ),
+                );
+            }
+        }
     }
 
     fn defaults(&mut self, raw: Option<&RawDefaults>) -> Defaults {
@@ -807,67 +990,51 @@ impl Checker<'_> {
         }
     }
 
-    fn provider(&mut self, name: &str, raw: &RawProvider) -> Option<ProviderConfig> {
+    fn provider(
+        &mut self,
+        name: &str,
+        raw: &RawProvider,
+        state_dir: &Path,
+    ) -> Option<ProviderConfig> {
         let at = format!("providers.{name}");
         let timeout = self.positive_duration(&at, "timeout", raw.timeout.as_ref(), "");
         let max_live_tokens =
             self.positive_integer(&at, "max_live_tokens", raw.max_live_tokens.as_ref());
         let per_second = self.rate(&at, "issue_rate", raw.issue_rate.as_ref());
         let burst = self.positive_integer(&at, "issue_burst", raw.issue_burst.as_ref());
-        match raw.kind.as_deref() {
-            Some("voucherify") => {}
-            Some(kind) if PLANNED_PROVIDER_KINDS.contains(&kind) => {
-                self.bad(
-                    &at,
-                    "kind",
-                    format!("provider kind `{kind}` is not supported by this version yet"),
-                );
-                return None;
-            }
+        let kind = match raw.kind.as_deref() {
+            Some(kind) if PROVIDER_KINDS.contains(&kind) => kind,
             Some(kind) => {
                 self.bad(
                     &at,
                     "kind",
-                    format!("unknown provider kind `{kind}`; this version supports `voucherify`"),
+                    format!(
+                        "unknown provider kind `{kind}`; this version supports {}",
+                        PROVIDER_KINDS
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 );
                 return None;
             }
             None => {
-                self.missing(&at, "kind", "`voucherify`");
+                self.missing(&at, "kind", "`voucherify`, `oauth2` or `square`");
                 return None;
             }
-        }
-        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
-            (Some(_), Some(_)) => {
-                self.bad(&at, "cluster", "give base_url or cluster, not both");
-                None
-            }
-            (Some(url), None) => self.base_url(&at, url),
-            (None, Some(cluster)) => {
-                match self.choice(&at, "cluster", Some(cluster), VOUCHERIFY_CLUSTERS) {
-                    Ok(Some(url)) => Url::parse(url).ok(),
-                    _ => None,
-                }
-            }
-            (None, None) => Url::parse(VOUCHERIFY_DEFAULT_URL).ok(),
         };
-        let app_id = self.secret(
-            &at,
-            "app_id",
-            raw.app_id.as_ref(),
-            "the Voucherify application id",
-        );
-        let app_token = self.secret(
-            &at,
-            "app_token",
-            raw.app_token.as_ref(),
-            "the Voucherify application secret key",
-        );
+        self.misplaced_keys(&at, kind, raw);
+        let checked = match kind {
+            "oauth2" => self.oauth2(&at, raw),
+            "square" => self.square(&at, name, raw, state_dir),
+            _ => self.voucherify(&at, raw),
+        };
         Some(ProviderConfig {
             name: name.to_string(),
             timeout: timeout.ok()?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
             max_live_tokens: usize::try_from(
-                max_live_tokens.ok()?.unwrap_or(VOUCHERIFY_MAX_LIVE_TOKENS),
+                max_live_tokens.ok()?.unwrap_or(DEFAULT_MAX_LIVE_TOKENS),
             )
             .unwrap_or(usize::MAX),
             issue_rate: IssueRate {
@@ -875,23 +1042,331 @@ impl Checker<'_> {
                 burst: u32::try_from(burst.ok()?.unwrap_or(DEFAULT_ISSUE_BURST))
                     .unwrap_or(u32::MAX),
             },
-            kind: ProviderKind::Voucherify {
-                base_url: base_url?,
-                app_id: app_id?,
-                app_token: app_token?,
-            },
+            kind: checked?,
         })
     }
 
+    /// Keys that belong to another provider kind: serde knows them all, so only this check
+    /// stops `cluster:` under `kind: oauth2` from being ignored.
+    fn misplaced_keys(&mut self, at: &str, kind: &str, raw: &RawProvider) {
+        let own: &[&str] = PROVIDER_KEYS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[], |(_, keys)| keys);
+        let present = [
+            ("base_url", raw.base_url.is_some()),
+            ("cluster", raw.cluster.is_some()),
+            ("app_id", raw.app_id.is_some()),
+            ("app_token", raw.app_token.is_some()),
+            ("issuer", raw.issuer.is_some()),
+            ("token_url", raw.token_url.is_some()),
+            ("revocation_url", raw.revocation_url.is_some()),
+            ("introspection_url", raw.introspection_url.is_some()),
+            ("client_id", raw.client_id.is_some()),
+            ("client_secret", raw.client_secret.is_some()),
+            ("auth_method", raw.auth_method.is_some()),
+            ("extra_params", raw.extra_params.is_some()),
+            ("default_lifetime", raw.default_lifetime.is_some()),
+            ("environment", raw.environment.is_some()),
+            ("refresh_token", raw.refresh_token.is_some()),
+            ("access_token", raw.access_token.is_some()),
+            ("mode", raw.mode.is_some()),
+        ];
+        for (key, is_present) in present {
+            if is_present && !own.contains(&key) && !COMMON_PROVIDER_KEYS.contains(&key) {
+                let owners: Vec<&str> = PROVIDER_KEYS
+                    .iter()
+                    .filter(|(_, keys)| keys.contains(&key))
+                    .map(|(k, _)| *k)
+                    .collect();
+                self.bad(
+                    at,
+                    key,
+                    format!(
+                        "`{key}` does not apply to kind `{kind}` (it belongs to {})",
+                        owners.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn voucherify(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.bad(at, "cluster", "give base_url or cluster, not both");
+                None
+            }
+            (Some(url), None) => self.base_url(at, url),
+            (None, Some(cluster)) => {
+                match self.choice(at, "cluster", Some(cluster), VOUCHERIFY_CLUSTERS) {
+                    Ok(Some(url)) => Url::parse(url).ok(),
+                    _ => None,
+                }
+            }
+            (None, None) => Url::parse(VOUCHERIFY_DEFAULT_URL).ok(),
+        };
+        let app_id = self.secret(
+            at,
+            "app_id",
+            raw.app_id.as_ref(),
+            "the Voucherify application id",
+        );
+        let app_token = self.secret(
+            at,
+            "app_token",
+            raw.app_token.as_ref(),
+            "the Voucherify application secret key",
+        );
+        Some(ProviderKind::Voucherify {
+            base_url: base_url?,
+            app_id: app_id?,
+            app_token: app_token?,
+        })
+    }
+
+    fn oauth2(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+        let explicit = raw.token_url.is_some()
+            || raw.revocation_url.is_some()
+            || raw.introspection_url.is_some();
+        let endpoints = match (raw.issuer.as_deref(), raw.token_url.as_deref()) {
+            (Some(issuer), None) if !explicit => self
+                .url(at, "issuer", issuer, false)
+                .map(|issuer| OAuth2Endpoints::Discover { issuer }),
+            (Some(_), _) => {
+                self.bad(
+                    at,
+                    "issuer",
+                    "give issuer (to discover the endpoints) or token_url (with optional revocation_url and introspection_url), not both",
+                );
+                None
+            }
+            (None, Some(token)) => {
+                let token_url = self.url(at, "token_url", token, false);
+                let optional = |ck: &mut Self, key: &str, value: Option<&str>| match value {
+                    None => Ok(None),
+                    Some(u) => ck.url(at, key, u, false).map(Some).ok_or(()),
+                };
+                let revocation_url =
+                    optional(self, "revocation_url", raw.revocation_url.as_deref());
+                let introspection_url =
+                    optional(self, "introspection_url", raw.introspection_url.as_deref());
+                match (token_url, revocation_url, introspection_url) {
+                    (Some(token_url), Ok(revocation_url), Ok(introspection_url)) => {
+                        Some(OAuth2Endpoints::Explicit {
+                            token_url,
+                            revocation_url,
+                            introspection_url,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            (None, None) => {
+                if explicit {
+                    self.missing(at, "token_url", "the token endpoint, https://...");
+                } else {
+                    self.missing(
+                        at,
+                        "issuer",
+                        "the issuer URL to discover endpoints from, or token_url",
+                    );
+                }
+                None
+            }
+        };
+        let client_id = self.client_id(at, raw.client_id.as_ref());
+        let client_secret = self.secret(
+            at,
+            "client_secret",
+            raw.client_secret.as_ref(),
+            "the OAuth client secret",
+        );
+        let auth_method = self
+            .choice(at, "auth_method", raw.auth_method.as_deref(), AUTH_METHODS)
+            .ok()?
+            .unwrap_or(AuthMethod::ClientSecretBasic);
+        let mut extra_params = BTreeMap::new();
+        let mut extra_ok = true;
+        for (key, value) in raw.extra_params.iter().flatten() {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    self.bad(
+                        at,
+                        "extra_params",
+                        format!(
+                            "extra_params.{key} must be a string, not {}",
+                            describe(other)
+                        ),
+                    );
+                    extra_ok = false;
+                    continue;
+                }
+            };
+            if key.is_empty() {
+                self.bad(at, "extra_params", "extra_params has an empty key");
+                extra_ok = false;
+            } else if RESERVED_TOKEN_PARAMS.contains(&key.as_str()) {
+                self.bad(
+                    at,
+                    "extra_params",
+                    format!(
+                        "extra_params.{key} is set by tokenkeeper itself; {}",
+                        match key.as_str() {
+                            "scope" => "scopes come from each scope set",
+                            "grant_type" => "the grant is always client_credentials",
+                            _ => "client credentials go in client_id and client_secret",
+                        }
+                    ),
+                );
+                extra_ok = false;
+            } else {
+                extra_params.insert(key.clone(), value);
+            }
+        }
+        let default_lifetime =
+            self.positive_duration(at, "default_lifetime", raw.default_lifetime.as_ref(), "");
+        Some(ProviderKind::OAuth2 {
+            endpoints: endpoints?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            auth_method,
+            extra_params: extra_ok.then_some(extra_params)?,
+            default_lifetime: default_lifetime.ok()?.unwrap_or(DEFAULT_OAUTH2_LIFETIME),
+        })
+    }
+
+    fn square(
+        &mut self,
+        at: &str,
+        name: &str,
+        raw: &RawProvider,
+        state_dir: &Path,
+    ) -> Option<ProviderKind> {
+        let base_url = match (raw.base_url.as_deref(), raw.environment.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.bad(at, "environment", "give base_url or environment, not both");
+                None
+            }
+            (Some(url), None) => self.base_url(at, url),
+            (None, environment) => {
+                match self.choice(at, "environment", environment, SQUARE_ENVIRONMENTS) {
+                    Ok(Some(url)) => Url::parse(url).ok(),
+                    Ok(None) => Url::parse(SQUARE_ENVIRONMENTS[0].1).ok(),
+                    Err(()) => None,
+                }
+            }
+        };
+        let client_id = self.client_id(at, raw.client_id.as_ref());
+        let client_secret = match raw.client_secret.as_ref() {
+            None => Ok(None),
+            Some(v) => self
+                .secret(
+                    at,
+                    "client_secret",
+                    Some(v),
+                    "the Square application secret",
+                )
+                .map(Some)
+                .ok_or(()),
+        };
+        let renew = self.choice(at, "mode", raw.mode.as_deref(), SQUARE_MODES);
+        let grant = match renew {
+            Ok(Some(true)) => {
+                if raw.refresh_token.is_some() {
+                    self.bad(
+                        at,
+                        "refresh_token",
+                        "mode: renew renews an access token; give access_token, not refresh_token",
+                    );
+                }
+                if raw.client_secret.is_none() {
+                    self.missing(
+                        at,
+                        "client_secret",
+                        "RenewToken authenticates with the application secret",
+                    );
+                }
+                self.secret(
+                    at,
+                    "access_token",
+                    raw.access_token.as_ref(),
+                    "the first access token to renew (mode: renew)",
+                )
+                .map(SquareGrant::Renew)
+            }
+            Ok(_) => {
+                if raw.access_token.is_some() {
+                    self.bad(
+                        at,
+                        "access_token",
+                        "access_token is used only with mode: renew; the refresh_token grant starts from refresh_token",
+                    );
+                }
+                self.secret(
+                    at,
+                    "refresh_token",
+                    raw.refresh_token.as_ref(),
+                    "the first refresh token; rotated ones are kept in state_dir",
+                )
+                .map(SquareGrant::RefreshToken)
+            }
+            Err(()) => None,
+        };
+        Some(ProviderKind::Square {
+            base_url: base_url?,
+            client_id: client_id?,
+            client_secret: client_secret.ok()?,
+            grant: grant?,
+            state_file: state_dir.join(state_file_name(name)),
+        })
+    }
+
+    /// `client_id`: an identifier, not a secret, so a plain string.
+    fn client_id(&mut self, parent: &str, value: Option<&Value>) -> Option<String> {
+        match value {
+            None => {
+                self.missing(parent, "client_id", "the OAuth client (application) id");
+                None
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::String(_)) => {
+                self.bad(parent, "client_id", "client_id is empty");
+                None
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    "client_id",
+                    format!(
+                        "client_id must be a string (it is not a secret), not {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn base_url(&mut self, parent: &str, text: &str) -> Option<Url> {
+        self.url(parent, "base_url", text, true)
+    }
+
+    /// An endpoint URL: https (http only for loopback), no credentials, query or fragment.
+    /// `strip_slash`: the URL is a base that request paths are appended to.
+    fn url(&mut self, parent: &str, key: &str, text: &str, strip_slash: bool) -> Option<Url> {
         let mut url = match Url::parse(text.trim()) {
             Ok(url) => url,
             // The URL itself is not repeated: it might carry a password.
             Err(err) => {
                 self.bad(
                     parent,
-                    "base_url",
-                    format!("base_url is not a valid URL ({err}); write it as https://HOST"),
+                    key,
+                    format!("{key} is not a valid URL ({err}); write it as https://HOST"),
                 );
                 return None;
             }
@@ -902,38 +1377,36 @@ impl Checker<'_> {
             "http" if is_loopback(&url) => {}
             "http" => self.bad(
                 parent,
-                "base_url",
+                key,
                 "http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://",
             ),
-            other => self.bad(parent, "base_url", format!("base_url must use https://, not {other}:")),
+            other => self.bad(parent, key, format!("{key} must use https://, not {other}:")),
         }
         if !url.username().is_empty() || url.password().is_some() {
             self.bad(
                 parent,
-                "base_url",
-                "base_url must not contain a user name or password; app_id and app_token authenticate",
+                key,
+                format!("{key} must not contain a user name or password; credentials have keys of their own"),
             );
         }
         if url.query().is_some() {
-            self.bad(
-                parent,
-                "base_url",
-                "base_url must not have a query (`?...`)",
-            );
+            self.bad(parent, key, format!("{key} must not have a query (`?...`)"));
         }
         if url.fragment().is_some() {
             self.bad(
                 parent,
-                "base_url",
-                "base_url must not have a fragment (`#...`)",
+                key,
+                format!("{key} must not have a fragment (`#...`)"),
             );
         }
         if self.problems.len() > before {
             return None;
         }
-        // Request paths are appended to the base path; a trailing slash would double them.
-        let path = url.path().trim_end_matches('/').to_string();
-        url.set_path(&path);
+        if strip_slash {
+            // Request paths are appended to the base path; a trailing slash would double them.
+            let path = url.path().trim_end_matches('/').to_string();
+            url.set_path(&path);
+        }
         Some(url)
     }
 
@@ -1105,13 +1578,12 @@ impl Checker<'_> {
             }
             Some(provider) => Some(provider.to_string()),
         };
-        let voucherify = provider
+        let raw_provider = provider
             .as_ref()
             .and_then(|p| providers.get(p))
-            .and_then(|p| p.as_ref())
-            .and_then(|p| p.kind.as_deref())
-            == Some("voucherify");
-        let scopes = self.scopes(&at, raw.scopes.as_ref(), voucherify);
+            .and_then(|p| p.as_ref());
+        let kind = raw_provider.and_then(|p| p.kind.as_deref());
+        let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
         let file = match &raw.file {
             None => {
                 self.missing(
@@ -1142,6 +1614,23 @@ impl Checker<'_> {
             self.jitter_below_at(&refresh_at, key, at_value, jitter);
         }
         let on_shutdown = self.choice(&at, "on_shutdown", raw.on_shutdown.as_deref(), ON_SHUTDOWN);
+        // Square's RevokeToken can end the seller's whole authorization: a square set revokes
+        // only when it says so itself, never because of `defaults.on_shutdown`.
+        let default_on_shutdown = if kind == Some("square") {
+            OnShutdown::Keep
+        } else {
+            defaults.on_shutdown
+        };
+        if kind == Some("square")
+            && on_shutdown == Ok(Some(OnShutdown::Revoke))
+            && raw_provider.is_some_and(|p| p.client_secret.is_none())
+        {
+            self.bad(
+                &at,
+                "on_shutdown",
+                "on_shutdown: revoke needs the provider's client_secret: Square's RevokeToken authenticates with it (PKCE applications have none, so their tokens can only expire)",
+            );
+        }
         let revoke_after = self.duration(
             &at,
             "revoke_superseded_after",
@@ -1158,7 +1647,7 @@ impl Checker<'_> {
                 jitter: set_jitter.unwrap_or(DEFAULT_REFRESH_JITTER),
                 min_interval: parts.min_interval.ok()?.unwrap_or(defaults.min_interval),
             },
-            on_shutdown: on_shutdown.ok()?.unwrap_or(defaults.on_shutdown),
+            on_shutdown: on_shutdown.ok()?.unwrap_or(default_on_shutdown),
             revoke_superseded_after: revoke_after
                 .ok()?
                 .unwrap_or(defaults.revoke_superseded_after),
@@ -1169,7 +1658,7 @@ impl Checker<'_> {
         &mut self,
         parent: &str,
         value: Option<&Value>,
-        voucherify: bool,
+        kind: Option<&str>,
     ) -> Option<Vec<String>> {
         let Some(value) = value else {
             self.missing(parent, "scopes", "a list such as [orders, customers]");
@@ -1230,7 +1719,17 @@ impl Checker<'_> {
             };
             if scope.is_empty() {
                 self.problem(at, Some("scopes"), "scope is empty");
-            } else if scope.contains(',') {
+            } else if kind == Some("oauth2") && !scope.bytes().all(is_scope_char) {
+                // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!(
+                        "scope `{}` has a character RFC 6749 does not allow in a scope (whitespace, `\"` or `\\`); {SCOPE_HINT}",
+                        scope.escape_debug()
+                    ),
+                );
+            } else if kind != Some("oauth2") && scope.contains(',') {
                 self.problem(
                     at,
                     Some("scopes"),
@@ -1247,11 +1746,31 @@ impl Checker<'_> {
                     &format!("{parent}.scopes"),
                     format_args!("scope `{scope}` is listed twice"),
                 );
+            } else if kind == Some("square")
+                && !scope
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!(
+                        "scope `{scope}` is not a Square permission name; they are upper case, such as `{}`",
+                        scope.to_ascii_uppercase()
+                    ),
+                );
             } else {
-                if voucherify && !crate::provider::voucherify::SCOPES.contains(&scope.as_str()) {
+                let documented = match kind {
+                    Some("voucherify") => Some(("Voucherify", crate::provider::voucherify::SCOPES)),
+                    Some("square") => Some(("Square", crate::provider::square::SCOPES)),
+                    _ => None,
+                };
+                if let Some((vendor, list)) = documented
+                    && !list.contains(&scope.as_str())
+                {
                     self.warn(
                         &format!("{parent}.scopes"),
-                        format_args!("scope `{scope}` is not in Voucherify's documented list; the API may refuse it"),
+                        format_args!("scope `{scope}` is not in {vendor}'s documented list; the API may refuse it"),
                     );
                 }
                 scopes.push(scope);
@@ -1653,6 +2172,11 @@ fn describe(value: &Value) -> &'static str {
     }
 }
 
+/// RFC 6749 section 3.3 `scope-token` characters: printable ASCII except space, `"`, `\`.
+fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
 fn valid_set_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
@@ -1661,7 +2185,32 @@ fn valid_set_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// The file in `state_dir` that holds a Square provider's latest refresh token: the provider's
+/// name when it is safe in a file name, otherwise its safe characters plus a fingerprint so
+/// that two names never share a file.
+fn state_file_name(provider: &str) -> String {
+    let safe: String = provider
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == provider {
+        format!("square-{provider}.json")
+    } else {
+        format!(
+            "square-{safe}-{}.json",
+            crate::secret::fingerprint(provider)
+        )
+    }
+}
+
+/// Whether `url` names a loopback host, where plain http:// cannot be overheard.
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host_str() {
         Some(host) if host.eq_ignore_ascii_case("localhost") => true,
         Some(host) => host
@@ -2070,7 +2619,10 @@ scope_sets:
             base_url,
             app_id,
             app_token,
-        } = &eu.kind;
+        } = &eu.kind
+        else {
+            panic!("not voucherify")
+        };
         assert_eq!(base_url.as_str(), "https://api.voucherify.io/");
         assert_eq!(base_url.path(), "/");
         assert_eq!(
@@ -2083,7 +2635,9 @@ scope_sets:
         );
         let us = &c.providers["us"];
         assert_eq!(us.timeout, DEFAULT_PROVIDER_TIMEOUT);
-        let ProviderKind::Voucherify { base_url, .. } = &us.kind;
+        let ProviderKind::Voucherify { base_url, .. } = &us.kind else {
+            panic!("not voucherify")
+        };
         assert_eq!(base_url.as_str(), "https://us1.api.voucherify.io/");
 
         let [orders, us_set] = c.sets.as_slice() else {
@@ -2127,7 +2681,9 @@ scope_sets:
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/tokenkeeper"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert_eq!(c.log_level, None);
-        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind else {
+            panic!("not voucherify")
+        };
         assert_eq!(base_url.as_str(), "https://api.voucherify.io/");
         let set = &c.sets[1];
         assert_eq!(
@@ -2369,14 +2925,16 @@ scope_sets:
                 &["providers.vf", "missing `app_id`"],
             ),
             (
-                "square",
+                "voucherify keys under square",
                 with(&[("kind: voucherify", "kind: square")]),
-                &["provider kind `square` is not supported by this version yet"],
+                &[
+                    "providers.vf.cluster: `cluster` does not apply to kind `square` (it belongs to voucherify)",
+                ],
             ),
             (
-                "oauth2",
+                "oauth2 without client",
                 with(&[("kind: voucherify", "kind: oauth2")]),
-                &["provider kind `oauth2` is not supported"],
+                &["providers.vf: missing `client_id`"],
             ),
             (
                 "unknown kind",
@@ -2525,7 +3083,9 @@ scope_sets:
         ] {
             let text = with(&[("cluster: eu", &format!("base_url: {url}"))]);
             let c = accepted(&text).config;
-            let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+            let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind else {
+                panic!("not voucherify")
+            };
             assert_eq!(base_url.scheme(), "http");
             assert!(
                 base_url.path() == "/" || !base_url.path().ends_with('/'),
@@ -2537,7 +3097,9 @@ scope_sets:
             "base_url: https://proxy.example/voucherify/",
         )]))
         .config;
-        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind;
+        let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind else {
+            panic!("not voucherify")
+        };
         assert_eq!(base_url.as_str(), "https://proxy.example/voucherify");
     }
 
@@ -2561,6 +3123,7 @@ scope_sets:
         assert_eq!(loaded.config.sets[1].scopes, ["vouchers", "frobnicate"]);
         let SecretSource::Plain(secret) = (match &loaded.config.providers["vf"].kind {
             ProviderKind::Voucherify { app_id, .. } => app_id,
+            _ => panic!("not voucherify"),
         }) else {
             panic!("not plain")
         };
@@ -2568,16 +3131,352 @@ scope_sets:
     }
 
     #[test]
-    fn unknown_keys_of_an_unsupported_kind_are_not_listed() {
+    fn unknown_keys_of_an_unknown_kind_are_not_listed() {
         let text = with(&[(
             "kind: voucherify",
-            "kind: oauth2\n    issuer: https://login.example.com",
+            "kind: okta\n    issuer: https://login.example.com\n    tenant: x",
         )]);
         let found = problems(&text);
         assert!(
-            !found.iter().any(|p| p.message.contains("issuer")),
+            !found
+                .iter()
+                .any(|p| p.message.contains("issuer") || p.message.contains("tenant")),
             "{found:?}"
         );
+        assert!(found.iter().any(|p| p.message.contains("unknown provider kind `okta`; this version supports `voucherify`, `oauth2`, `square`")), "{found:?}");
+    }
+
+    /// One config naming all three provider kinds.
+    const MIXED: &str = r#"
+state_dir: /var/lib/tk
+defaults:
+  on_shutdown: revoke
+providers:
+  vf:
+    kind: voucherify
+    app_id: { env: VF_APP_ID }
+    app_token: { env: VF_APP_TOKEN }
+  idp:
+    kind: oauth2
+    issuer: https://login.example.com/realms/ops
+    client_id: tokenkeeper
+    client_secret: { credential: idp-secret }
+  entra:
+    kind: oauth2
+    token_url: https://login.example.com/t/oauth2/v2.0/token
+    revocation_url: https://login.example.com/t/revoke
+    client_id: 11111111-2222
+    client_secret: { env: ENTRA_SECRET }
+    auth_method: client_secret_post
+    extra_params: { resource: "https://api.example.com", project_id: 42 }
+    default_lifetime: 10m
+    timeout: 5s
+  shop:
+    kind: square
+    environment: sandbox
+    client_id: sandbox-sq0idb-abc
+    client_secret: { credential: square-secret }
+    refresh_token: { credential: square-refresh }
+  "pkce shop":
+    kind: square
+    client_id: sq0idp-x
+    refresh_token: { env: SQ_REFRESH }
+scope_sets:
+  - name: vouchers
+    provider: vf
+    scopes: [vouchers]
+    file: { path: /run/tk/v.token }
+  - name: api
+    provider: idp
+    scopes: ["api://x/.default", "read,write"]
+    file: { path: /run/tk/api.token }
+  - name: graph
+    provider: entra
+    scopes: [https://graph.microsoft.com/.default]
+    file: { path: /run/tk/graph.token }
+  - name: orders
+    provider: shop
+    scopes: [ORDERS_READ, FROBNICATE_READ]
+    file: { path: /run/tk/orders.token }
+  - name: orders-revoked
+    provider: shop
+    scopes: [ORDERS_READ]
+    file: { path: /run/tk/orders2.token }
+    on_shutdown: revoke
+  - name: pkce
+    provider: pkce shop
+    scopes: [ITEMS_READ]
+    file: { path: /run/tk/pkce.token }
+"#;
+
+    #[test]
+    fn all_three_kinds_in_one_config() {
+        let loaded = accepted(MIXED);
+        let c = &loaded.config;
+        let ProviderKind::OAuth2 {
+            endpoints,
+            client_id,
+            auth_method,
+            extra_params,
+            default_lifetime,
+            ..
+        } = &c.providers["idp"].kind
+        else {
+            panic!("not oauth2")
+        };
+        assert_eq!(
+            endpoints,
+            &OAuth2Endpoints::Discover {
+                issuer: Url::parse("https://login.example.com/realms/ops").unwrap()
+            }
+        );
+        assert_eq!(client_id, "tokenkeeper");
+        assert_eq!(*auth_method, AuthMethod::ClientSecretBasic);
+        assert!(extra_params.is_empty());
+        assert_eq!(*default_lifetime, DEFAULT_OAUTH2_LIFETIME);
+        let ProviderKind::OAuth2 {
+            endpoints,
+            auth_method,
+            extra_params,
+            default_lifetime,
+            ..
+        } = &c.providers["entra"].kind
+        else {
+            panic!("not oauth2")
+        };
+        let OAuth2Endpoints::Explicit {
+            revocation_url,
+            introspection_url,
+            ..
+        } = endpoints
+        else {
+            panic!("not explicit")
+        };
+        assert!(revocation_url.is_some() && introspection_url.is_none());
+        assert_eq!(*auth_method, AuthMethod::ClientSecretPost);
+        assert_eq!(extra_params["project_id"], "42");
+        assert_eq!(*default_lifetime, Duration::from_secs(600));
+        assert_eq!(c.providers["entra"].timeout, Duration::from_secs(5));
+
+        let ProviderKind::Square {
+            base_url,
+            client_secret,
+            grant,
+            state_file,
+            ..
+        } = &c.providers["shop"].kind
+        else {
+            panic!("not square")
+        };
+        assert_eq!(base_url.as_str(), "https://connect.squareupsandbox.com/");
+        assert!(client_secret.is_some());
+        assert_eq!(
+            grant,
+            &SquareGrant::RefreshToken(SecretSource::Credential("square-refresh".into()))
+        );
+        assert_eq!(state_file, Path::new("/var/lib/tk/square-shop.json"));
+        let ProviderKind::Square {
+            base_url,
+            client_secret,
+            state_file,
+            ..
+        } = &c.providers["pkce shop"].kind
+        else {
+            panic!("not square")
+        };
+        assert_eq!(base_url.as_str(), "https://connect.squareup.com/");
+        assert!(client_secret.is_none());
+        let name = state_file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("square-pkce_shop-") && name.ends_with(".json"),
+            "{name}"
+        );
+
+        // defaults.on_shutdown: revoke applies to every kind but square.
+        let on = |n: &str| c.sets.iter().find(|s| s.name == n).unwrap().on_shutdown;
+        assert_eq!(on("vouchers"), OnShutdown::Revoke);
+        assert_eq!(on("api"), OnShutdown::Revoke);
+        assert_eq!(on("orders"), OnShutdown::Keep);
+        assert_eq!(on("orders-revoked"), OnShutdown::Revoke);
+        assert_eq!(on("pkce"), OnShutdown::Keep);
+        // oauth2 scopes are free-form (a comma is a character like any other).
+        assert_eq!(c.sets[1].scopes, ["api://x/.default", "read,write"]);
+
+        let w = loaded.warnings.join("\n");
+        assert!(
+            w.contains("scope `FROBNICATE_READ` is not in Square's documented list"),
+            "{w}"
+        );
+        assert!(!w.contains("ORDERS_READ"), "{w}");
+        let secrets: Vec<String> = check_secrets(c)
+            .0
+            .iter()
+            .map(|p| p.at.clone())
+            .chain(check_secrets(c).1)
+            .collect();
+        for key in [
+            "providers.idp.client_secret",
+            "providers.entra.client_secret",
+            "providers.shop.client_secret",
+            "providers.shop.refresh_token",
+            "providers.pkce shop.refresh_token",
+        ] {
+            assert!(
+                secrets.iter().any(|s| s.starts_with(key)),
+                "{key} not checked: {secrets:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth2_and_square_refusals() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "both issuer and token_url",
+                "    issuer: https://a.example\n    token_url: https://a.example/t\n",
+                &["give issuer", "not both"],
+            ),
+            ("no endpoint", "", &["missing `issuer`"]),
+            (
+                "revocation without token",
+                "    revocation_url: https://a.example/r\n",
+                &["missing `token_url`"],
+            ),
+            (
+                "http issuer",
+                "    issuer: http://login.example.com\n",
+                &["issuer", "http:// is allowed only for loopback"],
+            ),
+            (
+                "bad auth method",
+                "    issuer: https://a.example\n    auth_method: private_key_jwt\n",
+                &[
+                    "auth_method `private_key_jwt` must be one of client_secret_basic, client_secret_post",
+                ],
+            ),
+            (
+                "reserved extra param",
+                "    issuer: https://a.example\n    extra_params: { scope: x }\n",
+                &["extra_params.scope is set by tokenkeeper itself"],
+            ),
+            (
+                "nested extra param",
+                "    issuer: https://a.example\n    extra_params: { audience: [a] }\n",
+                &["extra_params.audience must be a string, not a list"],
+            ),
+            (
+                "zero default lifetime",
+                "    issuer: https://a.example\n    default_lifetime: 0s\n",
+                &["default_lifetime must be more than 0s"],
+            ),
+            (
+                "square key under oauth2",
+                "    issuer: https://a.example\n    environment: sandbox\n",
+                &["`environment` does not apply to kind `oauth2` (it belongs to square)"],
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (what, keys, needles) in cases {
+            let text = format!(
+                "providers:\n  idp:\n    kind: oauth2\n    client_id: c\n    client_secret: {{ env: S }}\n{keys}scope_sets:\n  - name: a\n    provider: idp\n    scopes: [\"a b\"]\n    file: {{ path: /run/a }}\n"
+            );
+            let found: Vec<String> = match parse(&text, Path::new("t.yaml")) {
+                Ok(_) => vec!["<accepted>".into()],
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(|p| p.to_string()).collect()
+                }
+                Err(other) => vec![other.to_string()],
+            };
+            if !found.iter().any(|p| needles.iter().all(|n| p.contains(n))) {
+                failures.push(format!("{what}: wanted {needles:?}, got {found:#?}"));
+            }
+            if !found.iter().any(|p| p.contains("RFC 6749 does not allow")) {
+                failures.push(format!(
+                    "{what}: a scope with a space was accepted: {found:#?}"
+                ));
+            }
+        }
+        let square: &[(&str, &str, &str, &[&str])] = &[
+            (
+                "both url and environment",
+                "    base_url: https://a.example\n    environment: sandbox\n",
+                "",
+                &["give base_url or environment, not both"],
+            ),
+            (
+                "bad environment",
+                "    environment: staging\n",
+                "",
+                &["environment `staging` must be one of production, sandbox"],
+            ),
+            ("no refresh token", "", "", &["missing `refresh_token`"]),
+            (
+                "lower-case scope",
+                "    refresh_token: { env: R }\n",
+                "",
+                &[
+                    "scope `orders_read` is not a Square permission name",
+                    "`ORDERS_READ`",
+                ],
+            ),
+            (
+                "revoke without secret",
+                "    refresh_token: { env: R }\n",
+                "    on_shutdown: revoke\n",
+                &["on_shutdown: revoke needs the provider's client_secret"],
+            ),
+            (
+                "renew without access token",
+                "    mode: renew\n    client_secret: { env: S }\n",
+                "",
+                &["missing `access_token`"],
+            ),
+            (
+                "renew with refresh token",
+                "    mode: renew\n    client_secret: { env: S }\n    access_token: { env: A }\n    refresh_token: { env: R }\n",
+                "",
+                &["give access_token, not refresh_token"],
+            ),
+            (
+                "renew without secret",
+                "    mode: renew\n    access_token: { env: A }\n",
+                "",
+                &["missing `client_secret`"],
+            ),
+            (
+                "renew shared",
+                "    mode: renew\n    client_secret: { env: S }\n    access_token: { env: A }\n",
+                "  - name: b\n    provider: sq\n    scopes: [ITEMS_READ]\n    file: { path: /run/b }\n",
+                &["mode: renew serves one scope set, but a, b name it"],
+            ),
+            (
+                "bad mode",
+                "    mode: code\n",
+                "",
+                &["mode `code` must be one of refresh_token, renew"],
+            ),
+        ];
+        for (what, keys, set_extra, needles) in square {
+            let scopes = if *what == "lower-case scope" {
+                "orders_read"
+            } else {
+                "ORDERS_READ"
+            };
+            let text = format!(
+                "providers:\n  sq:\n    kind: square\n    client_id: sq0idp-x\n{keys}scope_sets:\n  - name: a\n    provider: sq\n    scopes: [{scopes}]\n    file: {{ path: /run/a }}\n{set_extra}"
+            );
+            let found: Vec<String> = match parse(&text, Path::new("t.yaml")) {
+                Ok(_) => vec!["<accepted>".into()],
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(|p| p.to_string()).collect()
+                }
+                Err(other) => vec![other.to_string()],
+            };
+            if !found.iter().any(|p| needles.iter().all(|n| p.contains(n))) {
+                failures.push(format!("{what}: wanted {needles:?}, got {found:#?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
     fn provider_with(app_id: SecretSource, app_token: SecretSource) -> Config {

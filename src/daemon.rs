@@ -21,7 +21,7 @@ use crate::budget::{Budget, Refusal, Slot};
 use crate::config::{Config, FileConfig, OnShutdown, ProviderConfig, SetConfig};
 use crate::error_chain as chain;
 use crate::journal::{self, Entry, Journal};
-use crate::provider::{Introspection, Issued, Provider, ProviderError, TokenProvider};
+use crate::provider::{Introspection, Issued, Provider, ProviderError, Revocation, TokenProvider};
 use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
@@ -238,6 +238,9 @@ pub struct SetOutcome {
     pub failed: Vec<(String, String)>,
     /// Fingerprint of a token left in place because the set says `on_shutdown: keep`.
     pub kept: Option<String>,
+    /// Fingerprints of live tokens not revoked because the provider cannot revoke, or (Square)
+    /// revokes only for sets that ask; they expire on their own.
+    pub expiring: Vec<String>,
 }
 
 /// A set's state as others may see it (readiness, status).
@@ -341,6 +344,38 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         });
     }
 
+    /// Whether this set's tokens are revoked at all: a provider may be unable to (no
+    /// revocation endpoint), or revoke only for sets that ask for it (Square).
+    fn revokes(&self) -> bool {
+        match self.provider.revocation() {
+            Revocation::Always => true,
+            Revocation::OptIn => self.cfg.on_shutdown == OnShutdown::Revoke,
+            Revocation::Unsupported => false,
+        }
+    }
+
+    /// Why [`Self::revokes`] says no, for the log.
+    fn why_not_revoked(&self) -> &'static str {
+        match self.provider.revocation() {
+            Revocation::Unsupported => {
+                "the provider has no revocation endpoint; the token expires on its own"
+            }
+            _ => {
+                "this provider's sets revoke only with on_shutdown: revoke; the token expires on its own"
+            }
+        }
+    }
+
+    /// Queue `held` for revocation at `at`, or let it expire if this set does not revoke.
+    fn supersede(&self, superseded: &mut Vec<(Held, Instant)>, held: Held, at: Instant) {
+        if self.revokes() {
+            superseded.push((held, at));
+        } else {
+            info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
+                "not revoking the superseded token: {}", self.why_not_revoked());
+        }
+    }
+
     /// Keep the set's sink holding a valid token until told to stop, then revoke.
     pub async fn run(mut self) -> SetOutcome {
         let name = self.cfg.name.clone();
@@ -386,7 +421,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         // like superseded tokens once the first new token is written.
         let mut stale = start.stale;
         if current.is_some() {
-            superseded.extend(stale.drain(..).map(|h| (h, Instant::now())));
+            for h in stale.drain(..) {
+                self.supersede(&mut superseded, h, Instant::now());
+            }
         }
 
         loop {
@@ -532,7 +569,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                         "token written");
                                     self.fresh(&held, next_issue);
                                     let grace = Instant::now() + self.cfg.revoke_superseded_after;
-                                    superseded.extend(current.replace(held).into_iter().chain(stale.drain(..)).map(|h| (h, grace)));
+                                    for old in current.replace(held).into_iter().chain(stale.drain(..)) {
+                                        self.supersede(&mut superseded, old, grace);
+                                    }
                                     current_meta = Some(meta);
                                     self.forget_previous(&mut previous).await;
                                 }
@@ -545,7 +584,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                     error!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
                                         retry_in = %humantime::format_duration(whole_secs(delay)),
                                         "could not write the token; revoking it and retrying");
-                                    superseded.push((held, Instant::now()));
+                                    self.supersede(&mut superseded, held, Instant::now());
                                     self.state.send_replace(SetState::Failing {
                                         has_token: current.is_some(),
                                         error: chain(&e),
@@ -653,9 +692,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             (None, _) => {}
         }
         let now = Instant::now();
-        let (live, expired): (Vec<_>, Vec<_>) =
+        let (mut live, expired): (Vec<_>, Vec<_>) =
             to_revoke.into_iter().partition(|h| h.expires_at > now);
         drop(expired);
+        let mut current_expiring = false;
+        if !self.revokes() {
+            for h in live.drain(..) {
+                current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
+                outcome.expiring.push(h.fingerprint.clone());
+            }
+            if !outcome.expiring.is_empty() {
+                info!(set = %name, fingerprints = %outcome.expiring.join(","),
+                    "not revoked: {}", self.why_not_revoked());
+            }
+        }
         let results = join_all(
             live.iter()
                 .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
@@ -684,7 +734,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         // stays in place, still usable, until it expires.
         if outcome.kept.is_none()
             && !keep_file
-            && (current_revoked || current_fp.is_none())
+            && (current_revoked || current_expiring || current_fp.is_none())
             && let Err(e) = self.sink.remove().await
         {
             error!(set = %name, error = %chain(&e), "could not remove the token file");
@@ -1413,6 +1463,8 @@ mod tests {
         fail_revoke: bool,
         /// Every issue call, failed or not.
         attempts: Vec<Instant>,
+        /// What `revocation()` answers; `None` is the trait's default.
+        policy: Option<Revocation>,
     }
 
     impl Mock {
@@ -1494,6 +1546,9 @@ mod tests {
         }
         async fn introspect(&self, _token: &Secret) -> Result<Introspection, ProviderError> {
             Ok(Introspection::Inactive)
+        }
+        fn revocation(&self) -> Revocation {
+            self.s.lock().unwrap().policy.unwrap_or(Revocation::Always)
         }
     }
 
@@ -1850,5 +1905,54 @@ mod tests {
         let issued: Vec<Duration> = p.issued().iter().map(|(_, at)| *at - t0).collect();
         assert_eq!(issued, vec![S(0), S(1)]);
         h.stop(S(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_opt_in_provider_revokes_nothing_for_a_set_that_keeps() {
+        let p = Mock::new(S(100));
+        p.s.lock().unwrap().policy = Some(Revocation::OptIn);
+        let mut cfg = set_cfg(0.5, 0.0);
+        cfg.on_shutdown = OnShutdown::Keep;
+        cfg.revoke_superseded_after = S(1);
+        let h = start(cfg, &p, 0.0);
+        tokio::time::sleep(S(120)).await;
+        assert_eq!(p.issued().len(), 3);
+        let (outcome, sink) = h.stop(S(5)).await;
+        assert!(p.revoked().is_empty(), "{:?}", p.revoked());
+        assert_eq!(
+            outcome.kept.as_deref(),
+            Some(Secret::new("tok3").fingerprint().as_str())
+        );
+        assert_eq!(sink.content().as_deref(), Some("tok3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_opt_in_provider_revokes_for_a_set_that_asks() {
+        let p = Mock::new(S(100));
+        p.s.lock().unwrap().policy = Some(Revocation::OptIn);
+        let mut cfg = set_cfg(0.5, 0.0);
+        cfg.revoke_superseded_after = S(1);
+        let h = start(cfg, &p, 0.0);
+        tokio::time::sleep(S(60)).await;
+        let (outcome, sink) = h.stop(S(5)).await;
+        let revoked: Vec<String> = p.revoked().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(revoked, ["tok1", "tok2"]);
+        assert_eq!(outcome.revoked.len(), 1);
+        assert_eq!(sink.content(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_of_a_provider_that_cannot_revoke_expire_and_their_file_goes() {
+        let p = Mock::new(S(100));
+        p.s.lock().unwrap().policy = Some(Revocation::Unsupported);
+        let mut cfg = set_cfg(0.5, 0.0);
+        cfg.revoke_superseded_after = S(1);
+        let h = start(cfg, &p, 0.0);
+        tokio::time::sleep(S(60)).await;
+        let (outcome, sink) = h.stop(S(5)).await;
+        assert!(p.revoked().is_empty());
+        assert!(outcome.failed.is_empty());
+        assert_eq!(outcome.expiring, [Secret::new("tok2").fingerprint()]);
+        assert_eq!(sink.content(), None, "{:?}", sink.events());
     }
 }

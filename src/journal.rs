@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 use zeroize::Zeroizing;
 
-use crate::config::{ProviderConfig, ProviderKind, SetConfig};
+use crate::config::{OAuth2Endpoints, ProviderConfig, ProviderKind, SetConfig};
 use crate::secret::Secret;
 
 /// The journal's file name inside `state_dir`.
@@ -138,10 +138,39 @@ pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
     h.update(set.provider.as_bytes());
     h.update(b"\0kind\0");
     h.update(provider.kind.kind_name().as_bytes());
+    // Whatever changes which server issues the token, for whom, or what it grants.
+    let mut field = |name: &str, value: &str| {
+        h.update(b"\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(value.as_bytes());
+    };
     match &provider.kind {
-        ProviderKind::Voucherify { base_url, .. } => {
-            h.update(b"\0base_url\0");
-            h.update(base_url.as_str().as_bytes());
+        ProviderKind::Voucherify { base_url, .. } => field("base_url", base_url.as_str()),
+        ProviderKind::OAuth2 {
+            endpoints,
+            client_id,
+            extra_params,
+            ..
+        } => {
+            match endpoints {
+                OAuth2Endpoints::Discover { issuer } => field("issuer", issuer.as_str()),
+                OAuth2Endpoints::Explicit { token_url, .. } => {
+                    field("token_url", token_url.as_str())
+                }
+            }
+            field("client_id", client_id);
+            for (k, v) in extra_params {
+                field(&format!("param:{k}"), v);
+            }
+        }
+        ProviderKind::Square {
+            base_url,
+            client_id,
+            ..
+        } => {
+            field("base_url", base_url.as_str());
+            field("client_id", client_id);
         }
     }
     let mut scopes = set.scopes.clone();

@@ -377,11 +377,22 @@ fn summarize(report: &RunReport) -> u8 {
     let failed = report.failed_sets();
     let kept: usize = report.sets.iter().filter(|s| s.kept.is_some()).count();
     let sets = report.sets.len();
+    let expiring: usize = report.sets.iter().map(|s| s.expiring.len()).sum();
+    let expiring_note = if expiring > 0 {
+        format!(
+            "; {expiring} token{} left to expire on {} own (not revocable)",
+            plural(expiring),
+            if expiring == 1 { "its" } else { "their" }
+        )
+    } else {
+        String::new()
+    };
     if failed.is_empty() {
         info!(
             revoked = report.revoked_count(),
             kept,
-            "stopped: revoked {} token{} across {sets} set{}",
+            expiring,
+            "stopped: revoked {} token{} across {sets} set{}{expiring_note}",
             report.revoked_count(),
             plural(report.revoked_count()),
             plural(sets)

@@ -3,6 +3,9 @@
 //! A provider turns config into HTTP requests and answers into [`Issued`] tokens or
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
+pub mod oauth2;
+pub mod refresh_store;
+pub mod square;
 pub mod voucherify;
 
 use std::future::Future;
@@ -10,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::config::{ProviderConfig, ProviderKind};
+use crate::config::{ProviderConfig, ProviderKind, SquareGrant};
 use crate::schedule::RetryClass;
 use crate::secret::{Secret, SecretError};
 
@@ -63,6 +66,19 @@ pub enum Introspection {
     Inactive,
 }
 
+/// When a provider's tokens may be revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Superseded tokens, and at stop the current one unless the set keeps it.
+    Always,
+    /// Nothing, unless the set itself says `on_shutdown: revoke` (Square, whose RevokeToken
+    /// is an opt-in).
+    OptIn,
+    /// The provider cannot revoke (an OAuth 2.0 server without a revocation endpoint): tokens
+    /// expire on their own.
+    Unsupported,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("{operation} refused with HTTP {status}: {detail}")]
@@ -99,6 +115,15 @@ pub enum ProviderError {
     },
     #[error("{what} is not a valid HTTP header value")]
     BadHeader { what: &'static str },
+    #[error("{operation}: the provider offers no endpoint for it")]
+    Unsupported { operation: &'static str },
+    #[error("{operation}: {what}")]
+    Discovery {
+        operation: &'static str,
+        what: String,
+    },
+    #[error("cannot keep the rotated refresh token")]
+    State(#[source] refresh_store::StoreError),
 }
 
 impl ProviderError {
@@ -135,12 +160,25 @@ pub trait TokenProvider: Send + Sync {
         &self,
         token: &Secret,
     ) -> impl Future<Output = Result<Introspection, ProviderError>> + Send;
+    /// When this provider's tokens may be revoked. It may change once the provider has
+    /// discovered its endpoints.
+    fn revocation(&self) -> Revocation {
+        Revocation::Always
+    }
 }
 
 /// Every provider kind, dispatched without boxing.
 #[derive(Debug)]
 pub enum Provider {
     Voucherify(voucherify::Voucherify),
+    OAuth2(oauth2::OAuth2),
+    Square(square::Square),
+}
+
+fn load(what: &'static str, source: &crate::secret::SecretSource) -> Result<Secret, ProviderError> {
+    source
+        .load()
+        .map_err(|source| ProviderError::Secret { what, source })
 }
 
 impl Provider {
@@ -152,14 +190,8 @@ impl Provider {
                 app_id,
                 app_token,
             } => {
-                let app_id = app_id.load().map_err(|source| ProviderError::Secret {
-                    what: "app_id",
-                    source,
-                })?;
-                let app_token = app_token.load().map_err(|source| ProviderError::Secret {
-                    what: "app_token",
-                    source,
-                })?;
+                let app_id = load("app_id", app_id)?;
+                let app_token = load("app_token", app_token)?;
                 Ok(Provider::Voucherify(voucherify::Voucherify::new(
                     http.clone(),
                     base_url.clone(),
@@ -167,6 +199,53 @@ impl Provider {
                     &app_token,
                     cfg.timeout,
                 )?))
+            }
+            ProviderKind::OAuth2 {
+                endpoints,
+                client_id,
+                client_secret,
+                auth_method,
+                extra_params,
+                default_lifetime,
+            } => Ok(Provider::OAuth2(oauth2::OAuth2::new(oauth2::Settings {
+                http: http.clone(),
+                name: cfg.name.clone(),
+                endpoints: endpoints.clone(),
+                client_id: client_id.clone(),
+                client_secret: load("client_secret", client_secret)?,
+                auth_method: *auth_method,
+                extra_params: extra_params.clone().into_iter().collect(),
+                default_lifetime: *default_lifetime,
+                timeout: cfg.timeout,
+            })?)),
+            ProviderKind::Square {
+                base_url,
+                client_id,
+                client_secret,
+                grant,
+                state_file,
+            } => {
+                let client_secret = client_secret
+                    .as_ref()
+                    .map(|s| load("client_secret", s))
+                    .transpose()?;
+                let (mode, seed) = match grant {
+                    SquareGrant::RefreshToken(s) => {
+                        (square::Mode::RefreshToken, load("refresh_token", s)?)
+                    }
+                    SquareGrant::Renew(s) => (square::Mode::Renew, load("access_token", s)?),
+                };
+                Ok(Provider::Square(square::Square::new(square::Settings {
+                    http: http.clone(),
+                    name: cfg.name.clone(),
+                    base_url: base_url.clone(),
+                    client_id: client_id.clone(),
+                    client_secret,
+                    mode,
+                    seed,
+                    store: refresh_store::RefreshStore::new(state_file.clone()),
+                    timeout: cfg.timeout,
+                })?))
             }
         }
     }
@@ -176,18 +255,32 @@ impl TokenProvider for Provider {
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
         match self {
             Provider::Voucherify(p) => p.issue(scopes).await,
+            Provider::OAuth2(p) => p.issue(scopes).await,
+            Provider::Square(p) => p.issue(scopes).await,
         }
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
         match self {
             Provider::Voucherify(p) => p.revoke(token).await,
+            Provider::OAuth2(p) => p.revoke(token).await,
+            Provider::Square(p) => p.revoke(token).await,
         }
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
         match self {
             Provider::Voucherify(p) => p.introspect(token).await,
+            Provider::OAuth2(p) => p.introspect(token).await,
+            Provider::Square(p) => p.introspect(token).await,
+        }
+    }
+
+    fn revocation(&self) -> Revocation {
+        match self {
+            Provider::Voucherify(p) => p.revocation(),
+            Provider::OAuth2(p) => p.revocation(),
+            Provider::Square(p) => p.revocation(),
         }
     }
 }
@@ -264,6 +357,73 @@ pub(crate) fn sanitize(text: &str) -> String {
     out
 }
 
+/// serde_json's message with every quoted string blanked: "invalid type: string \"…\"" can
+/// quote a value from the body, and a broken answer may carry a token in the wrong field.
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut quoted = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(crate) fn malformed(operation: &'static str, what: impl Into<String>) -> ProviderError {
+    ProviderError::Malformed {
+        operation,
+        what: what.into(),
+    }
+}
+
+/// Retry class of an answer's HTTP status: 408, 429 and 5xx pass; anything else is a refusal
+/// that needs a person.
+pub(crate) fn is_transient(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+}
+
+/// The classified error for a non-success answer whose body `detail` describes.
+pub(crate) fn failure(
+    operation: &'static str,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    detail: String,
+) -> ProviderError {
+    if is_transient(status) {
+        ProviderError::Unavailable {
+            operation,
+            status: status.as_u16(),
+            detail,
+            retry_after: parse_retry_after(headers),
+        }
+    } else {
+        ProviderError::Refused {
+            operation,
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+/// A lifetime in seconds as a provider sent it, if it is sane: more than zero, at most
+/// `max`.
+pub(crate) fn sane_lifetime(secs: i64, max: Duration) -> Option<Duration> {
+    u64::try_from(secs)
+        .ok()
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .filter(|d| *d <= max)
+}
+
 /// RFC 6750 `b64token`: what a bearer token may contain. Anything else (spaces, newlines,
 /// quotes) could break the env and header file formats or a consumer's HTTP header.
 pub(crate) fn is_b64token(token: &str) -> bool {
@@ -273,6 +433,87 @@ pub(crate) fn is_b64token(token: &str) -> bool {
         && body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// A scripted HTTP server for the providers' unit tests: each connection gets the next
+/// canned answer, and every request is recorded whole.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::sync::{Arc, Mutex};
+
+    use reqwest::Url;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    pub(crate) struct Canned {
+        pub url: Url,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Canned {
+        pub async fn start(answers: Vec<Vec<u8>>) -> Canned {
+            Canned::start_with(|_| answers).await
+        }
+
+        /// `answers` gets the server's base URL (`http://127.0.0.1:PORT/`).
+        pub async fn start_with(answers: impl FnOnce(&Url) -> Vec<Vec<u8>>) -> Canned {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();
+            let answers = answers(&url);
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let record = Arc::clone(&seen);
+            tokio::spawn(async move {
+                for answer in answers {
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let req = read_request(&mut s).await;
+                    record.lock().unwrap().push(req);
+                    s.write_all(&answer).await.unwrap();
+                    let _ = s.shutdown().await;
+                }
+            });
+            Canned { url, seen }
+        }
+
+        pub async fn requests(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    async fn read_request(s: &mut tokio::net::TcpStream) -> String {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some(i) = text.find("\r\n\r\n") {
+                let len: usize = text[..i]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if req.len() >= i + 4 + len {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        String::from_utf8(req).unwrap()
+    }
+
+    /// A whole HTTP/1.1 answer that closes the connection.
+    pub fn http(status: &str, headers: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 #[cfg(test)]

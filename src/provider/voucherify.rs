@@ -9,8 +9,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{
-    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, TokenProvider, is_b64token,
-    parse_retry_after, read_body, sanitize,
+    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, TokenProvider, is_b64token, json_error,
+    malformed, parse_retry_after, read_body, sanitize,
 };
 use crate::secret::Secret;
 
@@ -237,32 +237,6 @@ impl Voucherify {
                 detail,
             }
         }
-    }
-}
-
-/// serde_json's message with every quoted string blanked: "invalid type: string \"…\"" can
-/// quote a value from the body, and a broken answer may carry a token in the wrong field.
-fn json_error(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let mut out = String::with_capacity(text.len());
-    let mut quoted = false;
-    for c in text.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
-            }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn malformed(operation: &'static str, what: impl Into<String>) -> ProviderError {
-    ProviderError::Malformed {
-        operation,
-        what: what.into(),
     }
 }
 

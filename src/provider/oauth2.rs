@@ -1,0 +1,826 @@
+//! Any RFC 6749 authorization server (Keycloak, Okta, Entra ID, Auth0, Voucherify OAuth v2):
+//! the client_credentials grant (section 4.4) with `client_secret_basic` or
+//! `client_secret_post` (section 2.3.1), RFC 7009 revocation, RFC 7662 introspection, and the
+//! endpoints given or discovered from the issuer (RFC 8414, OpenID Connect Discovery).
+//!
+//! Discovery runs at first use, not at start, so a server that is down when the daemon starts
+//! is a failure the set's task retries with its backoff, not a crash; its result is kept for
+//! the life of the provider.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{
+    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, Revocation, TokenProvider, failure,
+    is_b64token, is_transient, json_error, malformed, read_body, sane_lifetime, sanitize,
+};
+use crate::config::{AuthMethod, OAuth2Endpoints};
+use crate::secret::Secret;
+
+/// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
+/// a broken answer.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// RFC 8414 section 3: the well-known suffix, inserted between host and issuer path.
+const RFC8414_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+
+/// OpenID Connect Discovery 1.0 section 4: appended to the issuer.
+const OIDC_WELL_KNOWN: &str = "/.well-known/openid-configuration";
+
+/// What [`OAuth2::new`] needs.
+pub struct Settings {
+    pub http: reqwest::Client,
+    /// The provider's name in the config, for log lines.
+    pub name: String,
+    pub endpoints: OAuth2Endpoints,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: AuthMethod,
+    pub extra_params: Vec<(String, String)>,
+    pub default_lifetime: Duration,
+    pub timeout: Duration,
+}
+
+/// The endpoints in use, given or discovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub token: Url,
+    pub revocation: Option<Url>,
+    pub introspection: Option<Url>,
+}
+
+/// An RFC 6749 authorization server.
+pub struct OAuth2 {
+    http: reqwest::Client,
+    name: String,
+    /// The configured issuer, when the endpoints are to be discovered.
+    issuer: Option<Url>,
+    endpoints: OnceCell<Endpoints>,
+    client_id: String,
+    client_secret: Secret,
+    auth_method: AuthMethod,
+    /// `Authorization: Basic ...` for `client_secret_basic`, marked sensitive.
+    basic: Option<HeaderValue>,
+    extra_params: Vec<(String, String)>,
+    default_lifetime: Duration,
+    timeout: Duration,
+    /// Whether the missing `expires_in` has been reported: once is informative, every
+    /// refresh would be noise.
+    said_default_lifetime: AtomicBool,
+}
+
+impl std::fmt::Debug for OAuth2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer.as_ref().map(Url::as_str))
+            .field("endpoints", &self.endpoints.get())
+            .field("client_id", &self.client_id)
+            .field("auth_method", &self.auth_method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 8414 / OpenID provider metadata: the fields we use.
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    introspection_endpoint: Option<String>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    grant_types_supported: Option<Vec<String>>,
+}
+
+/// RFC 6749 section 5.1 successful answer.
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    /// A number per the RFC; some servers send a numeric string.
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+}
+
+impl Drop for TokenResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.access_token);
+    }
+}
+
+/// RFC 7662 section 2.2: only `active` is certain.
+#[derive(Deserialize)]
+struct IntrospectResponse {
+    active: bool,
+    exp: Option<i64>,
+}
+
+/// RFC 6749 section 5.2 error answer (RFC 7009 and 7662 reuse it).
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<String>,
+    error_description: Option<String>,
+    error_uri: Option<String>,
+}
+
+fn describe_error(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => {
+            let mut parts = Vec::new();
+            if let Some(code) = e.error {
+                parts.push(format!("error={}", sanitize(&code)));
+            }
+            if let Some(d) = e.error_description {
+                parts.push(format!("error_description={:?}", sanitize(&d)));
+            }
+            if let Some(u) = e.error_uri {
+                parts.push(format!("error_uri={}", sanitize(&u)));
+            }
+            if parts.is_empty() {
+                "no RFC 6749 error in the body".to_string()
+            } else {
+                parts.join(" ")
+            }
+        }
+        Err(_) if body.is_empty() => "empty body".to_string(),
+        Err(_) => "body is not an RFC 6749 error".to_string(),
+    }
+}
+
+/// Standard Base64 with padding (RFC 4648 section 4), for the Basic credentials.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `application/x-www-form-urlencoded` serialization of one value (WHATWG URL
+/// standard), which RFC 6749 section 2.3.1 applies to the client id and secret before Base64.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `Authorization: Basic base64(form(client_id) ":" form(client_secret))`.
+pub fn basic_credentials(client_id: &str, client_secret: &Secret) -> zeroize::Zeroizing<String> {
+    let joined = zeroize::Zeroizing::new(format!(
+        "{}:{}",
+        form_encode(client_id),
+        form_encode(client_secret.expose())
+    ));
+    zeroize::Zeroizing::new(format!("Basic {}", base64(joined.as_bytes())))
+}
+
+/// The discovery documents to try for `issuer`, in order: RFC 8414's (suffix inserted
+/// before the issuer's path), then OpenID's (suffix appended).
+pub fn discovery_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut rfc8414 = issuer.clone();
+    rfc8414.set_path(&format!("{RFC8414_WELL_KNOWN}{path}"));
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}{OIDC_WELL_KNOWN}"));
+    vec![rfc8414, oidc]
+}
+
+/// The configured and announced issuers name the same server: identical but for a trailing
+/// slash, which some servers add (Auth0) and operators drop.
+fn same_issuer(configured: &Url, announced: &str) -> bool {
+    configured.as_str().trim_end_matches('/') == announced.trim_end_matches('/')
+}
+
+/// An endpoint from a discovery document: https, or http on a loopback host like the config
+/// allows.
+fn endpoint_url(operation: &'static str, key: &str, text: &str) -> Result<Url, ProviderError> {
+    let bad = |why: &str| ProviderError::Discovery {
+        operation,
+        what: format!("{key} {why}"),
+    };
+    let url = Url::parse(text).map_err(|_| bad("is not a URL"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if crate::config::is_loopback(&url) => {}
+        _ => return Err(bad("is not an https:// URL")),
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(bad("has a user name, password or fragment"));
+    }
+    Ok(url)
+}
+
+impl OAuth2 {
+    pub fn new(s: Settings) -> Result<Self, ProviderError> {
+        let basic = match s.auth_method {
+            AuthMethod::ClientSecretBasic => {
+                let text = basic_credentials(&s.client_id, &s.client_secret);
+                let mut v = HeaderValue::from_str(&text).map_err(|_| ProviderError::BadHeader {
+                    what: "client_id/client_secret",
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            AuthMethod::ClientSecretPost => None,
+        };
+        let (issuer, endpoints) = match s.endpoints {
+            OAuth2Endpoints::Discover { issuer } => (Some(issuer), OnceCell::new()),
+            OAuth2Endpoints::Explicit {
+                token_url,
+                revocation_url,
+                introspection_url,
+            } => (
+                None,
+                OnceCell::new_with(Some(Endpoints {
+                    token: token_url,
+                    revocation: revocation_url,
+                    introspection: introspection_url,
+                })),
+            ),
+        };
+        Ok(OAuth2 {
+            http: s.http,
+            name: s.name,
+            issuer,
+            endpoints,
+            client_id: s.client_id,
+            client_secret: s.client_secret,
+            auth_method: s.auth_method,
+            basic,
+            extra_params: s.extra_params,
+            default_lifetime: s.default_lifetime,
+            timeout: s.timeout,
+            said_default_lifetime: AtomicBool::new(false),
+        })
+    }
+
+    /// The endpoints, discovering them on first use.
+    pub async fn endpoints(&self) -> Result<&Endpoints, ProviderError> {
+        self.endpoints
+            .get_or_try_init(|| async {
+                match &self.issuer {
+                    Some(issuer) => self.discover(issuer).await,
+                    None => Err(ProviderError::Discovery {
+                        operation: "discovery",
+                        what: "no issuer and no endpoints configured".into(),
+                    }),
+                }
+            })
+            .await
+    }
+
+    async fn discover(&self, issuer: &Url) -> Result<Endpoints, ProviderError> {
+        const OP: &str = "discovery";
+        let mut tried = Vec::new();
+        for url in discovery_urls(issuer) {
+            let resp = self
+                .http
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(self.timeout)
+                .send()
+                .await
+                .map_err(|source| ProviderError::Transport {
+                    operation: OP,
+                    source,
+                })?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = read_body(OP, resp).await?;
+            if is_transient(status) {
+                return Err(failure(OP, status, &headers, describe_error(&body)));
+            }
+            if status != StatusCode::OK {
+                tried.push(format!("{url} (HTTP {})", status.as_u16()));
+                continue;
+            }
+            let meta: Metadata = serde_json::from_slice(&body).map_err(|e| {
+                malformed(
+                    OP,
+                    format!(
+                        "{url} is not authorization server metadata: {}",
+                        json_error(&e)
+                    ),
+                )
+            })?;
+            if !same_issuer(issuer, &meta.issuer) {
+                return Err(ProviderError::Discovery {
+                    operation: OP,
+                    what: format!(
+                        "{url} names issuer {:?}, not the configured {issuer}; refusing endpoints another server announces (RFC 8414 section 3.3)",
+                        sanitize(&meta.issuer)
+                    ),
+                });
+            }
+            let token_text =
+                meta.token_endpoint
+                    .as_deref()
+                    .ok_or_else(|| ProviderError::Discovery {
+                        operation: OP,
+                        what: format!("{url} has no token_endpoint"),
+                    })?;
+            let endpoints = Endpoints {
+                token: endpoint_url(OP, "token_endpoint", token_text)?,
+                revocation: meta
+                    .revocation_endpoint
+                    .as_deref()
+                    .map(|u| endpoint_url(OP, "revocation_endpoint", u))
+                    .transpose()?,
+                introspection: meta
+                    .introspection_endpoint
+                    .as_deref()
+                    .map(|u| endpoint_url(OP, "introspection_endpoint", u))
+                    .transpose()?,
+            };
+            let method = match self.auth_method {
+                AuthMethod::ClientSecretBasic => "client_secret_basic",
+                AuthMethod::ClientSecretPost => "client_secret_post",
+            };
+            if let Some(methods) = &meta.token_endpoint_auth_methods_supported
+                && !methods.iter().any(|m| m == method)
+            {
+                warn!(provider = %self.name, auth_method = method,
+                    "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
+            }
+            if let Some(grants) = &meta.grant_types_supported
+                && !grants.iter().any(|g| g == "client_credentials")
+            {
+                warn!(provider = %self.name,
+                    "the server does not list the client_credentials grant as supported");
+            }
+            info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
+                revocation = endpoints.revocation.is_some(),
+                introspection = endpoints.introspection.is_some(),
+                "discovered the authorization server's endpoints");
+            return Ok(endpoints);
+        }
+        Err(ProviderError::Discovery {
+            operation: OP,
+            what: format!("no discovery document at {}", tried.join(" or ")),
+        })
+    }
+
+    /// POST `form` to `url` with the client's authentication.
+    async fn post(
+        &self,
+        operation: &'static str,
+        url: &Url,
+        mut form: Vec<(&str, &str)>,
+    ) -> Result<(StatusCode, HeaderMap, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(self.timeout);
+        match &self.basic {
+            Some(basic) => req = req.header(reqwest::header::AUTHORIZATION, basic.clone()),
+            None => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", self.client_secret.expose()));
+            }
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|source| ProviderError::Transport { operation, source })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = read_body(operation, resp).await?;
+        Ok((status, headers, body))
+    }
+
+    fn lifetime(
+        &self,
+        op: &'static str,
+        expires_in: Option<&serde_json::Value>,
+    ) -> Result<Duration, ProviderError> {
+        let secs = match expires_in {
+            None | Some(serde_json::Value::Null) => {
+                if !self.said_default_lifetime.swap(true, Ordering::Relaxed) {
+                    warn!(provider = %self.name,
+                        default_lifetime = %humantime::format_duration(self.default_lifetime),
+                        "the token answer has no expires_in; assuming default_lifetime for this and later tokens");
+                }
+                return Ok(self.default_lifetime);
+            }
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok(),
+            Some(_) => None,
+        };
+        secs.and_then(|s| sane_lifetime(s, MAX_LIFETIME))
+            .ok_or_else(|| malformed(op, "expires_in is not a sane lifetime in seconds"))
+    }
+}
+
+impl TokenProvider for OAuth2 {
+    async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
+        const OP: &str = "token request";
+        let endpoints = self.endpoints().await?;
+        let scope = scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        for (k, v) in &self.extra_params {
+            form.push((k, v));
+        }
+        let issued_at = Instant::now();
+        let (status, headers, body) = self.post(OP, &endpoints.token, form).await?;
+        if status != StatusCode::OK {
+            return Err(failure(OP, status, &headers, describe_error(&body)));
+        }
+        let mut r: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
+        if !is_b64token(&r.access_token) {
+            return Err(malformed(
+                OP,
+                format!(
+                    "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+                ),
+            ));
+        }
+        if !r.token_type.eq_ignore_ascii_case("bearer") {
+            return Err(malformed(
+                OP,
+                format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
+            ));
+        }
+        let lifetime = self.lifetime(OP, r.expires_in.as_ref())?;
+        // RFC 6749 section 5.1: no `scope` means the requested scope was granted.
+        let granted = r.scope.as_deref().map_or(scope.clone(), sanitize);
+        Ok(Issued {
+            token: Secret::new(std::mem::take(&mut r.access_token)),
+            token_type: sanitize(&r.token_type),
+            scope: granted,
+            issued_at,
+            lifetime,
+        })
+    }
+
+    async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
+        const OP: &str = "revoke";
+        let endpoints = self.endpoints().await?;
+        let Some(url) = &endpoints.revocation else {
+            return Err(ProviderError::Unsupported { operation: OP });
+        };
+        let (status, headers, body) = self
+            .post(
+                OP,
+                url,
+                vec![
+                    ("token", token.expose()),
+                    ("token_type_hint", "access_token"),
+                ],
+            )
+            .await?;
+        // RFC 7009 section 2.2: 200 also for a token the server does not know.
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(failure(OP, status, &headers, describe_error(&body)))
+        }
+    }
+
+    async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
+        const OP: &str = "introspect";
+        let endpoints = self.endpoints().await?;
+        let Some(url) = &endpoints.introspection else {
+            return Err(ProviderError::Unsupported { operation: OP });
+        };
+        let (status, headers, body) = self
+            .post(
+                OP,
+                url,
+                vec![
+                    ("token", token.expose()),
+                    ("token_type_hint", "access_token"),
+                ],
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(failure(OP, status, &headers, describe_error(&body)));
+        }
+        let r: IntrospectResponse = serde_json::from_slice(&body).map_err(|e| {
+            malformed(
+                OP,
+                format!("not an introspection answer: {}", json_error(&e)),
+            )
+        })?;
+        if !r.active {
+            return Ok(Introspection::Inactive);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let remaining = r
+            .exp
+            .and_then(|exp| u64::try_from(exp).ok())
+            .map(|exp| Duration::from_secs(exp.saturating_sub(now)));
+        Ok(Introspection::Active { remaining })
+    }
+
+    fn revocation(&self) -> Revocation {
+        match self.endpoints.get() {
+            Some(e) if e.revocation.is_none() => Revocation::Unsupported,
+            // Not discovered yet: then no token has been issued, and nothing needs deciding.
+            _ => Revocation::Always,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::testutil::{Canned, http};
+
+    fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {
+        Settings {
+            http: crate::provider::http_client().unwrap(),
+            name: "idp".into(),
+            endpoints,
+            client_id: "tk client:1".into(),
+            client_secret: Secret::new("s3cr%t +/="),
+            auth_method: auth,
+            extra_params: vec![("audience".into(), "https://api.example".into())],
+            default_lifetime: Duration::from_secs(300),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn explicit(base: &Url, revocation: bool) -> OAuth2Endpoints {
+        OAuth2Endpoints::Explicit {
+            token_url: base.join("/token").unwrap(),
+            revocation_url: revocation.then(|| base.join("/revoke").unwrap()),
+            introspection_url: Some(base.join("/introspect").unwrap()),
+        }
+    }
+
+    const OK: &str = r#"{"access_token":"eyJ.abc-_","token_type":"Bearer","expires_in":3599,"scope":"read write"}"#;
+
+    #[test]
+    fn base64_and_form_encoding_follow_the_rfcs() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(form_encode("a b:c%+/é"), "a+b%3Ac%25%2B%2F%C3%A9");
+        // RFC 6749 2.3.1: encode, then join with ':', then Base64.
+        let v = basic_credentials("tk client:1", &Secret::new("s3cr%t +/="));
+        assert_eq!(
+            v.as_str(),
+            format!("Basic {}", base64(b"tk+client%3A1:s3cr%25t+%2B%2F%3D"))
+        );
+    }
+
+    #[test]
+    fn discovery_urls_insert_and_append() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        let got: Vec<String> = discovery_urls(&u("https://login.example.com/realms/ops"))
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "https://login.example.com/.well-known/oauth-authorization-server/realms/ops",
+                "https://login.example.com/realms/ops/.well-known/openid-configuration"
+            ]
+        );
+        let got: Vec<String> = discovery_urls(&u("https://t.auth0.com/"))
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "https://t.auth0.com/.well-known/oauth-authorization-server",
+                "https://t.auth0.com/.well-known/openid-configuration"
+            ]
+        );
+        assert!(same_issuer(
+            &u("https://t.auth0.com"),
+            "https://t.auth0.com/"
+        ));
+        assert!(!same_issuer(
+            &u("https://a.example/x"),
+            "https://a.example/y"
+        ));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_issue_sends_the_rfc_request() {
+        let c = Canned::start(vec![http("200 OK", "", OK)]).await;
+        let p = OAuth2::new(settings(
+            explicit(&c.url, true),
+            AuthMethod::ClientSecretBasic,
+        ))
+        .unwrap();
+        let issued = p.issue(&["read".into(), "write".into()]).await.unwrap();
+        assert_eq!(issued.token.expose(), "eyJ.abc-_");
+        assert_eq!(issued.lifetime, Duration::from_secs(3599));
+        assert_eq!(issued.scope, "read write");
+        let req = &c.requests().await[0];
+        assert!(req.starts_with("POST /token HTTP/1.1\r\n"), "{req}");
+        let want = format!(
+            "authorization: {}\r\n",
+            basic_credentials("tk client:1", &Secret::new("s3cr%t +/=")).as_str()
+        );
+        assert!(
+            req.to_ascii_lowercase()
+                .contains(&want.to_ascii_lowercase()),
+            "{req}"
+        );
+        assert!(
+            req.ends_with(
+                "\r\n\r\ngrant_type=client_credentials&scope=read+write&audience=https%3A%2F%2Fapi.example"
+            ),
+            "{req}"
+        );
+        assert!(!req.contains("client_secret"), "{req}");
+    }
+
+    #[tokio::test]
+    async fn post_auth_puts_the_credentials_in_the_body_and_a_missing_expiry_uses_the_default() {
+        let c = Canned::start(vec![
+            http(
+                "200 OK",
+                "",
+                r#"{"access_token":"t1","token_type":"bearer"}"#,
+            ),
+            http(
+                "200 OK",
+                "",
+                r#"{"access_token":"t2","token_type":"bearer","expires_in":"60"}"#,
+            ),
+        ])
+        .await;
+        let p = OAuth2::new(settings(
+            explicit(&c.url, false),
+            AuthMethod::ClientSecretPost,
+        ))
+        .unwrap();
+        let issued = p.issue(&["a".into()]).await.unwrap();
+        assert_eq!(issued.lifetime, Duration::from_secs(300));
+        assert_eq!(
+            issued.scope, "a",
+            "no scope in the answer: the requested one"
+        );
+        assert!(p.said_default_lifetime.load(Ordering::Relaxed));
+        let issued = p.issue(&["a".into()]).await.unwrap();
+        assert_eq!(issued.lifetime, Duration::from_secs(60));
+        let req = &c.requests().await[0];
+        assert!(
+            !req.to_ascii_lowercase().contains("authorization:"),
+            "{req}"
+        );
+        assert!(
+            req.ends_with("&client_id=tk+client%3A1&client_secret=s3cr%25t+%2B%2F%3D"),
+            "{req}"
+        );
+        assert_eq!(p.revocation(), Revocation::Unsupported);
+        assert!(matches!(
+            p.revoke(&Secret::new("t1")).await,
+            Err(ProviderError::Unsupported { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rfc6749_errors_are_surfaced_and_classified() {
+        let c = Canned::start(vec![
+            http(
+                "400 Bad Request",
+                "",
+                r#"{"error":"invalid_scope","error_description":"scope \"x\" unknown\nFAKE LOG LINE"}"#,
+            ),
+            http("401 Unauthorized", "WWW-Authenticate: Basic\r\n", r#"{"error":"invalid_client"}"#),
+            http("503 Service Unavailable", "Retry-After: 9\r\n", ""),
+            http("200 OK", "", r#"{"access_token":"a b","token_type":"Bearer"}"#),
+            http("200 OK", "", r#"{"access_token":"ab","token_type":"DPoP"}"#),
+            http("200 OK", "", r#"{"access_token":"ab","token_type":"Bearer","expires_in":-5}"#),
+        ])
+        .await;
+        let p = OAuth2::new(settings(
+            explicit(&c.url, true),
+            AuthMethod::ClientSecretBasic,
+        ))
+        .unwrap();
+        let scopes = ["x".to_string()];
+        let e = p.issue(&scopes).await.unwrap_err();
+        assert!(matches!(e, ProviderError::Refused { status: 400, .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "error=invalid_scope error_description=\"scope \\\"x\\\" unknown FAKE LOG LINE\""
+            ),
+            "{text}"
+        );
+        let e = p.issue(&scopes).await.unwrap_err();
+        assert!(
+            e.to_string().contains("HTTP 401: error=invalid_client"),
+            "{e}"
+        );
+        assert_eq!(e.retry_class(), crate::schedule::RetryClass::Slow);
+        let e = p.issue(&scopes).await.unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(9)));
+        assert_eq!(e.retry_class(), crate::schedule::RetryClass::Transient);
+        for want in [
+            "bearer token cannot have",
+            "is not Bearer",
+            "not a sane lifetime",
+        ] {
+            let e = p.issue(&scopes).await.unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
+        // RFC 8414 document missing, OpenID one present.
+        let c = Canned::start_with(|base| {
+            let meta = format!(
+                r#"{{"issuer":"{base}realms/ops","token_endpoint":"{base}t","revocation_endpoint":"{base}r","introspection_endpoint":"{base}i","token_endpoint_auth_methods_supported":["client_secret_basic"]}}"#
+            );
+            vec![
+                http("404 Not Found", "", ""),
+                http("200 OK", "", &meta),
+                http("200 OK", "", OK),
+                http("200 OK", "", ""),
+                http("200 OK", "", r#"{"active":true,"exp":4102444800}"#),
+            ]
+        })
+        .await;
+        let issuer = c.url.join("/realms/ops").unwrap();
+        let p = OAuth2::new(settings(
+            OAuth2Endpoints::Discover {
+                issuer: issuer.clone(),
+            },
+            AuthMethod::ClientSecretBasic,
+        ))
+        .unwrap();
+        p.issue(&["read".into()]).await.unwrap();
+        p.revoke(&Secret::new("tok")).await.unwrap();
+        assert!(matches!(
+            p.introspect(&Secret::new("tok")).await.unwrap(),
+            Introspection::Active { remaining: Some(_) }
+        ));
+        let reqs = c.requests().await;
+        assert!(reqs[0].starts_with("GET /.well-known/oauth-authorization-server/realms/ops "));
+        assert!(reqs[1].starts_with("GET /realms/ops/.well-known/openid-configuration "));
+        assert!(reqs[2].starts_with("POST /t "));
+        assert!(reqs[3].starts_with("POST /r "), "{}", reqs[3]);
+        assert!(reqs[3].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
+        assert!(reqs[4].starts_with("POST /i "));
+        assert_eq!(p.revocation(), Revocation::Always);
+
+        // Another server's metadata is refused, and the failure is retryable.
+        let c = Canned::start(vec![http(
+            "200 OK",
+            "",
+            r#"{"issuer":"https://evil.example","token_endpoint":"https://evil.example/t"}"#,
+        )])
+        .await;
+        let p = OAuth2::new(settings(
+            OAuth2Endpoints::Discover {
+                issuer: c.url.join("/realms/ops").unwrap(),
+            },
+            AuthMethod::ClientSecretBasic,
+        ))
+        .unwrap();
+        let e = p.issue(&["read".into()]).await.unwrap_err();
+        assert!(e.to_string().contains("not the configured"), "{e}");
+        assert!(
+            p.endpoints.get().is_none(),
+            "a failed discovery is tried again"
+        );
+    }
+}

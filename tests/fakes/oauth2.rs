@@ -1,0 +1,287 @@
+//! A strict fake RFC 6749 authorization server: client_credentials with
+//! `client_secret_basic` or `client_secret_post` (exactly one, RFC 6749 section 2.3), RFC 8414
+//! and OpenID discovery, RFC 7009 revocation, RFC 7662 introspection, RFC 6749 section 5.2
+//! errors.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::json;
+
+use super::{Req, Resp, Server, serve, token};
+
+pub struct State {
+    /// Filled in once the server is bound.
+    pub base: String,
+    pub issuer_path: String,
+    /// Announce this issuer instead of the real one (a mix-up attack).
+    pub announce_issuer: Option<String>,
+    pub rfc8414: bool,
+    pub openid: bool,
+    pub revocation: bool,
+    pub introspection: bool,
+    /// `client_secret_basic` or `client_secret_post`.
+    pub method: &'static str,
+    pub client_id: String,
+    pub client_secret: String,
+    pub expires_in: Option<u64>,
+    /// Extra parameters the client must send, and may send.
+    pub extra: Vec<(String, String)>,
+    /// The next token request is refused with (status, error, description).
+    pub refuse_next: Option<(u16, &'static str, &'static str)>,
+    /// (token, scope, revoked)
+    pub tokens: Vec<(String, String, bool)>,
+    pub violations: Vec<String>,
+    /// Method and path of every request.
+    pub requests: Vec<String>,
+}
+
+pub struct OAuth2Fake {
+    pub server: Server,
+    state: Arc<Mutex<State>>,
+}
+
+impl OAuth2Fake {
+    pub async fn start(method: &'static str, client_id: &str, client_secret: &str) -> OAuth2Fake {
+        let state = Arc::new(Mutex::new(State {
+            base: String::new(),
+            issuer_path: "/realms/ops".into(),
+            announce_issuer: None,
+            rfc8414: true,
+            openid: true,
+            revocation: true,
+            introspection: true,
+            method,
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            expires_in: Some(3600),
+            extra: Vec::new(),
+            refuse_next: None,
+            tokens: Vec::new(),
+            violations: Vec::new(),
+            requests: Vec::new(),
+        }));
+        let shared = Arc::clone(&state);
+        let server = serve(move |req| handle(&shared, req)).await;
+        state.lock().unwrap().base = server.url();
+        OAuth2Fake { server, state }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    pub fn issuer(&self) -> String {
+        let s = self.state();
+        format!("{}{}", s.base, s.issuer_path)
+    }
+
+    pub fn live(&self) -> Vec<String> {
+        self.state()
+            .tokens
+            .iter()
+            .filter(|(_, _, revoked)| !revoked)
+            .map(|(t, _, _)| t.clone())
+            .collect()
+    }
+}
+
+fn oauth_error(status: u16, error: &str, description: &str) -> Resp {
+    Resp::json(
+        status,
+        json!({"error": error, "error_description": description}),
+    )
+}
+
+fn handle(shared: &Mutex<State>, req: Req) -> Resp {
+    let mut s = shared.lock().unwrap();
+    s.requests.push(format!("{} {}", req.method, req.path));
+    let rfc8414 = format!("/.well-known/oauth-authorization-server{}", s.issuer_path);
+    let openid = format!("{}/.well-known/openid-configuration", s.issuer_path);
+    match (req.method.as_str(), req.path.as_str()) {
+        ("GET", p) if (p == rfc8414 && s.rfc8414) || (p == openid && s.openid) => metadata(&s),
+        ("GET", _) => Resp::json(404, json!({})),
+        ("POST", "/token") => issue(&mut s, &req),
+        ("POST", "/revoke") if s.revocation => revoke(&mut s, &req),
+        ("POST", "/introspect") if s.introspection => introspect(&mut s, &req),
+        (m, p) => {
+            s.violations
+                .push(format!("{m} {p}: not an endpoint this server announces"));
+            Resp::json(404, json!({}))
+        }
+    }
+}
+
+fn metadata(s: &State) -> Resp {
+    let mut m = json!({
+        "issuer": s.announce_issuer.clone().unwrap_or(format!("{}{}", s.base, s.issuer_path)),
+        "token_endpoint": format!("{}/token", s.base),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": [s.method],
+    });
+    if s.revocation {
+        m["revocation_endpoint"] = json!(format!("{}/revoke", s.base));
+    }
+    if s.introspection {
+        m["introspection_endpoint"] = json!(format!("{}/introspect", s.base));
+    }
+    Resp::json(200, m)
+}
+
+fn b64decode(text: &str) -> Option<Vec<u8>> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let text = text.trim_end_matches('=');
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in text.bytes() {
+        bits = (bits << 6) | A.iter().position(|&a| a == c)? as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    Some(out)
+}
+
+fn form_decode(part: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={part}")).ok()?;
+    pairs.into_iter().next().map(|(_, v)| v)
+}
+
+/// The form fields after client authentication, or the answer refusing it.
+fn authenticate(s: &mut State, req: &Req, op: &str) -> Result<Vec<(String, String)>, Resp> {
+    if req.header("content-type") != Some("application/x-www-form-urlencoded") {
+        s.violations.push(format!(
+            "{op}: content type {:?}",
+            req.header("content-type")
+        ));
+        return Err(oauth_error(400, "invalid_request", "form body required"));
+    }
+    let Ok(mut form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body) else {
+        s.violations.push(format!("{op}: body is not a form"));
+        return Err(oauth_error(400, "invalid_request", "bad form"));
+    };
+    let basic = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Basic "));
+    let in_body = form
+        .iter()
+        .any(|(k, _)| k == "client_id" || k == "client_secret");
+    let creds = match (basic, in_body) {
+        (Some(_), true) => {
+            s.violations
+                .push(format!("{op}: two client authentication methods at once"));
+            return Err(oauth_error(400, "invalid_request", "more than one method"));
+        }
+        (Some(b), false) => {
+            if s.method != "client_secret_basic" {
+                s.violations
+                    .push(format!("{op}: basic auth, configured for {}", s.method));
+            }
+            b64decode(b)
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|text| {
+                    let (id, secret) = text.split_once(':')?;
+                    Some((form_decode(id)?, form_decode(secret)?))
+                })
+        }
+        (None, true) => {
+            if s.method != "client_secret_post" {
+                s.violations.push(format!(
+                    "{op}: credentials in the body, configured for {}",
+                    s.method
+                ));
+            }
+            let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let creds = get("client_id").zip(get("client_secret"));
+            form.retain(|(k, _)| k != "client_id" && k != "client_secret");
+            creds
+        }
+        (None, false) => None,
+    };
+    if creds != Some((s.client_id.clone(), s.client_secret.clone())) {
+        return Err(oauth_error(
+            401,
+            "invalid_client",
+            "client authentication failed",
+        ));
+    }
+    Ok(form)
+}
+
+fn issue(s: &mut State, req: &Req) -> Resp {
+    let form = match authenticate(s, req, "token") {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if get("grant_type").as_deref() != Some("client_credentials") {
+        s.violations
+            .push("token: grant_type is not client_credentials".into());
+        return oauth_error(400, "unsupported_grant_type", "client_credentials only");
+    }
+    for (k, v) in &s.extra.clone() {
+        if get(k).as_deref() != Some(v) {
+            s.violations
+                .push(format!("token: extra parameter {k} missing or wrong"));
+        }
+    }
+    for (k, _) in &form {
+        if k != "grant_type" && k != "scope" && !s.extra.iter().any(|(e, _)| e == k) {
+            s.violations
+                .push(format!("token: unexpected parameter {k}"));
+        }
+    }
+    if let Some((status, error, description)) = s.refuse_next.take() {
+        return oauth_error(status, error, description);
+    }
+    let scope = get("scope").unwrap_or_default();
+    let t = token("at-");
+    s.tokens.push((t.clone(), scope.clone(), false));
+    let mut answer = json!({"access_token": t, "token_type": "Bearer", "scope": scope});
+    if let Some(e) = s.expires_in {
+        answer["expires_in"] = json!(e);
+    }
+    Resp::json(200, answer)
+}
+
+fn hinted_token(s: &mut State, form: &[(String, String)], op: &str) -> Option<String> {
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if get("token_type_hint").as_deref() != Some("access_token") {
+        s.violations
+            .push(format!("{op}: token_type_hint is not access_token"));
+    }
+    get("token")
+}
+
+fn revoke(s: &mut State, req: &Req) -> Resp {
+    let form = match authenticate(s, req, "revoke") {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let token = hinted_token(s, &form, "revoke");
+    for (t, _, revoked) in &mut s.tokens {
+        if Some(&*t) == token.as_ref() {
+            *revoked = true;
+        }
+    }
+    // RFC 7009 section 2.2: 200 whether or not the token was known.
+    Resp::json(200, json!({}))
+}
+
+fn introspect(s: &mut State, req: &Req) -> Resp {
+    let form = match authenticate(s, req, "introspect") {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let token = hinted_token(s, &form, "introspect");
+    let found = s
+        .tokens
+        .iter()
+        .find(|(t, _, revoked)| Some(t) == token.as_ref() && !revoked);
+    match found {
+        Some((_, scope, _)) => Resp::json(200, json!({"active": true, "scope": scope})),
+        None => Resp::json(200, json!({"active": false})),
+    }
+}
