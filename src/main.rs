@@ -177,14 +177,42 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// Log to journald with structured fields when systemd connected our stderr to the journal,
+/// otherwise human-readable lines on stderr.
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // RUST_LOG wins over the config, which wins over "info".
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    if systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // No prefix: fields arrive as SET=, PROVIDER=, FINGERPRINT=, EXPIRES_AT=, so
+                // `journalctl -u tokenkeeper SET=orders-sync` works as operators expect.
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("tokenkeeper".into());
+                if tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init()
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Err(e) => eprintln!(
+                "tokenkeeper: cannot reach journald's socket ({e}); logging plain lines to stderr"
+            ),
+        }
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
