@@ -23,6 +23,7 @@ use crate::provider::{Issued, Provider, ProviderError, TokenProvider};
 use crate::schedule::{RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
+use crate::status::{Board, Phase, SetStats};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
 /// because the whole stop has only `shutdown_timeout` (20 s by default).
@@ -203,6 +204,8 @@ pub struct SetTask<P, S> {
     pub stop: watch::Receiver<Option<Instant>>,
     pub rotate: broadcast::Receiver<()>,
     pub state: watch::Sender<SetState>,
+    /// Counters and facts for `tokenkeeper status` and the metrics (see [`Board::register`]).
+    pub stats: watch::Sender<SetStats>,
 }
 
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
@@ -237,6 +240,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         loop {
             let expiry = current.as_ref().map(|h| h.expires_at);
             let next_revoke = superseded.iter().map(|(_, at)| *at).min();
+            let live = usize::from(current.is_some()) + superseded.len() + revoking.len();
+            self.stats.send_if_modified(|s| s.set_live(live));
             tokio::select! {
                 biased;
                 changed = self.stop.changed() => {
@@ -249,6 +254,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     info!(set = %name, "rotation requested");
                 }
                 Some(joined) = revoking.join_next(), if !revoking.is_empty() => {
+                    if let Ok((_, r)) = &joined {
+                        self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
+                    }
                     if let Ok((held, Err(e))) = joined {
                         if held.expires_at > Instant::now() {
                             warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
@@ -267,6 +275,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         if let Err(e) = self.sink.remove().await {
                             error!(set = %name, error = %chain(&e), "could not remove expired token");
                         }
+                        self.stats.send_modify(SetStats::token_expired);
                         self.state.send_replace(SetState::Failing {
                             has_token: false,
                             error: "token expired with no replacement".into(),
@@ -293,6 +302,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
                 () = sleep_until(next_issue) => {
                     last_issue = Some(Instant::now());
+                    self.stats.send_modify(SetStats::issue_started);
                     let issue = self.provider.issue(&self.cfg.scopes);
                     tokio::pin!(issue);
                     let result = tokio::select! {
@@ -317,6 +327,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     };
                     match result {
                         Ok(issued) => {
+                            self.stats.send_modify(SetStats::issue_succeeded);
                             let lifetime = issued.lifetime;
                             let issued_at = issued.issued_at;
                             let (held, meta) = Held::from_issued(issued);
@@ -324,8 +335,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                 Ok(()) => {
                                     attempt = 0;
                                     next_issue = issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
+                                    self.stats.send_modify(|s| s.written(&held.fingerprint, meta.expires_at, next_issue));
                                     info!(set = %name, provider = %self.cfg.provider,
                                         fingerprint = %held.fingerprint,
+                                        expires_at = %humantime::format_rfc3339_seconds(meta.expires_at),
                                         expires_in = %humantime::format_duration(whole_secs(lifetime)),
                                         refresh_in = %humantime::format_duration(whole_secs(next_issue.saturating_duration_since(Instant::now()))),
                                         "token written");
@@ -348,6 +361,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                         retry_in = %humantime::format_duration(whole_secs(delay)),
                                         "could not write the token; revoking it and retrying");
                                     superseded.push((held, Instant::now()));
+                                    self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
                                     self.state.send_replace(SetState::Failing {
                                         has_token: current.is_some(),
                                         error: chain(&e),
@@ -367,6 +381,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                 RetryClass::Transient => warn!(set = %name, provider = %self.cfg.provider,
                                     error = %chain(&e), %retry_in, "could not get a token"),
                             }
+                            self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
                             self.state.send_replace(SetState::Failing {
                                 has_token: current.is_some(),
                                 error: chain(&e),
@@ -419,6 +434,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         )
         .await;
         for (h, r) in live.iter().zip(results) {
+            self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
             match r {
                 Ok(()) => {
                     if current_fp.as_deref() == Some(&h.fingerprint) {
@@ -433,7 +449,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             }
         }
         if !outcome.revoked.is_empty() {
-            info!(set = %name, fingerprints = %outcome.revoked.join(","), "revoked");
+            info!(set = %name, provider = %self.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
         }
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
@@ -442,6 +458,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 error!(set = %name, error = %chain(&e), "could not remove the token file");
             }
         }
+        let still_live = outcome.failed.len() + usize::from(outcome.kept.is_some());
+        self.stats.send_if_modified(|s| s.set_live(still_live));
         self.state.send_replace(SetState::Stopped);
         outcome
     }
@@ -544,11 +562,13 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>
 
 /// Run the daemon until `control` says stop; revoke everything; report.
 ///
-/// `on_ready` is called once, when every set first has a valid token in place.
+/// `on_ready` is called once, when every set first has a valid token in place. Every set is
+/// registered on `board`, which `tokenkeeper status` and the metrics read.
 pub async fn run<P: TokenProvider + 'static>(
     config: Config,
     providers: HashMap<String, Arc<P>>,
     mut control: mpsc::Receiver<Control>,
+    board: Arc<Board>,
     mut on_ready: impl FnMut(),
 ) -> Result<RunReport, DaemonError> {
     let (rotate_tx, _) = broadcast::channel(16);
@@ -566,6 +586,7 @@ pub async fn run<P: TokenProvider + 'static>(
         let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
+        let stats = board.register(set, state_rx.clone());
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
@@ -574,6 +595,7 @@ pub async fn run<P: TokenProvider + 'static>(
             stop: stop_rx,
             rotate: rotate_tx.subscribe(),
             state: state_tx,
+            stats,
         };
         tasks.spawn(task.run());
         running.push((
@@ -623,7 +645,8 @@ pub async fn run<P: TokenProvider + 'static>(
         }
     }
 
-    crate::systemd::notify("STOPPING=1");
+    crate::systemd::stopping();
+    board.set_phase(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
     info!(
         timeout = %humantime::format_duration(config.shutdown_timeout),
@@ -833,6 +856,7 @@ mod tests {
         let (stop, stop_rx) = watch::channel(None);
         let (rotate, rotate_rx) = broadcast::channel(4);
         let (state, _) = watch::channel(SetState::Starting);
+        let (stats, _) = watch::channel(SetStats::default());
         let sink = MemSink::default();
         let task = SetTask {
             cfg,
@@ -842,6 +866,7 @@ mod tests {
             stop: stop_rx,
             rotate: rotate_rx,
             state,
+            stats,
         };
         let task = tokio::spawn(task.run());
         Harness {

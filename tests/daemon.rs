@@ -404,7 +404,10 @@ async fn no_secret_appears_in_the_output_even_at_trace_level() {
     let cfg_path = dir.path().join("c.yaml");
     let cfg = config(
         &p,
-        "defaults:\n  refresh: { at: 50%, min_interval: 100ms }\n  revoke_superseded_after: 200ms",
+        &format!(
+            "state_dir: {}\ndefaults:\n  refresh: {{ at: 50%, min_interval: 100ms }}\n  revoke_superseded_after: 200ms",
+            dir.path().join("state").display()
+        ),
         &set("s", "api", &f, ", format: json"),
     );
     std::fs::write(&cfg_path, cfg).unwrap();
