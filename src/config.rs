@@ -35,10 +35,21 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `log_level:` (a tracing filter such as `info` or `tokenkeeper=debug`); `RUST_LOG` wins.
     pub log_level: Option<String>,
+    /// `metrics:`: where the Prometheus exposition goes, if anywhere.
+    pub metrics: MetricsConfig,
     /// Providers by name.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Scope sets in config order.
     pub sets: Vec<SetConfig>,
+}
+
+/// Prometheus exposition of each set's state (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A `.prom` file for node_exporter's textfile collector, rewritten atomically.
+    pub textfile: Option<PathBuf>,
+    /// A loopback address to serve `GET /metrics` on.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -413,9 +424,16 @@ struct RawConfig {
     state_dir: Option<String>,
     shutdown_timeout: Option<Value>,
     log_level: Option<String>,
+    metrics: Option<RawMetrics>,
     defaults: Option<RawDefaults>,
     providers: Option<BTreeMap<String, Option<RawProvider>>>,
     scope_sets: Option<Vec<Option<RawSet>>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawMetrics {
+    textfile: Option<String>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -768,6 +786,7 @@ impl Checker<'_> {
                 format!("log_level `{filter}` is not a tracing filter such as `info` or `tokenkeeper=debug`: {err}"),
             );
         }
+        let metrics = self.metrics(raw.metrics.as_ref());
         let defaults = self.defaults(raw.defaults.as_ref());
 
         let raw_providers = raw.providers.unwrap_or_default();
@@ -838,6 +857,7 @@ impl Checker<'_> {
             state_dir,
             shutdown_timeout,
             log_level: raw.log_level,
+            metrics,
             providers,
             sets,
         };
@@ -877,6 +897,51 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    fn metrics(&mut self, raw: Option<&RawMetrics>) -> MetricsConfig {
+        let mut out = MetricsConfig::default();
+        let Some(raw) = raw else {
+            return out;
+        };
+        if let Some(text) = raw.textfile.as_deref() {
+            let path = Path::new(text);
+            if !path.is_absolute() {
+                self.bad(
+                    "metrics",
+                    "textfile",
+                    format!("textfile `{text}` must be an absolute path"),
+                );
+            } else if path.extension().is_none_or(|e| e != "prom") {
+                self.bad(
+                    "metrics",
+                    "textfile",
+                    format!(
+                        "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
+                    ),
+                );
+            } else {
+                out.textfile = Some(normalize(path));
+            }
+        }
+        if let Some(text) = raw.listen.as_deref() {
+            match text.trim().parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => out.listen = Some(addr),
+                Ok(_) => self.bad(
+                    "metrics",
+                    "listen",
+                    format!(
+                        "listen `{text}` must be a loopback address such as 127.0.0.1:9464: the listener has no authentication, so a local exporter or agent scrapes it"
+                    ),
+                ),
+                Err(_) => self.bad(
+                    "metrics",
+                    "listen",
+                    format!("listen `{text}` is not an address and port such as 127.0.0.1:9464"),
+                ),
+            }
+        }
+        out
     }
 
     fn defaults(&mut self, raw: Option<&RawDefaults>) -> Defaults {
@@ -2382,6 +2447,7 @@ fn known_keys(parent: &[Seg]) -> &'static [&'static str] {
     match parent {
         [] => fields_of::<RawConfig>(),
         [d] if is(d, "defaults") => fields_of::<RawDefaults>(),
+        [m] if is(m, "metrics") => fields_of::<RawMetrics>(),
         [d, r] if is(d, "defaults") && is(r, "refresh") => fields_of::<RawRefresh>(),
         [d, f] if is(d, "defaults") && is(f, "file") => fields_of::<RawDefaultFile>(),
         [p, Seg::Key(_)] if is(p, "providers") => fields_of::<RawProvider>(),
@@ -2676,11 +2742,29 @@ scope_sets:
     }
 
     #[test]
+    fn metrics_outputs_parse() {
+        let c = accepted(&format!(
+            "metrics: {{ textfile: /var/lib/node_exporter/textfile_collector/tokenkeeper.prom, listen: \"[::1]:9464\" }}\n{BASE}"
+        ))
+        .config;
+        assert_eq!(
+            c.metrics,
+            MetricsConfig {
+                textfile: Some(PathBuf::from(
+                    "/var/lib/node_exporter/textfile_collector/tokenkeeper.prom"
+                )),
+                listen: Some("[::1]:9464".parse().unwrap()),
+            }
+        );
+    }
+
+    #[test]
     fn built_in_defaults() {
         let c = accepted(BASE).config;
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/tokenkeeper"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert_eq!(c.log_level, None);
+        assert_eq!(c.metrics, MetricsConfig::default());
         let ProviderKind::Voucherify { base_url, .. } = &c.providers["vf"].kind else {
             panic!("not voucherify")
         };
@@ -2975,6 +3059,31 @@ scope_sets:
                 "relative state_dir",
                 format!("state_dir: state\n{BASE}"),
                 &["state_dir `state` must be an absolute path"],
+            ),
+            (
+                "relative metrics textfile",
+                format!("metrics: {{ textfile: tk.prom }}\n{BASE}"),
+                &["metrics.textfile", "must be an absolute path"],
+            ),
+            (
+                "metrics textfile node_exporter would ignore",
+                format!("metrics: {{ textfile: /var/lib/ne/tk.txt }}\n{BASE}"),
+                &["metrics.textfile", "must end in `.prom`"],
+            ),
+            (
+                "metrics listener open to the network",
+                format!("metrics: {{ listen: \"0.0.0.0:9464\" }}\n{BASE}"),
+                &["metrics.listen", "must be a loopback address"],
+            ),
+            (
+                "metrics listener without a port",
+                format!("metrics: {{ listen: 127.0.0.1 }}\n{BASE}"),
+                &["metrics.listen", "is not an address and port"],
+            ),
+            (
+                "misspelt metrics key",
+                format!("metrics: {{ textfiel: /x.prom }}\n{BASE}"),
+                &["unknown key `textfiel` (did you mean `textfile`?)"],
             ),
             (
                 "bad log_level",

@@ -25,6 +25,7 @@ use crate::provider::{Introspection, Issued, Provider, ProviderError, Revocation
 use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
+use crate::status::{Board, Phase, SetStats};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
 /// because the whole stop has only `shutdown_timeout` (20 s by default).
@@ -283,6 +284,8 @@ pub struct SetTask<P, S> {
     /// [`journal::config_hash`] of this set, recorded with each token.
     pub config_hash: String,
     pub start: Start<S>,
+    /// Counters and facts for `tokenkeeper status` and the metrics (see [`Board::register`]).
+    pub stats: watch::Sender<SetStats>,
 }
 
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
@@ -429,6 +432,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         loop {
             let expiry = current.as_ref().map(|h| h.expires_at);
             let next_revoke = superseded.iter().map(|(_, at)| *at).min();
+            let live = usize::from(current.is_some()) + superseded.len() + revoking.len();
+            self.stats.send_if_modified(|s| s.set_live(live));
             tokio::select! {
                 biased;
                 changed = self.stop.changed() => {
@@ -441,6 +446,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     info!(set = %name, "rotation requested");
                 }
                 Some(joined) = revoking.join_next(), if !revoking.is_empty() => {
+                    if let Ok((_, r)) = &joined {
+                        self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
+                    }
                     match joined {
                         Ok((held, Ok(()))) => {
                             info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
@@ -465,6 +473,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                             error!(set = %name, error = %chain(&e), "could not remove expired token");
                         }
                         self.journal.remove(vec![h.fingerprint.clone()]).await;
+                        self.stats.send_modify(SetStats::token_expired);
                         self.state.send_replace(SetState::Failing {
                             has_token: false,
                             error: "token expired with no replacement".into(),
@@ -518,6 +527,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         }
                     };
                     last_issue = Some(Instant::now());
+                    self.stats.send_modify(SetStats::issue_started);
                     let issue = self.provider.issue(&self.cfg.scopes);
                     tokio::pin!(issue);
                     let result = tokio::select! {
@@ -549,6 +559,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     };
                     match result {
                         Ok(issued) => {
+                            self.stats.send_modify(SetStats::issue_succeeded);
                             let lifetime = issued.lifetime;
                             let issued_at = issued.issued_at;
                             let (held, meta) = Held::from_issued(issued, slot);
@@ -562,8 +573,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                 Ok(()) => {
                                     attempt = 0;
                                     next_issue = refresh_at;
+                                    self.stats.send_modify(|s| s.written(&held.fingerprint, meta.expires_at, next_issue));
                                     info!(set = %name, provider = %self.cfg.provider,
                                         fingerprint = %held.fingerprint,
+                                        expires_at = %humantime::format_rfc3339_seconds(meta.expires_at),
                                         expires_in = %humantime::format_duration(whole_secs(lifetime)),
                                         refresh_in = %humantime::format_duration(whole_secs(next_issue.saturating_duration_since(Instant::now()))),
                                         "token written");
@@ -585,6 +598,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                         retry_in = %humantime::format_duration(whole_secs(delay)),
                                         "could not write the token; revoking it and retrying");
                                     self.supersede(&mut superseded, held, Instant::now());
+                                    self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
                                     self.state.send_replace(SetState::Failing {
                                         has_token: current.is_some(),
                                         error: chain(&e),
@@ -604,6 +618,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                                 RetryClass::Transient => warn!(set = %name, provider = %self.cfg.provider,
                                     error = %chain(&e), %retry_in, "could not get a token"),
                             }
+                            self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
                             self.state.send_replace(SetState::Failing {
                                 has_token: current.is_some(),
                                 error: chain(&e),
@@ -712,6 +727,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         )
         .await;
         for (h, r) in live.iter().zip(results) {
+            self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
             match r {
                 Ok(()) => {
                     if current_fp.as_deref() == Some(&h.fingerprint) {
@@ -728,7 +744,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
         self.journal.remove(outcome.revoked.clone()).await;
         if !outcome.revoked.is_empty() {
-            info!(set = %name, fingerprints = %outcome.revoked.join(","), "revoked");
+            info!(set = %name, provider = %self.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
         }
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
@@ -739,6 +755,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         {
             error!(set = %name, error = %chain(&e), "could not remove the token file");
         }
+        let still_live = outcome.failed.len() + usize::from(outcome.kept.is_some());
+        self.stats.send_if_modified(|s| s.set_live(still_live));
         self.state.send_replace(SetState::Stopped);
         outcome
     }
@@ -1079,6 +1097,8 @@ struct Shared<P> {
     rotate: broadcast::Sender<()>,
     /// Pinged on every state change of every set, for readiness.
     changed: mpsc::Sender<()>,
+    /// Where every set reports for `tokenkeeper status` and the metrics.
+    board: Arc<Board>,
 }
 
 impl<P: TokenProvider + 'static> Shared<P> {
@@ -1107,6 +1127,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
                 }
             }
         });
+        let stats = self.board.register(set, state_rx.clone());
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
@@ -1119,6 +1140,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
             budget: Arc::clone(budget),
             config_hash: journal::config_hash(set, provider_cfg),
             start,
+            stats,
         };
         Ok(Live {
             cfg: set.clone(),
@@ -1147,7 +1169,9 @@ fn budgets_for(config: &Config) -> HashMap<String, Arc<Budget>> {
 ///
 /// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
 /// `on_ready` is called once, when every set first has a valid token in place. Without a
-/// `reloader`, SIGHUP is logged and ignored.
+/// `reloader`, SIGHUP is logged and ignored. Every set is registered on `board`, which
+/// `tokenkeeper status` and the metrics read.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub async fn run<P: TokenProvider + 'static>(
     mut config: Config,
     providers: HashMap<String, Arc<P>>,
@@ -1155,6 +1179,7 @@ pub async fn run<P: TokenProvider + 'static>(
     entries: Vec<Entry>,
     mut control: mpsc::Receiver<Control>,
     reloader: Option<Reloader<P>>,
+    board: Arc<Board>,
     mut on_ready: impl FnMut(),
 ) -> Result<RunReport, DaemonError> {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
@@ -1165,6 +1190,7 @@ pub async fn run<P: TokenProvider + 'static>(
         journal,
         rotate,
         changed: changed_tx,
+        board: Arc::clone(&board),
     };
 
     // Sort the journal out before any set issues: reuse what fits, revoke the rest.
@@ -1243,9 +1269,8 @@ pub async fn run<P: TokenProvider + 'static>(
                 }
                 Some(Control::Reload) => match &reloader {
                     Some(r) => {
-                        crate::systemd::notify("RELOADING=1");
+                        let _reloading = crate::systemd::reloading();
                         reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
-                        crate::systemd::notify("READY=1");
                     }
                     None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
                 },
@@ -1261,7 +1286,8 @@ pub async fn run<P: TokenProvider + 'static>(
         }
     }
 
-    crate::systemd::notify("STOPPING=1");
+    crate::systemd::stopping();
+    board.set_phase(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
     info!(
         timeout = %humantime::format_duration(config.shutdown_timeout),
@@ -1403,6 +1429,7 @@ async fn reload<P: TokenProvider + 'static>(
             deadline,
             keep_file: false,
         }));
+        shared.board.remove(&name);
         retiring.push((name, l.task));
     }
     info!(
@@ -1630,6 +1657,7 @@ mod tests {
         let (stop, stop_rx) = watch::channel(None);
         let (rotate, rotate_rx) = broadcast::channel(4);
         let (state, _) = watch::channel(SetState::Starting);
+        let (stats, _) = watch::channel(SetStats::default());
         let sink = MemSink::default();
         let task = SetTask {
             cfg,
@@ -1650,6 +1678,7 @@ mod tests {
             ),
             config_hash: "h".into(),
             start: begin,
+            stats,
         };
         let task = tokio::spawn(task.run());
         Harness {

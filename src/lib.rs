@@ -9,11 +9,13 @@ pub mod config;
 pub mod daemon;
 pub mod devprovider;
 pub mod journal;
+pub mod metrics;
 pub mod provider;
 pub mod schedule;
 pub mod secret;
 pub mod signals;
 pub mod sink;
+pub mod status;
 pub mod systemd;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
@@ -14,7 +15,8 @@ use tokenkeeper::daemon::{self, DaemonError, RunReport};
 use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal::{self, JournalError, StateLock};
-use tokenkeeper::{signals, systemd};
+use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
+use tokenkeeper::{metrics, signals, systemd};
 
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
 /// keeps systemd from restarting into the same bad config.
@@ -30,6 +32,15 @@ const EXIT_CANTCREAT: u8 = 73;
 const EXIT_TEMPFAIL: u8 = 75;
 /// `EX_OSERR`: the operating system refused something we need (signals, a socket).
 const EXIT_OSERR: u8 = 71;
+/// `status`: the daemon is not running. 3 is what LSB init scripts and `systemctl status`
+/// use for "program is not running", so scripts can treat both alike.
+const EXIT_NOT_RUNNING: u8 = 3;
+/// `status`: the state is unknown (the status file cannot be read). LSB's 4.
+const EXIT_STATUS_UNKNOWN: u8 = 4;
+
+/// At stop, how long the last status and metrics write may take before the process exits
+/// without it: a write is milliseconds, and stop must not hang on a stuck disk.
+const FINAL_REPORT_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +74,14 @@ enum Command {
         /// Scope sets to revoke; all by default.
         sets: Vec<String>,
     },
+    /// Show each set's state, from the running daemon's status file; exit 0 if it runs, 3 if not.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Try it without credentials: a local development provider plus the daemon.
     Demo {
         /// Folder for the demo's token files and config.
@@ -93,6 +112,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
+        Command::Status { config, json } => show_status(&config.config, json),
         Command::Run(a) => with_runtime(|| run(&a.config)),
         Command::Revoke { config, sets } => with_runtime(|| revoke(&config.config, sets)),
         Command::Demo { dir, lifetime } => with_runtime(|| demo(dir, lifetime)),
@@ -193,14 +213,42 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// Log to journald with structured fields when systemd connected our stderr to the journal,
+/// otherwise human-readable lines on stderr.
 fn init_logging(level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // RUST_LOG wins over the config, which wins over "info".
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    if systemd::stderr_is_journal() {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // No prefix: fields arrive as SET=, PROVIDER=, FINGERPRINT=, EXPIRES_AT=, so
+                // `journalctl -u tokenkeeper SET=orders-sync` works as operators expect.
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("tokenkeeper".into());
+                if tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init()
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Err(e) => eprintln!(
+                "tokenkeeper: cannot reach journald's socket ({e}); logging plain lines to stderr"
+            ),
+        }
+    }
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -298,13 +346,51 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
         Err(code) => return code,
     };
     let journal = journal::Journal::start(config.state_dir.clone(), entries.clone());
+    let board = Board::new();
+    let reporter = tokio::spawn(status::run_reporter(
+        Arc::clone(&board),
+        ReporterOptions {
+            status_file: config.state_dir.join(status::STATUS_FILE),
+            metrics_textfile: config.metrics.textfile.clone(),
+            watchdog: systemd::watchdog_interval(),
+        },
+    ));
+    // Metrics are advice: a taken port is logged loudly, and tokens are kept fresh regardless.
+    let metrics_server = match config.metrics.listen {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(listener) => Some(tokio::spawn(metrics::serve(listener, Arc::clone(&board)))),
+            Err(e) => {
+                error!("{}; running on without it", chain(&e));
+                None
+            }
+        },
+        None => None,
+    };
     // systemd starts dependants once every token file exists (Type=notify).
-    let on_ready = || systemd::notify("READY=1");
+    let on_ready = {
+        let board = Arc::clone(&board);
+        move || {
+            board.set_phase(Phase::Running);
+            systemd::ready();
+        }
+    };
     let reload = path.map(reloader);
     let result = daemon::run(
-        config, providers, journal, entries, control, reload, on_ready,
+        config,
+        providers,
+        journal,
+        entries,
+        control,
+        reload,
+        Arc::clone(&board),
+        on_ready,
     )
     .await;
+    board.set_phase(Phase::Stopped);
+    let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     match result {
         Ok(report) => summarize(&report),
         Err(e) => {
@@ -407,6 +493,74 @@ fn summarize(report: &RunReport) -> u8 {
             failed.join(", ")
         );
         EXIT_FAILED
+    }
+}
+
+/// `tokenkeeper status`: read the status file the daemon keeps in its state directory.
+fn show_status(path: &Path, json: bool) -> u8 {
+    // The config only tells where the state directory is; its secrets are not needed (and
+    // not readable outside the service), so they are not checked.
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "tokenkeeper: cannot read config file {}: {e}",
+                path.display()
+            );
+            return EXIT_CONFIG;
+        }
+    };
+    let config = match config::parse(&text, path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            print_config_error(&e);
+            return EXIT_CONFIG;
+        }
+    };
+    let file = config.state_dir.join(status::STATUS_FILE);
+    let snap = match status::read_status_file(&file) {
+        Ok(s) => s,
+        Err(status::StatusError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            eprintln!(
+                "tokenkeeper is not running: no status file at {} (has the daemon ever run with this config's state_dir?)",
+                file.display()
+            );
+            return EXIT_NOT_RUNNING;
+        }
+        Err(e) => {
+            let hint = match &e {
+                status::StatusError::Read { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    " (the state directory is the daemon's alone: run this as root)"
+                }
+                _ => "",
+            };
+            eprintln!("tokenkeeper: {}{hint}", chain(&e));
+            return EXIT_STATUS_UNKNOWN;
+        }
+    };
+    let now = SystemTime::now();
+    let live = status::liveness(&snap, now, status::pid_alive);
+    if json {
+        let v = status::render_json(&snap, &live, now);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        );
+    } else {
+        print!("{}", status::render_table(&snap, &live, now));
+    }
+    if live == Liveness::Running {
+        EXIT_OK
+    } else {
+        if json {
+            // The table says it in its first line; JSON readers get it on stderr too.
+            eprintln!("{}", status::not_running_message(&snap, &live, now));
+        }
+        EXIT_NOT_RUNNING
     }
 }
 

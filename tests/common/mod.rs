@@ -98,8 +98,7 @@ impl Daemon {
     }
 
     pub fn run(dir: &Path, config_yaml: &str, umask: u32) -> Daemon {
-        let cfg = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
-        std::fs::write(&cfg, config_yaml).unwrap();
+        let cfg = write_config(dir, config_yaml);
         Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], umask, &[])
     }
 
@@ -169,4 +168,73 @@ pub fn read(path: &Path) -> Option<String> {
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Write a config into `dir` and return its path. Unless the config names its own
+/// `state_dir`, the state (status file, journal) goes to `dir/state`: tests never touch the
+/// host's /var/lib/tokenkeeper, nor share a state directory with each other.
+pub fn write_config(dir: &Path, config_yaml: &str) -> PathBuf {
+    let cfg = dir.join(format!("config-{}.yaml", fastrand::u32(..)));
+    let text = if config_yaml.lines().any(|l| l.starts_with("state_dir:")) {
+        config_yaml.to_string()
+    } else {
+        format!("state_dir: {}\n{config_yaml}", dir.join("state").display())
+    };
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// What a short-lived command printed, and how it exited.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `tokenkeeper ARGS` to completion (for `status`, `check`).
+pub fn tokenkeeper(args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("TOKENKEEPER_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A stand-in for systemd's notification socket: collects what the daemon sends.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    pub received: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket {
+            path,
+            sock,
+            received: Vec::new(),
+        }
+    }
+
+    /// Read every datagram waiting; returns the new ones.
+    pub fn drain(&mut self) -> Vec<String> {
+        let mut new = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            new.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.received.extend(new.iter().cloned());
+        new
+    }
 }
