@@ -276,12 +276,16 @@ async fn metrics_are_served_on_a_loopback_listener() {
         .and_then(|a| a.split_whitespace().next())
         .unwrap()
         .to_string();
-    let body = http_get(&addr, "/metrics").await;
+    // The file is written a moment before the set reports itself fresh: poll, don't race.
+    let fresh = "tokenkeeper_set_state{set=\"s\",provider=\"dev\",state=\"fresh\"} 1";
+    let start = std::time::Instant::now();
+    let mut body = http_get(&addr, "/metrics").await;
+    while !body.contains(fresh) && start.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        body = http_get(&addr, "/metrics").await;
+    }
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(
-        body.contains("tokenkeeper_set_state{set=\"s\",provider=\"dev\",state=\"fresh\"} 1"),
-        "{body}"
-    );
+    assert!(body.contains(fresh), "{body}");
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
 }
