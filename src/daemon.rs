@@ -1134,7 +1134,14 @@ impl<P: TokenProvider + 'static> Shared<P> {
             sink: FileSink::new(set),
             jitter: random_jitter(),
             stop: stop_rx,
-            rotate: self.rotate.subscribe(),
+            // SIGUSR1 and the set's own `rotate:` schedule, on a channel of its own.
+            rotate: crate::cron::set_rotations(
+                &set.name,
+                set.rotate.clone(),
+                self.rotate.subscribe(),
+                state_rx.clone(),
+                crate::cron::system_clock(),
+            ),
             state: state_tx,
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
@@ -1639,6 +1646,8 @@ mod tests {
             },
             on_shutdown: OnShutdown::Revoke,
             revoke_superseded_after: Duration::from_secs(60),
+            rotate: None,
+            on_rotate: crate::config::OnRotate::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod devprovider;
 pub mod journal;
