@@ -1128,6 +1128,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
             }
         });
         let stats = self.board.register(set, state_rx.clone());
+        crate::hooks::watch(set, stats.subscribe());
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod hooks;
 pub mod devprovider;
 pub mod journal;
 pub mod metrics;
