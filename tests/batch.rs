@@ -270,3 +270,22 @@ async fn a_cron_rotation_replaces_a_long_lived_token_on_schedule() {
     assert_eq!(finish(&mut d).await, Some(0), "{}", d.output());
     assert!(p.live_tokens().is_empty());
 }
+
+/// The examples in config/ are what the README points users at: each must pass the checks
+/// (secrets aside: they name credentials this machine does not have).
+#[test]
+fn the_example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = tokenkeeper::config::parse(&text, &path) {
+                panic!("{}: {e:?}", path.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "{seen}");
+}
