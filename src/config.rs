@@ -21,6 +21,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::cron::RotateSchedule;
 use crate::secret::{Availability, Secret, SecretSource};
 
 /// Where the config is read from when neither `-c` nor `$TOKENKEEPER_CONFIG` names one.
@@ -180,6 +181,38 @@ pub struct SetConfig {
     pub refresh: RefreshPolicy,
     pub on_shutdown: OnShutdown,
     pub revoke_superseded_after: Duration,
+    /// `rotate:`: when to replace the token whatever its age.
+    pub rotate: Option<RotateSchedule>,
+    /// `on_rotate:`: who to tell after each new token is written.
+    pub on_rotate: OnRotate,
+}
+
+/// What to do after a set's new token is written. Every part is optional; all that are given
+/// run, in this order: `exec`, `signal`, `reload_unit`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OnRotate {
+    /// A command (argv, no shell) run with TOKENKEEPER_SET, TOKENKEEPER_FILE and
+    /// TOKENKEEPER_FINGERPRINT in its environment.
+    pub exec: Option<Vec<String>>,
+    /// How long a command (`exec` or `systemctl reload`) may run before its process group is
+    /// killed.
+    pub timeout: Duration,
+    /// A signal for the process whose pid a file holds (read afresh each time).
+    pub signal: Option<SignalHook>,
+    /// A systemd unit to reload (`systemctl reload UNIT`).
+    pub reload_unit: Option<String>,
+}
+
+impl OnRotate {
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_none() && self.signal.is_none() && self.reload_unit.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalHook {
+    pub pidfile: PathBuf,
+    pub signal: nix::sys::signal::Signal,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -406,7 +439,23 @@ const AUTH_METHODS: &[(&str, AuthMethod)] = &[
 /// The names a Square provider's `mode:` accepts.
 const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
 /// Keys DESIGN.md plans: refused like any unknown key, but the message says "not yet".
-const PLANNED_KEYS: &[&str] = &["stores", "store", "rotate", "on_rotate"];
+const PLANNED_KEYS: &[&str] = &["stores", "store"];
+/// How long an `on_rotate` command may run by default: long enough for a service's reload
+/// (systemd's own default job timeout is 90 s, but reloads take seconds), short enough that a
+/// hung one is noticed well before the next token.
+const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Signals `on_rotate.signal` may send: the ones applications use for "re-read your files",
+/// plus the polite stops. SIGKILL and SIGSTOP are refused: nothing reloads on them.
+const HOOK_SIGNALS: &[(&str, nix::sys::signal::Signal)] = &[
+    ("SIGHUP", nix::sys::signal::Signal::SIGHUP),
+    ("SIGUSR1", nix::sys::signal::Signal::SIGUSR1),
+    ("SIGUSR2", nix::sys::signal::Signal::SIGUSR2),
+    ("SIGWINCH", nix::sys::signal::Signal::SIGWINCH),
+    ("SIGALRM", nix::sys::signal::Signal::SIGALRM),
+    ("SIGTERM", nix::sys::signal::Signal::SIGTERM),
+    ("SIGINT", nix::sys::signal::Signal::SIGINT),
+    ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
+];
 /// Why scopes are one per entry: the hint every scope-format message ends with.
 const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
 /// How a secret may be given, for the messages that refuse one.
@@ -493,6 +542,22 @@ struct RawSet {
     refresh: Option<RawRefresh>,
     on_shutdown: Option<String>,
     revoke_superseded_after: Option<Value>,
+    rotate: Option<Value>,
+    on_rotate: Option<RawOnRotate>,
+}
+
+#[derive(Deserialize)]
+struct RawOnRotate {
+    exec: Option<Value>,
+    timeout: Option<Value>,
+    signal: Option<RawSignalHook>,
+    reload_unit: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawSignalHook {
+    pidfile: Option<String>,
+    signal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1701,6 +1766,11 @@ impl Checker<'_> {
             "revoke_superseded_after",
             raw.revoke_superseded_after.as_ref(),
         );
+        let rotate = self.rotate(&at, raw.rotate.as_ref());
+        let on_rotate = match &raw.on_rotate {
+            None => Ok(OnRotate::default()),
+            Some(hooks) => self.on_rotate(&format!("{at}.on_rotate"), hooks),
+        };
 
         Some(SetConfig {
             name: name?,
@@ -1716,7 +1786,145 @@ impl Checker<'_> {
             revoke_superseded_after: revoke_after
                 .ok()?
                 .unwrap_or(defaults.revoke_superseded_after),
+            rotate: rotate.ok()?,
+            on_rotate: on_rotate.ok()?,
         })
+    }
+
+    fn rotate(&mut self, parent: &str, value: Option<&Value>) -> Checked<RotateSchedule> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(text)) => match RotateSchedule::parse(text) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    self.bad(
+                        parent,
+                        "rotate",
+                        format!("rotate {}", crate::error_chain(&e)),
+                    );
+                    Err(())
+                }
+            },
+            Some(other) => {
+                self.bad(
+                    parent,
+                    "rotate",
+                    format!(
+                        "rotate must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn on_rotate(&mut self, at: &str, raw: &RawOnRotate) -> Result<OnRotate, ()> {
+        let mut ok = true;
+        let exec = match &raw.exec {
+            None => None,
+            Some(Value::Sequence(items)) if !items.is_empty() => {
+                let argv: Vec<String> = items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                if argv.len() != items.len() || argv[0].is_empty() {
+                    self.bad(at, "exec", "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
+                    ok = false;
+                }
+                Some(argv)
+            }
+            Some(_) => {
+                self.bad(at, "exec", "exec must be a non-empty list: the command and its arguments (no shell), e.g. [\"/usr/bin/app-reload\"]");
+                ok = false;
+                None
+            }
+        };
+        let timeout = self
+            .positive_duration(
+                at,
+                "timeout",
+                raw.timeout.as_ref(),
+                ": a command needs time to run",
+            )
+            .map(|t| t.unwrap_or(DEFAULT_HOOK_TIMEOUT));
+        let signal = match &raw.signal {
+            None => None,
+            Some(sig) => {
+                let sig_at = join(at, "signal");
+                let pidfile = match sig.pidfile.as_deref() {
+                    None => {
+                        self.missing(&sig_at, "pidfile", "the file holding the pid to signal");
+                        None
+                    }
+                    Some(p) if !Path::new(p).is_absolute() => {
+                        self.bad(
+                            &sig_at,
+                            "pidfile",
+                            format!("pidfile `{p}` must be an absolute path"),
+                        );
+                        None
+                    }
+                    Some(p) => Some(normalize(Path::new(p))),
+                };
+                let name = sig
+                    .signal
+                    .as_deref()
+                    .unwrap_or("SIGHUP")
+                    .trim()
+                    .to_ascii_uppercase();
+                let full = if name.starts_with("SIG") {
+                    name
+                } else {
+                    format!("SIG{name}")
+                };
+                let signal = match HOOK_SIGNALS.iter().find(|(n, _)| *n == full) {
+                    Some((_, s)) => Some(*s),
+                    None => {
+                        let names: Vec<&str> = HOOK_SIGNALS.iter().map(|(n, _)| *n).collect();
+                        self.bad(
+                            &sig_at,
+                            "signal",
+                            format!("signal `{full}` must be one of {}", names.join(", ")),
+                        );
+                        None
+                    }
+                };
+                match (pidfile, signal) {
+                    (Some(pidfile), Some(signal)) => Some(SignalHook { pidfile, signal }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let reload_unit = match &raw.reload_unit {
+            None => None,
+            Some(Value::String(u))
+                if !u.is_empty() && !u.starts_with('-') && !u.contains(char::is_whitespace) =>
+            {
+                Some(u.clone())
+            }
+            Some(_) => {
+                self.bad(
+                    at,
+                    "reload_unit",
+                    "reload_unit must be one systemd unit name such as \"app.service\"",
+                );
+                ok = false;
+                None
+            }
+        };
+        match (ok, timeout) {
+            (true, Ok(timeout)) => Ok(OnRotate {
+                exec,
+                timeout,
+                signal,
+                reload_unit,
+            }),
+            _ => Err(()),
+        }
     }
 
     fn scopes(
@@ -2456,6 +2664,14 @@ fn known_keys(parent: &[Seg]) -> &'static [&'static str] {
         [s, Seg::Index(_), r] if is(s, "scope_sets") && is(r, "refresh") => {
             fields_of::<RawRefresh>()
         }
+        [s, Seg::Index(_), o] if is(s, "scope_sets") && is(o, "on_rotate") => {
+            fields_of::<RawOnRotate>()
+        }
+        [s, Seg::Index(_), o, g]
+            if is(s, "scope_sets") && is(o, "on_rotate") && is(g, "signal") =>
+        {
+            fields_of::<RawSignalHook>()
+        }
         _ => &[],
     }
 }
@@ -2584,6 +2800,106 @@ scope_sets:
                 panic!("refused:\n{}", list.join("\n"))
             }
             Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn rotate_and_on_rotate_parse() {
+        let loaded = accepted(&with(&[(
+            "      mode: \"0600\"",
+            "      mode: \"0600\"\n    rotate: \"0 55 1 * * *\"\n    on_rotate:\n      exec: [/usr/bin/app-reload, --soft]\n      timeout: 5s\n      signal: { pidfile: /run/app.pid, signal: USR1 }\n      reload_unit: app.service",
+        )]));
+        let s = &loaded.config.sets[0];
+        assert_eq!(s.rotate.as_ref().map(|r| r.as_str()), Some("0 55 1 * * *"));
+        assert_eq!(
+            s.on_rotate,
+            OnRotate {
+                exec: Some(vec!["/usr/bin/app-reload".into(), "--soft".into()]),
+                timeout: Duration::from_secs(5),
+                signal: Some(SignalHook {
+                    pidfile: "/run/app.pid".into(),
+                    signal: nix::sys::signal::Signal::SIGUSR1,
+                }),
+                reload_unit: Some("app.service".into()),
+            }
+        );
+        let other = &loaded.config.sets[1];
+        assert!(other.rotate.is_none() && other.on_rotate.is_empty());
+        let hup = accepted(&with(&[(
+            "      mode: \"0600\"",
+            "      mode: \"0600\"\n    on_rotate: { signal: { pidfile: /run/app.pid } }",
+        )]));
+        assert_eq!(hup.config.sets[0].on_rotate.timeout, DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(
+            hup.config.sets[0]
+                .on_rotate
+                .signal
+                .as_ref()
+                .map(|s| s.signal),
+            Some(nix::sys::signal::Signal::SIGHUP)
+        );
+    }
+
+    #[test]
+    fn rotate_and_on_rotate_refusals() {
+        let add = |extra: &str| {
+            with(&[(
+                "      mode: \"0600\"",
+                &format!("      mode: \"0600\"\n{extra}"),
+            )])
+        };
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                add("    rotate: \"0 2 * * *\""),
+                &[
+                    "15:5: scope_sets[0] (orders-sync).rotate",
+                    "not a cron expression with seconds",
+                ],
+            ),
+            (
+                add("    rotate: 5"),
+                &["rotate must be a quoted cron expression"],
+            ),
+            (add("    rotate: \"0 0 0 1 1 * 2001\""), &["never fires"]),
+            (
+                add("    on_rotate: { exec: [] }"),
+                &["on_rotate.exec", "non-empty list"],
+            ),
+            (
+                add("    on_rotate: { exec: \"reload app\" }"),
+                &["on_rotate.exec", "no shell"],
+            ),
+            (
+                add("    on_rotate: { exec: [a], timeout: 0s }"),
+                &["on_rotate.timeout", "more than 0s"],
+            ),
+            (
+                add("    on_rotate: { signal: { pidfile: app.pid, signal: KILL } }"),
+                &[
+                    "on_rotate.signal.pidfile",
+                    "absolute",
+                    "signal `SIGKILL` must be one of",
+                ],
+            ),
+            (
+                add("    on_rotate: { signal: {} }"),
+                &["on_rotate.signal: missing `pidfile`"],
+            ),
+            (
+                add("    on_rotate: { reload_unit: \"--all\" }"),
+                &["on_rotate.reload_unit"],
+            ),
+            (
+                add("    on_rotate: { exce: [a] }"),
+                &["unknown key `exce` (did you mean `exec`?)"],
+            ),
+        ];
+        for (text, wanted) in cases {
+            let all: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();
+            let joined = all.join("\n");
+            for w in wanted {
+                assert!(joined.contains(w), "{w:?} not in:\n{joined}");
+            }
         }
     }
 

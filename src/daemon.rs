@@ -1128,13 +1128,21 @@ impl<P: TokenProvider + 'static> Shared<P> {
             }
         });
         let stats = self.board.register(set, state_rx.clone());
+        crate::hooks::watch(set, stats.subscribe());
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
             sink: FileSink::new(set),
             jitter: random_jitter(),
             stop: stop_rx,
-            rotate: self.rotate.subscribe(),
+            // SIGUSR1 and the set's own `rotate:` schedule, on a channel of its own.
+            rotate: crate::cron::set_rotations(
+                &set.name,
+                set.rotate.clone(),
+                self.rotate.subscribe(),
+                state_rx.clone(),
+                crate::cron::system_clock(),
+            ),
             state: state_tx,
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
@@ -1639,6 +1647,8 @@ mod tests {
             },
             on_shutdown: OnShutdown::Revoke,
             revoke_superseded_after: Duration::from_secs(60),
+            rotate: None,
+            on_rotate: crate::config::OnRotate::default(),
         }
     }
 

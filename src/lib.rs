@@ -4,10 +4,13 @@
 //! Data flows one way: [`config`] → one task per scope set in [`daemon`] → [`provider`] →
 //! [`sink`] → file. Each set's task owns its tokens, so there is no shared cache or lock.
 
+pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod cron;
 pub mod daemon;
 pub mod devprovider;
+pub mod hooks;
 pub mod journal;
 pub mod metrics;
 pub mod provider;

@@ -16,7 +16,7 @@ use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal::{self, JournalError, StateLock};
 use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
-use tokenkeeper::{metrics, signals, systemd};
+use tokenkeeper::{batch, metrics, signals, systemd};
 
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
 /// keeps systemd from restarting into the same bad config.
@@ -32,6 +32,20 @@ const EXIT_CANTCREAT: u8 = 73;
 const EXIT_TEMPFAIL: u8 = 75;
 /// `EX_OSERR`: the operating system refused something we need (signals, a socket).
 const EXIT_OSERR: u8 = 71;
+/// `once`/`exec`: `EX_UNAVAILABLE`: some set could not get a token (the provider refused or
+/// could not be reached), so `exec` did not run its command.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// `EX_USAGE`: a set named on the command line is not in the config.
+const EXIT_USAGE: u8 = 64;
+/// `exec`: the command exists but could not be run; what shells answer in that case.
+const EXIT_CANNOT_EXECUTE: u8 = 126;
+/// `exec`: no such command; what shells answer in that case.
+const EXIT_NOT_FOUND: u8 = 127;
+/// `once`: how long to keep trying for the tokens before giving up: a minute spans the
+/// backoff's first retries (1, 2, 4, … s) without holding a cron slot for long.
+const DEFAULT_ONCE_TIMEOUT: &str = "60s";
+/// `exec`: the same, before the command starts.
+const DEFAULT_START_TIMEOUT: &str = "60s";
 /// `status`: the daemon is not running. 3 is what LSB init scripts and `systemctl status`
 /// use for "program is not running", so scripts can treat both alike.
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -74,6 +88,39 @@ enum Command {
         /// Scope sets to revoke; all by default.
         sets: Vec<String>,
     },
+    /// Make sure each set (all by default) has a token in its file valid for at least
+    /// --min-remaining, reusing the journaled one when it qualifies; then exit. Never revokes.
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Scope sets to refresh; all by default.
+        sets: Vec<String>,
+        /// Least validity left for a token to be reused (default: half of its lifetime).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_remaining: Option<Duration>,
+        /// Give up on sets without a token after this long.
+        #[arg(long, default_value = DEFAULT_ONCE_TIMEOUT, value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Run CMD with fresh tokens for the chosen sets, kept fresh while it runs, revoked when it
+    /// exits; exit with its status.
+    Exec {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A scope set to give CMD (repeat for more); all by default.
+        #[arg(long = "set", value_name = "SET")]
+        sets: Vec<String>,
+        /// Also export each token as TOKENKEEPER_<SET>_TOKEN (it is not refreshed in the
+        /// environment: long-running commands should read the file).
+        #[arg(long)]
+        env_token: bool,
+        /// Give up without running CMD if the tokens are not there within this long.
+        #[arg(long, default_value = DEFAULT_START_TIMEOUT, value_parser = humantime::parse_duration)]
+        start_timeout: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Show each set's state, from the running daemon's status file; exit 0 if it runs, 3 if not.
     Status {
         #[command(flatten)]
@@ -115,6 +162,29 @@ fn main() -> ExitCode {
         Command::Status { config, json } => show_status(&config.config, json),
         Command::Run(a) => with_runtime(|| run(&a.config)),
         Command::Revoke { config, sets } => with_runtime(|| revoke(&config.config, sets)),
+        Command::Once {
+            config,
+            sets,
+            min_remaining,
+            timeout,
+        } => with_runtime(|| once(&config.config, sets, min_remaining, timeout)),
+        Command::Exec {
+            config,
+            sets,
+            env_token,
+            start_timeout,
+            command,
+        } => with_runtime(|| {
+            exec(
+                &config.config,
+                sets,
+                batch::ExecOptions {
+                    command,
+                    env_token,
+                    start_timeout,
+                },
+            )
+        }),
         Command::Demo { dir, lifetime } => with_runtime(|| demo(dir, lifetime)),
         Command::DevProvider {
             listen,
@@ -456,6 +526,129 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     }
     println!("{} revoked, {failed} failed", report.len() - failed);
     if failed == 0 { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// What `once` and `exec` share: load the config, choose the sets, build their providers,
+/// take the state directory and start its journal.
+async fn batch_setup(
+    path: &Path,
+    sets: &[String],
+) -> Result<
+    (
+        config::Config,
+        std::collections::HashMap<String, Arc<tokenkeeper::provider::Provider>>,
+        StateLock,
+        journal::Journal,
+        Vec<journal::Entry>,
+    ),
+    u8,
+> {
+    let Loaded { config, warnings } = config::load(path).map_err(|e| {
+        print_config_error(&e);
+        EXIT_CONFIG
+    })?;
+    init_logging(config.log_level.as_deref());
+    for w in &warnings {
+        warn!("{}: {w}", path.display());
+    }
+    let chosen = batch::select(&config, sets).map_err(|e| {
+        eprintln!("tokenkeeper: {e}");
+        EXIT_USAGE
+    })?;
+    let providers = daemon::build_providers(&chosen).map_err(|e| {
+        error!("{}", chain(&e));
+        EXIT_CONFIG
+    })?;
+    let (lock, entries) = match open_state(&chosen.state_dir) {
+        Ok(s) => s,
+        Err(EXIT_TEMPFAIL) => {
+            eprintln!(
+                "tokenkeeper: another tokenkeeper (the daemon, or another once/exec) holds {}; it keeps the tokens fresh already, or try again when it is done",
+                chosen.state_dir.display()
+            );
+            return Err(EXIT_TEMPFAIL);
+        }
+        Err(code) => return Err(code),
+    };
+    let journal = journal::Journal::start(chosen.state_dir.clone(), entries.clone());
+    Ok((chosen, providers, lock, journal, entries))
+}
+
+async fn once(
+    path: &Path,
+    sets: Vec<String>,
+    min_remaining: Option<Duration>,
+    timeout: Duration,
+) -> u8 {
+    let (config, providers, _lock, journal, entries) = match batch_setup(path, &sets).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match batch::once(config, providers, journal, &entries, min_remaining, timeout).await {
+        Ok(outcome) => {
+            for s in &outcome.ok {
+                println!("{s}: ok");
+            }
+            for (s, why) in &outcome.failed {
+                println!("{s}: FAILED: {why}");
+            }
+            if outcome.failed.is_empty() {
+                EXIT_OK
+            } else {
+                let names: Vec<&str> = outcome.failed.iter().map(|(s, _)| s.as_str()).collect();
+                eprintln!("tokenkeeper: no valid token for: {}", names.join(", "));
+                EXIT_UNAVAILABLE
+            }
+        }
+        Err(e) => {
+            error!("{}", chain(&e));
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn exec(path: &Path, sets: Vec<String>, opts: batch::ExecOptions) -> u8 {
+    let (config, providers, _lock, journal, entries) = match batch_setup(path, &sets).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match batch::exec(config, providers, journal, entries, opts).await {
+        Ok(batch::ExecOutcome::Ran {
+            code,
+            revoke_failed,
+        }) => {
+            if !revoke_failed.is_empty() {
+                error!(
+                    "could not revoke every token of: {}; they stay in the journal for the next start or `tokenkeeper revoke`",
+                    revoke_failed.join(", ")
+                );
+            }
+            code
+        }
+        Ok(batch::ExecOutcome::NoTokens { failed }) => {
+            let names: Vec<&str> = failed.iter().map(|(s, _)| s.as_str()).collect();
+            eprintln!(
+                "tokenkeeper: no token for {}; the command was not run",
+                names.join(", ")
+            );
+            EXIT_UNAVAILABLE
+        }
+        Ok(batch::ExecOutcome::SpawnFailed { not_found, error }) => {
+            eprintln!("tokenkeeper: cannot run the command: {error}");
+            if not_found {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_EXECUTE
+            }
+        }
+        Ok(batch::ExecOutcome::Interrupted { signal }) => {
+            u8::try_from(128 + signal).unwrap_or(EXIT_FAILED)
+        }
+        Err(e) => {
+            error!("{}", chain(&e));
+            EXIT_FAILED
+        }
+    }
 }
 
 /// Log the one-line stop summary and pick the exit code.

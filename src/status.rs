@@ -863,6 +863,8 @@ mod tests {
             },
             on_shutdown: OnShutdown::Revoke,
             revoke_superseded_after: Duration::from_secs(60),
+            rotate: None,
+            on_rotate: crate::config::OnRotate::default(),
         }
     }
 
