@@ -187,6 +187,7 @@ pub async fn once<P: TokenProvider + 'static>(
     // Keep: at the end the tokens stay in their files and in the journal.
     for s in &mut config.sets {
         s.on_shutdown = OnShutdown::Keep;
+        s.never_revoke = true;
     }
     let reuse = reusable(entries, &config.sets, min_remaining, SystemTime::now());
     let names: Vec<String> = config.sets.iter().map(|s| s.name.clone()).collect();

@@ -185,6 +185,9 @@ pub struct SetConfig {
     pub rotate: Option<RotateSchedule>,
     /// `on_rotate:`: who to tell after each new token is written.
     pub on_rotate: OnRotate,
+    /// Revoke nothing, superseded tokens included. Not a config key: `tokenkeeper once` sets it,
+    /// because a job run from cron must leave every token it made for the next run.
+    pub never_revoke: bool,
 }
 
 /// What to do after a set's new token is written. Every part is optional; all that are given
@@ -1788,6 +1791,7 @@ impl Checker<'_> {
                 .unwrap_or(defaults.revoke_superseded_after),
             rotate: rotate.ok()?,
             on_rotate: on_rotate.ok()?,
+            never_revoke: false,
         })
     }
 

@@ -350,6 +350,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     /// Whether this set's tokens are revoked at all: a provider may be unable to (no
     /// revocation endpoint), or revoke only for sets that ask for it (Square).
     fn revokes(&self) -> bool {
+        if self.cfg.never_revoke {
+            return false;
+        }
         match self.provider.revocation() {
             Revocation::Always => true,
             Revocation::OptIn => self.cfg.on_shutdown == OnShutdown::Revoke,
@@ -359,6 +362,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
 
     /// Why [`Self::revokes`] says no, for the log.
     fn why_not_revoked(&self) -> &'static str {
+        if self.cfg.never_revoke {
+            return "`tokenkeeper once` never revokes; the token expires on its own";
+        }
         match self.provider.revocation() {
             Revocation::Unsupported => {
                 "the provider has no revocation endpoint; the token expires on its own"
@@ -1649,6 +1655,7 @@ mod tests {
             revoke_superseded_after: Duration::from_secs(60),
             rotate: None,
             on_rotate: crate::config::OnRotate::default(),
+            never_revoke: false,
         }
     }
 
@@ -1931,6 +1938,21 @@ mod tests {
         tokio::time::sleep(S(60 + 61)).await;
         assert!(p.revoked().iter().any(|(t, _)| t == "stale"));
         h.stop(S(5)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_revoke_leaves_superseded_and_current_tokens_alone() {
+        let p = Mock::new(S(900));
+        let mut cfg = set_cfg(0.66, 0.0);
+        cfg.never_revoke = true;
+        cfg.on_shutdown = OnShutdown::Keep;
+        let h = start(cfg, &p, 0.0);
+        tokio::time::sleep(S(700)).await;
+        assert_eq!(p.issued().len(), 2);
+        let (outcome, sink) = h.stop(S(5)).await;
+        assert!(p.revoked().is_empty(), "{:?}", p.revoked());
+        assert_eq!(outcome.kept.as_deref().map(str::len), Some(8));
+        assert_eq!(sink.content().as_deref(), Some("tok2"));
     }
 
     #[tokio::test(start_paused = true)]

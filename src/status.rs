@@ -865,6 +865,7 @@ mod tests {
             revoke_superseded_after: Duration::from_secs(60),
             rotate: None,
             on_rotate: crate::config::OnRotate::default(),
+            never_revoke: false,
         }
     }
 
