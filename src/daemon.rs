@@ -26,6 +26,7 @@ use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
 use crate::status::{Board, Phase, SetStats};
+use crate::store::{SetSink, Stores};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
 /// because the whole stop has only `shutdown_timeout` (20 s by default).
@@ -69,6 +70,8 @@ pub enum DaemonError {
     },
     #[error("set {set} names provider {provider}, which is not configured")]
     MissingProvider { set: String, provider: String },
+    #[error("secrets store")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Where a set's token goes. The file is the first kind; a secrets store is another.
@@ -83,6 +86,11 @@ pub trait TokenSink: Send + Sync + 'static {
     fn remove(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Where the sink writes, to tell whether two sinks are the same place.
     fn location(&self) -> String;
+    /// Write nothing more until the next `write` or `remove`: the current token is about to
+    /// be revoked, and a sink that writes in the background (a store) must not write it after.
+    fn hold(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The non-secret facts about a token that sinks render.
@@ -721,6 +729,12 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     "not revoked: {}", self.why_not_revoked());
             }
         }
+        if live
+            .iter()
+            .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
+        {
+            self.sink.hold().await;
+        }
         let results = join_all(
             live.iter()
                 .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
@@ -877,14 +891,14 @@ pub const REMOVED_SETS: &str = "(sets no longer configured)";
 /// Decide, for one set, what to do with its journaled tokens: reuse the best one that still
 /// fits (same provider and scopes, not yet due for refresh, and active when introspected),
 /// and mark the rest for revocation.
-async fn adopt<P: TokenProvider>(
+async fn adopt<P: TokenProvider, S>(
     set: &SetConfig,
     hash: &str,
     provider: &P,
     budget: &Arc<Budget>,
     mut mine: Vec<Entry>,
     journal: &Journal,
-) -> Start<FileSink> {
+) -> Start<S> {
     let now = SystemTime::now();
     mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
     let mut start = Start::default();
@@ -1084,7 +1098,7 @@ pub struct Reloader<P> {
 struct Live {
     cfg: SetConfig,
     provider_cfg: ProviderConfig,
-    stop: watch::Sender<Option<Order<FileSink>>>,
+    stop: watch::Sender<Option<Order<SetSink>>>,
     state: watch::Receiver<SetState>,
     task: JoinHandle<SetOutcome>,
 }
@@ -1099,6 +1113,8 @@ struct Shared<P> {
     changed: mpsc::Sender<()>,
     /// Where every set reports for `tokenkeeper status` and the metrics.
     board: Arc<Board>,
+    /// The secrets stores sets may also write to.
+    stores: Stores,
 }
 
 impl<P: TokenProvider + 'static> Shared<P> {
@@ -1106,7 +1122,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
         &self,
         set: &SetConfig,
         provider_cfg: &ProviderConfig,
-        start: Start<FileSink>,
+        start: Start<SetSink>,
     ) -> Result<Live, DaemonError> {
         let missing = || DaemonError::MissingProvider {
             set: set.name.clone(),
@@ -1128,17 +1144,18 @@ impl<P: TokenProvider + 'static> Shared<P> {
             }
         });
         let stats = self.board.register(set, state_rx.clone());
+        let config_hash = journal::config_hash(set, provider_cfg);
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
-            sink: FileSink::new(set),
+            sink: self.stores.sink_for(set, &config_hash),
             jitter: random_jitter(),
             stop: stop_rx,
             rotate: self.rotate.subscribe(),
             state: state_tx,
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
-            config_hash: journal::config_hash(set, provider_cfg),
+            config_hash,
             start,
             stats,
         };
@@ -1191,8 +1208,17 @@ pub async fn run<P: TokenProvider + 'static>(
         rotate,
         changed: changed_tx,
         board: Arc::clone(&board),
+        stores: Stores::build(&config)?,
     };
 
+    // Tokens a store holds for our sets (written by this or another instance) count like
+    // journaled ones: reused if they fit, so a takeover or a new machine issues nothing early.
+    let mut entries = entries;
+    for e in shared.stores.entries(&config).await {
+        if !entries.iter().any(|j| j.fingerprint == e.fingerprint) {
+            entries.push(e);
+        }
+    }
     // Sort the journal out before any set issues: reuse what fits, revoke the rest.
     let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut leftovers = Vec::new();
@@ -1364,6 +1390,18 @@ async fn reload<P: TokenProvider + 'static>(
                     return;
                 }
             },
+        }
+    }
+    if new.stores != config.stores {
+        match Stores::build(&new) {
+            Ok(s) => shared.stores = s,
+            Err(e) => {
+                error!(
+                    "reload refused, running on with the current configuration: {}",
+                    chain(&e)
+                );
+                return;
+            }
         }
     }
     shared.providers = providers;
@@ -1639,6 +1677,7 @@ mod tests {
             },
             on_shutdown: OnShutdown::Revoke,
             revoke_superseded_after: Duration::from_secs(60),
+            store: None,
         }
     }
 

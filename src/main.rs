@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use tokenkeeper::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Loaded};
-use tokenkeeper::daemon::{self, DaemonError, RunReport};
+use tokenkeeper::daemon::{self, RunReport};
 use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal::{self, JournalError, StateLock};
@@ -336,7 +336,7 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
     };
     let providers = match daemon::build_providers(&config) {
         Ok(p) => p,
-        Err(e @ DaemonError::Provider { .. }) | Err(e @ DaemonError::MissingProvider { .. }) => {
+        Err(e) => {
             error!("{}", chain(&e));
             return EXIT_CONFIG;
         }

@@ -863,6 +863,7 @@ mod tests {
             },
             on_shutdown: OnShutdown::Revoke,
             revoke_superseded_after: Duration::from_secs(60),
+            store: None,
         }
     }
 
