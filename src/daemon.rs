@@ -58,6 +58,9 @@ pub enum Control {
     Rotate,
     /// SIGHUP: re-read the config.
     Reload,
+    /// Stop without revoking the sets' current tokens: another instance (HA) carries on with
+    /// them. Superseded and in-flight tokens are still revoked; sinks are left as they are.
+    Handover,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +236,9 @@ pub enum Order<S> {
     /// Stop: revoke everything by `deadline`; leave the file in place if `keep_file` (a
     /// successor writes to the same path).
     Revoke { deadline: Instant, keep_file: bool },
+    /// Stop like `Revoke` but keep the current token and the sink: another instance carries
+    /// on with them (HA handover).
+    Release { deadline: Instant },
     /// Stop without revoking: hand every token over to a successor (config reload).
     Handover(Mutex<Option<oneshot::Sender<Handover<S>>>>),
 }
@@ -637,11 +643,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             }
         }
 
+        let mut on_shutdown = self.cfg.on_shutdown;
         let (deadline, keep_file) = match order {
             Some(Order::Revoke {
                 deadline,
                 keep_file,
             }) => (deadline, keep_file),
+            Some(Order::Release { deadline }) => {
+                on_shutdown = OnShutdown::Keep;
+                (deadline, true)
+            }
             Some(Order::Handover(reply)) => {
                 // Superseded revocations under way finish first, so nothing is revoked twice
                 // or lost between two tasks.
@@ -706,10 +717,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
         let mut current_revoked = false;
         let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
-        match (current, self.cfg.on_shutdown) {
+        match (current, on_shutdown) {
             (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
             (Some(h), OnShutdown::Keep) => {
-                info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep)");
+                info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep, or handed over)");
                 outcome.kept = Some(h.fingerprint.clone());
             }
             (None, _) => {}
@@ -788,6 +799,9 @@ fn take_order<S>(
         }) => Some(Order::Revoke {
             deadline: *deadline,
             keep_file: *keep_file,
+        }),
+        Some(Order::Release { deadline }) => Some(Order::Release {
+            deadline: *deadline,
         }),
         Some(Order::Handover(reply)) => {
             let tx = reply.lock().ok().and_then(|mut g| g.take());
@@ -1286,6 +1300,7 @@ pub async fn run<P: TokenProvider + 'static>(
     info!(sets = config.sets.len(), "started");
 
     let mut ready = false;
+    let mut handover = false;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -1300,6 +1315,10 @@ pub async fn run<P: TokenProvider + 'static>(
                     }
                     None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
                 },
+                Some(Control::Handover) => {
+                    handover = true;
+                    break;
+                }
                 Some(Control::Shutdown) | None => break,
             },
             Some(()) = changed.recv(), if !ready => {
@@ -1315,14 +1334,22 @@ pub async fn run<P: TokenProvider + 'static>(
     crate::systemd::stopping();
     board.set_phase(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
-    info!(
-        timeout = %humantime::format_duration(config.shutdown_timeout),
-        "stopping: revoking every token"
-    );
+    if handover {
+        info!("stopping: handing the current tokens over to another instance");
+    } else {
+        info!(
+            timeout = %humantime::format_duration(config.shutdown_timeout),
+            "stopping: revoking every token"
+        );
+    }
     for l in &live {
-        l.stop.send_replace(Some(Order::Revoke {
-            deadline,
-            keep_file: false,
+        l.stop.send_replace(Some(if handover {
+            Order::Release { deadline }
+        } else {
+            Order::Revoke {
+                deadline,
+                keep_file: false,
+            }
         }));
     }
     leftover_stop.send_replace(Some(deadline));

@@ -227,6 +227,21 @@ pub struct Snapshot {
     /// The writer's promise: the next heartbeat comes within this many seconds.
     pub heartbeat_every_secs: u64,
     pub sets: Vec<SetSnapshot>,
+    /// With `ha:`: this instance's role and who leads (absent without HA, and in status
+    /// files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// This instance's place in an HA group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// This instance's name in the lease.
+    pub instance: String,
+    /// `leader` or `standby`.
+    pub role: String,
+    /// The instance that holds the lease, as last seen.
+    pub leader: Option<String>,
 }
 
 /// One set in `status.json`.
@@ -320,6 +335,7 @@ struct Entry {
 struct Inner {
     sets: Vec<Entry>,
     phase: Phase,
+    ha: Option<HaStatus>,
 }
 
 /// Every set's reporting channels, shared by the daemon (which registers sets) and the
@@ -337,6 +353,7 @@ impl Board {
             inner: Mutex::new(Inner {
                 sets: Vec::new(),
                 phase: Phase::Starting,
+                ha: None,
             }),
             changed: Notify::new(),
             started_at: SystemTime::now(),
@@ -402,6 +419,12 @@ impl Board {
         self.lock().phase
     }
 
+    /// Record this instance's HA role and the leader it sees.
+    pub fn set_ha(&self, ha: HaStatus) {
+        self.lock().ha = Some(ha);
+        self.changed.notify_one();
+    }
+
     /// Wait until something changed since the last wait.
     pub async fn changed(&self) {
         self.changed.notified().await;
@@ -443,6 +466,7 @@ impl Board {
             heartbeat_at: now,
             heartbeat_every_secs: HEARTBEAT.as_secs(),
             sets,
+            ha: inner.ha.clone(),
         }
     }
 }
@@ -716,6 +740,15 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             short(beat)
         ),
     };
+    if let Some(ha) = &snap.ha {
+        let _ = writeln!(
+            out,
+            "ha: this instance ({}) is {}; leader: {}",
+            ha.instance,
+            ha.role,
+            ha.leader.as_deref().unwrap_or("none")
+        );
+    }
     let header = [
         "SET",
         "PROVIDER",
@@ -955,6 +988,7 @@ mod tests {
             started_at: now - S(7260),
             heartbeat_at: now - S(3),
             heartbeat_every_secs: 10,
+            ha: None,
             sets: vec![
                 SetSnapshot {
                     name: "orders-sync".into(),
