@@ -181,9 +181,13 @@ impl Bao {
         assert_eq!(s, 200, "unseal: {v}");
     }
 
-    /// A policy `tk` that may do everything tokenkeeper does under `secret/`.
+    /// A policy `tk`: the one the README gives for tokenkeeper, and nothing more.
     pub async fn tokenkeeper_policy(&self) {
-        let policy = r#"path "secret/*" { capabilities = ["create", "read", "update", "delete", "list", "patch"] }"#;
+        let policy = r#"
+path "secret/data/tokenkeeper/*"     { capabilities = ["create", "read", "update", "delete"] }
+path "secret/metadata/tokenkeeper/*" { capabilities = ["create", "read", "update", "delete", "list"] }
+path "secret/destroy/tokenkeeper/*"  { capabilities = ["update"] }
+"#;
         let (s, v) = self
             .call(
                 "PUT",
