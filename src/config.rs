@@ -250,7 +250,8 @@ pub struct SetConfig {
     pub name: String,
     pub provider: String,
     pub scopes: Vec<String>,
-    pub file: FileConfig,
+    /// `file:`: where the token is written on this machine; a set has a file, a store, or both.
+    pub file: Option<FileConfig>,
     pub refresh: RefreshPolicy,
     pub on_shutdown: OnShutdown,
     pub revoke_superseded_after: Duration,
@@ -1802,15 +1803,17 @@ impl Checker<'_> {
         let kind = raw_provider.and_then(|p| p.kind.as_deref());
         let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
         let file = match &raw.file {
+            // A set that writes only to a store needs no file.
+            None if raw.store.is_some() => Some(None),
             None => {
                 self.missing(
                     &at,
                     "file",
-                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token }",
+                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token } (or a store:, or both)",
                 );
                 None
             }
-            Some(file) => self.file(&format!("{at}.file"), file, defaults),
+            Some(file) => self.file(&format!("{at}.file"), file, defaults).map(Some),
         };
 
         let refresh_at = format!("{at}.refresh");
@@ -3094,8 +3097,8 @@ scope_sets:
         assert_eq!(orders.provider, "voucherify-eu");
         assert_eq!(orders.scopes, ["orders", "customers"]);
         assert_eq!(
-            orders.file,
-            FileConfig {
+            orders.file.as_ref().unwrap(),
+            &FileConfig {
                 path: "/run/tokenkeeper/orders-sync.token".into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
@@ -3110,11 +3113,14 @@ scope_sets:
         assert_eq!(orders.on_shutdown, OnShutdown::Revoke);
         assert_eq!(orders.revoke_superseded_after, Duration::ZERO);
 
-        assert_eq!(us_set.file.path, PathBuf::from("/run/tokenkeeper/us.token"));
-        assert_eq!(us_set.file.format, FileFormat::Json);
-        assert_eq!(us_set.file.mode, 0o600);
-        assert_eq!(us_set.file.owner, Some(1000));
-        assert_eq!(us_set.file.group, None);
+        assert_eq!(
+            us_set.file.as_ref().unwrap().path,
+            PathBuf::from("/run/tokenkeeper/us.token")
+        );
+        assert_eq!(us_set.file.as_ref().unwrap().format, FileFormat::Json);
+        assert_eq!(us_set.file.as_ref().unwrap().mode, 0o600);
+        assert_eq!(us_set.file.as_ref().unwrap().owner, Some(1000));
+        assert_eq!(us_set.file.as_ref().unwrap().group, None);
         assert_eq!(us_set.refresh.at, 0.70);
         assert_eq!(us_set.refresh.jitter, 0.125);
         assert_eq!(us_set.on_shutdown, OnShutdown::Keep);
@@ -3159,11 +3165,11 @@ scope_sets:
                 min_interval: Duration::from_secs(1)
             }
         );
-        assert_eq!(set.file.mode, 0o640);
-        assert_eq!(set.file.format, FileFormat::Raw);
+        assert_eq!(set.file.as_ref().unwrap().mode, 0o640);
+        assert_eq!(set.file.as_ref().unwrap().format, FileFormat::Raw);
         assert_eq!(set.on_shutdown, OnShutdown::Revoke);
         assert_eq!(set.revoke_superseded_after, Duration::from_secs(60));
-        assert_eq!(c.sets[0].file.mode, 0o600);
+        assert_eq!(c.sets[0].file.as_ref().unwrap().mode, 0o600);
     }
 
     /// Each refusal: (what it tests, config text, words one problem's Display must contain).
@@ -3198,6 +3204,11 @@ scope_sets:
                 format!("{BASE}stores:\n  s:\n    kind: vault\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n")
                     .replace("    file:", "    store: { name: s, path: a/../b }\n    file:"),
                 &["store.path: path `a/../b` must be relative segments"],
+            ),
+            (
+                "a set with neither file nor store",
+                BASE.replace("    file:\n      path: /run/tokenkeeper/orders.token\n      mode: \"0600\"\n", ""),
+                &["(orders-sync): missing `file`", "or a store:"],
             ),
             (
                 "a store with both token and approle",

@@ -111,10 +111,10 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(set: &SetConfig) -> Self {
+    pub fn new(set: &str, file: &FileConfig) -> Self {
         FileSink {
-            set: set.name.clone(),
-            file: set.file.clone(),
+            set: set.to_string(),
+            file: file.clone(),
         }
     }
 }
@@ -338,7 +338,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             expires_at: meta.expires_at,
             refresh_at: wall(refresh_at),
             config_hash: self.config_hash.clone(),
-            file: Some(self.cfg.file.path.clone()),
+            file: self.cfg.file.as_ref().map(|f| f.path.clone()),
         }
     }
 
@@ -1144,8 +1144,9 @@ impl<P: TokenProvider + 'static> Shared<P> {
         };
         let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
         let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
-        let path = set.file.path.clone();
-        let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        if let Some(path) = set.file.as_ref().map(|f| f.path.clone()) {
+            let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        }
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
         let mut watch_state = state_rx.clone();
@@ -1285,7 +1286,11 @@ pub async fn run<P: TokenProvider + 'static>(
             tokens = leftovers.len(),
             "revoking journaled tokens of sets that are no longer configured"
         );
-        let in_use = config.sets.iter().map(|s| s.file.path.clone()).collect();
+        let in_use = config
+            .sets
+            .iter()
+            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
+            .collect();
         retiring.push((
             REMOVED_SETS.into(),
             tokio::spawn(revoke_leftovers(
@@ -1474,7 +1479,8 @@ async fn reload<P: TokenProvider + 'static>(
                 changed.push(set.name.clone());
                 l.stop.send_replace(Some(Order::Revoke {
                     deadline,
-                    keep_file: l.cfg.file.path == set.file.path,
+                    keep_file: l.cfg.file.as_ref().map(|f| &f.path)
+                        == set.file.as_ref().map(|f| &f.path),
                 }));
                 log_retired(
                     &set.name,
@@ -1690,13 +1696,13 @@ mod tests {
             name: "s".into(),
             provider: "p".into(),
             scopes: vec!["api".into()],
-            file: FileConfig {
+            file: Some(FileConfig {
                 path: "/nonexistent/s.token".into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
                 owner: None,
                 group: None,
-            },
+            }),
             refresh: RefreshPolicy {
                 at,
                 jitter,

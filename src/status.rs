@@ -882,13 +882,13 @@ mod tests {
             name: name.into(),
             provider: "vf".into(),
             scopes: vec!["api".into()],
-            file: FileConfig {
+            file: Some(FileConfig {
                 path: format!("/run/tokenkeeper/{name}.token").into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
                 owner: None,
                 group: None,
-            },
+            }),
             refresh: RefreshPolicy {
                 at: 0.66,
                 jitter: 0.1,

@@ -288,3 +288,35 @@ async fn a_renewable_token_is_renewed_while_idle() {
         "the store token reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_only_set_writes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(b) = Bao::start(dir.path()).await else {
+        return;
+    };
+    let p = provider(Duration::from_secs(900)).await;
+    let token = bao::secret_file(dir.path(), "bao-token", bao::ROOT);
+    let top = bao::stores_yaml(
+        &b,
+        &format!("{{ token: {{ file: {} }} }}", token.display()),
+        "",
+    );
+    let sets = "  - name: fleet\n    provider: dev\n    scopes: [orders]\n    store: { name: bao, path: tokenkeeper/fleet }\n";
+    let mut d = Daemon::run(dir.path(), &config(&p, dir.path(), &top, sets), 0o022);
+    d.wait_for_log("token written to the store").await;
+    let issued = p.issued_tokens();
+    assert_eq!(issued.len(), 1);
+    assert!(wait_store(&b, "tokenkeeper/fleet", &issued[0]).await);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".token"))
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(PATIENCE).await.success(), "{}", d.output());
+    assert!(b.read("tokenkeeper/fleet").await.is_none());
+    assert!(p.live_tokens().is_empty());
+}

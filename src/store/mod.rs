@@ -78,7 +78,7 @@ impl Stores {
             }
         });
         SetSink {
-            file: FileSink::new(set),
+            file: set.file.as_ref().map(|f| FileSink::new(&set.name, f)),
             store,
         }
     }
@@ -148,7 +148,7 @@ fn entry_from_doc(set: &SetConfig, data: &Value) -> Option<Entry> {
         expires_at,
         refresh_at: written_at + lifetime.mul_f64(set.refresh.at),
         config_hash: text("config_hash").unwrap_or_default(),
-        file: Some(set.file.path.clone()),
+        file: set.file.as_ref().map(|f| f.path.clone()),
     })
 }
 
@@ -337,14 +337,16 @@ async fn write_once(
 
 /// A set's sinks: its file, and its store path if it has one.
 pub struct SetSink {
-    file: FileSink,
+    file: Option<FileSink>,
     store: Option<StoreSink>,
 }
 
 impl TokenSink for SetSink {
     async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
         // The file first and alone decides success: the store catches up in the background.
-        self.file.write(token, meta).await?;
+        if let Some(f) = &self.file {
+            f.write(token, meta).await?;
+        }
         if let Some(s) = &self.store {
             s.ask(Want::Write(Arc::new((token.clone(), meta.clone()))));
         }
@@ -359,7 +361,10 @@ impl TokenSink for SetSink {
                     "could not remove the token from the store in time; it stays there until it expires");
             }
         }
-        self.file.remove().await
+        match &self.file {
+            Some(f) => f.remove().await,
+            None => Ok(()),
+        }
     }
 
     async fn hold(&self) {
@@ -372,9 +377,12 @@ impl TokenSink for SetSink {
     }
 
     fn location(&self) -> String {
-        match &self.store {
-            Some(s) => format!("{}|{}", self.file.location(), s.location()),
-            None => self.file.location(),
-        }
+        let file = self.file.as_ref().map(FileSink::location);
+        let store = self.store.as_ref().map(StoreSink::location);
+        [file, store]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("|")
     }
 }
