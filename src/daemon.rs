@@ -1163,7 +1163,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
-            sink: self.stores.sink_for(set, &config_hash),
+            sink: self.stores.sink_for(set, &config_hash, &self.board),
             jitter: random_jitter(),
             stop: stop_rx,
             rotate: self.rotate.subscribe(),

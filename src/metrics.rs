@@ -276,6 +276,7 @@ mod tests {
             heartbeat_at: at(1_900_000_001_000),
             heartbeat_every_secs: 10,
             ha: None,
+            stores: Vec::new(),
             sets: vec![
                 set.clone(),
                 SetSnapshot {

@@ -231,6 +231,19 @@ pub struct Snapshot {
     /// files of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaStatus>,
+    /// Each set's store copy: up to date, or why not (absent without stores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreHealth>,
+}
+
+/// How a set's copy in a secrets store stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub set: String,
+    /// `store:path`.
+    pub location: String,
+    /// The store's last error while it is failing; `None` once a write went through.
+    pub error: Option<String>,
 }
 
 /// This instance's place in an HA group.
@@ -336,6 +349,7 @@ struct Inner {
     sets: Vec<Entry>,
     phase: Phase,
     ha: Option<HaStatus>,
+    stores: Vec<watch::Receiver<StoreHealth>>,
 }
 
 /// Every set's reporting channels, shared by the daemon (which registers sets) and the
@@ -354,6 +368,7 @@ impl Board {
                 sets: Vec::new(),
                 phase: Phase::Starting,
                 ha: None,
+                stores: Vec::new(),
             }),
             changed: Notify::new(),
             started_at: SystemTime::now(),
@@ -406,7 +421,10 @@ impl Board {
 
     /// Forget a set (a reload removed it, and its task has finished).
     pub fn remove(&self, name: &str) {
-        self.lock().sets.retain(|e| e.name != name);
+        let mut inner = self.lock();
+        inner.sets.retain(|e| e.name != name);
+        inner.stores.retain(|r| r.borrow().set != name);
+        drop(inner);
         self.changed.notify_one();
     }
 
@@ -417,6 +435,27 @@ impl Board {
 
     pub fn phase(&self) -> Phase {
         self.lock().phase
+    }
+
+    /// Register a set's store copy; its writer reports through the returned sender. A set
+    /// registered again (a reload) replaces its earlier entry.
+    pub fn register_store(&self, set: &str, location: &str) -> watch::Sender<StoreHealth> {
+        let (tx, rx) = watch::channel(StoreHealth {
+            set: set.to_string(),
+            location: location.to_string(),
+            error: None,
+        });
+        let mut inner = self.lock();
+        inner.stores.retain(|r| r.borrow().set != set);
+        inner.stores.push(rx);
+        drop(inner);
+        self.changed.notify_one();
+        tx
+    }
+
+    /// Wake the reporter: a store's health changed.
+    pub fn poke(&self) {
+        self.changed.notify_one();
     }
 
     /// Record this instance's HA role and the leader it sees.
@@ -467,6 +506,7 @@ impl Board {
             heartbeat_every_secs: HEARTBEAT.as_secs(),
             sets,
             ha: inner.ha.clone(),
+            stores: inner.stores.iter().map(|r| r.borrow().clone()).collect(),
         }
     }
 }
@@ -740,6 +780,17 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             short(beat)
         ),
     };
+    for st in &snap.stores {
+        let _ = writeln!(
+            out,
+            "store: {} -> {}: {}",
+            st.set,
+            st.location,
+            st.error
+                .as_deref()
+                .map_or("up to date".to_string(), |e| format!("failing: {e}"))
+        );
+    }
     if let Some(ha) = &snap.ha {
         let _ = writeln!(
             out,
@@ -989,6 +1040,7 @@ mod tests {
             heartbeat_at: now - S(3),
             heartbeat_every_secs: 10,
             ha: None,
+            stores: Vec::new(),
             sets: vec![
                 SetSnapshot {
                     name: "orders-sync".into(),

@@ -35,6 +35,19 @@ fn root_config(p: &tokenkeeper::devprovider::DevProvider, b: &Bao, dir: &Path) -
     )
 }
 
+/// The config file the daemon in `dir` was started with (the only `config-*.yaml` there).
+fn status_config(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("config-"))
+        })
+        .unwrap()
+}
+
 async fn wait_store(b: &Bao, path: &str, want: &str) -> bool {
     let deadline = std::time::Instant::now() + PATIENCE;
     while std::time::Instant::now() < deadline {
@@ -172,6 +185,16 @@ async fn a_sealed_store_does_not_hold_the_file_back_and_catches_up_when_unsealed
     let second = read(&file).unwrap();
     d.wait_for_log("could not update the store").await;
     d.wait_for_log("HTTP 503").await;
+    // The outage shows in `tokenkeeper status`, and so does the recovery.
+    let cfg = status_config(dir.path());
+    let status = || tokenkeeper(&["status", "-c", cfg.to_str().unwrap()]).stdout;
+    assert!(
+        wait_until(PATIENCE, || status()
+            .contains("store: orders -> bao:tokenkeeper/orders: failing: "))
+        .await,
+        "{}",
+        status()
+    );
     b.unseal().await;
     assert!(
         wait_store(&b, "tokenkeeper/orders", &second).await,
@@ -179,6 +202,13 @@ async fn a_sealed_store_does_not_hold_the_file_back_and_catches_up_when_unsealed
         d.output()
     );
     d.wait_for_log("the store took the write again").await;
+    assert!(
+        wait_until(PATIENCE, || status()
+            .contains("bao:tokenkeeper/orders: up to date"))
+        .await,
+        "{}",
+        status()
+    );
     d.signal(Signal::SIGTERM);
     assert!(d.wait(PATIENCE).await.success(), "{}", d.output());
     assert!(b.read("tokenkeeper/orders").await.is_none());

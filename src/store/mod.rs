@@ -25,6 +25,7 @@ use crate::journal::Entry;
 use crate::schedule::retry_after;
 use crate::secret::Secret;
 use crate::sink::SinkError;
+use crate::status::{Board, StoreHealth};
 
 pub use vault::{StoreError, Vault};
 
@@ -69,9 +70,16 @@ impl Stores {
     }
 
     /// The sink of one set: its file, and its store path if it names one.
-    pub fn sink_for(&self, set: &SetConfig, config_hash: &str) -> SetSink {
+    pub fn sink_for(&self, set: &SetConfig, config_hash: &str, board: &Arc<Board>) -> SetSink {
         let store = set.store.as_ref().and_then(|s| match self.by_name.get(&s.name) {
-            Some(v) => Some(StoreSink::start(Arc::clone(v), set, &s.path, config_hash)),
+            Some(v) => {
+                let health = board.register_store(&set.name, &format!("{}:{}", s.name, s.path));
+                let health = Health {
+                    tx: health,
+                    board: Arc::clone(board),
+                };
+                Some(StoreSink::start(Arc::clone(v), set, &s.path, config_hash, health))
+            }
             None => {
                 error!(set = %set.name, store = %s.name, "the set names a store that is not configured; writing the file only");
                 None
@@ -152,6 +160,25 @@ fn entry_from_doc(set: &SetConfig, data: &Value) -> Option<Entry> {
     })
 }
 
+/// Where a set's store writer reports for `tokenkeeper status`.
+struct Health {
+    tx: watch::Sender<StoreHealth>,
+    board: Arc<Board>,
+}
+
+impl Health {
+    fn report(&self, error: Option<String>) {
+        let changed = self.tx.send_if_modified(|h| {
+            let differs = h.error != error;
+            h.error = error;
+            differs
+        });
+        if changed {
+            self.board.poke();
+        }
+    }
+}
+
 /// What the writer should make the store hold.
 #[derive(Clone)]
 enum Want {
@@ -192,7 +219,13 @@ impl Drop for StoreSink {
 const REMOVE_WAIT: Duration = Duration::from_secs(10);
 
 impl StoreSink {
-    fn start(vault: Arc<Vault>, set: &SetConfig, path: &str, config_hash: &str) -> StoreSink {
+    fn start(
+        vault: Arc<Vault>,
+        set: &SetConfig,
+        path: &str,
+        config_hash: &str,
+        health: Health,
+    ) -> StoreSink {
         let (wish, wish_rx) = watch::channel(Wish {
             generation: 0,
             want: Want::Nothing,
@@ -205,15 +238,17 @@ impl StoreSink {
             config_hash.to_string(),
             wish_rx,
             done_tx,
+            health,
         ));
         StoreSink {
+            // A request in flight ends within the store's own timeout; a second more covers
+            // a login before it and handling the answer.
+            settle: vault.timeout() + Duration::from_secs(1),
             vault,
             path: path.to_string(),
             wish,
             done,
             writer,
-            // The writer's request in flight ends within the store's own timeout.
-            settle: Duration::from_secs(12),
         }
     }
 
@@ -249,6 +284,7 @@ async fn writer(
     config_hash: String,
     mut wishes: watch::Receiver<Wish>,
     done: watch::Sender<u64>,
+    health: Health,
 ) {
     // The version we last wrote or read: the check-and-set value of the next write.
     let mut version: Option<u64> = None;
@@ -274,10 +310,12 @@ async fn writer(
                         info!(set = %set, store = %vault.name(), path = %path,
                             fingerprint = %w.0.fingerprint(), version = ?version, "token written to the store");
                     }
+                    health.report(None);
                     done.send_replace(generation);
                     break;
                 }
                 Err(e) => {
+                    health.report(Some(chain(&e)));
                     if matches!(e, StoreError::Conflict { .. }) {
                         // Someone else wrote the path: read its version again and write over
                         // it, since this set is the path's owner.

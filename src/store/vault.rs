@@ -113,6 +113,8 @@ pub struct Vault {
     namespace: Option<String>,
     auth: StoreAuth,
     max_versions: u32,
+    /// Per-request deadline: a request under way ends within it.
+    timeout: Duration,
     session: Mutex<Option<Session>>,
 }
 
@@ -158,12 +160,17 @@ impl Vault {
             namespace: cfg.namespace.clone(),
             auth: cfg.auth.clone(),
             max_versions: cfg.max_versions,
+            timeout: cfg.timeout,
             session: Mutex::new(None),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn url(&self, path: &str) -> String {
