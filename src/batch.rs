@@ -355,12 +355,17 @@ async fn run_child(
     cmd.args(args);
     for s in sets {
         let prefix = env_prefix(&s.name);
-        cmd.env(format!("{prefix}_FILE"), &s.file.path);
+        let Some(file) = &s.file else {
+            // A store-only set: its consumers read the store, not a file.
+            warn!(set = %s.name, "the set writes to a store only; {prefix}_FILE and {prefix}_TOKEN not set");
+            continue;
+        };
+        cmd.env(format!("{prefix}_FILE"), &file.path);
         if opts.env_token {
-            let path: PathBuf = s.file.path.clone();
+            let path: PathBuf = file.path.clone();
             let text =
                 zeroize::Zeroizing::new(tokio::fs::read_to_string(&path).await.unwrap_or_default());
-            match token_in_file(s.file.format, &text, &s.name) {
+            match token_in_file(file.format, &text, &s.name) {
                 Some(t) => {
                     cmd.env(
                         format!("{prefix}_TOKEN"),

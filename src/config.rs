@@ -42,6 +42,80 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Scope sets in config order.
     pub sets: Vec<SetConfig>,
+    /// `stores:`: secrets stores that sets may write to, by name.
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// `ha:`: several instances sharing one store take turns (see [`crate::store::ha`]).
+    pub ha: Option<HaConfig>,
+}
+
+/// A secrets store: HashiCorp Vault or OpenBao, KV version 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub name: String,
+    /// `https://host:8200` (`http://` for loopback only).
+    pub address: Url,
+    /// The KV v2 mount, e.g. `secret`.
+    pub mount: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// PEM file of the CA that signed the store's certificate, added to the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub auth: StoreAuth,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Versions KV v2 keeps per token path: the current token and the one it replaced.
+    pub max_versions: u32,
+}
+
+/// How tokenkeeper logs in to a store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreAuth {
+    /// A token, renewed while it is renewable.
+    Token(SecretSource),
+    /// AppRole: log in with role_id and secret_id, again before the token's TTL runs out.
+    AppRole {
+        mount: String,
+        role_id: SecretSource,
+        secret_id: SecretSource,
+    },
+}
+
+impl StoreAuth {
+    /// Every secret this auth reads, by its key.
+    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            StoreAuth::Token(t) => vec![("auth.token", t)],
+            StoreAuth::AppRole {
+                role_id, secret_id, ..
+            } => vec![
+                ("auth.approle.role_id", role_id),
+                ("auth.approle.secret_id", secret_id),
+            ],
+        }
+    }
+}
+
+/// Where a set's token goes in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetStore {
+    /// A key of `stores:`.
+    pub name: String,
+    /// The secret's path under the mount, e.g. `tokenkeeper/orders-sync`.
+    pub path: String,
+}
+
+/// High availability: instances with the same config and store elect a leader through a
+/// lease record in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    /// A key of `stores:`: where the lease lives.
+    pub store: String,
+    /// The lease record's path under the mount; members heartbeat under `{path}-members/`.
+    pub path: String,
+    /// How long a lease lasts unless renewed; a standby takes over within about this long.
+    pub lease: Duration,
+    /// This instance's name in the lease (default: host name and process id).
+    pub instance: Option<String>,
 }
 
 /// Prometheus exposition of each set's state (see [`crate::metrics`]).
@@ -177,7 +251,8 @@ pub struct SetConfig {
     pub name: String,
     pub provider: String,
     pub scopes: Vec<String>,
-    pub file: FileConfig,
+    /// `file:`: where the token is written on this machine; a set has a file, a store, or both.
+    pub file: Option<FileConfig>,
     pub refresh: RefreshPolicy,
     pub on_shutdown: OnShutdown,
     pub revoke_superseded_after: Duration,
@@ -188,6 +263,8 @@ pub struct SetConfig {
     /// Revoke nothing, superseded tokens included. Not a config key: `tokenkeeper once` sets it,
     /// because a job run from cron must leave every token it made for the next run.
     pub never_revoke: bool,
+    /// `store:`: a secrets store path the token is also written to.
+    pub store: Option<SetStore>,
 }
 
 /// What to do after a set's new token is written. Every part is optional; all that are given
@@ -341,6 +418,11 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
             sources.push((format!("providers.{name}.{key}"), source.clone()));
         }
     }
+    for (name, store) in &config.stores {
+        for (key, source) in store.auth.secret_sources() {
+            sources.push((format!("stores.{name}.{key}"), source.clone()));
+        }
+    }
     check_sources(&sources)
 }
 
@@ -441,8 +523,6 @@ const AUTH_METHODS: &[(&str, AuthMethod)] = &[
 ];
 /// The names a Square provider's `mode:` accepts.
 const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
-/// Keys DESIGN.md plans: refused like any unknown key, but the message says "not yet".
-const PLANNED_KEYS: &[&str] = &["stores", "store"];
 /// How long an `on_rotate` command may run by default: long enough for a service's reload
 /// (systemd's own default job timeout is 90 s, but reloads take seconds), short enough that a
 /// hung one is noticed well before the next token.
@@ -459,6 +539,23 @@ const HOOK_SIGNALS: &[(&str, nix::sys::signal::Signal)] = &[
     ("SIGINT", nix::sys::signal::Signal::SIGINT),
     ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
 ];
+/// The store kinds this version speaks.
+const STORE_KINDS: &[&str] = &["vault"];
+/// A store request is one small JSON document; 10 s leaves room for a slow network, and a
+/// store that takes longer is treated as down and retried.
+const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The current token and the one it replaced (still valid for `revoke_superseded_after`):
+/// older versions only pile up revoked tokens in the store's history.
+const DEFAULT_STORE_MAX_VERSIONS: u64 = 2;
+/// Where AppRole is mounted unless `auth.approle.mount` says otherwise (Vault's default).
+const DEFAULT_APPROLE_MOUNT: &str = "approle";
+/// A few seconds: a standby takes over within about one lease of the leader's death, and the
+/// leader renews three times per lease, so one slow request does not cost it the lease.
+const DEFAULT_HA_LEASE: Duration = Duration::from_secs(5);
+/// Below this, a renewal every third of the lease is too close to request timeouts.
+const MIN_HA_LEASE: Duration = Duration::from_secs(1);
+/// Where the lease lives unless `ha.path` says otherwise.
+const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
 /// Why scopes are one per entry: the hint every scope-format message ends with.
 const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
 /// How a secret may be given, for the messages that refuse one.
@@ -480,6 +577,47 @@ struct RawConfig {
     defaults: Option<RawDefaults>,
     providers: Option<BTreeMap<String, Option<RawProvider>>>,
     scope_sets: Option<Vec<Option<RawSet>>>,
+    stores: Option<BTreeMap<String, Option<RawStore>>>,
+    ha: Option<RawHa>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawStore {
+    kind: Option<String>,
+    address: Option<String>,
+    mount: Option<String>,
+    namespace: Option<String>,
+    ca_file: Option<String>,
+    auth: Option<RawStoreAuth>,
+    timeout: Option<Value>,
+    max_versions: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawStoreAuth {
+    token: Option<Value>,
+    approle: Option<RawAppRole>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawAppRole {
+    mount: Option<String>,
+    role_id: Option<Value>,
+    secret_id: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawHa {
+    store: Option<String>,
+    path: Option<String>,
+    lease: Option<Value>,
+    instance: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawSetStore {
+    name: Option<String>,
+    path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -547,6 +685,7 @@ struct RawSet {
     revoke_superseded_after: Option<Value>,
     rotate: Option<Value>,
     on_rotate: Option<RawOnRotate>,
+    store: Option<RawSetStore>,
 }
 
 #[derive(Deserialize)]
@@ -818,9 +957,7 @@ impl Checker<'_> {
             i += 1;
         }
         let mut message = format!("unknown key `{key}`");
-        if PLANNED_KEYS.contains(&key.as_str()) {
-            message.push_str(" (planned, but not supported by this version yet)");
-        } else if let Some(near) = closest(key, known_keys(parent)) {
+        if let Some(near) = closest(key, known_keys(parent)) {
             message.push_str(&format!(" (did you mean `{near}`?)"));
         }
         self.problem(at, Some(key), message);
@@ -859,6 +996,15 @@ impl Checker<'_> {
 
         let raw_providers = raw.providers.unwrap_or_default();
         let raw_sets = raw.scope_sets.unwrap_or_default();
+        let raw_stores = raw.stores.unwrap_or_default();
+        let mut stores = BTreeMap::new();
+        for (name, store) in &raw_stores {
+            let default = RawStore::default();
+            if let Some(checked) = self.store(name, store.as_ref().unwrap_or(&default)) {
+                stores.insert(name.clone(), checked);
+            }
+        }
+        let ha = raw.ha.as_ref().and_then(|h| self.ha(h, &raw_stores));
         let mut providers = BTreeMap::new();
         for (name, provider) in &raw_providers {
             let default = RawProvider::default();
@@ -915,7 +1061,7 @@ impl Checker<'_> {
                     paths.insert(path, index);
                 }
             }
-            if let Some(checked) = self.set(index, set, &raw_providers, &defaults) {
+            if let Some(checked) = self.set(index, set, &raw_providers, &raw_stores, &defaults) {
                 sets.push(checked);
             }
         }
@@ -928,6 +1074,8 @@ impl Checker<'_> {
             metrics,
             providers,
             sets,
+            stores,
+            ha,
         };
         self.into_parsed(Some(config))
     }
@@ -1672,6 +1820,7 @@ impl Checker<'_> {
         index: usize,
         raw: &RawSet,
         providers: &BTreeMap<String, Option<RawProvider>>,
+        stores: &BTreeMap<String, Option<RawStore>>,
         defaults: &Defaults,
     ) -> Option<SetConfig> {
         let at = self.set_at(index);
@@ -1718,15 +1867,17 @@ impl Checker<'_> {
         let kind = raw_provider.and_then(|p| p.kind.as_deref());
         let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
         let file = match &raw.file {
+            // A set that writes only to a store needs no file.
+            None if raw.store.is_some() => Some(None),
             None => {
                 self.missing(
                     &at,
                     "file",
-                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token }",
+                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token } (or a store:, or both)",
                 );
                 None
             }
-            Some(file) => self.file(&format!("{at}.file"), file, defaults),
+            Some(file) => self.file(&format!("{at}.file"), file, defaults).map(Some),
         };
 
         let refresh_at = format!("{at}.refresh");
@@ -1774,6 +1925,13 @@ impl Checker<'_> {
             None => Ok(OnRotate::default()),
             Some(hooks) => self.on_rotate(&format!("{at}.on_rotate"), hooks),
         };
+        let store = match &raw.store {
+            None => Ok(None),
+            Some(s) => self
+                .set_store(&format!("{at}.store"), s, stores)
+                .map(Some)
+                .ok_or(()),
+        };
 
         Some(SetConfig {
             name: name?,
@@ -1792,6 +1950,206 @@ impl Checker<'_> {
             rotate: rotate.ok()?,
             on_rotate: on_rotate.ok()?,
             never_revoke: false,
+            store: store.ok()?,
+        })
+    }
+
+    fn set_store(
+        &mut self,
+        at: &str,
+        raw: &RawSetStore,
+        stores: &BTreeMap<String, Option<RawStore>>,
+    ) -> Option<SetStore> {
+        let name = match raw.name.as_deref() {
+            None => {
+                self.missing(at, "name", "the name of one of `stores:`");
+                None
+            }
+            Some(n) if !stores.contains_key(n) => {
+                let known: Vec<String> = stores.keys().map(|k| format!("`{k}`")).collect();
+                let known = if known.is_empty() {
+                    "none is configured under `stores:`".to_string()
+                } else {
+                    format!("known stores: {}", known.join(", "))
+                };
+                self.bad(at, "name", format!("unknown store `{n}`; {known}"));
+                None
+            }
+            Some(n) => Some(n.to_string()),
+        };
+        let path = match raw.path.as_deref() {
+            None => {
+                self.missing(
+                    at,
+                    "path",
+                    "the secret's path under the mount, e.g. tokenkeeper/NAME",
+                );
+                None
+            }
+            Some(p) if !valid_store_path(p) => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{p}` must be relative segments of letters, digits, `_`, `-` and `.` separated by `/`"),
+                );
+                None
+            }
+            Some(p) => Some(p.to_string()),
+        };
+        Some(SetStore {
+            name: name?,
+            path: path?,
+        })
+    }
+
+    fn store(&mut self, name: &str, raw: &RawStore) -> Option<StoreConfig> {
+        let at = format!("stores.{name}");
+        match raw.kind.as_deref() {
+            None => self.missing(&at, "kind", "vault (HashiCorp Vault or OpenBao, KV v2)"),
+            Some(k) if !STORE_KINDS.contains(&k) => self.bad(
+                &at,
+                "kind",
+                format!("unknown store kind `{k}`; this version supports `vault` (HashiCorp Vault and OpenBao, KV v2)"),
+            ),
+            Some(_) => {}
+        }
+        let address = match raw.address.as_deref() {
+            None => {
+                self.missing(
+                    &at,
+                    "address",
+                    "the store's URL, e.g. https://bao.internal:8200",
+                );
+                None
+            }
+            Some(a) => self.url(&at, "address", a, true),
+        };
+        let mount = match raw.mount.as_deref() {
+            None => Some("secret".to_string()),
+            Some(m) if !valid_store_path(m) => {
+                self.bad(&at, "mount", format!("mount `{m}` is not a KV mount path"));
+                None
+            }
+            Some(m) => Some(m.to_string()),
+        };
+        let ca_file = match raw.ca_file.as_deref() {
+            Some(f) if !Path::new(f).is_absolute() => {
+                self.bad(
+                    &at,
+                    "ca_file",
+                    format!("ca_file `{f}` must be an absolute path"),
+                );
+                None
+            }
+            other => Some(other.map(PathBuf::from)),
+        };
+        let auth_at = format!("{at}.auth");
+        let auth = match &raw.auth {
+            None => {
+                self.missing(
+                    &at,
+                    "auth",
+                    "{ token: SECRET } or { approle: { role_id: SECRET, secret_id: SECRET } }",
+                );
+                None
+            }
+            Some(RawStoreAuth {
+                token: Some(_),
+                approle: Some(_),
+            }) => {
+                self.bad(&at, "auth", "auth gives both token and approle; give one");
+                None
+            }
+            Some(RawStoreAuth {
+                token: Some(t),
+                approle: None,
+            }) => self
+                .secret(&auth_at, "token", Some(t), "the store token")
+                .map(StoreAuth::Token),
+            Some(RawStoreAuth {
+                token: None,
+                approle: Some(a),
+            }) => {
+                let ap = format!("{auth_at}.approle");
+                let role_id =
+                    self.secret(&ap, "role_id", a.role_id.as_ref(), "the AppRole role_id");
+                let secret_id = self.secret(
+                    &ap,
+                    "secret_id",
+                    a.secret_id.as_ref(),
+                    "the AppRole secret_id",
+                );
+                Some(StoreAuth::AppRole {
+                    mount: a
+                        .mount
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_APPROLE_MOUNT.into()),
+                    role_id: role_id?,
+                    secret_id: secret_id?,
+                })
+            }
+            Some(_) => {
+                self.bad(&at, "auth", "auth must give token or approle");
+                None
+            }
+        };
+        let timeout = self
+            .positive_duration(&at, "timeout", raw.timeout.as_ref(), "")
+            .ok()?
+            .unwrap_or(DEFAULT_STORE_TIMEOUT);
+        let max_versions = self
+            .positive_integer(&at, "max_versions", raw.max_versions.as_ref())
+            .ok()?
+            .unwrap_or(DEFAULT_STORE_MAX_VERSIONS);
+        raw.kind.as_deref().filter(|k| STORE_KINDS.contains(k))?;
+        Some(StoreConfig {
+            name: name.to_string(),
+            address: address?,
+            mount: mount?,
+            namespace: raw.namespace.clone().filter(|n| !n.is_empty()),
+            ca_file: ca_file?,
+            auth: auth?,
+            timeout,
+            max_versions: u32::try_from(max_versions).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn ha(&mut self, raw: &RawHa, stores: &BTreeMap<String, Option<RawStore>>) -> Option<HaConfig> {
+        let store = match raw.store.as_deref() {
+            None => {
+                self.missing(
+                    "ha",
+                    "store",
+                    "the name of one of `stores:`, where the lease lives",
+                );
+                None
+            }
+            Some(n) if !stores.contains_key(n) => {
+                self.bad("ha", "store", format!("unknown store `{n}`"));
+                None
+            }
+            Some(n) => Some(n.to_string()),
+        };
+        let path = match raw.path.as_deref() {
+            Some(p) if !valid_store_path(p) => {
+                self.bad("ha", "path", format!("path `{p}` is not a store path"));
+                None
+            }
+            other => Some(other.unwrap_or(DEFAULT_HA_PATH).to_string()),
+        };
+        let lease = self
+            .positive_duration("ha", "lease", raw.lease.as_ref(), "")
+            .ok()?
+            .unwrap_or(DEFAULT_HA_LEASE);
+        if lease < MIN_HA_LEASE {
+            self.bad("ha", "lease", "lease must be at least 1s");
+            return None;
+        }
+        Some(HaConfig {
+            store: store?,
+            path: path?,
+            lease,
+            instance: raw.instance.clone().filter(|i| !i.is_empty()),
         })
     }
 
@@ -2454,6 +2812,19 @@ fn is_scope_char(b: u8) -> bool {
     b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
 }
 
+/// A KV path: relative segments of safe characters, so it can go into a URL unescaped.
+fn valid_store_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        })
+}
+
 fn valid_set_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
@@ -2664,6 +3035,15 @@ fn known_keys(parent: &[Seg]) -> &'static [&'static str] {
         [d, f] if is(d, "defaults") && is(f, "file") => fields_of::<RawDefaultFile>(),
         [p, Seg::Key(_)] if is(p, "providers") => fields_of::<RawProvider>(),
         [s, Seg::Index(_)] if is(s, "scope_sets") => fields_of::<RawSet>(),
+        [s, Seg::Index(_), t] if is(s, "scope_sets") && is(t, "store") => {
+            fields_of::<RawSetStore>()
+        }
+        [s, Seg::Key(_)] if is(s, "stores") => fields_of::<RawStore>(),
+        [s, Seg::Key(_), a] if is(s, "stores") && is(a, "auth") => fields_of::<RawStoreAuth>(),
+        [s, Seg::Key(_), a, r] if is(s, "stores") && is(a, "auth") && is(r, "approle") => {
+            fields_of::<RawAppRole>()
+        }
+        [h] if is(h, "ha") => fields_of::<RawHa>(),
         [s, Seg::Index(_), f] if is(s, "scope_sets") && is(f, "file") => fields_of::<RawFile>(),
         [s, Seg::Index(_), r] if is(s, "scope_sets") && is(r, "refresh") => {
             fields_of::<RawRefresh>()
@@ -3033,8 +3413,8 @@ scope_sets:
         assert_eq!(orders.provider, "voucherify-eu");
         assert_eq!(orders.scopes, ["orders", "customers"]);
         assert_eq!(
-            orders.file,
-            FileConfig {
+            orders.file.as_ref().unwrap(),
+            &FileConfig {
                 path: "/run/tokenkeeper/orders-sync.token".into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
@@ -3049,11 +3429,14 @@ scope_sets:
         assert_eq!(orders.on_shutdown, OnShutdown::Revoke);
         assert_eq!(orders.revoke_superseded_after, Duration::ZERO);
 
-        assert_eq!(us_set.file.path, PathBuf::from("/run/tokenkeeper/us.token"));
-        assert_eq!(us_set.file.format, FileFormat::Json);
-        assert_eq!(us_set.file.mode, 0o600);
-        assert_eq!(us_set.file.owner, Some(1000));
-        assert_eq!(us_set.file.group, None);
+        assert_eq!(
+            us_set.file.as_ref().unwrap().path,
+            PathBuf::from("/run/tokenkeeper/us.token")
+        );
+        assert_eq!(us_set.file.as_ref().unwrap().format, FileFormat::Json);
+        assert_eq!(us_set.file.as_ref().unwrap().mode, 0o600);
+        assert_eq!(us_set.file.as_ref().unwrap().owner, Some(1000));
+        assert_eq!(us_set.file.as_ref().unwrap().group, None);
         assert_eq!(us_set.refresh.at, 0.70);
         assert_eq!(us_set.refresh.jitter, 0.125);
         assert_eq!(us_set.on_shutdown, OnShutdown::Keep);
@@ -3098,11 +3481,11 @@ scope_sets:
                 min_interval: Duration::from_secs(1)
             }
         );
-        assert_eq!(set.file.mode, 0o640);
-        assert_eq!(set.file.format, FileFormat::Raw);
+        assert_eq!(set.file.as_ref().unwrap().mode, 0o640);
+        assert_eq!(set.file.as_ref().unwrap().format, FileFormat::Raw);
         assert_eq!(set.on_shutdown, OnShutdown::Revoke);
         assert_eq!(set.revoke_superseded_after, Duration::from_secs(60));
-        assert_eq!(c.sets[0].file.mode, 0o600);
+        assert_eq!(c.sets[0].file.as_ref().unwrap().mode, 0o600);
     }
 
     /// Each refusal: (what it tests, config text, words one problem's Display must contain).
@@ -3117,9 +3500,31 @@ scope_sets:
                 ],
             ),
             (
-                "planned key",
-                format!("{BASE}stores: {{}}\n"),
-                &["unknown key `stores`", "not supported by this version yet"],
+                "unknown store kind",
+                format!("{BASE}stores:\n  s:\n    kind: consul\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n"),
+                &["stores.s.kind: unknown store kind `consul`"],
+            ),
+            (
+                "a set naming an unknown store",
+                format!("{BASE}stores:\n  s:\n    kind: vault\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n")
+                    .replace("    file:", "    store: { name: nope, path: a/b }\n    file:"),
+                &["store.name: unknown store `nope`; known stores: `s`"],
+            ),
+            (
+                "a store path with ..",
+                format!("{BASE}stores:\n  s:\n    kind: vault\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n")
+                    .replace("    file:", "    store: { name: s, path: a/../b }\n    file:"),
+                &["store.path: path `a/../b` must be relative segments"],
+            ),
+            (
+                "a set with neither file nor store",
+                BASE.replace("    file:\n      path: /run/tokenkeeper/orders.token\n      mode: \"0600\"\n", ""),
+                &["(orders-sync): missing `file`", "or a store:"],
+            ),
+            (
+                "a store with both token and approle",
+                format!("{BASE}stores:\n  s:\n    kind: vault\n    address: http://bao.example:8200\n    auth: {{ token: {{ env: T }}, approle: {{ role_id: x, secret_id: y }} }}\n"),
+                &["auth gives both token and approle"],
             ),
             (
                 "duplicate set names",

@@ -26,6 +26,7 @@ use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
 use crate::status::{Board, Phase, SetStats};
+use crate::store::{SetSink, Stores};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
 /// because the whole stop has only `shutdown_timeout` (20 s by default).
@@ -57,6 +58,9 @@ pub enum Control {
     Rotate,
     /// SIGHUP: re-read the config.
     Reload,
+    /// Stop without revoking the sets' current tokens: another instance (HA) carries on with
+    /// them. Superseded and in-flight tokens are still revoked; sinks are left as they are.
+    Handover,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,8 @@ pub enum DaemonError {
     },
     #[error("set {set} names provider {provider}, which is not configured")]
     MissingProvider { set: String, provider: String },
+    #[error("secrets store")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Where a set's token goes. The file is the first kind; a secrets store is another.
@@ -83,6 +89,11 @@ pub trait TokenSink: Send + Sync + 'static {
     fn remove(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Where the sink writes, to tell whether two sinks are the same place.
     fn location(&self) -> String;
+    /// Write nothing more until the next `write` or `remove`: the current token is about to
+    /// be revoked, and a sink that writes in the background (a store) must not write it after.
+    fn hold(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The non-secret facts about a token that sinks render.
@@ -100,10 +111,10 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(set: &SetConfig) -> Self {
+    pub fn new(set: &str, file: &FileConfig) -> Self {
         FileSink {
-            set: set.name.clone(),
-            file: set.file.clone(),
+            set: set.to_string(),
+            file: file.clone(),
         }
     }
 }
@@ -225,6 +236,9 @@ pub enum Order<S> {
     /// Stop: revoke everything by `deadline`; leave the file in place if `keep_file` (a
     /// successor writes to the same path).
     Revoke { deadline: Instant, keep_file: bool },
+    /// Stop like `Revoke` but keep the current token and the sink: another instance carries
+    /// on with them (HA handover).
+    Release { deadline: Instant },
     /// Stop without revoking: hand every token over to a successor (config reload).
     Handover(Mutex<Option<oneshot::Sender<Handover<S>>>>),
 }
@@ -324,7 +338,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             expires_at: meta.expires_at,
             refresh_at: wall(refresh_at),
             config_hash: self.config_hash.clone(),
-            file: Some(self.cfg.file.path.clone()),
+            file: self.cfg.file.as_ref().map(|f| f.path.clone()),
         }
     }
 
@@ -635,11 +649,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             }
         }
 
+        let mut on_shutdown = self.cfg.on_shutdown;
         let (deadline, keep_file) = match order {
             Some(Order::Revoke {
                 deadline,
                 keep_file,
             }) => (deadline, keep_file),
+            Some(Order::Release { deadline }) => {
+                on_shutdown = OnShutdown::Keep;
+                (deadline, true)
+            }
             Some(Order::Handover(reply)) => {
                 // Superseded revocations under way finish first, so nothing is revoked twice
                 // or lost between two tasks.
@@ -704,10 +723,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
         let mut current_revoked = false;
         let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
-        match (current, self.cfg.on_shutdown) {
+        match (current, on_shutdown) {
             (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
             (Some(h), OnShutdown::Keep) => {
-                info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep)");
+                info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep, or handed over)");
                 outcome.kept = Some(h.fingerprint.clone());
             }
             (None, _) => {}
@@ -726,6 +745,12 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 info!(set = %name, fingerprints = %outcome.expiring.join(","),
                     "not revoked: {}", self.why_not_revoked());
             }
+        }
+        if live
+            .iter()
+            .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
+        {
+            self.sink.hold().await;
         }
         let results = join_all(
             live.iter()
@@ -780,6 +805,9 @@ fn take_order<S>(
         }) => Some(Order::Revoke {
             deadline: *deadline,
             keep_file: *keep_file,
+        }),
+        Some(Order::Release { deadline }) => Some(Order::Release {
+            deadline: *deadline,
         }),
         Some(Order::Handover(reply)) => {
             let tx = reply.lock().ok().and_then(|mut g| g.take());
@@ -883,14 +911,14 @@ pub const REMOVED_SETS: &str = "(sets no longer configured)";
 /// Decide, for one set, what to do with its journaled tokens: reuse the best one that still
 /// fits (same provider and scopes, not yet due for refresh, and active when introspected),
 /// and mark the rest for revocation.
-async fn adopt<P: TokenProvider>(
+async fn adopt<P: TokenProvider, S>(
     set: &SetConfig,
     hash: &str,
     provider: &P,
     budget: &Arc<Budget>,
     mut mine: Vec<Entry>,
     journal: &Journal,
-) -> Start<FileSink> {
+) -> Start<S> {
     let now = SystemTime::now();
     mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
     let mut start = Start::default();
@@ -1090,7 +1118,7 @@ pub struct Reloader<P> {
 struct Live {
     cfg: SetConfig,
     provider_cfg: ProviderConfig,
-    stop: watch::Sender<Option<Order<FileSink>>>,
+    stop: watch::Sender<Option<Order<SetSink>>>,
     state: watch::Receiver<SetState>,
     task: JoinHandle<SetOutcome>,
 }
@@ -1105,6 +1133,8 @@ struct Shared<P> {
     changed: mpsc::Sender<()>,
     /// Where every set reports for `tokenkeeper status` and the metrics.
     board: Arc<Board>,
+    /// The secrets stores sets may also write to.
+    stores: Stores,
 }
 
 impl<P: TokenProvider + 'static> Shared<P> {
@@ -1112,7 +1142,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
         &self,
         set: &SetConfig,
         provider_cfg: &ProviderConfig,
-        start: Start<FileSink>,
+        start: Start<SetSink>,
     ) -> Result<Live, DaemonError> {
         let missing = || DaemonError::MissingProvider {
             set: set.name.clone(),
@@ -1120,8 +1150,9 @@ impl<P: TokenProvider + 'static> Shared<P> {
         };
         let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
         let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
-        let path = set.file.path.clone();
-        let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        if let Some(path) = set.file.as_ref().map(|f| f.path.clone()) {
+            let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        }
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
         let mut watch_state = state_rx.clone();
@@ -1135,10 +1166,11 @@ impl<P: TokenProvider + 'static> Shared<P> {
         });
         let stats = self.board.register(set, state_rx.clone());
         crate::hooks::watch(set, stats.subscribe());
+        let config_hash = journal::config_hash(set, provider_cfg);
         let task = SetTask {
             cfg: set.clone(),
             provider: Arc::clone(provider),
-            sink: FileSink::new(set),
+            sink: self.stores.sink_for(set, &config_hash, &self.board),
             jitter: random_jitter(),
             stop: stop_rx,
             // SIGUSR1 and the set's own `rotate:` schedule, on a channel of its own.
@@ -1152,7 +1184,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
             state: state_tx,
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
-            config_hash: journal::config_hash(set, provider_cfg),
+            config_hash,
             start,
             stats,
         };
@@ -1205,8 +1237,17 @@ pub async fn run<P: TokenProvider + 'static>(
         rotate,
         changed: changed_tx,
         board: Arc::clone(&board),
+        stores: Stores::build(&config)?,
     };
 
+    // Tokens a store holds for our sets (written by this or another instance) count like
+    // journaled ones: reused if they fit, so a takeover or a new machine issues nothing early.
+    let mut entries = entries;
+    for e in shared.stores.entries(&config).await {
+        if !entries.iter().any(|j| j.fingerprint == e.fingerprint) {
+            entries.push(e);
+        }
+    }
     // Sort the journal out before any set issues: reuse what fits, revoke the rest.
     let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut leftovers = Vec::new();
@@ -1259,7 +1300,11 @@ pub async fn run<P: TokenProvider + 'static>(
             tokens = leftovers.len(),
             "revoking journaled tokens of sets that are no longer configured"
         );
-        let in_use = config.sets.iter().map(|s| s.file.path.clone()).collect();
+        let in_use = config
+            .sets
+            .iter()
+            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
+            .collect();
         retiring.push((
             REMOVED_SETS.into(),
             tokio::spawn(revoke_leftovers(
@@ -1274,6 +1319,7 @@ pub async fn run<P: TokenProvider + 'static>(
     info!(sets = config.sets.len(), "started");
 
     let mut ready = false;
+    let mut handover = false;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -1288,6 +1334,10 @@ pub async fn run<P: TokenProvider + 'static>(
                     }
                     None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
                 },
+                Some(Control::Handover) => {
+                    handover = true;
+                    break;
+                }
                 Some(Control::Shutdown) | None => break,
             },
             Some(()) = changed.recv(), if !ready => {
@@ -1303,14 +1353,22 @@ pub async fn run<P: TokenProvider + 'static>(
     crate::systemd::stopping();
     board.set_phase(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
-    info!(
-        timeout = %humantime::format_duration(config.shutdown_timeout),
-        "stopping: revoking every token"
-    );
+    if handover {
+        info!("stopping: handing the current tokens over to another instance");
+    } else {
+        info!(
+            timeout = %humantime::format_duration(config.shutdown_timeout),
+            "stopping: revoking every token"
+        );
+    }
     for l in &live {
-        l.stop.send_replace(Some(Order::Revoke {
-            deadline,
-            keep_file: false,
+        l.stop.send_replace(Some(if handover {
+            Order::Release { deadline }
+        } else {
+            Order::Revoke {
+                deadline,
+                keep_file: false,
+            }
         }));
     }
     leftover_stop.send_replace(Some(deadline));
@@ -1380,6 +1438,18 @@ async fn reload<P: TokenProvider + 'static>(
             },
         }
     }
+    if new.stores != config.stores {
+        match Stores::build(&new) {
+            Ok(s) => shared.stores = s,
+            Err(e) => {
+                error!(
+                    "reload refused, running on with the current configuration: {}",
+                    chain(&e)
+                );
+                return;
+            }
+        }
+    }
     shared.providers = providers;
     shared.budgets = budgets;
 
@@ -1423,7 +1493,8 @@ async fn reload<P: TokenProvider + 'static>(
                 changed.push(set.name.clone());
                 l.stop.send_replace(Some(Order::Revoke {
                     deadline,
-                    keep_file: l.cfg.file.path == set.file.path,
+                    keep_file: l.cfg.file.as_ref().map(|f| &f.path)
+                        == set.file.as_ref().map(|f| &f.path),
                 }));
                 log_retired(
                     &set.name,
@@ -1639,13 +1710,13 @@ mod tests {
             name: "s".into(),
             provider: "p".into(),
             scopes: vec!["api".into()],
-            file: FileConfig {
+            file: Some(FileConfig {
                 path: "/nonexistent/s.token".into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
                 owner: None,
                 group: None,
-            },
+            }),
             refresh: RefreshPolicy {
                 at,
                 jitter,
@@ -1656,6 +1727,7 @@ mod tests {
             rotate: None,
             on_rotate: crate::config::OnRotate::default(),
             never_revoke: false,
+            store: None,
         }
     }
 

@@ -81,7 +81,12 @@ pub fn watch(set: &SetConfig, mut stats: watch::Receiver<SetStats>) {
     }
     let hooks = set.on_rotate.clone();
     let name = set.name.clone();
-    let file = set.file.path.clone();
+    // A store-only set has no file: its hooks see TOKENKEEPER_FILE empty.
+    let file = set
+        .file
+        .as_ref()
+        .map(|f| f.path.clone())
+        .unwrap_or_default();
     let handle = tokio::spawn(async move {
         let counters = HookCounters::default();
         let mut last = stats.borrow_and_update().fingerprint.clone();

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod signals;
 pub mod sink;
 pub mod status;
+pub mod store;
 pub mod systemd;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a

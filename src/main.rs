@@ -11,11 +11,12 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use tokenkeeper::config::{self, ConfigError, DEFAULT_CONFIG_PATH, Loaded};
-use tokenkeeper::daemon::{self, DaemonError, RunReport};
+use tokenkeeper::daemon::{self, RunReport};
 use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal::{self, JournalError, StateLock};
 use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
+use tokenkeeper::store::ha;
 use tokenkeeper::{batch, metrics, signals, systemd};
 
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
@@ -406,7 +407,7 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
     };
     let providers = match daemon::build_providers(&config) {
         Ok(p) => p,
-        Err(e @ DaemonError::Provider { .. }) | Err(e @ DaemonError::MissingProvider { .. }) => {
+        Err(e) => {
             error!("{}", chain(&e));
             return EXIT_CONFIG;
         }
@@ -445,6 +446,35 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
         }
     };
     let reload = path.map(reloader);
+    // With `ha:`, stand by until this instance holds the lease; then lead with a control
+    // channel that turns a stop into a handover when a standby can carry on.
+    let mut control = control;
+    let mut leadership = None;
+    if let Some(ha) = &config.ha {
+        let lease = match ha::Lease::new(&config, ha) {
+            Ok(Some(l)) => Arc::new(l),
+            Ok(None) => {
+                error!(store = %ha.store, "ha.store is not configured");
+                return EXIT_CONFIG;
+            }
+            Err(e) => {
+                error!("{}", chain(&e));
+                return EXIT_CONFIG;
+            }
+        };
+        match stand_by(&lease, &board, &mut control).await {
+            Some(l) => {
+                control = l.control;
+                leadership = Some((lease, l.keeper, l.lost));
+            }
+            None => {
+                lease.leave().await;
+                board.set_phase(Phase::Stopped);
+                let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
+                return EXIT_OK;
+            }
+        }
+    }
     let result = daemon::run(
         config,
         providers,
@@ -456,18 +486,119 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
         on_ready,
     )
     .await;
+    let mut lost = false;
+    if let Some((lease, keeper, lost_flag)) = leadership {
+        keeper.abort();
+        lost = lost_flag.load(std::sync::atomic::Ordering::SeqCst);
+        // The sets have stopped writing: let a standby take over now rather than at expiry.
+        if let Err(e) = lease.release().await {
+            warn!(error = %chain(&e), "could not release the lease; a standby takes over when it expires");
+        }
+        lease.leave().await;
+    }
     board.set_phase(Phase::Stopped);
     let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
     if let Some(server) = metrics_server {
         server.abort();
     }
     match result {
+        // Another instance leads now: exit non-zero so systemd restarts this one as a standby.
+        Ok(_) if lost => {
+            error!("lost the lease to another instance; handed the tokens over");
+            EXIT_FAILED
+        }
         Ok(report) => summarize(&report),
         Err(e) => {
             error!("{}", chain(&e));
             EXIT_CONFIG
         }
     }
+}
+
+/// What a standby gets once it holds the lease.
+struct Leading {
+    /// What `daemon::run` reads: the signals, with a stop turned into a handover when a
+    /// standby is live, and a handover when the lease is lost.
+    control: tokio::sync::mpsc::Receiver<daemon::Control>,
+    /// Renews the lease while leading.
+    keeper: tokio::task::JoinHandle<()>,
+    /// Set when the lease was lost while leading.
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Stand by until this instance holds the lease (`Some`), or until a stop signal (`None`).
+async fn stand_by(
+    lease: &Arc<ha::Lease>,
+    board: &Arc<Board>,
+    control: &mut tokio::sync::mpsc::Receiver<daemon::Control>,
+) -> Option<Leading> {
+    use daemon::Control;
+    let role = |role: &str, leader: Option<String>| status::HaStatus {
+        instance: lease.id.clone(),
+        role: role.into(),
+        leader,
+    };
+    board.set_ha(role("standby", None));
+    info!(instance = %lease.id, "standing by for the lease");
+    // A standby is a started service: systemd must not time out its start.
+    systemd::ready();
+    let wait = lease.wait_for_lease(|leader| board.set_ha(role("standby", leader)));
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            () = &mut wait => break,
+            c = control.recv() => match c {
+                Some(Control::Shutdown) | Some(Control::Handover) | None => {
+                    info!("stopping while standing by: nothing to revoke");
+                    return None;
+                }
+                Some(other) => info!(?other, "standing by: ignored until this instance leads"),
+            },
+        }
+    }
+    info!(instance = %lease.id, "leading: this instance holds the lease");
+    board.set_ha(role("leader", Some(lease.id.clone())));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keeper = {
+        let lease = Arc::clone(lease);
+        let tx = tx.clone();
+        let lost = Arc::clone(&lost);
+        tokio::spawn(async move {
+            lease.keep().await;
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = tx.send(Control::Handover).await;
+        })
+    };
+    // Forward the signals; a stop becomes a handover when another instance can carry on.
+    let mut signals = std::mem::replace(control, tokio::sync::mpsc::channel(1).1);
+    let lease = Arc::clone(lease);
+    tokio::spawn(async move {
+        while let Some(c) = signals.recv().await {
+            let c = match c {
+                Control::Shutdown => match lease.live_standby().await {
+                    Ok(Some(standby)) => {
+                        info!(%standby, "a standby is live: handing over instead of revoking");
+                        Control::Handover
+                    }
+                    Ok(None) => Control::Shutdown,
+                    Err(e) => {
+                        warn!(error = %chain(&e), "cannot tell whether a standby is live; revoking");
+                        Control::Shutdown
+                    }
+                },
+                other => other,
+            };
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(Leading {
+        control: rx,
+        keeper,
+        lost,
+    })
 }
 
 async fn revoke(path: &Path, sets: Vec<String>) -> u8 {

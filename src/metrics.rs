@@ -275,6 +275,8 @@ mod tests {
             started_at: at(1_900_000_000_000),
             heartbeat_at: at(1_900_000_001_000),
             heartbeat_every_secs: 10,
+            ha: None,
+            stores: Vec::new(),
             sets: vec![
                 set.clone(),
                 SetSnapshot {

@@ -227,6 +227,34 @@ pub struct Snapshot {
     /// The writer's promise: the next heartbeat comes within this many seconds.
     pub heartbeat_every_secs: u64,
     pub sets: Vec<SetSnapshot>,
+    /// With `ha:`: this instance's role and who leads (absent without HA, and in status
+    /// files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+    /// Each set's store copy: up to date, or why not (absent without stores).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreHealth>,
+}
+
+/// How a set's copy in a secrets store stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StoreHealth {
+    pub set: String,
+    /// `store:path`.
+    pub location: String,
+    /// The store's last error while it is failing; `None` once a write went through.
+    pub error: Option<String>,
+}
+
+/// This instance's place in an HA group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// This instance's name in the lease.
+    pub instance: String,
+    /// `leader` or `standby`.
+    pub role: String,
+    /// The instance that holds the lease, as last seen.
+    pub leader: Option<String>,
 }
 
 /// One set in `status.json`.
@@ -320,6 +348,8 @@ struct Entry {
 struct Inner {
     sets: Vec<Entry>,
     phase: Phase,
+    ha: Option<HaStatus>,
+    stores: Vec<watch::Receiver<StoreHealth>>,
 }
 
 /// Every set's reporting channels, shared by the daemon (which registers sets) and the
@@ -337,6 +367,8 @@ impl Board {
             inner: Mutex::new(Inner {
                 sets: Vec::new(),
                 phase: Phase::Starting,
+                ha: None,
+                stores: Vec::new(),
             }),
             changed: Notify::new(),
             started_at: SystemTime::now(),
@@ -389,7 +421,10 @@ impl Board {
 
     /// Forget a set (a reload removed it, and its task has finished).
     pub fn remove(&self, name: &str) {
-        self.lock().sets.retain(|e| e.name != name);
+        let mut inner = self.lock();
+        inner.sets.retain(|e| e.name != name);
+        inner.stores.retain(|r| r.borrow().set != name);
+        drop(inner);
         self.changed.notify_one();
     }
 
@@ -400,6 +435,33 @@ impl Board {
 
     pub fn phase(&self) -> Phase {
         self.lock().phase
+    }
+
+    /// Register a set's store copy; its writer reports through the returned sender. A set
+    /// registered again (a reload) replaces its earlier entry.
+    pub fn register_store(&self, set: &str, location: &str) -> watch::Sender<StoreHealth> {
+        let (tx, rx) = watch::channel(StoreHealth {
+            set: set.to_string(),
+            location: location.to_string(),
+            error: None,
+        });
+        let mut inner = self.lock();
+        inner.stores.retain(|r| r.borrow().set != set);
+        inner.stores.push(rx);
+        drop(inner);
+        self.changed.notify_one();
+        tx
+    }
+
+    /// Wake the reporter: a store's health changed.
+    pub fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Record this instance's HA role and the leader it sees.
+    pub fn set_ha(&self, ha: HaStatus) {
+        self.lock().ha = Some(ha);
+        self.changed.notify_one();
     }
 
     /// Wait until something changed since the last wait.
@@ -443,6 +505,8 @@ impl Board {
             heartbeat_at: now,
             heartbeat_every_secs: HEARTBEAT.as_secs(),
             sets,
+            ha: inner.ha.clone(),
+            stores: inner.stores.iter().map(|r| r.borrow().clone()).collect(),
         }
     }
 }
@@ -716,6 +780,26 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             short(beat)
         ),
     };
+    for st in &snap.stores {
+        let _ = writeln!(
+            out,
+            "store: {} -> {}: {}",
+            st.set,
+            st.location,
+            st.error
+                .as_deref()
+                .map_or("up to date".to_string(), |e| format!("failing: {e}"))
+        );
+    }
+    if let Some(ha) = &snap.ha {
+        let _ = writeln!(
+            out,
+            "ha: this instance ({}) is {}; leader: {}",
+            ha.instance,
+            ha.role,
+            ha.leader.as_deref().unwrap_or("none")
+        );
+    }
     let header = [
         "SET",
         "PROVIDER",
@@ -849,13 +933,13 @@ mod tests {
             name: name.into(),
             provider: "vf".into(),
             scopes: vec!["api".into()],
-            file: FileConfig {
+            file: Some(FileConfig {
                 path: format!("/run/tokenkeeper/{name}.token").into(),
                 format: FileFormat::Raw,
                 mode: 0o640,
                 owner: None,
                 group: None,
-            },
+            }),
             refresh: RefreshPolicy {
                 at: 0.66,
                 jitter: 0.1,
@@ -866,6 +950,7 @@ mod tests {
             rotate: None,
             on_rotate: crate::config::OnRotate::default(),
             never_revoke: false,
+            store: None,
         }
     }
 
@@ -957,6 +1042,8 @@ mod tests {
             started_at: now - S(7260),
             heartbeat_at: now - S(3),
             heartbeat_every_secs: 10,
+            ha: None,
+            stores: Vec::new(),
             sets: vec![
                 SetSnapshot {
                     name: "orders-sync".into(),

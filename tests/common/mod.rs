@@ -3,6 +3,8 @@
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod bao;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,231 @@
+//! High availability through the store itself: instances with the same config elect a
+//! leader with a lease record written by check-and-set, and each heartbeats a member record
+//! so that a leader asked to stop knows whether someone will carry on.
+//!
+//! The lease holds the holder's name and an expiry in wall-clock milliseconds: instances on
+//! different machines must keep their clocks in step (NTP), well within a lease.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::config::{Config, HaConfig};
+use crate::error_chain as chain;
+use crate::store::vault::{StoreError, Vault};
+
+/// Who holds the lease, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub name: String,
+    pub expires_ms: u64,
+}
+
+/// One instance's view of the lease.
+pub struct Lease {
+    vault: Arc<Vault>,
+    path: String,
+    members: String,
+    pub id: String,
+    pub lease: Duration,
+    _keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self._keeper.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The default instance name: host name and process id, unique among running instances.
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Lease {
+    /// The lease `ha` describes, on its store (logged in lazily). Needs a tokio runtime.
+    pub fn new(config: &Config, ha: &HaConfig) -> Result<Option<Lease>, StoreError> {
+        let Some(store) = config.stores.get(&ha.store) else {
+            return Ok(None);
+        };
+        let vault = Arc::new(Vault::new(store)?);
+        let keeper = tokio::spawn(Arc::clone(&vault).keep_logged_in());
+        Ok(Some(Lease {
+            vault,
+            path: ha.path.clone(),
+            members: format!("{}-members", ha.path),
+            id: ha.instance.clone().unwrap_or_else(default_id),
+            lease: ha.lease,
+            _keeper: keeper,
+        }))
+    }
+
+    /// The lease record as stored: (version for check-and-set, holder if any).
+    pub async fn read(&self) -> Result<(u64, Option<Holder>), StoreError> {
+        match self.vault.read(&self.path).await? {
+            Some(doc) if !doc.deleted => {
+                let name = doc.data.get("holder").and_then(Value::as_str).unwrap_or("");
+                let expires_ms = doc
+                    .data
+                    .get("expires_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let holder = (!name.is_empty()).then(|| Holder {
+                    name: name.to_string(),
+                    expires_ms,
+                });
+                Ok((doc.version, holder))
+            }
+            _ => Ok((self.vault.current_version(&self.path).await?, None)),
+        }
+    }
+
+    /// Take the lease if it is free, expired or ours, or renew it; `Ok(false)` if another
+    /// instance holds it (or won the race to it).
+    pub async fn acquire(&self) -> Result<bool, StoreError> {
+        let (version, holder) = self.read().await?;
+        let now = now_ms();
+        match &holder {
+            Some(h) if h.name != self.id && h.expires_ms > now => return Ok(false),
+            _ => {}
+        }
+        let doc = json!({
+            "holder": self.id,
+            "expires_ms": now + ms(self.lease),
+            "lease_ms": ms(self.lease),
+        });
+        match self.vault.write_cas(&self.path, &doc, version).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give the lease up now, so a standby need not wait for it to expire.
+    pub async fn release(&self) -> Result<(), StoreError> {
+        let (version, holder) = self.read().await?;
+        if holder.is_some_and(|h| h.name == self.id) {
+            let doc = json!({ "holder": "", "expires_ms": 0 });
+            match self.vault.write_cas(&self.path, &doc, version).await {
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn member_path(&self) -> String {
+        format!("{}/{}", self.members, self.id)
+    }
+
+    /// Say "I am here" for two leases: a leader asked to stop hands over only to an instance
+    /// that said so recently.
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let path = self.member_path();
+        let version = self.vault.current_version(&path).await?;
+        let doc = json!({ "expires_ms": now_ms() + ms(self.lease) });
+        match self.vault.write_cas(&path, &doc, version).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove this instance's member record (it is stopping).
+    pub async fn leave(&self) {
+        if let Err(e) = self.vault.delete_all(&self.member_path()).await {
+            warn!(error = %chain(&e), "could not remove this instance's member record; it expires on its own");
+        }
+    }
+
+    /// Whether another instance heartbeated recently (a standby that can take over).
+    pub async fn live_standby(&self) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        for key in self.vault.list(&self.members).await? {
+            if key == self.id || key.ends_with('/') {
+                continue;
+            }
+            let path = format!("{}/{key}", self.members);
+            if let Some(doc) = self.vault.read(&path).await?
+                && !doc.deleted
+                && doc
+                    .data
+                    .get("expires_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    > now
+            {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stand by until this instance holds the lease, heartbeating meanwhile. Polls every
+    /// quarter lease: a dead leader's lease is taken within about 1.25 leases of its last
+    /// renewal, a released one within a quarter lease.
+    pub async fn wait_for_lease(&self, on_leader: impl Fn(Option<String>)) {
+        let mut last_leader: Option<String> = None;
+        loop {
+            if let Err(e) = self.heartbeat().await {
+                warn!(error = %chain(&e), "standby: could not heartbeat to the store");
+            }
+            match self.acquire().await {
+                Ok(true) => return,
+                Ok(false) => {
+                    let leader = self.read().await.ok().and_then(|(_, h)| h).map(|h| h.name);
+                    if leader != last_leader {
+                        info!(leader = leader.as_deref().unwrap_or("-"), "standing by");
+                        on_leader(leader.clone());
+                        last_leader = leader;
+                    }
+                }
+                Err(e) => warn!(error = %chain(&e), "standby: could not read the lease"),
+            }
+            tokio::time::sleep(self.lease / 4).await;
+        }
+    }
+}
+
+impl Lease {
+    /// As leader: renew every third of a lease until the lease is lost (another instance
+    /// holds it) or could not be renewed before it ran out; then return, and the caller must
+    /// stop acting as leader at once.
+    pub async fn keep(&self) {
+        let mut valid_until = tokio::time::Instant::now() + self.lease;
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            if let Err(e) = self.heartbeat().await {
+                warn!(error = %chain(&e), "leader: could not heartbeat to the store");
+            }
+            let asked = tokio::time::Instant::now();
+            match self.acquire().await {
+                Ok(true) => valid_until = asked + self.lease,
+                Ok(false) => {
+                    warn!("leader: another instance holds the lease now");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %chain(&e), "leader: could not renew the lease");
+                    if tokio::time::Instant::now() + self.lease / 3 >= valid_until {
+                        warn!("leader: the lease runs out before it can be renewed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

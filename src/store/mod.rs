@@ -1,0 +1,426 @@
+//! Secrets stores as token sinks: a set's token goes to its file and, when the set names a
+//! store path, to HashiCorp Vault or OpenBao (KV v2), where a fleet's agents read it.
+//!
+//! The file is written first and at once; the store is written by a background writer per
+//! set that retries with backoff while the store is down, so a store outage never holds the
+//! file back. The writer only ever applies the latest wish (write this token, hold, remove):
+//! a token replaced or revoked meanwhile is never written afterwards.
+
+pub mod ha;
+pub mod vault;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, SetConfig};
+use crate::daemon::{FileSink, IssuedMeta, TokenSink};
+use crate::error_chain as chain;
+use crate::journal::Entry;
+use crate::schedule::retry_after;
+use crate::secret::Secret;
+use crate::sink::SinkError;
+use crate::status::{Board, StoreHealth};
+
+pub use vault::{StoreError, Vault};
+
+/// Every configured store, logged in lazily, by name.
+#[derive(Clone, Default)]
+pub struct Stores {
+    by_name: HashMap<String, Arc<Vault>>,
+    /// Background logins, ended with the last clone.
+    _keepers: Arc<KeeperGuard>,
+}
+
+#[derive(Default)]
+struct KeeperGuard(Vec<JoinHandle<()>>);
+
+impl Drop for KeeperGuard {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+impl Stores {
+    /// One client per store in `config`. Reads `ca_file`s; logs in on first use. Must run
+    /// inside a tokio runtime (each store's login is kept fresh by a task).
+    pub fn build(config: &Config) -> Result<Stores, StoreError> {
+        let mut by_name = HashMap::new();
+        let mut keepers = Vec::new();
+        for (name, cfg) in &config.stores {
+            let v = Arc::new(Vault::new(cfg)?);
+            keepers.push(tokio::spawn(Arc::clone(&v).keep_logged_in()));
+            by_name.insert(name.clone(), v);
+        }
+        Ok(Stores {
+            by_name,
+            _keepers: Arc::new(KeeperGuard(keepers)),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Vault>> {
+        self.by_name.get(name)
+    }
+
+    /// The sink of one set: its file, and its store path if it names one.
+    pub fn sink_for(&self, set: &SetConfig, config_hash: &str, board: &Arc<Board>) -> SetSink {
+        let store = set.store.as_ref().and_then(|s| match self.by_name.get(&s.name) {
+            Some(v) => {
+                let health = board.register_store(&set.name, &format!("{}:{}", s.name, s.path));
+                let health = Health {
+                    tx: health,
+                    board: Arc::clone(board),
+                };
+                Some(StoreSink::start(Arc::clone(v), set, &s.path, config_hash, health))
+            }
+            None => {
+                error!(set = %set.name, store = %s.name, "the set names a store that is not configured; writing the file only");
+                None
+            }
+        });
+        SetSink {
+            file: set.file.as_ref().map(|f| FileSink::new(&set.name, f)),
+            store,
+        }
+    }
+
+    /// Tokens the stores hold for the configured sets, as journal entries, so that an
+    /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
+    pub async fn entries(&self, config: &Config) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for set in &config.sets {
+            let Some(s) = &set.store else { continue };
+            let Some(v) = self.by_name.get(&s.name) else {
+                continue;
+            };
+            match v.read(&s.path).await {
+                Ok(Some(doc)) if !doc.deleted => {
+                    if let Some(e) = entry_from_doc(set, &doc.data) {
+                        out.push(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(set = %set.name, error = %chain(&e),
+                    "could not read the set's token from the store; issuing a new one"),
+            }
+        }
+        out
+    }
+}
+
+/// The document a set's token becomes in the store. `written_at` lets another instance work
+/// out when the token is due for refresh.
+fn document(set: &str, config_hash: &str, token: &Secret, meta: &IssuedMeta) -> Value {
+    let scopes: Vec<&str> = meta.scope.split_whitespace().collect();
+    json!({
+        "access_token": token.expose(),
+        "token_type": meta.token_type,
+        "expires_at": humantime::format_rfc3339_seconds(meta.expires_at).to_string(),
+        "scope": meta.scope,
+        "scopes": scopes,
+        "set": set,
+        "fingerprint": token.fingerprint(),
+        "written_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "config_hash": config_hash,
+    })
+}
+
+/// A store document read back as a journal entry; `None` if it is not one of ours.
+fn entry_from_doc(set: &SetConfig, data: &Value) -> Option<Entry> {
+    let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+    let time = |k: &str| text(k).and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+    if text("set").as_deref() != Some(set.name.as_str()) {
+        return None;
+    }
+    let token = Secret::new(text("access_token")?);
+    let expires_at = time("expires_at")?;
+    let written_at = time("written_at")?;
+    let lifetime = expires_at
+        .duration_since(written_at)
+        .unwrap_or(Duration::ZERO);
+    Some(Entry {
+        set: set.name.clone(),
+        provider: set.provider.clone(),
+        fingerprint: token.fingerprint(),
+        token,
+        token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
+        scope: text("scope").unwrap_or_default(),
+        issued_at: written_at,
+        expires_at,
+        refresh_at: written_at + lifetime.mul_f64(set.refresh.at),
+        config_hash: text("config_hash").unwrap_or_default(),
+        file: set.file.as_ref().map(|f| f.path.clone()),
+    })
+}
+
+/// Where a set's store writer reports for `tokenkeeper status`.
+struct Health {
+    tx: watch::Sender<StoreHealth>,
+    board: Arc<Board>,
+}
+
+impl Health {
+    fn report(&self, error: Option<String>) {
+        let changed = self.tx.send_if_modified(|h| {
+            let differs = h.error != error;
+            h.error = error;
+            differs
+        });
+        if changed {
+            self.board.poke();
+        }
+    }
+}
+
+/// What the writer should make the store hold.
+#[derive(Clone)]
+enum Want {
+    /// Nothing asked yet.
+    Nothing,
+    Write(Arc<(Secret, IssuedMeta)>),
+    /// Write nothing more (a revocation is about to happen); leave the store as it is.
+    Hold,
+    Remove,
+}
+
+#[derive(Clone)]
+struct Wish {
+    generation: u64,
+    want: Want,
+}
+
+/// A set's store path, written by a background task that retries with backoff.
+pub struct StoreSink {
+    vault: Arc<Vault>,
+    path: String,
+    wish: watch::Sender<Wish>,
+    /// The generation of the last wish applied (or given up for a newer one).
+    done: watch::Receiver<u64>,
+    writer: JoinHandle<()>,
+    /// The store's request timeout, plus a little: how long `hold` waits for a write in flight.
+    settle: Duration,
+}
+
+impl Drop for StoreSink {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+/// How long `remove` at stop waits for the store before giving up and reporting it: stop has
+/// `shutdown_timeout` (20 s by default) for everything, revocations included.
+const REMOVE_WAIT: Duration = Duration::from_secs(10);
+
+impl StoreSink {
+    fn start(
+        vault: Arc<Vault>,
+        set: &SetConfig,
+        path: &str,
+        config_hash: &str,
+        health: Health,
+    ) -> StoreSink {
+        let (wish, wish_rx) = watch::channel(Wish {
+            generation: 0,
+            want: Want::Nothing,
+        });
+        let (done_tx, done) = watch::channel(0);
+        let writer = tokio::spawn(writer(
+            Arc::clone(&vault),
+            path.to_string(),
+            set.name.clone(),
+            config_hash.to_string(),
+            wish_rx,
+            done_tx,
+            health,
+        ));
+        StoreSink {
+            // A request in flight ends within the store's own timeout; a second more covers
+            // a login before it and handling the answer.
+            settle: vault.timeout() + Duration::from_secs(1),
+            vault,
+            path: path.to_string(),
+            wish,
+            done,
+            writer,
+        }
+    }
+
+    fn ask(&self, want: Want) -> u64 {
+        let mut generation = 0;
+        self.wish.send_modify(|w| {
+            w.generation += 1;
+            w.want = want;
+            generation = w.generation;
+        });
+        generation
+    }
+
+    /// Wait until the writer has dealt with wish `generation`, up to `limit`.
+    async fn settled(&self, generation: u64, limit: Duration) -> bool {
+        let mut done = self.done.clone();
+        tokio::time::timeout(limit, done.wait_for(|d| *d >= generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.vault.name(), self.path)
+    }
+}
+
+/// The writer: apply the latest wish, retrying with backoff; a newer wish replaces one that
+/// keeps failing at once.
+async fn writer(
+    vault: Arc<Vault>,
+    path: String,
+    set: String,
+    config_hash: String,
+    mut wishes: watch::Receiver<Wish>,
+    done: watch::Sender<u64>,
+    health: Health,
+) {
+    // The version we last wrote or read: the check-and-set value of the next write.
+    let mut version: Option<u64> = None;
+    let mut metadata_set = false;
+    'wishes: loop {
+        let Wish { generation, want } = wishes.borrow_and_update().clone();
+        let mut attempt: u32 = 0;
+        loop {
+            let result = match &want {
+                Want::Nothing | Want::Hold => Ok(()),
+                Want::Write(w) => {
+                    let doc = document(&set, &config_hash, &w.0, &w.1);
+                    write_once(&vault, &path, &set, &doc, &mut version, &mut metadata_set).await
+                }
+                Want::Remove => vault.remove(&path).await.map(|()| version = None),
+            };
+            match result {
+                Ok(()) => {
+                    if attempt > 0 {
+                        info!(set = %set, store = %vault.name(), path = %path, "the store took the write again");
+                    }
+                    if let Want::Write(w) = &want {
+                        info!(set = %set, store = %vault.name(), path = %path,
+                            fingerprint = %w.0.fingerprint(), version = ?version, "token written to the store");
+                    }
+                    health.report(None);
+                    done.send_replace(generation);
+                    break;
+                }
+                Err(e) => {
+                    health.report(Some(chain(&e)));
+                    if matches!(e, StoreError::Conflict { .. }) {
+                        // Someone else wrote the path: read its version again and write over
+                        // it, since this set is the path's owner.
+                        version = None;
+                    }
+                    let delay = retry_after(e.retry_class(), attempt, None, fastrand::f64());
+                    attempt = attempt.saturating_add(1);
+                    warn!(set = %set, store = %vault.name(), path = %path, error = %chain(&e),
+                        retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
+                        "could not update the store; the token file is up to date, retrying the store");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        changed = wishes.changed() => {
+                            if changed.is_err() { return; }
+                            // Give up this wish for the newer one: report it dealt with.
+                            done.send_replace(generation);
+                            continue 'wishes;
+                        }
+                    }
+                }
+            }
+        }
+        if wishes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_once(
+    vault: &Vault,
+    path: &str,
+    set: &str,
+    doc: &Value,
+    version: &mut Option<u64>,
+    metadata_set: &mut bool,
+) -> Result<(), StoreError> {
+    if !*metadata_set {
+        let custom = json!({ "managed-by": "tokenkeeper", "set": set });
+        vault.set_metadata(path, &custom).await?;
+        *metadata_set = true;
+    }
+    let cas = match *version {
+        Some(v) => v,
+        None => vault.current_version(path).await?,
+    };
+    match vault.write_cas(path, doc, cas).await {
+        Ok(v) => {
+            *version = Some(v);
+            Ok(())
+        }
+        Err(e) => {
+            *version = None;
+            Err(e)
+        }
+    }
+}
+
+/// A set's sinks: its file, and its store path if it has one.
+pub struct SetSink {
+    file: Option<FileSink>,
+    store: Option<StoreSink>,
+}
+
+impl TokenSink for SetSink {
+    async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
+        // The file first and alone decides success: the store catches up in the background.
+        if let Some(f) = &self.file {
+            f.write(token, meta).await?;
+        }
+        if let Some(s) = &self.store {
+            s.ask(Want::Write(Arc::new((token.clone(), meta.clone()))));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), SinkError> {
+        if let Some(s) = &self.store {
+            let generation = s.ask(Want::Remove);
+            if !s.settled(generation, REMOVE_WAIT).await {
+                error!(store = %s.vault.name(), path = %s.path,
+                    "could not remove the token from the store in time; it stays there until it expires");
+            }
+        }
+        match &self.file {
+            Some(f) => f.remove().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn hold(&self) {
+        if let Some(s) = &self.store {
+            let generation = s.ask(Want::Hold);
+            if !s.settled(generation, s.settle).await {
+                warn!(store = %s.vault.name(), path = %s.path, "a store write was still under way before revoking");
+            }
+        }
+    }
+
+    fn location(&self) -> String {
+        let file = self.file.as_ref().map(FileSink::location);
+        let store = self.store.as_ref().map(StoreSink::location);
+        [file, store]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}

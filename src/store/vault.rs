@@ -1,0 +1,594 @@
+//! A HashiCorp Vault or OpenBao client, KV version 2, over its HTTP API: just what tokenkeeper
+//! needs (read, check-and-set write, metadata, delete and destroy, list) and two ways to log in
+//! (a token, renewed while it is renewable; AppRole, logged in again before its TTL runs out).
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::config::{StoreAuth, StoreConfig};
+use crate::schedule::RetryClass;
+use crate::secret::{Secret, SecretError};
+
+/// Largest answer we read from the store: a KV secret here is a few hundred bytes, a LIST of
+/// members a few KiB.
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// A login or renewal is due after this fraction of the token's TTL, leaving a third of it
+/// for retries if the store is slow or briefly down.
+const RENEW_AT: f64 = 2.0 / 3.0;
+
+/// Why a store request failed. Never carries a secret: bodies are reduced to Vault's
+/// `errors` list, which names paths and reasons only.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {store}: {op}: cannot reach the store")]
+    Transport {
+        store: String,
+        op: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("store {store}: {op}: the store is unavailable (HTTP {status}{detail})")]
+    Unavailable {
+        store: String,
+        op: &'static str,
+        status: u16,
+        detail: String,
+    },
+    #[error("store {store}: {op}: refused (HTTP {status}{detail})")]
+    Refused {
+        store: String,
+        op: &'static str,
+        status: u16,
+        detail: String,
+    },
+    #[error(
+        "store {store}: {op}: check-and-set conflict at {path}: another writer changed it since version {expected}"
+    )]
+    Conflict {
+        store: String,
+        op: &'static str,
+        path: String,
+        expected: u64,
+    },
+    #[error("store {store}: {op}: unexpected answer: {what}")]
+    Malformed {
+        store: String,
+        op: &'static str,
+        what: String,
+    },
+    #[error("store {store}: cannot read its {what}")]
+    Secret {
+        store: String,
+        what: &'static str,
+        #[source]
+        source: SecretError,
+    },
+    #[error("store {store}: cannot build the HTTP client")]
+    Client {
+        store: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("store {store}: cannot read ca_file {path}")]
+    CaFile {
+        store: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// How soon to try again: an outage (transport, 5xx, sealed) backs off like a provider's;
+    /// a refusal or a conflict needs a person or another writer to act, so it is retried slowly.
+    pub fn retry_class(&self) -> RetryClass {
+        match self {
+            StoreError::Transport { .. } | StoreError::Unavailable { .. } => RetryClass::Transient,
+            StoreError::Conflict { .. } => RetryClass::Transient,
+            _ => RetryClass::Slow,
+        }
+    }
+}
+
+/// A logged-in store token and when to renew or replace it.
+struct Session {
+    token: Secret,
+    /// `None`: the token does not expire (a root token) or cannot be renewed; use it as is.
+    renew_at: Option<Instant>,
+    renewable: bool,
+}
+
+/// One KV v2 mount of one store, with its login.
+pub struct Vault {
+    name: String,
+    http: reqwest::Client,
+    address: Url,
+    mount: String,
+    namespace: Option<String>,
+    auth: StoreAuth,
+    max_versions: u32,
+    /// Per-request deadline: a request under way ends within it.
+    timeout: Duration,
+    session: Mutex<Option<Session>>,
+}
+
+/// A KV v2 secret as read: its data and version.
+pub struct Versioned {
+    pub version: u64,
+    pub data: Value,
+    /// Set when the latest version was deleted or destroyed.
+    pub deleted: bool,
+}
+
+impl Vault {
+    pub fn new(cfg: &StoreConfig) -> Result<Vault, StoreError> {
+        crate::init_tls();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(crate::provider::CONNECT_TIMEOUT)
+            .timeout(cfg.timeout)
+            // A store never redirects an API call; following one could send the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path).map_err(|source| StoreError::CaFile {
+                store: cfg.name.clone(),
+                path: path.display().to_string(),
+                source,
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|source| StoreError::Client {
+                    store: cfg.name.clone(),
+                    source,
+                })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|source| StoreError::Client {
+            store: cfg.name.clone(),
+            source,
+        })?;
+        Ok(Vault {
+            name: cfg.name.clone(),
+            http,
+            address: cfg.address.clone(),
+            mount: cfg.mount.clone(),
+            namespace: cfg.namespace.clone(),
+            auth: cfg.auth.clone(),
+            max_versions: cfg.max_versions,
+            timeout: cfg.timeout,
+            session: Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.address.as_str().trim_end_matches('/'))
+    }
+
+    /// One HTTP request; `token` is sent as `X-Vault-Token` when given. Answers 2xx with the
+    /// JSON body (or `Null` for 204), 404 as `Ok(None)`, and everything else as an error.
+    async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, StoreError> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string());
+        }
+        let transport = |source| StoreError::Transport {
+            store: self.name.clone(),
+            op,
+            source,
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(transport)?;
+        if bytes.len() > MAX_ANSWER_BYTES {
+            return Err(StoreError::Malformed {
+                store: self.name.clone(),
+                op,
+                what: format!("body larger than {MAX_ANSWER_BYTES} bytes"),
+            });
+        }
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_success() {
+            return Ok(Some(json));
+        }
+        // KV v2 answers 404 for a missing secret, with no errors, and also for a deleted
+        // latest version (with the metadata in `data`); both are "nothing to read".
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let errors: Vec<String> = json
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let detail = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", errors.join("; "))
+        };
+        let code = status.as_u16();
+        if status.is_server_error() || code == 429 {
+            // 503 is also how a sealed or standby store answers: an outage, retried.
+            Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                op,
+                status: code,
+                detail,
+            })
+        } else {
+            Err(StoreError::Refused {
+                store: self.name.clone(),
+                op,
+                status: code,
+                detail,
+            })
+        }
+    }
+
+    /// The store token to use now, logging in or renewing first when due.
+    async fn token(&self) -> Result<Secret, StoreError> {
+        let mut session = self.session.lock().await;
+        let due = match &*session {
+            None => true,
+            Some(s) => s.renew_at.is_some_and(|at| Instant::now() >= at),
+        };
+        if due {
+            let next = self.refresh(session.take()).await?;
+            *session = Some(next);
+        }
+        match &*session {
+            Some(s) => Ok(s.token.clone()),
+            None => Err(StoreError::Malformed {
+                store: self.name.clone(),
+                op: "login",
+                what: "no token".into(),
+            }),
+        }
+    }
+
+    /// Forget the session, so the next request logs in again (after a 403 under AppRole:
+    /// the token may have been revoked or expired early).
+    async fn forget_session(&self) {
+        *self.session.lock().await = None;
+    }
+
+    /// A fresh session: AppRole logs in; a configured token is looked up (first time) or
+    /// renewed (when renewable and due).
+    async fn refresh(&self, old: Option<Session>) -> Result<Session, StoreError> {
+        match &self.auth {
+            StoreAuth::AppRole {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                let secret = |what, src: &crate::secret::SecretSource| {
+                    src.load().map_err(|source| StoreError::Secret {
+                        store: self.name.clone(),
+                        what,
+                        source,
+                    })
+                };
+                let role_id = secret("AppRole role_id", role_id)?;
+                let secret_id = secret("AppRole secret_id", secret_id)?;
+                let body = json!({ "role_id": role_id.expose(), "secret_id": secret_id.expose() });
+                let answer = self
+                    .send(
+                        "AppRole login",
+                        Method::POST,
+                        &format!("auth/{mount}/login"),
+                        None,
+                        Some(&body),
+                    )
+                    .await?
+                    .ok_or_else(|| self.malformed("AppRole login", "404: no such auth mount"))?;
+                let auth = answer.get("auth").cloned().unwrap_or(Value::Null);
+                let token = auth
+                    .get("client_token")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| self.malformed("AppRole login", "no auth.client_token"))?;
+                let ttl = auth
+                    .get("lease_duration")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                info!(store = %self.name, ttl_secs = ttl, "logged in to the store with AppRole");
+                Ok(Session {
+                    token: Secret::new(token),
+                    renew_at: renew_at(ttl),
+                    // Logging in again is simpler and surer than renewing an AppRole token,
+                    // whose max TTL ends renewals anyway.
+                    renewable: false,
+                })
+            }
+            StoreAuth::Token(source) => {
+                let token = source.load().map_err(|source| StoreError::Secret {
+                    store: self.name.clone(),
+                    what: "token",
+                    source,
+                })?;
+                let (op, method, path) = match &old {
+                    Some(s) if s.renewable => {
+                        ("token renewal", Method::POST, "auth/token/renew-self")
+                    }
+                    _ => ("token lookup", Method::GET, "auth/token/lookup-self"),
+                };
+                let answer = self
+                    .send(op, method, path, Some(&token), None)
+                    .await?
+                    .ok_or_else(|| self.malformed(op, "404"))?;
+                let (ttl, renewable) =
+                    if let Some(auth) = answer.get("auth").filter(|a| !a.is_null()) {
+                        (
+                            auth.get("lease_duration")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0),
+                            auth.get("renewable")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                        )
+                    } else {
+                        let data = answer.get("data").cloned().unwrap_or(Value::Null);
+                        (
+                            data.get("ttl").and_then(Value::as_u64).unwrap_or(0),
+                            data.get("renewable")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
+                        )
+                    };
+                debug!(store = %self.name, ttl_secs = ttl, renewable, "{op} done");
+                if old.is_some() {
+                    info!(store = %self.name, ttl_secs = ttl, "renewed the store token");
+                }
+                Ok(Session {
+                    token,
+                    // A token that cannot be renewed is used until the store refuses it.
+                    renew_at: if renewable { renew_at(ttl) } else { None },
+                    renewable,
+                })
+            }
+        }
+    }
+
+    fn malformed(&self, op: &'static str, what: &str) -> StoreError {
+        StoreError::Malformed {
+            store: self.name.clone(),
+            op,
+            what: what.into(),
+        }
+    }
+
+    /// A request with the session's token; a 403 under AppRole logs in again once.
+    async fn call(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Option<Value>, StoreError> {
+        let token = self.token().await?;
+        match self
+            .send(op, method.clone(), path, Some(&token), body)
+            .await
+        {
+            Err(StoreError::Refused { status: 403, .. })
+                if matches!(self.auth, StoreAuth::AppRole { .. }) =>
+            {
+                self.forget_session().await;
+                let token = self.token().await?;
+                self.send(op, method, path, Some(&token), body).await
+            }
+            other => other,
+        }
+    }
+
+    /// Keep the login fresh even while nothing is written: sleep until the session's renewal
+    /// time, then renew or log in again. Runs until the store is dropped.
+    pub async fn keep_logged_in(self: std::sync::Arc<Self>) {
+        loop {
+            // Log in at once (a bad credential shows at start, not at the first write), then
+            // again whenever the session is due.
+            if let Err(e) = self.token().await {
+                tracing::warn!(store = %self.name, error = %crate::error_chain(&e), "could not renew the store login; retrying");
+                tokio::time::sleep(LOGIN_RECHECK).await;
+                continue;
+            }
+            let at = self.session.lock().await.as_ref().and_then(|s| s.renew_at);
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                // A token that never needs renewing (or was just forgotten): look again later.
+                None => tokio::time::sleep(LOGIN_RECHECK).await,
+            }
+        }
+    }
+
+    /// Read the latest version of `path`; `None` if there is none (or it was deleted).
+    pub async fn read(&self, path: &str) -> Result<Option<Versioned>, StoreError> {
+        let op = "read";
+        let Some(answer) = self
+            .call(
+                op,
+                Method::GET,
+                &format!("{}/data/{path}", self.mount),
+                None,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let data = answer.get("data").cloned().unwrap_or(Value::Null);
+        let meta = data.get("metadata").cloned().unwrap_or(Value::Null);
+        let version = meta
+            .get("version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| self.malformed(op, "no data.metadata.version"))?;
+        let deleted = meta
+            .get("deletion_time")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+            || meta.get("destroyed").and_then(Value::as_bool) == Some(true);
+        Ok(Some(Versioned {
+            version,
+            data: data.get("data").cloned().unwrap_or(Value::Null),
+            deleted,
+        }))
+    }
+
+    /// The current version number of `path` (0 when it has never been written).
+    pub async fn current_version(&self, path: &str) -> Result<u64, StoreError> {
+        let answer = self
+            .call(
+                "read metadata",
+                Method::GET,
+                &format!("{}/metadata/{path}", self.mount),
+                None,
+            )
+            .await?;
+        Ok(answer
+            .and_then(|a| a.get("data")?.get("current_version")?.as_u64())
+            .unwrap_or(0))
+    }
+
+    /// Write `data` at `path` only if its current version is `cas` (0: only if absent).
+    /// Returns the new version.
+    pub async fn write_cas(&self, path: &str, data: &Value, cas: u64) -> Result<u64, StoreError> {
+        let op = "write";
+        let body = json!({ "options": { "cas": cas }, "data": data });
+        let answer = self
+            .call(
+                op,
+                Method::POST,
+                &format!("{}/data/{path}", self.mount),
+                Some(&body),
+            )
+            .await;
+        match answer {
+            Ok(Some(a)) => a
+                .get("data")
+                .and_then(|d| d.get("version"))
+                .and_then(Value::as_u64)
+                .ok_or_else(|| self.malformed(op, "no data.version")),
+            Ok(None) => Err(self.malformed(op, "404: is the mount a KV version 2 engine?")),
+            Err(StoreError::Refused {
+                status: 400,
+                detail,
+                ..
+            }) if detail.contains("check-and-set") => Err(StoreError::Conflict {
+                store: self.name.clone(),
+                op,
+                path: path.into(),
+                expected: cas,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set `max_versions` and the custom metadata (who wrote it, for whom) on `path`.
+    pub async fn set_metadata(&self, path: &str, custom: &Value) -> Result<(), StoreError> {
+        let body = json!({ "max_versions": self.max_versions, "custom_metadata": custom });
+        self.call(
+            "write metadata",
+            Method::POST,
+            &format!("{}/metadata/{path}", self.mount),
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Remove what `path` holds: delete the latest version (readers get 404) and destroy every
+    /// version (the data is gone from the store's history). The metadata stays, so the version
+    /// counter goes on and a late check-and-set write with an old version is refused.
+    pub async fn remove(&self, path: &str) -> Result<(), StoreError> {
+        let current = self.current_version(path).await?;
+        if current == 0 {
+            return Ok(());
+        }
+        self.call(
+            "delete",
+            Method::DELETE,
+            &format!("{}/data/{path}", self.mount),
+            None,
+        )
+        .await?;
+        let versions: Vec<u64> = (1..=current).collect();
+        self.call(
+            "destroy",
+            Method::POST,
+            &format!("{}/destroy/{path}", self.mount),
+            Some(&json!({ "versions": versions })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Delete `path` with all its versions and metadata (member heartbeats at stop).
+    pub async fn delete_all(&self, path: &str) -> Result<(), StoreError> {
+        self.call(
+            "delete metadata",
+            Method::DELETE,
+            &format!("{}/metadata/{path}", self.mount),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The keys under `path/` (empty when there are none).
+    pub async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
+        let method = Method::from_bytes(b"LIST").unwrap_or(Method::GET);
+        let answer = self
+            .call(
+                "list",
+                method,
+                &format!("{}/metadata/{path}", self.mount),
+                None,
+            )
+            .await?;
+        Ok(answer
+            .and_then(|a| a.get("data")?.get("keys").cloned())
+            .and_then(|k| serde_json::from_value(k).ok())
+            .unwrap_or_default())
+    }
+}
+
+/// How often an idle login looks whether it is due, and the pause after a failed renewal.
+const LOGIN_RECHECK: Duration = Duration::from_secs(5);
+
+fn renew_at(ttl_secs: u64) -> Option<Instant> {
+    (ttl_secs > 0).then(|| Instant::now() + Duration::from_secs(ttl_secs).mul_f64(RENEW_AT))
+}

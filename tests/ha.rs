@@ -1,0 +1,225 @@
+//! High availability against a real OpenBao dev server: two and three instances of the built
+//! binary share one config and store; one leads, the others stand by. A leader stopped by
+//! SIGTERM hands over, one killed by SIGKILL is replaced when its lease runs out, and the
+//! new leader carries on with the tokens in the store. The fake provider checks that each
+//! set was issued one token in all, and that none is live once the last instance stops.
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::bao::{self, Bao};
+use common::*;
+use nix::sys::signal::Signal;
+use tokenkeeper::devprovider::DevProvider;
+
+/// The lease: short, so the tests are; a standby polls every quarter of it.
+const LEASE: &str = "2s";
+
+const SETS: [&str; 2] = ["orders", "vouchers"];
+
+/// The shared config for instance `n` (only `state_dir` differs, as on separate machines).
+fn instance_config(p: &DevProvider, b: &Bao, dir: &Path, n: usize) -> std::path::PathBuf {
+    let token = bao::secret_file(dir, "bao-token", bao::ROOT);
+    let top = format!(
+        "shutdown_timeout: 15s\n{}ha: {{ store: bao, lease: {LEASE} }}\n",
+        bao::stores_yaml(
+            b,
+            &format!("{{ token: {{ file: {} }} }}", token.display()),
+            ""
+        )
+    );
+    let sets: String = SETS
+        .iter()
+        .map(|name| {
+            format!(
+                "  - name: {name}\n    provider: dev\n    scopes: [{name}]\n    file: {{ path: {}/out/{name}.token }}\n    store: {{ name: bao, path: tokenkeeper/{name} }}\n",
+                dir.display()
+            )
+        })
+        .collect();
+    let own = dir.join(format!("i{n}"));
+    std::fs::create_dir_all(&own).unwrap();
+    write_config(&own, &config(p, &own, &top, &sets))
+}
+
+fn start(cfg: &Path) -> Daemon {
+    Daemon::spawn(
+        cfg.parent().unwrap(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    )
+}
+
+const LEADING: &str = "leading: this instance holds the lease";
+
+async fn store_tokens(b: &Bao) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for s in SETS {
+        out.push(b.token(&format!("tokenkeeper/{s}")).await);
+    }
+    out
+}
+
+/// Wait until exactly one of `ds` logs that it leads; returns its index and how long it took.
+async fn new_leader(ds: &[&Daemon], since: Instant) -> (usize, Duration) {
+    let mut found = None;
+    assert!(
+        wait_until(PATIENCE, || {
+            found = ds.iter().position(|d| d.output().contains(LEADING));
+            found.is_some()
+        })
+        .await,
+        "no standby took over"
+    );
+    let took = since.elapsed();
+    let leaders = ds.iter().filter(|d| d.output().contains(LEADING)).count();
+    assert_eq!(leaders, 1, "two instances lead at once");
+    (found.unwrap_or_default(), took)
+}
+
+/// Whether `tokenkeeper status` soon shows `needle` (the status file follows within moments).
+async fn status_shows(cfg: &Path, needle: &str) -> bool {
+    wait_until(PATIENCE, || {
+        tokenkeeper(&["status", "-c", cfg.to_str().unwrap()])
+            .stdout
+            .contains(needle)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_hand_over_at_sigterm_and_the_last_one_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(b) = Bao::start(dir.path()).await else {
+        return;
+    };
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let cb = instance_config(&p, &b, dir.path(), 1);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    assert!(
+        wait_until(PATIENCE, || p.issued_tokens().len() == 2).await,
+        "{}",
+        a.output()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let before = loop {
+        let now = store_tokens(&b).await;
+        if now.iter().all(Option::is_some) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "{}", a.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut bd = start(&cb);
+    bd.wait_for_log("standing by").await;
+    // Status names the leader, from the standby's side.
+    assert!(
+        status_shows(&cb, "is standby; leader: ").await,
+        "{}",
+        tokenkeeper(&["status", "-c", cb.to_str().unwrap()]).stdout
+    );
+
+    let t0 = Instant::now();
+    a.signal(Signal::SIGTERM);
+    let status = a.wait(PATIENCE).await;
+    assert!(status.success(), "{}", a.output());
+    assert!(
+        a.output().contains("handing over instead of revoking"),
+        "{}",
+        a.output()
+    );
+    let (_, took) = new_leader(&[&bd], t0).await;
+    eprintln!(
+        "FAILOVER sigterm handover (2 instances): {} ms",
+        took.as_millis()
+    );
+    bd.wait_for_log("reusing the token it already holds").await;
+    // Nothing new was issued, nothing revoked: the same tokens serve on.
+    assert_eq!(p.issued_tokens().len(), 2);
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    assert_eq!(store_tokens(&b).await, before);
+    assert!(
+        status_shows(&cb, "is leader").await,
+        "{}",
+        tokenkeeper(&["status", "-c", cb.to_str().unwrap()]).stdout
+    );
+
+    // The last instance revokes and empties the store.
+    bd.signal(Signal::SIGTERM);
+    assert!(bd.wait(PATIENCE).await.success(), "{}", bd.output());
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+    assert_eq!(store_tokens(&b).await, vec![None, None]);
+    assert_eq!(p.issued_tokens().len(), 2, "a set was issued twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_survive_a_sigkill_and_a_sigterm_with_one_issuer_per_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(b) = Bao::start(dir.path()).await else {
+        return;
+    };
+    let p = provider(Duration::from_secs(900)).await;
+    let cfgs: Vec<_> = (0..3)
+        .map(|n| instance_config(&p, &b, dir.path(), n))
+        .collect();
+    let mut first = start(&cfgs[0]);
+    first.wait_for_log(LEADING).await;
+    first
+        .wait_for_log("ready: every set has a valid token")
+        .await;
+    let mut others = vec![start(&cfgs[1]), start(&cfgs[2])];
+    for d in &others {
+        d.wait_for_log("standing by").await;
+    }
+    assert!(
+        wait_until(PATIENCE, || p.issued_tokens().len() == 2).await,
+        "{}",
+        first.output()
+    );
+    // Let the store writes land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = store_tokens(&b).await;
+    assert!(before.iter().all(Option::is_some));
+
+    // The leader dies without a word: a standby takes over when the lease runs out.
+    let t0 = Instant::now();
+    first.signal(Signal::SIGKILL);
+    let _ = first.wait(PATIENCE).await;
+    let (i, took) = new_leader(&[&others[0], &others[1]], t0).await;
+    eprintln!("FAILOVER sigkill (3 instances): {} ms", took.as_millis());
+    others[i]
+        .wait_for_log("reusing the token it already holds")
+        .await;
+    assert_eq!(p.issued_tokens().len(), 2, "the new leader issued early");
+    assert_eq!(store_tokens(&b).await, before);
+
+    // That leader is stopped while the third stands by: it hands over.
+    let mut leader = others.remove(i);
+    let last = others.remove(0);
+    let t1 = Instant::now();
+    leader.signal(Signal::SIGTERM);
+    assert!(leader.wait(PATIENCE).await.success(), "{}", leader.output());
+    let (_, took) = new_leader(&[&last], t1).await;
+    eprintln!(
+        "FAILOVER sigterm handover (3 instances): {} ms",
+        took.as_millis()
+    );
+    last.wait_for_log("reusing the token it already holds")
+        .await;
+    assert_eq!(p.issued_tokens().len(), 2);
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+
+    let mut last = last;
+    last.signal(Signal::SIGTERM);
+    assert!(last.wait(PATIENCE).await.success(), "{}", last.output());
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+    assert_eq!(store_tokens(&b).await, vec![None, None]);
+    assert_eq!(p.issued_tokens().len(), 2, "at most one issue per set");
+}
