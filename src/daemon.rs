@@ -1114,8 +1114,10 @@ impl<P: TokenProvider + 'static> Shared<P> {
         };
         let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
         let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
-        let path = set.file.path.clone();
-        let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        if sink::stale_temps_pending(&set.file.path) {
+            let path = set.file.path.clone();
+            let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+        }
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
         let mut watch_state = state_rx.clone();
