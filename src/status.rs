@@ -35,6 +35,11 @@ pub const STATUS_FILE: &str = "status.json";
 /// write (a few hundred bytes and an fsync) stays negligible.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// Changes are published at most this often. A start with 10,000 sets changes the board tens
+/// of thousands of times, and each publication renders every set and rewrites the file; a
+/// person or a script reading the status needs no more than a few updates a second.
+const MIN_PUBLISH_GAP: Duration = Duration::from_millis(500);
+
 /// A heartbeat older than this many intervals means the daemon is not responding: one missed
 /// beat is a busy moment, three is a hang.
 const STALE_AFTER_BEATS: u32 = 3;
@@ -485,15 +490,22 @@ pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_failure: Option<String> = None;
     let mut last_line = String::new();
+    let mut last_publish: Option<Instant> = None;
     loop {
         tokio::select! {
-            () = board.changed() => {}
+            () = board.changed() => {
+                // Coalesce: what changes during the gap goes out in one publication.
+                if let Some(last) = last_publish {
+                    tokio::time::sleep_until(last + MIN_PUBLISH_GAP).await;
+                }
+            }
             _ = heartbeat.tick() => {}
             _ = watchdog.tick(), if opts.watchdog.is_some() => {
                 crate::systemd::watchdog_ping();
                 continue;
             }
         }
+        last_publish = Some(Instant::now());
         let snap = board.snapshot(SystemTime::now());
         let line = summary(&snap, SystemTime::now());
         // systemd keeps the last STATUS=; resend only when it reads differently.
