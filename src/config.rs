@@ -137,6 +137,9 @@ pub struct ProviderConfig {
     pub max_live_tokens: usize,
     /// Token-bucket limit on issuing: sustained rate and burst.
     pub issue_rate: IssueRate,
+    /// Most HTTP requests (issue, revoke, introspect) in flight to this provider at once,
+    /// across sets: 10,000 sets share a few connections instead of opening 10,000.
+    pub max_concurrent_requests: usize,
     pub kind: ProviderKind,
 }
 
@@ -458,6 +461,11 @@ const DEFAULT_MAX_LIVE_TOKENS: u64 = 1000;
 const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
 /// Issues allowed back to back: enough for a typical machine's sets to start at once.
 const DEFAULT_ISSUE_BURST: u64 = 100;
+/// Requests in flight to one provider at once: enough to keep a fast provider busy over a
+/// handful of keep-alive connections (a round trip of a few ms gives thousands of tokens a
+/// second), few enough that a start with thousands of sets neither opens thousands of
+/// connections nor looks like a flood to the provider's rate limiter.
+const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 16;
 /// A provider slower than this per request is better retried than waited for.
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
@@ -659,6 +667,7 @@ struct RawProvider {
     max_live_tokens: Option<Value>,
     issue_rate: Option<Value>,
     issue_burst: Option<Value>,
+    max_concurrent_requests: Option<Value>,
     issuer: Option<String>,
     token_url: Option<String>,
     revocation_url: Option<String>,
@@ -1283,6 +1292,11 @@ impl Checker<'_> {
             self.positive_integer(&at, "max_live_tokens", raw.max_live_tokens.as_ref());
         let per_second = self.rate(&at, "issue_rate", raw.issue_rate.as_ref());
         let burst = self.positive_integer(&at, "issue_burst", raw.issue_burst.as_ref());
+        let concurrency = self.positive_integer(
+            &at,
+            "max_concurrent_requests",
+            raw.max_concurrent_requests.as_ref(),
+        );
         let kind = match raw.kind.as_deref() {
             Some(kind) if PROVIDER_KINDS.contains(&kind) => kind,
             Some(kind) => {
@@ -1323,6 +1337,10 @@ impl Checker<'_> {
                 burst: u32::try_from(burst.ok()?.unwrap_or(DEFAULT_ISSUE_BURST))
                     .unwrap_or(u32::MAX),
             },
+            max_concurrent_requests: usize::try_from(
+                concurrency.ok()?.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            )
+            .unwrap_or(usize::MAX),
             kind: checked?,
         })
     }
@@ -4325,6 +4343,7 @@ scope_sets:
                     per_second: DEFAULT_ISSUE_PER_SECOND,
                     burst: 100,
                 },
+                max_concurrent_requests: 16,
                 kind: ProviderKind::Voucherify {
                     base_url: Url::parse(VOUCHERIFY_DEFAULT_URL).unwrap(),
                     app_id,

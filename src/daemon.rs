@@ -1150,7 +1150,12 @@ impl<P: TokenProvider + 'static> Shared<P> {
         };
         let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
         let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
-        if let Some(path) = set.file.as_ref().map(|f| f.path.clone()) {
+        if let Some(path) = set
+            .file
+            .as_ref()
+            .map(|f| f.path.clone())
+            .filter(|p| sink::stale_temps_pending(p))
+        {
             let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         }
         let (stop_tx, stop_rx) = watch::channel(None);

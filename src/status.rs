@@ -35,6 +35,11 @@ pub const STATUS_FILE: &str = "status.json";
 /// write (a few hundred bytes and an fsync) stays negligible.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// Changes are published at most this often. A start with 10,000 sets changes the board tens
+/// of thousands of times, and each publication renders every set and rewrites the file; a
+/// person or a script reading the status needs no more than a few updates a second.
+const MIN_PUBLISH_GAP: Duration = Duration::from_millis(500);
+
 /// A heartbeat older than this many intervals means the daemon is not responding: one missed
 /// beat is a busy moment, three is a hang.
 const STALE_AFTER_BEATS: u32 = 3;
@@ -347,6 +352,9 @@ struct Entry {
 
 struct Inner {
     sets: Vec<Entry>,
+    /// The names in `sets`, so registering a new set (10,000 at a start) does not compare
+    /// its name with every set already there.
+    names: std::collections::HashSet<String>,
     phase: Phase,
     ha: Option<HaStatus>,
     stores: Vec<watch::Receiver<StoreHealth>>,
@@ -366,6 +374,7 @@ impl Board {
         Arc::new(Board {
             inner: Mutex::new(Inner {
                 sets: Vec::new(),
+                names: std::collections::HashSet::new(),
                 phase: Phase::Starting,
                 ha: None,
                 stores: Vec::new(),
@@ -407,7 +416,9 @@ impl Board {
             });
         }
         let mut inner = self.lock();
-        inner.sets.retain(|e| e.name != set.name);
+        if !inner.names.insert(set.name.clone()) {
+            inner.sets.retain(|e| e.name != set.name);
+        }
         inner.sets.push(Entry {
             name: set.name.clone(),
             provider: set.provider.clone(),
@@ -422,6 +433,7 @@ impl Board {
     /// Forget a set (a reload removed it, and its task has finished).
     pub fn remove(&self, name: &str) {
         let mut inner = self.lock();
+        inner.names.remove(name);
         inner.sets.retain(|e| e.name != name);
         inner.stores.retain(|r| r.borrow().set != name);
         drop(inner);
@@ -549,15 +561,22 @@ pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_failure: Option<String> = None;
     let mut last_line = String::new();
+    let mut last_publish: Option<Instant> = None;
     loop {
         tokio::select! {
-            () = board.changed() => {}
+            () = board.changed() => {
+                // Coalesce: what changes during the gap goes out in one publication.
+                if let Some(last) = last_publish {
+                    tokio::time::sleep_until(last + MIN_PUBLISH_GAP).await;
+                }
+            }
             _ = heartbeat.tick() => {}
             _ = watchdog.tick(), if opts.watchdog.is_some() => {
                 crate::systemd::watchdog_ping();
                 continue;
             }
         }
+        last_publish = Some(Instant::now());
         let snap = board.snapshot(SystemTime::now());
         let line = summary(&snap, SystemTime::now());
         // systemd keeps the last STATUS=; resend only when it reads differently.

@@ -167,9 +167,18 @@ pub trait TokenProvider: Send + Sync {
     }
 }
 
+/// A configured provider: its kind, and the permits that bound its requests in flight.
+#[derive(Debug)]
+pub struct Provider {
+    kind: Kind,
+    /// `max_concurrent_requests` permits. Every request takes one, so thousands of sets
+    /// share a few keep-alive connections and the provider sees a bounded load.
+    permits: tokio::sync::Semaphore,
+}
+
 /// Every provider kind, dispatched without boxing.
 #[derive(Debug)]
-pub enum Provider {
+enum Kind {
     Voucherify(voucherify::Voucherify),
     OAuth2(oauth2::OAuth2),
     Square(square::Square),
@@ -184,6 +193,21 @@ fn load(what: &'static str, source: &crate::secret::SecretSource) -> Result<Secr
 impl Provider {
     /// Build a provider from config, reading its secrets now so a missing key fails at start.
     pub fn build(cfg: &ProviderConfig, http: &reqwest::Client) -> Result<Provider, ProviderError> {
+        Ok(Provider {
+            kind: Kind::build(cfg, http)?,
+            permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
+        })
+    }
+
+    /// A permit for one request. The semaphore is never closed; should that change, a
+    /// closed one lets requests through rather than failing them.
+    async fn permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.permits.acquire().await.ok()
+    }
+}
+
+impl Kind {
+    fn build(cfg: &ProviderConfig, http: &reqwest::Client) -> Result<Kind, ProviderError> {
         match &cfg.kind {
             ProviderKind::Voucherify {
                 base_url,
@@ -192,7 +216,7 @@ impl Provider {
             } => {
                 let app_id = load("app_id", app_id)?;
                 let app_token = load("app_token", app_token)?;
-                Ok(Provider::Voucherify(voucherify::Voucherify::new(
+                Ok(Kind::Voucherify(voucherify::Voucherify::new(
                     http.clone(),
                     base_url.clone(),
                     &app_id,
@@ -207,7 +231,7 @@ impl Provider {
                 auth_method,
                 extra_params,
                 default_lifetime,
-            } => Ok(Provider::OAuth2(oauth2::OAuth2::new(oauth2::Settings {
+            } => Ok(Kind::OAuth2(oauth2::OAuth2::new(oauth2::Settings {
                 http: http.clone(),
                 name: cfg.name.clone(),
                 endpoints: endpoints.clone(),
@@ -235,7 +259,7 @@ impl Provider {
                     }
                     SquareGrant::Renew(s) => (square::Mode::Renew, load("access_token", s)?),
                 };
-                Ok(Provider::Square(square::Square::new(square::Settings {
+                Ok(Kind::Square(square::Square::new(square::Settings {
                     http: http.clone(),
                     name: cfg.name.clone(),
                     base_url: base_url.clone(),
@@ -252,35 +276,42 @@ impl Provider {
 }
 
 impl TokenProvider for Provider {
+    // The requests' futures (reqwest's, with its body buffers) are boxed: every set's task
+    // holds its own future across these calls, and an unboxed request would make each of
+    // 10,000 idle tasks as large as a request in flight. Boxed after the permit, at most
+    // `max_concurrent_requests` of them exist at once.
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
-        match self {
-            Provider::Voucherify(p) => p.issue(scopes).await,
-            Provider::OAuth2(p) => p.issue(scopes).await,
-            Provider::Square(p) => p.issue(scopes).await,
+        let _permit = self.permit().await;
+        match &self.kind {
+            Kind::Voucherify(p) => Box::pin(p.issue(scopes)).await,
+            Kind::OAuth2(p) => Box::pin(p.issue(scopes)).await,
+            Kind::Square(p) => Box::pin(p.issue(scopes)).await,
         }
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
-        match self {
-            Provider::Voucherify(p) => p.revoke(token).await,
-            Provider::OAuth2(p) => p.revoke(token).await,
-            Provider::Square(p) => p.revoke(token).await,
+        let _permit = self.permit().await;
+        match &self.kind {
+            Kind::Voucherify(p) => Box::pin(p.revoke(token)).await,
+            Kind::OAuth2(p) => Box::pin(p.revoke(token)).await,
+            Kind::Square(p) => Box::pin(p.revoke(token)).await,
         }
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
-        match self {
-            Provider::Voucherify(p) => p.introspect(token).await,
-            Provider::OAuth2(p) => p.introspect(token).await,
-            Provider::Square(p) => p.introspect(token).await,
+        let _permit = self.permit().await;
+        match &self.kind {
+            Kind::Voucherify(p) => Box::pin(p.introspect(token)).await,
+            Kind::OAuth2(p) => Box::pin(p.introspect(token)).await,
+            Kind::Square(p) => Box::pin(p.introspect(token)).await,
         }
     }
 
     fn revocation(&self) -> Revocation {
-        match self {
-            Provider::Voucherify(p) => p.revocation(),
-            Provider::OAuth2(p) => p.revocation(),
-            Provider::Square(p) => p.revocation(),
+        match &self.kind {
+            Kind::Voucherify(p) => p.revocation(),
+            Kind::OAuth2(p) => p.revocation(),
+            Kind::Square(p) => p.revocation(),
         }
     }
 }
