@@ -196,11 +196,14 @@ async fn an_outage_keeps_the_old_file_until_expiry_then_removes_it_and_recovers(
     );
     let mut d = Daemon::run(dir.path(), &cfg, 0o022);
     assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
-    let issued_at = Instant::now();
     let first = read(&f).unwrap();
     p.set_outage(Some(503));
-    // Until shortly before its expiry the old token stays in the file, whole.
-    while issued_at.elapsed() < Duration::from_millis(2500) {
+    // Time counts from when the provider minted the token, not from when this test noticed the
+    // file (on a loaded machine that can be much later). The daemon counts from when it sent
+    // the request, a little earlier still, so it may remove the file a little before
+    // minted + 3 s, never much before.
+    let minted = p.issued_with_times()[0].1;
+    while tokio::time::Instant::now() < minted + Duration::from_millis(2700) {
         assert_eq!(read(&f).as_deref(), Some(first.as_str()), "{}", d.output());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -208,10 +211,6 @@ async fn an_outage_keeps_the_old_file_until_expiry_then_removes_it_and_recovers(
         wait_until(PATIENCE, || !f.exists()).await,
         "expired token's file not removed:\n{}",
         d.output()
-    );
-    assert!(
-        issued_at.elapsed() >= Duration::from_millis(2900),
-        "file removed before the token expired"
     );
     d.wait_for_log("expired with no replacement").await;
     p.set_outage(None);
