@@ -235,17 +235,16 @@ pub(crate) async fn read_body(
     Ok(buf)
 }
 
+/// The `Retry-After` header as text, apart from its parsing so that the pure answer parsers
+/// (and their fuzz targets) take plain text rather than a header map.
+pub(crate) fn retry_after_text(headers: &reqwest::header::HeaderMap) -> Option<&str> {
+    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()
+}
+
 /// `Retry-After` in delta-seconds. The HTTP-date form is ignored: OAuth servers send seconds,
 /// and our own backoff applies anyway.
-pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Text from a provider, made safe for one log line: control characters replaced, length
