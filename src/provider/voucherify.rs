@@ -339,15 +339,28 @@ pub fn parse_revoke_answer(
 /// quote a value from the body, and a broken answer may carry a token in the wrong field.
 fn json_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
+    // Syntax and EOF messages are serde_json's own words and quote nothing from the body; one
+    // of them even holds a lone quote ("expected `\"`") that would blank the position away.
+    if !e.is_data() {
+        return text;
+    }
     let mut out = String::with_capacity(text.len());
     let mut quoted = false;
+    // The value is quoted with Rust's escapes: an escaped quote does not end it, and taking
+    // it for the end would print the rest of the value.
+    let mut escaped = false;
     for c in text.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                (false, _) => {}
             }
-            quoted = !quoted;
-        } else if !quoted {
+        } else if c == '"' {
+            out.push_str("\"…\"");
+            quoted = true;
+        } else {
             out.push(c);
         }
     }
@@ -523,6 +536,44 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// Found by the `voucherify_token` fuzz target: an escaped quote inside a quoted value
+    /// ended the blanking early, printing the rest of the value and blanking the position.
+    #[test]
+    fn json_errors_blank_values_with_escaped_quotes() {
+        for body in [
+            r#""ab\"SECRET""#,
+            r#""a\"SECRET\"b""#,
+            r#""ab\\\"SECRET\\""#,
+            r#"{"access_token":"a","client_id":"c","expires_at":1,"expires_in":"x\"SECRET","scope":"api","token_type":"Bearer"}"#,
+        ] {
+            let err = parse_token_answer(200, None, body.as_bytes(), Instant::now()).unwrap_err();
+            let text = err.to_string();
+            assert!(!text.contains("SECRET"), "{body}: {text}");
+            assert!(
+                text.contains(r#"invalid type: string "…""#),
+                "{body}: {text}"
+            );
+            assert!(text.contains(" at line 1 column "), "{body}: {text}");
+        }
+    }
+
+    /// serde_json's own syntax messages keep their position, even the one with a quote.
+    #[test]
+    fn json_syntax_errors_keep_their_position() {
+        let err = parse_introspect_answer(200, None, b"{1:2}").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("key must be a string at line 1 column 2"),
+            "{err}"
+        );
+        let err = parse_introspect_answer(200, None, b"{\"active\" true}").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("expected `:` at line 1 column 11"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
