@@ -359,17 +359,16 @@ pub(crate) async fn read_body(
     Ok(buf)
 }
 
+/// The `Retry-After` header as text, apart from its parsing so that the pure answer parsers
+/// (and their fuzz targets) take plain text rather than a header map.
+pub(crate) fn retry_after_text(headers: &reqwest::header::HeaderMap) -> Option<&str> {
+    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()
+}
+
 /// `Retry-After` in delta-seconds. The HTTP-date form is ignored: OAuth servers send seconds,
 /// and our own backoff applies anyway.
-pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Text from a provider, made safe for one log line: control characters replaced, length
@@ -392,15 +391,28 @@ pub(crate) fn sanitize(text: &str) -> String {
 /// quote a value from the body, and a broken answer may carry a token in the wrong field.
 pub(crate) fn json_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
+    // Syntax and EOF messages are serde_json's own words and quote nothing from the body; one
+    // of them even holds a lone quote ("expected `\"`") that would blank the position away.
+    if !e.is_data() {
+        return text;
+    }
     let mut out = String::with_capacity(text.len());
     let mut quoted = false;
+    // The value is quoted with Rust's escapes: an escaped quote does not end it, and taking
+    // it for the end would print the rest of the value.
+    let mut escaped = false;
     for c in text.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…\"");
+        if quoted {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                (false, _) => {}
             }
-            quoted = !quoted;
-        } else if !quoted {
+        } else if c == '"' {
+            out.push_str("\"…\"");
+            quoted = true;
+        } else {
             out.push(c);
         }
     }
@@ -434,7 +446,7 @@ pub(crate) fn failure(
             operation,
             status: status.as_u16(),
             detail,
-            retry_after: parse_retry_after(headers),
+            retry_after: retry_after_text(headers).and_then(parse_retry_after),
         }
     } else {
         ProviderError::Refused {

@@ -10,9 +10,14 @@ use tokio::time::Instant;
 
 use super::{
     Introspection, Issued, MAX_TOKEN_LEN, ProviderError, TokenProvider, is_b64token, json_error,
-    malformed, parse_retry_after, read_body, sanitize,
+    malformed, parse_retry_after, read_body, retry_after_text, sanitize,
 };
 use crate::secret::Secret;
+
+/// Operation names as errors show them; the HTTP calls and the answer parsers share them.
+const ISSUE: &str = "token request";
+const INTROSPECT: &str = "introspect";
+const REVOKE: &str = "revoke";
 
 /// Longest lifetime we believe. Voucherify grants 900 s; a year means a broken answer, and
 /// would overflow nothing but would park the refresh loop for good.
@@ -210,126 +215,165 @@ impl Voucherify {
         let body = read_body(operation, resp).await?;
         Ok((status, headers, body))
     }
+}
 
-    /// Turn a non-success answer into the error class the daemon retries by.
-    fn failure(
-        operation: &'static str,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> ProviderError {
-        let detail = ErrorBody::describe(body);
-        let code = status.as_u16();
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-        {
-            ProviderError::Unavailable {
-                operation,
-                status: code,
-                detail,
-                retry_after: parse_retry_after(headers),
-            }
-        } else {
-            ProviderError::Refused {
-                operation,
-                status: code,
-                detail,
-            }
+/// Turn a non-success answer into the error class the daemon retries by.
+fn failure(
+    operation: &'static str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> ProviderError {
+    let detail = ErrorBody::describe(body);
+    // A raw u16, not a StatusCode: the parsers take any number a fuzzer makes up.
+    if status == StatusCode::TOO_MANY_REQUESTS.as_u16()
+        || status == StatusCode::REQUEST_TIMEOUT.as_u16()
+        || (500..600).contains(&status)
+    {
+        ProviderError::Unavailable {
+            operation,
+            status,
+            detail,
+            retry_after: retry_after.and_then(parse_retry_after),
         }
+    } else {
+        ProviderError::Refused {
+            operation,
+            status,
+            detail,
+        }
+    }
+}
+
+// The answer parsers: pure functions of (status, Retry-After text, body), so that the
+// daemon's path and the fuzz targets under fuzz/ run the very same code. Every byte string
+// must give an answer or an error, never a panic.
+
+/// Read the answer to `POST /v1/oauth/token`. `issued_at` is when the request went out: the
+/// lifetime counts from there.
+pub fn parse_token_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    issued_at: Instant,
+) -> Result<Issued, ProviderError> {
+    if status != StatusCode::OK.as_u16() {
+        return Err(failure(ISSUE, status, retry_after, body));
+    }
+    // serde_json's messages name the field and position, never the value of a string.
+    let mut r: TokenResponse = serde_json::from_slice(body)
+        .map_err(|e| malformed(ISSUE, format!("not an OAuth token: {}", json_error(&e))))?;
+    if !is_b64token(&r.access_token) {
+        return Err(malformed(
+            ISSUE,
+            format!(
+                "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+            ),
+        ));
+    }
+    if !r.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(
+            ISSUE,
+            format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
+        ));
+    }
+    let lifetime = u64::try_from(r.expires_in)
+        .ok()
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_LIFETIME)
+        .ok_or_else(|| {
+            malformed(
+                ISSUE,
+                format!("expires_in {} is not a sane lifetime", r.expires_in),
+            )
+        })?;
+    Ok(Issued {
+        token: Secret::new(std::mem::take(&mut r.access_token)),
+        token_type: sanitize(&r.token_type),
+        scope: sanitize(&r.scope),
+        issued_at,
+        lifetime,
+    })
+}
+
+/// Read the answer to `POST /v1/oauth/introspect`.
+pub fn parse_introspect_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Introspection, ProviderError> {
+    if status != StatusCode::OK.as_u16() {
+        return Err(failure(INTROSPECT, status, retry_after, body));
+    }
+    let r: IntrospectResponse = serde_json::from_slice(body).map_err(|e| {
+        malformed(
+            INTROSPECT,
+            format!("not an introspection answer: {}", json_error(&e)),
+        )
+    })?;
+    if !r.active {
+        return Ok(Introspection::Inactive);
+    }
+    let remaining = r
+        .expires_in
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    Ok(Introspection::Active { remaining })
+}
+
+/// Read the answer to `POST /v1/oauth/token/revoke`: a status and, on failure, an error body.
+pub fn parse_revoke_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<(), ProviderError> {
+    // 404: unknown or already inactive. Either way it can no longer be used.
+    match StatusCode::from_u16(status) {
+        Ok(StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND) => Ok(()),
+        _ => Err(failure(REVOKE, status, retry_after, body)),
     }
 }
 
 impl TokenProvider for Voucherify {
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
-        const OP: &str = "token request";
         let scope = scopes.join(" ");
         let issued_at = Instant::now();
         let (status, headers, body) = self
             .post(
-                OP,
+                ISSUE,
                 &self.token_url,
                 &[("grant_type", "client_credentials"), ("scope", &scope)],
             )
             .await?;
-        if status != StatusCode::OK {
-            return Err(Self::failure(OP, status, &headers, &body));
-        }
-        // serde_json's messages name the field and position, never the value of a string.
-        let mut r: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
-        if !is_b64token(&r.access_token) {
-            return Err(malformed(
-                OP,
-                format!(
-                    "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
-                ),
-            ));
-        }
-        if !r.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(malformed(
-                OP,
-                format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
-            ));
-        }
-        let lifetime = u64::try_from(r.expires_in)
-            .ok()
-            .filter(|&s| s > 0)
-            .map(Duration::from_secs)
-            .filter(|d| *d <= MAX_LIFETIME)
-            .ok_or_else(|| {
-                malformed(
-                    OP,
-                    format!("expires_in {} is not a sane lifetime", r.expires_in),
-                )
-            })?;
-        Ok(Issued {
-            token: Secret::new(std::mem::take(&mut r.access_token)),
-            token_type: sanitize(&r.token_type),
-            scope: sanitize(&r.scope),
+        parse_token_answer(
+            status.as_u16(),
+            retry_after_text(&headers),
+            &body,
             issued_at,
-            lifetime,
-        })
+        )
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
-        const OP: &str = "revoke";
         let (status, headers, body) = self
-            .post(OP, &self.revoke_url, &[("access_token", token.expose())])
+            .post(
+                REVOKE,
+                &self.revoke_url,
+                &[("access_token", token.expose())],
+            )
             .await?;
-        match status {
-            // 404: unknown or already inactive. Either way it can no longer be used.
-            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(Self::failure(OP, status, &headers, &body)),
-        }
+        parse_revoke_answer(status.as_u16(), retry_after_text(&headers), &body)
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
-        const OP: &str = "introspect";
         let (status, headers, body) = self
             .post(
-                OP,
+                INTROSPECT,
                 &self.introspect_url,
                 &[("access_token", token.expose())],
             )
             .await?;
-        if status != StatusCode::OK {
-            return Err(Self::failure(OP, status, &headers, &body));
-        }
-        let r: IntrospectResponse = serde_json::from_slice(&body).map_err(|e| {
-            malformed(
-                OP,
-                format!("not an introspection answer: {}", json_error(&e)),
-            )
-        })?;
-        if !r.active {
-            return Ok(Introspection::Inactive);
-        }
-        let remaining = r
-            .expires_in
-            .and_then(|s| u64::try_from(s).ok())
-            .map(Duration::from_secs);
-        Ok(Introspection::Active { remaining })
+        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body)
     }
 }
 
@@ -453,6 +497,44 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// Found by the `voucherify_token` fuzz target: an escaped quote inside a quoted value
+    /// ended the blanking early, printing the rest of the value and blanking the position.
+    #[test]
+    fn json_errors_blank_values_with_escaped_quotes() {
+        for body in [
+            r#""ab\"SECRET""#,
+            r#""a\"SECRET\"b""#,
+            r#""ab\\\"SECRET\\""#,
+            r#"{"access_token":"a","client_id":"c","expires_at":1,"expires_in":"x\"SECRET","scope":"api","token_type":"Bearer"}"#,
+        ] {
+            let err = parse_token_answer(200, None, body.as_bytes(), Instant::now()).unwrap_err();
+            let text = err.to_string();
+            assert!(!text.contains("SECRET"), "{body}: {text}");
+            assert!(
+                text.contains(r#"invalid type: string "…""#),
+                "{body}: {text}"
+            );
+            assert!(text.contains(" at line 1 column "), "{body}: {text}");
+        }
+    }
+
+    /// serde_json's own syntax messages keep their position, even the one with a quote.
+    #[test]
+    fn json_syntax_errors_keep_their_position() {
+        let err = parse_introspect_answer(200, None, b"{1:2}").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("key must be a string at line 1 column 2"),
+            "{err}"
+        );
+        let err = parse_introspect_answer(200, None, b"{\"active\" true}").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("expected `:` at line 1 column 11"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
