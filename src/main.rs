@@ -444,13 +444,11 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
         },
         None => None,
     };
-    // systemd starts dependants once every token file exists (Type=notify).
+    // systemd starts dependants once every token file exists (Type=notify): the status
+    // reporter sends READY=1 once it has published the running phase.
     let on_ready = {
         let board = Arc::clone(&board);
-        move || {
-            board.set_phase(Phase::Running);
-            systemd::ready();
-        }
+        move || board.set_phase(Phase::Running)
     };
     let reload = path.map(reloader);
     // With `ha:`, stand by until this instance holds the lease; then lead with a control

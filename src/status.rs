@@ -365,6 +365,9 @@ struct Inner {
 pub struct Board {
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Woken when the phase changes: the reporter publishes that at once, without waiting
+    /// out its coalescing gap, because readiness and stop are what watchers wait for.
+    phase_changed: Notify,
     started_at: SystemTime,
     pid: u32,
 }
@@ -380,6 +383,7 @@ impl Board {
                 stores: Vec::new(),
             }),
             changed: Notify::new(),
+            phase_changed: Notify::new(),
             started_at: SystemTime::now(),
             pid: std::process::id(),
         })
@@ -443,6 +447,7 @@ impl Board {
     pub fn set_phase(&self, phase: Phase) {
         self.lock().phase = phase;
         self.changed.notify_one();
+        self.phase_changed.notify_one();
     }
 
     pub fn phase(&self) -> Phase {
@@ -562,12 +567,20 @@ pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
     let mut last_failure: Option<String> = None;
     let mut last_line = String::new();
     let mut last_publish: Option<Instant> = None;
+    let mut last_phase: Option<Phase> = None;
+    let mut ready_sent = false;
     loop {
         tokio::select! {
             () = board.changed() => {
-                // Coalesce: what changes during the gap goes out in one publication.
-                if let Some(last) = last_publish {
-                    tokio::time::sleep_until(last + MIN_PUBLISH_GAP).await;
+                // Coalesce: what changes during the gap goes out in one publication; a new
+                // phase (ready, stopping) goes out at once.
+                if let Some(last) = last_publish
+                    && last_phase == Some(board.phase())
+                {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(last + MIN_PUBLISH_GAP) => {}
+                        () = board.phase_changed.notified() => {}
+                    }
                 }
             }
             _ = heartbeat.tick() => {}
@@ -578,6 +591,7 @@ pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
         }
         last_publish = Some(Instant::now());
         let snap = board.snapshot(SystemTime::now());
+        last_phase = Some(snap.phase);
         let line = summary(&snap, SystemTime::now());
         // systemd keeps the last STATUS=; resend only when it reads differently.
         if line != last_line {
@@ -595,6 +609,12 @@ pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
                 last_failure = Some(e.clone());
             }
             _ => {}
+        }
+        // READY=1 only once the status file and STATUS= say so: whoever systemd starts next,
+        // or `tokenkeeper status` right after `systemctl start`, sees the sets fresh.
+        if snap.phase == Phase::Running && !ready_sent {
+            crate::systemd::ready();
+            ready_sent = true;
         }
         if snap.phase == Phase::Stopped {
             return;
