@@ -67,6 +67,9 @@ fn check_json_error(what: &str) {
     let Some((_, json)) = what
         .split_once("not an OAuth token: ")
         .or_else(|| what.split_once("not an introspection answer: "))
+        .or_else(|| what.split_once("not a token answer: "))
+        .or_else(|| what.split_once("not a token status: "))
+        .or_else(|| what.split_once("not a revoke answer: "))
     else {
         return;
     };

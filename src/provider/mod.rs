@@ -434,24 +434,26 @@ pub(crate) fn is_transient(status: reqwest::StatusCode) -> bool {
         || status.is_server_error()
 }
 
-/// The classified error for a non-success answer whose body `detail` describes.
+/// The classified error for a non-success answer whose body `detail` describes. The status
+/// is a raw `u16` and Retry-After plain text, so that the pure answer parsers (and their fuzz
+/// targets) can call it with any number a fuzzer makes up.
 pub(crate) fn failure(
     operation: &'static str,
-    status: reqwest::StatusCode,
-    headers: &reqwest::header::HeaderMap,
+    status: u16,
+    retry_after: Option<&str>,
     detail: String,
 ) -> ProviderError {
-    if is_transient(status) {
+    if matches!(status, 408 | 429 | 500..=599) {
         ProviderError::Unavailable {
             operation,
-            status: status.as_u16(),
+            status,
             detail,
-            retry_after: retry_after_text(headers).and_then(parse_retry_after),
+            retry_after: retry_after.and_then(parse_retry_after),
         }
     } else {
         ProviderError::Refused {
             operation,
-            status: status.as_u16(),
+            status,
             detail,
         }
     }

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::{
     Introspection, Issued, MAX_TOKEN_LEN, ProviderError, Revocation, TokenProvider, failure,
-    is_b64token, is_transient, json_error, malformed, read_body, sane_lifetime, sanitize,
+    is_b64token, is_transient, json_error, malformed, read_body, retry_after_text, sane_lifetime,
+    sanitize,
 };
 use crate::config::{AuthMethod, OAuth2Endpoints};
 use crate::secret::Secret;
@@ -316,7 +317,12 @@ impl OAuth2 {
             let headers = resp.headers().clone();
             let body = read_body(OP, resp).await?;
             if is_transient(status) {
-                return Err(failure(OP, status, &headers, describe_error(&body)));
+                return Err(failure(
+                    OP,
+                    status.as_u16(),
+                    retry_after_text(&headers),
+                    describe_error(&body),
+                ));
             }
             if status != StatusCode::OK {
                 tried.push(format!("{url} (HTTP {})", status.as_u16()));
@@ -417,27 +423,122 @@ impl OAuth2 {
         let body = read_body(operation, resp).await?;
         Ok((status, headers, body))
     }
+}
 
-    fn lifetime(
-        &self,
-        op: &'static str,
-        expires_in: Option<&serde_json::Value>,
-    ) -> Result<Duration, ProviderError> {
-        let secs = match expires_in {
-            None | Some(serde_json::Value::Null) => {
-                if !self.said_default_lifetime.swap(true, Ordering::Relaxed) {
-                    warn!(provider = %self.name,
-                        default_lifetime = %humantime::format_duration(self.default_lifetime),
-                        "the token answer has no expires_in; assuming default_lifetime for this and later tokens");
-                }
-                return Ok(self.default_lifetime);
-            }
-            Some(serde_json::Value::Number(n)) => n.as_i64(),
-            Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok(),
-            Some(_) => None,
-        };
-        secs.and_then(|s| sane_lifetime(s, MAX_LIFETIME))
-            .ok_or_else(|| malformed(op, "expires_in is not a sane lifetime in seconds"))
+// The answer parsers: pure functions of (status, Retry-After text, body, and what the answer
+// is read against), so that the daemon's path and the fuzz targets under fuzz/ run the very
+// same code. Every byte string must give an answer or an error, never a panic.
+
+/// A token answer read by [`parse_token_answer`].
+#[derive(Debug)]
+pub struct TokenAnswer {
+    pub issued: Issued,
+    /// The answer had no `expires_in`, so `issued` lives the configured default lifetime; the
+    /// caller says so once in the log.
+    pub default_lifetime_used: bool,
+}
+
+/// Read the answer to a client_credentials token request (RFC 6749 sections 5.1 and 5.2).
+/// `requested_scope` is what the request asked for (granted when the answer names none);
+/// `default_lifetime` applies when the answer has no `expires_in`.
+pub fn parse_token_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    issued_at: Instant,
+    requested_scope: &str,
+    default_lifetime: Duration,
+) -> Result<TokenAnswer, ProviderError> {
+    const OP: &str = "token request";
+    if status != StatusCode::OK.as_u16() {
+        return Err(failure(OP, status, retry_after, describe_error(body)));
+    }
+    let mut r: TokenResponse = serde_json::from_slice(body)
+        .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
+    if !is_b64token(&r.access_token) {
+        return Err(malformed(
+            OP,
+            format!(
+                "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+            ),
+        ));
+    }
+    if !r.token_type.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(
+            OP,
+            format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
+        ));
+    }
+    let secs = match r.expires_in.as_ref() {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.as_i64()),
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse::<i64>().ok()),
+        Some(_) => Some(None),
+    };
+    let (lifetime, default_lifetime_used) = match secs {
+        None => (default_lifetime, true),
+        Some(secs) => (
+            secs.and_then(|s| sane_lifetime(s, MAX_LIFETIME))
+                .ok_or_else(|| malformed(OP, "expires_in is not a sane lifetime in seconds"))?,
+            false,
+        ),
+    };
+    // RFC 6749 section 5.1: no `scope` means the requested scope was granted.
+    let granted = r
+        .scope
+        .as_deref()
+        .map_or_else(|| requested_scope.to_string(), sanitize);
+    Ok(TokenAnswer {
+        issued: Issued {
+            token: Secret::new(std::mem::take(&mut r.access_token)),
+            token_type: sanitize(&r.token_type),
+            scope: granted,
+            issued_at,
+            lifetime,
+        },
+        default_lifetime_used,
+    })
+}
+
+/// Read the answer to an RFC 7662 introspection request; `now` is the local clock in Unix
+/// seconds, which `exp` is read against.
+pub fn parse_introspect_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<Introspection, ProviderError> {
+    const OP: &str = "introspect";
+    if status != StatusCode::OK.as_u16() {
+        return Err(failure(OP, status, retry_after, describe_error(body)));
+    }
+    let r: IntrospectResponse = serde_json::from_slice(body).map_err(|e| {
+        malformed(
+            OP,
+            format!("not an introspection answer: {}", json_error(&e)),
+        )
+    })?;
+    if !r.active {
+        return Ok(Introspection::Inactive);
+    }
+    let remaining = r
+        .exp
+        .and_then(|exp| u64::try_from(exp).ok())
+        .map(|exp| Duration::from_secs(exp.saturating_sub(now)));
+    Ok(Introspection::Active { remaining })
+}
+
+/// Read the answer to an RFC 7009 revocation request.
+pub fn parse_revoke_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<(), ProviderError> {
+    // RFC 7009 section 2.2: 200 also for a token the server does not know.
+    if status == StatusCode::OK.as_u16() {
+        Ok(())
+    } else {
+        Err(failure("revoke", status, retry_after, describe_error(body)))
     }
 }
 
@@ -455,35 +556,21 @@ impl TokenProvider for OAuth2 {
         }
         let issued_at = Instant::now();
         let (status, headers, body) = self.post(OP, &endpoints.token, form).await?;
-        if status != StatusCode::OK {
-            return Err(failure(OP, status, &headers, describe_error(&body)));
-        }
-        let mut r: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
-        if !is_b64token(&r.access_token) {
-            return Err(malformed(
-                OP,
-                format!(
-                    "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
-                ),
-            ));
-        }
-        if !r.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(malformed(
-                OP,
-                format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
-            ));
-        }
-        let lifetime = self.lifetime(OP, r.expires_in.as_ref())?;
-        // RFC 6749 section 5.1: no `scope` means the requested scope was granted.
-        let granted = r.scope.as_deref().map_or(scope.clone(), sanitize);
-        Ok(Issued {
-            token: Secret::new(std::mem::take(&mut r.access_token)),
-            token_type: sanitize(&r.token_type),
-            scope: granted,
+        let answer = parse_token_answer(
+            status.as_u16(),
+            retry_after_text(&headers),
+            &body,
             issued_at,
-            lifetime,
-        })
+            &scope,
+            self.default_lifetime,
+        )?;
+        if answer.default_lifetime_used && !self.said_default_lifetime.swap(true, Ordering::Relaxed)
+        {
+            warn!(provider = %self.name,
+                default_lifetime = %humantime::format_duration(self.default_lifetime),
+                "the token answer has no expires_in; assuming default_lifetime for this and later tokens");
+        }
+        Ok(answer.issued)
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
@@ -502,12 +589,7 @@ impl TokenProvider for OAuth2 {
                 ],
             )
             .await?;
-        // RFC 7009 section 2.2: 200 also for a token the server does not know.
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(failure(OP, status, &headers, describe_error(&body)))
-        }
+        parse_revoke_answer(status.as_u16(), retry_after_text(&headers), &body)
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -526,26 +608,10 @@ impl TokenProvider for OAuth2 {
                 ],
             )
             .await?;
-        if status != StatusCode::OK {
-            return Err(failure(OP, status, &headers, describe_error(&body)));
-        }
-        let r: IntrospectResponse = serde_json::from_slice(&body).map_err(|e| {
-            malformed(
-                OP,
-                format!("not an introspection answer: {}", json_error(&e)),
-            )
-        })?;
-        if !r.active {
-            return Ok(Introspection::Inactive);
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let remaining = r
-            .exp
-            .and_then(|exp| u64::try_from(exp).ok())
-            .map(|exp| Duration::from_secs(exp.saturating_sub(now)));
-        Ok(Introspection::Active { remaining })
+        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body, now)
     }
 
     fn revocation(&self) -> Revocation {
@@ -561,6 +627,35 @@ impl TokenProvider for OAuth2 {
 mod tests {
     use super::*;
     use crate::provider::testutil::{Canned, http};
+
+    /// A missing `expires_in` takes the default lifetime and says so; a bad one is an error
+    /// that never quotes the body.
+    #[test]
+    fn token_answers_read_expires_in_or_the_default() {
+        let default = Duration::from_secs(1234);
+        let t = parse_token_answer(
+            200,
+            None,
+            br#"{"access_token":"abc","token_type":"bearer"}"#,
+            Instant::now(),
+            "read",
+            default,
+        )
+        .unwrap();
+        assert!(t.default_lifetime_used);
+        assert_eq!(t.issued.lifetime, default);
+        assert_eq!(t.issued.scope, "read");
+        let err = parse_token_answer(
+            200,
+            None,
+            br#"{"access_token":"abc","token_type":"bearer","expires_in":"SECRET"}"#,
+            Instant::now(),
+            "read",
+            default,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
 
     fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {
         Settings {

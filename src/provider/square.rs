@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use super::refresh_store::RefreshStore;
 use super::{
     Introspection, Issued, MAX_TOKEN_LEN, ProviderError, Revocation, TokenProvider, failure,
-    is_b64token, json_error, malformed, read_body, sanitize,
+    is_b64token, json_error, malformed, read_body, retry_after_text, sanitize,
 };
 use crate::secret::Secret;
 
@@ -467,6 +467,187 @@ impl Square {
     }
 }
 
+// The answer parsers: pure functions of (status, Retry-After text, body, and what the answer
+// is read against), so that the daemon's path and the fuzz targets under fuzz/ run the very
+// same code. Every byte string must give an answer or an error, never a panic.
+
+/// A 200 token answer read by [`parse_token_answer`]. The refresh token stands apart from the
+/// access token's checks: whatever is wrong with the rest of the answer, the old refresh token
+/// may already be spent, so the caller saves the new one first.
+pub struct TokenAnswer {
+    /// The refresh token as sent, unchecked (the caller compares it with the one it sent).
+    pub refresh_token: Option<Secret>,
+    /// The access token and its lifetime, or what is wrong with them.
+    pub access: Result<(Secret, Duration), ProviderError>,
+    /// What looks wrong with the local clock, for a loud log line.
+    pub clock: Option<String>,
+    /// `expires_at` as sent, made safe for a log line.
+    pub expires_at: String,
+}
+
+/// Read the answer to ObtainToken or RenewToken (`operation`). `date` is Square's `Date`
+/// header, `now` the local clock; the lifetime is read against Square's clock when it sent one.
+pub fn parse_token_answer(
+    operation: &'static str,
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    date: Option<&str>,
+    now: SystemTime,
+) -> Result<TokenAnswer, ProviderError> {
+    let op = operation;
+    if status != StatusCode::OK.as_u16() {
+        return Err(failure(op, status, retry_after, describe_error(body)));
+    }
+    let mut r: TokenResponse = serde_json::from_slice(body)
+        .map_err(|e| malformed(op, format!("not a token answer: {}", json_error(&e))))?;
+    if !r.errors.is_empty() {
+        return Err(ProviderError::Refused {
+            operation: op,
+            status,
+            detail: describe_errors(&r.errors),
+        });
+    }
+    let refresh_token = r.refresh_token.take().map(Secret::new);
+    let expires_text = r.expires_at.take().unwrap_or_default();
+    let mut clock = None;
+    let access = check_access(op, &mut r, &expires_text, date, now, &mut clock);
+    Ok(TokenAnswer {
+        refresh_token,
+        access,
+        clock,
+        expires_at: sanitize(&expires_text),
+    })
+}
+
+/// The access-token half of [`parse_token_answer`].
+fn check_access(
+    op: &'static str,
+    r: &mut TokenResponse,
+    expires_text: &str,
+    date: Option<&str>,
+    now: SystemTime,
+    clock: &mut Option<String>,
+) -> Result<(Secret, Duration), ProviderError> {
+    let access = r.access_token.take().unwrap_or_default();
+    if !is_b64token(&access) {
+        return Err(malformed(
+            op,
+            format!(
+                "access_token is missing, empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+            ),
+        ));
+    }
+    let token = Secret::new(access);
+    let token_type = r.token_type.take().unwrap_or_default();
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(
+            op,
+            format!("token_type {:?} is not bearer", sanitize(&token_type)),
+        ));
+    }
+    let expires_at = parse_timestamp(expires_text).ok_or_else(|| {
+        malformed(
+            op,
+            format!(
+                "expires_at {:?} is not an ISO 8601 timestamp",
+                sanitize(expires_text)
+            ),
+        )
+    })?;
+    let server_date = date.and_then(|v| httpdate::parse_http_date(v).ok());
+    let (left, wrong_clock) = lifetime(expires_at, server_date, now);
+    *clock = wrong_clock;
+    let lifetime = left.ok_or_else(|| {
+        malformed(
+            op,
+            format!(
+                "expires_at {} is in the past or more than 90 days ahead{}",
+                sanitize(expires_text),
+                if server_date.is_some() {
+                    " of Square's own clock"
+                } else {
+                    ""
+                }
+            ),
+        )
+    })?;
+    Ok((token, lifetime))
+}
+
+/// Read the answer to RetrieveTokenStatus; `now` is the local clock `expires_at` is read
+/// against.
+pub fn parse_status_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Introspection, ProviderError> {
+    const OP: &str = "RetrieveTokenStatus";
+    match status {
+        200 => {}
+        // Expired, revoked or unknown: RetrieveTokenStatus answers UNAUTHORIZED.
+        401 => return Ok(Introspection::Inactive),
+        _ => return Err(failure(OP, status, retry_after, describe_error(body))),
+    }
+    let r: StatusResponse = serde_json::from_slice(body)
+        .map_err(|e| malformed(OP, format!("not a token status: {}", json_error(&e))))?;
+    if !r.errors.is_empty() {
+        return Ok(Introspection::Inactive);
+    }
+    // Empty `expires_at`: a token that never expires (personal access tokens).
+    let remaining = match r.expires_at.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => {
+            let at = parse_timestamp(text).ok_or_else(|| {
+                malformed(
+                    OP,
+                    format!("expires_at {:?} is not a timestamp", sanitize(text)),
+                )
+            })?;
+            Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+    };
+    Ok(Introspection::Active { remaining })
+}
+
+/// Read the answer to RevokeToken.
+pub fn parse_revoke_answer(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<(), ProviderError> {
+    const OP: &str = "RevokeToken";
+    match status {
+        200 => {
+            let r: RevokeResponse = serde_json::from_slice(body)
+                .map_err(|e| malformed(OP, format!("not a revoke answer: {}", json_error(&e))))?;
+            if r.success == Some(true) {
+                Ok(())
+            } else {
+                Err(ProviderError::Refused {
+                    operation: OP,
+                    status: 200,
+                    detail: if r.errors.is_empty() {
+                        "success is not true".to_string()
+                    } else {
+                        describe_errors(&r.errors)
+                    },
+                })
+            }
+        }
+        // Unknown, expired or already revoked: either way it can no longer be used.
+        404 => Ok(()),
+        401 if error_codes(body)
+            .iter()
+            .any(|c| GONE_CODES.contains(&c.as_str())) =>
+        {
+            Ok(())
+        }
+        _ => Err(failure(OP, status, retry_after, describe_error(body))),
+    }
+}
+
 impl TokenProvider for Square {
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
         let mut current = self.current.lock().await;
@@ -503,80 +684,36 @@ impl TokenProvider for Square {
             body.map_err(|e| malformed("request", format!("cannot encode: {}", json_error(&e))))?;
         let issued_at = Instant::now();
         let (status, headers, body) = self.post(op, url, auth, Some(body)).await?;
-        if status != StatusCode::OK {
-            return Err(failure(op, status, &headers, describe_error(&body)));
-        }
-        let mut r: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|e| malformed(op, format!("not a token answer: {}", json_error(&e))))?;
-        if !r.errors.is_empty() {
-            return Err(ProviderError::Refused {
-                operation: op,
-                status: status.as_u16(),
-                detail: describe_errors(&r.errors),
-            });
-        }
+        let answer = parse_token_answer(
+            op,
+            status.as_u16(),
+            retry_after_text(&headers),
+            &body,
+            headers
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok()),
+            SystemTime::now(),
+        )?;
         // The new refresh token first: whatever is wrong with the rest of the answer, the
         // old one may already be spent.
         if self.mode == Mode::RefreshToken
-            && let Some(next) = r.refresh_token.take().filter(|t| t != current.expose())
+            && let Some(next) = answer
+                .refresh_token
+                .filter(|t| t.expose() != current.expose())
         {
-            if next.len() < 2 || next.len() > MAX_SQUARE_TOKEN_LEN || !is_b64token(&next) {
+            let text = next.expose();
+            if text.len() < 2 || text.len() > MAX_SQUARE_TOKEN_LEN || !is_b64token(text) {
                 return Err(malformed(
                     op,
                     "refresh_token is not a token Square issues (2 to 1024 token characters)",
                 ));
             }
-            self.keep(&mut current, Secret::new(next)).await?;
+            self.keep(&mut current, next).await?;
         }
-        let access = r.access_token.take().unwrap_or_default();
-        if !is_b64token(&access) {
-            return Err(malformed(
-                op,
-                format!(
-                    "access_token is missing, empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
-                ),
-            ));
+        if let Some(clock) = &answer.clock {
+            error!(provider = %self.name, expires_at = %answer.expires_at, "CLOCK LOOKS WRONG: {clock}");
         }
-        let token_type = r.token_type.take().unwrap_or_default();
-        if !token_type.eq_ignore_ascii_case("bearer") {
-            return Err(malformed(
-                op,
-                format!("token_type {:?} is not bearer", sanitize(&token_type)),
-            ));
-        }
-        let expires_text = r.expires_at.take().unwrap_or_default();
-        let expires_at = parse_timestamp(&expires_text).ok_or_else(|| {
-            malformed(
-                op,
-                format!(
-                    "expires_at {:?} is not an ISO 8601 timestamp",
-                    sanitize(&expires_text)
-                ),
-            )
-        })?;
-        let server_date = headers
-            .get(reqwest::header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        let (left, clock) = lifetime(expires_at, server_date, SystemTime::now());
-        if let Some(clock) = &clock {
-            error!(provider = %self.name, expires_at = %sanitize(&expires_text), "CLOCK LOOKS WRONG: {clock}");
-        }
-        let lifetime = left.ok_or_else(|| {
-            malformed(
-                op,
-                format!(
-                    "expires_at {} is in the past or more than 90 days ahead{}",
-                    sanitize(&expires_text),
-                    if server_date.is_some() {
-                        " of Square's own clock"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-        })?;
-        let token = Secret::new(access);
+        let (token, lifetime) = answer.access?;
         if self.mode == Mode::Renew {
             // The renewed token is what the next renewal presents.
             self.keep(&mut current, token.clone()).await?;
@@ -607,36 +744,7 @@ impl TokenProvider for Square {
         let (status, headers, body) = self
             .post(OP, self.url(&["oauth2", "revoke"]), Some(auth), Some(body))
             .await?;
-        match status {
-            StatusCode::OK => {
-                let r: RevokeResponse = serde_json::from_slice(&body).map_err(|e| {
-                    malformed(OP, format!("not a revoke answer: {}", json_error(&e)))
-                })?;
-                if r.success == Some(true) {
-                    Ok(())
-                } else {
-                    Err(ProviderError::Refused {
-                        operation: OP,
-                        status: 200,
-                        detail: if r.errors.is_empty() {
-                            "success is not true".to_string()
-                        } else {
-                            describe_errors(&r.errors)
-                        },
-                    })
-                }
-            }
-            // Unknown, expired or already revoked: either way it can no longer be used.
-            StatusCode::NOT_FOUND => Ok(()),
-            StatusCode::UNAUTHORIZED
-                if error_codes(&body)
-                    .iter()
-                    .any(|c| GONE_CODES.contains(&c.as_str())) =>
-            {
-                Ok(())
-            }
-            _ => Err(failure(OP, status, &headers, describe_error(&body))),
-        }
+        parse_revoke_answer(status.as_u16(), retry_after_text(&headers), &body)
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -652,34 +760,12 @@ impl TokenProvider for Square {
                 None,
             )
             .await?;
-        match status {
-            StatusCode::OK => {}
-            // Expired, revoked or unknown: RetrieveTokenStatus answers UNAUTHORIZED.
-            StatusCode::UNAUTHORIZED => return Ok(Introspection::Inactive),
-            _ => return Err(failure(OP, status, &headers, describe_error(&body))),
-        }
-        let r: StatusResponse = serde_json::from_slice(&body)
-            .map_err(|e| malformed(OP, format!("not a token status: {}", json_error(&e))))?;
-        if !r.errors.is_empty() {
-            return Ok(Introspection::Inactive);
-        }
-        // Empty `expires_at`: a token that never expires (personal access tokens).
-        let remaining = match r.expires_at.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(text) => {
-                let at = parse_timestamp(text).ok_or_else(|| {
-                    malformed(
-                        OP,
-                        format!("expires_at {:?} is not a timestamp", sanitize(text)),
-                    )
-                })?;
-                Some(
-                    at.duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                )
-            }
-        };
-        Ok(Introspection::Active { remaining })
+        parse_status_answer(
+            status.as_u16(),
+            retry_after_text(&headers),
+            &body,
+            SystemTime::now(),
+        )
     }
 
     fn revocation(&self) -> Revocation {

@@ -370,3 +370,34 @@ async fn renew_mode_renews_the_latest_access_token_and_keeps_it() {
     assert_eq!(body(&reqs[1]), serde_json::json!({"access_token":"EAAAr1"}));
     assert_eq!(p.store.load().unwrap().unwrap().1.expose(), "EAAAr2");
 }
+
+/// A 200 whose access token is unusable still hands back the refresh token: the old one may
+/// already be spent, so the caller must be able to save the new one before failing.
+#[test]
+fn a_bad_access_token_still_hands_back_the_refresh_token() {
+    let body = br#"{"access_token":"bad token","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z","refresh_token":"EQAAnext"}"#;
+    let answer =
+        parse_token_answer("ObtainToken", 200, None, body, None, SystemTime::now()).unwrap();
+    assert_eq!(
+        answer.refresh_token.as_ref().map(Secret::expose),
+        Some("EQAAnext")
+    );
+    let err = answer.access.unwrap_err();
+    assert!(!err.to_string().contains("bad token"), "{err}");
+}
+
+/// RetrieveTokenStatus: 401 is an inactive token, not an error; 503 is a retryable one.
+#[test]
+fn status_answers_are_classified() {
+    let now = SystemTime::now();
+    assert!(matches!(
+        parse_status_answer(401, None, b"", now),
+        Ok(Introspection::Inactive)
+    ));
+    assert!(matches!(
+        parse_status_answer(200, None, br#"{"expires_at":""}"#, now),
+        Ok(Introspection::Active { remaining: None })
+    ));
+    let err = parse_status_answer(503, Some("7"), b"", now).unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+}
