@@ -61,6 +61,8 @@ pub enum JournalError {
     },
     #[error("{path} has journal version {found}; this tokenkeeper reads version {VERSION}", path = path.display())]
     Version { path: PathBuf, found: u32 },
+    #[error("cannot write the journal")]
+    Write(#[source] crate::sink::SinkError),
     #[error("the journal writer has stopped")]
     Closed,
 }
@@ -271,23 +273,7 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
         path: path.clone(),
         source,
     })?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".journal.")
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(JOURNAL_MODE))
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    let tmp_path = tmp.path().to_path_buf();
-    tmp.write_all(&bytes).map_err(io("write", &tmp_path))?;
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(JOURNAL_MODE))
-        .map_err(io("set the mode of", &tmp_path))?;
-    tmp.as_file().sync_all().map_err(io("fsync", &tmp_path))?;
-    tmp.persist(&path)
-        .map_err(|e| io("rename a temporary file over", &path)(e.error))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
+    crate::sink::write_file(&path, JOURNAL_MODE, &bytes).map_err(JournalError::Write)
 }
 
 enum Op {

@@ -387,7 +387,7 @@ fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
     let code = |e: &JournalError| match e {
         JournalError::Locked { .. } => EXIT_TEMPFAIL,
         JournalError::Corrupt { .. } | JournalError::Version { .. } => EXIT_DATAERR,
-        JournalError::Io { .. } | JournalError::Closed => EXIT_CANTCREAT,
+        JournalError::Io { .. } | JournalError::Write(_) | JournalError::Closed => EXIT_CANTCREAT,
     };
     let lock = journal::lock_state_dir(dir).map_err(|e| {
         error!("{}", chain(&e));

@@ -184,7 +184,7 @@ fn escape(value: &str) -> String {
 
 /// Write the exposition atomically, so node_exporter never reads half a file.
 pub fn write_textfile(path: &Path, snap: &Snapshot) -> Result<(), MetricsError> {
-    crate::status::write_file(path, TEXTFILE_MODE, render(snap).as_bytes())
+    crate::sink::write_file(path, TEXTFILE_MODE, render(snap).as_bytes())
         .map_err(MetricsError::Textfile)
 }
 

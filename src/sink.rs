@@ -202,6 +202,19 @@ pub fn remove_stale_temps(path: &Path) {
     });
 }
 
+/// Atomically replace `path` with `contents` at exactly `mode`, owned by us: the journal,
+/// state files, the status file and metrics go through here like the token files.
+pub fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), SinkError> {
+    let file = FileConfig {
+        path: path.to_path_buf(),
+        format: FileFormat::Raw,
+        mode,
+        owner: None,
+        group: None,
+    };
+    write_atomic(&file, contents)
+}
+
 /// Atomically replace `file.path` with `contents`, with the exact mode and owner.
 pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError> {
     let path = &file.path;

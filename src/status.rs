@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use crate::config::{FileConfig, FileFormat, SetConfig};
+use crate::config::SetConfig;
 use crate::daemon::SetState;
 use crate::sink;
 
@@ -665,19 +665,7 @@ pub fn write_status_file(path: &Path, snap: &Snapshot) -> Result<(), StatusError
     // types above, and an empty object is still valid JSON for the reader to refuse.
     let mut text = serde_json::to_vec_pretty(snap).unwrap_or_else(|_| b"{}".to_vec());
     text.push(b'\n');
-    write_file(path, STATUS_MODE, &text).map_err(StatusError::Write)
-}
-
-/// Atomic write with an exact mode, the same way token files are written.
-pub(crate) fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), sink::SinkError> {
-    let file = FileConfig {
-        path: path.to_path_buf(),
-        format: FileFormat::Raw,
-        mode,
-        owner: None,
-        group: None,
-    };
-    sink::write_atomic(&file, contents)
+    sink::write_file(path, STATUS_MODE, &text).map_err(StatusError::Write)
 }
 
 /// Read a status file.
@@ -965,7 +953,7 @@ pub fn render_json(snap: &Snapshot, live: &Liveness, now: SystemTime) -> serde_j
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{OnShutdown, RefreshPolicy};
+    use crate::config::{FileConfig, FileFormat, OnShutdown, RefreshPolicy};
 
     fn set_cfg(name: &str) -> SetConfig {
         SetConfig {

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::config::{FileConfig, FileFormat};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError};
 
@@ -152,14 +151,7 @@ impl RefreshStore {
         // Serializing plain strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *bytes, &stored);
         bytes.push(b'\n');
-        let file = FileConfig {
-            path: self.path.clone(),
-            format: FileFormat::Raw,
-            mode: STATE_FILE_MODE,
-            owner: None,
-            group: None,
-        };
-        sink::write_atomic(&file, &bytes).map_err(|source| StoreError::Write {
+        sink::write_file(&self.path, STATE_FILE_MODE, &bytes).map_err(|source| StoreError::Write {
             path: self.path.clone(),
             source,
         })
