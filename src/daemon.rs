@@ -5,7 +5,7 @@
 //! tasks, forwards rotate requests, and at stop gives every task one deadline by which to
 //! revoke what it holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use crate::provider::{Introspection, Issued, Provider, ProviderError, Revocation
 use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
 use crate::sink::{self, SinkError, TokenContent};
-use crate::status::{Board, Phase, SetStats};
+use crate::status::{Board, Phase, SetReport, SetStats};
 use crate::store::{SetSink, Stores};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
@@ -285,21 +285,24 @@ pub fn random_jitter() -> Jitter {
 
 /// Everything one set's task needs.
 pub struct SetTask<P, S> {
-    pub cfg: SetConfig,
+    /// Shared with the daemon's record of the set: 10,000 sets are not copied twice.
+    pub cfg: Arc<SetConfig>,
     pub provider: Arc<P>,
     pub sink: S,
     pub jitter: Jitter,
     /// Becomes `Some(order)` when the set must stop.
     pub stop: watch::Receiver<Option<Order<S>>>,
     pub rotate: broadcast::Receiver<()>,
-    pub state: watch::Sender<SetState>,
     pub journal: Journal,
     pub budget: Arc<Budget>,
     /// [`journal::config_hash`] of this set, recorded with each token.
     pub config_hash: String,
     pub start: Start<S>,
-    /// Counters and facts for `tokenkeeper status` and the metrics (see [`Board::register`]).
-    pub stats: watch::Sender<SetStats>,
+    /// The set's state and counters, for readiness, `tokenkeeper status` and the metrics
+    /// (see [`Board::register`]).
+    pub report: SetReport,
+    /// Pinged when the set has a fresh token in place, for the daemon's readiness.
+    pub ready: Option<mpsc::Sender<()>>,
 }
 
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
@@ -313,6 +316,63 @@ fn wall(at: Instant) -> SystemTime {
     } else {
         SystemTime::now() - (now - at)
     }
+}
+
+/// A set's tokens and timers: what its task's loop works on. Boxed, like the task itself, so
+/// an idle task's future holds pointers rather than its largest state.
+struct Tokens<S> {
+    current: Option<Held>,
+    /// The file content of `current`, handed over on reload.
+    current_meta: Option<IssuedMeta>,
+    /// Superseded tokens waiting for their revocation time.
+    superseded: Vec<(Held, Instant)>,
+    /// Revocations of superseded tokens under way.
+    revoking: JoinSet<SupersededResult>,
+    /// Tokens obtained but never written (stop came first).
+    orphans: Vec<Held>,
+    /// Journaled tokens that no longer fit (see [`SetTask::begin`]).
+    stale: Vec<Held>,
+    /// The predecessor's sink, emptied once this set's token is in place.
+    previous: Option<S>,
+    next_issue: Instant,
+    last_issue: Option<Instant>,
+    attempt: u32,
+    /// Whether the budget refused last time, so the refusal is logged once, not per retry.
+    budget_blocked: bool,
+}
+
+impl<S> Tokens<S> {
+    /// When the loop must next wake: the current token's expiry, the first superseded
+    /// token's revocation time, or the next issue, whichever comes first. One timer for all
+    /// three keeps an idle task small.
+    fn next_wake(&self) -> Instant {
+        let expiry = self.current.as_ref().map(|h| h.expires_at);
+        let revoke = self.superseded.iter().map(|(_, at)| *at).min();
+        [expiry, revoke]
+            .into_iter()
+            .flatten()
+            .fold(self.next_issue, Instant::min)
+    }
+
+    fn live(&self) -> usize {
+        usize::from(self.current.is_some()) + self.superseded.len() + self.revoking.len()
+    }
+}
+
+/// What woke a set's loop.
+enum Event<S> {
+    Stop(Option<Order<S>>),
+    Rotate,
+    /// The rotate channel closed: the daemon is going away; stop listening to it.
+    RotateClosed,
+    Revoked(Result<SupersededResult, tokio::task::JoinError>),
+    Timer,
+}
+
+/// Whether the loop goes on after a step, or stops with the order that came meanwhile.
+enum Flow<S> {
+    Continue,
+    Stop(Option<Order<S>>),
 }
 
 impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
@@ -353,12 +413,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
     }
 
+    fn set_state(&self, state: SetState) {
+        self.report.state(state);
+    }
+
     fn fresh(&self, held: &Held, next_refresh: Instant) {
-        self.state.send_replace(SetState::Fresh {
+        self.set_state(SetState::Fresh {
             fingerprint: held.fingerprint.clone(),
             expires_at: held.expires_at,
             next_refresh,
         });
+        // Readiness waits for every set's first token; only this transition can complete it.
+        if let Some(ping) = &self.ready {
+            let _ = ping.try_send(());
+        }
     }
 
     /// Whether this set's tokens are revoked at all: a provider may be unable to (no
@@ -400,256 +468,332 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     }
 
     /// Keep the set's sink holding a valid token until told to stop, then revoke.
-    pub async fn run(mut self) -> SetOutcome {
-        let name = self.cfg.name.clone();
-        let mut current: Option<Held> = None;
-        // Superseded tokens waiting for their revocation time.
-        let mut superseded: Vec<(Held, Instant)> = Vec::new();
-        // Revocations of superseded tokens under way.
-        let mut revoking: JoinSet<SupersededResult> = JoinSet::new();
-        // Tokens obtained but never written (stop came first).
-        let mut orphans: Vec<Held> = Vec::new();
-        let mut next_issue = Instant::now();
-        let mut last_issue: Option<Instant> = None;
-        let mut attempt: u32 = 0;
-        // Whether the budget refused last time, so the refusal is logged once, not per retry.
-        let mut budget_blocked = false;
-        // The file content of `current`, handed over on reload.
-        let mut current_meta: Option<IssuedMeta> = None;
-        let order: Option<Order<S>>;
+    pub fn run(self) -> impl Future<Output = SetOutcome> + Send + 'static {
+        // The task goes to the heap and its future holds a pointer: an `async fn` taking
+        // `self` by value keeps the whole task, twice, in every state of its future, and
+        // 10,000 sets hold 10,000 of those futures.
+        Box::new(self).drive()
+    }
 
+    async fn drive(mut self: Box<Self>) -> SetOutcome {
+        let mut t = Box::new(Tokens {
+            current: None,
+            current_meta: None,
+            superseded: Vec::new(),
+            revoking: JoinSet::new(),
+            orphans: Vec::new(),
+            stale: Vec::new(),
+            previous: None,
+            next_issue: Instant::now(),
+            last_issue: None,
+            attempt: 0,
+            budget_blocked: false,
+        });
+        // Every step that awaits more than a channel or the timer is boxed, so the loop's
+        // future stays the size of its waiting state.
+        Box::pin(self.begin(&mut t)).await;
+        let mut rotate_open = true;
+        let order = loop {
+            let live = t.live();
+            self.report.stats_if(|s| s.set_live(live));
+            let wake = t.next_wake();
+            let event = tokio::select! {
+                biased;
+                changed = self.stop.changed() => Event::Stop(take_order(&self.stop, changed)),
+                r = self.rotate.recv(), if rotate_open => match r {
+                    // A set that fell behind a burst of requests still rotates, once.
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Event::Rotate,
+                    Err(broadcast::error::RecvError::Closed) => Event::RotateClosed,
+                },
+                Some(joined) = t.revoking.join_next(), if !t.revoking.is_empty() => Event::Revoked(joined),
+                () = sleep_until(wake) => Event::Timer,
+            };
+            match event {
+                Event::Stop(order) => break order,
+                Event::Rotate => {
+                    let floor = t.last_issue.map(|l| l + self.cfg.refresh.min_interval);
+                    t.next_issue = floor.map_or_else(Instant::now, |f| f.max(Instant::now()));
+                    info!(set = %self.cfg.name, "rotation requested");
+                }
+                Event::RotateClosed => rotate_open = false,
+                Event::Revoked(joined) => Box::pin(self.revoked(&mut t, joined)).await,
+                Event::Timer => {
+                    if let Flow::Stop(order) = Box::pin(self.timer(&mut t)).await {
+                        break order;
+                    }
+                }
+            }
+        };
+        Box::pin(self.finish(t, order)).await
+    }
+
+    /// Take over what the set starts with: a token to reuse, stale and superseded tokens,
+    /// the predecessor's sink.
+    async fn begin(&mut self, t: &mut Tokens<S>) {
         let start = std::mem::take(&mut self.start);
-        let mut previous = start.previous;
-        superseded.extend(start.superseded);
+        t.previous = start.previous;
+        t.superseded.extend(start.superseded);
         if let Some((held, meta, refresh_at)) = start.current {
             // The file may be missing or from another config: put the token back in place.
             match self.sink.write(&held.token, &meta).await {
                 Ok(()) => {
-                    info!(set = %name, fingerprint = %held.fingerprint,
+                    info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
                         refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
                         "reusing the token it already holds");
-                    next_issue = refresh_at;
-                    self.fresh(&held, next_issue);
-                    self.forget_previous(&mut previous).await;
+                    t.next_issue = refresh_at;
+                    self.fresh(&held, t.next_issue);
+                    self.forget_previous(&mut t.previous).await;
                 }
                 Err(e) => {
-                    error!(set = %name, error = %chain(&e), "could not write the token it already holds; replacing it");
+                    error!(set = %self.cfg.name, error = %chain(&e), "could not write the token it already holds; replacing it");
                 }
             }
-            current = Some(held);
-            current_meta = Some(meta);
+            t.current = Some(held);
+            t.current_meta = Some(meta);
         }
         // Journaled tokens that no longer fit. With a token adopted, none of them is in the
         // file: revoke them now. Otherwise the file may still hold one, so they are treated
         // like superseded tokens once the first new token is written.
-        let mut stale = start.stale;
-        if current.is_some() {
-            for h in stale.drain(..) {
-                self.supersede(&mut superseded, h, Instant::now());
+        t.stale = start.stale;
+        if t.current.is_some() {
+            for h in std::mem::take(&mut t.stale) {
+                self.supersede(&mut t.superseded, h, Instant::now());
             }
         }
+    }
 
-        loop {
-            let expiry = current.as_ref().map(|h| h.expires_at);
-            let next_revoke = superseded.iter().map(|(_, at)| *at).min();
-            let live = usize::from(current.is_some()) + superseded.len() + revoking.len();
-            self.stats.send_if_modified(|s| s.set_live(live));
-            tokio::select! {
-                biased;
-                changed = self.stop.changed() => {
-                    order = take_order(&self.stop, changed);
-                    break;
+    /// A superseded token's revocation finished.
+    async fn revoked(
+        &mut self,
+        t: &mut Tokens<S>,
+        joined: Result<SupersededResult, tokio::task::JoinError>,
+    ) {
+        if let Ok((_, r)) = &joined {
+            self.report.stats(|s| s.revoke_result(r.is_ok()));
+        }
+        let name = &self.cfg.name;
+        match joined {
+            Ok((held, Ok(()))) => {
+                info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
+                self.journal.remove(vec![held.fingerprint.clone()]).await;
+            }
+            Ok((held, Err(e))) if held.expires_at > Instant::now() => {
+                warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
+                    "could not revoke superseded token; will retry");
+                let again = Instant::now() + SUPERSEDED_RETRY.mul_f64(1.0 + (self.jitter)());
+                t.superseded.push((held, again));
+            }
+            // Expired meanwhile: nothing left to revoke; the journal prunes it.
+            Ok((_, Err(_))) => {}
+            Err(e) => error!(set = %name, error = %e, "a revocation task failed"),
+        }
+    }
+
+    /// The loop's timer fired. One thing is done per wake-up, in this order (the loop looks
+    /// at stop and rotate requests in between): the current token expired, superseded tokens
+    /// are due for revocation, it is time to issue.
+    async fn timer(&mut self, t: &mut Tokens<S>) -> Flow<S> {
+        let now = Instant::now();
+        if t.current.as_ref().is_some_and(|h| h.expires_at <= now) {
+            Box::pin(self.expired(t)).await;
+        } else if t.superseded.iter().any(|(_, at)| *at <= now) {
+            self.revoke_due(t, now);
+        } else if t.next_issue <= now {
+            return self.issue(t).await;
+        }
+        Flow::Continue
+    }
+
+    async fn expired(&mut self, t: &mut Tokens<S>) {
+        let name = &self.cfg.name;
+        if let Some(h) = t.current.take() {
+            error!(set = %name, fingerprint = %h.fingerprint,
+                "token expired with no replacement; removing its file");
+            if let Err(e) = self.sink.remove().await {
+                error!(set = %name, error = %chain(&e), "could not remove expired token");
+            }
+            self.journal.remove(vec![h.fingerprint.clone()]).await;
+            self.report.stats(SetStats::token_expired);
+            self.set_state(SetState::Failing {
+                has_token: false,
+                error: "token expired with no replacement".into(),
+            });
+        }
+    }
+
+    fn revoke_due(&mut self, t: &mut Tokens<S>, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = t.superseded.drain(..).partition(|(_, at)| *at <= now);
+        t.superseded = later;
+        for (held, _) in due {
+            if held.expires_at <= now {
+                info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
+                    "superseded token expired before its revocation; nothing to revoke");
+                continue;
+            }
+            let p = Arc::clone(&self.provider);
+            t.revoking.spawn(async move {
+                let r = p.revoke(&held.token).await;
+                (held, r)
+            });
+        }
+    }
+
+    /// Issue a token and put it in place, within the budget.
+    async fn issue(&mut self, t: &mut Tokens<S>) -> Flow<S> {
+        let name = self.cfg.name.clone();
+        let slot = match self.budget.acquire() {
+            Ok(slot) => {
+                if std::mem::take(&mut t.budget_blocked) {
+                    info!(set = %name, provider = %self.cfg.provider, "token budget available again");
                 }
-                Ok(()) = self.rotate.recv() => {
-                    let floor = last_issue.map(|t| t + self.cfg.refresh.min_interval);
-                    next_issue = floor.map_or_else(Instant::now, |f| f.max(Instant::now()));
-                    info!(set = %name, "rotation requested");
+                slot
+            }
+            Err(refusal) => {
+                let wait = match &refusal {
+                    Refusal::Rate { wait } => *wait,
+                    Refusal::Live { .. } => BUDGET_RECHECK.mul_f64(1.0 + (self.jitter)()),
+                };
+                t.next_issue = Instant::now() + wait;
+                if matches!(refusal, Refusal::Live { .. }) && !t.budget_blocked {
+                    t.budget_blocked = true;
+                    warn!(set = %name, provider = %self.cfg.provider, reason = %refusal,
+                        "not issuing: the provider's token budget is exhausted; waiting for tokens to be revoked or to expire");
+                    self.set_state(SetState::Failing {
+                        has_token: t.current.is_some(),
+                        error: refusal.to_string(),
+                    });
+                } else {
+                    debug!(set = %name, reason = %refusal, "issue delayed");
                 }
-                Some(joined) = revoking.join_next(), if !revoking.is_empty() => {
-                    if let Ok((_, r)) = &joined {
-                        self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
+                return Flow::Continue;
+            }
+        };
+        t.last_issue = Some(Instant::now());
+        self.report.stats(SetStats::issue_started);
+        let issue = self.provider.issue(&self.cfg.scopes);
+        tokio::pin!(issue);
+        let result = tokio::select! {
+            biased;
+            r = &mut issue => r,
+            changed = self.stop.changed() => {
+                // Stop arrived mid-issue. The provider may already have minted the token, so
+                // wait for the answer (up to the deadline) and revoke or hand it over.
+                let order = take_order(&self.stop, changed);
+                let deadline = match &order {
+                    Some(Order::Revoke { deadline, .. }) => *deadline,
+                    _ => Instant::now() + HANDOVER_WAIT,
+                };
+                match timeout_at(deadline, issue).await {
+                    Ok(Ok(issued)) => {
+                        let (held, meta) = Held::from_issued(issued, slot);
+                        info!(set = %name, fingerprint = %held.fingerprint,
+                            "token issued while stopping; revoking it");
+                        let entry = self.journal_entry(&held, &meta, Instant::now());
+                        let _ = Box::pin(self.journal.record(entry)).await;
+                        t.orphans.push(held);
                     }
-                    match joined {
-                        Ok((held, Ok(()))) => {
-                            info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
-                            self.journal.remove(vec![held.fingerprint.clone()]).await;
-                        }
-                        Ok((held, Err(e))) if held.expires_at > Instant::now() => {
-                            warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
-                                "could not revoke superseded token; will retry");
-                            let again = Instant::now() + SUPERSEDED_RETRY.mul_f64(1.0 + (self.jitter)());
-                            superseded.push((held, again));
-                        }
-                        // Expired meanwhile: nothing left to revoke; the journal prunes it.
-                        Ok((_, Err(_))) => {}
-                        Err(e) => error!(set = %name, error = %e, "a revocation task failed"),
-                    }
+                    Ok(Err(e)) => warn!(set = %name, error = %chain(&e), "issue in flight at stop failed"),
+                    Err(_) => warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own"),
                 }
-                () = sleep_until(expiry.unwrap_or(next_issue)), if expiry.is_some() => {
-                    if let Some(h) = current.take() {
-                        error!(set = %name, fingerprint = %h.fingerprint,
-                            "token expired with no replacement; removing its file");
-                        if let Err(e) = self.sink.remove().await {
-                            error!(set = %name, error = %chain(&e), "could not remove expired token");
+                return Flow::Stop(order);
+            }
+        };
+        match result {
+            Ok(issued) => {
+                self.report.stats(SetStats::issue_succeeded);
+                let lifetime = issued.lifetime;
+                let issued_at = issued.issued_at;
+                let (held, meta) = Held::from_issued(issued, slot);
+                let refresh_at =
+                    issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
+                // Journal first: a crash after the file write must not lose track.
+                let entry = self.journal_entry(&held, &meta, refresh_at);
+                if let Err(e) = Box::pin(self.journal.record(entry)).await {
+                    error!(set = %name, fingerprint = %held.fingerprint, error = %e,
+                        "token not journaled; if tokenkeeper is killed now it stays live until it expires");
+                }
+                match Box::pin(self.sink.write(&held.token, &meta)).await {
+                    Ok(()) => {
+                        t.attempt = 0;
+                        t.next_issue = refresh_at;
+                        let next = t.next_issue;
+                        self.report
+                            .stats(|s| s.written(&held.fingerprint, meta.expires_at, next));
+                        info!(set = %name, provider = %self.cfg.provider,
+                            fingerprint = %held.fingerprint,
+                            expires_at = %humantime::format_rfc3339_seconds(meta.expires_at),
+                            expires_in = %humantime::format_duration(whole_secs(lifetime)),
+                            refresh_in = %humantime::format_duration(whole_secs(next.saturating_duration_since(Instant::now()))),
+                            "token written");
+                        self.fresh(&held, next);
+                        let grace = Instant::now() + self.cfg.revoke_superseded_after;
+                        let stale = std::mem::take(&mut t.stale);
+                        for old in t.current.replace(held).into_iter().chain(stale) {
+                            self.supersede(&mut t.superseded, old, grace);
                         }
-                        self.journal.remove(vec![h.fingerprint.clone()]).await;
-                        self.stats.send_modify(SetStats::token_expired);
-                        self.state.send_replace(SetState::Failing {
-                            has_token: false,
-                            error: "token expired with no replacement".into(),
+                        t.current_meta = Some(meta);
+                        Box::pin(self.forget_previous(&mut t.previous)).await;
+                    }
+                    Err(e) => {
+                        // The file still holds the previous token (or nothing); the new token
+                        // was never seen by anyone, so revoke it now.
+                        let delay =
+                            retry_after(RetryClass::Transient, t.attempt, None, (self.jitter)());
+                        t.attempt = t.attempt.saturating_add(1);
+                        t.next_issue = self.retry_at(delay, t.last_issue);
+                        error!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
+                            retry_in = %humantime::format_duration(whole_secs(delay)),
+                            "could not write the token; revoking it and retrying");
+                        self.supersede(&mut t.superseded, held, Instant::now());
+                        let next = t.next_issue;
+                        self.report.stats(|s| s.issue_failed(chain(&e), next));
+                        self.set_state(SetState::Failing {
+                            has_token: t.current.is_some(),
+                            error: chain(&e),
                         });
                     }
                 }
-                () = sleep_until(next_revoke.unwrap_or(next_issue)), if next_revoke.is_some() => {
-                    let now = Instant::now();
-                    let (due, later): (Vec<_>, Vec<_>) =
-                        superseded.drain(..).partition(|(_, at)| *at <= now);
-                    superseded = later;
-                    for (held, _) in due {
-                        if held.expires_at <= now {
-                            info!(set = %name, fingerprint = %held.fingerprint,
-                                "superseded token expired before its revocation; nothing to revoke");
-                            continue;
-                        }
-                        let p = Arc::clone(&self.provider);
-                        revoking.spawn(async move {
-                            let r = p.revoke(&held.token).await;
-                            (held, r)
-                        });
-                    }
+            }
+            Err(e) => {
+                let delay =
+                    retry_after(e.retry_class(), t.attempt, e.retry_after(), (self.jitter)());
+                t.attempt = t.attempt.saturating_add(1);
+                t.next_issue = self.retry_at(delay, t.last_issue);
+                let retry_in = humantime::format_duration(whole_secs(delay));
+                match e.retry_class() {
+                    RetryClass::Slow => error!(set = %name, provider = %self.cfg.provider,
+                        error = %chain(&e), %retry_in,
+                        "provider refused to issue a token; check the credentials and scopes"),
+                    RetryClass::Transient => warn!(set = %name, provider = %self.cfg.provider,
+                        error = %chain(&e), %retry_in, "could not get a token"),
                 }
-                () = sleep_until(next_issue) => {
-                    let slot = match self.budget.acquire() {
-                        Ok(slot) => {
-                            if std::mem::take(&mut budget_blocked) {
-                                info!(set = %name, provider = %self.cfg.provider, "token budget available again");
-                            }
-                            slot
-                        }
-                        Err(refusal) => {
-                            let wait = match &refusal {
-                                Refusal::Rate { wait } => *wait,
-                                Refusal::Live { .. } => BUDGET_RECHECK.mul_f64(1.0 + (self.jitter)()),
-                            };
-                            next_issue = Instant::now() + wait;
-                            if matches!(refusal, Refusal::Live { .. }) && !budget_blocked {
-                                budget_blocked = true;
-                                warn!(set = %name, provider = %self.cfg.provider, reason = %refusal,
-                                    "not issuing: the provider's token budget is exhausted; waiting for tokens to be revoked or to expire");
-                                self.state.send_replace(SetState::Failing {
-                                    has_token: current.is_some(),
-                                    error: refusal.to_string(),
-                                });
-                            } else {
-                                debug!(set = %name, reason = %refusal, "issue delayed");
-                            }
-                            continue;
-                        }
-                    };
-                    last_issue = Some(Instant::now());
-                    self.stats.send_modify(SetStats::issue_started);
-                    let issue = self.provider.issue(&self.cfg.scopes);
-                    tokio::pin!(issue);
-                    let result = tokio::select! {
-                        biased;
-                        r = &mut issue => r,
-                        changed = self.stop.changed() => {
-                            // Stop arrived mid-issue. The provider may already have minted the
-                            // token, so wait for the answer (up to the deadline) and revoke or
-                            // hand it over.
-                            order = take_order(&self.stop, changed);
-                            let deadline = match &order {
-                                Some(Order::Revoke { deadline, .. }) => *deadline,
-                                _ => Instant::now() + HANDOVER_WAIT,
-                            };
-                            match timeout_at(deadline, issue).await {
-                                Ok(Ok(issued)) => {
-                                    let (held, meta) = Held::from_issued(issued, slot);
-                                    info!(set = %name, fingerprint = %held.fingerprint,
-                                        "token issued while stopping; revoking it");
-                                    let entry = self.journal_entry(&held, &meta, Instant::now());
-                                    let _ = self.journal.record(entry).await;
-                                    orphans.push(held);
-                                }
-                                Ok(Err(e)) => warn!(set = %name, error = %chain(&e), "issue in flight at stop failed"),
-                                Err(_) => warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own"),
-                            }
-                            break;
-                        }
-                    };
-                    match result {
-                        Ok(issued) => {
-                            self.stats.send_modify(SetStats::issue_succeeded);
-                            let lifetime = issued.lifetime;
-                            let issued_at = issued.issued_at;
-                            let (held, meta) = Held::from_issued(issued, slot);
-                            let refresh_at = issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
-                            // Journal first: a crash after the file write must not lose track.
-                            if let Err(e) = self.journal.record(self.journal_entry(&held, &meta, refresh_at)).await {
-                                error!(set = %name, fingerprint = %held.fingerprint, error = %e,
-                                    "token not journaled; if tokenkeeper is killed now it stays live until it expires");
-                            }
-                            match self.sink.write(&held.token, &meta).await {
-                                Ok(()) => {
-                                    attempt = 0;
-                                    next_issue = refresh_at;
-                                    self.stats.send_modify(|s| s.written(&held.fingerprint, meta.expires_at, next_issue));
-                                    info!(set = %name, provider = %self.cfg.provider,
-                                        fingerprint = %held.fingerprint,
-                                        expires_at = %humantime::format_rfc3339_seconds(meta.expires_at),
-                                        expires_in = %humantime::format_duration(whole_secs(lifetime)),
-                                        refresh_in = %humantime::format_duration(whole_secs(next_issue.saturating_duration_since(Instant::now()))),
-                                        "token written");
-                                    self.fresh(&held, next_issue);
-                                    let grace = Instant::now() + self.cfg.revoke_superseded_after;
-                                    for old in current.replace(held).into_iter().chain(stale.drain(..)) {
-                                        self.supersede(&mut superseded, old, grace);
-                                    }
-                                    current_meta = Some(meta);
-                                    self.forget_previous(&mut previous).await;
-                                }
-                                Err(e) => {
-                                    // The file still holds the previous token (or nothing); the
-                                    // new token was never seen by anyone, so revoke it now.
-                                    let delay = retry_after(RetryClass::Transient, attempt, None, (self.jitter)());
-                                    attempt = attempt.saturating_add(1);
-                                    next_issue = self.retry_at(delay, last_issue);
-                                    error!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
-                                        retry_in = %humantime::format_duration(whole_secs(delay)),
-                                        "could not write the token; revoking it and retrying");
-                                    self.supersede(&mut superseded, held, Instant::now());
-                                    self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
-                                    self.state.send_replace(SetState::Failing {
-                                        has_token: current.is_some(),
-                                        error: chain(&e),
-                                    });
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let delay = retry_after(e.retry_class(), attempt, e.retry_after(), (self.jitter)());
-                            attempt = attempt.saturating_add(1);
-                            next_issue = self.retry_at(delay, last_issue);
-                            let retry_in = humantime::format_duration(whole_secs(delay));
-                            match e.retry_class() {
-                                RetryClass::Slow => error!(set = %name, provider = %self.cfg.provider,
-                                    error = %chain(&e), %retry_in,
-                                    "provider refused to issue a token; check the credentials and scopes"),
-                                RetryClass::Transient => warn!(set = %name, provider = %self.cfg.provider,
-                                    error = %chain(&e), %retry_in, "could not get a token"),
-                            }
-                            self.stats.send_modify(|s| s.issue_failed(chain(&e), next_issue));
-                            self.state.send_replace(SetState::Failing {
-                                has_token: current.is_some(),
-                                error: chain(&e),
-                            });
-                        }
-                    }
-                }
+                let next = t.next_issue;
+                self.report.stats(|s| s.issue_failed(chain(&e), next));
+                self.set_state(SetState::Failing {
+                    has_token: t.current.is_some(),
+                    error: chain(&e),
+                });
             }
         }
+        Flow::Continue
+    }
 
-        let mut on_shutdown = self.cfg.on_shutdown;
+    /// Carry out the stop order: hand everything over, or revoke what must be revoked by the
+    /// deadline.
+    async fn finish(self: Box<Self>, t: Box<Tokens<S>>, order: Option<Order<S>>) -> SetOutcome {
+        let this = *self;
+        let Tokens {
+            current,
+            current_meta,
+            mut superseded,
+            mut revoking,
+            mut orphans,
+            stale,
+            next_issue,
+            ..
+        } = *t;
+        let name = this.cfg.name.clone();
+        let mut on_shutdown = this.cfg.on_shutdown;
         let (deadline, keep_file) = match order {
             Some(Order::Revoke {
                 deadline,
@@ -666,7 +810,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
                     match joined {
                         Ok((held, Ok(()))) => {
-                            self.journal.remove(vec![held.fingerprint.clone()]).await
+                            this.journal.remove(vec![held.fingerprint.clone()]).await
                         }
                         Ok((held, Err(_))) => superseded.push((held, Instant::now())),
                         Err(_) => {}
@@ -675,18 +819,19 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 revoking.abort_all();
                 let now = Instant::now();
                 superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
+                let report = this.report;
                 let start = Start {
                     current: current.zip(current_meta).map(|(h, m)| (h, m, next_issue)),
                     stale: Vec::new(),
                     superseded,
-                    previous: Some(self.sink),
+                    previous: Some(this.sink),
                 };
                 if let Some(tx) = reply.lock().ok().and_then(|mut g| g.take()) {
                     // A successor that is gone drops the tokens, which stay in the journal
                     // and are revoked at the next start.
                     let _ = tx.send(Handover { start });
                 }
-                self.state.send_replace(SetState::Stopped);
+                report.state(SetState::Stopped);
                 return SetOutcome {
                     set: name,
                     ..SetOutcome::default()
@@ -736,29 +881,29 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             to_revoke.into_iter().partition(|h| h.expires_at > now);
         drop(expired);
         let mut current_expiring = false;
-        if !self.revokes() {
+        if !this.revokes() {
             for h in live.drain(..) {
                 current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
                 outcome.expiring.push(h.fingerprint.clone());
             }
             if !outcome.expiring.is_empty() {
                 info!(set = %name, fingerprints = %outcome.expiring.join(","),
-                    "not revoked: {}", self.why_not_revoked());
+                    "not revoked: {}", this.why_not_revoked());
             }
         }
         if live
             .iter()
             .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
         {
-            self.sink.hold().await;
+            this.sink.hold().await;
         }
         let results = join_all(
             live.iter()
-                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
+                .map(|h| revoke_until(this.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
         )
         .await;
         for (h, r) in live.iter().zip(results) {
-            self.stats.send_modify(|s| s.revoke_result(r.is_ok()));
+            this.report.stats(|s| s.revoke_result(r.is_ok()));
             match r {
                 Ok(()) => {
                     if current_fp.as_deref() == Some(&h.fingerprint) {
@@ -773,22 +918,22 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             }
         }
-        self.journal.remove(outcome.revoked.clone()).await;
+        this.journal.remove(outcome.revoked.clone()).await;
         if !outcome.revoked.is_empty() {
-            info!(set = %name, provider = %self.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
+            info!(set = %name, provider = %this.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
         }
         // The file goes when its token is revoked (or gone); a token that could not be revoked
         // stays in place, still usable, until it expires.
         if outcome.kept.is_none()
             && !keep_file
             && (current_revoked || current_expiring || current_fp.is_none())
-            && let Err(e) = self.sink.remove().await
+            && let Err(e) = this.sink.remove().await
         {
             error!(set = %name, error = %chain(&e), "could not remove the token file");
         }
         let still_live = outcome.failed.len() + usize::from(outcome.kept.is_some());
-        self.stats.send_if_modified(|s| s.set_live(still_live));
-        self.state.send_replace(SetState::Stopped);
+        this.report.stats_if(|s| s.set_live(still_live));
+        this.set_state(SetState::Stopped);
         outcome
     }
 }
@@ -1116,8 +1261,7 @@ pub struct Reloader<P> {
 
 /// A running set.
 struct Live {
-    cfg: SetConfig,
-    provider_cfg: ProviderConfig,
+    cfg: Arc<SetConfig>,
     stop: watch::Sender<Option<Order<SetSink>>>,
     state: watch::Receiver<SetState>,
     task: JoinHandle<SetOutcome>,
@@ -1129,7 +1273,7 @@ struct Shared<P> {
     budgets: HashMap<String, Arc<Budget>>,
     journal: Journal,
     rotate: broadcast::Sender<()>,
-    /// Pinged on every state change of every set, for readiness.
+    /// Pinged when a set gets a fresh token, for readiness.
     changed: mpsc::Sender<()>,
     /// Where every set reports for `tokenkeeper status` and the metrics.
     board: Arc<Board>,
@@ -1140,7 +1284,7 @@ struct Shared<P> {
 impl<P: TokenProvider + 'static> Shared<P> {
     async fn spawn(
         &self,
-        set: &SetConfig,
+        set: &Arc<SetConfig>,
         provider_cfg: &ProviderConfig,
         start: Start<SetSink>,
     ) -> Result<Live, DaemonError> {
@@ -1160,20 +1304,11 @@ impl<P: TokenProvider + 'static> Shared<P> {
         }
         let (stop_tx, stop_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SetState::Starting);
-        let mut watch_state = state_rx.clone();
-        let ping = self.changed.clone();
-        tokio::spawn(async move {
-            while watch_state.changed().await.is_ok() {
-                if ping.send(()).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let stats = self.board.register(set, state_rx.clone());
-        crate::hooks::watch(set, stats.subscribe());
+        let report = self.board.register(set, state_tx);
+        crate::hooks::watch(set, report.subscribe_stats());
         let config_hash = journal::config_hash(set, provider_cfg);
         let task = SetTask {
-            cfg: set.clone(),
+            cfg: Arc::clone(set),
             provider: Arc::clone(provider),
             sink: self.stores.sink_for(set, &config_hash, &self.board),
             jitter: random_jitter(),
@@ -1186,16 +1321,15 @@ impl<P: TokenProvider + 'static> Shared<P> {
                 state_rx.clone(),
                 crate::cron::system_clock(),
             ),
-            state: state_tx,
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
             config_hash,
             start,
-            stats,
+            report,
+            ready: Some(self.changed.clone()),
         };
         Ok(Live {
-            cfg: set.clone(),
-            provider_cfg: provider_cfg.clone(),
+            cfg: Arc::clone(set),
             stop: stop_tx,
             state: state_rx,
             task: tokio::spawn(task.run()),
@@ -1248,27 +1382,34 @@ pub async fn run<P: TokenProvider + 'static>(
     // Tokens a store holds for our sets (written by this or another instance) count like
     // journaled ones: reused if they fit, so a takeover or a new machine issues nothing early.
     let mut entries = entries;
+    let journaled: HashSet<String> = entries.iter().map(|e| e.fingerprint.clone()).collect();
     for e in shared.stores.entries(&config).await {
-        if !entries.iter().any(|j| j.fingerprint == e.fingerprint) {
+        if !journaled.contains(&e.fingerprint) {
             entries.push(e);
         }
     }
+    // The daemon keeps one shared copy of each set's config; `config.sets` is emptied.
+    let sets: Vec<Arc<SetConfig>> = std::mem::take(&mut config.sets)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     // Sort the journal out before any set issues: reuse what fits, revoke the rest.
+    let configured: HashMap<&str, &str> = sets
+        .iter()
+        .map(|s| (s.name.as_str(), s.provider.as_str()))
+        .collect();
     let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut leftovers = Vec::new();
     for e in entries {
-        let configured = config
-            .sets
-            .iter()
-            .any(|s| s.name == e.set && s.provider == e.provider);
-        if configured {
+        if configured.get(e.set.as_str()) == Some(&e.provider.as_str()) {
             by_set.entry(e.set.clone()).or_default().push(e);
         } else {
             leftovers.push(e);
         }
     }
-    let mut plans = Vec::new();
-    for set in &config.sets {
+    drop(configured);
+    let mut plans = Vec::with_capacity(sets.len());
+    for set in &sets {
         let (Some(provider), Some(budget), Some(pcfg)) = (
             shared.providers.get(&set.provider),
             shared.budgets.get(&set.provider),
@@ -1293,7 +1434,7 @@ pub async fn run<P: TokenProvider + 'static>(
         )
     }))
     .await;
-    let mut live: Vec<Live> = Vec::new();
+    let mut live: Vec<Live> = Vec::with_capacity(sets.len());
     for ((set, pcfg, ..), start) in plans.into_iter().zip(starts) {
         live.push(shared.spawn(set, pcfg, start).await?);
     }
@@ -1305,8 +1446,7 @@ pub async fn run<P: TokenProvider + 'static>(
             tokens = leftovers.len(),
             "revoking journaled tokens of sets that are no longer configured"
         );
-        let in_use = config
-            .sets
+        let in_use = sets
             .iter()
             .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
             .collect();
@@ -1321,9 +1461,13 @@ pub async fn run<P: TokenProvider + 'static>(
             )),
         ));
     }
-    info!(sets = config.sets.len(), "started");
+    info!(sets = live.len(), "started");
+    drop(sets);
 
     let mut ready = false;
+    // Sets before this index were seen fresh. Readiness resumes the scan there at each ping
+    // instead of scanning every set each time, which at 10,000 sets made start-up quadratic.
+    let mut seen_fresh = 0usize;
     let mut handover = false;
     loop {
         tokio::select! {
@@ -1336,6 +1480,7 @@ pub async fn run<P: TokenProvider + 'static>(
                     Some(r) => {
                         let _reloading = crate::systemd::reloading();
                         reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        seen_fresh = 0;
                     }
                     None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
                 },
@@ -1346,7 +1491,13 @@ pub async fn run<P: TokenProvider + 'static>(
                 Some(Control::Shutdown) | None => break,
             },
             Some(()) = changed.recv(), if !ready => {
-                if live.iter().all(|l| matches!(*l.state.borrow(), SetState::Fresh { .. })) {
+                let fresh = |l: &Live| matches!(*l.state.borrow(), SetState::Fresh { .. });
+                seen_fresh += live[seen_fresh..].iter().take_while(|l| fresh(l)).count();
+                if seen_fresh == live.len() {
+                    // Sets seen fresh earlier may have failed since: check them all, once.
+                    seen_fresh = live.iter().position(|l| !fresh(l)).unwrap_or(live.len());
+                }
+                if seen_fresh == live.len() {
                     ready = true;
                     info!(sets = live.len(), "ready: every set has a valid token");
                     on_ready();
@@ -1382,7 +1533,7 @@ pub async fn run<P: TokenProvider + 'static>(
     let grace = deadline + STOP_RETRY_BASE;
     let waiting = live
         .into_iter()
-        .map(|l| (l.cfg.name, l.task))
+        .map(|l| (l.cfg.name.clone(), l.task))
         .chain(retiring);
     for (name, task) in waiting {
         let abort = task.abort_handle();
@@ -1412,7 +1563,7 @@ async fn reload<P: TokenProvider + 'static>(
     live: &mut Vec<Live>,
     retiring: &mut Vec<(String, JoinHandle<SetOutcome>)>,
 ) {
-    let new = match (r.load)() {
+    let mut new = match (r.load)() {
         Ok(c) => c,
         Err(e) => {
             error!("reload refused, running on with the current configuration: {e}");
@@ -1461,20 +1612,23 @@ async fn reload<P: TokenProvider + 'static>(
     let deadline = Instant::now() + new.shutdown_timeout;
     let mut old: HashMap<String, Live> = live.drain(..).map(|l| (l.cfg.name.clone(), l)).collect();
     let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0usize);
-    for set in &new.sets {
+    for set in std::mem::take(&mut new.sets).into_iter().map(Arc::new) {
+        let set = &set;
         let Some(pcfg) = new.providers.get(&set.provider) else {
             continue;
         };
+        // The provider's config the running set was started with.
+        let old_pcfg = |l: &Live| config.providers.get(&l.cfg.provider);
         let spawned = match old.remove(&set.name) {
             None => {
                 added.push(set.name.clone());
                 shared.spawn(set, pcfg, Start::default()).await
             }
-            Some(l) if l.cfg == *set && l.provider_cfg == *pcfg => {
+            Some(l) if l.cfg == *set && old_pcfg(&l) == Some(pcfg) => {
                 kept += 1;
                 Ok(l)
             }
-            Some(l) if l.cfg.provider == set.provider && l.provider_cfg == *pcfg => {
+            Some(l) if l.cfg.provider == set.provider && old_pcfg(&l) == Some(pcfg) => {
                 changed.push(set.name.clone());
                 let (tx, rx) = oneshot::channel();
                 l.stop
@@ -1486,7 +1640,8 @@ async fn reload<P: TokenProvider + 'static>(
                         Start::default()
                     }
                 };
-                if journal::config_hash(&l.cfg, &l.provider_cfg) != journal::config_hash(set, pcfg)
+                if old_pcfg(&l).map(|p| journal::config_hash(&l.cfg, p))
+                    != Some(journal::config_hash(set, pcfg))
                 {
                     // New scopes: the token no longer fits; it goes once the new one is written.
                     start.stale.extend(start.current.take().map(|(h, _, _)| h));
@@ -1750,17 +1905,14 @@ mod tests {
     fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> Harness {
         let (stop, stop_rx) = watch::channel(None);
         let (rotate, rotate_rx) = broadcast::channel(4);
-        let (state, _) = watch::channel(SetState::Starting);
-        let (stats, _) = watch::channel(SetStats::default());
         let sink = MemSink::default();
         let task = SetTask {
-            cfg,
+            cfg: Arc::new(cfg),
             provider: Arc::clone(p),
             sink: sink.clone(),
             jitter: Arc::new(move || u),
             stop: stop_rx,
             rotate: rotate_rx,
-            state,
             journal: Journal::memory().0,
             budget: Budget::new(
                 "p",
@@ -1772,7 +1924,8 @@ mod tests {
             ),
             config_hash: "h".into(),
             start: begin,
-            stats,
+            report: SetReport::detached(),
+            ready: None,
         };
         let task = tokio::spawn(task.run());
         Harness {
