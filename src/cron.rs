@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::daemon::SetState;
+use crate::status::SetReport;
 
 /// Largest delay added to a scheduled rotation, per set. Sets that share a schedule are
 /// spread over this window instead of all asking the provider in the same second: a few
@@ -123,12 +124,13 @@ pub fn set_rotations(
     set: &str,
     schedule: Option<RotateSchedule>,
     mut global: broadcast::Receiver<()>,
-    mut state: watch::Receiver<SetState>,
+    report: &SetReport,
     clock: WallClock,
 ) -> broadcast::Receiver<()> {
     if schedule.is_none() {
         return global;
     }
+    let mut state = report.subscribe_state();
     let (tx, rx) = broadcast::channel(SET_QUEUE);
     let set = set.to_string();
     let offset = spread(&set);
@@ -224,13 +226,13 @@ mod tests {
     async fn a_schedule_fires_at_its_times_plus_the_sets_spread() {
         let t0 = Instant::now();
         let (global, _) = broadcast::channel(4);
-        let (_state_tx, state) = watch::channel(SetState::Starting);
+        let report = SetReport::detached();
         let every_30s = RotateSchedule::parse("*/30 * * * * *").unwrap();
         let mut rx = set_rotations(
             "nightly",
             Some(every_30s),
             global.subscribe(),
-            state,
+            &report,
             paused_clock(),
         );
         let mut at = Vec::new();
@@ -252,7 +254,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sets_sharing_a_schedule_fire_at_different_moments() {
         let (global, _) = broadcast::channel(4);
-        let (_state_tx, state) = watch::channel(SetState::Starting);
+        let report = SetReport::detached();
         let clock = paused_clock();
         let t0 = Instant::now();
         let mut times = Vec::new();
@@ -261,7 +263,7 @@ mod tests {
                 name,
                 RotateSchedule::parse("0 * * * * *").ok(),
                 global.subscribe(),
-                state.clone(),
+                &report,
                 Arc::clone(&clock),
             );
             times.push(tokio::spawn(async move {
@@ -283,19 +285,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_global_rotate_reaches_the_set_and_the_task_ends_with_the_set() {
         let (global, _) = broadcast::channel(4);
-        let (_state_tx, state) = watch::channel(SetState::Starting);
+        let report = SetReport::detached();
         // Without a schedule the set reads the global channel itself.
-        let mut plain = set_rotations("p", None, global.subscribe(), state, paused_clock());
+        let mut plain = set_rotations("p", None, global.subscribe(), &report, paused_clock());
         global.send(()).unwrap();
         plain.recv().await.unwrap();
         assert_eq!(plain.len(), 0);
 
         let yearly = RotateSchedule::parse("0 0 0 1 1 *").unwrap();
-        let (state_tx, state) = watch::channel(SetState::Starting);
-        let mut rx = set_rotations("s", Some(yearly), global.subscribe(), state, paused_clock());
+        let mut rx = set_rotations(
+            "s",
+            Some(yearly),
+            global.subscribe(),
+            &report,
+            paused_clock(),
+        );
         global.send(()).unwrap();
         rx.recv().await.unwrap();
-        state_tx.send_replace(SetState::Stopped);
+        report.state(SetState::Stopped);
         // The forwarder drops its sender once it sees the set stop.
         assert!(matches!(
             rx.recv().await,

@@ -226,6 +226,17 @@ impl<S> Default for Start<S> {
     }
 }
 
+impl<S> Start<S> {
+    /// `None` when there is nothing to begin with.
+    pub fn boxed(self) -> Option<Box<Start<S>>> {
+        let empty = self.current.is_none()
+            && self.stale.is_empty()
+            && self.superseded.is_empty()
+            && self.previous.is_none();
+        (!empty).then(|| Box::new(self))
+    }
+}
+
 /// Everything a set hands its successor when a reload changes it (same provider).
 pub struct Handover<S> {
     pub start: Start<S>,
@@ -259,9 +270,10 @@ pub struct SetOutcome {
 }
 
 /// A set's state as others may see it (readiness, status).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum SetState {
     /// No token yet.
+    #[default]
     Starting,
     /// A valid token is in the sink.
     Fresh {
@@ -297,7 +309,9 @@ pub struct SetTask<P, S> {
     pub budget: Arc<Budget>,
     /// [`journal::config_hash`] of this set, recorded with each token.
     pub config_hash: String,
-    pub start: Start<S>,
+    /// What the set begins with; `None` for nothing (most sets at a first start), which
+    /// spares each of them the room a `Start` takes.
+    pub start: Option<Box<Start<S>>>,
     /// The set's state and counters, for readiness, `tokenkeeper status` and the metrics
     /// (see [`Board::register`]).
     pub report: SetReport,
@@ -530,7 +544,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     /// Take over what the set starts with: a token to reuse, stale and superseded tokens,
     /// the predecessor's sink.
     async fn begin(&mut self, t: &mut Tokens<S>) {
-        let start = std::mem::take(&mut self.start);
+        let Some(start) = self.start.take() else {
+            return;
+        };
+        let start = *start;
         t.previous = start.previous;
         t.superseded.extend(start.superseded);
         if let Some((held, meta, refresh_at)) = start.current {
@@ -1263,7 +1280,8 @@ pub struct Reloader<P> {
 struct Live {
     cfg: Arc<SetConfig>,
     stop: watch::Sender<Option<Order<SetSink>>>,
-    state: watch::Receiver<SetState>,
+    /// The set's reports, read for readiness.
+    state: SetReport,
     task: JoinHandle<SetOutcome>,
 }
 
@@ -1303,9 +1321,9 @@ impl<P: TokenProvider + 'static> Shared<P> {
             let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         }
         let (stop_tx, stop_rx) = watch::channel(None);
-        let (state_tx, state_rx) = watch::channel(SetState::Starting);
-        let report = self.board.register(set, state_tx);
-        crate::hooks::watch(set, report.subscribe_stats());
+        let report = self.board.register(set);
+        let view = report.view();
+        crate::hooks::watch(set, &report);
         let config_hash = journal::config_hash(set, provider_cfg);
         let task = SetTask {
             cfg: Arc::clone(set),
@@ -1318,20 +1336,20 @@ impl<P: TokenProvider + 'static> Shared<P> {
                 &set.name,
                 set.rotate.clone(),
                 self.rotate.subscribe(),
-                state_rx.clone(),
+                &report,
                 crate::cron::system_clock(),
             ),
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
             config_hash,
-            start,
+            start: start.boxed(),
             report,
             ready: Some(self.changed.clone()),
         };
         Ok(Live {
             cfg: Arc::clone(set),
             stop: stop_tx,
-            state: state_rx,
+            state: view,
             task: tokio::spawn(task.run()),
         })
     }
@@ -1408,34 +1426,51 @@ pub async fn run<P: TokenProvider + 'static>(
         }
     }
     drop(configured);
-    let mut plans = Vec::with_capacity(sets.len());
-    for set in &sets {
+    let missing = |set: &SetConfig| DaemonError::MissingProvider {
+        set: set.name.clone(),
+        provider: set.provider.clone(),
+    };
+    // Only sets the journal holds tokens for have anything to adopt (an introspection each);
+    // the others start empty, without a future apiece.
+    let mut adopting = Vec::new();
+    let mut journaled = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
         let (Some(provider), Some(budget), Some(pcfg)) = (
             shared.providers.get(&set.provider),
             shared.budgets.get(&set.provider),
             config.providers.get(&set.provider),
         ) else {
-            return Err(DaemonError::MissingProvider {
-                set: set.name.clone(),
-                provider: set.provider.clone(),
-            });
+            return Err(missing(set));
         };
-        let hash = journal::config_hash(set, pcfg);
-        plans.push((set, pcfg, Arc::clone(provider), Arc::clone(budget), hash));
+        if let Some(mine) = by_set.remove(&set.name) {
+            let hash = journal::config_hash(set, pcfg);
+            adopting.push((i, hash, Arc::clone(provider), Arc::clone(budget)));
+            journaled.push(mine);
+        }
     }
-    let starts = join_all(plans.iter().map(|(set, _, provider, budget, hash)| {
-        adopt(
-            set,
-            hash,
-            provider.as_ref(),
-            budget,
-            by_set.remove(&set.name).unwrap_or_default(),
-            &shared.journal,
-        )
-    }))
+    let adopted = join_all(adopting.iter().zip(journaled).map(
+        |((i, hash, provider, budget), mine)| {
+            adopt(
+                &sets[*i],
+                hash,
+                provider.as_ref(),
+                budget,
+                mine,
+                &shared.journal,
+            )
+        },
+    ))
     .await;
+    let mut starts: HashMap<usize, Start<SetSink>> =
+        adopting.iter().map(|a| a.0).zip(adopted).collect();
+    drop(adopting);
     let mut live: Vec<Live> = Vec::with_capacity(sets.len());
-    for ((set, pcfg, ..), start) in plans.into_iter().zip(starts) {
+    for (i, set) in sets.iter().enumerate() {
+        let pcfg = config
+            .providers
+            .get(&set.provider)
+            .ok_or_else(|| missing(set))?;
+        let start = starts.remove(&i).unwrap_or_default();
         live.push(shared.spawn(set, pcfg, start).await?);
     }
     // Sets stopped by a reload, still revoking: the final stop waits for them too.
@@ -1491,7 +1526,7 @@ pub async fn run<P: TokenProvider + 'static>(
                 Some(Control::Shutdown) | None => break,
             },
             Some(()) = changed.recv(), if !ready => {
-                let fresh = |l: &Live| matches!(*l.state.borrow(), SetState::Fresh { .. });
+                let fresh = |l: &Live| l.state.is_fresh();
                 seen_fresh += live[seen_fresh..].iter().take_while(|l| fresh(l)).count();
                 if seen_fresh == live.len() {
                     // Sets seen fresh earlier may have failed since: check them all, once.
@@ -1923,7 +1958,7 @@ mod tests {
                 },
             ),
             config_hash: "h".into(),
-            start: begin,
+            start: Some(Box::new(begin)),
             report: SetReport::detached(),
             ready: None,
         };

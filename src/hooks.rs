@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{OnRotate, SetConfig};
-use crate::status::SetStats;
+use crate::status::SetReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -75,10 +74,11 @@ static WATCHERS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Follow `stats` of `set` and run its `on_rotate` hooks after each new token; nothing if the
 /// set has none. The watcher ends once the set's task has ended (and its last hooks ran).
-pub fn watch(set: &SetConfig, mut stats: watch::Receiver<SetStats>) {
+pub fn watch(set: &SetConfig, report: &SetReport) {
     if set.on_rotate.is_empty() {
         return;
     }
+    let mut stats = report.subscribe_stats();
     let hooks = set.on_rotate.clone();
     let name = set.name.clone();
     // A store-only set has no file: its hooks see TOKENKEEPER_FILE empty.
