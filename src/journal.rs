@@ -9,9 +9,9 @@
 //! exclusive `flock` on `state_dir/lock`.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions, Permissions};
+use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -196,7 +196,14 @@ pub struct StateLock {
 
 /// Create `state_dir` (exactly 0700) and take its lock, without blocking.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
-    ensure_state_dir(dir)?;
+    // It holds live tokens and is ours alone, so a mode someone loosened is tightened back.
+    crate::sink::ensure_dir(dir, STATE_DIR_MODE, crate::sink::Existing::SetMode).map_err(|e| {
+        JournalError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    })?;
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -223,21 +230,6 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
         .write_all(pid.as_bytes())
         .map_err(io("write", &path))?;
     Ok(StateLock { _lock: lock })
-}
-
-fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
-    match std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(STATE_DIR_MODE)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create directory", dir)(e)),
-    }
-    // Exact whatever the umask, and tightened if someone loosened it.
-    std::fs::set_permissions(dir, Permissions::from_mode(STATE_DIR_MODE))
-        .map_err(io("set the mode of", dir))
 }
 
 /// Read the journal; a missing file is an empty journal.
@@ -424,7 +416,8 @@ pub fn remaining(e: &Entry, now: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::fs::Permissions;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn entry(fp: &str, expires_in: u64) -> Entry {
         let now = SystemTime::now();
@@ -456,7 +449,10 @@ mod tests {
             "{err}"
         );
         drop(lock);
+        // Loosened by someone: tightened back at the next start.
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
         lock_state_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
     }
 
     #[test]

@@ -105,34 +105,90 @@ pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// Create the target's directory (and missing parents) with [`DIR_MODE`], exactly.
+/// What [`ensure_dir`] does with a directory that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Leave it as it is. A token file's directory may be one the operator made, or a shared
+    /// one such as `/run` or `/tmp`, whose mode is not ours to change.
+    Keep,
+    /// Give it exactly the mode, tightening it if someone loosened it. Only for a directory
+    /// that is ours alone, such as `state_dir`.
+    SetMode,
+}
+
+/// A directory [`ensure_dir`] could not create or set the mode of.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}", path = path.display())]
+pub struct DirError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl From<DirError> for SinkError {
+    fn from(e: DirError) -> Self {
+        SinkError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+/// Create `dir` and its missing parents, each with exactly `mode` whatever the umask; a `dir`
+/// that exists already is kept or given `mode` as `existing` says, and parents that exist are
+/// never touched. A symlink to a directory counts as that directory; anything else that is
+/// not a directory (a file, a symlink to nothing) is an error naming it.
+pub fn ensure_dir(dir: &Path, mode: u32, existing: Existing) -> Result<(), DirError> {
+    let fail = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DirError { op, path, source }
+    };
+    if !dir.is_dir() {
+        // Create one level at a time so that each directory we make gets the exact mode,
+        // which the umask would otherwise trim.
+        // Up to the nearest directory, not the nearest existing path, so that a file on the
+        // way is met by mkdir below and refused by name rather than failing a later step.
+        let mut missing = Vec::new();
+        let mut cur = Some(dir);
+        while let Some(d) = cur {
+            if d.is_dir() {
+                break;
+            }
+            missing.push(d);
+            cur = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(mode).create(d) {
+                Ok(()) => std::fs::set_permissions(d, Permissions::from_mode(mode))
+                    .map_err(fail("set the mode of", d))?,
+                // Made by someone else meanwhile: it exists now, and is treated as such.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists && d.is_dir() => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    return Err(fail("create directory", d)(std::io::Error::new(
+                        ErrorKind::NotADirectory,
+                        "it exists, and is neither a directory nor a symlink to one",
+                    )));
+                }
+                Err(e) => return Err(fail("create directory", d)(e)),
+            }
+        }
+    }
+    if existing == Existing::SetMode {
+        std::fs::set_permissions(dir, Permissions::from_mode(mode))
+            .map_err(fail("set the mode of", dir))?;
+    }
+    Ok(())
+}
+
+/// Create the target's directory (and missing parents) with [`DIR_MODE`], exactly; an
+/// existing one is left alone.
 pub fn ensure_parent(path: &Path) -> Result<(), SinkError> {
     let dir = path
         .parent()
         .ok_or_else(|| SinkError::BadPath(path.to_path_buf()))?;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    // Create one level at a time so that each directory we make gets the exact mode, which
-    // the umask would otherwise trim.
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.exists() {
-            break;
-        }
-        missing.push(d);
-        cur = d.parent();
-    }
-    for d in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(DIR_MODE).create(d) {
-            Ok(()) => std::fs::set_permissions(d, Permissions::from_mode(DIR_MODE))
-                .map_err(io("set the mode of", d))?,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("create directory", d)(e)),
-        }
-    }
-    Ok(())
+    Ok(ensure_dir(dir, DIR_MODE, Existing::Keep)?)
 }
 
 /// Directories already listed for stale temporary files, with the stale ones still to remove.
@@ -340,6 +396,63 @@ mod tests {
         remove(&path).unwrap();
         assert!(!path.exists());
         remove(&path).unwrap();
+    }
+
+    #[test]
+    fn ensure_dir_makes_exact_modes_and_refuses_a_file_in_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let nested = tmp.path().join("a/b/c");
+        // A umask that would strip the group's bits from a naive create.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let made = ensure_dir(&nested, 0o750, Existing::Keep);
+        nix::sys::stat::umask(old);
+        made.unwrap();
+        for d in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode(&tmp.path().join(d)), 0o750, "{d}");
+        }
+
+        // An existing directory: kept, or given the mode; its existing parents never touched.
+        std::fs::set_permissions(&nested, Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&nested, 0o750, Existing::Keep).unwrap();
+        assert_eq!(mode(&nested), 0o755);
+        ensure_dir(&nested, 0o700, Existing::SetMode).unwrap();
+        assert_eq!(mode(&nested), 0o700);
+        assert_eq!(mode(&tmp.path().join("a/b")), 0o750);
+
+        // A symlink to a directory is that directory.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&nested, &link).unwrap();
+        ensure_dir(&link, 0o750, Existing::Keep).unwrap();
+        assert_eq!(mode(&nested), 0o700);
+
+        // A file in the way, as the directory or as a parent: an error naming it, file intact.
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        for (dir, existing) in [
+            (file.clone(), Existing::Keep),
+            (file.clone(), Existing::SetMode),
+            (file.join("sub"), Existing::Keep),
+        ] {
+            let err = ensure_dir(&dir, 0o700, existing).unwrap_err();
+            assert_eq!(err.path, file);
+            let text = crate::error_chain(&err);
+            assert!(text.starts_with("create directory "), "{text}");
+            assert!(
+                text.contains("neither a directory nor a symlink to one"),
+                "{text}"
+            );
+        }
+        assert_eq!(mode(&file), 0o644);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+
+        // So is a symlink to nothing, which is left dangling rather than followed.
+        let dangling = tmp.path().join("dangling");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+        let err = ensure_dir(&dangling, 0o700, Existing::SetMode).unwrap_err();
+        assert_eq!(err.path, dangling);
+        assert!(!tmp.path().join("nowhere").exists());
     }
 
     #[test]

@@ -7,9 +7,8 @@
 //! configures a new first token (a new authorization), the old chain is abandoned instead of
 //! silently winning over the config.
 
-use std::fs::DirBuilder;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -140,7 +139,15 @@ impl RefreshStore {
     /// disk, and a crash at any point leaves the previous file or this one.
     pub fn save(&self, seed: &str, token: &Secret) -> Result<(), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
-        ensure_dir(dir)?;
+        // An existing directory is left as the operator made it: the file inside is owner-only
+        // whatever the directory's mode, and `load` refuses it otherwise.
+        sink::ensure_dir(dir, STATE_DIR_MODE, sink::Existing::Keep).map_err(|e| {
+            StoreError::Io {
+                op: e.op,
+                path: e.path,
+                source: e.source,
+            }
+        })?;
         let stored = Stored {
             version: FORMAT_VERSION,
             seed: seed.to_string(),
@@ -156,43 +163,6 @@ impl RefreshStore {
             source,
         })
     }
-}
-
-/// Create `dir` and any missing parents with [`STATE_DIR_MODE`] exactly. An existing
-/// directory is left as the operator made it.
-fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.exists() {
-            break;
-        }
-        missing.push(d);
-        cur = d.parent();
-    }
-    for d in missing.into_iter().rev() {
-        let io = |op| {
-            move |source| StoreError::Io {
-                op,
-                path: d.to_path_buf(),
-                source,
-            }
-        };
-        match DirBuilder::new().mode(STATE_DIR_MODE).create(d) {
-            // The umask may have trimmed the mode; set it exactly.
-            Ok(()) => std::fs::set_permissions(
-                d,
-                std::os::unix::fs::PermissionsExt::from_mode(STATE_DIR_MODE),
-            )
-            .map_err(io("set the mode of"))?,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("create directory")(e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -217,6 +187,10 @@ mod tests {
         assert_eq!(mode(store.path()), STATE_FILE_MODE);
         // Only the file itself: no temporary files left behind.
         assert_eq!(std::fs::read_dir(&state).unwrap().count(), 1);
+        // An existing directory keeps the mode the operator gave it.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        store.save("abcd1234", &Secret::new("EQAAthird")).unwrap();
+        assert_eq!(mode(&state), 0o750);
     }
 
     #[test]
