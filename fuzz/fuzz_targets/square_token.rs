@@ -10,6 +10,8 @@ use tokenkeeper_fuzz::{Answer, check_error};
 
 /// The lifetime cap square.rs applies (90 days).
 const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The lengths of a refresh token Square takes back (its spec's `minLength`/`maxLength`).
+const REFRESH_TOKEN_LEN: std::ops::RangeInclusive<usize> = 2..=1024;
 const DATE: &str = "Thu, 03 Apr 2025 18:31:06 GMT";
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +31,21 @@ fuzz_target!(|data: &[u8]| {
         Ok(t) => {
             assert_eq!(answer.status, 200, "a token answer from a non-200 answer");
             assert!(!t.expires_at.chars().any(char::is_control));
+            // The daemon saves a rotated refresh token over the working one and presents it
+            // next time: it must be one Square could take back, b64token padding included.
+            if let Some(refresh) = &t.refresh_token {
+                let refresh = refresh.expose();
+                let unpadded = refresh.trim_end_matches('=');
+                assert!(
+                    REFRESH_TOKEN_LEN.contains(&refresh.len())
+                        && !unpadded.is_empty()
+                        && unpadded
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)),
+                    "refresh token Square would not issue ({} bytes)",
+                    refresh.len()
+                );
+            }
             if let Some(clock) = &t.clock {
                 assert!(!clock.chars().any(char::is_control));
             }

@@ -70,6 +70,7 @@ fn check_json_error(what: &str) {
         .or_else(|| what.split_once("not a token answer: "))
         .or_else(|| what.split_once("not a token status: "))
         .or_else(|| what.split_once("not a revoke answer: "))
+        .or_else(|| what.split_once("is not authorization server metadata: "))
     else {
         return;
     };

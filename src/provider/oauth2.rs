@@ -328,60 +328,16 @@ impl OAuth2 {
                 tried.push(format!("{url} (HTTP {})", status.as_u16()));
                 continue;
             }
-            let meta: Metadata = serde_json::from_slice(&body).map_err(|e| {
-                malformed(
-                    OP,
-                    format!(
-                        "{url} is not authorization server metadata: {}",
-                        json_error(&e)
-                    ),
-                )
-            })?;
-            if !same_issuer(issuer, &meta.issuer) {
-                return Err(ProviderError::Discovery {
-                    operation: OP,
-                    what: format!(
-                        "{url} names issuer {:?}, not the configured {issuer}; refusing endpoints another server announces (RFC 8414 section 3.3)",
-                        sanitize(&meta.issuer)
-                    ),
-                });
-            }
-            let token_text =
-                meta.token_endpoint
-                    .as_deref()
-                    .ok_or_else(|| ProviderError::Discovery {
-                        operation: OP,
-                        what: format!("{url} has no token_endpoint"),
-                    })?;
-            let endpoints = Endpoints {
-                token: endpoint_url(OP, "token_endpoint", token_text)?,
-                revocation: meta
-                    .revocation_endpoint
-                    .as_deref()
-                    .map(|u| endpoint_url(OP, "revocation_endpoint", u))
-                    .transpose()?,
-                introspection: meta
-                    .introspection_endpoint
-                    .as_deref()
-                    .map(|u| endpoint_url(OP, "introspection_endpoint", u))
-                    .transpose()?,
-            };
-            let method = match self.auth_method {
-                AuthMethod::ClientSecretBasic => "client_secret_basic",
-                AuthMethod::ClientSecretPost => "client_secret_post",
-            };
-            if let Some(methods) = &meta.token_endpoint_auth_methods_supported
-                && !methods.iter().any(|m| m == method)
-            {
-                warn!(provider = %self.name, auth_method = method,
+            let found = parse_discovery_answer(&url, issuer, self.auth_method, &body)?;
+            if found.auth_method_unlisted {
+                warn!(provider = %self.name, auth_method = auth_method_name(self.auth_method),
                     "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
             }
-            if let Some(grants) = &meta.grant_types_supported
-                && !grants.iter().any(|g| g == "client_credentials")
-            {
+            if found.client_credentials_unlisted {
                 warn!(provider = %self.name,
                     "the server does not list the client_credentials grant as supported");
             }
+            let endpoints = found.endpoints;
             info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
                 revocation = endpoints.revocation.is_some(),
                 introspection = endpoints.introspection.is_some(),
@@ -497,6 +453,87 @@ pub fn parse_token_answer(
             lifetime,
         },
         default_lifetime_used,
+    })
+}
+
+/// A discovery document read by [`parse_discovery_answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub endpoints: Endpoints,
+    /// The document lists the token endpoint's auth methods, and ours is not among them. The
+    /// caller warns rather than refuses: servers leave methods out that they accept.
+    pub auth_method_unlisted: bool,
+    /// The document lists the grant types, and client_credentials is not among them; a
+    /// warning for the same reason.
+    pub client_credentials_unlisted: bool,
+}
+
+/// The RFC 8414 / OAuth registry name of `method`, as discovery documents list it.
+fn auth_method_name(method: AuthMethod) -> &'static str {
+    match method {
+        AuthMethod::ClientSecretBasic => "client_secret_basic",
+        AuthMethod::ClientSecretPost => "client_secret_post",
+    }
+}
+
+/// Read a discovery document (RFC 8414 section 3.2, OpenID Connect Discovery section 4.2)
+/// fetched from `document` for the configured `issuer`, whose client authenticates with
+/// `auth_method`. Only 200 bodies come here: any other status means "try the next document"
+/// or "retry later", which is the HTTP loop's decision, not the document's.
+pub fn parse_discovery_answer(
+    document: &Url,
+    issuer: &Url,
+    auth_method: AuthMethod,
+    body: &[u8],
+) -> Result<Discovered, ProviderError> {
+    const OP: &str = "discovery";
+    let meta: Metadata = serde_json::from_slice(body).map_err(|e| {
+        malformed(
+            OP,
+            format!(
+                "{document} is not authorization server metadata: {}",
+                json_error(&e)
+            ),
+        )
+    })?;
+    if !same_issuer(issuer, &meta.issuer) {
+        return Err(ProviderError::Discovery {
+            operation: OP,
+            what: format!(
+                "{document} names issuer {:?}, not the configured {issuer}; refusing endpoints another server announces (RFC 8414 section 3.3)",
+                sanitize(&meta.issuer)
+            ),
+        });
+    }
+    let token_text = meta
+        .token_endpoint
+        .as_deref()
+        .ok_or_else(|| ProviderError::Discovery {
+            operation: OP,
+            what: format!("{document} has no token_endpoint"),
+        })?;
+    let endpoints = Endpoints {
+        token: endpoint_url(OP, "token_endpoint", token_text)?,
+        revocation: meta
+            .revocation_endpoint
+            .as_deref()
+            .map(|u| endpoint_url(OP, "revocation_endpoint", u))
+            .transpose()?,
+        introspection: meta
+            .introspection_endpoint
+            .as_deref()
+            .map(|u| endpoint_url(OP, "introspection_endpoint", u))
+            .transpose()?,
+    };
+    let method = auth_method_name(auth_method);
+    Ok(Discovered {
+        endpoints,
+        auth_method_unlisted: meta
+            .token_endpoint_auth_methods_supported
+            .is_some_and(|methods| !methods.iter().any(|m| m == method)),
+        client_credentials_unlisted: meta
+            .grant_types_supported
+            .is_some_and(|grants| !grants.iter().any(|g| g == "client_credentials")),
     })
 }
 
@@ -730,6 +767,264 @@ mod tests {
             &u("https://a.example/x"),
             "https://a.example/y"
         ));
+    }
+
+    const DOC: &str = "https://idp.example/.well-known/oauth-authorization-server/realms/ops";
+    const ISSUER: &str = "https://idp.example/realms/ops";
+
+    /// Read `body` as the document at [`DOC`] for [`ISSUER`] with Basic client auth.
+    fn discovered(body: &str) -> Result<Discovered, ProviderError> {
+        discovered_as(AuthMethod::ClientSecretBasic, body.as_bytes())
+    }
+
+    fn discovered_as(method: AuthMethod, body: &[u8]) -> Result<Discovered, ProviderError> {
+        let doc = Url::parse(DOC).unwrap();
+        let issuer = Url::parse(ISSUER).unwrap();
+        parse_discovery_answer(&doc, &issuer, method, body)
+    }
+
+    /// The error of `body`, checked to be one bounded log line.
+    fn discovery_error(body: &[u8]) -> String {
+        let e = discovered_as(AuthMethod::ClientSecretBasic, body).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        // 300 sanitized characters, each at most 10 once Debug-escaped, plus our own words.
+        assert!(text.len() < 4096, "{} bytes", text.len());
+        text
+    }
+
+    fn metadata(token_endpoint: &str) -> String {
+        format!(r#"{{"issuer":"{ISSUER}","token_endpoint":"{token_endpoint}"}}"#)
+    }
+
+    #[test]
+    fn discovery_documents_give_their_endpoints() {
+        let d = discovered(&format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","revocation_endpoint":"https://idp.example/r","introspection_endpoint":"https://other.example:8443/i","token_endpoint_auth_methods_supported":["private_key_jwt","client_secret_basic"],"grant_types_supported":["authorization_code","client_credentials"],"scopes_supported":["openid"],"jwks_uri":"https://idp.example/jwks"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            d,
+            Discovered {
+                endpoints: Endpoints {
+                    token: Url::parse("https://idp.example/t").unwrap(),
+                    revocation: Some(Url::parse("https://idp.example/r").unwrap()),
+                    introspection: Some(Url::parse("https://other.example:8443/i").unwrap()),
+                },
+                auth_method_unlisted: false,
+                client_credentials_unlisted: false,
+            }
+        );
+        // Only the token endpoint is required.
+        let d = discovered(&metadata("https://idp.example/t")).unwrap();
+        assert_eq!(d.endpoints.revocation, None);
+        assert_eq!(d.endpoints.introspection, None);
+    }
+
+    #[test]
+    fn discovery_issuers_match_but_for_a_trailing_slash() {
+        let d = discovered(&format!(
+            r#"{{"issuer":"{ISSUER}/","token_endpoint":"https://idp.example/t"}}"#
+        ));
+        assert!(d.is_ok(), "{d:?}");
+        let doc = Url::parse("https://t.auth0.com/.well-known/openid-configuration").unwrap();
+        let slashless = Url::parse("https://t.auth0.com").unwrap();
+        let body = br#"{"issuer":"https://t.auth0.com/","token_endpoint":"https://t.auth0.com/oauth/token"}"#;
+        let d = parse_discovery_answer(&doc, &slashless, AuthMethod::ClientSecretPost, body);
+        assert!(d.is_ok(), "{d:?}");
+    }
+
+    /// RFC 8414 section 3.3: another issuer's document is refused, whatever it announces.
+    #[test]
+    fn discovery_refuses_another_issuer() {
+        for other in [
+            "https://evil.example/realms/ops",
+            "https://idp.example/realms/ops2",
+            "https://idp.example/realms",
+            "http://idp.example/realms/ops",
+            "https://idp.example:8443/realms/ops",
+            "",
+        ] {
+            let body =
+                format!(r#"{{"issuer":"{other}","token_endpoint":"https://idp.example/t"}}"#);
+            let text = discovery_error(body.as_bytes());
+            assert!(
+                text.contains(&format!(
+                    "{DOC} names issuer {other:?}, not the configured {ISSUER}; refusing"
+                )),
+                "{text}"
+            );
+        }
+        // The announced issuer is quoted, but as one bounded line.
+        let text = discovery_error(
+            br#"{"issuer":"https://evil.example\n2025-01-01 INFO forged","token_endpoint":"https://evil.example/t"}"#,
+        );
+        assert!(
+            text.contains(r#"names issuer "https://evil.example 2025-01-01 INFO forged""#),
+            "{text}"
+        );
+        let long = "x".repeat(100_000);
+        let text = discovery_error(format!(r#"{{"issuer":"{long}"}}"#).as_bytes());
+        assert!(text.contains("…"), "{text}");
+        // Characters Debug escapes at their longest.
+        let unprintable = "\u{10FFFF}".repeat(10_000);
+        discovery_error(format!(r#"{{"issuer":"{unprintable}"}}"#).as_bytes());
+    }
+
+    #[test]
+    fn discovery_needs_a_token_endpoint() {
+        let text = discovery_error(format!(r#"{{"issuer":"{ISSUER}"}}"#).as_bytes());
+        assert_eq!(text, format!("discovery: {DOC} has no token_endpoint"));
+        let text =
+            discovery_error(format!(r#"{{"issuer":"{ISSUER}","token_endpoint":null}}"#).as_bytes());
+        assert!(text.ends_with("has no token_endpoint"), "{text}");
+    }
+
+    /// Endpoints are https, or http on a loopback host like the config allows, and carry no
+    /// credentials or fragment.
+    #[test]
+    fn discovered_endpoints_are_https_or_loopback() {
+        for ok in [
+            "https://idp.example/t",
+            "https://idp.example:8443/oauth/token?tenant=a",
+            "http://127.0.0.1:8080/t",
+            "http://localhost/t",
+            "http://LOCALHOST:9/t",
+            "http://[::1]:8080/t",
+        ] {
+            let d = discovered(&metadata(ok));
+            assert!(d.is_ok(), "{ok}: {d:?}");
+        }
+        for (bad, why) in [
+            (
+                "http://idp.example/t",
+                "token_endpoint is not an https:// URL",
+            ),
+            (
+                "http://127.0.0.1.nip.io/t",
+                "token_endpoint is not an https:// URL",
+            ),
+            (
+                "http://[::ffff:127.0.0.1]/t",
+                "token_endpoint is not an https:// URL",
+            ),
+            (
+                "ftp://idp.example/t",
+                "token_endpoint is not an https:// URL",
+            ),
+            (
+                "file:///etc/passwd",
+                "token_endpoint is not an https:// URL",
+            ),
+            ("/token", "token_endpoint is not a URL"),
+            ("https://", "token_endpoint is not a URL"),
+            ("not a url", "token_endpoint is not a URL"),
+            (
+                "https://user:pass@idp.example/t",
+                "token_endpoint has a user name, password or fragment",
+            ),
+            (
+                "https://user@idp.example/t",
+                "token_endpoint has a user name, password or fragment",
+            ),
+            (
+                "http://user:pass@localhost/t",
+                "token_endpoint has a user name, password or fragment",
+            ),
+            (
+                "https://idp.example/t#frag",
+                "token_endpoint has a user name, password or fragment",
+            ),
+        ] {
+            let text = discovery_error(metadata(bad).as_bytes());
+            assert_eq!(text, format!("discovery: {why}"), "{bad}");
+        }
+        for key in ["revocation_endpoint", "introspection_endpoint"] {
+            let body = format!(
+                r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","{key}":"http://idp.example/x"}}"#
+            );
+            let text = discovery_error(body.as_bytes());
+            assert_eq!(text, format!("discovery: {key} is not an https:// URL"));
+        }
+    }
+
+    /// A field of the wrong type fails the document without quoting its value.
+    #[test]
+    fn discovery_documents_with_wrong_types_are_malformed() {
+        for body in [
+            r#"{"issuer":5,"token_endpoint":"https://idp.example/t"}"#.to_string(),
+            format!(r#"{{"issuer":"{ISSUER}","token_endpoint":["https://idp.example/t"]}}"#),
+            format!(r#"{{"issuer":"{ISSUER}","token_endpoint":{{"SECRET":"SECRET"}}}}"#),
+            format!(
+                r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","token_endpoint_auth_methods_supported":"SECRET"}}"#
+            ),
+            format!(
+                r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","grant_types_supported":[1,2]}}"#
+            ),
+            format!(
+                r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","revocation_endpoint":true}}"#
+            ),
+            r#"{"token_endpoint":"https://idp.example/t"}"#.to_string(),
+            r#"["SECRET"]"#.to_string(),
+        ] {
+            let e = discovered(&body).unwrap_err();
+            assert!(
+                matches!(e, ProviderError::Malformed { .. }),
+                "{body}: {e:?}"
+            );
+            let text = discovery_error(body.as_bytes());
+            assert!(
+                text.starts_with(&format!(
+                    "discovery: malformed answer: {DOC} is not authorization server metadata: "
+                )),
+                "{text}"
+            );
+            assert!(!text.contains("SECRET"), "{text}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_huge_discovery_bodies_are_bounded_errors() {
+        let deep = "[".repeat(100_000);
+        let long_key = format!(r#"{{"{}":1}}"#, "k".repeat(100_000));
+        let huge_issuer = format!(r#"{{"issuer":"{}""#, "i".repeat(100_000));
+        for body in [
+            &b""[..],
+            b"\xff\xfe\x00garbage",
+            b"<html><body>Not Found</body></html>",
+            b"{\"issuer\":\"\xff\"}",
+            deep.as_bytes(),
+            long_key.as_bytes(),
+            huge_issuer.as_bytes(),
+        ] {
+            let text = discovery_error(body);
+            assert!(text.len() < 300, "{} bytes: {text}", text.len());
+        }
+    }
+
+    #[test]
+    fn discovery_flags_an_unlisted_auth_method_or_grant() {
+        let doc = |extra: &str| {
+            format!(r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t"{extra}}}"#)
+        };
+        let flags = |method, extra: &str| {
+            let d = discovered_as(method, doc(extra).as_bytes()).unwrap();
+            (d.auth_method_unlisted, d.client_credentials_unlisted)
+        };
+        let basic = AuthMethod::ClientSecretBasic;
+        let post = AuthMethod::ClientSecretPost;
+        // Lists that are absent say nothing.
+        assert_eq!(flags(basic, ""), (false, false));
+        let methods = r#","token_endpoint_auth_methods_supported":["client_secret_basic"]"#;
+        assert_eq!(flags(basic, methods), (false, false));
+        assert_eq!(flags(post, methods), (true, false));
+        let empty = r#","token_endpoint_auth_methods_supported":[],"grant_types_supported":[]"#;
+        assert_eq!(flags(post, empty), (true, true));
+        // Registry names are case-sensitive (RFC 8414 section 2).
+        let grants = r#","grant_types_supported":["authorization_code","Client_Credentials"]"#;
+        assert_eq!(flags(basic, grants), (false, true));
+        let grants = r#","grant_types_supported":["client_credentials"]"#;
+        assert_eq!(flags(post, grants), (false, false));
     }
 
     #[tokio::test]

@@ -41,7 +41,10 @@ const MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// this is a broken clock, not jitter.
 const CLOCK_SKEW_LIMIT: Duration = Duration::from_secs(300);
 
-/// Square's limit for refresh and access tokens (`maxLength: 1024` in the spec).
+/// Square's limits for the refresh token ObtainToken takes back (`minLength: 2`,
+/// `maxLength: 1024` in the spec): one outside them could never be presented, so saving it
+/// would end the chain of refresh tokens.
+const MIN_SQUARE_TOKEN_LEN: usize = 2;
 const MAX_SQUARE_TOKEN_LEN: usize = 1024;
 
 /// Error codes that mean the token is already unusable, so revoking it is done.
@@ -475,7 +478,8 @@ impl Square {
 /// access token's checks: whatever is wrong with the rest of the answer, the old refresh token
 /// may already be spent, so the caller saves the new one first.
 pub struct TokenAnswer {
-    /// The refresh token as sent, unchecked (the caller compares it with the one it sent).
+    /// The refresh token as sent, a token Square issues (the caller compares it with the one
+    /// it sent).
     pub refresh_token: Option<Secret>,
     /// The access token and its lifetime, or what is wrong with them.
     pub access: Result<(Secret, Duration), ProviderError>,
@@ -509,6 +513,17 @@ pub fn parse_token_answer(
         });
     }
     let refresh_token = r.refresh_token.take().map(Secret::new);
+    // Checked before anything else of the answer: the caller saves it first and presents it
+    // next time, so a broken one must fail the answer rather than replace a working one.
+    if refresh_token
+        .as_ref()
+        .is_some_and(|t| !is_square_token(t.expose()))
+    {
+        return Err(malformed(
+            op,
+            "refresh_token is not a token Square issues (2 to 1024 token characters)",
+        ));
+    }
     let expires_text = r.expires_at.take().unwrap_or_default();
     let mut clock = None;
     let access = check_access(op, &mut r, &expires_text, date, now, &mut clock);
@@ -518,6 +533,12 @@ pub fn parse_token_answer(
         clock,
         expires_at: sanitize(&expires_text),
     })
+}
+
+/// Whether `text` can be a refresh token Square issues: bearer-token characters within
+/// Square's length limits.
+fn is_square_token(text: &str) -> bool {
+    (MIN_SQUARE_TOKEN_LEN..=MAX_SQUARE_TOKEN_LEN).contains(&text.len()) && is_b64token(text)
 }
 
 /// The access-token half of [`parse_token_answer`].
@@ -701,13 +722,6 @@ impl TokenProvider for Square {
                 .refresh_token
                 .filter(|t| t.expose() != current.expose())
         {
-            let text = next.expose();
-            if text.len() < 2 || text.len() > MAX_SQUARE_TOKEN_LEN || !is_b64token(text) {
-                return Err(malformed(
-                    op,
-                    "refresh_token is not a token Square issues (2 to 1024 token characters)",
-                ));
-            }
             self.keep(&mut current, next).await?;
         }
         if let Some(clock) = &answer.clock {

@@ -386,6 +386,79 @@ fn a_bad_access_token_still_hands_back_the_refresh_token() {
     assert!(!err.to_string().contains("bad token"), "{err}");
 }
 
+/// A refresh token in the answer must be one Square could take back (b64token characters,
+/// 2 to 1024 of them): the caller saves it over the working one before anything else.
+#[test]
+fn a_refresh_token_square_would_not_issue_fails_the_answer() {
+    let answer = |refresh: &str| {
+        let body = serde_json::json!({
+            "access_token": "EAAAone",
+            "token_type": "bearer",
+            "expires_at": "2025-05-03T18:31:06Z",
+            "refresh_token": refresh,
+        })
+        .to_string();
+        parse_token_answer(
+            "ObtainToken",
+            200,
+            None,
+            body.as_bytes(),
+            None,
+            SystemTime::now(),
+        )
+    };
+    let longest = "E".repeat(1024);
+    for good in ["EQ", "EQAAnext", "EQAA-._~+/abc==", longest.as_str()] {
+        let got = answer(good).map(|a| a.refresh_token.map(|t| t.expose().to_string()));
+        assert_eq!(got.ok().flatten().as_deref(), Some(good));
+    }
+    let too_long = "E".repeat(1025);
+    for bad in [
+        "",
+        "E",
+        "==",
+        "EQAA next",
+        "EQAA\nnext",
+        "EQAA\"next",
+        "EQAAnéxt",
+        "=EQAA",
+        too_long.as_str(),
+    ] {
+        let Err(e) = answer(bad) else {
+            panic!("{bad:?} accepted");
+        };
+        assert!(matches!(e, ProviderError::Malformed { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "ObtainToken: malformed answer: refresh_token is not a token Square issues (2 to 1024 token characters)"
+        );
+    }
+    // No refresh token at all is fine: RenewToken answers carry none.
+    let body =
+        br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z"}"#;
+    let a = parse_token_answer("RenewToken", 200, None, body, None, SystemTime::now()).unwrap();
+    assert!(a.refresh_token.is_none());
+}
+
+/// Through issue(): a broken rotated refresh token fails the issue and replaces nothing.
+#[tokio::test]
+async fn a_broken_rotated_refresh_token_is_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Canned::start(vec![http(
+        "200 OK",
+        "",
+        &token_answer("EAAAone", "EQAA next"),
+    )])
+    .await;
+    let p = square(&c.url, dir.path(), Mode::RefreshToken, true);
+    let e = p.issue(&["ORDERS_READ".into()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("is not a token Square issues"), "{text}");
+    assert!(!text.contains("EQAA") && !text.contains("EAAA"), "{text}");
+    assert!(p.store.load().unwrap().is_none());
+    assert_eq!(p.current.lock().await.expose(), "EQAAseed");
+}
+
 /// RetrieveTokenStatus: 401 is an inactive token, not an error; 503 is a retryable one.
 #[test]
 fn status_answers_are_classified() {
