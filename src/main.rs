@@ -213,27 +213,8 @@ fn main() -> ExitCode {
 /// (a slow fsync overlaps fifteen others) at a fraction of the memory.
 const MAX_BLOCKING_THREADS: usize = 16;
 
-/// malloc arenas for the whole process. glibc gives every thread that allocates its own arena
-/// (up to eight per core) and seldom hands their free pages back, so the blocking threads that
-/// write files left most of their peak resident: 10,000 sets measured 182 MiB resident for
-/// 70 MiB of heap, 86 MiB with one arena. Two let a worker thread and a file writer allocate
-/// without waiting on each other.
-const MALLOC_ARENAS: i32 = 2;
-
-/// Cap glibc's malloc arenas (see [`MALLOC_ARENAS`]); an operator's `MALLOC_ARENA_MAX` wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime
-        // starts any thread. A refusal (0) leaves glibc's default, which is only costlier.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
-
 fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u8 {
-    limit_malloc_arenas();
+    tokenkeeper::memory::tune_allocator();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -370,6 +351,8 @@ async fn run(path: &Path) -> u8 {
     for w in &warnings {
         warn!("{}: {w}", path.display());
     }
+    // The YAML parser's events for a large config are garbage now.
+    tokenkeeper::memory::release_free();
     run_daemon(config, Some(path.to_path_buf())).await
 }
 
@@ -468,7 +451,11 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
     // reporter sends READY=1 once it has published the running phase.
     let on_ready = {
         let board = Arc::clone(&board);
-        move || board.set_phase(Phase::Running)
+        move || {
+            board.set_phase(Phase::Running);
+            // The start's burst (a request, a journal record and a file write per set) is over.
+            tokenkeeper::memory::release_free();
+        }
     };
     let reload = path.map(reloader);
     // With `ha:`, stand by until this instance holds the lease; then lead with a control
