@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
@@ -251,7 +251,7 @@ pub enum Order<S> {
     /// on with them (HA handover).
     Release { deadline: Instant },
     /// Stop without revoking: hand every token over to a successor (config reload).
-    Handover(Mutex<Option<oneshot::Sender<Handover<S>>>>),
+    Handover(oneshot::Sender<Handover<S>>),
 }
 
 /// How a set ended: which tokens were revoked, which could not be.
@@ -303,7 +303,9 @@ pub struct SetTask<P, S> {
     pub sink: S,
     pub jitter: Jitter,
     /// Becomes `Some(order)` when the set must stop.
-    pub stop: watch::Receiver<Option<Order<S>>>,
+    /// The order to stop; the daemon dropping its end means stop quickly (it is going away).
+    /// A oneshot, not a watch: one order per set, and a tenth of the memory.
+    pub stop: oneshot::Receiver<Order<S>>,
     pub rotate: broadcast::Receiver<()>,
     pub journal: Journal,
     pub budget: Arc<Budget>,
@@ -513,7 +515,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             let wake = t.next_wake();
             let event = tokio::select! {
                 biased;
-                changed = self.stop.changed() => Event::Stop(take_order(&self.stop, changed)),
+                order = &mut self.stop => Event::Stop(order.ok()),
                 r = self.rotate.recv(), if rotate_open => match r {
                     // A set that fell behind a burst of requests still rotates, once.
                     Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Event::Rotate,
@@ -692,10 +694,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let result = tokio::select! {
             biased;
             r = &mut issue => r,
-            changed = self.stop.changed() => {
+            order = &mut self.stop => {
                 // Stop arrived mid-issue. The provider may already have minted the token, so
                 // wait for the answer (up to the deadline) and revoke or hand it over.
-                let order = take_order(&self.stop, changed);
+                let order = order.ok();
                 let deadline = match &order {
                     Some(Order::Revoke { deadline, .. }) => *deadline,
                     _ => Instant::now() + HANDOVER_WAIT,
@@ -843,11 +845,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     superseded,
                     previous: Some(this.sink),
                 };
-                if let Some(tx) = reply.lock().ok().and_then(|mut g| g.take()) {
-                    // A successor that is gone drops the tokens, which stay in the journal
-                    // and are revoked at the next start.
-                    let _ = tx.send(Handover { start });
-                }
+                // A successor that is gone drops the tokens, which stay in the journal and are
+                // revoked at the next start.
+                let _ = reply.send(Handover { start });
                 report.state(SetState::Stopped);
                 return SetOutcome {
                     set: name,
@@ -952,30 +952,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         this.report.stats_if(|s| s.set_live(still_live));
         this.set_state(SetState::Stopped);
         outcome
-    }
-}
-
-/// The order the daemon sent; `None` when it dropped its end without one (it is going away).
-fn take_order<S>(
-    stop: &watch::Receiver<Option<Order<S>>>,
-    _changed: Result<(), watch::error::RecvError>,
-) -> Option<Order<S>> {
-    match &*stop.borrow() {
-        Some(Order::Revoke {
-            deadline,
-            keep_file,
-        }) => Some(Order::Revoke {
-            deadline: *deadline,
-            keep_file: *keep_file,
-        }),
-        Some(Order::Release { deadline }) => Some(Order::Release {
-            deadline: *deadline,
-        }),
-        Some(Order::Handover(reply)) => {
-            let tx = reply.lock().ok().and_then(|mut g| g.take());
-            Some(Order::Handover(Mutex::new(tx)))
-        }
-        None => None,
     }
 }
 
@@ -1279,10 +1255,21 @@ pub struct Reloader<P> {
 /// A running set.
 struct Live {
     cfg: Arc<SetConfig>,
-    stop: watch::Sender<Option<Order<SetSink>>>,
+    /// Taken when the order is sent.
+    stop: Option<oneshot::Sender<Order<SetSink>>>,
     /// The set's reports, read for readiness.
     state: SetReport,
     task: JoinHandle<SetOutcome>,
+}
+
+impl Live {
+    /// Send the set its stop order; a set has one, so a second is ignored.
+    fn order(&mut self, order: Order<SetSink>) {
+        if let Some(tx) = self.stop.take() {
+            // A task that has already ended has nothing left to do.
+            let _ = tx.send(order);
+        }
+    }
 }
 
 /// What every set's task is started with, kept for the sets a reload adds.
@@ -1320,7 +1307,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
         {
             let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         }
-        let (stop_tx, stop_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = oneshot::channel();
         let report = self.board.register(set);
         let view = report.view();
         crate::hooks::watch(set, &report);
@@ -1334,7 +1321,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
             // SIGUSR1 and the set's own `rotate:` schedule, on a channel of its own.
             rotate: crate::cron::set_rotations(
                 &set.name,
-                set.rotate.clone(),
+                set.rotate.as_deref().cloned(),
                 self.rotate.subscribe(),
                 &report,
                 crate::cron::system_clock(),
@@ -1348,7 +1335,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
         };
         Ok(Live {
             cfg: Arc::clone(set),
-            stop: stop_tx,
+            stop: Some(stop_tx),
             state: view,
             task: tokio::spawn(task.run()),
         })
@@ -1552,15 +1539,15 @@ pub async fn run<P: TokenProvider + 'static>(
             "stopping: revoking every token"
         );
     }
-    for l in &live {
-        l.stop.send_replace(Some(if handover {
+    for l in &mut live {
+        l.order(if handover {
             Order::Release { deadline }
         } else {
             Order::Revoke {
                 deadline,
                 keep_file: false,
             }
-        }));
+        });
     }
     leftover_stop.send_replace(Some(deadline));
     let mut report = RunReport::default();
@@ -1663,11 +1650,10 @@ async fn reload<P: TokenProvider + 'static>(
                 kept += 1;
                 Ok(l)
             }
-            Some(l) if l.cfg.provider == set.provider && old_pcfg(&l) == Some(pcfg) => {
+            Some(mut l) if l.cfg.provider == set.provider && old_pcfg(&l) == Some(pcfg) => {
                 changed.push(set.name.clone());
                 let (tx, rx) = oneshot::channel();
-                l.stop
-                    .send_replace(Some(Order::Handover(Mutex::new(Some(tx)))));
+                l.order(Order::Handover(tx));
                 let mut start = match timeout_at(Instant::now() + HANDOVER_WAIT * 2, rx).await {
                     Ok(Ok(h)) => h.start,
                     _ => {
@@ -1683,14 +1669,15 @@ async fn reload<P: TokenProvider + 'static>(
                 }
                 shared.spawn(set, pcfg, start).await
             }
-            Some(l) => {
+            Some(mut l) => {
                 // Another provider: the old one revokes its own tokens first.
                 changed.push(set.name.clone());
-                l.stop.send_replace(Some(Order::Revoke {
+                let keep_file =
+                    l.cfg.file.as_ref().map(|f| &f.path) == set.file.as_ref().map(|f| &f.path);
+                l.order(Order::Revoke {
                     deadline,
-                    keep_file: l.cfg.file.as_ref().map(|f| &f.path)
-                        == set.file.as_ref().map(|f| &f.path),
-                }));
+                    keep_file,
+                });
                 log_retired(
                     &set.name,
                     timeout_at(deadline + STOP_RETRY_BASE, l.task).await,
@@ -1704,11 +1691,11 @@ async fn reload<P: TokenProvider + 'static>(
         }
     }
     let removed: Vec<String> = old.keys().cloned().collect();
-    for (name, l) in old {
-        l.stop.send_replace(Some(Order::Revoke {
+    for (name, mut l) in old {
+        l.order(Order::Revoke {
             deadline,
             keep_file: false,
-        }));
+        });
         shared.board.remove(&name);
         retiring.push((name, l.task));
     }
@@ -1927,7 +1914,7 @@ mod tests {
     }
 
     struct Harness {
-        stop: watch::Sender<Option<Order<MemSink>>>,
+        stop: oneshot::Sender<Order<MemSink>>,
         rotate: broadcast::Sender<()>,
         task: tokio::task::JoinHandle<SetOutcome>,
         sink: MemSink,
@@ -1938,7 +1925,7 @@ mod tests {
     }
 
     fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> Harness {
-        let (stop, stop_rx) = watch::channel(None);
+        let (stop, stop_rx) = oneshot::channel();
         let (rotate, rotate_rx) = broadcast::channel(4);
         let sink = MemSink::default();
         let task = SetTask {
@@ -1973,10 +1960,10 @@ mod tests {
 
     impl Harness {
         async fn stop(self, timeout: Duration) -> (SetOutcome, MemSink) {
-            self.stop.send_replace(Some(Order::Revoke {
+            let _ = self.stop.send(Order::Revoke {
                 deadline: Instant::now() + timeout,
                 keep_file: false,
-            }));
+            });
             (self.task.await.unwrap(), self.sink)
         }
     }
