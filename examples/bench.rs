@@ -279,9 +279,14 @@ fn stop(child: &mut Child, dir: &Path) -> (Duration, bool) {
 #[derive(Default)]
 struct Figures {
     idle_rss_mib: Vec<f64>,
+    /// The idle daemon's private (anonymous) resident memory; the rest of its RSS is the
+    /// executable's and libc's code pages, shared with every other process running them.
+    idle_anon_mib: Vec<f64>,
     idle_wakeups: Vec<f64>,
     many_all_written: Vec<f64>,
     many_rss_mib: Vec<f64>,
+    /// Resident memory once started (VmRSS), beside the peak (VmHWM).
+    many_rss_settled_mib: Vec<f64>,
     many_stop: Vec<f64>,
     many_stop_ok: Vec<bool>,
     daemon_cpu_per_token_us: Vec<f64>,
@@ -357,6 +362,8 @@ fn driver() {
         f.idle_wakeups.push(woke as f64 / idle_secs as f64);
         f.idle_rss_mib
             .push(status_field(pid, "VmHWM") as f64 / 1024.0);
+        f.idle_anon_mib
+            .push(status_field(pid, "RssAnon") as f64 / 1024.0);
         stop(&mut child.0, &dir);
         let _ = std::fs::remove_dir_all(tokens_dir(&dir));
     }
@@ -374,6 +381,8 @@ fn driver() {
         std::thread::sleep(Duration::from_millis(500));
         f.many_rss_mib
             .push(status_field(child.0.id(), "VmHWM") as f64 / 1024.0);
+        f.many_rss_settled_mib
+            .push(status_field(child.0.id(), "VmRSS") as f64 / 1024.0);
         let (t, ok) = stop(&mut child.0, &dir);
         f.many_stop.push(t.as_secs_f64());
         f.many_stop_ok.push(ok);
@@ -473,6 +482,8 @@ fn parse_times(s: &str) -> Option<f64> {
 fn report(f: &Figures, runs: usize, idle_secs: u64) {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let idle_rss = median(&f.idle_rss_mib);
+    let idle_anon = median(&f.idle_anon_mib);
+    let settled = median(&f.many_rss_settled_mib);
     let idle_wake = median(&f.idle_wakeups);
     let written = median(&f.many_all_written);
     let rss = median(&f.many_rss_mib);
@@ -490,7 +501,7 @@ fn report(f: &Figures, runs: usize, idle_secs: u64) {
     println!("| scenario | figure | target | |");
     println!("|---|---|---|---|");
     println!(
-        "| 10 sets, idle | RSS {idle_rss:.1} MiB | ≤ 8 MiB | {} |",
+        "| 10 sets, idle | RSS {idle_rss:.1} MiB ({idle_anon:.1} MiB private, the rest code pages) | ≤ 8 MiB | {} |",
         verdict(idle_rss <= 8.0)
     );
     println!(
@@ -502,7 +513,7 @@ fn report(f: &Figures, runs: usize, idle_secs: u64) {
         verdict(written <= 2.0)
     );
     println!(
-        "| 10,000 sets | peak RSS {rss:.1} MiB | ≤ 32 MiB | {} |",
+        "| 10,000 sets | peak RSS {rss:.1} MiB; {settled:.1} MiB once started | ≤ 32 MiB | {} |",
         verdict(rss <= 32.0)
     );
     println!(
