@@ -308,10 +308,17 @@ async fn sigkill_at_random_moments_loses_nothing() {
         })
     };
 
+    // The two clocks at one moment: mint times are tokio's, log lines are the wall clock's.
+    let clock = (tokio::time::Instant::now(), std::time::SystemTime::now());
     let mut kills = Vec::new();
+    // For the report of a leak: each run's start and log, and what the journal held after
+    // each kill.
+    let mut runs = Vec::new();
+    let mut journaled_after_kill = Vec::new();
     let mut rotations = 0;
     for i in 0..ITERATIONS {
         let mut d = start(dir.path(), &cfg);
+        runs.push((tokio::time::Instant::now(), d.log.clone()));
         if i % 2 == 1 {
             // Let it settle, then rotate so the kill can land mid-issue or mid-write.
             wait_until(PATIENCE, || raw.exists() && json.exists()).await;
@@ -323,6 +330,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         d.signal(Signal::SIGKILL);
         kills.push(tokio::time::Instant::now());
         d.wait(PATIENCE).await;
+        journaled_after_kill.push(journaled_fingerprints(dir.path()));
         assert!(
             p.live_tokens().len() <= 6 + kills.len(),
             "live tokens beyond the cap"
@@ -330,6 +338,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
     // A final clean run: ready, then stopped.
     let mut d = start(dir.path(), &cfg);
+    runs.push((tokio::time::Instant::now(), d.log.clone()));
     assert!(
         wait_until(PATIENCE, || {
             read(&raw).is_some_and(|t| p.is_live(&t)) && json.exists()
@@ -345,12 +354,30 @@ async fn sigkill_at_random_moments_loses_nothing() {
 
     let issued = p.issued_with_times();
     let leaked: Vec<_> = issued.iter().filter(|(t, _)| p.is_live(t)).collect();
-    for (_, minted) in &leaked {
+    let journaled_at_end = journaled_fingerprints(dir.path());
+    let reports: Vec<String> = leaked
+        .iter()
+        .map(|(tok, minted)| {
+            describe_leak(
+                tok,
+                *minted,
+                &kills,
+                &runs,
+                &journaled_after_kill,
+                &journaled_at_end,
+            )
+        })
+        .collect();
+    for r in &reports {
+        // The first line only: the daemon's log is for a failure's message.
+        eprintln!("sigkill: leaked {}", r.lines().next().unwrap_or_default());
+    }
+    for ((_, minted), report) in leaked.iter().zip(&reports) {
         assert!(
             kills
                 .iter()
                 .any(|k| *k >= *minted && *k - *minted <= KILL_WINDOW),
-            "a token minted outside any kill window is still live"
+            "a token minted outside any kill window is still live: {report}"
         );
     }
     // Each start either reuses a token or replaces one a kill caught mid-rotation; without
@@ -360,11 +387,98 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "{} tokens for {ITERATIONS} restarts: restarts are not reusing tokens",
         issued.len()
     );
+    // How long the daemons took from the provider's mint to the file write (which follows
+    // the durable journal record), for the tokens that got that far: the load the test ran
+    // under, in the terms of the window above.
+    let mut written: Vec<Duration> = issued
+        .iter()
+        .filter_map(|(tok, minted)| {
+            let fp = tokenkeeper::secret::fingerprint(tok);
+            let at = written_at(&runs, &fp)?;
+            let minted = clock.1 + (*minted - clock.0);
+            at.duration_since(minted).ok()
+        })
+        .collect();
+    written.sort();
+    eprintln!("sigkill: mint to file write: {written:?}");
     eprintln!(
         "sigkill: {ITERATIONS} kills, {rotations} rotations, {} tokens issued, {} leaked by kills mid-issue, {reads} reads",
         issued.len(),
         leaked.len()
     );
+}
+
+/// Fingerprints of the tokens the journal in `dir/state` holds now (none if it is missing or
+/// unreadable: this is for reports, not checks).
+fn journaled_fingerprints(dir: &Path) -> HashSet<String> {
+    let text = std::fs::read_to_string(dir.join("state/journal.json")).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    doc["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["fingerprint"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// When a daemon logged writing the token with fingerprint `fp` to its file, by its log.
+fn written_at(runs: &[(tokio::time::Instant, PathBuf)], fp: &str) -> Option<std::time::SystemTime> {
+    let needle = format!("fingerprint={fp}");
+    runs.iter().find_map(|(_, log)| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("token written") && l.contains(&needle))
+            .and_then(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+    })
+}
+
+/// Where a leaked token came from, for the assertion message: when it was minted relative to
+/// the kills and starts around it, whether any journal (after each kill, and at the end) held
+/// it, and what the daemons logged about it.
+fn describe_leak(
+    token: &str,
+    minted: tokio::time::Instant,
+    kills: &[tokio::time::Instant],
+    runs: &[(tokio::time::Instant, PathBuf)],
+    journaled_after_kill: &[HashSet<String>],
+    journaled_at_end: &HashSet<String>,
+) -> String {
+    let fp = tokenkeeper::secret::fingerprint(token);
+    let before = kills.iter().enumerate().rfind(|(_, k)| **k <= minted);
+    let after = kills.iter().enumerate().find(|(_, k)| **k > minted);
+    let run = runs.iter().rposition(|(s, _)| *s <= minted);
+    let mut out = format!("{fp}: minted during run {run:?}");
+    if let Some(r) = run {
+        out += &format!(" ({:?} after it started)", minted - runs[r].0);
+    }
+    if let Some((i, k)) = before {
+        out += &format!(", {:?} after kill {i}", minted - *k);
+    }
+    if let Some((i, k)) = after {
+        out += &format!(", {:?} before kill {i}", *k - minted);
+    }
+    let in_journal: Vec<usize> = journaled_after_kill
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.contains(&fp))
+        .map(|(i, _)| i)
+        .collect();
+    out += &format!(
+        "; in the journal after kills {in_journal:?}, at the end: {}",
+        journaled_at_end.contains(&fp)
+    );
+    for (i, (_, log)) in runs.iter().enumerate() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains(&fp)) {
+            out += &format!("\n  run {i}: {line}");
+        }
+    }
+    // The whole log of the run it was minted in: what that daemon was doing meanwhile.
+    if let Some(r) = run {
+        let text = std::fs::read_to_string(&runs[r].1).unwrap_or_default();
+        out += &format!("\n  log of run {r}:\n{text}");
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
