@@ -261,9 +261,6 @@ async fn revocation_down_at_stop_is_bounded_and_the_tokens_are_revoked_later() {
 async fn sigkill_at_random_moments_loses_nothing() {
     /// Enough kills to land in every phase (start, issue, write, rotate, idle) many times.
     const ITERATIONS: usize = 40;
-    /// A token minted this close before a kill may not have reached the journal: the only
-    /// leak a crash can cause (the provider has no way to list tokens).
-    const KILL_WINDOW: Duration = Duration::from_millis(100);
     let p = Arc::new(provider(Duration::from_secs(900)).await);
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("t.token");
@@ -286,11 +283,16 @@ async fn sigkill_at_random_moments_loses_nothing() {
         std::thread::spawn(move || {
             let mut reads = 0u64;
             let mut known: HashSet<String> = HashSet::new();
+            // Every token a file held: the daemon journals a token before it writes it.
+            let mut seen: HashSet<String> = HashSet::new();
             let mut check = |tok: &str, what: &str| {
                 assert!(!tok.is_empty(), "empty {what}");
                 if !known.contains(tok) {
                     known = p.issued_tokens().into_iter().collect();
                     assert!(known.contains(tok), "{what} holds a token never issued");
+                }
+                if !seen.contains(tok) {
+                    seen.insert(tok.to_owned());
                 }
             };
             while !done.load(Ordering::Relaxed) {
@@ -304,7 +306,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
                     check(v["access_token"].as_str().unwrap_or(""), "json file");
                 }
             }
-            reads
+            (reads, seen)
         })
     };
 
@@ -350,7 +352,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_clean(&mut d).await;
     done.store(true, Ordering::Relaxed);
-    let reads = reader.join().expect("a reader saw a broken file");
+    let (reads, seen) = reader.join().expect("a reader saw a broken file");
 
     let issued = p.issued_with_times();
     let leaked: Vec<_> = issued.iter().filter(|(t, _)| p.is_live(t)).collect();
@@ -372,13 +374,21 @@ async fn sigkill_at_random_moments_loses_nothing() {
         // The first line only: the daemon's log is for a failure's message.
         eprintln!("sigkill: leaked {}", r.lines().next().unwrap_or_default());
     }
-    for ((_, minted), report) in leaked.iter().zip(&reports) {
-        assert!(
-            kills
-                .iter()
-                .any(|k| *k >= *minted && *k - *minted <= KILL_WINDOW),
-            "a token minted outside any kill window is still live: {report}"
-        );
+    let logs: Vec<String> = runs
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap())
+        .collect();
+    for ((tok, minted), report) in leaked.iter().zip(&reports) {
+        let fp = tokenkeeper::secret::fingerprint(tok);
+        let leak = Leaked {
+            minted: *minted,
+            journaled: journaled_at_end.contains(&fp)
+                || journaled_after_kill.iter().any(|j| j.contains(&fp)),
+            held: seen.contains(tok.as_str()) || logs.iter().any(|l| l.contains(&fp)),
+        };
+        if let Some(why) = unexplained(&leak, &kills) {
+            panic!("a token is still live after the clean stop, and {why}: {report}");
+        }
     }
     // Each start either reuses a token or replaces one a kill caught mid-rotation; without
     // the journal every start would mint two.
@@ -408,11 +418,94 @@ async fn sigkill_at_random_moments_loses_nothing() {
     );
 }
 
-/// Fingerprints of the tokens the journal in `dir/state` holds now (none if it is missing or
-/// unreadable: this is for reports, not checks).
+/// A token minted this long before a kill may not have had its journal record on disk when
+/// the kill landed: the provider answers, the daemon reads the answer, and the journal writer
+/// makes the record durable, behind at most one commit already under way, each commit two
+/// fsyncs on the real disk. On a loaded 2-core machine (load average 4 to 5, the faults suite
+/// run one or two at a time) that took up to 100.6 ms: the slowest of 135 such tokens over 82
+/// runs, and one of the six failures the 100 ms this window used to be gave in those runs.
+/// Five times the slowest seen leaves room for a slower CI machine. The window only has to
+/// bound how long a daemon sits on a token it has not journaled: whether a token was
+/// journaled, or handled as if it was, is judged by the journal, the files and the logs
+/// instead (see [`unexplained`]), whatever its timing.
+const KILL_WINDOW: Duration = Duration::from_millis(500);
+
+/// A token minted this long after a kill may still be the killed daemon's: its request was
+/// in the provider's socket when the kill landed, and the provider, which runs in this test
+/// process, handled it afterwards. Seen up to 0.66 ms after the kill in the same 82 runs, and
+/// behind five of those six failures: the old window wanted every leaked token minted before
+/// a kill. A hundred milliseconds allow for this test process waiting for a core on a loaded
+/// machine; a token minted later than that after the last kill is the clean run's, which must
+/// leak nothing.
+const IN_FLIGHT: Duration = Duration::from_millis(100);
+
+/// What the SIGKILL test knows of a token still live after the final clean stop.
+struct Leaked {
+    minted: tokio::time::Instant,
+    /// Held by the journal that some kill left behind, or by the final one.
+    journaled: bool,
+    /// Seen in a token file, or named in a daemon's log: a daemon had it in hand, which
+    /// happens only once its journal record is on disk (or the record failed, loudly).
+    held: bool,
+}
+
+/// Why `leak` is more than a kill caught between the provider's answer and the durable
+/// journal record, the one leak a crash may cause (the provider has no way to list tokens);
+/// `None` if that is all it is.
+fn unexplained(leak: &Leaked, kills: &[tokio::time::Instant]) -> Option<&'static str> {
+    if leak.journaled {
+        return Some("the journal held it, so a later start or the clean stop had to revoke it");
+    }
+    if leak.held {
+        return Some("a daemon held it (in a file or a log line), so it had been journaled");
+    }
+    let caught = kills
+        .iter()
+        .any(|k| leak.minted + KILL_WINDOW >= *k && leak.minted <= *k + IN_FLIGHT);
+    (!caught).then_some("it was minted outside every kill's window")
+}
+
+#[test]
+fn the_sigkill_test_excuses_only_tokens_a_kill_caught_before_the_journal() {
+    let ms = Duration::from_millis;
+    let kill = tokio::time::Instant::now() + Duration::from_secs(60);
+    let leak = |minted, journaled, held| Leaked {
+        minted,
+        journaled,
+        held,
+    };
+    // In the daemon's hands when the kill landed (as slow as seen, or as slow as allowed), or
+    // still on its way to the provider.
+    for minted in [
+        kill - ms(101),
+        kill - KILL_WINDOW,
+        kill + ms(1),
+        kill + IN_FLIGHT,
+    ] {
+        assert_eq!(unexplained(&leak(minted, false, false), &[kill]), None);
+    }
+    // Journaled, or far enough along to be written: a later start had to revoke it.
+    assert!(unexplained(&leak(kill - ms(1), true, false), &[kill]).is_some());
+    assert!(unexplained(&leak(kill - ms(1), false, true), &[kill]).is_some());
+    // Minted long before any kill, or in the clean run after the last one.
+    for minted in [
+        kill - KILL_WINDOW - ms(1),
+        kill - ms(5000),
+        kill + IN_FLIGHT + ms(1),
+    ] {
+        assert!(unexplained(&leak(minted, false, false), &[kill]).is_some());
+    }
+}
+
+/// Fingerprints of the tokens the journal in `dir/state` holds now; none if there is no
+/// journal yet. The daemon is not running: the file is whole, or the test fails.
 fn journaled_fingerprints(dir: &Path) -> HashSet<String> {
-    let text = std::fs::read_to_string(dir.join("state/journal.json")).unwrap_or_default();
-    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let text = match std::fs::read_to_string(dir.join("state/journal.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashSet::new(),
+        Err(e) => panic!("cannot read the journal: {e}"),
+    };
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("a torn journal");
     doc["tokens"]
         .as_array()
         .into_iter()
