@@ -261,9 +261,6 @@ async fn revocation_down_at_stop_is_bounded_and_the_tokens_are_revoked_later() {
 async fn sigkill_at_random_moments_loses_nothing() {
     /// Enough kills to land in every phase (start, issue, write, rotate, idle) many times.
     const ITERATIONS: usize = 40;
-    /// A token minted this close before a kill may not have reached the journal: the only
-    /// leak a crash can cause (the provider has no way to list tokens).
-    const KILL_WINDOW: Duration = Duration::from_millis(100);
     let p = Arc::new(provider(Duration::from_secs(900)).await);
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("t.token");
@@ -286,11 +283,16 @@ async fn sigkill_at_random_moments_loses_nothing() {
         std::thread::spawn(move || {
             let mut reads = 0u64;
             let mut known: HashSet<String> = HashSet::new();
+            // Every token a file held: the daemon journals a token before it writes it.
+            let mut seen: HashSet<String> = HashSet::new();
             let mut check = |tok: &str, what: &str| {
                 assert!(!tok.is_empty(), "empty {what}");
                 if !known.contains(tok) {
                     known = p.issued_tokens().into_iter().collect();
                     assert!(known.contains(tok), "{what} holds a token never issued");
+                }
+                if !seen.contains(tok) {
+                    seen.insert(tok.to_owned());
                 }
             };
             while !done.load(Ordering::Relaxed) {
@@ -304,14 +306,21 @@ async fn sigkill_at_random_moments_loses_nothing() {
                     check(v["access_token"].as_str().unwrap_or(""), "json file");
                 }
             }
-            reads
+            (reads, seen)
         })
     };
 
+    // The two clocks at one moment: mint times are tokio's, log lines are the wall clock's.
+    let clock = (tokio::time::Instant::now(), std::time::SystemTime::now());
     let mut kills = Vec::new();
+    // For the report of a leak: each run's start and log, and what the journal held after
+    // each kill.
+    let mut runs = Vec::new();
+    let mut journaled_after_kill = Vec::new();
     let mut rotations = 0;
     for i in 0..ITERATIONS {
         let mut d = start(dir.path(), &cfg);
+        runs.push((tokio::time::Instant::now(), d.log.clone()));
         if i % 2 == 1 {
             // Let it settle, then rotate so the kill can land mid-issue or mid-write.
             wait_until(PATIENCE, || raw.exists() && json.exists()).await;
@@ -323,6 +332,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
         d.signal(Signal::SIGKILL);
         kills.push(tokio::time::Instant::now());
         d.wait(PATIENCE).await;
+        journaled_after_kill.push(journaled_fingerprints(dir.path()));
         assert!(
             p.live_tokens().len() <= 6 + kills.len(),
             "live tokens beyond the cap"
@@ -330,6 +340,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     }
     // A final clean run: ready, then stopped.
     let mut d = start(dir.path(), &cfg);
+    runs.push((tokio::time::Instant::now(), d.log.clone()));
     assert!(
         wait_until(PATIENCE, || {
             read(&raw).is_some_and(|t| p.is_live(&t)) && json.exists()
@@ -341,17 +352,43 @@ async fn sigkill_at_random_moments_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_clean(&mut d).await;
     done.store(true, Ordering::Relaxed);
-    let reads = reader.join().expect("a reader saw a broken file");
+    let (reads, seen) = reader.join().expect("a reader saw a broken file");
 
     let issued = p.issued_with_times();
     let leaked: Vec<_> = issued.iter().filter(|(t, _)| p.is_live(t)).collect();
-    for (_, minted) in &leaked {
-        assert!(
-            kills
-                .iter()
-                .any(|k| *k >= *minted && *k - *minted <= KILL_WINDOW),
-            "a token minted outside any kill window is still live"
-        );
+    let journaled_at_end = journaled_fingerprints(dir.path());
+    let reports: Vec<String> = leaked
+        .iter()
+        .map(|(tok, minted)| {
+            describe_leak(
+                tok,
+                *minted,
+                &kills,
+                &runs,
+                &journaled_after_kill,
+                &journaled_at_end,
+            )
+        })
+        .collect();
+    for r in &reports {
+        // The first line only: the daemon's log is for a failure's message.
+        eprintln!("sigkill: leaked {}", r.lines().next().unwrap_or_default());
+    }
+    let logs: Vec<String> = runs
+        .iter()
+        .map(|(_, log)| std::fs::read_to_string(log).unwrap())
+        .collect();
+    for ((tok, minted), report) in leaked.iter().zip(&reports) {
+        let fp = tokenkeeper::secret::fingerprint(tok);
+        let leak = Leaked {
+            minted: *minted,
+            journaled: journaled_at_end.contains(&fp)
+                || journaled_after_kill.iter().any(|j| j.contains(&fp)),
+            held: seen.contains(tok.as_str()) || logs.iter().any(|l| l.contains(&fp)),
+        };
+        if let Some(why) = unexplained(&leak, &kills) {
+            panic!("a token is still live after the clean stop, and {why}: {report}");
+        }
     }
     // Each start either reuses a token or replaces one a kill caught mid-rotation; without
     // the journal every start would mint two.
@@ -360,11 +397,181 @@ async fn sigkill_at_random_moments_loses_nothing() {
         "{} tokens for {ITERATIONS} restarts: restarts are not reusing tokens",
         issued.len()
     );
+    // How long the daemons took from the provider's mint to the file write (which follows
+    // the durable journal record), for the tokens that got that far: the load the test ran
+    // under, in the terms of the window above.
+    let mut written: Vec<Duration> = issued
+        .iter()
+        .filter_map(|(tok, minted)| {
+            let fp = tokenkeeper::secret::fingerprint(tok);
+            let at = written_at(&runs, &fp)?;
+            let minted = clock.1 + (*minted - clock.0);
+            at.duration_since(minted).ok()
+        })
+        .collect();
+    written.sort();
+    eprintln!("sigkill: mint to file write: {written:?}");
     eprintln!(
         "sigkill: {ITERATIONS} kills, {rotations} rotations, {} tokens issued, {} leaked by kills mid-issue, {reads} reads",
         issued.len(),
         leaked.len()
     );
+}
+
+/// A token minted this long before a kill may not have had its journal record on disk when
+/// the kill landed: the provider answers, the daemon reads the answer, and the journal writer
+/// makes the record durable, behind at most one commit already under way, each commit two
+/// fsyncs on the real disk. On a loaded 2-core machine (load average 4 to 5, the faults suite
+/// run one or two at a time) that took up to 100.6 ms: the slowest of 135 such tokens over 82
+/// runs, and one of the six failures the 100 ms this window used to be gave in those runs.
+/// Five times the slowest seen leaves room for a slower CI machine. The window only has to
+/// bound how long a daemon sits on a token it has not journaled: whether a token was
+/// journaled, or handled as if it was, is judged by the journal, the files and the logs
+/// instead (see [`unexplained`]), whatever its timing.
+const KILL_WINDOW: Duration = Duration::from_millis(500);
+
+/// A token minted this long after a kill may still be the killed daemon's: its request was
+/// in the provider's socket when the kill landed, and the provider, which runs in this test
+/// process, handled it afterwards. Seen up to 0.66 ms after the kill in the same 82 runs, and
+/// behind five of those six failures: the old window wanted every leaked token minted before
+/// a kill. A hundred milliseconds allow for this test process waiting for a core on a loaded
+/// machine; a token minted later than that after the last kill is the clean run's, which must
+/// leak nothing.
+const IN_FLIGHT: Duration = Duration::from_millis(100);
+
+/// What the SIGKILL test knows of a token still live after the final clean stop.
+struct Leaked {
+    minted: tokio::time::Instant,
+    /// Held by the journal that some kill left behind, or by the final one.
+    journaled: bool,
+    /// Seen in a token file, or named in a daemon's log: a daemon had it in hand, which
+    /// happens only once its journal record is on disk (or the record failed, loudly).
+    held: bool,
+}
+
+/// Why `leak` is more than a kill caught between the provider's answer and the durable
+/// journal record, the one leak a crash may cause (the provider has no way to list tokens);
+/// `None` if that is all it is.
+fn unexplained(leak: &Leaked, kills: &[tokio::time::Instant]) -> Option<&'static str> {
+    if leak.journaled {
+        return Some("the journal held it, so a later start or the clean stop had to revoke it");
+    }
+    if leak.held {
+        return Some("a daemon held it (in a file or a log line), so it had been journaled");
+    }
+    let caught = kills
+        .iter()
+        .any(|k| leak.minted + KILL_WINDOW >= *k && leak.minted <= *k + IN_FLIGHT);
+    (!caught).then_some("it was minted outside every kill's window")
+}
+
+#[test]
+fn the_sigkill_test_excuses_only_tokens_a_kill_caught_before_the_journal() {
+    let ms = Duration::from_millis;
+    let kill = tokio::time::Instant::now() + Duration::from_secs(60);
+    let leak = |minted, journaled, held| Leaked {
+        minted,
+        journaled,
+        held,
+    };
+    // In the daemon's hands when the kill landed (as slow as seen, or as slow as allowed), or
+    // still on its way to the provider.
+    for minted in [
+        kill - ms(101),
+        kill - KILL_WINDOW,
+        kill + ms(1),
+        kill + IN_FLIGHT,
+    ] {
+        assert_eq!(unexplained(&leak(minted, false, false), &[kill]), None);
+    }
+    // Journaled, or far enough along to be written: a later start had to revoke it.
+    assert!(unexplained(&leak(kill - ms(1), true, false), &[kill]).is_some());
+    assert!(unexplained(&leak(kill - ms(1), false, true), &[kill]).is_some());
+    // Minted long before any kill, or in the clean run after the last one.
+    for minted in [
+        kill - KILL_WINDOW - ms(1),
+        kill - ms(5000),
+        kill + IN_FLIGHT + ms(1),
+    ] {
+        assert!(unexplained(&leak(minted, false, false), &[kill]).is_some());
+    }
+}
+
+/// Fingerprints of the tokens the journal in `dir/state` holds now; none if there is no
+/// journal yet. The daemon is not running: the file is whole, or the test fails.
+fn journaled_fingerprints(dir: &Path) -> HashSet<String> {
+    let text = match std::fs::read_to_string(dir.join("state/journal.json")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashSet::new(),
+        Err(e) => panic!("cannot read the journal: {e}"),
+    };
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("a torn journal");
+    doc["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["fingerprint"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// When a daemon logged writing the token with fingerprint `fp` to its file, by its log.
+fn written_at(runs: &[(tokio::time::Instant, PathBuf)], fp: &str) -> Option<std::time::SystemTime> {
+    let needle = format!("fingerprint={fp}");
+    runs.iter().find_map(|(_, log)| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("token written") && l.contains(&needle))
+            .and_then(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+    })
+}
+
+/// Where a leaked token came from, for the assertion message: when it was minted relative to
+/// the kills and starts around it, whether any journal (after each kill, and at the end) held
+/// it, and what the daemons logged about it.
+fn describe_leak(
+    token: &str,
+    minted: tokio::time::Instant,
+    kills: &[tokio::time::Instant],
+    runs: &[(tokio::time::Instant, PathBuf)],
+    journaled_after_kill: &[HashSet<String>],
+    journaled_at_end: &HashSet<String>,
+) -> String {
+    let fp = tokenkeeper::secret::fingerprint(token);
+    let before = kills.iter().enumerate().rfind(|(_, k)| **k <= minted);
+    let after = kills.iter().enumerate().find(|(_, k)| **k > minted);
+    let run = runs.iter().rposition(|(s, _)| *s <= minted);
+    let mut out = format!("{fp}: minted during run {run:?}");
+    if let Some(r) = run {
+        out += &format!(" ({:?} after it started)", minted - runs[r].0);
+    }
+    if let Some((i, k)) = before {
+        out += &format!(", {:?} after kill {i}", minted - *k);
+    }
+    if let Some((i, k)) = after {
+        out += &format!(", {:?} before kill {i}", *k - minted);
+    }
+    let in_journal: Vec<usize> = journaled_after_kill
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.contains(&fp))
+        .map(|(i, _)| i)
+        .collect();
+    out += &format!(
+        "; in the journal after kills {in_journal:?}, at the end: {}",
+        journaled_at_end.contains(&fp)
+    );
+    for (i, (_, log)) in runs.iter().enumerate() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains(&fp)) {
+            out += &format!("\n  run {i}: {line}");
+        }
+    }
+    // The whole log of the run it was minted in: what that daemon was doing meanwhile.
+    if let Some(r) = run {
+        let text = std::fs::read_to_string(&runs[r].1).unwrap_or_default();
+        out += &format!("\n  log of run {r}:\n{text}");
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
