@@ -63,15 +63,23 @@ pub fn check_error(e: &ProviderError, answer: &Answer<'_>) {
 /// field) out, and swallows the message's tail instead. Either shows here: a backslash
 /// outside the blanks, or a tail other than `line N column M`.
 fn check_json_error(what: &str) {
-    // The prefixes the providers put before serde_json's message.
-    let Some((_, json)) = what
-        .split_once("not an OAuth token: ")
-        .or_else(|| what.split_once("not an introspection answer: "))
-        .or_else(|| what.split_once("not a token answer: "))
-        .or_else(|| what.split_once("not a token status: "))
-        .or_else(|| what.split_once("not a revoke answer: "))
-        .or_else(|| what.split_once("is not authorization server metadata: "))
-    else {
+    // The prefixes the providers start serde_json's message with (discovery's after the
+    // document's URL, which has no spaces). Matched at the start only: other errors quote
+    // the body, which may hold these very words.
+    let Some(json) = [
+        "not an OAuth token: ",
+        "not an introspection answer: ",
+        "not a token answer: ",
+        "not a token status: ",
+        "not a revoke answer: ",
+    ]
+    .iter()
+    .find_map(|p| what.strip_prefix(p))
+    .or_else(|| {
+        what.split_once(" is not authorization server metadata: ")
+            .filter(|(url, _)| !url.contains(' '))
+            .map(|(_, json)| json)
+    }) else {
         return;
     };
     // serde_json's one message with a backslash of its own.
