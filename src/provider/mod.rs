@@ -480,6 +480,30 @@ pub(crate) fn is_b64token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
+/// The checks every bearer-token answer passes (Voucherify's and RFC 6749's alike): an
+/// `access_token` that is a `b64token`, and a `token_type` of Bearer in any case.
+pub(crate) fn check_bearer(
+    operation: &'static str,
+    access_token: &str,
+    token_type: &str,
+) -> Result<(), ProviderError> {
+    if !is_b64token(access_token) {
+        return Err(malformed(
+            operation,
+            format!(
+                "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
+            ),
+        ));
+    }
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(
+            operation,
+            format!("token_type {:?} is not Bearer", sanitize(token_type)),
+        ));
+    }
+    Ok(())
+}
+
 /// A scripted HTTP server for the providers' unit tests: each connection gets the next
 /// canned answer, and every request is recorded whole.
 #[cfg(test)]

@@ -18,9 +18,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, Revocation, TokenProvider, failure,
-    is_b64token, is_transient, json_error, malformed, read_body, retry_after_text, sane_lifetime,
-    sanitize,
+    Introspection, Issued, ProviderError, Revocation, TokenProvider, check_bearer, failure,
+    is_transient, json_error, malformed, read_body, retry_after_text, sane_lifetime, sanitize,
 };
 use crate::config::{AuthMethod, OAuth2Endpoints};
 use crate::secret::Secret;
@@ -411,20 +410,7 @@ pub fn parse_token_answer(
     }
     let mut r: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
-    if !is_b64token(&r.access_token) {
-        return Err(malformed(
-            OP,
-            format!(
-                "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
-            ),
-        ));
-    }
-    if !r.token_type.eq_ignore_ascii_case("bearer") {
-        return Err(malformed(
-            OP,
-            format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
-        ));
-    }
+    check_bearer(OP, &r.access_token, &r.token_type)?;
     let secs = match r.expires_in.as_ref() {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => Some(n.as_i64()),

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{
-    Introspection, Issued, MAX_TOKEN_LEN, ProviderError, TokenProvider, is_b64token, json_error,
-    malformed, parse_retry_after, read_body, retry_after_text, sanitize,
+    Introspection, Issued, ProviderError, TokenProvider, check_bearer, json_error, malformed,
+    parse_retry_after, read_body, retry_after_text, sanitize,
 };
 use crate::secret::Secret;
 
@@ -263,20 +263,7 @@ pub fn parse_token_answer(
     // serde_json's messages name the field and position, never the value of a string.
     let mut r: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| malformed(ISSUE, format!("not an OAuth token: {}", json_error(&e))))?;
-    if !is_b64token(&r.access_token) {
-        return Err(malformed(
-            ISSUE,
-            format!(
-                "access_token is empty, longer than {MAX_TOKEN_LEN} bytes, or has characters a bearer token cannot have"
-            ),
-        ));
-    }
-    if !r.token_type.eq_ignore_ascii_case("bearer") {
-        return Err(malformed(
-            ISSUE,
-            format!("token_type {:?} is not Bearer", sanitize(&r.token_type)),
-        ));
-    }
+    check_bearer(ISSUE, &r.access_token, &r.token_type)?;
     let lifetime = u64::try_from(r.expires_in)
         .ok()
         .filter(|&s| s > 0)
