@@ -1503,6 +1503,9 @@ pub async fn run<P: TokenProvider + 'static>(
                         let _reloading = crate::systemd::reloading();
                         reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
                         seen_fresh = 0;
+                        // Look again even if no set pings: a reload that only removed the
+                        // sets still waiting for a token leaves every remaining one fresh.
+                        let _ = shared.changed.try_send(());
                     }
                     None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
                 },

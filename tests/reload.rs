@@ -191,3 +191,36 @@ async fn a_changed_provider_replaces_its_sets_tokens() {
     assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
     assert!(p.live_tokens().is_empty());
 }
+
+/// A reload that removes the only set still waiting for a token makes the daemon ready: every
+/// set left has one, though none of them changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_set_that_held_readiness_back_makes_the_daemon_ready() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d_ = dir.path();
+    let (good, stuck) = (d_.join("good.token"), d_.join("stuck.token"));
+    let cfg_path = d_.join("config.yaml");
+    // The provider refuses scopes outside its documented list: `stuck` never gets a token.
+    let before = set("good", "api", &good, "") + &set("stuck", "no_such_scope", &stuck, "");
+    std::fs::write(&cfg_path, config(&p, d_, TOP, &before)).unwrap();
+    let mut d = Daemon::spawn(d_, &["run", "-c", cfg_path.to_str().unwrap()], 0o022, &[]);
+    assert!(
+        wait_until(PATIENCE, || good.exists()).await,
+        "{}",
+        d.output()
+    );
+    d.wait_for_log("provider refused to issue a token").await;
+    assert!(!d.output().contains("ready: every set"), "{}", d.output());
+
+    std::fs::write(
+        &cfg_path,
+        config(&p, d_, TOP, &set("good", "api", &good, "")),
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("reloaded the configuration").await;
+    d.wait_for_log("ready: every set has a valid token").await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
+}
