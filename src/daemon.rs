@@ -560,6 +560,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
                         "reusing the token it already holds");
                     t.next_issue = refresh_at;
+                    // Counted before it is reported fresh (see `issue`).
+                    let live = 1 + t.live();
+                    self.report.stats_if(|s| s.set_live(live));
                     self.fresh(&held, t.next_issue);
                     self.forget_previous(&mut t.previous).await;
                 }
@@ -744,11 +747,17 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                             expires_in = %humantime::format_duration(whole_secs(lifetime)),
                             refresh_in = %humantime::format_duration(whole_secs(next.saturating_duration_since(Instant::now()))),
                             "token written");
-                        self.fresh(&held, next);
                         let grace = Instant::now() + self.cfg.revoke_superseded_after;
                         let stale = std::mem::take(&mut t.stale);
                         for old in t.current.replace(held).into_iter().chain(stale) {
                             self.supersede(&mut t.superseded, old, grace);
+                        }
+                        // The count first, then the state: whoever sees the set fresh sees
+                        // its tokens counted.
+                        let live = t.live();
+                        self.report.stats_if(|s| s.set_live(live));
+                        if let Some(h) = &t.current {
+                            self.fresh(h, next);
                         }
                         t.current_meta = Some(meta);
                         Box::pin(self.forget_previous(&mut t.previous)).await;
