@@ -592,11 +592,6 @@ impl SetReport {
         self.poke();
     }
 
-    /// The set's state now.
-    pub fn current(&self) -> SetState {
-        self.slot.lock().state.clone()
-    }
-
     /// Whether the set has a valid token in place now.
     pub fn is_fresh(&self) -> bool {
         matches!(self.slot.lock().state, SetState::Fresh { .. })

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     Introspection, Issued, ProviderError, TokenProvider, check_bearer, json_error, malformed,
-    parse_retry_after, read_body, retry_after_text, sanitize,
+    read_body, retry_after_text, sanitize,
 };
 use crate::secret::Secret;
 
@@ -217,32 +217,15 @@ impl Voucherify {
     }
 }
 
-/// Turn a non-success answer into the error class the daemon retries by.
+/// Turn a non-success answer into the error class the daemon retries by, with Voucherify's
+/// error body described.
 fn failure(
     operation: &'static str,
     status: u16,
     retry_after: Option<&str>,
     body: &[u8],
 ) -> ProviderError {
-    let detail = ErrorBody::describe(body);
-    // A raw u16, not a StatusCode: the parsers take any number a fuzzer makes up.
-    if status == StatusCode::TOO_MANY_REQUESTS.as_u16()
-        || status == StatusCode::REQUEST_TIMEOUT.as_u16()
-        || (500..600).contains(&status)
-    {
-        ProviderError::Unavailable {
-            operation,
-            status,
-            detail,
-            retry_after: retry_after.and_then(parse_retry_after),
-        }
-    } else {
-        ProviderError::Refused {
-            operation,
-            status,
-            detail,
-        }
-    }
+    super::failure(operation, status, retry_after, ErrorBody::describe(body))
 }
 
 // The answer parsers: pure functions of (status, Retry-After text, body), so that the
