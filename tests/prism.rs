@@ -1,18 +1,16 @@
 //! Conformance: every request the Voucherify and Square providers send, validated by
-//! Stoplight Prism against the vendors' official OpenAPI specs (`../shared/specs`, see
-//! PRISM.md), with request validation on.
+//! Stoplight Prism against the vendors' official OpenAPI specs (`tests/specs`, see PRISM.md
+//! and SOURCES.md there), with request validation on.
 //!
-//! Prism comes from `$TOKENKEEPER_PRISM` (a `prism` executable), else from the cache
-//! `$XDG_CACHE_HOME/tokenkeeper/prism` (default `~/.cache/...`), where it is installed with
-//! npm when missing. Without npm the tests are skipped with a loud message on stderr (written
-//! past the test harness's capture); with `TOKENKEEPER_REQUIRE_PRISM=1`, as `.ci/run` sets when
-//! npm exists, a missing Prism fails instead.
+//! Prism comes from [`common::tools::prism`]: installed with npm on first use into the tests'
+//! cache; a test that cannot have it fails saying how to get it.
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
@@ -22,9 +20,6 @@ use tokenkeeper::provider::voucherify::Voucherify;
 use tokenkeeper::provider::{Introspection, ProviderError, TokenProvider, http_client};
 use tokenkeeper::secret::Secret;
 
-/// The Prism release PRISM.md was checked with.
-const PRISM_PACKAGE: &str = "@stoplight/prism-cli@5.14.2";
-
 /// Prism loads the small specs in about 2 s; a minute covers a loaded CI machine.
 const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
@@ -32,70 +27,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 const PASSED: &str = "[VALIDATOR] ✔  success   The request passed the validation rules";
 
 fn specs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/specs")
-}
-
-/// Say loudly that conformance was not checked, past libtest's output capture (it captures
-/// `eprintln!`, not writes to the stderr handle), or fail when CI demands Prism.
-fn skip(why: &str) {
-    if std::env::var_os("TOKENKEEPER_REQUIRE_PRISM").is_some_and(|v| v == "1") {
-        panic!("Prism is required (TOKENKEEPER_REQUIRE_PRISM=1) but {why}");
-    }
-    let bar = "!".repeat(78);
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n{bar}\n!!! SKIPPED: Prism conformance tests NOT RUN: {why}\n!!! Install Node.js and npm to check requests against the official OpenAPI specs.\n{bar}\n"
-    );
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-    Some(base.join("tokenkeeper/prism"))
-}
-
-/// The `prism` executable, installed on first use; `Err` says why there is none.
-fn prism() -> Result<PathBuf, String> {
-    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("TOKENKEEPER_PRISM") {
-                return Ok(PathBuf::from(p));
-            }
-            let dir = cache_dir().ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
-            let bin = dir.join("node_modules/.bin/prism");
-            if bin.exists() {
-                return Ok(bin);
-            }
-            let npm = Command::new("npm")
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if !npm.is_ok_and(|s| s.success()) {
-                return Err("npm is not available".into());
-            }
-            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
-            let _ = writeln!(
-                std::io::stderr(),
-                "installing {PRISM_PACKAGE} into {}",
-                dir.display()
-            );
-            let ok = Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .arg(PRISM_PACKAGE)
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok && bin.exists() {
-                Ok(bin)
-            } else {
-                Err(format!("`npm install {PRISM_PACKAGE}` failed"))
-            }
-        })
-        .clone()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs")
 }
 
 /// One Prism mock server with request validation, stopped on drop.
@@ -200,10 +132,7 @@ fn content_only(result: Result<impl Sized, ProviderError>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn voucherify_requests_pass_the_official_spec() {
-    let bin = match prism() {
-        Ok(bin) => bin,
-        Err(why) => return skip(&why),
-    };
+    let bin = common::tools::prism();
     let p = Prism::start(&bin, "voucherify-oauth.openapi.json").await;
     let v = Voucherify::new(
         http_client().unwrap(),
@@ -228,10 +157,7 @@ async fn voucherify_requests_pass_the_official_spec() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn square_requests_pass_the_official_spec() {
-    let bin = match prism() {
-        Ok(bin) => bin,
-        Err(why) => return skip(&why),
-    };
+    let bin = common::tools::prism();
     let p = Prism::start(&bin, "square-oauth.openapi.json").await;
     let state = tempfile::tempdir().unwrap();
     let build = |mode, secret: bool, file: &str| {
