@@ -94,9 +94,7 @@ async fn status_shows(cfg: &Path, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_hand_over_at_sigterm_and_the_last_one_revokes() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
@@ -162,9 +160,7 @@ async fn two_instances_hand_over_at_sigterm_and_the_last_one_revokes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_survive_a_sigkill_and_a_sigterm_with_one_issuer_per_set() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let cfgs: Vec<_> = (0..3)
         .map(|n| instance_config(&p, &b, dir.path(), n))

@@ -62,9 +62,7 @@ async fn wait_store(b: &Bao, path: &str, want: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn file_and_store_hold_the_token_and_stop_removes_and_destroys_it() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let file = dir.path().join("orders.token");
     let mut d = Daemon::run(dir.path(), &root_config(&p, &b, dir.path()), 0o022);
@@ -126,9 +124,7 @@ async fn file_and_store_hold_the_token_and_stop_removes_and_destroys_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_check_and_set_conflict_is_reported_and_the_set_writes_over_it() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let file = dir.path().join("orders.token");
     let mut d = Daemon::run(dir.path(), &root_config(&p, &b, dir.path()), 0o022);
@@ -165,9 +161,7 @@ async fn a_check_and_set_conflict_is_reported_and_the_set_writes_over_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sealed_store_does_not_hold_the_file_back_and_catches_up_when_unsealed() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let file = dir.path().join("orders.token");
     let mut d = Daemon::run(dir.path(), &root_config(&p, &b, dir.path()), 0o022);
@@ -218,9 +212,7 @@ async fn a_sealed_store_does_not_hold_the_file_back_and_catches_up_when_unsealed
 #[tokio::test(flavor = "multi_thread")]
 async fn approle_logs_in_and_logs_in_again_before_the_token_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     // Tokens that live 3 s: tokenkeeper must log in again every 2 s to keep writing.
     let (role_id, secret_id) = b.approle("3s").await;
     let rid = bao::secret_file(dir.path(), "role-id", &role_id);
@@ -276,9 +268,7 @@ async fn approle_logs_in_and_logs_in_again_before_the_token_expires() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewable_token_is_renewed_while_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let token = b.renewable_token("3s").await;
     let tf = bao::secret_file(dir.path(), "bao-token", &token);
     let p = provider(Duration::from_secs(900)).await;
@@ -322,9 +312,7 @@ async fn a_renewable_token_is_renewed_while_idle() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_only_set_writes_no_file() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = Bao::start(dir.path()).await else {
-        return;
-    };
+    let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let token = bao::secret_file(dir.path(), "bao-token", bao::ROOT);
     let top = bao::stores_yaml(

