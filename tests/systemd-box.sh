@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tokenkeeper under a real systemd (PID 1 in a throw-away nspawn container, via
-# ../shared/tools/systemd-box.sh): the shipped unit, unchanged, with test specifics only in a
+# tests/tools/systemd-box.sh): the shipped unit, unchanged, with test specifics only in a
 # drop-in; the built binary; a config pointing at `tokenkeeper dev-provider` on 127.0.0.1.
 # The checks themselves are in tests/systemd/in-box.sh.
 #
@@ -9,7 +9,7 @@
 # Environment: SYSTEMD_BOX (path to systemd-box.sh), SDBOX_* (see systemd-box.sh --help).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-box=${SYSTEMD_BOX:-$root/../shared/tools/systemd-box.sh}
+box=${SYSTEMD_BOX:-$root/tests/tools/systemd-box.sh}
 bin=${1:-$root/target/debug/tokenkeeper}
 [ -x "$bin" ] || { echo "no binary at $bin: run cargo build first" >&2; exit 2; }
 [ -f "$box" ] || { echo "no systemd-box.sh at $box" >&2; exit 2; }
