@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance benchmark (README "Performance"): builds tokenkeeper and the harness in
+# The performance benchmark (docs/performance.md): builds tokenkeeper and the harness in
 # release mode, then runs every scenario BENCH_RUNS times (default 3) against a local fake
 # provider and prints the median of each figure beside its target. About 4 minutes.
 #   BENCH_RUNS=5 BENCH_IDLE_SECS=60 bench/run.sh
