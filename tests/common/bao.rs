@@ -155,7 +155,7 @@ impl Bao {
         assert_eq!(s, 200, "unseal: {v}");
     }
 
-    /// A policy `tk`: the one the README gives for tokenkeeper, and nothing more.
+    /// A policy `tk`: the one docs/files-and-stores.md gives for tokenkeeper, and nothing more.
     pub async fn tokenkeeper_policy(&self) {
         let policy = r#"
 path "secret/data/tokenkeeper/*"     { capabilities = ["create", "read", "update", "delete"] }

@@ -21,7 +21,7 @@ fingerprint() { printf %s "$1" | sha256sum | cut -c1-8; }
 
 echo "== $(systemctl --version | head -1)"
 
-# ---- install, as the README tells an operator to
+# ---- install, as docs/operator.md tells an operator to
 systemd-sysusers >/dev/null
 systemd-tmpfiles --create tokenkeeper.conf
 chown root:tokenkeeper $CFG; chmod 0640 $CFG   # the daemon reads it, nobody else
