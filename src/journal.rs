@@ -4,15 +4,25 @@
 //! A token is recorded (and the record flushed) before it is written to its file, and dropped
 //! from the journal once it is revoked or has expired. On start the daemon reuses a journaled
 //! token that still fits its set, and revokes the rest; `tokenkeeper revoke` revokes whatever
-//! the journal holds. The journal is one JSON file in `state_dir` (0700), mode 0600, replaced
-//! atomically like the token files. One process owns a state directory at a time: it holds an
-//! exclusive `flock` on `state_dir/lock`.
+//! the journal holds. One process owns a state directory at a time: it holds an exclusive
+//! `flock` on `state_dir/lock`.
+//!
+//! The journal is a log, `state_dir/journal.log` (0600 in a 0700 directory), one JSON object a
+//! line, so `jq` reads it: a header `{"version":2}`, then `{"record":ENTRY}` for each token
+//! recorded and `{"remove":[FINGERPRINT, ...]}` for tokens forgotten. A change appends its lines
+//! and flushes them (one `fdatasync` per group of changes), so its cost does not grow with the
+//! number of tokens held; when the log has grown past twice its live records it is compacted:
+//! rewritten from them alone, atomically, like a token file. A version-1 journal
+//! (`journal.json`, one document rewritten whole on every change) is migrated by the first
+//! write.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -26,7 +36,9 @@ use crate::config::{OAuth2Endpoints, ProviderConfig, ProviderKind, SetConfig};
 use crate::secret::Secret;
 
 /// The journal's file name inside `state_dir`.
-pub const JOURNAL_FILE: &str = "journal.json";
+pub const JOURNAL_FILE: &str = "journal.log";
+/// The version-1 journal's name, read (and migrated) when no log exists yet.
+pub const LEGACY_JOURNAL_FILE: &str = "journal.json";
 /// The lock file's name inside `state_dir`.
 pub const LOCK_FILE: &str = "lock";
 /// Exact mode of `state_dir`: it holds live tokens, so only the daemon's user may enter.
@@ -34,7 +46,9 @@ pub const STATE_DIR_MODE: u32 = 0o700;
 /// Exact mode of the journal: owner read-write, nobody else.
 const JOURNAL_MODE: u32 = 0o600;
 /// Format version, so a future layout can be told apart instead of misread.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version of `journal.json`, the one-document journal before the log.
+const LEGACY_VERSION: u32 = 1;
 /// Operations waiting for the writer. Each set has at most one outstanding at a time, so this
 /// only bounds bursts; a full queue makes senders wait, which is the back-pressure we want.
 const QUEUE: usize = 1024;
@@ -53,13 +67,14 @@ pub enum JournalError {
         path = path.display()
     )]
     Locked { path: PathBuf, pid: String },
-    #[error("{path} is not a tokenkeeper journal", path = path.display())]
+    #[error("{path} is not a tokenkeeper journal (line {line})", path = path.display())]
     Corrupt {
         path: PathBuf,
+        line: usize,
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path} has journal version {found}; this tokenkeeper reads version {VERSION}", path = path.display())]
+    #[error("{path} has journal version {found}; this tokenkeeper reads versions {LEGACY_VERSION} and {VERSION}", path = path.display())]
     Version { path: PathBuf, found: u32 },
     #[error("cannot write the journal")]
     Write(#[source] crate::sink::SinkError),
@@ -129,22 +144,29 @@ mod humantime_serde {
     }
 }
 
+/// The version-1 journal: one JSON document, rewritten whole on every change. Read to migrate
+/// it; never written.
 #[derive(Deserialize)]
-struct Document {
+struct LegacyDocument {
     version: u32,
     tokens: Vec<Entry>,
 }
 
-/// [`Document`] as written: the entries borrowed, not copied for each commit.
-#[derive(Serialize)]
-struct DocumentRef<'a> {
+/// The log's first line.
+#[derive(Serialize, Deserialize)]
+struct Header {
     version: u32,
-    tokens: &'a [Entry],
 }
 
-/// Room to reserve per entry when serializing: a typical entry takes 400 to 500 bytes, so
-/// the buffer is seldom regrown (each regrowth copies megabytes at 10,000 entries).
-const BYTES_PER_ENTRY: usize = 512;
+/// Every line after the header: a token recorded (or recorded again, replacing the earlier
+/// record of the same fingerprint), or tokens forgotten.
+#[derive(Deserialize)]
+enum Line {
+    #[serde(rename = "record")]
+    Record(Box<Entry>),
+    #[serde(rename = "remove")]
+    Remove(Vec<String>),
+}
 
 /// What a token is: its provider and scopes. A journaled token is reused only for a set whose
 /// hash still matches; a change of file settings does not need a new token.
@@ -245,56 +267,191 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
     Ok(StateLock { _lock: lock })
 }
 
-/// Read the journal; a missing file is an empty journal.
+/// Read the journal; a missing one is empty. The log wins over a version-1 document beside it:
+/// a migration writes the log whole, atomically, before it removes the document, so the two
+/// exist side by side only after one that stopped in between.
 pub fn load(dir: &Path) -> Result<Vec<Entry>, JournalError> {
     let path = dir.join(JOURNAL_FILE);
-    let bytes = match std::fs::read(&path) {
+    match std::fs::read(&path) {
+        Ok(b) => return parse_log(&path, &Zeroizing::new(b)),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &path)(e)),
+    }
+    let legacy = dir.join(LEGACY_JOURNAL_FILE);
+    let bytes = match std::fs::read(&legacy) {
         Ok(b) => Zeroizing::new(b),
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("read", &path)(e)),
+        Err(e) => return Err(io("read", &legacy)(e)),
     };
-    let doc: Document = serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    if doc.version != VERSION {
+    let doc: LegacyDocument =
+        serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
+            path: legacy.clone(),
+            line: 1,
+            source,
+        })?;
+    if doc.version != LEGACY_VERSION {
         return Err(JournalError::Version {
-            path,
+            path: legacy,
             found: doc.version,
         });
     }
     Ok(doc.tokens)
 }
 
-/// Replace the journal with `entries`, atomically and durably.
-pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
-    let path = dir.join(JOURNAL_FILE);
-    let doc = DocumentRef {
-        version: VERSION,
-        tokens: entries,
+/// The live tokens a log holds: its records replayed in order. A crash in the middle of an
+/// append leaves the last line without its newline; that batch was never acknowledged (no
+/// token in it reached a file), so the torn line is passed over. Any other line that does not
+/// parse makes the whole journal corrupt: guessing would lose tokens silently.
+fn parse_log(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, JournalError> {
+    let whole = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| &bytes[..=end]);
+    let mut lines = whole.split(|&b| b == b'\n').enumerate();
+    let corrupt = |line: usize| {
+        move |source| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            line: line + 1,
+            source,
+        }
     };
-    let mut bytes = Zeroizing::new(Vec::with_capacity(
-        entries
-            .len()
-            .saturating_mul(BYTES_PER_ENTRY)
-            .saturating_add(64),
-    ));
-    serde_json::to_writer(&mut *bytes, &doc).map_err(|source| JournalError::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    crate::sink::write_file(&path, JOURNAL_MODE, &bytes).map_err(JournalError::Write)
+    let header: Header = match lines.next() {
+        Some((i, l)) => serde_json::from_slice(l).map_err(corrupt(i))?,
+        None => serde_json::from_slice(b"").map_err(corrupt(0))?,
+    };
+    if header.version != VERSION {
+        return Err(JournalError::Version {
+            path: path.to_path_buf(),
+            found: header.version,
+        });
+    }
+    let mut live = Live::<Entry>::default();
+    for (i, l) in lines {
+        if l.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(l).map_err(corrupt(i))? {
+            Line::Record(e) => live.insert(e.fingerprint.clone(), e.expires_at, *e, 0),
+            Line::Remove(fps) => {
+                for fp in &fps {
+                    live.remove(fp);
+                }
+            }
+        }
+    }
+    Ok(live.into_values())
 }
 
-/// A journaled token as the writer keeps it: serialized once, when recorded, so a commit
-/// joins bytes instead of serializing every token again. At 10,000 tokens each commit
-/// re-serialized megabytes, the largest share of the daemon's CPU while it started.
+/// Replace the journal with `entries`, atomically and durably (a compaction), migrating a
+/// version-1 document.
+pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
+    let mut live = Live::default();
+    for e in entries {
+        let s = Stored::new(e).map_err(|source| JournalError::Corrupt {
+            path: dir.join(JOURNAL_FILE),
+            line: 0,
+            source,
+        })?;
+        let len = s.line_len();
+        live.insert(s.fingerprint.clone(), s.expires_at, s, len);
+    }
+    Disk::new(dir.to_path_buf()).compact(&live)
+}
+
+/// Values by fingerprint, in the order they were (last) recorded, with the bytes their log
+/// lines take and a queue by expiry. A record of a fingerprint already held replaces it and
+/// moves it last, as its line in the log comes last.
+struct Live<T> {
+    next: u64,
+    order: BTreeMap<u64, T>,
+    by_fp: HashMap<String, (u64, usize)>,
+    /// Soonest expiry first, by sequence number: an entry replaced or removed since stays
+    /// queued until its time comes and is then passed over.
+    expiry: BinaryHeap<Reverse<(SystemTime, u64)>>,
+    /// What a compaction writes: the log lines of every value held.
+    bytes: usize,
+}
+
+impl<T> Default for Live<T> {
+    fn default() -> Self {
+        Live {
+            next: 0,
+            order: BTreeMap::new(),
+            by_fp: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> Live<T> {
+    fn insert(&mut self, fp: String, expires_at: SystemTime, value: T, line_len: usize) {
+        self.remove(&fp);
+        self.order.insert(self.next, value);
+        self.by_fp.insert(fp, (self.next, line_len));
+        self.expiry.push(Reverse((expires_at, self.next)));
+        self.next += 1;
+        self.bytes += line_len;
+    }
+
+    /// Whether `fp` was held.
+    fn remove(&mut self, fp: &str) -> bool {
+        match self.by_fp.remove(fp) {
+            Some((seq, len)) => {
+                self.order.remove(&seq);
+                self.bytes -= len;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.order.values()
+    }
+
+    fn into_values(self) -> Vec<T> {
+        self.order.into_values().collect()
+    }
+
+    /// Forget every value expired by `now`; returns their fingerprints. Each costs a pop from
+    /// the queue, not a pass over everything held.
+    fn prune(&mut self, now: SystemTime, fingerprint: impl Fn(&T) -> &str) -> Vec<String> {
+        let mut gone = Vec::new();
+        while let Some(Reverse((at, seq))) = self.expiry.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            if let Some(fp) = self.order.get(&seq).map(|v| fingerprint(v).to_string()) {
+                self.remove(&fp);
+                gone.push(fp);
+            }
+        }
+        // Replaced and removed values leave their queue places behind; rebuild once they
+        // outnumber the live ones, so the queue stays within twice what is held.
+        if self.expiry.len() > 2 * self.order.len() + 1024 {
+            let order = &self.order;
+            self.expiry
+                .retain(|Reverse((_, seq))| order.contains_key(seq));
+        }
+        gone
+    }
+}
+
+/// A journaled token as the writer keeps it: serialized once, when recorded, so neither an
+/// append nor a compaction serializes it again. At 10,000 tokens re-serializing was the
+/// largest share of the daemon's CPU while it started.
 struct Stored {
     fingerprint: String,
     expires_at: SystemTime,
     /// The entry as JSON: it holds the token, so it is wiped when dropped.
     json: Zeroizing<Vec<u8>>,
 }
+
+/// A record line is `{"record":` + the entry + `}` + a newline.
+const RECORD_OPEN: &[u8] = b"{\"record\":";
+const RECORD_CLOSE: &[u8] = b"}\n";
 
 impl Stored {
     fn new(e: &Entry) -> Result<Stored, serde_json::Error> {
@@ -309,28 +466,125 @@ impl Stored {
     fn entry(&self) -> Option<Entry> {
         serde_json::from_slice(&self.json).ok()
     }
-}
 
-/// The journal document for `stored`: byte for byte what serde writes for a [`DocumentRef`]
-/// of the same entries (a test holds the two equal).
-fn document(stored: &[Stored]) -> Zeroizing<Vec<u8>> {
-    let head = format!("{{\"version\":{VERSION},\"tokens\":[");
-    let len = stored.iter().map(|s| s.json.len() + 1).sum::<usize>() + head.len() + 2;
-    let mut out = Zeroizing::new(Vec::with_capacity(len));
-    out.extend_from_slice(head.as_bytes());
-    for (i, s) in stored.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&s.json);
+    fn line_len(&self) -> usize {
+        RECORD_OPEN.len() + self.json.len() + RECORD_CLOSE.len()
     }
-    out.extend_from_slice(b"]}");
-    out
+
+    fn push_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(RECORD_OPEN);
+        out.extend_from_slice(&self.json);
+        out.extend_from_slice(RECORD_CLOSE);
+    }
 }
 
-fn save_stored(dir: &Path, stored: &[Stored]) -> Result<(), JournalError> {
-    crate::sink::write_file(&dir.join(JOURNAL_FILE), JOURNAL_MODE, &document(stored))
-        .map_err(JournalError::Write)
+/// A remove line for `fps`.
+fn push_remove(out: &mut Vec<u8>, fps: &[&str]) {
+    out.extend_from_slice(b"{\"remove\":");
+    // Fingerprints are hex: serializing a list of strings cannot fail.
+    if serde_json::to_writer(&mut *out, fps).is_err() {
+        out.extend_from_slice(b"[]");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// A log may hold this much besides twice its live records before it is compacted: a
+/// compaction rewrites every live record, so spacing them by at least the live size (and this
+/// slack, for small journals) keeps the bytes written per change constant on average, and
+/// the file at most about twice what it holds.
+const COMPACT_SLACK: u64 = 1 << 20;
+
+/// The log on disk, as the writer appends to it.
+struct Disk {
+    dir: PathBuf,
+    /// Open for appending once a compaction has written the file this session. `None` after
+    /// a failed write too: what reached the file is then unknown, so the next commit rewrites
+    /// it whole instead of appending.
+    file: Option<File>,
+    /// Bytes in the file.
+    size: u64,
+    /// Whether a version-1 document may still lie beside the log.
+    legacy: bool,
+}
+
+impl Disk {
+    fn new(dir: PathBuf) -> Disk {
+        Disk {
+            dir,
+            file: None,
+            size: 0,
+            legacy: true,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILE)
+    }
+
+    /// Make `lines` (the batch just applied to `live`) durable: appended and flushed, or, when
+    /// the log has grown past its bound or its state is unknown, by a compaction.
+    fn commit(&mut self, lines: &[u8], live: &Live<Stored>) -> Result<(), JournalError> {
+        let fits = self.size + lines.len() as u64 <= 2 * live.bytes as u64 + COMPACT_SLACK;
+        let Some(file) = self.file.as_mut().filter(|_| fits) else {
+            return self.compact(live);
+        };
+        if lines.is_empty() {
+            return Ok(());
+        }
+        // Someone removed or replaced the log under us: appending would write to a file no
+        // path names. Rewrite it where it belongs instead (one fstat a commit).
+        if file.metadata().map_or(true, |m| m.nlink() == 0) {
+            return self.compact(live);
+        }
+        if let Err(e) = file.write_all(lines).and_then(|()| file.sync_data()) {
+            self.file = None;
+            return Err(io("append to", &self.path())(e));
+        }
+        self.size += lines.len() as u64;
+        Ok(())
+    }
+
+    /// Rewrite the log from `live` alone, atomically, then append to the new file.
+    fn compact(&mut self, live: &Live<Stored>) -> Result<(), JournalError> {
+        self.file = None;
+        let path = self.path();
+        let mut bytes = Zeroizing::new(Vec::with_capacity(live.bytes + 16));
+        let header = serde_json::to_vec(&Header { version: VERSION }).map_err(|source| {
+            JournalError::Corrupt {
+                path: path.clone(),
+                line: 1,
+                source,
+            }
+        })?;
+        bytes.extend_from_slice(&header);
+        bytes.push(b'\n');
+        for s in live.values() {
+            s.push_line(&mut bytes);
+        }
+        crate::sink::write_file(&path, JOURNAL_MODE, &bytes).map_err(JournalError::Write)?;
+        if self.legacy {
+            // Only now that the log holding its tokens is durable. Should this removal be
+            // lost in a crash, the log still wins at the next load.
+            let legacy = self.dir.join(LEGACY_JOURNAL_FILE);
+            match std::fs::remove_file(&legacy) {
+                Ok(()) => warn!(
+                    journal = %path.display(),
+                    "migrated the version-1 journal {} to the log", legacy.display()
+                ),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &legacy)(e)),
+            }
+            self.legacy = false;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        self.file = Some(file);
+        self.size = bytes.len() as u64;
+        Ok(())
+    }
 }
 
 enum Op {
@@ -345,8 +599,21 @@ pub struct Journal {
     tx: mpsc::Sender<(Op, oneshot::Sender<Result<(), String>>)>,
 }
 
+/// The writer's state, shared with the blocking thread that writes it. Only one of the two
+/// touches it at a time (the writer awaits the thread), so the lock is never contended; it is
+/// there so that a thread that panicked leaves the tokens behind, not takes them along.
+struct State {
+    live: Live<Stored>,
+    disk: Option<Disk>,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Journal {
-    /// Start the writer for `dir`, beginning from `entries` (what [`load`] returned).
+    /// Start the writer for `dir`, beginning from `entries` (what [`load`] returned). Its
+    /// first write is a compaction: it migrates a version-1 journal and cuts off a torn tail.
     pub fn start(dir: PathBuf, entries: Vec<Entry>) -> Journal {
         Self::spawn(Some(dir), entries).0
     }
@@ -363,12 +630,15 @@ impl Journal {
         let (tx, mut rx) = mpsc::channel::<(Op, oneshot::Sender<Result<(), String>>)>(QUEUE);
         let (view_tx, view_rx) = tokio::sync::watch::channel(entries.clone());
         tokio::spawn(async move {
-            let mut entries: Vec<Stored> =
-                entries.iter().filter_map(|e| Stored::new(e).ok()).collect();
-            // The fingerprints in `entries`, so a batch finds what it replaces without a
-            // pass over the whole journal.
-            let mut index: HashSet<String> =
-                entries.iter().map(|e| e.fingerprint.clone()).collect();
+            let mut live = Live::default();
+            for s in entries.iter().filter_map(|e| Stored::new(e).ok()) {
+                let len = s.line_len();
+                live.insert(s.fingerprint.clone(), s.expires_at, s, len);
+            }
+            let state = Arc::new(Mutex::new(State {
+                live,
+                disk: dir.map(Disk::new),
+            }));
             while let Some(first) = rx.recv().await {
                 // Group commit: everything queued while the last write ran goes in this one.
                 let mut batch = vec![first];
@@ -376,100 +646,66 @@ impl Journal {
                     batch.push(more);
                 }
                 let mut acks = Vec::with_capacity(batch.len());
-                // One pass over the journal per batch, not one per operation: with 10,000
-                // sets a start records 10,000 tokens, and a scan per record is quadratic.
-                let mut recorded: Vec<Stored> = Vec::new();
-                // The fingerprints in `recorded`: a token recorded twice or recorded and
-                // removed in one batch is rare, and only then is `recorded` scanned.
-                let mut in_batch: HashSet<String> = HashSet::new();
-                let mut gone: HashSet<String> = HashSet::new();
-                for (op, ack) in batch {
-                    match op {
-                        Op::Record(e) => {
-                            gone.remove(&e.fingerprint);
-                            if !in_batch.insert(e.fingerprint.clone()) {
-                                recorded.retain(|x| x.fingerprint != e.fingerprint);
+                let mut lines = Zeroizing::new(Vec::new());
+                {
+                    let mut st = lock(&state);
+                    for (op, ack) in batch {
+                        match op {
+                            Op::Record(s) => {
+                                s.push_line(&mut lines);
+                                let len = s.line_len();
+                                st.live.insert(s.fingerprint.clone(), s.expires_at, *s, len);
                             }
-                            recorded.push(*e);
-                        }
-                        Op::Remove(fps) => {
-                            let hit = fps.iter().fold(false, |hit, f| in_batch.remove(f) | hit);
-                            if hit {
-                                recorded.retain(|x| !fps.contains(&x.fingerprint));
-                            }
-                            gone.extend(fps);
-                        }
-                    }
-                    acks.push(ack);
-                }
-                // Drop what this batch removes or records anew. A batch of new tokens (all
-                // of a start's batches) touches none of the journal, and is not checked
-                // against every entry.
-                let mut drop_fps: HashSet<String> = gone;
-                drop_fps.extend(recorded.iter().map(|e| e.fingerprint.clone()));
-                drop_fps.retain(|fp| index.contains(fp));
-                if !drop_fps.is_empty() {
-                    entries.retain(|x| !drop_fps.contains(&x.fingerprint));
-                    for fp in &drop_fps {
-                        index.remove(fp);
-                    }
-                }
-                index.extend(recorded.iter().map(|e| e.fingerprint.clone()));
-                entries.extend(recorded);
-                // Expired tokens need no revocation and no record: this is what keeps the
-                // journal from growing when revocations fail.
-                let now = SystemTime::now();
-                entries.retain(|e| {
-                    let live = e.expires_at > now;
-                    if !live {
-                        index.remove(&e.fingerprint);
-                    }
-                    live
-                });
-                let result = match &dir {
-                    Some(dir) => {
-                        let dir = dir.clone();
-                        // The entries travel to the writer thread and back instead of being
-                        // copied: at 10,000 tokens a copy per commit is megabytes.
-                        let owned = std::mem::take(&mut entries);
-                        match tokio::task::spawn_blocking(move || {
-                            let r = save_stored(&dir, &owned);
-                            (owned, r)
-                        })
-                        .await
-                        {
-                            Ok((back, Ok(()))) => {
-                                entries = back;
-                                Ok(())
-                            }
-                            Ok((back, Err(e))) => {
-                                entries = back;
-                                Err(crate::error_chain(&e))
-                            }
-                            // The thread panicked and took the entries with it. Unreachable
-                            // in practice (save returns its errors); keeping the last view
-                            // is the best left.
-                            Err(e) => {
-                                entries = view_tx
-                                    .borrow()
+                            Op::Remove(fps) => {
+                                let held: Vec<&str> = fps
                                     .iter()
-                                    .filter_map(|e| Stored::new(e).ok())
+                                    .filter(|fp| st.live.remove(fp))
+                                    .map(String::as_str)
                                     .collect();
-                                index = entries.iter().map(|e| e.fingerprint.clone()).collect();
-                                Err(format!("journal writer thread failed: {e}"))
+                                if !held.is_empty() {
+                                    push_remove(&mut lines, &held);
+                                }
                             }
                         }
+                        acks.push(ack);
                     }
-                    None => Ok(()),
+                    // Expired tokens need no revocation and no record: this is what keeps the
+                    // journal from growing when revocations fail.
+                    let expired = st.live.prune(SystemTime::now(), |s| s.fingerprint.as_str());
+                    if !expired.is_empty() {
+                        let fps: Vec<&str> = expired.iter().map(String::as_str).collect();
+                        push_remove(&mut lines, &fps);
+                    }
+                }
+                let result = if lock(&state).disk.is_some() {
+                    let st = state.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut st = lock(&st);
+                        let State { live, disk } = &mut *st;
+                        match disk {
+                            Some(d) => d.commit(&lines, live),
+                            None => Ok(()),
+                        }
+                    })
+                    .await
+                    .map_err(|e| format!("journal writer thread failed: {e}"))
+                    .and_then(|r| r.map_err(|e| crate::error_chain(&e)))
+                } else {
+                    Ok(())
                 };
                 if let Err(e) = &result {
-                    // Kept in memory: the next change writes it all again.
+                    // Kept in memory: the next change rewrites the log whole.
                     error!(error = %e, "could not write the state journal");
                 }
                 // Only the in-memory journal of tests has a reader; a copy for nobody would
                 // cost a full clone per commit.
                 if view_tx.receiver_count() > 0 {
-                    view_tx.send_replace(entries.iter().filter_map(Stored::entry).collect());
+                    let view = lock(&state)
+                        .live
+                        .values()
+                        .filter_map(Stored::entry)
+                        .collect();
+                    view_tx.send_replace(view);
                 }
                 for ack in acks {
                     let _ = ack.send(result.clone());
@@ -489,7 +725,8 @@ impl Journal {
     }
 
     /// Record a live token; returns once the record is durable. An error is logged by the
-    /// writer and returned for the caller's log line; the record stays queued in memory.
+    /// writer and returned for the caller's log line; the record stays in memory and reaches
+    /// the disk with the next change that can be written.
     pub async fn record(&self, entry: Entry) -> Result<(), String> {
         // Serialized here, on the recording set's thread, not in the one writer.
         let stored =
@@ -555,26 +792,137 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
     }
 
+    fn fingerprints(dir: &Path) -> Vec<String> {
+        load(dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect()
+    }
+
     #[test]
-    fn the_writers_document_is_what_serde_writes() {
-        let e = vec![entry("aa", 600), entry("bb", 900)];
-        let stored: Vec<Stored> = e.iter().map(|x| Stored::new(x).unwrap()).collect();
-        let serde = serde_json::to_vec(&DocumentRef {
-            version: VERSION,
-            tokens: &e,
-        })
-        .unwrap();
-        assert_eq!(*document(&stored), serde);
-        let none = serde_json::to_vec(&DocumentRef {
-            version: VERSION,
-            tokens: &[],
-        })
-        .unwrap();
-        assert_eq!(*document(&[]), none);
-        // The view reads back what was stored (times to the millisecond, as on disk).
-        let back = stored[1].entry().unwrap();
-        assert_eq!(back.token.expose(), "tok-bb");
-        assert_eq!(serde_json::to_vec(&back).unwrap(), *stored[1].json);
+    fn the_log_is_one_json_object_a_line_and_replays_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        save(tmp.path(), &[entry("aa", 600), entry("bb", 900)]).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(JOURNAL_FILE)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0], serde_json::json!({ "version": 2 }));
+        assert_eq!(lines[1]["record"]["fingerprint"], "aa");
+        assert_eq!(lines[2]["record"]["token"], "tok-aa".replace("aa", "bb"));
+        assert!(text.ends_with('\n'));
+        // Appended by hand as the writer would: a replacement moves last, a removal forgets.
+        let mut more = String::new();
+        let mut again = Vec::new();
+        Stored::new(&entry("aa", 300))
+            .unwrap()
+            .push_line(&mut again);
+        more.push_str(std::str::from_utf8(&again).unwrap());
+        more.push_str("{\"remove\":[\"bb\",\"zz\"]}\n");
+        std::fs::write(tmp.path().join(JOURNAL_FILE), text + &more).unwrap();
+        assert_eq!(fingerprints(tmp.path()), ["aa"]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_passed_over_and_any_other_bad_line_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        save(tmp.path(), &[entry("aa", 600)]).unwrap();
+        let path = tmp.path().join(JOURNAL_FILE);
+        let whole = std::fs::read_to_string(&path).unwrap();
+        let mut line = Vec::new();
+        Stored::new(&entry("bb", 600)).unwrap().push_line(&mut line);
+        // A crash in the middle of an append: any prefix of the line, without its newline.
+        for cut in [1, 10, line.len() / 2, line.len() - 1] {
+            let torn = [whole.as_bytes(), &line[..cut]].concat();
+            std::fs::write(&path, torn).unwrap();
+            assert_eq!(fingerprints(tmp.path()), ["aa"], "cut at {cut}");
+        }
+        std::fs::write(&path, format!("{whole}{{\"record\":{{}}}}\n")).unwrap();
+        match load(tmp.path()) {
+            Err(JournalError::Corrupt { line: 3, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&path, "{\"version\":7}\n").unwrap();
+        assert!(matches!(
+            load(tmp.path()),
+            Err(JournalError::Version { found: 7, .. })
+        ));
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            load(tmp.path()),
+            Err(JournalError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_version_1_journal_is_read_and_migrated_by_the_first_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let legacy = tmp.path().join(LEGACY_JOURNAL_FILE);
+        let doc =
+            serde_json::json!({ "version": 1, "tokens": [entry("aa", 600), entry("bb", 600)] });
+        std::fs::write(&legacy, doc.to_string()).unwrap();
+        let entries = load(tmp.path()).unwrap();
+        assert_eq!(entries.len(), 2);
+        let j = Journal::start(tmp.path().to_path_buf(), entries);
+        j.record(entry("cc", 600)).await.unwrap();
+        assert!(!legacy.exists());
+        assert_eq!(fingerprints(tmp.path()), ["aa", "bb", "cc"]);
+        // A migration cut short: the log was written, the document not yet removed. The log
+        // wins, whatever the document says.
+        std::fs::write(&legacy, doc.to_string()).unwrap();
+        j.remove(vec!["aa".into()]).await;
+        assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
+    }
+
+    #[tokio::test]
+    async fn the_log_stays_within_twice_its_live_records_however_many_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(JOURNAL_FILE);
+        let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
+        let line = {
+            let mut v = Vec::new();
+            Stored::new(&entry("00000000", 600))
+                .unwrap()
+                .push_line(&mut v);
+            v.len() as u64
+        };
+        // 20 live tokens, each replaced 400 times: 8,000 records, about 4 MB appended.
+        let mut largest = 0;
+        for round in 0..400 {
+            for i in 0..20 {
+                let old = format!("{i:02}{:06}", round);
+                let new = format!("{i:02}{:06}", round + 1);
+                j.record(entry(&new, 600)).await.unwrap();
+                j.remove(vec![old]).await;
+            }
+            largest = largest.max(std::fs::metadata(&path).unwrap().len());
+        }
+        assert_eq!(fingerprints(tmp.path()).len(), 20);
+        assert!(
+            largest <= 2 * 20 * line + COMPACT_SLACK + 2 * line,
+            "the log reached {largest} bytes for 20 records of {line}"
+        );
+        assert!(8_000 * line > 2 * largest, "it was compacted");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_caught_up_by_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let j = Journal::start(dir.clone(), Vec::new());
+        j.record(entry("aa", 600)).await.unwrap();
+        // The log replaced by a directory: appends and rewrites both fail.
+        let path = dir.join(JOURNAL_FILE);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(j.record(entry("bb", 600)).await.is_err());
+        std::fs::remove_dir(&path).unwrap();
+        // Nothing was lost: the next commit writes everything held.
+        j.record(entry("cc", 600)).await.unwrap();
+        assert_eq!(fingerprints(&dir), ["aa", "bb", "cc"]);
     }
 
     #[test]
@@ -597,18 +945,15 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_journal_is_an_error_not_an_empty_one() {
+    fn a_corrupt_version_1_journal_is_an_error_not_an_empty_one() {
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(JOURNAL_FILE), "{\"version\":1,\"tok").unwrap();
+        let legacy = tmp.path().join(LEGACY_JOURNAL_FILE);
+        std::fs::write(&legacy, "{\"version\":1,\"tok").unwrap();
         assert!(matches!(
             load(tmp.path()),
             Err(JournalError::Corrupt { .. })
         ));
-        std::fs::write(
-            tmp.path().join(JOURNAL_FILE),
-            "{\"version\":9,\"tokens\":[]}",
-        )
-        .unwrap();
+        std::fs::write(&legacy, "{\"version\":9,\"tokens\":[]}").unwrap();
         assert!(matches!(
             load(tmp.path()),
             Err(JournalError::Version { found: 9, .. })

@@ -68,7 +68,7 @@ async fn a_restart_reuses_the_journaled_token_instead_of_issuing() {
     kill(&mut d).await;
     // The journal is owner-only in an owner-only directory.
     assert_eq!(mode(&dir.path().join("state")), 0o700);
-    assert_eq!(mode(&dir.path().join("state/journal.json")), 0o600);
+    assert_eq!(mode(&dir.path().join("state/journal.log")), 0o600);
     std::fs::remove_file(&f).unwrap();
 
     let mut d = start(dir.path(), &cfg);
@@ -218,8 +218,8 @@ async fn revoke_cleans_up_after_a_crash_and_refuses_while_the_daemon_runs() {
     assert!(out.contains("a: revoked "), "{out}");
     assert!(!a.exists());
     assert!(p.live_tokens().is_empty());
-    let journal = std::fs::read_to_string(dir.path().join("state/journal.json")).unwrap();
-    assert!(journal.contains("\"tokens\":[]"), "{journal}");
+    let journal = tokenkeeper::journal::load(&dir.path().join("state")).unwrap();
+    assert!(journal.is_empty(), "{journal:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -418,6 +418,117 @@ async fn sigkill_at_random_moments_loses_nothing() {
     );
 }
 
+/// SIGKILL while a start is issuing for many sets at once, the journal busiest: every token
+/// the provider minted before the kill's window is in the journal the kill left, every token
+/// file holds a journaled token, and a clean restart and stop leave only what the window
+/// excuses live.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_a_large_batch_finds_every_minted_token_journaled() {
+    /// Large enough that the kill lands among hundreds of records in flight, with group
+    /// commits of many records each.
+    const SETS: usize = 2_000;
+    let p = tokenkeeper::devprovider::DevProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        tokenkeeper::devprovider::DevProviderOptions {
+            lifetime: Duration::from_secs(900),
+            max_live_tokens: 4 * SETS,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let sets: String = (0..SETS)
+        .map(|i| {
+            set(
+                &format!("s{i}"),
+                "api",
+                &tokens.join(format!("s{i}.token")),
+                "",
+            )
+        })
+        .collect();
+    let cfg = write_config(
+        dir.path(),
+        &config_with(
+            &p,
+            dir.path(),
+            &format!(
+                "max_live_tokens: {}\n    issue_rate: 100000/s\n    issue_burst: 100000",
+                4 * SETS
+            ),
+            "log_level: warn",
+            &sets,
+        ),
+    );
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || p.issued_tokens().len() >= SETS / 2).await,
+        "{}",
+        d.output()
+    );
+    d.signal(Signal::SIGKILL);
+    let kill = tokio::time::Instant::now();
+    d.wait(PATIENCE).await;
+
+    let journaled = journaled_fingerprints(dir.path());
+    let minted = p.issued_with_times();
+    assert!(
+        minted.len() < SETS,
+        "the kill came after the batch: {}",
+        minted.len()
+    );
+    let missing: Vec<String> = minted
+        .iter()
+        .filter(|(_, at)| *at + KILL_WINDOW < kill)
+        .map(|(t, _)| tokenkeeper::secret::fingerprint(t))
+        .filter(|fp| !journaled.contains(fp))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} tokens minted before the kill's window are not in the journal: {:?}",
+        missing.len(),
+        minted.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // Journaled before written: no file holds a token the journal lost.
+    let mut files = 0;
+    for e in std::fs::read_dir(&tokens).unwrap().flatten() {
+        let t = std::fs::read_to_string(e.path()).unwrap();
+        assert!(
+            journaled.contains(&tokenkeeper::secret::fingerprint(&t)),
+            "{} holds a token the journal does not",
+            e.path().display()
+        );
+        files += 1;
+    }
+    eprintln!(
+        "sigkill mid-batch: {} minted, {} journaled, {files} files at the kill",
+        minted.len(),
+        journaled.len()
+    );
+
+    // A clean start adopts or revokes what the journal holds; its stop revokes the rest.
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || tokens_in(&tokens) == SETS).await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    let left: Vec<_> = p
+        .issued_with_times()
+        .into_iter()
+        .filter(|(t, at)| p.is_live(t) && !(*at + KILL_WINDOW >= kill && *at <= kill + IN_FLIGHT))
+        .collect();
+    assert!(left.is_empty(), "{} tokens left live", left.len());
+}
+
+fn tokens_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.flatten().count())
+}
+
 /// A token minted this long before a kill may not have had its journal record on disk when
 /// the kill landed: the provider answers, the daemon reads the answer, and the journal writer
 /// makes the record durable, behind at most one commit already under way, each commit two
@@ -500,17 +611,10 @@ fn the_sigkill_test_excuses_only_tokens_a_kill_caught_before_the_journal() {
 /// Fingerprints of the tokens the journal in `dir/state` holds now; none if there is no
 /// journal yet. The daemon is not running: the file is whole, or the test fails.
 fn journaled_fingerprints(dir: &Path) -> HashSet<String> {
-    let text = match std::fs::read_to_string(dir.join("state/journal.json")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashSet::new(),
-        Err(e) => panic!("cannot read the journal: {e}"),
-    };
-    let doc: serde_json::Value = serde_json::from_str(&text).expect("a torn journal");
-    doc["tokens"]
-        .as_array()
+    tokenkeeper::journal::load(&dir.join("state"))
+        .expect("a corrupt journal")
         .into_iter()
-        .flatten()
-        .filter_map(|e| e["fingerprint"].as_str().map(str::to_owned))
+        .map(|e| e.fingerprint)
         .collect()
 }
 
