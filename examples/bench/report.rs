@@ -72,7 +72,7 @@ pub fn layout(l: &Layout) {
         l.state_fs
     );
     if l.tokens_fs != "tmpfs" {
-        println!("!!! token files are not on a tmpfs: set BENCH_TOKENS_DIR to one (/dev/shm)");
+        println!("!!! token files are not on a tmpfs: run as root, or set BENCH_TOKENS_DIR to one");
     }
     if l.state_fs == "tmpfs" || l.state_fs == "ramfs" {
         println!(

@@ -65,12 +65,41 @@ pub struct Layout {
     pub state: PathBuf,
     pub tokens_fs: String,
     pub state_fs: String,
+    /// A tmpfs this harness mounted for the token files, unmounted when done.
+    mounted: Option<PathBuf>,
 }
 
+/// Room for the token files of the largest scale many times over (each is under 100 bytes,
+/// in a 4 KiB page).
+const TOKENS_TMPFS_SIZE: &str = "2g";
+
 impl Layout {
+    /// Token files go to `BENCH_TOKENS_DIR`; else, as root, to a tmpfs mounted for the run
+    /// (tokenkeeper refuses token paths under /dev, so /dev/shm will not do); else to
+    /// `XDG_RUNTIME_DIR`, a tmpfs on systemd machines.
     fn new(state_root: &Path) -> Layout {
-        let tokens_root = std::env::var_os("BENCH_TOKENS_DIR")
-            .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from);
+        let mut mounted = None;
+        let tokens_root = match std::env::var_os("BENCH_TOKENS_DIR") {
+            Some(d) => PathBuf::from(d),
+            None if nix::unistd::geteuid().is_root() => {
+                let dir = state_root.join("tokens");
+                std::fs::create_dir_all(&dir).unwrap();
+                let ok = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={TOKENS_TMPFS_SIZE},mode=0755"))
+                    .arg("tmpfs")
+                    .arg(&dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    mounted = Some(dir.clone());
+                }
+                dir
+            }
+            None => {
+                std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+            }
+        };
         let tokens = tokens_root.join(format!("tokenkeeper-bench-{}", std::process::id()));
         std::fs::create_dir_all(&tokens).unwrap();
         Layout {
@@ -78,6 +107,7 @@ impl Layout {
             state_fs: procfs::fs_type(state_root),
             tokens,
             state: state_root.to_path_buf(),
+            mounted,
         }
     }
 }
@@ -85,6 +115,9 @@ impl Layout {
 impl Drop for Layout {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.tokens);
+        if let Some(m) = &self.mounted {
+            let _ = Command::new("umount").arg(m).status();
+        }
     }
 }
 
