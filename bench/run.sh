@@ -7,6 +7,7 @@
 #   BENCH_RUNS=3 BENCH_LARGE_RUNS=1 BENCH_IDLE_SECS=60 BENCH_SCALES=1000,10000,100000
 #   BENCH_STATE_DIR=DIR BENCH_TOKENS_DIR=DIR
 #   BENCH_BASELINE_BIN=path/to/another/tokenkeeper   # its figures in the same run, beside
+#   BENCH_BASELINE_SCALES=1000,10000                 # the sizes for that one (default: the same)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bins --examples

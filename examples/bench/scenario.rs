@@ -152,13 +152,18 @@ pub fn driver() {
         ),
     }];
     // A second build (say, the previous release) measured in the same run, on the same fake,
-    // so the two tables differ only by the code.
+    // so the two tables differ only by the code. Its sizes may be fewer: a build whose cost
+    // grows with the square of the sets may not finish the largest in any useful time.
     if let Some(bin) = std::env::var_os("BENCH_BASELINE_BIN") {
         builds.push(Build {
             label: format!("baseline {}", Path::new(&bin).display()),
             bin: PathBuf::from(bin),
         });
     }
+    let baseline_scales: Vec<usize> = std::env::var("BENCH_BASELINE_SCALES").map_or_else(
+        |_| scales.clone(),
+        |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+    );
     // The state directory must be on a disk: the repository's target folder is, on every
     // machine this is run on, unless BENCH_STATE_DIR says otherwise.
     let state_root = std::env::var_os("BENCH_STATE_DIR").map_or_else(
@@ -198,10 +203,10 @@ pub fn driver() {
 
     let mut idles = Vec::new();
     let mut tables = Vec::new();
-    for b in &builds {
+    for (i, b) in builds.iter().enumerate() {
         idles.push(idle(b, &layout, &url, runs, idle_secs));
         let mut rows = Vec::new();
-        for &n in &scales {
+        for &n in if i == 0 { &scales } else { &baseline_scales } {
             let r = if n >= 100_000 { large_runs } else { runs };
             let all: Vec<Scaled> = (0..r).map(|i| scaled(b, &layout, &url, n, i)).collect();
             rows.push(report::median_of(n, &all));
