@@ -120,7 +120,7 @@ mod humantime_serde {
     pub fn serialize<S: Serializer>(t: &SystemTime, ser: S) -> Result<S::Ok, S::Error> {
         // Straight into the output: a string per timestamp was three allocations per entry
         // per commit.
-        ser.collect_str(&humantime::format_rfc3339_millis(*t))
+        ser.collect_str(&humantime::format_rfc3339_millis(crate::sink::rfc3339_range(*t)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SystemTime, D::Error> {

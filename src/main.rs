@@ -836,13 +836,10 @@ fn summarize(report: &RunReport) -> u8 {
 fn show_status(path: &Path, json: bool) -> u8 {
     // The config only tells where the state directory is; its secrets are not needed (and
     // not readable outside the service), so they are not checked.
-    let text = match std::fs::read_to_string(path) {
+    let text = match config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!(
-                "tokenkeeper: cannot read config file {}: {e}",
-                path.display()
-            );
+            eprintln!("tokenkeeper: {}", chain(&e));
             return EXIT_CONFIG;
         }
     };

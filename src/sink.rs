@@ -71,9 +71,21 @@ pub fn env_name(set: &str) -> String {
     set.to_ascii_uppercase().replace('-', "_")
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): humantime refuses later
+/// times, and its `to_string` then panics.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// `t` brought into what RFC 3339 can write: from the epoch (humantime panics before it) to
+/// the end of year 9999. Configured durations are bounded far inside this, so only a
+/// bug or a corrupt clock gets here; a saturated time is still the safe answer, a panic not.
+pub fn rfc3339_range(t: SystemTime) -> SystemTime {
+    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_RFC3339_SECOND);
+    t.clamp(std::time::UNIX_EPOCH, last)
+}
+
 /// The file's bytes in `format`. The buffer is zeroed when dropped.
 pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
-    let expires = humantime::format_rfc3339_seconds(c.expires_at).to_string();
+    let expires = humantime::format_rfc3339_seconds(rfc3339_range(c.expires_at)).to_string();
     let token = c.token.expose();
     let mut out = Zeroizing::new(Vec::with_capacity(token.len() + 128));
     match format {
@@ -363,6 +375,18 @@ mod tests {
                 "set": "orders-sync"
             })
         );
+    }
+
+    #[test]
+    fn times_out_of_rfc3339_range_saturate_instead_of_panicking() {
+        let t = Secret::new("tok123");
+        let mut c = content(&t);
+        c.expires_at = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND * 4);
+        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        assert!(env.ends_with("_EXPIRES_AT=9999-12-31T23:59:59Z\n"), "{env}");
+        c.expires_at = UNIX_EPOCH - Duration::from_secs(1);
+        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        assert!(env.ends_with("_EXPIRES_AT=1970-01-01T00:00:00Z\n"), "{env}");
     }
 
     fn file_cfg(path: PathBuf, mode: u32) -> FileConfig {
