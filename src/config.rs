@@ -448,8 +448,12 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_large());
     }
-    String::from_utf8(bytes)
-        .map_err(|_| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")))
+    String::from_utf8(bytes).map_err(|_| {
+        fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// Parse and validate `text` without reading any secret (for tests and reload). `origin`
@@ -1105,7 +1109,8 @@ impl Checker<'_> {
         }
         let metrics = self.metrics(raw.metrics.as_ref());
         if let Some(textfile) = &metrics.textfile {
-            self.reserved.push((textfile.clone(), "the metrics textfile"));
+            self.reserved
+                .push((textfile.clone(), "the metrics textfile"));
         }
         self.state_dir = state_dir.clone();
         let defaults = self.defaults(raw.defaults.as_ref());
@@ -3303,15 +3308,16 @@ fn key_positions(text: &str, key: &str) -> Vec<(usize, usize)> {
             let flow = matches!(last_solid, Some('{' | ','));
             if block || flow {
                 let rest = &line[start..];
-                let after = [("", ""), ("\"", "\""), ("'", "'")]
-                    .iter()
-                    .find_map(|(open, close)| {
-                        let quoted = !open.is_empty();
-                        rest.strip_prefix(open)
-                            .and_then(|r| r.strip_prefix(key))
-                            .and_then(|r| r.strip_prefix(close))
-                            .map(|r| (quoted, r.trim_start_matches([' ', '\t'])))
-                    });
+                let after =
+                    [("", ""), ("\"", "\""), ("'", "'")]
+                        .iter()
+                        .find_map(|(open, close)| {
+                            let quoted = !open.is_empty();
+                            rest.strip_prefix(open)
+                                .and_then(|r| r.strip_prefix(key))
+                                .and_then(|r| r.strip_prefix(close))
+                                .map(|r| (quoted, r.trim_start_matches([' ', '\t'])))
+                        });
                 if let Some((quoted, after)) = after
                     && let Some(value) = after.strip_prefix(':')
                     && (quoted || value.is_empty() || value.starts_with([' ', '\t']))
@@ -3543,7 +3549,9 @@ scope_sets:
         let text = format!(
             "a: \"{deep}\"\nb: '{deep}'\nc: 1 # {deep}\nd: |\n{lines}e: >-\n{lines}f: 1\n",
             deep = "[{".repeat(100),
-            lines = (1..100).map(|i| format!("{}x [{{\n", " ".repeat(i))).collect::<String>(),
+            lines = (1..100)
+                .map(|i| format!("{}x [{{\n", " ".repeat(i)))
+                .collect::<String>(),
         );
         assert_eq!(nesting_exceeds(&text, MAX_NESTING), None);
         // Compact sequences nest on one line.
@@ -3559,22 +3567,31 @@ scope_sets:
 
     #[test]
     fn durations_are_bounded() {
-        let text = with(&[("scope_sets:", "shutdown_timeout: 3651d
-scope_sets:")]);
+        let text = with(&[(
+            "scope_sets:",
+            "shutdown_timeout: 3651d
+scope_sets:",
+        )]);
         let p = problems(&text);
         assert!(
             p.iter()
                 .any(|p| p.message.contains("must be at most 3650d (ten years)")),
             "{p:?}"
         );
-        let text = with(&[("scope_sets:", "shutdown_timeout: 3650d
-scope_sets:")]);
+        let text = with(&[(
+            "scope_sets:",
+            "shutdown_timeout: 3650d
+scope_sets:",
+        )]);
         assert_eq!(accepted(&text).config.shutdown_timeout, MAX_DURATION);
     }
 
     #[test]
     fn key_positions_are_found_on_long_lines_in_linear_time() {
-        let long = format!("a: {}\n  - b: 1\nc: {{ d: 1, b: 2 }}\n", "9".repeat(1 << 22));
+        let long = format!(
+            "a: {}\n  - b: 1\nc: {{ d: 1, b: 2 }}\n",
+            "9".repeat(1 << 22)
+        );
         assert_eq!(key_positions(&long, "b"), vec![(2, 5), (3, 12)]);
         assert_eq!(key_positions(&long, "a"), vec![(1, 1)]);
     }

@@ -1153,7 +1153,11 @@ async fn revoke_leftovers<P: TokenProvider>(
                 info!(set = %e.set, fingerprint = %e.fingerprint, "revoked a journaled token of a set no longer configured");
                 outcome.revoked.push(e.fingerprint.clone());
                 if let Some(path) = e.file.clone().filter(|p| !in_use.contains(p)) {
-                    let _ = tokio::task::spawn_blocking(move || sink::remove(&path)).await;
+                    let written = written_forms(e);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        remove_token_file(&path, &written);
+                    })
+                    .await;
                 }
             }
             // Expired while we tried: nothing is left to revoke.
@@ -1222,10 +1226,8 @@ pub async fn revoke_journaled<P: TokenProvider>(
     let files = files_to_remove(&revoked, &remaining);
     tokio::task::spawn_blocking(move || {
         journal::save(&dir, &remaining)?;
-        for f in files {
-            if let Err(e) = sink::remove(&f) {
-                warn!(file = %f.display(), error = %chain(&e), "could not remove the file of a revoked token");
-            }
+        for (f, written) in files {
+            remove_token_file(&f, &written);
         }
         Ok(())
     })
@@ -1238,16 +1240,59 @@ pub async fn revoke_journaled<P: TokenProvider>(
     Ok(report)
 }
 
-/// Files of revoked tokens that no remaining journaled token names.
-fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = revoked
-        .iter()
-        .filter_map(|e| e.file.clone())
-        .filter(|f| !remaining.iter().any(|r| r.file.as_ref() == Some(f)))
-        .collect();
-    out.sort();
-    out.dedup();
+/// A file as it may have been written, for [`sink::remove_if_holds`].
+type Written = Vec<zeroize::Zeroizing<Vec<u8>>>;
+
+/// Files of revoked tokens that no remaining journaled token names, each with what it held
+/// when written for any of those tokens: it is removed only if it still does.
+fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<(std::path::PathBuf, Written)> {
+    let mut out: Vec<(std::path::PathBuf, Written)> = Vec::new();
+    for e in revoked {
+        let Some(f) = &e.file else { continue };
+        if remaining.iter().any(|r| r.file.as_ref() == Some(f)) {
+            continue;
+        }
+        match out.iter_mut().find(|(p, _)| p == f) {
+            Some((_, written)) => written.extend(written_forms(e)),
+            None => out.push((f.clone(), written_forms(e))),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The bytes `e`'s file held when its token was written there, in each format: the journal
+/// does not record the set's format, and a set no longer configured has none to ask.
+fn written_forms(e: &Entry) -> Written {
+    let content = TokenContent {
+        set: &e.set,
+        token: &e.token,
+        token_type: &e.token_type,
+        expires_at: e.expires_at,
+        scope: &e.scope,
+    };
+    [
+        crate::config::FileFormat::Raw,
+        crate::config::FileFormat::Json,
+        crate::config::FileFormat::Env,
+        crate::config::FileFormat::Header,
+    ]
+    .into_iter()
+    .map(|format| sink::render(format, &content))
+    .collect()
+}
+
+/// Remove a revoked token's file if it still holds that token, logging what was not removed.
+fn remove_token_file(path: &std::path::Path, written: &[zeroize::Zeroizing<Vec<u8>>]) {
+    match sink::remove_if_holds(path, written) {
+        Ok(sink::Removal::Removed | sink::Removal::Gone) => {}
+        Ok(sink::Removal::Kept(why)) => {
+            warn!(file = %path.display(), "not removing the file of a revoked token: {why}");
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %chain(&e), "could not remove the file of a revoked token");
+        }
+    }
 }
 
 /// Re-reads and checks the config, secrets included; the error says why it was refused.

@@ -61,6 +61,10 @@ pub enum JournalError {
     },
     #[error("{path} has journal version {found}; this tokenkeeper reads version {VERSION}", path = path.display())]
     Version { path: PathBuf, found: u32 },
+    /// The state directory, journal or lock is open to another user, who could have planted
+    /// what the journal says (tokens to revoke, files to delete).
+    #[error("{path} {why}; refusing state another user may have written (fix its owner and mode)", path = path.display())]
+    Unsafe { path: PathBuf, why: String },
     #[error("cannot write the journal")]
     Write(#[source] crate::sink::SinkError),
     #[error("the journal writer has stopped")]
@@ -120,7 +124,9 @@ mod humantime_serde {
     pub fn serialize<S: Serializer>(t: &SystemTime, ser: S) -> Result<S::Ok, S::Error> {
         // Straight into the output: a string per timestamp was three allocations per entry
         // per commit.
-        ser.collect_str(&humantime::format_rfc3339_millis(crate::sink::rfc3339_range(*t)))
+        ser.collect_str(&humantime::format_rfc3339_millis(
+            crate::sink::rfc3339_range(*t),
+        ))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SystemTime, D::Error> {
@@ -207,9 +213,97 @@ pub struct StateLock {
     _lock: Flock<File>,
 }
 
-/// Create `state_dir` (exactly 0700) and take its lock, without blocking.
+/// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
+/// and writable by nobody else. This is sshd's StrictModes rule for `~/.ssh`.
+fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_because = |why: String| JournalError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "is owned by uid {}, not by tokenkeeper's user (uid {me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "is writable by group or others (mode {mode:04o})"
+        )));
+    }
+    Ok(())
+}
+
+/// The directories above `state_dir` must not let another user swap it for one of theirs:
+/// each is owned by the daemon's user or root, and not writable by others unless sticky.
+fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for a in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(a) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        let why = if meta.uid() != me && meta.uid() != 0 {
+            format!(
+                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root, and holds the state directory",
+                meta.uid()
+            )
+        } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            format!(
+                "is writable by others without the sticky bit (mode {mode:04o}), and holds the state directory"
+            )
+        } else {
+            continue;
+        };
+        return Err(JournalError::Unsafe {
+            path: a.to_path_buf(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Open a state file (journal or lock) without following a symlink, and refuse it unless it
+/// is a regular file only the daemon's user can have written.
+fn open_state_file(path: &Path, options: &mut OpenOptions) -> Result<File, JournalError> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => JournalError::Unsafe {
+                path: path.to_path_buf(),
+                why: "is not a regular file (it is a symlink)".into(),
+            },
+            _ => io("open", path)(e),
+        })?;
+    let meta = file.metadata().map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Err(JournalError::Unsafe {
+            path: path.to_path_buf(),
+            why: "is not a regular file".into(),
+        });
+    }
+    ours_alone(path, &meta)?;
+    Ok(file)
+}
+
+/// Create `state_dir` (exactly 0700) and take its lock, without blocking. A state directory,
+/// lock or journal another user owns or may write is refused, not repaired: what it holds
+/// may be theirs.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
-    // It holds live tokens and is ours alone, so a mode someone loosened is tightened back.
+    ancestors_safe(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => ours_alone(dir, &meta)?,
+        // Not a directory: ensure_dir says so by name.
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", dir)(e)),
+    }
+    // It holds live tokens and is ours alone, so a read mode someone added is taken back.
     crate::sink::ensure_dir(dir, STATE_DIR_MODE, crate::sink::Existing::SetMode).map_err(|e| {
         JournalError::Io {
             op: e.op,
@@ -218,14 +312,15 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
         }
     })?;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(JOURNAL_MODE)
-        .open(&path)
-        .map_err(io("open", &path))?;
+    let file = open_state_file(
+        &path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(JOURNAL_MODE),
+    )?;
     let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -248,11 +343,15 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
 /// Read the journal; a missing file is an empty journal.
 pub fn load(dir: &Path) -> Result<Vec<Entry>, JournalError> {
     let path = dir.join(JOURNAL_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => Zeroizing::new(b),
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("read", &path)(e)),
+    let mut file = match open_state_file(&path, OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(JournalError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
     };
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io("read", &path))?;
     let doc: Document = serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
         path: path.clone(),
         source,
@@ -553,6 +652,39 @@ mod tests {
         std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
         lock_state_dir(&dir).unwrap();
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+    }
+
+    #[test]
+    fn a_state_dir_journal_or_lock_another_user_could_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        drop(lock_state_dir(&dir).unwrap());
+        let refused = |why: &str| {
+            let err = lock_state_dir(&dir)
+                .map(|_| ())
+                .and_then(|()| load(&dir).map(|_| ()))
+                .unwrap_err();
+            assert!(matches!(err, JournalError::Unsafe { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        };
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o707)).unwrap();
+        refused("is writable by group or others (mode 0707)");
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
+        save(&dir, &[entry("aa", 600)]).unwrap();
+        std::fs::set_permissions(dir.join(JOURNAL_FILE), Permissions::from_mode(0o620)).unwrap();
+        refused("journal.json is writable by group or others (mode 0620)");
+        std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(JOURNAL_FILE)).unwrap();
+        refused("journal.json is not a regular file (it is a symlink)");
+        std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+        std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o602)).unwrap();
+        refused("lock is writable by group or others (mode 0602)");
+        std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o600)).unwrap();
+        // Above it: a directory others may write without the sticky bit.
+        std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o777)).unwrap();
+        refused("is writable by others without the sticky bit (mode 0777)");
+        std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o1777)).unwrap();
+        lock_state_dir(&dir).unwrap();
     }
 
     #[test]

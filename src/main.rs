@@ -389,6 +389,8 @@ fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> 
 fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
     let code = |e: &JournalError| match e {
         JournalError::Locked { .. } => EXIT_TEMPFAIL,
+        // Like a bad config: restarting cannot help until an operator fixes owner or mode.
+        JournalError::Unsafe { .. } => EXIT_CONFIG,
         JournalError::Corrupt { .. } | JournalError::Version { .. } => EXIT_DATAERR,
         JournalError::Io { .. } | JournalError::Write(_) | JournalError::Closed => EXIT_CANTCREAT,
     };
