@@ -1296,7 +1296,8 @@ fn remove_token_file(path: &std::path::Path, written: &[zeroize::Zeroizing<Vec<u
 }
 
 /// Re-reads and checks the config, secrets included; the error says why it was refused.
-pub type LoadConfig = Box<dyn Fn() -> Result<Config, String> + Send>;
+/// Shared, so that it runs on a blocking thread while the daemon goes on taking signals.
+pub type LoadConfig = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// Builds a provider for a new or changed provider config (this reads its secrets).
 pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String> + Send>;
 
@@ -1555,7 +1556,15 @@ pub async fn run<P: TokenProvider + 'static>(
                 Some(Control::Reload) => match &reloader {
                     Some(r) => {
                         let _reloading = crate::systemd::reloading();
-                        reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        let new = match load_or_stop(&r.load, &mut control, &shared.rotate).await {
+                            Loading::Done(new) => new,
+                            Loading::Stopped(c) => {
+                                warn!("stop requested while the new configuration was being read; the reload is abandoned");
+                                handover = c == Control::Handover;
+                                break;
+                            }
+                        };
+                        reload(r, new, &mut config, &mut shared, &mut live, &mut retiring).await;
                         seen_fresh = 0;
                         // Look again even if no set pings: a reload that only removed the
                         // sets still waiting for a token leaves every remaining one fresh.
@@ -1631,18 +1640,62 @@ pub async fn run<P: TokenProvider + 'static>(
     Ok(report)
 }
 
+/// How reading the new config at a reload ended.
+enum Loading {
+    /// The config, or why it was refused.
+    Done(Result<Config, String>),
+    /// A stop (or handover) came first.
+    Stopped(Control),
+}
+
+/// Read the new config on a blocking thread while still taking control messages: a stop is
+/// never held up by a slow read or parse (a config built to cost, a secret on a stuck
+/// filesystem), which systemd would end with SIGKILL while tokens are live. Rotations asked
+/// meanwhile go through; a second SIGHUP is folded into this reload.
+async fn load_or_stop(
+    load: &LoadConfig,
+    control: &mut mpsc::Receiver<Control>,
+    rotate: &broadcast::Sender<()>,
+) -> Loading {
+    let load = Arc::clone(load);
+    // Left running if a stop comes first: a blocking thread cannot be cancelled, and what it
+    // returns is dropped.
+    let mut reading = tokio::task::spawn_blocking(move || load());
+    loop {
+        tokio::select! {
+            r = &mut reading => {
+                return Loading::Done(
+                    r.unwrap_or_else(|e| Err(format!("the config reader failed: {e}"))),
+                );
+            }
+            c = control.recv() => match c {
+                Some(Control::Rotate) => {
+                    info!("rotating every set");
+                    let _ = rotate.send(());
+                }
+                Some(Control::Reload) => {
+                    info!("SIGHUP while a reload is under way; it is the same reload");
+                }
+                Some(c @ (Control::Shutdown | Control::Handover)) => return Loading::Stopped(c),
+                None => return Loading::Stopped(Control::Shutdown),
+            }
+        }
+    }
+}
+
 /// Apply a new config: new sets start, removed sets revoke and remove their files, changed
 /// sets are handed their predecessor's tokens (re-issued if the scopes changed, rewritten if
 /// only the file did) or, when their provider changed, replaced, and unchanged sets are left
 /// alone. A config that does not load, or a provider that cannot be built, changes nothing.
 async fn reload<P: TokenProvider + 'static>(
     r: &Reloader<P>,
+    new: Result<Config, String>,
     config: &mut Config,
     shared: &mut Shared<P>,
     live: &mut Vec<Live>,
     retiring: &mut Vec<(String, JoinHandle<SetOutcome>)>,
 ) {
-    let mut new = match (r.load)() {
+    let mut new = match new {
         Ok(c) => c,
         Err(e) => {
             error!("reload refused, running on with the current configuration: {e}");

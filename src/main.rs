@@ -213,6 +213,11 @@ fn main() -> ExitCode {
 /// (a slow fsync overlaps fifteen others) at a fraction of the memory.
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// At exit, how long threads still reading or writing get before the process ends without
+/// them: everything the daemon must finish (revocations, the journal) is awaited before this,
+/// so only abandoned work is left, and a second is plenty for a write in flight.
+const BLOCKING_THREADS_AT_EXIT: Duration = Duration::from_secs(1);
+
 fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u8 {
     tokenkeeper::memory::tune_allocator();
     match tokio::runtime::Builder::new_multi_thread()
@@ -220,7 +225,13 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
-        Ok(rt) => rt.block_on(f()),
+        Ok(rt) => {
+            let code = rt.block_on(f());
+            // A reload abandoned at stop may still be reading on a blocking thread (a secret
+            // on a FIFO or a stuck mount); dropping the runtime would wait for it for ever.
+            rt.shutdown_timeout(BLOCKING_THREADS_AT_EXIT);
+            code
+        }
         Err(e) => {
             eprintln!("tokenkeeper: cannot start the async runtime: {e}");
             EXIT_OSERR
@@ -361,7 +372,7 @@ async fn run(path: &Path) -> u8 {
 fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> {
     let http = tokenkeeper::provider::http_client();
     daemon::Reloader {
-        load: Box::new(move || match config::load(&path) {
+        load: Arc::new(move || match config::load(&path) {
             Ok(Loaded { config, warnings }) => {
                 for w in &warnings {
                     warn!("{}: {w}", path.display());
