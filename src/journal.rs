@@ -210,7 +210,40 @@ pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
 /// Exclusive ownership of a state directory, for as long as this value lives.
 #[derive(Debug)]
 pub struct StateLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    dir: PathBuf,
+}
+
+/// How often the journal writer of a daemon makes sure its lock still guards the state
+/// directory (besides before every commit): a stat each time, and a second is short
+/// enough that a second process finds the directory locked again by the time it looks.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
+impl StateLock {
+    /// Whether the lock file at the path is still the file this lock holds. A state
+    /// directory removed (or its lock file replaced) while the daemon runs leaves the lock
+    /// on a file nobody can find, and a second process would lock a new one beside it.
+    pub fn still_guards(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            std::fs::symlink_metadata(self.dir.join(LOCK_FILE)),
+            self.lock.metadata(),
+        ) {
+            (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
+            _ => false,
+        }
+    }
+
+    /// Take the state directory's lock again if it was lost (see [`StateLock::still_guards`]):
+    /// the directory is made again and locked, and the old lock released. `Ok(true)` when
+    /// it was taken again; [`JournalError::Locked`] when another process holds it now.
+    pub fn take_again(&mut self) -> Result<bool, JournalError> {
+        if self.still_guards() {
+            return Ok(false);
+        }
+        *self = lock_state_dir(&self.dir)?;
+        Ok(true)
+    }
 }
 
 /// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
@@ -337,7 +370,10 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
     (&*lock)
         .write_all(pid.as_bytes())
         .map_err(io("write", &path))?;
-    Ok(StateLock { _lock: lock })
+    Ok(StateLock {
+        lock,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Read the journal; a missing file is an empty journal.
@@ -427,6 +463,26 @@ fn document(stored: &[Stored]) -> Zeroizing<Vec<u8>> {
     out
 }
 
+/// Before a commit: make sure `lock` still guards `dir`, taking it again if the directory
+/// was removed. Writing into a directory another process has locked since would overwrite
+/// its journal, so that is refused.
+fn guard(lock: Option<&mut StateLock>, dir: &Path) -> Result<(), JournalError> {
+    let Some(lock) = lock else {
+        return Ok(());
+    };
+    match lock.take_again() {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            warn!(state_dir = %dir.display(), "the state directory was removed or its lock replaced; locked it again and wrote the whole journal there");
+            Ok(())
+        }
+        Err(e) => {
+            error!(state_dir = %dir.display(), error = %crate::error_chain(&e), "lost the state directory's lock; the journal is kept in memory only, and tokens issued now are journaled nowhere: stop this daemon");
+            Err(e)
+        }
+    }
+}
+
 fn save_stored(dir: &Path, stored: &[Stored]) -> Result<(), JournalError> {
     crate::sink::write_file(&dir.join(JOURNAL_FILE), JOURNAL_MODE, &document(stored))
         .map_err(JournalError::Write)
@@ -447,30 +503,65 @@ pub struct Journal {
 impl Journal {
     /// Start the writer for `dir`, beginning from `entries` (what [`load`] returned).
     pub fn start(dir: PathBuf, entries: Vec<Entry>) -> Journal {
-        Self::spawn(Some(dir), entries).0
+        Self::spawn(Some(dir), entries, None).0
+    }
+
+    /// [`Journal::start`] for a process that runs on (the daemon): the writer keeps `lock`,
+    /// and makes sure before every commit, and every [`LOCK_CHECK`], that it still guards
+    /// `dir`. If the directory was removed, it is made again, locked, and the whole journal
+    /// written there; if another process holds it by then, nothing more is written into it.
+    pub fn start_locked(dir: PathBuf, entries: Vec<Entry>, lock: StateLock) -> Journal {
+        Self::spawn(Some(dir), entries, Some(lock)).0
     }
 
     /// A journal that lives in memory only, for tests; the returned watch shows its content.
     pub fn memory() -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
-        Self::spawn(None, Vec::new())
+        Self::spawn(None, Vec::new(), None)
     }
 
     fn spawn(
         dir: Option<PathBuf>,
         entries: Vec<Entry>,
+        lock: Option<StateLock>,
     ) -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
         let (tx, mut rx) = mpsc::channel::<(Op, oneshot::Sender<Result<(), String>>)>(QUEUE);
         let (view_tx, view_rx) = tokio::sync::watch::channel(entries.clone());
         tokio::spawn(async move {
+            let mut lock = lock;
+            // Set once the lock could not be taken again: the ticks stop trying (and logging)
+            // every second; each commit still tries, and says so.
+            let mut gave_up = false;
+            let mut tick = tokio::time::interval(LOCK_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut entries: Vec<Stored> =
                 entries.iter().filter_map(|e| Stored::new(e).ok()).collect();
             // The fingerprints in `entries`, so a batch finds what it replaces without a
             // pass over the whole journal.
             let mut index: HashSet<String> =
                 entries.iter().map(|e| e.fingerprint.clone()).collect();
-            while let Some(first) = rx.recv().await {
+            loop {
+                let first = if lock.is_some() {
+                    tokio::select! {
+                        op = rx.recv() => op,
+                        _ = tick.tick() => {
+                            if gave_up || lock.as_ref().is_none_or(StateLock::still_guards) {
+                                continue;
+                            }
+                            // Lost: a commit of nothing takes it again and rewrites the journal.
+                            None
+                        }
+                    }
+                } else {
+                    match rx.recv().await {
+                        Some(op) => Some(op),
+                        None => break,
+                    }
+                };
+                if first.is_none() && rx.is_closed() && rx.is_empty() {
+                    break;
+                }
                 // Group commit: everything queued while the last write ran goes in this one.
-                let mut batch = vec![first];
+                let mut batch: Vec<_> = first.into_iter().collect();
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
@@ -531,18 +622,22 @@ impl Journal {
                         // The entries travel to the writer thread and back instead of being
                         // copied: at 10,000 tokens a copy per commit is megabytes.
                         let owned = std::mem::take(&mut entries);
+                        let mut held = lock.take();
                         match tokio::task::spawn_blocking(move || {
-                            let r = save_stored(&dir, &owned);
-                            (owned, r)
+                            let r =
+                                guard(held.as_mut(), &dir).and_then(|()| save_stored(&dir, &owned));
+                            (owned, held, r)
                         })
                         .await
                         {
-                            Ok((back, Ok(()))) => {
+                            Ok((back, held, Ok(()))) => {
                                 entries = back;
+                                lock = held;
                                 Ok(())
                             }
-                            Ok((back, Err(e))) => {
+                            Ok((back, held, Err(e))) => {
                                 entries = back;
+                                lock = held;
                                 Err(crate::error_chain(&e))
                             }
                             // The thread panicked and took the entries with it. Unreachable
@@ -561,6 +656,7 @@ impl Journal {
                     }
                     None => Ok(()),
                 };
+                gave_up = result.is_err() && lock.as_ref().is_some_and(|l| !l.still_guards());
                 if let Err(e) = &result {
                     // Kept in memory: the next change writes it all again.
                     error!(error = %e, "could not write the state journal");
@@ -766,6 +862,57 @@ mod tests {
             .map(|e| e.fingerprint)
             .collect();
         assert_eq!(on_disk, vec!["bb"]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_state_dir_is_locked_again_and_rewritten_at_the_next_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+        j.record(entry("aa", 600)).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            matches!(lock_state_dir(&dir), Ok(_)),
+            "nothing guards it now"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        j.record(entry("bb", 600)).await.unwrap();
+        let on_disk: Vec<String> = load(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(on_disk, vec!["aa", "bb"]);
+        assert!(matches!(
+            lock_state_dir(&dir),
+            Err(JournalError::Locked { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_state_dir_is_locked_again_without_a_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+        j.record(entry("aa", 600)).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Each pause lets a check run; the retaking itself happens on a blocking thread.
+        let mut retaken = false;
+        for _ in 0..200 {
+            tokio::time::sleep(LOCK_CHECK).await;
+            if matches!(lock_state_dir(&dir), Err(JournalError::Locked { .. })) {
+                retaken = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(retaken, "the lock was not taken again");
+        let on_disk: Vec<String> = load(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(on_disk, vec!["aa"]);
     }
 
     #[test]

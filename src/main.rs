@@ -435,11 +435,12 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let (_lock, entries) = match open_state(&config.state_dir) {
+    let (lock, entries) = match open_state(&config.state_dir) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let journal = journal::Journal::start(config.state_dir.clone(), entries.clone());
+    // The writer holds the lock, and takes it again should the directory be removed.
+    let journal = journal::Journal::start_locked(config.state_dir.clone(), entries.clone(), lock);
     let board = Board::new();
     let reporter = tokio::spawn(status::run_reporter(
         Arc::clone(&board),
