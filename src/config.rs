@@ -408,6 +408,13 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parsed.finish(path)
 }
 
+fn too_large_message() -> String {
+    format!(
+        "larger than {} MiB, the most a configuration may be (10,000 scope sets take about 1.5 MiB)",
+        MAX_CONFIG_BYTES >> 20
+    )
+}
+
 /// The config file's text: a regular file (a device such as /dev/zero, or a FIFO, would be
 /// read forever or block), at most [`MAX_CONFIG_BYTES`], UTF-8.
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
@@ -431,12 +438,7 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
             "not a regular file (a device, FIFO, socket or directory); the configuration is read from a file".into(),
         ));
     }
-    let too_large = || {
-        refuse(format!(
-            "larger than {} MiB, the most a configuration may be (10,000 scope sets take about 1.5 MiB)",
-            MAX_CONFIG_BYTES >> 20
-        ))
-    };
+    let too_large = || refuse(too_large_message());
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(too_large());
     }
@@ -489,7 +491,7 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
 /// (up to year 9999) can hold, so no arithmetic on a configured duration can overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// [`MAX_DURATION`] as the messages say it.
-const MAX_DURATION_TEXT: &str = "3650d (ten years)";
+pub const MAX_DURATION_TEXT: &str = "3650d (ten years)";
 
 /// The largest configuration file read, in bytes. A config of 10,000 scope sets (the
 /// largest the daemon is built and measured for) takes about 1.5 MiB; 4 MiB leaves room for
@@ -874,6 +876,11 @@ fn parse_text(text: &str, origin: &Path) -> Parsed {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
+    // `load` refuses a larger file before reading it; this holds for any other text.
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        ck.problem(String::new(), None, too_large_message());
+        return ck.into_parsed(None);
+    }
     if let Some(line) = nesting_exceeds(text, MAX_NESTING) {
         ck.problems.push(Problem {
             line: Some(line),

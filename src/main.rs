@@ -97,10 +97,10 @@ enum Command {
         /// Scope sets to refresh; all by default.
         sets: Vec<String>,
         /// Least validity left for a token to be reused (default: half of its lifetime).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = bounded_duration)]
         min_remaining: Option<Duration>,
         /// Give up on sets without a token after this long.
-        #[arg(long, default_value = DEFAULT_ONCE_TIMEOUT, value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = DEFAULT_ONCE_TIMEOUT, value_parser = bounded_duration)]
         timeout: Duration,
     },
     /// Run CMD with fresh tokens for the chosen sets, kept fresh while it runs, revoked when it
@@ -116,7 +116,7 @@ enum Command {
         #[arg(long)]
         env_token: bool,
         /// Give up without running CMD if the tokens are not there within this long.
-        #[arg(long, default_value = DEFAULT_START_TIMEOUT, value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = DEFAULT_START_TIMEOUT, value_parser = bounded_duration)]
         start_timeout: Duration,
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true, value_name = "CMD")]
@@ -136,7 +136,7 @@ enum Command {
         #[arg(long, default_value = "tokenkeeper-demo")]
         dir: PathBuf,
         /// Lifetime of the demo's tokens.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = bounded_duration)]
         lifetime: Duration,
     },
     /// Run the Voucherify-compatible development provider alone.
@@ -145,7 +145,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8400")]
         listen: SocketAddr,
         /// Lifetime of issued tokens (whole seconds).
-        #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "900s", value_parser = bounded_duration)]
         lifetime: Duration,
         /// The `X-App-Id` clients must send.
         #[arg(long, default_value = devprovider::DEV_APP_ID)]
@@ -154,6 +154,19 @@ enum Command {
         #[arg(long, default_value = devprovider::DEV_APP_TOKEN)]
         app_token: String,
     },
+}
+
+/// A duration on the command line, bounded like every duration in the config
+/// ([`config::MAX_DURATION`]): deadlines are computed as now plus it, which must not overflow.
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > config::MAX_DURATION {
+        return Err(format!(
+            "{text} is longer than the most allowed, {}",
+            config::MAX_DURATION_TEXT
+        ));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
