@@ -1564,7 +1564,7 @@ pub async fn run<P: TokenProvider + 'static>(
                                 break;
                             }
                         };
-                        reload(r, new, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        reload(r, *new, &mut config, &mut shared, &mut live, &mut retiring).await;
                         seen_fresh = 0;
                         // Look again even if no set pings: a reload that only removed the
                         // sets still waiting for a token leaves every remaining one fresh.
@@ -1642,8 +1642,8 @@ pub async fn run<P: TokenProvider + 'static>(
 
 /// How reading the new config at a reload ended.
 enum Loading {
-    /// The config, or why it was refused.
-    Done(Result<Config, String>),
+    /// The config, or why it was refused. Boxed: a config is hundreds of bytes.
+    Done(Box<Result<Config, String>>),
     /// A stop (or handover) came first.
     Stopped(Control),
 }
@@ -1664,9 +1664,9 @@ async fn load_or_stop(
     loop {
         tokio::select! {
             r = &mut reading => {
-                return Loading::Done(
+                return Loading::Done(Box::new(
                     r.unwrap_or_else(|e| Err(format!("the config reader failed: {e}"))),
-                );
+                ));
             }
             c = control.recv() => match c {
                 Some(Control::Rotate) => {
