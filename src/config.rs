@@ -2955,9 +2955,73 @@ fn check_token_dirs(config: &Config, origin: &Path) -> Vec<Problem> {
     // Many sets share a directory: each is looked at once.
     let mut judged: HashMap<PathBuf, Option<String>> = HashMap::new();
     let mut problems = Vec::new();
+    // Where each path really leads, symlinks on the way resolved: the checks on the text
+    // of the paths cannot see that /run/x is /proc/self, or /run/a/t the same file as /run/b/t.
+    let state_dir = resolve(&config.state_dir);
+    let mut resolved_dirs: HashMap<PathBuf, Option<PathBuf>> = HashMap::new();
+    let mut real_paths: HashMap<PathBuf, usize> = HashMap::new();
     for (index, set) in config.sets.iter().enumerate() {
         let Some(file) = &set.file else { continue };
         let at = format!("scope_sets[{index}] ({}).file.path", set.name);
+        let real = match (file.path.parent(), file.path.file_name()) {
+            (Some(dir), Some(name)) => resolved_dirs
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| resolve(dir))
+                .as_ref()
+                .map(|d| d.join(name)),
+            _ => None,
+        };
+        if let Some(real) = real.as_ref().filter(|r| **r != file.path) {
+            let shown = |what: &str| {
+                format!(
+                    "path `{}` leads to {} through a symlink, {what}",
+                    file.path.display(),
+                    real.display()
+                )
+            };
+            let mut found = Vec::new();
+            if let Some(kernel) = KERNEL_TREES.iter().find(|k| real.starts_with(k)) {
+                found.push(shown(&format!(
+                    "under {kernel}, the kernel's own files, not a place for a token file"
+                )));
+            }
+            if state_dir.as_ref().is_some_and(|s| real.starts_with(s)) {
+                found.push(shown(
+                    "inside state_dir, which holds the journal, the lock and the status file",
+                ));
+            }
+            for message in found {
+                problems.push(Problem {
+                    line: None,
+                    column: None,
+                    at: at.clone(),
+                    message,
+                });
+            }
+        }
+        if let Some(real) = real {
+            match real_paths.get(&real) {
+                // The same text is already refused as a shared file.
+                Some(&first)
+                    if config.sets[first].file.as_ref().map(|f| &f.path) != Some(&file.path) =>
+                {
+                    problems.push(Problem {
+                        line: None,
+                        column: None,
+                        at: at.clone(),
+                        message: format!(
+                            "path `{}` is the same file as the path of scope_sets[{first}] ({}), through a symlink",
+                            file.path.display(),
+                            config.sets[first].name
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    real_paths.insert(real, index);
+                }
+            }
+        }
         let mut problem = |message: String| {
             problems.push(Problem {
                 line: None,
@@ -3000,6 +3064,22 @@ fn check_token_dirs(config: &Config, origin: &Path) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// `path` with the symlinks of the part that exists resolved, and the rest (not made yet)
+/// appended as written.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    for base in path.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(base) {
+            let rest = path.strip_prefix(base).ok()?;
+            return Some(if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            });
+        }
+    }
+    None
 }
 
 fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {

@@ -678,6 +678,42 @@ async fn a_token_directory_another_user_controls_is_refused() {
             None => assert_eq!(o.code, Some(0), "{}: {}", path.display(), o.stderr),
         }
     }
+    // Through symlinks: into a kernel tree, into state_dir, or onto another set's file.
+    let kernel = d.join("kernel");
+    std::os::unix::fs::symlink("/sys/kernel", &kernel).unwrap();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    chmod(&d.join("state"), 0o700);
+    let state_alias = d.join("state-alias");
+    std::os::unix::fs::symlink(d.join("state"), &state_alias).unwrap();
+    let real = d.join("real");
+    std::fs::create_dir(&real).unwrap();
+    let alias = d.join("alias");
+    std::os::unix::fs::symlink(&real, &alias).unwrap();
+    let cases = [
+        (
+            set("s", &kernel.join("t.token")),
+            "through a symlink, under /sys".to_string(),
+        ),
+        (
+            set("s", &state_alias.join("journal.json")),
+            "through a symlink, inside state_dir".to_string(),
+        ),
+        (
+            set("a", &real.join("t.token")) + &set("b", &alias.join("t.token")),
+            "is the same file as the path of scope_sets[0] (a), through a symlink".to_string(),
+        ),
+    ];
+    for (sets, want) in cases {
+        let cfg = write_config(d, &config(&p, d, "", &sets));
+        let o = check(&cfg);
+        assert_eq!(o.code, Some(78), "{want}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(want.as_str()),
+            "want {want:?} in {}",
+            o.stderr
+        );
+    }
+
     // At run, too: the daemon never writes into such a directory.
     let cfg = write_config(d, &config(&p, d, "", &set("s", &theirs.join("t.token"))));
     let mut daemon = start(d, &cfg);
