@@ -396,21 +396,72 @@ pub enum ConfigError {
 /// Read, parse, validate, and check every secret the config names. Collects all problems,
 /// including those of secrets of providers that are valid while other parts are not.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut parsed = parse_text(&text);
+    let text = read_text(path)?;
+    let mut parsed = parse_text(&text, path);
+    drop(text);
     let (problems, warnings) = check_sources(&parsed.secrets);
     parsed.problems.extend(problems);
     parsed.warnings.extend(warnings);
+    if let Some(config) = &parsed.config {
+        parsed.problems.extend(check_token_dirs(config, path));
+    }
     parsed.finish(path)
+}
+
+fn too_large_message() -> String {
+    format!(
+        "larger than {} MiB, the most a configuration may be (10,000 scope sets take about 1.5 MiB)",
+        MAX_CONFIG_BYTES >> 20
+    )
+}
+
+/// The config file's text: a regular file (a device such as /dev/zero, or a FIFO, would be
+/// read forever or block), at most [`MAX_CONFIG_BYTES`], UTF-8.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let refuse = |why: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    // Non-blocking, so that opening a FIFO nobody writes returns instead of waiting; a
+    // regular file reads the same either way.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a device, FIFO, socket or directory); the configuration is read from a file".into(),
+        ));
+    }
+    let too_large = || refuse(too_large_message());
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// Parse and validate `text` without reading any secret (for tests and reload). `origin`
 /// names the text in [`ConfigError::Invalid`].
 pub fn parse(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
-    parse_text(text).finish(origin)
+    parse_text(text, origin).finish(origin)
 }
 
 /// Check every secret the config names: it exists, is readable, and a file is not group- or
@@ -433,6 +484,29 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
 // ---------------------------------------------------------------------------------------------
 // Defaults and fixed lists
 // ---------------------------------------------------------------------------------------------
+
+/// The longest duration any key accepts. Times are kept as instants and wall-clock times
+/// (now + duration); ten years is far beyond any sensible interval, lifetime or timeout, and
+/// keeps every sum far inside what `SystemTime`, `Instant` and the journal's RFC 3339 times
+/// (up to year 9999) can hold, so no arithmetic on a configured duration can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// [`MAX_DURATION`] as the messages say it.
+pub const MAX_DURATION_TEXT: &str = "3650d (ten years)";
+
+/// The largest configuration file read, in bytes. A config of 10,000 scope sets (the
+/// largest the daemon is built and measured for) takes about 1.5 MiB; 4 MiB leaves room for
+/// comments and longer names while bounding what a hostile or mistaken file (a log, an
+/// image) costs to read and parse.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The deepest nesting of YAML collections accepted, counted before the YAML parser runs
+/// (whose cost grows with the square of the depth). A tokenkeeper config nests about six
+/// levels (scope_sets, a set, on_rotate, a hook, its list); 64 is ten times that.
+pub const MAX_NESTING: usize = 64;
+
+/// Trees of kernel files (procfs, sysfs, device nodes): a token file there would be
+/// written into, or deleted from, the kernel's interfaces.
+const KERNEL_TREES: &[&str] = &["/proc", "/sys", "/dev"];
 
 /// The FHS place for a daemon's persistent state.
 const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
@@ -776,6 +850,11 @@ struct Defaults {
 
 struct Checker<'t> {
     text: &'t str,
+    /// Files a token must never be written over (it would be deleted at stop, too), with
+    /// what each one is: the config itself and the metrics textfile. `state_dir` is a
+    /// whole directory of them.
+    reserved: Vec<(PathBuf, &'static str)>,
+    state_dir: PathBuf,
     /// Each set's `name` as written, to label paths: `scope_sets[1] (orders-sync)`.
     set_names: Vec<Option<String>>,
     /// Every secret source that parsed, by its key path.
@@ -784,14 +863,35 @@ struct Checker<'t> {
     warnings: Vec<String>,
 }
 
-fn parse_text(text: &str) -> Parsed {
+fn parse_text(text: &str, origin: &Path) -> Parsed {
     let mut ck = Checker {
         text,
+        // Lexically absolute: `origin` may be relative to where tokenkeeper was started.
+        reserved: std::path::absolute(origin)
+            .map(|p| vec![(normalize(&p), "the configuration file")])
+            .unwrap_or_default(),
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         set_names: Vec::new(),
         secrets: Vec::new(),
         problems: Vec::new(),
         warnings: Vec::new(),
     };
+    // `load` refuses a larger file before reading it; this holds for any other text.
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        ck.problem(String::new(), None, too_large_message());
+        return ck.into_parsed(None);
+    }
+    if let Some(line) = nesting_exceeds(text, MAX_NESTING) {
+        ck.problems.push(Problem {
+            line: Some(line),
+            column: None,
+            at: String::new(),
+            message: format!(
+                "collections are nested deeper than {MAX_NESTING} levels; a tokenkeeper configuration needs a handful"
+            ),
+        });
+        return ck.into_parsed(None);
+    }
     let value: Value = match serde_yaml::from_str(text) {
         Ok(value) => value,
         Err(err) => {
@@ -1015,6 +1115,11 @@ impl Checker<'_> {
             );
         }
         let metrics = self.metrics(raw.metrics.as_ref());
+        if let Some(textfile) = &metrics.textfile {
+            self.reserved
+                .push((textfile.clone(), "the metrics textfile"));
+        }
+        self.state_dir = state_dir.clone();
         let defaults = self.defaults(raw.defaults.as_ref());
 
         let raw_providers = raw.providers.unwrap_or_default();
@@ -2473,7 +2578,10 @@ impl Checker<'_> {
                 );
                 None
             }
-            Some(path) => Some(normalize(Path::new(path))),
+            Some(path) => {
+                let normal = normalize(Path::new(path));
+                self.token_path_is_safe(at, path, &normal).then_some(normal)
+            }
         };
         let format = self.choice(at, "format", raw.format.as_deref(), FORMATS);
         let mode = match &raw.mode {
@@ -2489,6 +2597,65 @@ impl Checker<'_> {
             owner: owner.ok()?,
             group: group.ok()?,
         })
+    }
+
+    /// Refuse a token path that names something else than a file of its own: a token is
+    /// written over it, and at stop the file is deleted. `path` is as written, `normal` as
+    /// [`normalize`] made it.
+    fn token_path_is_safe(&mut self, at: &str, path: &str, normal: &Path) -> bool {
+        let before = self.problems.len();
+        if path.chars().any(char::is_control) {
+            self.bad(
+                at,
+                "path",
+                format!(
+                    "path \"{}\" contains a control character (a newline or NUL, say): no log line or tool could name that file unambiguously",
+                    path.escape_debug()
+                ),
+            );
+            return false;
+        }
+        if normal.components().any(|c| c == Component::ParentDir) {
+            self.bad(
+                at,
+                "path",
+                format!(
+                    "path `{path}` contains `..`: one file spelled two ways escapes the check that no two sets share a file; write it without `..`"
+                ),
+            );
+        }
+        for kernel in KERNEL_TREES {
+            if normal.starts_with(kernel) {
+                self.bad(
+                    at,
+                    "path",
+                    format!(
+                        "path `{path}` is under {kernel}, the kernel's own files, not a place for a token file"
+                    ),
+                );
+            }
+        }
+        if normal.starts_with(&self.state_dir) {
+            let msg = format!(
+                "path `{path}` is inside state_dir {}, which holds the journal, the lock and the status file: token files go elsewhere",
+                self.state_dir.display()
+            );
+            self.bad(at, "path", msg);
+        }
+        let clashes: Vec<&'static str> = self
+            .reserved
+            .iter()
+            .filter(|(p, _)| p == normal)
+            .map(|(_, what)| *what)
+            .collect();
+        for what in clashes {
+            self.bad(
+                at,
+                "path",
+                format!("path `{path}` is {what}: a token would be written over it, and the file deleted at stop"),
+            );
+        }
+        self.problems.len() == before
     }
 
     fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
@@ -2615,6 +2782,14 @@ impl Checker<'_> {
         match value {
             None => Ok(None),
             Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                Ok(duration) if duration > MAX_DURATION => {
+                    self.bad(
+                        parent,
+                        key,
+                        format!("{key} `{text}` must be at most {MAX_DURATION_TEXT}"),
+                    );
+                    Err(())
+                }
                 Ok(duration) => Ok(Some(duration)),
                 Err(err) => {
                     self.bad(
@@ -2768,6 +2943,145 @@ impl Checker<'_> {
     }
 }
 
+/// What only the file system can tell about the token paths: whether a directory on the way
+/// to one lets another user replace the file (owned by someone other than the daemon's user
+/// or root, or writable by others without the sticky bit; the way sshd's StrictModes judges a
+/// home directory), and whether one is the config file under another name (a hard link, or
+/// through a symlink).
+fn check_token_dirs(config: &Config, origin: &Path) -> Vec<Problem> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let config_file = std::fs::metadata(origin).ok().map(|m| (m.dev(), m.ino()));
+    // Many sets share a directory: each is looked at once.
+    let mut judged: HashMap<PathBuf, Option<String>> = HashMap::new();
+    let mut problems = Vec::new();
+    // Where each path really leads, symlinks on the way resolved: the checks on the text
+    // of the paths cannot see that /run/x is /proc/self, or /run/a/t the same file as /run/b/t.
+    let state_dir = resolve(&config.state_dir);
+    let mut resolved_dirs: HashMap<PathBuf, Option<PathBuf>> = HashMap::new();
+    let mut real_paths: HashMap<PathBuf, usize> = HashMap::new();
+    for (index, set) in config.sets.iter().enumerate() {
+        let Some(file) = &set.file else { continue };
+        let at = format!("scope_sets[{index}] ({}).file.path", set.name);
+        let real = match (file.path.parent(), file.path.file_name()) {
+            (Some(dir), Some(name)) => resolved_dirs
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| resolve(dir))
+                .as_ref()
+                .map(|d| d.join(name)),
+            _ => None,
+        };
+        if let Some(real) = real.as_ref().filter(|r| **r != file.path) {
+            let shown = |what: &str| {
+                format!(
+                    "path `{}` leads to {} through a symlink, {what}",
+                    file.path.display(),
+                    real.display()
+                )
+            };
+            let mut found = Vec::new();
+            if let Some(kernel) = KERNEL_TREES.iter().find(|k| real.starts_with(k)) {
+                found.push(shown(&format!(
+                    "under {kernel}, the kernel's own files, not a place for a token file"
+                )));
+            }
+            if state_dir.as_ref().is_some_and(|s| real.starts_with(s)) {
+                found.push(shown(
+                    "inside state_dir, which holds the journal, the lock and the status file",
+                ));
+            }
+            for message in found {
+                problems.push(Problem {
+                    line: None,
+                    column: None,
+                    at: at.clone(),
+                    message,
+                });
+            }
+        }
+        if let Some(real) = real {
+            match real_paths.get(&real) {
+                // The same text is already refused as a shared file.
+                Some(&first)
+                    if config.sets[first].file.as_ref().map(|f| &f.path) != Some(&file.path) =>
+                {
+                    problems.push(Problem {
+                        line: None,
+                        column: None,
+                        at: at.clone(),
+                        message: format!(
+                            "path `{}` is the same file as the path of scope_sets[{first}] ({}), through a symlink",
+                            file.path.display(),
+                            config.sets[first].name
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    real_paths.insert(real, index);
+                }
+            }
+        }
+        let mut problem = |message: String| {
+            problems.push(Problem {
+                line: None,
+                column: None,
+                at: at.clone(),
+                message,
+            })
+        };
+        if let (Some(cfg), Ok(m)) = (config_file, std::fs::metadata(&file.path))
+            && (m.dev(), m.ino()) == cfg
+        {
+            problem(format!(
+                "path `{}` is the configuration file (by another name): a token would be written over it, and the file deleted at stop",
+                file.path.display()
+            ));
+        }
+        for dir in file.path.ancestors().skip(1) {
+            let verdict = judged.entry(dir.to_path_buf()).or_insert_with(|| {
+                let m = std::fs::metadata(dir).ok()?;
+                let mode = m.mode() & 0o7777;
+                if m.uid() != me && m.uid() != 0 {
+                    Some(format!(
+                        "{} is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root: its owner could replace the token file",
+                        dir.display(),
+                        m.uid()
+                    ))
+                } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                    Some(format!(
+                        "{} is writable by others without the sticky bit (mode {mode:04o}): anyone could replace the token file",
+                        dir.display()
+                    ))
+                } else {
+                    None
+                }
+            });
+            if let Some(why) = verdict.clone() {
+                problem(format!("the token file's directory {why}"));
+                break;
+            }
+        }
+    }
+    problems
+}
+
+/// `path` with the symlinks of the part that exists resolved, and the rest (not made yet)
+/// appended as written.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    for base in path.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(base) {
+            let rest = path.strip_prefix(base).ok()?;
+            return Some(if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            });
+        }
+    }
+    None
+}
+
 fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -2903,6 +3217,95 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// The first line (1-based) at which `text` nests YAML collections deeper than `max`, by a
+/// single linear pass that errs on the deep side: each open indentation level, each compact
+/// `- `, `? ` or `: ` opening a line, and each open `[` or `{` (outside quotes and
+/// comments) counts as a level. Block scalars (`|`, `>`) are skipped, since their lines are
+/// text.
+fn nesting_exceeds(text: &str, max: usize) -> Option<usize> {
+    let mut flow = 0usize;
+    let mut indents: Vec<usize> = Vec::new();
+    let mut block_scalar: Option<usize> = None;
+    // A quoted scalar may span lines.
+    let mut quote: Option<u8> = None;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let rest = &line[indent..];
+        if quote.is_none() && (rest.is_empty() || rest.starts_with('#')) {
+            continue;
+        }
+        if let Some(parent) = block_scalar {
+            if indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut compact = 0;
+        let mut body = rest;
+        if flow == 0 && quote.is_none() {
+            while indents.last().is_some_and(|&top| top >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            while let Some(after) = ["- ", "? ", ": "]
+                .iter()
+                .find_map(|p| body.strip_prefix(p))
+                .or_else(|| ["-", "?", ":"].contains(&body).then_some(""))
+            {
+                compact += 1;
+                body = after.trim_start_matches(' ');
+            }
+        }
+        if indents.len() + compact + flow > max {
+            return Some(n + 1);
+        }
+        let bytes = body.as_bytes();
+        let mut prev = b' ';
+        let mut i = 0;
+        let mut last_significant = 0usize;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match quote {
+                Some(b'"') if b == b'\\' => i += 1,
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None => match b {
+                    b'#' if prev == b' ' || prev == b'\t' => break,
+                    b'"' | b'\'' if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':') => {
+                        quote = Some(b)
+                    }
+                    b'[' | b'{' => {
+                        flow += 1;
+                        if indents.len() + compact + flow > max {
+                            return Some(n + 1);
+                        }
+                    }
+                    b']' | b'}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            if !matches!(b, b' ' | b'\t') {
+                last_significant = i + 1;
+            }
+            prev = b;
+            i += 1;
+        }
+        if flow == 0 && quote.is_none() {
+            // `|`, `>`, `|-`, `>+2`…, standing alone as the value.
+            let mut end = &bytes[..last_significant];
+            while let [head @ .., b'0'..=b'9' | b'-' | b'+'] = end {
+                end = head;
+            }
+            if let [head @ .., b'|' | b'>'] = end
+                && matches!(head.last(), None | Some(b' ' | b'\t'))
+            {
+                block_scalar = Some(indent);
+            }
+        }
+    }
+    None
+}
+
 /// Lexical normalization: `//` and `.` go, `..` stays (resolving it could be wrong across
 /// a symlink), so that two spellings of one file compare equal.
 fn normalize(path: &Path) -> PathBuf {
@@ -2977,31 +3380,42 @@ fn key_positions(text: &str, key: &str) -> Vec<(usize, usize)> {
     if key.is_empty() {
         return found;
     }
+    // One pass per line, keeping what the characters before `start` are, and slices rather
+    // than copies: a copy per position made a long line (a 3 MiB number) quadratic.
     for (n, line) in text.lines().enumerate() {
-        let chars: Vec<char> = strip_comment(line).chars().collect();
-        for start in 0..chars.len() {
-            let before: String = chars[..start].iter().collect();
-            let block = before.chars().all(|c| c == ' ' || c == '\t' || c == '-')
-                && (before.is_empty() || before.ends_with([' ', '\t']));
-            let flow = before.trim_end().ends_with(['{', ',']);
-            if !(block || flow) {
-                continue;
+        let line = strip_comment(line);
+        // Whether every character so far is a space, tab or `-`, and whether the last is
+        // a space or a tab (or there is none): a block mapping key may start here.
+        let mut indent_only = true;
+        let mut after_blank = true;
+        // The last character before `start` that is not a space or a tab.
+        let mut last_solid: Option<char> = None;
+        for (column, (start, c)) in line.char_indices().enumerate() {
+            let block = indent_only && after_blank;
+            let flow = matches!(last_solid, Some('{' | ','));
+            if block || flow {
+                let rest = &line[start..];
+                let after =
+                    [("", ""), ("\"", "\""), ("'", "'")]
+                        .iter()
+                        .find_map(|(open, close)| {
+                            let quoted = !open.is_empty();
+                            rest.strip_prefix(open)
+                                .and_then(|r| r.strip_prefix(key))
+                                .and_then(|r| r.strip_prefix(close))
+                                .map(|r| (quoted, r.trim_start_matches([' ', '\t'])))
+                        });
+                if let Some((quoted, after)) = after
+                    && let Some(value) = after.strip_prefix(':')
+                    && (quoted || value.is_empty() || value.starts_with([' ', '\t']))
+                {
+                    found.push((n + 1, column + 1));
+                }
             }
-            let rest: String = chars[start..].iter().collect();
-            let after = [("", ""), ("\"", "\""), ("'", "'")]
-                .iter()
-                .find_map(|(open, close)| {
-                    let quoted = !open.is_empty();
-                    rest.strip_prefix(open)
-                        .and_then(|r| r.strip_prefix(key))
-                        .and_then(|r| r.strip_prefix(close))
-                        .map(|r| (quoted, r.trim_start_matches([' ', '\t']).to_string()))
-                });
-            if let Some((quoted, after)) = after
-                && let Some(value) = after.strip_prefix(':')
-                && (quoted || value.is_empty() || value.starts_with([' ', '\t']))
-            {
-                found.push((n + 1, start + 1));
+            indent_only &= matches!(c, ' ' | '\t' | '-');
+            after_blank = matches!(c, ' ' | '\t');
+            if !matches!(c, ' ' | '\t') {
+                last_solid = Some(c);
             }
         }
     }
@@ -3207,6 +3621,66 @@ scope_sets:
             Err(ConfigError::Invalid { problems, .. }) => problems,
             Err(other) => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn nesting_is_counted_in_one_pass_before_the_parser() {
+        assert_eq!(nesting_exceeds(BASE, MAX_NESTING), None);
+        assert_eq!(nesting_exceeds(BASE, 4), None);
+        assert_eq!(nesting_exceeds(BASE, 3), Some(6));
+        let flow = format!("a:\n  b: {}{}", "[".repeat(62), "]".repeat(62));
+        assert_eq!(nesting_exceeds(&flow, MAX_NESTING), None);
+        let flow = format!("a:\n  b: {}{}", "[".repeat(63), "]".repeat(63));
+        assert_eq!(nesting_exceeds(&flow, MAX_NESTING), Some(2));
+        // Brackets in quotes and comments, and lines of a block scalar, are text.
+        let text = format!(
+            "a: \"{deep}\"\nb: '{deep}'\nc: 1 # {deep}\nd: |\n{lines}e: >-\n{lines}f: 1\n",
+            deep = "[{".repeat(100),
+            lines = (1..100)
+                .map(|i| format!("{}x [{{\n", " ".repeat(i)))
+                .collect::<String>(),
+        );
+        assert_eq!(nesting_exceeds(&text, MAX_NESTING), None);
+        // Compact sequences nest on one line.
+        let compact = format!("a:\n{}x\n", "- ".repeat(64));
+        assert_eq!(nesting_exceeds(&compact, MAX_NESTING), Some(2));
+        // Multi-byte characters anywhere are fine.
+        assert_eq!(nesting_exceeds("a: é|\nb: ü\n", MAX_NESTING), None);
+        let deep = format!("scope_sets: {}", "[".repeat(100_000));
+        let p = problems(&deep);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("nested deeper than 64"), "{}", p[0]);
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let text = with(&[(
+            "scope_sets:",
+            "shutdown_timeout: 3651d
+scope_sets:",
+        )]);
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|p| p.message.contains("must be at most 3650d (ten years)")),
+            "{p:?}"
+        );
+        let text = with(&[(
+            "scope_sets:",
+            "shutdown_timeout: 3650d
+scope_sets:",
+        )]);
+        assert_eq!(accepted(&text).config.shutdown_timeout, MAX_DURATION);
+    }
+
+    #[test]
+    fn key_positions_are_found_on_long_lines_in_linear_time() {
+        let long = format!(
+            "a: {}\n  - b: 1\nc: {{ d: 1, b: 2 }}\n",
+            "9".repeat(1 << 22)
+        );
+        assert_eq!(key_positions(&long, "b"), vec![(2, 5), (3, 12)]);
+        assert_eq!(key_positions(&long, "a"), vec![(1, 1)]);
     }
 
     fn accepted(text: &str) -> Loaded {

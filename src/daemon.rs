@@ -1153,7 +1153,11 @@ async fn revoke_leftovers<P: TokenProvider>(
                 info!(set = %e.set, fingerprint = %e.fingerprint, "revoked a journaled token of a set no longer configured");
                 outcome.revoked.push(e.fingerprint.clone());
                 if let Some(path) = e.file.clone().filter(|p| !in_use.contains(p)) {
-                    let _ = tokio::task::spawn_blocking(move || sink::remove(&path)).await;
+                    let written = written_forms(e);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        remove_token_file(&path, &written);
+                    })
+                    .await;
                 }
             }
             // Expired while we tried: nothing is left to revoke.
@@ -1222,10 +1226,8 @@ pub async fn revoke_journaled<P: TokenProvider>(
     let files = files_to_remove(&revoked, &remaining);
     tokio::task::spawn_blocking(move || {
         journal::save(&dir, &remaining)?;
-        for f in files {
-            if let Err(e) = sink::remove(&f) {
-                warn!(file = %f.display(), error = %chain(&e), "could not remove the file of a revoked token");
-            }
+        for (f, written) in files {
+            remove_token_file(&f, &written);
         }
         Ok(())
     })
@@ -1238,20 +1240,64 @@ pub async fn revoke_journaled<P: TokenProvider>(
     Ok(report)
 }
 
-/// Files of revoked tokens that no remaining journaled token names.
-fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = revoked
-        .iter()
-        .filter_map(|e| e.file.clone())
-        .filter(|f| !remaining.iter().any(|r| r.file.as_ref() == Some(f)))
-        .collect();
-    out.sort();
-    out.dedup();
+/// A file as it may have been written, for [`sink::remove_if_holds`].
+type Written = Vec<zeroize::Zeroizing<Vec<u8>>>;
+
+/// Files of revoked tokens that no remaining journaled token names, each with what it held
+/// when written for any of those tokens: it is removed only if it still does.
+fn files_to_remove(revoked: &[Entry], remaining: &[Entry]) -> Vec<(std::path::PathBuf, Written)> {
+    let mut out: Vec<(std::path::PathBuf, Written)> = Vec::new();
+    for e in revoked {
+        let Some(f) = &e.file else { continue };
+        if remaining.iter().any(|r| r.file.as_ref() == Some(f)) {
+            continue;
+        }
+        match out.iter_mut().find(|(p, _)| p == f) {
+            Some((_, written)) => written.extend(written_forms(e)),
+            None => out.push((f.clone(), written_forms(e))),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
+/// The bytes `e`'s file held when its token was written there, in each format: the journal
+/// does not record the set's format, and a set no longer configured has none to ask.
+fn written_forms(e: &Entry) -> Written {
+    let content = TokenContent {
+        set: &e.set,
+        token: &e.token,
+        token_type: &e.token_type,
+        expires_at: e.expires_at,
+        scope: &e.scope,
+    };
+    [
+        crate::config::FileFormat::Raw,
+        crate::config::FileFormat::Json,
+        crate::config::FileFormat::Env,
+        crate::config::FileFormat::Header,
+    ]
+    .into_iter()
+    .map(|format| sink::render(format, &content))
+    .collect()
+}
+
+/// Remove a revoked token's file if it still holds that token, logging what was not removed.
+fn remove_token_file(path: &std::path::Path, written: &[zeroize::Zeroizing<Vec<u8>>]) {
+    match sink::remove_if_holds(path, written) {
+        Ok(sink::Removal::Removed | sink::Removal::Gone) => {}
+        Ok(sink::Removal::Kept(why)) => {
+            warn!(file = %path.display(), "not removing the file of a revoked token: {why}");
+        }
+        Err(e) => {
+            warn!(file = %path.display(), error = %chain(&e), "could not remove the file of a revoked token");
+        }
+    }
+}
+
 /// Re-reads and checks the config, secrets included; the error says why it was refused.
-pub type LoadConfig = Box<dyn Fn() -> Result<Config, String> + Send>;
+/// Shared, so that it runs on a blocking thread while the daemon goes on taking signals.
+pub type LoadConfig = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// Builds a provider for a new or changed provider config (this reads its secrets).
 pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String> + Send>;
 
@@ -1510,7 +1556,15 @@ pub async fn run<P: TokenProvider + 'static>(
                 Some(Control::Reload) => match &reloader {
                     Some(r) => {
                         let _reloading = crate::systemd::reloading();
-                        reload(r, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        let new = match load_or_stop(&r.load, &mut control, &shared.rotate).await {
+                            Loading::Done(new) => new,
+                            Loading::Stopped(c) => {
+                                warn!("stop requested while the new configuration was being read; the reload is abandoned");
+                                handover = c == Control::Handover;
+                                break;
+                            }
+                        };
+                        reload(r, *new, &mut config, &mut shared, &mut live, &mut retiring).await;
                         seen_fresh = 0;
                         // Look again even if no set pings: a reload that only removed the
                         // sets still waiting for a token leaves every remaining one fresh.
@@ -1586,18 +1640,62 @@ pub async fn run<P: TokenProvider + 'static>(
     Ok(report)
 }
 
+/// How reading the new config at a reload ended.
+enum Loading {
+    /// The config, or why it was refused. Boxed: a config is hundreds of bytes.
+    Done(Box<Result<Config, String>>),
+    /// A stop (or handover) came first.
+    Stopped(Control),
+}
+
+/// Read the new config on a blocking thread while still taking control messages: a stop is
+/// never held up by a slow read or parse (a config built to cost, a secret on a stuck
+/// filesystem), which systemd would end with SIGKILL while tokens are live. Rotations asked
+/// meanwhile go through; a second SIGHUP is folded into this reload.
+async fn load_or_stop(
+    load: &LoadConfig,
+    control: &mut mpsc::Receiver<Control>,
+    rotate: &broadcast::Sender<()>,
+) -> Loading {
+    let load = Arc::clone(load);
+    // Left running if a stop comes first: a blocking thread cannot be cancelled, and what it
+    // returns is dropped.
+    let mut reading = tokio::task::spawn_blocking(move || load());
+    loop {
+        tokio::select! {
+            r = &mut reading => {
+                return Loading::Done(Box::new(
+                    r.unwrap_or_else(|e| Err(format!("the config reader failed: {e}"))),
+                ));
+            }
+            c = control.recv() => match c {
+                Some(Control::Rotate) => {
+                    info!("rotating every set");
+                    let _ = rotate.send(());
+                }
+                Some(Control::Reload) => {
+                    info!("SIGHUP while a reload is under way; it is the same reload");
+                }
+                Some(c @ (Control::Shutdown | Control::Handover)) => return Loading::Stopped(c),
+                None => return Loading::Stopped(Control::Shutdown),
+            }
+        }
+    }
+}
+
 /// Apply a new config: new sets start, removed sets revoke and remove their files, changed
 /// sets are handed their predecessor's tokens (re-issued if the scopes changed, rewritten if
 /// only the file did) or, when their provider changed, replaced, and unchanged sets are left
 /// alone. A config that does not load, or a provider that cannot be built, changes nothing.
 async fn reload<P: TokenProvider + 'static>(
     r: &Reloader<P>,
+    new: Result<Config, String>,
     config: &mut Config,
     shared: &mut Shared<P>,
     live: &mut Vec<Live>,
     retiring: &mut Vec<(String, JoinHandle<SetOutcome>)>,
 ) {
-    let mut new = match (r.load)() {
+    let mut new = match new {
         Ok(c) => c,
         Err(e) => {
             error!("reload refused, running on with the current configuration: {e}");

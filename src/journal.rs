@@ -76,6 +76,10 @@ pub enum JournalError {
     },
     #[error("{path} has journal version {found}; this tokenkeeper reads versions {LEGACY_VERSION} and {VERSION}", path = path.display())]
     Version { path: PathBuf, found: u32 },
+    /// The state directory, journal or lock is open to another user, who could have planted
+    /// what the journal says (tokens to revoke, files to delete).
+    #[error("{path} {why}; refusing state another user may have written (fix its owner and mode)", path = path.display())]
+    Unsafe { path: PathBuf, why: String },
     #[error("cannot write the journal")]
     Write(#[source] crate::sink::SinkError),
     #[error("the journal writer has stopped")]
@@ -135,7 +139,9 @@ mod humantime_serde {
     pub fn serialize<S: Serializer>(t: &SystemTime, ser: S) -> Result<S::Ok, S::Error> {
         // Straight into the output: a string per timestamp was three allocations per entry
         // per commit.
-        ser.collect_str(&humantime::format_rfc3339_millis(*t))
+        ser.collect_str(&humantime::format_rfc3339_millis(
+            crate::sink::rfc3339_range(*t),
+        ))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SystemTime, D::Error> {
@@ -226,12 +232,134 @@ pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
 /// Exclusive ownership of a state directory, for as long as this value lives.
 #[derive(Debug)]
 pub struct StateLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
+    dir: PathBuf,
 }
 
-/// Create `state_dir` (exactly 0700) and take its lock, without blocking.
+/// How often the journal writer of a daemon makes sure its lock still guards the state
+/// directory (besides before every commit): a stat each time. Two seconds keeps the window
+/// in which a second process could take a removed directory short, and an idle daemon's
+/// wake-ups under its budget of one a second.
+const LOCK_CHECK: Duration = Duration::from_secs(2);
+
+impl StateLock {
+    /// Whether the lock file at the path is still the file this lock holds. A state
+    /// directory removed (or its lock file replaced) while the daemon runs leaves the lock
+    /// on a file nobody can find, and a second process would lock a new one beside it.
+    pub fn still_guards(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            std::fs::symlink_metadata(self.dir.join(LOCK_FILE)),
+            self.lock.metadata(),
+        ) {
+            (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
+            _ => false,
+        }
+    }
+
+    /// Take the state directory's lock again if it was lost (see [`StateLock::still_guards`]):
+    /// the directory is made again and locked, and the old lock released. `Ok(true)` when
+    /// it was taken again; [`JournalError::Locked`] when another process holds it now.
+    pub fn take_again(&mut self) -> Result<bool, JournalError> {
+        if self.still_guards() {
+            return Ok(false);
+        }
+        *self = lock_state_dir(&self.dir)?;
+        Ok(true)
+    }
+}
+
+/// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
+/// and writable by nobody else. This is sshd's StrictModes rule for `~/.ssh`.
+fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_because = |why: String| JournalError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "is owned by uid {}, not by tokenkeeper's user (uid {me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "is writable by group or others (mode {mode:04o})"
+        )));
+    }
+    Ok(())
+}
+
+/// The directories above `state_dir` must not let another user swap it for one of theirs:
+/// each is owned by the daemon's user or root, and not writable by others unless sticky.
+fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for a in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(a) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        let why = if meta.uid() != me && meta.uid() != 0 {
+            format!(
+                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root, and holds the state directory",
+                meta.uid()
+            )
+        } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            format!(
+                "is writable by others without the sticky bit (mode {mode:04o}), and holds the state directory"
+            )
+        } else {
+            continue;
+        };
+        return Err(JournalError::Unsafe {
+            path: a.to_path_buf(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Open a state file (journal or lock) without following a symlink, and refuse it unless it
+/// is a regular file only the daemon's user can have written.
+fn open_state_file(path: &Path, options: &mut OpenOptions) -> Result<File, JournalError> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => JournalError::Unsafe {
+                path: path.to_path_buf(),
+                why: "is not a regular file (it is a symlink)".into(),
+            },
+            _ => io("open", path)(e),
+        })?;
+    let meta = file.metadata().map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Err(JournalError::Unsafe {
+            path: path.to_path_buf(),
+            why: "is not a regular file".into(),
+        });
+    }
+    ours_alone(path, &meta)?;
+    Ok(file)
+}
+
+/// Create `state_dir` (exactly 0700) and take its lock, without blocking. A state directory,
+/// lock or journal another user owns or may write is refused, not repaired: what it holds
+/// may be theirs.
 pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
-    // It holds live tokens and is ours alone, so a mode someone loosened is tightened back.
+    ancestors_safe(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => ours_alone(dir, &meta)?,
+        // Not a directory: ensure_dir says so by name.
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", dir)(e)),
+    }
+    // It holds live tokens and is ours alone, so a read mode someone added is taken back.
     crate::sink::ensure_dir(dir, STATE_DIR_MODE, crate::sink::Existing::SetMode).map_err(|e| {
         JournalError::Io {
             op: e.op,
@@ -240,14 +368,15 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
         }
     })?;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(JOURNAL_MODE)
-        .open(&path)
-        .map_err(io("open", &path))?;
+    let file = open_state_file(
+        &path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(JOURNAL_MODE),
+    )?;
     let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -264,7 +393,10 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
     (&*lock)
         .write_all(pid.as_bytes())
         .map_err(io("write", &path))?;
-    Ok(StateLock { _lock: lock })
+    Ok(StateLock {
+        lock,
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Read the journal; a missing one is empty. The log wins over a version-1 document beside it:
@@ -272,16 +404,12 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
 /// exist side by side only after one that stopped in between.
 pub fn load(dir: &Path) -> Result<Vec<Entry>, JournalError> {
     let path = dir.join(JOURNAL_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => return parse_log(&path, &Zeroizing::new(b)),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io("read", &path)(e)),
+    if let Some(bytes) = read_state_file(&path)? {
+        return parse_log(&path, &bytes);
     }
     let legacy = dir.join(LEGACY_JOURNAL_FILE);
-    let bytes = match std::fs::read(&legacy) {
-        Ok(b) => Zeroizing::new(b),
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io("read", &legacy)(e)),
+    let Some(bytes) = read_state_file(&legacy)? else {
+        return Ok(Vec::new());
     };
     let doc: LegacyDocument =
         serde_json::from_slice(&bytes).map_err(|source| JournalError::Corrupt {
@@ -296,6 +424,21 @@ pub fn load(dir: &Path) -> Result<Vec<Entry>, JournalError> {
         });
     }
     Ok(doc.tokens)
+}
+
+/// The whole of a journal file, `None` if there is none; refused unless it is a regular file
+/// only the daemon's user can have written (see [`open_state_file`]).
+fn read_state_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, JournalError> {
+    let mut file = match open_state_file(path, OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(JournalError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io("read", path))?;
+    Ok(Some(bytes))
 }
 
 /// The live tokens a log holds: its records replayed in order. A crash in the middle of an
@@ -355,7 +498,7 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
         let len = s.line_len();
         live.insert(s.fingerprint.clone(), s.expires_at, s, len);
     }
-    Disk::new(dir.to_path_buf()).compact(&live)
+    Disk::new(dir.to_path_buf(), None).compact(&live)
 }
 
 /// Values by fingerprint, in the order they were (last) recorded, with the bytes their log
@@ -497,6 +640,8 @@ const COMPACT_SLACK: u64 = 1 << 20;
 /// The log on disk, as the writer appends to it.
 struct Disk {
     dir: PathBuf,
+    /// The state directory's lock, for a daemon: checked before every commit.
+    lock: Option<StateLock>,
     /// Open for appending once a compaction has written the file this session. `None` after
     /// a failed write too: what reached the file is then unknown, so the next commit rewrites
     /// it whole instead of appending.
@@ -508,9 +653,10 @@ struct Disk {
 }
 
 impl Disk {
-    fn new(dir: PathBuf) -> Disk {
+    fn new(dir: PathBuf, lock: Option<StateLock>) -> Disk {
         Disk {
             dir,
+            lock,
             file: None,
             size: 0,
             legacy: true,
@@ -524,6 +670,7 @@ impl Disk {
     /// Make `lines` (the batch just applied to `live`) durable: appended and flushed, or, when
     /// the log has grown past its bound or its state is unknown, by a compaction.
     fn commit(&mut self, lines: &[u8], live: &Live<Stored>) -> Result<(), JournalError> {
+        self.guard()?;
         let fits = self.size + lines.len() as u64 <= 2 * live.bytes as u64 + COMPACT_SLACK;
         let Some(file) = self.file.as_mut().filter(|_| fits) else {
             return self.compact(live);
@@ -542,6 +689,32 @@ impl Disk {
         }
         self.size += lines.len() as u64;
         Ok(())
+    }
+
+    /// Whether the lock no longer guards the directory (see [`StateLock::still_guards`]).
+    fn lost(&self) -> bool {
+        self.lock.as_ref().is_some_and(|l| !l.still_guards())
+    }
+
+    /// Make sure the lock still guards the directory, taking it again if the directory was
+    /// removed (the log is then rewritten whole). Writing into a directory another process
+    /// has locked since would overwrite its journal, so that is refused.
+    fn guard(&mut self) -> Result<(), JournalError> {
+        let Some(lock) = self.lock.as_mut() else {
+            return Ok(());
+        };
+        match lock.take_again() {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                warn!(state_dir = %self.dir.display(), "the state directory was removed or its lock replaced; locked it again and wrote the whole journal there");
+                self.file = None;
+                Ok(())
+            }
+            Err(e) => {
+                error!(state_dir = %self.dir.display(), error = %crate::error_chain(&e), "lost the state directory's lock; the journal is kept in memory only, and tokens issued now are journaled nowhere: stop this daemon");
+                Err(e)
+            }
+        }
     }
 
     /// Rewrite the log from `live` alone, atomically, then append to the new file.
@@ -607,7 +780,7 @@ struct State {
     disk: Option<Disk>,
 }
 
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+fn locked(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -615,17 +788,26 @@ impl Journal {
     /// Start the writer for `dir`, beginning from `entries` (what [`load`] returned). Its
     /// first write is a compaction: it migrates a version-1 journal and cuts off a torn tail.
     pub fn start(dir: PathBuf, entries: Vec<Entry>) -> Journal {
-        Self::spawn(Some(dir), entries).0
+        Self::spawn(Some(dir), entries, None).0
+    }
+
+    /// [`Journal::start`] for a process that runs on (the daemon): the writer keeps `lock`,
+    /// and makes sure before every commit, and every [`LOCK_CHECK`], that it still guards
+    /// `dir`. If the directory was removed, it is made again, locked, and the whole journal
+    /// written there; if another process holds it by then, nothing more is written into it.
+    pub fn start_locked(dir: PathBuf, entries: Vec<Entry>, lock: StateLock) -> Journal {
+        Self::spawn(Some(dir), entries, Some(lock)).0
     }
 
     /// A journal that lives in memory only, for tests; the returned watch shows its content.
     pub fn memory() -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
-        Self::spawn(None, Vec::new())
+        Self::spawn(None, Vec::new(), None)
     }
 
     fn spawn(
         dir: Option<PathBuf>,
         entries: Vec<Entry>,
+        lock: Option<StateLock>,
     ) -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
         let (tx, mut rx) = mpsc::channel::<(Op, oneshot::Sender<Result<(), String>>)>(QUEUE);
         let (view_tx, view_rx) = tokio::sync::watch::channel(entries.clone());
@@ -635,20 +817,46 @@ impl Journal {
                 let len = s.line_len();
                 live.insert(s.fingerprint.clone(), s.expires_at, s, len);
             }
+            let has_lock = lock.is_some();
             let state = Arc::new(Mutex::new(State {
                 live,
-                disk: dir.map(Disk::new),
+                disk: dir.map(|d| Disk::new(d, lock)),
             }));
-            while let Some(first) = rx.recv().await {
+            // Set once the lock could not be taken again: the ticks stop trying (and logging)
+            // every LOCK_CHECK; each commit still tries, and says so.
+            let mut gave_up = false;
+            let mut tick = tokio::time::interval(LOCK_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let first = if has_lock {
+                    tokio::select! {
+                        op = rx.recv() => match op {
+                            Some(op) => Some(op),
+                            None => break,
+                        },
+                        _ = tick.tick() => {
+                            if gave_up || !locked(&state).disk.as_ref().is_some_and(Disk::lost) {
+                                continue;
+                            }
+                            // Lost: a commit of nothing takes it again and rewrites the journal.
+                            None
+                        }
+                    }
+                } else {
+                    match rx.recv().await {
+                        Some(op) => Some(op),
+                        None => break,
+                    }
+                };
                 // Group commit: everything queued while the last write ran goes in this one.
-                let mut batch = vec![first];
+                let mut batch: Vec<_> = first.into_iter().collect();
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
                 let mut acks = Vec::with_capacity(batch.len());
                 let mut lines = Zeroizing::new(Vec::new());
                 {
-                    let mut st = lock(&state);
+                    let mut st = locked(&state);
                     for (op, ack) in batch {
                         match op {
                             Op::Record(s) => {
@@ -677,10 +885,10 @@ impl Journal {
                         push_remove(&mut lines, &fps);
                     }
                 }
-                let result = if lock(&state).disk.is_some() {
+                let result = if locked(&state).disk.is_some() {
                     let st = state.clone();
                     tokio::task::spawn_blocking(move || {
-                        let mut st = lock(&st);
+                        let mut st = locked(&st);
                         let State { live, disk } = &mut *st;
                         match disk {
                             Some(d) => d.commit(&lines, live),
@@ -693,6 +901,7 @@ impl Journal {
                 } else {
                     Ok(())
                 };
+                gave_up = result.is_err() && locked(&state).disk.as_ref().is_some_and(Disk::lost);
                 if let Err(e) = &result {
                     // Kept in memory: the next change rewrites the log whole.
                     error!(error = %e, "could not write the state journal");
@@ -700,7 +909,7 @@ impl Journal {
                 // Only the in-memory journal of tests has a reader; a copy for nobody would
                 // cost a full clone per commit.
                 if view_tx.receiver_count() > 0 {
-                    let view = lock(&state)
+                    let view = locked(&state)
                         .live
                         .values()
                         .filter_map(Stored::entry)
@@ -979,6 +1188,57 @@ mod tests {
             .map(|e| e.fingerprint)
             .collect();
         assert_eq!(on_disk, vec!["bb"]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_state_dir_is_locked_again_and_rewritten_at_the_next_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+        j.record(entry("aa", 600)).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(lock_state_dir(&dir).is_ok(), "nothing guards it now");
+        std::fs::remove_dir_all(&dir).unwrap();
+        j.record(entry("bb", 600)).await.unwrap();
+        let on_disk: Vec<String> = load(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(on_disk, vec!["aa", "bb"]);
+        assert!(matches!(
+            lock_state_dir(&dir),
+            Err(JournalError::Locked { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // the writer's blocking thread runs in real time
+    async fn a_removed_state_dir_is_locked_again_without_a_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+        j.record(entry("aa", 600)).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Each pause lets a check run. Only read meanwhile: a lock taken here would be in the
+        // writer's way.
+        let fingerprints = || -> Vec<String> {
+            load(&dir)
+                .map(|es| es.into_iter().map(|e| e.fingerprint).collect())
+                .unwrap_or_default()
+        };
+        for _ in 0..200 {
+            tokio::time::sleep(LOCK_CHECK).await;
+            if !fingerprints().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fingerprints(), vec!["aa"]);
+        assert!(matches!(
+            lock_state_dir(&dir),
+            Err(JournalError::Locked { .. })
+        ));
     }
 
     #[test]

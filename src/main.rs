@@ -97,10 +97,10 @@ enum Command {
         /// Scope sets to refresh; all by default.
         sets: Vec<String>,
         /// Least validity left for a token to be reused (default: half of its lifetime).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = bounded_duration)]
         min_remaining: Option<Duration>,
         /// Give up on sets without a token after this long.
-        #[arg(long, default_value = DEFAULT_ONCE_TIMEOUT, value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = DEFAULT_ONCE_TIMEOUT, value_parser = bounded_duration)]
         timeout: Duration,
     },
     /// Run CMD with fresh tokens for the chosen sets, kept fresh while it runs, revoked when it
@@ -116,7 +116,7 @@ enum Command {
         #[arg(long)]
         env_token: bool,
         /// Give up without running CMD if the tokens are not there within this long.
-        #[arg(long, default_value = DEFAULT_START_TIMEOUT, value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = DEFAULT_START_TIMEOUT, value_parser = bounded_duration)]
         start_timeout: Duration,
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true, value_name = "CMD")]
@@ -136,7 +136,7 @@ enum Command {
         #[arg(long, default_value = "tokenkeeper-demo")]
         dir: PathBuf,
         /// Lifetime of the demo's tokens.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = bounded_duration)]
         lifetime: Duration,
     },
     /// Run the Voucherify-compatible development provider alone.
@@ -145,7 +145,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8400")]
         listen: SocketAddr,
         /// Lifetime of issued tokens (whole seconds).
-        #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "900s", value_parser = bounded_duration)]
         lifetime: Duration,
         /// The `X-App-Id` clients must send.
         #[arg(long, default_value = devprovider::DEV_APP_ID)]
@@ -154,6 +154,19 @@ enum Command {
         #[arg(long, default_value = devprovider::DEV_APP_TOKEN)]
         app_token: String,
     },
+}
+
+/// A duration on the command line, bounded like every duration in the config
+/// ([`config::MAX_DURATION`]): deadlines are computed as now plus it, which must not overflow.
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > config::MAX_DURATION {
+        return Err(format!(
+            "{text} is longer than the most allowed, {}",
+            config::MAX_DURATION_TEXT
+        ));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
@@ -213,6 +226,11 @@ fn main() -> ExitCode {
 /// (a slow fsync overlaps fifteen others) at a fraction of the memory.
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// At exit, how long threads still reading or writing get before the process ends without
+/// them: everything the daemon must finish (revocations, the journal) is awaited before this,
+/// so only abandoned work is left, and a second is plenty for a write in flight.
+const BLOCKING_THREADS_AT_EXIT: Duration = Duration::from_secs(1);
+
 fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u8 {
     tokenkeeper::memory::tune_allocator();
     match tokio::runtime::Builder::new_multi_thread()
@@ -220,7 +238,13 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
-        Ok(rt) => rt.block_on(f()),
+        Ok(rt) => {
+            let code = rt.block_on(f());
+            // A reload abandoned at stop may still be reading on a blocking thread (a secret
+            // on a FIFO or a stuck mount); dropping the runtime would wait for it for ever.
+            rt.shutdown_timeout(BLOCKING_THREADS_AT_EXIT);
+            code
+        }
         Err(e) => {
             eprintln!("tokenkeeper: cannot start the async runtime: {e}");
             EXIT_OSERR
@@ -361,7 +385,7 @@ async fn run(path: &Path) -> u8 {
 fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> {
     let http = tokenkeeper::provider::http_client();
     daemon::Reloader {
-        load: Box::new(move || match config::load(&path) {
+        load: Arc::new(move || match config::load(&path) {
             Ok(Loaded { config, warnings }) => {
                 for w in &warnings {
                     warn!("{}: {w}", path.display());
@@ -389,6 +413,8 @@ fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> 
 fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
     let code = |e: &JournalError| match e {
         JournalError::Locked { .. } => EXIT_TEMPFAIL,
+        // Like a bad config: restarting cannot help until an operator fixes owner or mode.
+        JournalError::Unsafe { .. } => EXIT_CONFIG,
         JournalError::Corrupt { .. } | JournalError::Version { .. } => EXIT_DATAERR,
         JournalError::Io { .. } | JournalError::Write(_) | JournalError::Closed => EXIT_CANTCREAT,
     };
@@ -422,11 +448,12 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    let (_lock, entries) = match open_state(&config.state_dir) {
+    let (lock, entries) = match open_state(&config.state_dir) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let journal = journal::Journal::start(config.state_dir.clone(), entries.clone());
+    // The writer holds the lock, and takes it again should the directory be removed.
+    let journal = journal::Journal::start_locked(config.state_dir.clone(), entries.clone(), lock);
     let board = Board::new();
     let reporter = tokio::spawn(status::run_reporter(
         Arc::clone(&board),
@@ -836,13 +863,10 @@ fn summarize(report: &RunReport) -> u8 {
 fn show_status(path: &Path, json: bool) -> u8 {
     // The config only tells where the state directory is; its secrets are not needed (and
     // not readable outside the service), so they are not checked.
-    let text = match std::fs::read_to_string(path) {
+    let text = match config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!(
-                "tokenkeeper: cannot read config file {}: {e}",
-                path.display()
-            );
+            eprintln!("tokenkeeper: {}", chain(&e));
             return EXIT_CONFIG;
         }
     };

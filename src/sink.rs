@@ -71,9 +71,21 @@ pub fn env_name(set: &str) -> String {
     set.to_ascii_uppercase().replace('-', "_")
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): humantime refuses later
+/// times, and its `to_string` then panics.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// `t` brought into what RFC 3339 can write: from the epoch (humantime panics before it) to
+/// the end of year 9999. Configured durations are bounded far inside this, so only a
+/// bug or a corrupt clock gets here; a saturated time is still the safe answer, a panic not.
+pub fn rfc3339_range(t: SystemTime) -> SystemTime {
+    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_RFC3339_SECOND);
+    t.clamp(std::time::UNIX_EPOCH, last)
+}
+
 /// The file's bytes in `format`. The buffer is zeroed when dropped.
 pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
-    let expires = humantime::format_rfc3339_seconds(c.expires_at).to_string();
+    let expires = humantime::format_rfc3339_seconds(rfc3339_range(c.expires_at)).to_string();
     let token = c.token.expose();
     let mut out = Zeroizing::new(Vec::with_capacity(token.len() + 128));
     match format {
@@ -318,6 +330,66 @@ pub fn remove(path: &Path) -> Result<(), SinkError> {
     }
 }
 
+/// The largest file [`remove_if_holds`] reads: a token file is a token (RFC 6750 tokens run
+/// to a few KiB at most) and a line or two around it; anything larger is not ours.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// What [`remove_if_holds`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Nothing was there.
+    Gone,
+    /// Left in place: the path no longer names the file tokenkeeper wrote, and why.
+    Kept(&'static str),
+}
+
+/// Remove `path` only if it is still a token file tokenkeeper wrote: a regular file (not
+/// followed if a symlink) whose bytes are exactly one of `written`, the renderings of the
+/// token once written there. A path recorded long ago (in the journal, possibly not by this
+/// process) may name another program's file by now, and deleting whatever is there would
+/// make the journal a way to delete any file.
+pub fn remove_if_holds(path: &Path, written: &[Zeroizing<Vec<u8>>]) -> Result<Removal, SinkError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        // Not through a symlink, and never blocking on a FIFO put in the file's place.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Gone),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Removal::Kept("it is a symlink now"));
+        }
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let meta = file.metadata().map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Ok(Removal::Kept("it is not a regular file now"));
+    }
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Ok(Removal::Kept("it no longer holds the token written there"));
+    }
+    let mut content = Zeroizing::new(Vec::new());
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut content)
+        .map_err(io("read", path))?;
+    if !written.iter().any(|w| **w == *content) {
+        return Ok(Removal::Kept("it no longer holds the token written there"));
+    }
+    // The path must still name the file just read, not one renamed into place meanwhile.
+    match std::fs::symlink_metadata(path) {
+        Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
+        Ok(_) => return Ok(Removal::Kept("it was replaced while being checked")),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Gone),
+        Err(e) => return Err(io("stat", path)(e)),
+    }
+    remove(path)?;
+    Ok(Removal::Removed)
+}
+
 /// Flush a directory so a rename or unlink in it survives a power cut.
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir)
@@ -362,6 +434,58 @@ mod tests {
                 "expires_at": "2025-02-07T16:18:06Z", "scope": "orders customers",
                 "set": "orders-sync"
             })
+        );
+    }
+
+    #[test]
+    fn times_out_of_rfc3339_range_saturate_instead_of_panicking() {
+        let t = Secret::new("tok123");
+        let mut c = content(&t);
+        c.expires_at = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND * 4);
+        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        assert!(env.ends_with("_EXPIRES_AT=9999-12-31T23:59:59Z\n"), "{env}");
+        c.expires_at = UNIX_EPOCH - Duration::from_secs(1);
+        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        assert!(env.ends_with("_EXPIRES_AT=1970-01-01T00:00:00Z\n"), "{env}");
+    }
+
+    #[test]
+    fn only_a_regular_file_still_holding_the_token_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Secret::new("tok123");
+        let c = content(&t);
+        let written = vec![render(FileFormat::Raw, &c), render(FileFormat::Json, &c)];
+        let path = dir.path().join("t.token");
+        std::fs::write(&path, &*written[1]).unwrap();
+        assert_eq!(remove_if_holds(&path, &written).unwrap(), Removal::Removed);
+        assert!(!path.exists());
+        assert_eq!(remove_if_holds(&path, &written).unwrap(), Removal::Gone);
+        // Someone else's file by now, or the token with a byte more.
+        for other in ["precious", "tok1234"] {
+            std::fs::write(&path, other).unwrap();
+            assert_eq!(
+                remove_if_holds(&path, &written).unwrap(),
+                Removal::Kept("it no longer holds the token written there")
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), other);
+        }
+        // A symlink to a file that holds it: neither followed nor removed.
+        let target = dir.path().join("target");
+        std::fs::write(&target, "tok123").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert_eq!(
+            remove_if_holds(&path, &written).unwrap(),
+            Removal::Kept("it is a symlink now")
+        );
+        assert!(std::fs::symlink_metadata(&path).is_ok());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "tok123");
+        // A FIFO: not opened for long, not removed.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            remove_if_holds(&path, &written).unwrap(),
+            Removal::Kept("it is not a regular file now")
         );
     }
 
