@@ -19,6 +19,22 @@ use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
 use tokenkeeper::store::ha;
 use tokenkeeper::{batch, metrics, signals, systemd};
 
+/// `println!` that cannot panic: a closed or full stdout loses the line, nothing more.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that cannot panic (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
 /// keeps systemd from restarting into the same bad config.
 const EXIT_OK: u8 = 0;
@@ -222,7 +238,7 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
     {
         Ok(rt) => rt.block_on(f()),
         Err(e) => {
-            eprintln!("tokenkeeper: cannot start the async runtime: {e}");
+            say_err!("tokenkeeper: cannot start the async runtime: {e}");
             EXIT_OSERR
         }
     }
@@ -240,15 +256,15 @@ fn print_config_error(e: &ConfigError) {
             for p in problems {
                 match (p.line, p.column) {
                     (Some(line), Some(col)) => {
-                        eprintln!("error: {}:{line}:{col}: {}", path.display(), located(p))
+                        say_err!("error: {}:{line}:{col}: {}", path.display(), located(p))
                     }
-                    _ => eprintln!("error: {}: {}", path.display(), located(p)),
+                    _ => say_err!("error: {}: {}", path.display(), located(p)),
                 }
             }
             print_warnings(path, warnings);
-            eprintln!("tokenkeeper: {e}");
+            say_err!("tokenkeeper: {e}");
         }
-        other => eprintln!("tokenkeeper: {}", chain(other)),
+        other => say_err!("tokenkeeper: {}", chain(other)),
     }
 }
 
@@ -263,7 +279,7 @@ fn located(p: &config::Problem) -> String {
 
 fn print_warnings(path: &Path, warnings: &[String]) {
     for w in warnings {
-        eprintln!("warning: {}: {w}", path.display());
+        say_err!("warning: {}: {w}", path.display());
     }
 }
 
@@ -271,7 +287,7 @@ fn check(path: &Path) -> u8 {
     match config::load(path) {
         Ok(Loaded { config, warnings }) => {
             print_warnings(path, &warnings);
-            println!(
+            say!(
                 "{}: ok ({} scope set{}, {} provider{})",
                 path.display(),
                 config.sets.len(),
@@ -321,17 +337,37 @@ fn init_logging(level: Option<&str>) {
                     return;
                 }
             }
-            Err(e) => eprintln!(
+            Err(e) => say_err!(
                 "tokenkeeper: cannot reach journald's socket ({e}); logging plain lines to stderr"
             ),
         }
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        // Its report of a failed write is an `eprintln!`, which panics on the same dead stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The log's stderr, with write errors dropped. A log line that cannot be written (the `| tee`
+/// or log shipper reading our stderr has died: EPIPE; a full disk: ENOSPC; a closed descriptor:
+/// EBADF) is lost, but the daemon goes on keeping tokens fresh and still revokes them at stop:
+/// a daemon that dies of its log leaves every token live.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Exit at once on a second stop signal: the operator has chosen speed over revocation.
@@ -632,7 +668,7 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     let (_lock, entries) = match open_state(&config.state_dir) {
         Ok(s) => s,
         Err(EXIT_TEMPFAIL) => {
-            eprintln!(
+            say_err!(
                 "tokenkeeper: the daemon is running on {}; stop it instead: it revokes every token at stop",
                 config.state_dir.display()
             );
@@ -642,7 +678,7 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     };
     for s in &sets {
         if !entries.iter().any(|e| &e.set == s) {
-            println!("{s}: no journaled token");
+            say!("{s}: no journaled token");
         }
     }
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
@@ -660,14 +696,14 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     let mut failed = 0;
     for r in &report {
         match &r.result {
-            Ok(()) => println!("{}: revoked {}", r.set, r.fingerprint),
+            Ok(()) => say!("{}: revoked {}", r.set, r.fingerprint),
             Err(why) => {
                 failed += 1;
-                println!("{}: FAILED to revoke {}: {why}", r.set, r.fingerprint);
+                say!("{}: FAILED to revoke {}: {why}", r.set, r.fingerprint);
             }
         }
     }
-    println!("{} revoked, {failed} failed", report.len() - failed);
+    say!("{} revoked, {failed} failed", report.len() - failed);
     if failed == 0 { EXIT_OK } else { EXIT_FAILED }
 }
 
@@ -695,7 +731,7 @@ async fn batch_setup(
         warn!("{}: {w}", path.display());
     }
     let chosen = batch::select(&config, sets).map_err(|e| {
-        eprintln!("tokenkeeper: {e}");
+        say_err!("tokenkeeper: {e}");
         EXIT_USAGE
     })?;
     let providers = daemon::build_providers(&chosen).map_err(|e| {
@@ -705,7 +741,7 @@ async fn batch_setup(
     let (lock, entries) = match open_state(&chosen.state_dir) {
         Ok(s) => s,
         Err(EXIT_TEMPFAIL) => {
-            eprintln!(
+            say_err!(
                 "tokenkeeper: another tokenkeeper (the daemon, or another once/exec) holds {}; it keeps the tokens fresh already, or try again when it is done",
                 chosen.state_dir.display()
             );
@@ -730,16 +766,16 @@ async fn once(
     match batch::once(config, providers, journal, &entries, min_remaining, timeout).await {
         Ok(outcome) => {
             for s in &outcome.ok {
-                println!("{s}: ok");
+                say!("{s}: ok");
             }
             for (s, why) in &outcome.failed {
-                println!("{s}: FAILED: {why}");
+                say!("{s}: FAILED: {why}");
             }
             if outcome.failed.is_empty() {
                 EXIT_OK
             } else {
                 let names: Vec<&str> = outcome.failed.iter().map(|(s, _)| s.as_str()).collect();
-                eprintln!("tokenkeeper: no valid token for: {}", names.join(", "));
+                say_err!("tokenkeeper: no valid token for: {}", names.join(", "));
                 EXIT_UNAVAILABLE
             }
         }
@@ -770,14 +806,14 @@ async fn exec(path: &Path, sets: Vec<String>, opts: batch::ExecOptions) -> u8 {
         }
         Ok(batch::ExecOutcome::NoTokens { failed }) => {
             let names: Vec<&str> = failed.iter().map(|(s, _)| s.as_str()).collect();
-            eprintln!(
+            say_err!(
                 "tokenkeeper: no token for {}; the command was not run",
                 names.join(", ")
             );
             EXIT_UNAVAILABLE
         }
         Ok(batch::ExecOutcome::SpawnFailed { not_found, error }) => {
-            eprintln!("tokenkeeper: cannot run the command: {error}");
+            say_err!("tokenkeeper: cannot run the command: {error}");
             if not_found {
                 EXIT_NOT_FOUND
             } else {
@@ -839,7 +875,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!(
+            say_err!(
                 "tokenkeeper: cannot read config file {}: {e}",
                 path.display()
             );
@@ -859,7 +895,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
         Err(status::StatusError::Read { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            eprintln!(
+            say_err!(
                 "tokenkeeper is not running: no status file at {} (has the daemon ever run with this config's state_dir?)",
                 file.display()
             );
@@ -874,7 +910,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
                 }
                 _ => "",
             };
-            eprintln!("tokenkeeper: {}{hint}", chain(&e));
+            say_err!("tokenkeeper: {}{hint}", chain(&e));
             return EXIT_STATUS_UNKNOWN;
         }
     };
@@ -882,19 +918,22 @@ fn show_status(path: &Path, json: bool) -> u8 {
     let live = status::liveness(&snap, now, status::pid_alive);
     if json {
         let v = status::render_json(&snap, &live, now);
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
         );
     } else {
-        print!("{}", status::render_table(&snap, &live, now));
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout(), "{}", status::render_table(&snap, &live, now));
+        }
     }
     if live == Liveness::Running {
         EXIT_OK
     } else {
         if json {
             // The table says it in its first line; JSON readers get it on stderr too.
-            eprintln!("{}", status::not_running_message(&snap, &live, now));
+            say_err!("{}", status::not_running_message(&snap, &live, now));
         }
         EXIT_NOT_RUNNING
     }
@@ -1002,7 +1041,7 @@ async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    eprintln!(
+    say_err!(
         "\ntokenkeeper demo\n  development provider: {url} (Voucherify OAuth v1, {life}s tokens)\n  token files:          {d}/\n  config it runs:       {cfg}\n\n  Watch the files change:  watch -n1 'ls -l {d}; cat {d}/orders-sync.token; echo'\n  Ctrl-C revokes every token and removes the files.\n",
         url = provider.base_url(),
         life = lifetime.as_secs(),
@@ -1012,7 +1051,7 @@ async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
     let code = run_daemon(config, Some(cfg_path.clone())).await;
     let live = provider.live_tokens().len();
     let issued = provider.issued_tokens().len();
-    eprintln!(
+    say_err!(
         "\ndemo over: the provider issued {issued} token{} and now holds {live} live one{}.",
         plural(issued),
         plural(live)
