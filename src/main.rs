@@ -174,6 +174,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that hold tokens take the stop signals before anything else (the config
+    // load, the runtime): a SIGTERM in their first milliseconds must not kill them.
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Exec { .. } | Command::Demo { .. }
+    ) && let Err(e) = signals::install_early()
+    {
+        say_err!("tokenkeeper: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_OSERR);
+    }
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
         Command::Status { config, json } => show_status(&config.config, json),
@@ -451,6 +461,12 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
             return EXIT_OSERR;
         }
     };
+    // Stopped while the config was read: nothing is issued yet, and the journal's tokens
+    // (if any) wait for the next start.
+    if signals::stop_requested().is_some() {
+        info!("stop signal received before the start; exiting without issuing anything");
+        return EXIT_OK;
+    }
     let providers = match daemon::build_providers(&config) {
         Ok(p) => p,
         Err(e) => {

@@ -5,12 +5,14 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
     format!(
@@ -95,4 +97,116 @@ async fn a_full_log_disk_neither_kills_the_daemon_nor_stops_revocation() {
         .open("/dev/full")
         .unwrap();
     survives_a_failing_log(full.into()).await;
+}
+
+/// SIGTERM while the config is being read: the daemon blocks opening a FIFO for its config
+/// until this test opens it, so the signal lands in the config load every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_config_load_is_a_clean_stop() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let yaml = config(&p, dir.path(), "", &set("s", "api", &f, ""));
+    let fifo = dir.path().join("config.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", fifo.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    // A non-blocking open for writing fails (ENXIO) until the daemon has it open for reading.
+    let start = Instant::now();
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(w) => break w,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "the daemon never opened its config:\n{}",
+                    d.output()
+                );
+                assert_eq!(d.child.try_wait().unwrap(), None, "{}", d.output());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    // The daemon is inside the config load, waiting for the text.
+    d.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(50));
+    std::io::Write::write_all(&mut writer, yaml.as_bytes()).unwrap();
+    drop(writer);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.output());
+    assert!(p.issued_tokens().is_empty(), "{}", d.output());
+    assert!(!f.exists());
+}
+
+/// SIGTERM sent the moment the process exists, before it runs a line of its own: the test
+/// starts it with SIGTERM blocked (a blocked signal stays pending across exec), so the
+/// signal waits for the daemon instead of racing the dynamic loader. It must be taken as a
+/// stop, never die of it, and never be lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_in_the_first_milliseconds_never_kills_and_is_never_lost() {
+    /// Enough starts to catch a window of a few hundred microseconds.
+    const STARTS: usize = 50;
+    /// Far beyond a start that stops at once (tens of milliseconds), far below a hang.
+    const LIMIT: Duration = Duration::from_secs(10);
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "", &set("s", "api", &f, "")),
+    );
+    for i in 0..STARTS {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "-c", cfg.to_str().unwrap()])
+            .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+            .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: sigprocmask(2) is async-signal-safe and touches only the child's mask.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut term = SigSet::empty();
+                term.add(Signal::SIGTERM);
+                pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), None)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGTERM,
+        )
+        .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("start {i}: a SIGTERM sent at once was never acted on");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        assert_eq!(status.code(), Some(0), "start {i}: {status:?}\n{err}");
+    }
+    assert!(p.issued_tokens().is_empty());
+    assert!(!f.exists());
 }
