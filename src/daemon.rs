@@ -200,6 +200,12 @@ impl Held {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
+
+    /// Whether both hold the same token: by value, since fingerprints are short enough to
+    /// collide, and two different tokens taken for one would leave one unrevoked.
+    fn same_token(&self, other: &Held) -> bool {
+        self.token == other.token
+    }
 }
 
 /// What a set begins with: from the journal at start, or from its predecessor at a reload.
@@ -595,6 +601,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
         let name = &self.cfg.name;
         match joined {
+            Ok((held, Ok(()))) if t.current.as_ref().is_some_and(|c| c.same_token(&held)) => {
+                // The provider handed this token out again while its revocation was under
+                // way: the file's token is dead. Replace it now, and keep it journaled as the
+                // current one (its record is the current token's too).
+                warn!(set = %name, fingerprint = %held.fingerprint,
+                    "revoked a superseded token the provider had since handed out again as the current one; replacing it");
+                t.next_issue = t.last_issue.map_or_else(Instant::now, |l| {
+                    (l + self.cfg.refresh.min_interval).max(Instant::now())
+                });
+            }
             Ok((held, Ok(()))) => {
                 info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
                 self.journal.remove(vec![held.fingerprint.clone()]).await;
@@ -748,9 +764,23 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                             refresh_in = %humantime::format_duration(whole_secs(next.saturating_duration_since(Instant::now()))),
                             "token written");
                         let grace = Instant::now() + self.cfg.revoke_superseded_after;
+                        // A provider may answer with a token it gave us before (one it caches):
+                        // that token is the one in the file now, and must not be revoked as
+                        // superseded, nor stay queued for revocation from an earlier turn.
+                        let before = t.superseded.len();
+                        t.superseded.retain(|(h, _)| !h.same_token(&held));
                         let stale = std::mem::take(&mut t.stale);
+                        let mut repeated = t.superseded.len() < before;
                         for old in t.current.replace(held).into_iter().chain(stale) {
-                            self.supersede(&mut t.superseded, old, grace);
+                            if t.current.as_ref().is_some_and(|c| c.same_token(&old)) {
+                                repeated = true;
+                            } else {
+                                self.supersede(&mut t.superseded, old, grace);
+                            }
+                        }
+                        if repeated {
+                            info!(set = %name, fingerprint = %t.current.as_ref().map_or("", |h| h.fingerprint()),
+                                "the provider answered with a token this set already holds; keeping it, not revoking it");
                         }
                         // The count first, then the state: whoever sees the set fresh sees
                         // its tokens counted.

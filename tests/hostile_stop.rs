@@ -210,3 +210,69 @@ async fn sigterm_in_the_first_milliseconds_never_kills_and_is_never_lost() {
     assert!(p.issued_tokens().is_empty());
     assert!(!f.exists());
 }
+
+async fn stop_clean(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+}
+
+/// SIGUSR1, then wait until the provider has seen the token request it causes.
+async fn rotate(d: &Daemon, p: &tokenkeeper::devprovider::DevProvider) {
+    let before = p.requests().token;
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || p.requests().token > before).await,
+        "no token request after SIGUSR1:\n{}",
+        d.output()
+    );
+}
+
+/// A provider that caches its tokens answers a refresh with the token already in the file:
+/// the set must keep it, never revoke it as superseded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_handed_out_again_is_kept_and_never_revoked_as_superseded() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }\n  revoke_superseded_after: 100ms",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(&f).unwrap();
+    p.set_repeat_tokens(true);
+    for _ in 0..4 {
+        rotate(&d, &p).await;
+        // Past the superseded token's revocation time.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            p.is_live(&first),
+            "the token in the file was revoked:\n{}",
+            d.output()
+        );
+    }
+    assert_eq!(read(&f).as_deref(), Some(first.as_str()));
+    assert_eq!(p.issued_tokens(), vec![first.clone()]);
+    assert!(p.revoked_tokens().is_empty());
+    let journal = std::fs::read_to_string(dir.path().join("state/journal.json")).unwrap();
+    assert!(
+        journal.contains(&tokenkeeper::secret::fingerprint(&first)),
+        "the token in the file is no longer journaled: {journal}"
+    );
+    stop_clean(&mut d).await;
+    assert_eq!(p.revoked_tokens(), vec![first]);
+    assert!(p.live_tokens().is_empty());
+}
+
