@@ -330,6 +330,10 @@ pub struct SetTask<P, S> {
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
 type SupersededResult = (Held, Result<(), ProviderError>);
 
+/// A token request under way, owning what it needs, so that a stop can go on waiting for its
+/// answer while it revokes what the set holds.
+type InFlight = std::pin::Pin<Box<dyn Future<Output = Result<Issued, ProviderError>> + Send>>;
+
 /// Wall-clock equivalent of a tokio instant, for the journal.
 fn wall(at: Instant) -> SystemTime {
     let now = Instant::now();
@@ -354,6 +358,8 @@ struct Tokens<S> {
     orphans: Vec<Held>,
     /// Journaled tokens that no longer fit (see [`SetTask::begin`]).
     stale: Vec<Held>,
+    /// The token request a stop order interrupted, with its budget slot.
+    in_flight: Option<(InFlight, Slot)>,
     /// The predecessor's sink, emptied once this set's token is in place.
     previous: Option<S>,
     next_issue: Instant,
@@ -505,6 +511,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             revoking: JoinSet::new(),
             orphans: Vec::new(),
             stale: Vec::new(),
+            in_flight: None,
             previous: None,
             next_issue: Instant::now(),
             last_issue: None,
@@ -708,32 +715,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         };
         t.last_issue = Some(Instant::now());
         self.report.stats(SetStats::issue_started);
-        let issue = self.provider.issue(&self.cfg.scopes);
-        tokio::pin!(issue);
+        let mut issue: InFlight = {
+            let provider = Arc::clone(&self.provider);
+            let cfg = Arc::clone(&self.cfg);
+            Box::pin(async move { provider.issue(&cfg.scopes).await })
+        };
         let result = tokio::select! {
             biased;
             r = &mut issue => r,
             order = &mut self.stop => {
-                // Stop arrived mid-issue. The provider may already have minted the token, so
-                // wait for the answer (up to the deadline) and revoke or hand it over.
-                let order = order.ok();
-                let deadline = match &order {
-                    Some(Order::Revoke { deadline, .. }) => *deadline,
-                    _ => Instant::now() + HANDOVER_WAIT,
-                };
-                match timeout_at(deadline, issue).await {
-                    Ok(Ok(issued)) => {
-                        let (held, meta) = Held::from_issued(issued, slot);
-                        info!(set = %name, fingerprint = %held.fingerprint,
-                            "token issued while stopping; revoking it");
-                        let entry = self.journal_entry(&held, &meta, Instant::now());
-                        let _ = Box::pin(self.journal.record(entry)).await;
-                        t.orphans.push(held);
-                    }
-                    Ok(Err(e)) => warn!(set = %name, error = %chain(&e), "issue in flight at stop failed"),
-                    Err(_) => warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own"),
-                }
-                return Flow::Stop(order);
+                // Stop arrived mid-issue. The provider may already have minted the token: the
+                // stop waits for the answer (up to its deadline) while it revokes what the set
+                // holds, rather than before.
+                t.in_flight = Some((issue, slot));
+                return Flow::Stop(order.ok());
             }
         };
         match result {
@@ -836,6 +831,43 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         Flow::Continue
     }
 
+    /// Wait until `until` for the answer to the token request a stop interrupted; a token it
+    /// brings (written nowhere) is journaled and returned for revocation.
+    async fn settle(&self, issue: InFlight, slot: Slot, until: Instant) -> Option<Held> {
+        let name = &self.cfg.name;
+        match timeout_at(until, issue).await {
+            Ok(Ok(issued)) => {
+                let (held, meta) = Held::from_issued(issued, slot);
+                info!(set = %name, fingerprint = %held.fingerprint,
+                    "token issued while stopping; revoking it");
+                let entry = self.journal_entry(&held, &meta, Instant::now());
+                let _ = Box::pin(self.journal.record(entry)).await;
+                Some(held)
+            }
+            Ok(Err(e)) => {
+                warn!(set = %name, error = %chain(&e), "issue in flight at stop failed");
+                None
+            }
+            Err(_) => {
+                warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own");
+                None
+            }
+        }
+    }
+
+    /// Revoke each of `tokens` (retrying until `deadline`), all at once.
+    async fn revoke_each(
+        &self,
+        tokens: Vec<Held>,
+        deadline: Instant,
+    ) -> Vec<(Held, Result<(), String>)> {
+        let results = join_all(tokens.iter().map(|h| {
+            revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)
+        }))
+        .await;
+        tokens.into_iter().zip(results).collect()
+    }
+
     /// Carry out the stop order: hand everything over, or revoke what must be revoked by the
     /// deadline.
     async fn finish(self: Box<Self>, t: Box<Tokens<S>>, order: Option<Order<S>>) -> SetOutcome {
@@ -847,6 +879,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             mut revoking,
             mut orphans,
             stale,
+            in_flight,
             next_issue,
             ..
         } = *t;
@@ -862,20 +895,33 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 (deadline, true)
             }
             Some(Order::Handover(reply)) => {
-                // Superseded revocations under way finish first, so nothing is revoked twice
-                // or lost between two tasks.
                 let wait = Instant::now() + HANDOVER_WAIT;
-                while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
-                    match joined {
-                        Ok((held, Ok(()))) => {
-                            this.journal.remove(vec![held.fingerprint.clone()]).await
-                        }
-                        Ok((held, Err(_))) => superseded.push((held, Instant::now())),
-                        Err(_) => {}
+                // The request in flight and the superseded revocations under way finish
+                // first, so nothing is revoked twice or lost between two tasks.
+                let late = async {
+                    match in_flight {
+                        Some((issue, slot)) => this.settle(issue, slot, wait).await,
+                        None => None,
                     }
-                }
+                };
+                let under_way = async {
+                    let mut back = Vec::new();
+                    while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
+                        match joined {
+                            Ok((held, Ok(()))) => {
+                                this.journal.remove(vec![held.fingerprint.clone()]).await
+                            }
+                            Ok((held, Err(_))) => back.push(held),
+                            Err(_) => {}
+                        }
+                    }
+                    back
+                };
+                let (late, back) = tokio::join!(late, under_way);
                 revoking.abort_all();
                 let now = Instant::now();
+                superseded.extend(back.into_iter().map(|h| (h, now)));
+                orphans.extend(late);
                 superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
                 let report = this.report;
                 let start = Start {
@@ -902,23 +948,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             set: name.clone(),
             ..SetOutcome::default()
         };
-        if let Ok(Some(pending)) = timeout_at(deadline, async {
-            let mut back = Vec::new();
-            while let Some(joined) = revoking.join_next().await {
-                match joined {
-                    Ok((held, Err(_))) => back.push(held),
-                    Ok((held, Ok(()))) => outcome.revoked.push(held.fingerprint.clone()),
-                    Err(_) => {}
-                }
-            }
-            Some(back)
-        })
-        .await
-        {
-            orphans.extend(pending);
-        } else {
-            revoking.abort_all();
-        }
         let mut to_revoke: Vec<Held> = orphans;
         to_revoke.extend(stale);
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
@@ -937,14 +966,11 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             to_revoke.into_iter().partition(|h| h.expires_at > now);
         drop(expired);
         let mut current_expiring = false;
-        if !this.revokes() {
+        let revokes = this.revokes();
+        if !revokes {
             for h in live.drain(..) {
                 current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
                 outcome.expiring.push(h.fingerprint.clone());
-            }
-            if !outcome.expiring.is_empty() {
-                info!(set = %name, fingerprints = %outcome.expiring.join(","),
-                    "not revoked: {}", this.why_not_revoked());
             }
         }
         if live
@@ -953,12 +979,46 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         {
             this.sink.hold().await;
         }
-        let results = join_all(
-            live.iter()
-                .map(|h| revoke_until(this.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
-        )
-        .await;
-        for (h, r) in live.iter().zip(results) {
+        // All at once: what the set holds, the revocations under way when the order came, and
+        // the answer to a token request in flight. A request that hangs must not hold back the
+        // revocation of the tokens the set already has.
+        let held = this.revoke_each(live, deadline);
+        let under_way = async {
+            let mut done = Vec::new();
+            let mut back = Vec::new();
+            let drained = timeout_at(deadline, async {
+                while let Some(joined) = revoking.join_next().await {
+                    match joined {
+                        Ok((held, Err(_))) => back.push(held),
+                        Ok((held, Ok(()))) => done.push(held.fingerprint.clone()),
+                        Err(_) => {}
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                revoking.abort_all();
+            }
+            (done, this.revoke_each(back, deadline).await)
+        };
+        let late = async {
+            let Some((issue, slot)) = in_flight else {
+                return (Vec::new(), None);
+            };
+            match this.settle(issue, slot, deadline).await {
+                Some(h) if revokes => (this.revoke_each(vec![h], deadline).await, None),
+                Some(h) => (Vec::new(), Some(h.fingerprint.clone())),
+                None => (Vec::new(), None),
+            }
+        };
+        let (held, (done, retried), (late, late_expiring)) = tokio::join!(held, under_way, late);
+        outcome.revoked.extend(done);
+        outcome.expiring.extend(late_expiring);
+        if !outcome.expiring.is_empty() {
+            info!(set = %name, fingerprints = %outcome.expiring.join(","),
+                "not revoked: {}", this.why_not_revoked());
+        }
+        for (h, r) in held.into_iter().chain(retried).chain(late) {
             this.report.stats(|s| s.revoke_result(r.is_ok()));
             match r {
                 Ok(()) => {

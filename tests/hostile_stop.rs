@@ -228,6 +228,59 @@ async fn rotate(d: &Daemon, p: &tokenkeeper::devprovider::DevProvider) {
     );
 }
 
+/// A refresh hangs (the provider never answers it) when SIGTERM comes: the token the set
+/// already holds is revoked at once, not after the hung request has used up the stop's time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_hung_at_stop_does_not_hold_back_revoking_the_held_token() {
+    /// Long enough that waiting for it first is unmistakable, short enough for a test.
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(8);
+    /// "At once": a revocation takes milliseconds; seconds of slack for a loaded machine.
+    const AT_ONCE: Duration = Duration::from_secs(3);
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            &format!(
+                "shutdown_timeout: {}s\ndefaults:\n  refresh: {{ min_interval: 10ms }}",
+                SHUTDOWN_TIMEOUT.as_secs()
+            ),
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let held = read(&f).unwrap();
+    p.set_hang_issues(true);
+    rotate(&d, &p).await;
+    let t = Instant::now();
+    d.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(AT_ONCE, || !p.is_live(&held)).await,
+        "the held token was not revoked within {AT_ONCE:?} of SIGTERM:\n{}",
+        d.output()
+    );
+    let status = d.wait(PATIENCE).await;
+    // The hung request minted nothing, and everything the set held is revoked.
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+    assert!(
+        t.elapsed() <= SHUTDOWN_TIMEOUT + Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(p.revoked_tokens(), vec![held]);
+    assert!(p.live_tokens().is_empty());
+    assert!(!f.exists(), "the revoked token's file is still there");
+}
+
 /// A provider that caches its tokens answers a refresh with the token already in the file:
 /// the set must keep it, never revoke it as superseded.
 #[tokio::test(flavor = "multi_thread")]
