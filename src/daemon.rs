@@ -49,6 +49,16 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(35);
 /// top; it is dropped once it has expired, since an expired token needs no revocation.
 const SUPERSEDED_RETRY: Duration = Duration::from_secs(5);
 
+/// How long a token minted in a refused answer is tracked (journaled, its revocation retried):
+/// its answer's lifetime is what was refused, so it is unknown. An hour covers Voucherify's
+/// 15-minute tokens and the hour most OAuth servers grant; a provider 404s a token that has
+/// expired, which counts as revoked.
+const REFUSED_TOKEN_TRACKED: Duration = Duration::from_secs(3600);
+
+/// The `token_type` a token minted in a refused answer is journaled with: a restart revokes
+/// such a token at once instead of treating it like one that may be in a file.
+const REFUSED_TOKEN_TYPE: &str = "(refused)";
+
 /// What the process asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -808,6 +818,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             }
             Err(e) => {
+                if let Some(token) = e.minted() {
+                    let held = Box::pin(self.refused(token.clone(), slot, &e)).await;
+                    self.supersede(&mut t.superseded, held, Instant::now());
+                }
                 let delay =
                     retry_after(e.retry_class(), t.attempt, e.retry_after(), (self.jitter)());
                 t.attempt = t.attempt.saturating_add(1);
@@ -831,6 +845,35 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         Flow::Continue
     }
 
+    /// The provider minted `token` but its answer was refused (`why`): nobody uses it, yet it
+    /// is live at the provider. Journal it first (a crash before the revocation must not lose
+    /// it) and count it; the caller revokes it now.
+    async fn refused(&self, token: Secret, slot: Slot, why: &ProviderError) -> Held {
+        let now = Instant::now();
+        let held = Held {
+            fingerprint: token.fingerprint(),
+            expires_at: now + REFUSED_TOKEN_TRACKED,
+            token,
+            _slot: slot,
+        };
+        let meta = IssuedMeta {
+            token_type: REFUSED_TOKEN_TYPE.into(),
+            scope: self.cfg.scopes.join(" "),
+            expires_at: wall(held.expires_at),
+        };
+        // Due for refresh at once and in no file: a restart never adopts it, it revokes it.
+        let mut entry = self.journal_entry(&held, &meta, now);
+        entry.file = None;
+        if let Err(e) = Box::pin(self.journal.record(entry)).await {
+            error!(set = %self.cfg.name, fingerprint = %held.fingerprint, error = %e,
+                "refused token not journaled; if tokenkeeper is killed now it stays live until it expires");
+        }
+        self.report.stats(SetStats::token_refused);
+        error!(set = %self.cfg.name, provider = %self.cfg.provider, fingerprint = %held.fingerprint,
+            error = %chain(why), "the provider issued a token in an answer that was refused; revoking it");
+        held
+    }
+
     /// Wait until `until` for the answer to the token request a stop interrupted; a token it
     /// brings (written nowhere) is journaled and returned for revocation.
     async fn settle(&self, issue: InFlight, slot: Slot, until: Instant) -> Option<Held> {
@@ -844,10 +887,13 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 let _ = Box::pin(self.journal.record(entry)).await;
                 Some(held)
             }
-            Ok(Err(e)) => {
-                warn!(set = %name, error = %chain(&e), "issue in flight at stop failed");
-                None
-            }
+            Ok(Err(e)) => match e.minted() {
+                Some(token) => Some(Box::pin(self.refused(token.clone(), slot, &e)).await),
+                None => {
+                    warn!(set = %name, error = %chain(&e), "issue in flight at stop failed");
+                    None
+                }
+            },
             Err(_) => {
                 warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own");
                 None
@@ -861,9 +907,11 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         tokens: Vec<Held>,
         deadline: Instant,
     ) -> Vec<(Held, Result<(), String>)> {
-        let results = join_all(tokens.iter().map(|h| {
-            revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)
-        }))
+        let results = join_all(
+            tokens
+                .iter()
+                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
+        )
         .await;
         tokens.into_iter().zip(results).collect()
     }
@@ -1163,6 +1211,15 @@ async fn adopt<P: TokenProvider, S>(
     for e in mine {
         let remaining = journal::remaining(&e, now);
         if remaining.is_zero() {
+            continue;
+        }
+        // Minted in an answer that was refused, then a crash: it was never in any file.
+        if e.token_type == REFUSED_TOKEN_TYPE
+            && !set.never_revoke
+            && provider.revocation() != Revocation::Unsupported
+        {
+            let held = Held::adopted(&e, remaining, budget.adopt());
+            start.superseded.push((held, Instant::now()));
             continue;
         }
         let fits = e.config_hash == hash && e.refresh_at > now;

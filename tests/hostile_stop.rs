@@ -329,3 +329,104 @@ async fn a_token_handed_out_again_is_kept_and_never_revoked_as_superseded() {
     assert!(p.live_tokens().is_empty());
 }
 
+fn status_json(cfg: &Path) -> serde_json::Value {
+    serde_json::from_str(&tokenkeeper(&["status", "--json", "-c", cfg.to_str().unwrap()]).stdout)
+        .unwrap_or_default()
+}
+
+/// Well-formed answers refused for their token_type or expires_in still minted a token each.
+/// Each is journaled before its revocation (a kill then loses nothing), revoked at once,
+/// logged by fingerprint, and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_minted_in_refused_answers_are_journaled_revoked_and_counted() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let journal = dir.path().join("state/journal.json");
+    // Refused for its token_type, and not revocable for now: only the journal knows it when
+    // the daemon is killed.
+    p.set_answer_token_type(Some("mac"));
+    p.set_revoke_status(Some(503));
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(
+        wait_until(PATIENCE, || !p.issued_tokens().is_empty()).await,
+        "{}",
+        d.output()
+    );
+    let mac = p.issued_tokens()[0].clone();
+    let mac_fp = tokenkeeper::secret::fingerprint(&mac);
+    assert!(
+        wait_until(PATIENCE, || read(&journal)
+            .is_some_and(|j| j.contains(&mac_fp)))
+        .await,
+        "the refused token was never journaled:\n{}",
+        d.output()
+    );
+    d.wait_for_log(&mac_fp).await;
+    assert!(!f.exists(), "a refused token was written");
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+    assert!(p.is_live(&mac));
+
+    // The next start revokes it from the journal, once a good token is in place.
+    p.set_answer_token_type(None);
+    p.set_revoke_status(None);
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let good = read(&f).unwrap();
+    assert!(
+        wait_until(PATIENCE, || !p.is_live(&mac)).await,
+        "the journaled refused token was not revoked:\n{}",
+        d.output()
+    );
+
+    // Refused for their lifetime: none, negative, absurd (over a year). Each is revoked at
+    // once while the good token stays in place.
+    for expires_in in [0, -5, 1_000_000_000_000] {
+        p.set_answer_expires_in(Some(expires_in));
+        rotate(&d, &p).await;
+        assert!(
+            wait_until(PATIENCE, || p.issued_tokens().len() >= 3).await,
+            "{}",
+            d.output()
+        );
+        let minted = p.issued_tokens().last().unwrap().clone();
+        assert!(
+            wait_until(PATIENCE, || !p.is_live(&minted)).await,
+            "the token refused for expires_in {expires_in} was left live:\n{}",
+            d.output()
+        );
+        d.wait_for_log(&tokenkeeper::secret::fingerprint(&minted))
+            .await;
+        assert_eq!(read(&f).as_deref(), Some(good.as_str()));
+    }
+    p.set_answer_expires_in(None);
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["tokens_refused"]
+            == 3)
+        .await,
+        "{}",
+        status_json(&cfg)
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+}
