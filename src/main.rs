@@ -939,10 +939,12 @@ fn show_status(path: &Path, json: bool) -> u8 {
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
         );
     } else {
-        {
-            use std::io::Write as _;
-            let _ = write!(std::io::stdout(), "{}", status::render_table(&snap, &live, now));
-        }
+        use std::io::Write as _;
+        let _ = write!(
+            std::io::stdout(),
+            "{}",
+            status::render_table(&snap, &live, now)
+        );
     }
     if live == Liveness::Running {
         EXIT_OK
