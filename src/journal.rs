@@ -336,6 +336,8 @@ fn save_stored(dir: &Path, stored: &[Stored]) -> Result<(), JournalError> {
 enum Op {
     Record(Box<Stored>),
     Remove(Vec<String>),
+    /// What the journal holds once the changes queued before this one are in.
+    Entries(oneshot::Sender<Vec<Entry>>),
 }
 
 /// A cheap handle on the journal writer task. Every change is acknowledged only once it is
@@ -383,6 +385,7 @@ impl Journal {
                 // removed in one batch is rare, and only then is `recorded` scanned.
                 let mut in_batch: HashSet<String> = HashSet::new();
                 let mut gone: HashSet<String> = HashSet::new();
+                let mut readers = Vec::new();
                 for (op, ack) in batch {
                     match op {
                         Op::Record(e) => {
@@ -399,6 +402,7 @@ impl Journal {
                             }
                             gone.extend(fps);
                         }
+                        Op::Entries(reply) => readers.push(reply),
                     }
                     acks.push(ack);
                 }
@@ -474,6 +478,9 @@ impl Journal {
                 for ack in acks {
                     let _ = ack.send(result.clone());
                 }
+                for reply in readers {
+                    let _ = reply.send(entries.iter().filter_map(Stored::entry).collect());
+                }
             }
         });
         (Journal { tx }, view_rx)
@@ -495,6 +502,17 @@ impl Journal {
         let stored =
             Stored::new(&entry).map_err(|e| format!("cannot serialize the journal entry: {e}"))?;
         self.op(Op::Record(Box::new(stored))).await
+    }
+
+    /// Every live token the journal holds, including all changes made before this call; empty
+    /// if the writer is gone.
+    pub async fn entries(&self) -> Vec<Entry> {
+        let (reply, answer) = oneshot::channel();
+        let (ack, _) = oneshot::channel();
+        if self.tx.send((Op::Entries(reply), ack)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Forget tokens that were revoked (or expired), by fingerprint.
@@ -534,6 +552,22 @@ mod tests {
             config_hash: "h".into(),
             file: Some("/run/x".into()),
         }
+    }
+
+    #[tokio::test]
+    async fn entries_reflect_every_change_made_before() {
+        let (j, _view) = Journal::memory();
+        assert!(j.entries().await.is_empty());
+        j.record(entry("aa", 600)).await.unwrap();
+        j.record(entry("bb", 600)).await.unwrap();
+        j.remove(vec!["aa".into()]).await;
+        let fps: Vec<String> = j
+            .entries()
+            .await
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(fps, ["bb"]);
     }
 
     #[test]
