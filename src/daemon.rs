@@ -1143,6 +1143,9 @@ pub struct RunReport {
     pub sets: Vec<SetOutcome>,
     /// Sets whose task did not finish by the deadline.
     pub unfinished: Vec<String>,
+    /// Sets whose task panicked; what the journal held for them was revoked in their place
+    /// (see `sets`), but the daemon did not run as it should.
+    pub crashed: Vec<String>,
 }
 
 impl RunReport {
@@ -1712,25 +1715,129 @@ pub async fn run<P: TokenProvider + 'static>(
     let mut report = RunReport::default();
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
+    // Every set ends on its own, so that one whose task panicked is cleaned up as soon as
+    // that shows, not after the others.
     let waiting = live
         .into_iter()
-        .map(|l| (l.cfg.name.clone(), l.task))
-        .chain(retiring);
-    for (name, task) in waiting {
-        let abort = task.abort_handle();
-        match timeout_at(grace, task).await {
-            Ok(Ok(outcome)) => report.sets.push(outcome),
-            Ok(Err(e)) => {
-                error!(set = %name, error = %e, "a set's task failed");
-                report.unfinished.push(name);
+        .map(|l| {
+            let rescue =
+                rescuable(&l.cfg, &shared.providers, handover).map(|p| (Arc::clone(&l.cfg), p));
+            (l.cfg.name.clone(), l.task, rescue)
+        })
+        .chain(retiring.into_iter().map(|(name, task)| (name, task, None)));
+    let ends = join_all(waiting.map(|(name, task, rescue)| {
+        let journal = shared.journal.clone();
+        async move {
+            let abort = task.abort_handle();
+            match timeout_at(grace, task).await {
+                Ok(Ok(outcome)) => End::Done(outcome),
+                Ok(Err(e)) => {
+                    error!(set = %name, error = %e, "a set's task failed");
+                    match rescue {
+                        Some((cfg, provider)) if e.is_panic() => {
+                            // In a task of its own: a provider that panicked once may again.
+                            let rescue = recover_crashed(cfg, provider, journal, deadline);
+                            match tokio::spawn(rescue).await {
+                                Ok(outcome) => End::Crashed(outcome),
+                                Err(e) => {
+                                    error!(set = %name, error = %e, "could not revoke the crashed set's tokens");
+                                    End::Unfinished(name)
+                                }
+                            }
+                        }
+                        _ => End::Unfinished(name),
+                    }
+                }
+                Err(_) => {
+                    abort.abort();
+                    End::Unfinished(name)
+                }
             }
-            Err(_) => {
-                abort.abort();
-                report.unfinished.push(name);
+        }
+    }))
+    .await;
+    for end in ends {
+        match end {
+            End::Done(outcome) => report.sets.push(outcome),
+            End::Crashed(outcome) => {
+                report.crashed.push(outcome.set.clone());
+                report.sets.push(outcome);
             }
+            End::Unfinished(name) => report.unfinished.push(name),
         }
     }
     Ok(report)
+}
+
+/// How a set's task ended at stop.
+enum End {
+    Done(SetOutcome),
+    /// It panicked; the outcome is that of revoking its journaled tokens in its place.
+    Crashed(SetOutcome),
+    Unfinished(String),
+}
+
+/// The provider to revoke a crashed set's journaled tokens with, if they are to be revoked at
+/// this stop: not at a handover, nor for a set that keeps its token or never revokes, nor
+/// with a provider that cannot revoke.
+fn rescuable<P: TokenProvider>(
+    set: &SetConfig,
+    providers: &HashMap<String, Arc<P>>,
+    handover: bool,
+) -> Option<Arc<P>> {
+    let provider = providers.get(&set.provider)?;
+    let revokes = !handover
+        && !set.never_revoke
+        && set.on_shutdown == OnShutdown::Revoke
+        && provider.revocation() != Revocation::Unsupported;
+    revokes.then(|| Arc::clone(provider))
+}
+
+/// A set's task panicked, taking its tokens with it. It journaled each before using it, so
+/// revoke what the journal holds for the set (until `deadline`), and remove its file once
+/// every one is revoked: one broken set must not leave its tokens live.
+async fn recover_crashed<P: TokenProvider + 'static>(
+    set: Arc<SetConfig>,
+    provider: Arc<P>,
+    journal: Journal,
+    deadline: Instant,
+) -> SetOutcome {
+    let mut outcome = SetOutcome {
+        set: set.name.clone(),
+        ..SetOutcome::default()
+    };
+    let mine: Vec<Entry> = journal
+        .entries()
+        .await
+        .into_iter()
+        .filter(|e| e.set == set.name && e.provider == set.provider)
+        .collect();
+    warn!(set = %set.name, tokens = mine.len(), "revoking the journaled tokens of the set whose task failed");
+    let results = join_all(
+        mine.iter()
+            .map(|e| revoke_until(provider.as_ref(), &e.token, deadline, STOP_RETRY_CAP)),
+    )
+    .await;
+    for (e, r) in mine.iter().zip(results) {
+        match r {
+            Ok(()) => outcome.revoked.push(e.fingerprint.clone()),
+            Err(why) => {
+                error!(set = %set.name, fingerprint = %e.fingerprint, error = %why,
+                    "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
+                outcome.failed.push((e.fingerprint.clone(), why));
+            }
+        }
+    }
+    journal.remove(outcome.revoked.clone()).await;
+    if outcome.failed.is_empty()
+        && let Some(path) = set.file.as_ref().map(|f| f.path.clone())
+    {
+        let removed = tokio::task::spawn_blocking(move || sink::remove(&path)).await;
+        if let Ok(Err(e)) = removed {
+            error!(set = %set.name, error = %chain(&e), "could not remove the token file");
+        }
+    }
+    outcome
 }
 
 /// Apply a new config: new sets start, removed sets revoke and remove their files, changed
@@ -2426,5 +2533,98 @@ mod tests {
         assert!(outcome.failed.is_empty());
         assert_eq!(outcome.expiring, [Secret::new("tok2").fingerprint()]);
         assert_eq!(sink.content(), None, "{:?}", sink.events());
+    }
+
+    /// A provider that panics the first time it is asked to revoke a token issued for
+    /// `scope`, as a bug would: the stand-in for a set's task dying mid-stop.
+    struct PanicOnRevoke {
+        inner: Arc<Mock>,
+        scope: &'static str,
+        scopes: Mutex<HashMap<String, String>>,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl TokenProvider for PanicOnRevoke {
+        async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
+            let issued = self.inner.issue(scopes).await?;
+            self.scopes
+                .lock()
+                .unwrap()
+                .insert(issued.token.expose().into(), scopes.join(" "));
+            Ok(issued)
+        }
+        async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
+            let scope = self.scopes.lock().unwrap().get(token.expose()).cloned();
+            if scope.as_deref() == Some(self.scope)
+                && !self
+                    .panicked
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("test double: revoke panics");
+            }
+            self.inner.revoke(token).await
+        }
+        async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
+            self.inner.introspect(token).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_set_whose_task_panics_at_stop_has_its_tokens_revoked_and_the_others_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "state_dir: {d}/state\nproviders:\n  p:\n    kind: voucherify\n    base_url: http://127.0.0.1:9\n    app_id: {{ env: TK_UNUSED_ID }}\n    app_token: {{ env: TK_UNUSED_TOKEN }}\nscope_sets:\n  - name: a\n    provider: p\n    scopes: [api]\n    file: {{ path: {d}/a.token }}\n  - name: b\n    provider: p\n    scopes: [orders]\n    file: {{ path: {d}/b.token }}\n",
+            d = dir.path().display()
+        );
+        let config = crate::config::parse(&yaml, std::path::Path::new("test.yaml"))
+            .unwrap()
+            .config;
+        let mock = Mock::new(S(900));
+        let p = Arc::new(PanicOnRevoke {
+            inner: Arc::clone(&mock),
+            scope: "orders",
+            scopes: Mutex::default(),
+            panicked: Default::default(),
+        });
+        let providers = HashMap::from([("p".to_string(), Arc::clone(&p))]);
+        let (journal, view) = Journal::memory();
+        let (control, rx) = mpsc::channel(4);
+        let ready = Arc::new(tokio::sync::Notify::new());
+        let on_ready = {
+            let ready = Arc::clone(&ready);
+            move || ready.notify_one()
+        };
+        let daemon = run(
+            config,
+            providers,
+            journal,
+            Vec::new(),
+            rx,
+            None,
+            Board::new(),
+            on_ready,
+        );
+        let stop = async {
+            tokio::time::timeout(S(10), ready.notified()).await.unwrap();
+            assert_eq!(mock.live().len(), 2);
+            control.send(Control::Shutdown).await.unwrap();
+        };
+        let (report, ()) = tokio::time::timeout(S(30), async { tokio::join!(daemon, stop) })
+            .await
+            .unwrap();
+        let report = report.unwrap();
+        assert!(p.panicked.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(mock.live().is_empty(), "left live: {:?}", mock.live());
+        assert_eq!(report.crashed, ["b"]);
+        assert!(report.failed_sets().is_empty(), "{report:?}");
+        let revoked: HashMap<&str, usize> = report
+            .sets
+            .iter()
+            .map(|s| (s.set.as_str(), s.revoked.len()))
+            .collect();
+        assert_eq!(revoked, HashMap::from([("a", 1), ("b", 1)]));
+        assert!(view.borrow().is_empty(), "still journaled");
+        assert!(!dir.path().join("a.token").exists());
+        assert!(!dir.path().join("b.token").exists());
     }
 }

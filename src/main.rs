@@ -861,7 +861,21 @@ fn summarize(report: &RunReport) -> u8 {
     } else {
         String::new()
     };
-    if failed.is_empty() {
+    if !report.crashed.is_empty() {
+        error!(
+            revoked = report.revoked_count(),
+            "stopped: revoked {} token{}, but the task of {} failed (a bug: please report it){}",
+            report.revoked_count(),
+            plural(report.revoked_count()),
+            report.crashed.join(", "),
+            if failed.is_empty() {
+                "; its journaled tokens were revoked in its place".to_string()
+            } else {
+                format!("; could not revoke every token of: {}", failed.join(", "))
+            }
+        );
+        EXIT_FAILED
+    } else if failed.is_empty() {
         info!(
             revoked = report.revoked_count(),
             kept,
