@@ -147,10 +147,63 @@ async fn sigterm_during_the_config_load_is_a_clean_stop() {
     assert!(!f.exists());
 }
 
-/// SIGTERM sent the moment the process exists, before it runs a line of its own: the test
-/// starts it with SIGTERM blocked (a blocked signal stays pending across exec), so the
-/// signal waits for the daemon instead of racing the dynamic loader. It must be taken as a
-/// stop, never die of it, and never be lost.
+/// Start `tokenkeeper ARGS` with SIGTERM blocked (a blocked signal stays pending across
+/// exec), and send it SIGTERM at once: the signal waits for the daemon instead of racing the
+/// dynamic loader, so it lands before the daemon's first line of its own, every time.
+fn spawn_and_sigterm(args: &[&str]) -> std::process::Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: sigprocmask(2) is async-signal-safe and touches only the child's mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut term = SigSet::empty();
+            term.add(Signal::SIGTERM);
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), None)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    child
+}
+
+/// Wait up to `limit` for `child`; its status and what it wrote to stderr.
+async fn wait_child(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    Some((status, err))
+}
+
+/// SIGTERM sent the moment the process exists, before it runs a line of its own (see
+/// [`spawn_and_sigterm`]): it must be taken as a stop, never die of it, and never be lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_in_the_first_milliseconds_never_kills_and_is_never_lost() {
     /// Enough starts to catch a window of a few hundred microseconds.
@@ -165,49 +218,48 @@ async fn sigterm_in_the_first_milliseconds_never_kills_and_is_never_lost() {
         &config(&p, dir.path(), "", &set("s", "api", &f, "")),
     );
     for i in 0..STARTS {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "-c", cfg.to_str().unwrap()])
-            .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
-            .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: sigprocmask(2) is async-signal-safe and touches only the child's mask.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut term = SigSet::empty();
-                term.add(Signal::SIGTERM);
-                pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), None)?;
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            Signal::SIGTERM,
-        )
-        .unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("start {i}: a SIGTERM sent at once was never acted on");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut child = spawn_and_sigterm(&["run", "-c", cfg.to_str().unwrap()]);
+        let Some((status, err)) = wait_child(&mut child, LIMIT).await else {
+            panic!("start {i}: a SIGTERM sent at once was never acted on");
         };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
         assert_eq!(status.code(), Some(0), "start {i}: {status:?}\n{err}");
     }
     assert!(p.issued_tokens().is_empty());
+    assert!(!f.exists());
+}
+
+/// The same for `exec`: stopped before the command starts, it runs nothing, leaves nothing
+/// live, and says so with 128 + SIGTERM, never by dying of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_stopped_in_its_first_milliseconds_runs_nothing_and_leaves_nothing_live() {
+    /// Far beyond a start that stops at once, far below a command left to run.
+    const LIMIT: Duration = Duration::from_secs(10);
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let ran = dir.path().join("ran");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "", &set("s", "api", &f, "")),
+    );
+    let touch = format!("touch {}", ran.display());
+    let mut child = spawn_and_sigterm(&[
+        "exec",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &touch,
+    ]);
+    let (status, err) = wait_child(&mut child, LIMIT)
+        .await
+        .expect("exec did not stop");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), None, "killed by a signal: {err}");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(!ran.exists(), "the command ran after the stop signal");
+    assert!(p.live_tokens().is_empty(), "{err}");
     assert!(!f.exists());
 }
 
