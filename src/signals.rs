@@ -21,7 +21,7 @@ const CONTROL_QUEUE: usize = 16;
 static STOPS: AtomicUsize = AtomicUsize::new(0);
 /// The first stop signal's number, 0 for none yet.
 static FIRST_STOP: AtomicI32 = AtomicI32::new(0);
-/// Whether [`install_early`] has run.
+/// Whether [`install_early`] has succeeded (it runs on the main thread, then in [`listen`]).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Take SIGTERM, SIGINT, SIGHUP and SIGUSR1 away from their default action (death, with every
@@ -32,21 +32,38 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// whoever started us are unblocked, so one sent before we could take it is acted on too.
 /// Calling it again does nothing.
 pub fn install_early() -> std::io::Result<()> {
-    if INSTALLED.swap(true, Ordering::SeqCst) {
+    if INSTALLED.load(Ordering::SeqCst) {
         return Ok(());
     }
+    let mut ids = Vec::new();
+    let installed = register_early(&mut ids);
+    if installed.is_err() {
+        // All or nothing: a half-installed set registered again would count each stop twice.
+        for id in ids {
+            signal_hook::low_level::unregister(id);
+        }
+    } else {
+        INSTALLED.store(true, Ordering::SeqCst);
+    }
+    installed
+}
+
+fn register_early(ids: &mut Vec<signal_hook::SigId>) -> std::io::Result<()> {
     for sig in [SIGTERM, SIGINT] {
         // SAFETY: the action does two atomic operations and nothing else, which is
         // async-signal-safe.
-        unsafe {
+        ids.push(unsafe {
             signal_hook::low_level::register(sig, move || {
                 let _ = FIRST_STOP.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
                 STOPS.fetch_add(1, Ordering::SeqCst);
             })
-        }?;
+        }?);
     }
     for sig in [SIGHUP, SIGUSR1] {
-        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))?;
+        ids.push(signal_hook::flag::register(
+            sig,
+            Arc::new(AtomicBool::new(false)),
+        )?);
     }
     let mut ours = nix::sys::signal::SigSet::empty();
     for sig in [
@@ -59,8 +76,7 @@ pub fn install_early() -> std::io::Result<()> {
     }
     // Threads started from here on (the runtime's) inherit the mask.
     nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&ours), None)
-        .map_err(std::io::Error::from)?;
-    Ok(())
+        .map_err(std::io::Error::from)
 }
 
 /// The first stop signal, if one has arrived since [`install_early`].
