@@ -40,6 +40,12 @@ const STOP_RETRY_CAP: Duration = Duration::from_secs(2);
 /// tokens are revoked (a minute after their replacement, by default), so seconds suffice.
 const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
+/// At stop, how much of the time left is kept after the wait for a token request in flight
+/// ends: to revoke the token its answer brought, and to journal and remove files in time for
+/// the daemon's count. A revocation is one round trip and a journal write one fsync; a quarter
+/// of a short `shutdown_timeout` at most.
+const IN_FLIGHT_ROOM: Duration = Duration::from_secs(1);
+
 /// How long a set being replaced at a reload waits for its requests under way (an issue, a
 /// superseded token's revocation) before handing over: a request's own timeout is 30 s by
 /// default, and tokens are never abandoned mid-request.
@@ -1053,7 +1059,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             let Some((issue, slot)) = in_flight else {
                 return (Vec::new(), None);
             };
-            match this.settle(issue, slot, deadline).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let until = deadline - IN_FLIGHT_ROOM.min(left / 4);
+            match this.settle(issue, slot, until).await {
                 Some(h) if revokes => (this.revoke_each(vec![h], deadline).await, None),
                 Some(h) => (Vec::new(), Some(h.fingerprint.clone())),
                 None => (Vec::new(), None),
