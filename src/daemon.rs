@@ -2033,6 +2033,8 @@ mod tests {
         attempts: Vec<Instant>,
         /// What `revocation()` answers; `None` is the trait's default.
         policy: Option<Revocation>,
+        /// Answer with the last token issued again instead of a new one.
+        repeat: bool,
     }
 
     impl Mock {
@@ -2089,7 +2091,9 @@ mod tests {
             }
             let (token, lifetime) = {
                 let mut s = self.s.lock().unwrap();
-                s.next += 1;
+                if !s.repeat || s.next == 0 {
+                    s.next += 1;
+                }
                 let token = format!("tok{}", s.next);
                 s.issued.push((token.clone(), issued_at));
                 (token, s.lifetime)
@@ -2371,6 +2375,48 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Ev::Write(t, _) if t == "tok3"))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_hung_at_stop_does_not_delay_revoking_the_held_token() {
+        let p = Mock::new(S(900));
+        let h = start(set_cfg(0.66, 0.0), &p, 0.0);
+        tokio::time::sleep(S(1)).await; // tok1 written
+        p.s.lock().unwrap().issue_delay = S(3600);
+        let _ = h.rotate.send(());
+        tokio::time::sleep(S(2)).await; // tok2 asked for; its answer never comes in time
+        assert_eq!(p.issued().len(), 2);
+        let stopped = Instant::now();
+        let (outcome, sink) = h.stop(S(10)).await;
+        assert_eq!(p.revoked(), vec![("tok1".to_string(), stopped)]);
+        assert_eq!(outcome.revoked, [Secret::new("tok1").fingerprint()]);
+        assert!(outcome.failed.is_empty());
+        assert_eq!(sink.content(), None);
+        // The wait for the answer ended before the deadline, with room to spare.
+        assert!(
+            Instant::now() < stopped + S(10),
+            "{:?}",
+            Instant::now() - stopped
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_handed_out_again_is_kept_not_revoked() {
+        let p = Mock::new(S(900));
+        let h = start(set_cfg(0.66, 0.0), &p, 0.0);
+        tokio::time::sleep(S(1)).await;
+        p.s.lock().unwrap().repeat = true;
+        for _ in 0..3 {
+            let _ = h.rotate.send(());
+            tokio::time::sleep(S(2)).await;
+        }
+        // Past revoke_superseded_after (60 s) of every repeat.
+        tokio::time::sleep(S(120)).await;
+        assert_eq!(p.issued().len(), 4);
+        assert!(p.revoked().is_empty(), "{:?}", p.revoked());
+        assert_eq!(h.sink.content().as_deref(), Some("tok1"));
+        let (outcome, _) = h.stop(S(5)).await;
+        assert_eq!(outcome.revoked, [Secret::new("tok1").fingerprint()]);
     }
 
     #[tokio::test(start_paused = true)]
