@@ -307,9 +307,15 @@ pub async fn exec<P: TokenProvider + 'static>(
     let sets = config.sets.clone();
     let deadline = Instant::now() + opts.start_timeout;
     let (report, outcome) = with_daemon(config, providers, journal, mine, |mut session| async move {
+        // A stop signal that came before these handlers (see `signals::install_early`).
+        let early = crate::signals::stop_requested();
         let ready = tokio::select! {
+            biased;
+            sig = async { match early {
+                Some(sig) => sig,
+                None => next_stop(&mut signals).await,
+            } } => Err(sig),
             r = session.ready_by(deadline) => Ok(r),
-            sig = next_stop(&mut signals) => Err(sig),
         };
         match ready {
             Ok(true) => run_child(&sets, &opts, &mut signals).await,

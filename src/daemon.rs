@@ -40,6 +40,12 @@ const STOP_RETRY_CAP: Duration = Duration::from_secs(2);
 /// tokens are revoked (a minute after their replacement, by default), so seconds suffice.
 const BUDGET_RECHECK: Duration = Duration::from_secs(5);
 
+/// At stop, how much of the time left is kept after the wait for a token request in flight
+/// ends: to revoke the token its answer brought, and to journal and remove files in time for
+/// the daemon's count. A revocation is one round trip and a journal write one fsync; a quarter
+/// of a short `shutdown_timeout` at most.
+const IN_FLIGHT_ROOM: Duration = Duration::from_secs(1);
+
 /// How long a set being replaced at a reload waits for its requests under way (an issue, a
 /// superseded token's revocation) before handing over: a request's own timeout is 30 s by
 /// default, and tokens are never abandoned mid-request.
@@ -48,6 +54,16 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(35);
 /// A superseded token whose revocation failed is tried again this much later, with backoff on
 /// top; it is dropped once it has expired, since an expired token needs no revocation.
 const SUPERSEDED_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a token minted in a refused answer is tracked (journaled, its revocation retried):
+/// its answer's lifetime is what was refused, so it is unknown. An hour covers Voucherify's
+/// 15-minute tokens and the hour most OAuth servers grant; a provider 404s a token that has
+/// expired, which counts as revoked.
+const REFUSED_TOKEN_TRACKED: Duration = Duration::from_secs(3600);
+
+/// The `token_type` a token minted in a refused answer is journaled with: a restart revokes
+/// such a token at once instead of treating it like one that may be in a file.
+const REFUSED_TOKEN_TYPE: &str = "(refused)";
 
 /// What the process asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +216,12 @@ impl Held {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
+
+    /// Whether both hold the same token: by value, since fingerprints are short enough to
+    /// collide, and two different tokens taken for one would leave one unrevoked.
+    fn same_token(&self, other: &Held) -> bool {
+        self.token == other.token
+    }
 }
 
 /// What a set begins with: from the journal at start, or from its predecessor at a reload.
@@ -324,6 +346,10 @@ pub struct SetTask<P, S> {
 /// Result of a revocation attempt of a superseded token, with the token back if it failed.
 type SupersededResult = (Held, Result<(), ProviderError>);
 
+/// A token request under way, owning what it needs, so that a stop can go on waiting for its
+/// answer while it revokes what the set holds.
+type InFlight = std::pin::Pin<Box<dyn Future<Output = Result<Issued, ProviderError>> + Send>>;
+
 /// Wall-clock equivalent of a tokio instant, for the journal.
 fn wall(at: Instant) -> SystemTime {
     let now = Instant::now();
@@ -348,6 +374,8 @@ struct Tokens<S> {
     orphans: Vec<Held>,
     /// Journaled tokens that no longer fit (see [`SetTask::begin`]).
     stale: Vec<Held>,
+    /// The token request a stop order interrupted, with its budget slot.
+    in_flight: Option<(InFlight, Slot)>,
     /// The predecessor's sink, emptied once this set's token is in place.
     previous: Option<S>,
     next_issue: Instant,
@@ -499,6 +527,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             revoking: JoinSet::new(),
             orphans: Vec::new(),
             stale: Vec::new(),
+            in_flight: None,
             previous: None,
             next_issue: Instant::now(),
             last_issue: None,
@@ -595,6 +624,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         }
         let name = &self.cfg.name;
         match joined {
+            Ok((held, Ok(()))) if t.current.as_ref().is_some_and(|c| c.same_token(&held)) => {
+                // The provider handed this token out again while its revocation was under
+                // way: the file's token is dead. Replace it now, and keep it journaled as the
+                // current one (its record is the current token's too).
+                warn!(set = %name, fingerprint = %held.fingerprint,
+                    "revoked a superseded token the provider had since handed out again as the current one; replacing it");
+                t.next_issue = t.last_issue.map_or_else(Instant::now, |l| {
+                    (l + self.cfg.refresh.min_interval).max(Instant::now())
+                });
+            }
             Ok((held, Ok(()))) => {
                 info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
                 self.journal.remove(vec![held.fingerprint.clone()]).await;
@@ -692,32 +731,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         };
         t.last_issue = Some(Instant::now());
         self.report.stats(SetStats::issue_started);
-        let issue = self.provider.issue(&self.cfg.scopes);
-        tokio::pin!(issue);
+        let mut issue: InFlight = {
+            let provider = Arc::clone(&self.provider);
+            let cfg = Arc::clone(&self.cfg);
+            Box::pin(async move { provider.issue(&cfg.scopes).await })
+        };
         let result = tokio::select! {
             biased;
             r = &mut issue => r,
             order = &mut self.stop => {
-                // Stop arrived mid-issue. The provider may already have minted the token, so
-                // wait for the answer (up to the deadline) and revoke or hand it over.
-                let order = order.ok();
-                let deadline = match &order {
-                    Some(Order::Revoke { deadline, .. }) => *deadline,
-                    _ => Instant::now() + HANDOVER_WAIT,
-                };
-                match timeout_at(deadline, issue).await {
-                    Ok(Ok(issued)) => {
-                        let (held, meta) = Held::from_issued(issued, slot);
-                        info!(set = %name, fingerprint = %held.fingerprint,
-                            "token issued while stopping; revoking it");
-                        let entry = self.journal_entry(&held, &meta, Instant::now());
-                        let _ = Box::pin(self.journal.record(entry)).await;
-                        t.orphans.push(held);
-                    }
-                    Ok(Err(e)) => warn!(set = %name, error = %chain(&e), "issue in flight at stop failed"),
-                    Err(_) => warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own"),
-                }
-                return Flow::Stop(order);
+                // Stop arrived mid-issue. The provider may already have minted the token: the
+                // stop waits for the answer (up to its deadline) while it revokes what the set
+                // holds, rather than before.
+                t.in_flight = Some((issue, slot));
+                return Flow::Stop(order.ok());
             }
         };
         match result {
@@ -748,9 +775,23 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                             refresh_in = %humantime::format_duration(whole_secs(next.saturating_duration_since(Instant::now()))),
                             "token written");
                         let grace = Instant::now() + self.cfg.revoke_superseded_after;
+                        // A provider may answer with a token it gave us before (one it caches):
+                        // that token is the one in the file now, and must not be revoked as
+                        // superseded, nor stay queued for revocation from an earlier turn.
+                        let before = t.superseded.len();
+                        t.superseded.retain(|(h, _)| !h.same_token(&held));
                         let stale = std::mem::take(&mut t.stale);
+                        let mut repeated = t.superseded.len() < before;
                         for old in t.current.replace(held).into_iter().chain(stale) {
-                            self.supersede(&mut t.superseded, old, grace);
+                            if t.current.as_ref().is_some_and(|c| c.same_token(&old)) {
+                                repeated = true;
+                            } else {
+                                self.supersede(&mut t.superseded, old, grace);
+                            }
+                        }
+                        if repeated {
+                            info!(set = %name, fingerprint = %t.current.as_ref().map_or("", |h| h.fingerprint()),
+                                "the provider answered with a token this set already holds; keeping it, not revoking it");
                         }
                         // The count first, then the state: whoever sees the set fresh sees
                         // its tokens counted.
@@ -783,6 +824,10 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             }
             Err(e) => {
+                if let Some(token) = e.minted() {
+                    let held = Box::pin(self.refused(token.clone(), slot, &e)).await;
+                    self.supersede(&mut t.superseded, held, Instant::now());
+                }
                 let delay =
                     retry_after(e.retry_class(), t.attempt, e.retry_after(), (self.jitter)());
                 t.attempt = t.attempt.saturating_add(1);
@@ -806,6 +851,77 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         Flow::Continue
     }
 
+    /// The provider minted `token` but its answer was refused (`why`): nobody uses it, yet it
+    /// is live at the provider. Journal it first (a crash before the revocation must not lose
+    /// it) and count it; the caller revokes it now.
+    async fn refused(&self, token: Secret, slot: Slot, why: &ProviderError) -> Held {
+        let now = Instant::now();
+        let held = Held {
+            fingerprint: token.fingerprint(),
+            expires_at: now + REFUSED_TOKEN_TRACKED,
+            token,
+            _slot: slot,
+        };
+        let meta = IssuedMeta {
+            token_type: REFUSED_TOKEN_TYPE.into(),
+            scope: self.cfg.scopes.join(" "),
+            expires_at: wall(held.expires_at),
+        };
+        // Due for refresh at once and in no file: a restart never adopts it, it revokes it.
+        let mut entry = self.journal_entry(&held, &meta, now);
+        entry.file = None;
+        if let Err(e) = Box::pin(self.journal.record(entry)).await {
+            error!(set = %self.cfg.name, fingerprint = %held.fingerprint, error = %e,
+                "refused token not journaled; if tokenkeeper is killed now it stays live until it expires");
+        }
+        self.report.stats(SetStats::token_refused);
+        error!(set = %self.cfg.name, provider = %self.cfg.provider, fingerprint = %held.fingerprint,
+            error = %chain(why), "the provider issued a token in an answer that was refused; revoking it");
+        held
+    }
+
+    /// Wait until `until` for the answer to the token request a stop interrupted; a token it
+    /// brings (written nowhere) is journaled and returned for revocation.
+    async fn settle(&self, issue: InFlight, slot: Slot, until: Instant) -> Option<Held> {
+        let name = &self.cfg.name;
+        match timeout_at(until, issue).await {
+            Ok(Ok(issued)) => {
+                let (held, meta) = Held::from_issued(issued, slot);
+                info!(set = %name, fingerprint = %held.fingerprint,
+                    "token issued while stopping; revoking it");
+                let entry = self.journal_entry(&held, &meta, Instant::now());
+                let _ = Box::pin(self.journal.record(entry)).await;
+                Some(held)
+            }
+            Ok(Err(e)) => match e.minted() {
+                Some(token) => Some(Box::pin(self.refused(token.clone(), slot, &e)).await),
+                None => {
+                    warn!(set = %name, error = %chain(&e), "issue in flight at stop failed");
+                    None
+                }
+            },
+            Err(_) => {
+                warn!(set = %name, "issue in flight at stop did not finish by the deadline; if the provider minted it, it will expire on its own");
+                None
+            }
+        }
+    }
+
+    /// Revoke each of `tokens` (retrying until `deadline`), all at once.
+    async fn revoke_each(
+        &self,
+        tokens: Vec<Held>,
+        deadline: Instant,
+    ) -> Vec<(Held, Result<(), String>)> {
+        let results = join_all(
+            tokens
+                .iter()
+                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
+        )
+        .await;
+        tokens.into_iter().zip(results).collect()
+    }
+
     /// Carry out the stop order: hand everything over, or revoke what must be revoked by the
     /// deadline.
     async fn finish(self: Box<Self>, t: Box<Tokens<S>>, order: Option<Order<S>>) -> SetOutcome {
@@ -817,6 +933,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             mut revoking,
             mut orphans,
             stale,
+            in_flight,
             next_issue,
             ..
         } = *t;
@@ -832,20 +949,33 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 (deadline, true)
             }
             Some(Order::Handover(reply)) => {
-                // Superseded revocations under way finish first, so nothing is revoked twice
-                // or lost between two tasks.
                 let wait = Instant::now() + HANDOVER_WAIT;
-                while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
-                    match joined {
-                        Ok((held, Ok(()))) => {
-                            this.journal.remove(vec![held.fingerprint.clone()]).await
-                        }
-                        Ok((held, Err(_))) => superseded.push((held, Instant::now())),
-                        Err(_) => {}
+                // The request in flight and the superseded revocations under way finish
+                // first, so nothing is revoked twice or lost between two tasks.
+                let late = async {
+                    match in_flight {
+                        Some((issue, slot)) => this.settle(issue, slot, wait).await,
+                        None => None,
                     }
-                }
+                };
+                let under_way = async {
+                    let mut back = Vec::new();
+                    while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
+                        match joined {
+                            Ok((held, Ok(()))) => {
+                                this.journal.remove(vec![held.fingerprint.clone()]).await
+                            }
+                            Ok((held, Err(_))) => back.push(held),
+                            Err(_) => {}
+                        }
+                    }
+                    back
+                };
+                let (late, back) = tokio::join!(late, under_way);
                 revoking.abort_all();
                 let now = Instant::now();
+                superseded.extend(back.into_iter().map(|h| (h, now)));
+                orphans.extend(late);
                 superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
                 let report = this.report;
                 let start = Start {
@@ -872,23 +1002,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             set: name.clone(),
             ..SetOutcome::default()
         };
-        if let Ok(Some(pending)) = timeout_at(deadline, async {
-            let mut back = Vec::new();
-            while let Some(joined) = revoking.join_next().await {
-                match joined {
-                    Ok((held, Err(_))) => back.push(held),
-                    Ok((held, Ok(()))) => outcome.revoked.push(held.fingerprint.clone()),
-                    Err(_) => {}
-                }
-            }
-            Some(back)
-        })
-        .await
-        {
-            orphans.extend(pending);
-        } else {
-            revoking.abort_all();
-        }
         let mut to_revoke: Vec<Held> = orphans;
         to_revoke.extend(stale);
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
@@ -907,14 +1020,11 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             to_revoke.into_iter().partition(|h| h.expires_at > now);
         drop(expired);
         let mut current_expiring = false;
-        if !this.revokes() {
+        let revokes = this.revokes();
+        if !revokes {
             for h in live.drain(..) {
                 current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
                 outcome.expiring.push(h.fingerprint.clone());
-            }
-            if !outcome.expiring.is_empty() {
-                info!(set = %name, fingerprints = %outcome.expiring.join(","),
-                    "not revoked: {}", this.why_not_revoked());
             }
         }
         if live
@@ -923,12 +1033,48 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         {
             this.sink.hold().await;
         }
-        let results = join_all(
-            live.iter()
-                .map(|h| revoke_until(this.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
-        )
-        .await;
-        for (h, r) in live.iter().zip(results) {
+        // All at once: what the set holds, the revocations under way when the order came, and
+        // the answer to a token request in flight. A request that hangs must not hold back the
+        // revocation of the tokens the set already has.
+        let held = this.revoke_each(live, deadline);
+        let under_way = async {
+            let mut done = Vec::new();
+            let mut back = Vec::new();
+            let drained = timeout_at(deadline, async {
+                while let Some(joined) = revoking.join_next().await {
+                    match joined {
+                        Ok((held, Err(_))) => back.push(held),
+                        Ok((held, Ok(()))) => done.push(held.fingerprint.clone()),
+                        Err(_) => {}
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                revoking.abort_all();
+            }
+            (done, this.revoke_each(back, deadline).await)
+        };
+        let late = async {
+            let Some((issue, slot)) = in_flight else {
+                return (Vec::new(), None);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let until = deadline - IN_FLIGHT_ROOM.min(left / 4);
+            match this.settle(issue, slot, until).await {
+                Some(h) if revokes => (this.revoke_each(vec![h], deadline).await, None),
+                Some(h) => (Vec::new(), Some(h.fingerprint.clone())),
+                None => (Vec::new(), None),
+            }
+        };
+        let (held, (done, retried), (late, late_expiring)) = tokio::join!(held, under_way, late);
+        outcome.revoked.extend(done);
+        outcome.expiring.extend(late_expiring);
+        if !outcome.expiring.is_empty() {
+            info!(set = %name, fingerprints = %outcome.expiring.join(","),
+                "not revoked: {}", this.why_not_revoked());
+        }
+        for (h, r) in held.into_iter().chain(retried).chain(late) {
             this.report.stats(|s| s.revoke_result(r.is_ok()));
             match r {
                 Ok(()) => {
@@ -1005,6 +1151,9 @@ pub struct RunReport {
     pub sets: Vec<SetOutcome>,
     /// Sets whose task did not finish by the deadline.
     pub unfinished: Vec<String>,
+    /// Sets whose task panicked; what the journal held for them was revoked in their place
+    /// (see `sets`), but the daemon did not run as it should.
+    pub crashed: Vec<String>,
 }
 
 impl RunReport {
@@ -1073,6 +1222,15 @@ async fn adopt<P: TokenProvider, S>(
     for e in mine {
         let remaining = journal::remaining(&e, now);
         if remaining.is_zero() {
+            continue;
+        }
+        // Minted in an answer that was refused, then a crash: it was never in any file.
+        if e.token_type == REFUSED_TOKEN_TYPE
+            && !set.never_revoke
+            && provider.revocation() != Revocation::Unsupported
+        {
+            let held = Held::adopted(&e, remaining, budget.adopt());
+            start.superseded.push((held, Instant::now()));
             continue;
         }
         let fits = e.config_hash == hash && e.refresh_at > now;
@@ -1619,22 +1777,55 @@ pub async fn run<P: TokenProvider + 'static>(
     let mut report = RunReport::default();
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
+    // Every set ends on its own, so that one whose task panicked is cleaned up as soon as
+    // that shows, not after the others.
     let waiting = live
         .into_iter()
-        .map(|l| (l.cfg.name.clone(), l.task))
-        .chain(retiring);
-    for (name, task) in waiting {
-        let abort = task.abort_handle();
-        match timeout_at(grace, task).await {
-            Ok(Ok(outcome)) => report.sets.push(outcome),
-            Ok(Err(e)) => {
-                error!(set = %name, error = %e, "a set's task failed");
-                report.unfinished.push(name);
+        .map(|l| {
+            let rescue =
+                rescuable(&l.cfg, &shared.providers, handover).map(|p| (Arc::clone(&l.cfg), p));
+            (l.cfg.name.clone(), l.task, rescue)
+        })
+        .chain(retiring.into_iter().map(|(name, task)| (name, task, None)));
+    let ends = join_all(waiting.map(|(name, task, rescue)| {
+        let journal = shared.journal.clone();
+        async move {
+            let abort = task.abort_handle();
+            match timeout_at(grace, task).await {
+                Ok(Ok(outcome)) => End::Done(outcome),
+                Ok(Err(e)) => {
+                    error!(set = %name, error = %e, "a set's task failed");
+                    match rescue {
+                        Some((cfg, provider)) if e.is_panic() => {
+                            // In a task of its own: a provider that panicked once may again.
+                            let rescue = recover_crashed(cfg, provider, journal, deadline);
+                            match tokio::spawn(rescue).await {
+                                Ok(outcome) => End::Crashed(outcome),
+                                Err(e) => {
+                                    error!(set = %name, error = %e, "could not revoke the crashed set's tokens");
+                                    End::Unfinished(name)
+                                }
+                            }
+                        }
+                        _ => End::Unfinished(name),
+                    }
+                }
+                Err(_) => {
+                    abort.abort();
+                    End::Unfinished(name)
+                }
             }
-            Err(_) => {
-                abort.abort();
-                report.unfinished.push(name);
+        }
+    }))
+    .await;
+    for end in ends {
+        match end {
+            End::Done(outcome) => report.sets.push(outcome),
+            End::Crashed(outcome) => {
+                report.crashed.push(outcome.set.clone());
+                report.sets.push(outcome);
             }
+            End::Unfinished(name) => report.unfinished.push(name),
         }
     }
     Ok(report)
@@ -1681,6 +1872,77 @@ async fn load_or_stop(
             }
         }
     }
+}
+
+/// How a set's task ended at stop.
+enum End {
+    Done(SetOutcome),
+    /// It panicked; the outcome is that of revoking its journaled tokens in its place.
+    Crashed(SetOutcome),
+    Unfinished(String),
+}
+
+/// The provider to revoke a crashed set's journaled tokens with, if they are to be revoked at
+/// this stop: not at a handover, nor for a set that keeps its token or never revokes, nor
+/// with a provider that cannot revoke.
+fn rescuable<P: TokenProvider>(
+    set: &SetConfig,
+    providers: &HashMap<String, Arc<P>>,
+    handover: bool,
+) -> Option<Arc<P>> {
+    let provider = providers.get(&set.provider)?;
+    let revokes = !handover
+        && !set.never_revoke
+        && set.on_shutdown == OnShutdown::Revoke
+        && provider.revocation() != Revocation::Unsupported;
+    revokes.then(|| Arc::clone(provider))
+}
+
+/// A set's task panicked, taking its tokens with it. It journaled each before using it, so
+/// revoke what the journal holds for the set (until `deadline`), and remove its file once
+/// every one is revoked: one broken set must not leave its tokens live.
+async fn recover_crashed<P: TokenProvider + 'static>(
+    set: Arc<SetConfig>,
+    provider: Arc<P>,
+    journal: Journal,
+    deadline: Instant,
+) -> SetOutcome {
+    let mut outcome = SetOutcome {
+        set: set.name.clone(),
+        ..SetOutcome::default()
+    };
+    let mine: Vec<Entry> = journal
+        .entries()
+        .await
+        .into_iter()
+        .filter(|e| e.set == set.name && e.provider == set.provider)
+        .collect();
+    warn!(set = %set.name, tokens = mine.len(), "revoking the journaled tokens of the set whose task failed");
+    let results = join_all(
+        mine.iter()
+            .map(|e| revoke_until(provider.as_ref(), &e.token, deadline, STOP_RETRY_CAP)),
+    )
+    .await;
+    for (e, r) in mine.iter().zip(results) {
+        match r {
+            Ok(()) => outcome.revoked.push(e.fingerprint.clone()),
+            Err(why) => {
+                error!(set = %set.name, fingerprint = %e.fingerprint, error = %why,
+                    "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
+                outcome.failed.push((e.fingerprint.clone(), why));
+            }
+        }
+    }
+    journal.remove(outcome.revoked.clone()).await;
+    if outcome.failed.is_empty()
+        && let Some(path) = set.file.as_ref().map(|f| f.path.clone())
+    {
+        // Only while it still holds one of the set's revoked tokens: the task that wrote it is
+        // gone, and whatever else is there now is not ours to delete.
+        let written: Written = mine.iter().flat_map(written_forms).collect();
+        let _ = tokio::task::spawn_blocking(move || remove_token_file(&path, &written)).await;
+    }
+    outcome
 }
 
 /// Apply a new config: new sets start, removed sets revoke and remove their files, changed
@@ -1869,6 +2131,8 @@ mod tests {
         attempts: Vec<Instant>,
         /// What `revocation()` answers; `None` is the trait's default.
         policy: Option<Revocation>,
+        /// Answer with the last token issued again instead of a new one.
+        repeat: bool,
     }
 
     impl Mock {
@@ -1925,7 +2189,9 @@ mod tests {
             }
             let (token, lifetime) = {
                 let mut s = self.s.lock().unwrap();
-                s.next += 1;
+                if !s.repeat || s.next == 0 {
+                    s.next += 1;
+                }
                 let token = format!("tok{}", s.next);
                 s.issued.push((token.clone(), issued_at));
                 (token, s.lifetime)
@@ -2210,6 +2476,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_hung_at_stop_does_not_delay_revoking_the_held_token() {
+        let p = Mock::new(S(900));
+        let h = start(set_cfg(0.66, 0.0), &p, 0.0);
+        tokio::time::sleep(S(1)).await; // tok1 written
+        p.s.lock().unwrap().issue_delay = S(3600);
+        let _ = h.rotate.send(());
+        tokio::time::sleep(S(2)).await; // tok2 asked for; its answer never comes in time
+        assert_eq!(p.issued().len(), 2);
+        let stopped = Instant::now();
+        let (outcome, sink) = h.stop(S(10)).await;
+        assert_eq!(p.revoked(), vec![("tok1".to_string(), stopped)]);
+        assert_eq!(outcome.revoked, [Secret::new("tok1").fingerprint()]);
+        assert!(outcome.failed.is_empty());
+        assert_eq!(sink.content(), None);
+        // The wait for the answer ended before the deadline, with room to spare.
+        assert!(
+            Instant::now() < stopped + S(10),
+            "{:?}",
+            Instant::now() - stopped
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_handed_out_again_is_kept_not_revoked() {
+        let p = Mock::new(S(900));
+        let h = start(set_cfg(0.66, 0.0), &p, 0.0);
+        tokio::time::sleep(S(1)).await;
+        p.s.lock().unwrap().repeat = true;
+        for _ in 0..3 {
+            let _ = h.rotate.send(());
+            tokio::time::sleep(S(2)).await;
+        }
+        // Past revoke_superseded_after (60 s) of every repeat.
+        tokio::time::sleep(S(120)).await;
+        assert_eq!(p.issued().len(), 4);
+        assert!(p.revoked().is_empty(), "{:?}", p.revoked());
+        assert_eq!(h.sink.content().as_deref(), Some("tok1"));
+        let (outcome, _) = h.stop(S(5)).await;
+        assert_eq!(outcome.revoked, [Secret::new("tok1").fingerprint()]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_failed_revocation_keeps_the_file_and_is_reported() {
         let p = Mock::new(S(900));
         let h = start(set_cfg(0.66, 0.0), &p, 0.0);
@@ -2377,5 +2685,98 @@ mod tests {
         assert!(outcome.failed.is_empty());
         assert_eq!(outcome.expiring, [Secret::new("tok2").fingerprint()]);
         assert_eq!(sink.content(), None, "{:?}", sink.events());
+    }
+
+    /// A provider that panics the first time it is asked to revoke a token issued for
+    /// `scope`, as a bug would: the stand-in for a set's task dying mid-stop.
+    struct PanicOnRevoke {
+        inner: Arc<Mock>,
+        scope: &'static str,
+        scopes: Mutex<HashMap<String, String>>,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    impl TokenProvider for PanicOnRevoke {
+        async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
+            let issued = self.inner.issue(scopes).await?;
+            self.scopes
+                .lock()
+                .unwrap()
+                .insert(issued.token.expose().into(), scopes.join(" "));
+            Ok(issued)
+        }
+        async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
+            let scope = self.scopes.lock().unwrap().get(token.expose()).cloned();
+            if scope.as_deref() == Some(self.scope)
+                && !self
+                    .panicked
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("test double: revoke panics");
+            }
+            self.inner.revoke(token).await
+        }
+        async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
+            self.inner.introspect(token).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_set_whose_task_panics_at_stop_has_its_tokens_revoked_and_the_others_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "state_dir: {d}/state\nproviders:\n  p:\n    kind: voucherify\n    base_url: http://127.0.0.1:9\n    app_id: {{ env: TK_UNUSED_ID }}\n    app_token: {{ env: TK_UNUSED_TOKEN }}\nscope_sets:\n  - name: a\n    provider: p\n    scopes: [api]\n    file: {{ path: {d}/a.token }}\n  - name: b\n    provider: p\n    scopes: [orders]\n    file: {{ path: {d}/b.token }}\n",
+            d = dir.path().display()
+        );
+        let config = crate::config::parse(&yaml, std::path::Path::new("test.yaml"))
+            .unwrap()
+            .config;
+        let mock = Mock::new(S(900));
+        let p = Arc::new(PanicOnRevoke {
+            inner: Arc::clone(&mock),
+            scope: "orders",
+            scopes: Mutex::default(),
+            panicked: Default::default(),
+        });
+        let providers = HashMap::from([("p".to_string(), Arc::clone(&p))]);
+        let (journal, view) = Journal::memory();
+        let (control, rx) = mpsc::channel(4);
+        let ready = Arc::new(tokio::sync::Notify::new());
+        let on_ready = {
+            let ready = Arc::clone(&ready);
+            move || ready.notify_one()
+        };
+        let daemon = run(
+            config,
+            providers,
+            journal,
+            Vec::new(),
+            rx,
+            None,
+            Board::new(),
+            on_ready,
+        );
+        let stop = async {
+            tokio::time::timeout(S(10), ready.notified()).await.unwrap();
+            assert_eq!(mock.live().len(), 2);
+            control.send(Control::Shutdown).await.unwrap();
+        };
+        let (report, ()) = tokio::time::timeout(S(30), async { tokio::join!(daemon, stop) })
+            .await
+            .unwrap();
+        let report = report.unwrap();
+        assert!(p.panicked.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(mock.live().is_empty(), "left live: {:?}", mock.live());
+        assert_eq!(report.crashed, ["b"]);
+        assert!(report.failed_sets().is_empty(), "{report:?}");
+        let revoked: HashMap<&str, usize> = report
+            .sets
+            .iter()
+            .map(|s| (s.set.as_str(), s.revoked.len()))
+            .collect();
+        assert_eq!(revoked, HashMap::from([("a", 1), ("b", 1)]));
+        assert!(view.borrow().is_empty(), "still journaled");
+        assert!(!dir.path().join("a.token").exists());
+        assert!(!dir.path().join("b.token").exists());
     }
 }

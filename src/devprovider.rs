@@ -20,9 +20,11 @@
 //! 2. Every contract check (path, method, headers, content type, body, fields, values), so a
 //!    violation is caught whatever else is injected.
 //! 3. Credential values, then the injected failures of one endpoint
-//!    ([`DevProvider::fail_next_issues`], [`DevProvider::set_revoke_status`]), which replace the
-//!    answer to a well-formed request.
-//! 4. The provider's own logic (unknown scopes, the token quota, minting, revoking).
+//!    ([`DevProvider::set_hang_issues`], [`DevProvider::fail_next_issues`],
+//!    [`DevProvider::set_revoke_status`]), which replace the answer to a well-formed request.
+//! 4. The provider's own logic (unknown scopes, the token quota, minting, revoking), with the
+//!    hostile answers a test asks for ([`DevProvider::set_repeat_tokens`],
+//!    [`DevProvider::set_answer_token_type`], [`DevProvider::set_answer_expires_in`]).
 //!
 //! Tokens and the app token never reach a log line or a violation: a token is named by its
 //! fingerprint ([`crate::secret::fingerprint`]).
@@ -233,6 +235,32 @@ impl DevProvider {
         self.shared.lock().revoke_status = status;
     }
 
+    /// While on, well-formed token requests are never answered and mint nothing, like a
+    /// provider that hangs mid-request; other endpoints still answer. Requests already hung
+    /// stay hung.
+    pub fn set_hang_issues(&self, on: bool) {
+        self.shared.lock().hang_issues = on;
+    }
+
+    /// While on, a token request for scopes that have a live token is answered with that
+    /// token again (the newest one, `expires_in` its time left) instead of a new one, like a
+    /// provider that caches its tokens.
+    pub fn set_repeat_tokens(&self, on: bool) {
+        self.shared.lock().repeat_tokens = on;
+    }
+
+    /// `Some(text)`: token answers say `token_type: text` instead of `Bearer`. The token is
+    /// minted and live all the same.
+    pub fn set_answer_token_type(&self, token_type: Option<&str>) {
+        self.shared.lock().answer_token_type = token_type.map(str::to_owned);
+    }
+
+    /// `Some(secs)`: token answers say `expires_in: secs` (any number, zero and negative
+    /// ones included) instead of the lifetime. The token is minted with its real lifetime.
+    pub fn set_answer_expires_in(&self, secs: Option<i64>) {
+        self.shared.lock().answer_expires_in = secs;
+    }
+
     /// Lifetime of tokens issued from now on (whole seconds, at least 1).
     pub fn set_lifetime(&self, d: Duration) {
         self.shared.lock().lifetime_secs = whole_secs(d);
@@ -400,6 +428,14 @@ struct State {
     issue_delay: Duration,
     /// Injected answer to revoke requests.
     revoke_status: Option<u16>,
+    /// Never answer token requests.
+    hang_issues: bool,
+    /// Answer token requests with a live token of the same scopes, if there is one.
+    repeat_tokens: bool,
+    /// `token_type` in token answers instead of `Bearer`.
+    answer_token_type: Option<String>,
+    /// `expires_in` in token answers instead of the lifetime.
+    answer_expires_in: Option<i64>,
     /// Every token issued, oldest first.
     tokens: Vec<TokenRecord>,
     /// Token → index in `tokens`.
@@ -430,6 +466,10 @@ impl State {
             fail_issues: FailIssues::default(),
             issue_delay: Duration::ZERO,
             revoke_status: None,
+            hang_issues: false,
+            repeat_tokens: false,
+            answer_token_type: None,
+            answer_expires_in: None,
             tokens: Vec::new(),
             index: HashMap::new(),
             live: 0,
@@ -921,7 +961,11 @@ async fn issue(
     }
 
     let now = Instant::now();
-    let (record, delay) = {
+    if shared.lock().hang_issues {
+        debug!("dev provider: leaving a token request unanswered (injected)");
+        return std::future::pending().await;
+    }
+    let (record, delay, expires_in, token_type) = {
         let mut state = shared.lock();
         let fail = state.fail_issues;
         if fail.remaining > 0 {
@@ -939,16 +983,45 @@ async fn issue(
             return Ok(invalid_scope());
         }
         state.expire(now);
-        if state.live >= state.max_live_tokens {
-            // Voucherify documents the quota but not the error it gives when the quota is
-            // reached: this key and message are our guess, not the real ones.
-            return Ok(Reply::error(
-                StatusCode::BAD_REQUEST,
-                "limit_exceeded",
-                "Limit of OAuth tokens per project exceeded",
-            ));
-        }
-        (state.mint(scope), state.issue_delay)
+        let repeated = if state.repeat_tokens {
+            state
+                .tokens
+                .iter()
+                .rev()
+                .find(|t| t.scope == scope && t.is_live(now))
+                .cloned()
+        } else {
+            None
+        };
+        let (record, left) = match repeated {
+            Some(r) => {
+                let left = r.expires.saturating_duration_since(now).as_secs();
+                (r, left)
+            }
+            None => {
+                if state.live >= state.max_live_tokens {
+                    // Voucherify documents the quota but not the error it gives when the
+                    // quota is reached: this key and message are our guess, not the real ones.
+                    return Ok(Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        "limit_exceeded",
+                        "Limit of OAuth tokens per project exceeded",
+                    ));
+                }
+                let r = state.mint(scope);
+                let left = r.lifetime_secs;
+                (r, left)
+            }
+        };
+        let expires_in = state
+            .answer_expires_in
+            .unwrap_or_else(|| i64::try_from(left).unwrap_or(i64::MAX));
+        (
+            record,
+            state.issue_delay,
+            expires_in,
+            state.answer_token_type.clone(),
+        )
     };
     debug!(token = %fingerprint(&record.token), scope, "dev provider: token issued");
     if !delay.is_zero() {
@@ -956,7 +1029,12 @@ async fn issue(
         // real server.
         tokio::time::sleep(delay).await;
     }
-    Ok(Reply::json(StatusCode::OK, record.to_json(record.lifetime_secs)).with_token(&record.token))
+    let mut body = record.to_json(0);
+    body["expires_in"] = json!(expires_in);
+    if let Some(t) = token_type {
+        body["token_type"] = json!(t);
+    }
+    Ok(Reply::json(StatusCode::OK, body).with_token(&record.token))
 }
 
 /// `POST /v1/oauth/introspect`.
@@ -1656,6 +1734,56 @@ mod tests {
         assert!(!pending.is_finished(), "answered before the delay");
         let body = pending.await.expect("join");
         assert_eq!(body["access_token"], token.as_str());
+    }
+
+    #[tokio::test]
+    async fn hung_issues_mint_nothing_and_never_answer_while_revoke_works() {
+        let (p, client) = start(DevProviderOptions::default()).await;
+        let token = issue_ok(&client, &p, "api").await;
+        p.set_hang_issues(true);
+        let hung = tokio::time::timeout(Duration::from_millis(300), issue(&client, &p, "api"));
+        assert!(hung.await.is_err(), "a hung token request was answered");
+        assert_eq!(p.issued_tokens().len(), 1);
+        assert_eq!(p.requests().token, 2);
+        assert_eq!(
+            call(&client, &p, "/v1/oauth/token/revoke", &token).await.0,
+            204
+        );
+        p.set_hang_issues(false);
+        issue_ok(&client, &p, "api").await;
+        assert!(p.violations().is_empty());
+    }
+
+    #[tokio::test]
+    async fn repeat_tokens_answers_with_the_live_token_of_the_same_scopes() {
+        let (p, client) = start(DevProviderOptions::default()).await;
+        let first = issue_ok(&client, &p, "api").await;
+        p.set_repeat_tokens(true);
+        assert_eq!(issue_ok(&client, &p, "api").await, first);
+        let other = issue_ok(&client, &p, "orders").await;
+        assert_ne!(other, first);
+        assert_eq!(p.issued_tokens().len(), 2);
+        call(&client, &p, "/v1/oauth/token/revoke", &first).await;
+        let fresh = issue_ok(&client, &p, "api").await;
+        assert_ne!(fresh, first, "a revoked token was handed out again");
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_still_mint_the_token() {
+        let (p, client) = start(DevProviderOptions::default()).await;
+        p.set_answer_token_type(Some("mac"));
+        p.set_answer_expires_in(Some(-5));
+        let (status, body) = json_of(issue(&client, &p, "api").await).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["token_type"], "mac");
+        assert_eq!(body["expires_in"], -5);
+        let token = body["access_token"].as_str().expect("access_token");
+        assert!(p.is_live(token));
+        p.set_answer_token_type(None);
+        p.set_answer_expires_in(None);
+        let (_, body) = json_of(issue(&client, &p, "api").await).await;
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 900);
     }
 
     #[tokio::test]

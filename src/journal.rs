@@ -763,6 +763,8 @@ impl Disk {
 enum Op {
     Record(Box<Stored>),
     Remove(Vec<String>),
+    /// What the journal holds once the changes queued before this one are in.
+    Entries(oneshot::Sender<Vec<Entry>>),
 }
 
 /// A cheap handle on the journal writer task. Every change is acknowledged only once it is
@@ -855,6 +857,7 @@ impl Journal {
                 }
                 let mut acks = Vec::with_capacity(batch.len());
                 let mut lines = Zeroizing::new(Vec::new());
+                let mut readers = Vec::new();
                 {
                     let mut st = locked(&state);
                     for (op, ack) in batch {
@@ -874,6 +877,7 @@ impl Journal {
                                     push_remove(&mut lines, &held);
                                 }
                             }
+                            Op::Entries(reply) => readers.push(reply),
                         }
                         acks.push(ack);
                     }
@@ -919,6 +923,12 @@ impl Journal {
                 for ack in acks {
                     let _ = ack.send(result.clone());
                 }
+                if !readers.is_empty() {
+                    let st = locked(&state);
+                    for reply in readers {
+                        let _ = reply.send(st.live.values().filter_map(Stored::entry).collect());
+                    }
+                }
             }
         });
         (Journal { tx }, view_rx)
@@ -941,6 +951,17 @@ impl Journal {
         let stored =
             Stored::new(&entry).map_err(|e| format!("cannot serialize the journal entry: {e}"))?;
         self.op(Op::Record(Box::new(stored))).await
+    }
+
+    /// Every live token the journal holds, including all changes made before this call; empty
+    /// if the writer is gone.
+    pub async fn entries(&self) -> Vec<Entry> {
+        let (reply, answer) = oneshot::channel();
+        let (ack, _) = oneshot::channel();
+        if self.tx.send((Op::Entries(reply), ack)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Forget tokens that were revoked (or expired), by fingerprint.
@@ -980,6 +1001,22 @@ mod tests {
             config_hash: "h".into(),
             file: Some("/run/x".into()),
         }
+    }
+
+    #[tokio::test]
+    async fn entries_reflect_every_change_made_before() {
+        let (j, _view) = Journal::memory();
+        assert!(j.entries().await.is_empty());
+        j.record(entry("aa", 600)).await.unwrap();
+        j.record(entry("bb", 600)).await.unwrap();
+        j.remove(vec!["aa".into()]).await;
+        let fps: Vec<String> = j
+            .entries()
+            .await
+            .into_iter()
+            .map(|e| e.fingerprint)
+            .collect();
+        assert_eq!(fps, ["bb"]);
     }
 
     #[test]

@@ -19,6 +19,22 @@ use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
 use tokenkeeper::store::ha;
 use tokenkeeper::{batch, metrics, signals, systemd};
 
+/// `println!` that cannot panic: a closed or full stdout loses the line, nothing more.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that cannot panic (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit codes. 78 is `EX_CONFIG` from sysexits.h: the unit's `RestartPreventExitStatus=78`
 /// keeps systemd from restarting into the same bad config.
 const EXIT_OK: u8 = 0;
@@ -171,6 +187,16 @@ fn bounded_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that hold tokens take the stop signals before anything else (the config
+    // load, the runtime): a SIGTERM in their first milliseconds must not kill them.
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Exec { .. } | Command::Demo { .. }
+    ) && let Err(e) = signals::install_early()
+    {
+        say_err!("tokenkeeper: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_OSERR);
+    }
     let code = match cli.command {
         Command::Check(a) => check(&a.config),
         Command::Status { config, json } => show_status(&config.config, json),
@@ -246,7 +272,7 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
             code
         }
         Err(e) => {
-            eprintln!("tokenkeeper: cannot start the async runtime: {e}");
+            say_err!("tokenkeeper: cannot start the async runtime: {e}");
             EXIT_OSERR
         }
     }
@@ -264,15 +290,15 @@ fn print_config_error(e: &ConfigError) {
             for p in problems {
                 match (p.line, p.column) {
                     (Some(line), Some(col)) => {
-                        eprintln!("error: {}:{line}:{col}: {}", path.display(), located(p))
+                        say_err!("error: {}:{line}:{col}: {}", path.display(), located(p))
                     }
-                    _ => eprintln!("error: {}: {}", path.display(), located(p)),
+                    _ => say_err!("error: {}: {}", path.display(), located(p)),
                 }
             }
             print_warnings(path, warnings);
-            eprintln!("tokenkeeper: {e}");
+            say_err!("tokenkeeper: {e}");
         }
-        other => eprintln!("tokenkeeper: {}", chain(other)),
+        other => say_err!("tokenkeeper: {}", chain(other)),
     }
 }
 
@@ -287,7 +313,7 @@ fn located(p: &config::Problem) -> String {
 
 fn print_warnings(path: &Path, warnings: &[String]) {
     for w in warnings {
-        eprintln!("warning: {}: {w}", path.display());
+        say_err!("warning: {}: {w}", path.display());
     }
 }
 
@@ -295,7 +321,7 @@ fn check(path: &Path) -> u8 {
     match config::load(path) {
         Ok(Loaded { config, warnings }) => {
             print_warnings(path, &warnings);
-            println!(
+            say!(
                 "{}: ok ({} scope set{}, {} provider{})",
                 path.display(),
                 config.sets.len(),
@@ -345,17 +371,37 @@ fn init_logging(level: Option<&str>) {
                     return;
                 }
             }
-            Err(e) => eprintln!(
+            Err(e) => say_err!(
                 "tokenkeeper: cannot reach journald's socket ({e}); logging plain lines to stderr"
             ),
         }
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        // Its report of a failed write is an `eprintln!`, which panics on the same dead stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The log's stderr, with write errors dropped. A log line that cannot be written (the `| tee`
+/// or log shipper reading our stderr has died: EPIPE; a full disk: ENOSPC; a closed descriptor:
+/// EBADF) is lost, but the daemon goes on keeping tokens fresh and still revokes them at stop:
+/// a daemon that dies of its log leaves every token live.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Exit at once on a second stop signal: the operator has chosen speed over revocation.
@@ -441,6 +487,12 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
             return EXIT_OSERR;
         }
     };
+    // Stopped while the config was read: nothing is issued yet, and the journal's tokens
+    // (if any) wait for the next start.
+    if signals::stop_requested().is_some() {
+        info!("stop signal received before the start; exiting without issuing anything");
+        return EXIT_OK;
+    }
     let providers = match daemon::build_providers(&config) {
         Ok(p) => p,
         Err(e) => {
@@ -659,7 +711,7 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     let (_lock, entries) = match open_state(&config.state_dir) {
         Ok(s) => s,
         Err(EXIT_TEMPFAIL) => {
-            eprintln!(
+            say_err!(
                 "tokenkeeper: the daemon is running on {}; stop it instead: it revokes every token at stop",
                 config.state_dir.display()
             );
@@ -669,7 +721,7 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     };
     for s in &sets {
         if !entries.iter().any(|e| &e.set == s) {
-            println!("{s}: no journaled token");
+            say!("{s}: no journaled token");
         }
     }
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
@@ -687,14 +739,14 @@ async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     let mut failed = 0;
     for r in &report {
         match &r.result {
-            Ok(()) => println!("{}: revoked {}", r.set, r.fingerprint),
+            Ok(()) => say!("{}: revoked {}", r.set, r.fingerprint),
             Err(why) => {
                 failed += 1;
-                println!("{}: FAILED to revoke {}: {why}", r.set, r.fingerprint);
+                say!("{}: FAILED to revoke {}: {why}", r.set, r.fingerprint);
             }
         }
     }
-    println!("{} revoked, {failed} failed", report.len() - failed);
+    say!("{} revoked, {failed} failed", report.len() - failed);
     if failed == 0 { EXIT_OK } else { EXIT_FAILED }
 }
 
@@ -722,7 +774,7 @@ async fn batch_setup(
         warn!("{}: {w}", path.display());
     }
     let chosen = batch::select(&config, sets).map_err(|e| {
-        eprintln!("tokenkeeper: {e}");
+        say_err!("tokenkeeper: {e}");
         EXIT_USAGE
     })?;
     let providers = daemon::build_providers(&chosen).map_err(|e| {
@@ -732,7 +784,7 @@ async fn batch_setup(
     let (lock, entries) = match open_state(&chosen.state_dir) {
         Ok(s) => s,
         Err(EXIT_TEMPFAIL) => {
-            eprintln!(
+            say_err!(
                 "tokenkeeper: another tokenkeeper (the daemon, or another once/exec) holds {}; it keeps the tokens fresh already, or try again when it is done",
                 chosen.state_dir.display()
             );
@@ -757,16 +809,16 @@ async fn once(
     match batch::once(config, providers, journal, &entries, min_remaining, timeout).await {
         Ok(outcome) => {
             for s in &outcome.ok {
-                println!("{s}: ok");
+                say!("{s}: ok");
             }
             for (s, why) in &outcome.failed {
-                println!("{s}: FAILED: {why}");
+                say!("{s}: FAILED: {why}");
             }
             if outcome.failed.is_empty() {
                 EXIT_OK
             } else {
                 let names: Vec<&str> = outcome.failed.iter().map(|(s, _)| s.as_str()).collect();
-                eprintln!("tokenkeeper: no valid token for: {}", names.join(", "));
+                say_err!("tokenkeeper: no valid token for: {}", names.join(", "));
                 EXIT_UNAVAILABLE
             }
         }
@@ -797,14 +849,14 @@ async fn exec(path: &Path, sets: Vec<String>, opts: batch::ExecOptions) -> u8 {
         }
         Ok(batch::ExecOutcome::NoTokens { failed }) => {
             let names: Vec<&str> = failed.iter().map(|(s, _)| s.as_str()).collect();
-            eprintln!(
+            say_err!(
                 "tokenkeeper: no token for {}; the command was not run",
                 names.join(", ")
             );
             EXIT_UNAVAILABLE
         }
         Ok(batch::ExecOutcome::SpawnFailed { not_found, error }) => {
-            eprintln!("tokenkeeper: cannot run the command: {error}");
+            say_err!("tokenkeeper: cannot run the command: {error}");
             if not_found {
                 EXIT_NOT_FOUND
             } else {
@@ -836,7 +888,21 @@ fn summarize(report: &RunReport) -> u8 {
     } else {
         String::new()
     };
-    if failed.is_empty() {
+    if !report.crashed.is_empty() {
+        error!(
+            revoked = report.revoked_count(),
+            "stopped: revoked {} token{}, but the task of {} failed (a bug: please report it){}",
+            report.revoked_count(),
+            plural(report.revoked_count()),
+            report.crashed.join(", "),
+            if failed.is_empty() {
+                "; its journaled tokens were revoked in its place".to_string()
+            } else {
+                format!("; could not revoke every token of: {}", failed.join(", "))
+            }
+        );
+        EXIT_FAILED
+    } else if failed.is_empty() {
         info!(
             revoked = report.revoked_count(),
             kept,
@@ -866,7 +932,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
     let text = match config::read_text(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("tokenkeeper: {}", chain(&e));
+            say_err!("tokenkeeper: {}", chain(&e));
             return EXIT_CONFIG;
         }
     };
@@ -883,7 +949,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
         Err(status::StatusError::Read { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            eprintln!(
+            say_err!(
                 "tokenkeeper is not running: no status file at {} (has the daemon ever run with this config's state_dir?)",
                 file.display()
             );
@@ -898,7 +964,7 @@ fn show_status(path: &Path, json: bool) -> u8 {
                 }
                 _ => "",
             };
-            eprintln!("tokenkeeper: {}{hint}", chain(&e));
+            say_err!("tokenkeeper: {}{hint}", chain(&e));
             return EXIT_STATUS_UNKNOWN;
         }
     };
@@ -906,19 +972,24 @@ fn show_status(path: &Path, json: bool) -> u8 {
     let live = status::liveness(&snap, now, status::pid_alive);
     if json {
         let v = status::render_json(&snap, &live, now);
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
         );
     } else {
-        print!("{}", status::render_table(&snap, &live, now));
+        use std::io::Write as _;
+        let _ = write!(
+            std::io::stdout(),
+            "{}",
+            status::render_table(&snap, &live, now)
+        );
     }
     if live == Liveness::Running {
         EXIT_OK
     } else {
         if json {
             // The table says it in its first line; JSON readers get it on stderr too.
-            eprintln!("{}", status::not_running_message(&snap, &live, now));
+            say_err!("{}", status::not_running_message(&snap, &live, now));
         }
         EXIT_NOT_RUNNING
     }
@@ -1026,7 +1097,7 @@ async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
             return EXIT_CONFIG;
         }
     };
-    eprintln!(
+    say_err!(
         "\ntokenkeeper demo\n  development provider: {url} (Voucherify OAuth v1, {life}s tokens)\n  token files:          {d}/\n  config it runs:       {cfg}\n\n  Watch the files change:  watch -n1 'ls -l {d}; cat {d}/orders-sync.token; echo'\n  Ctrl-C revokes every token and removes the files.\n",
         url = provider.base_url(),
         life = lifetime.as_secs(),
@@ -1036,7 +1107,7 @@ async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
     let code = run_daemon(config, Some(cfg_path.clone())).await;
     let live = provider.live_tokens().len();
     let issued = provider.issued_tokens().len();
-    eprintln!(
+    say_err!(
         "\ndemo over: the provider issued {issued} token{} and now holds {live} live one{}.",
         plural(issued),
         plural(live)

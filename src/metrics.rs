@@ -266,6 +266,7 @@ mod tests {
             issue_failures: 1,
             tokens_revoked: 2,
             revoke_failures: 0,
+            tokens_refused: 0,
             live_tokens: 2,
         };
         Snapshot {

@@ -1,5 +1,8 @@
 //! SIGTERM, SIGINT, SIGHUP and SIGUSR1 turned into [`Control`] messages for the daemon.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_tokio::Signals;
@@ -12,27 +15,122 @@ use crate::daemon::Control;
 /// channel only drops a duplicate rotate or reload.
 const CONTROL_QUEUE: usize = 16;
 
+/// Stop signals (SIGTERM, SIGINT) received since [`install_early`], counted by the handler
+/// itself: the count tells a first stop from a second one however the deliveries are
+/// coalesced, and whether one came before anyone listened.
+static STOPS: AtomicUsize = AtomicUsize::new(0);
+/// The first stop signal's number, 0 for none yet.
+static FIRST_STOP: AtomicI32 = AtomicI32::new(0);
+/// Whether [`install_early`] has succeeded (it runs on the main thread, then in [`listen`]).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Take SIGTERM, SIGINT, SIGHUP and SIGUSR1 away from their default action (death, with every
+/// token left live) before anything else runs: the config load, the runtime, the journal.
+/// A stop signal is counted, to be acted on once the daemon listens ([`stop_requested`],
+/// [`listen`]); a reload or rotate before that has nothing to act on (the config is being read
+/// now, and the first tokens are about to be issued), so it is dropped. Signals blocked by
+/// whoever started us are unblocked, so one sent before we could take it is acted on too.
+/// Calling it again does nothing.
+pub fn install_early() -> std::io::Result<()> {
+    if INSTALLED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let installed = register_early(&mut ids);
+    if installed.is_err() {
+        // All or nothing: a half-installed set registered again would count each stop twice.
+        for id in ids {
+            signal_hook::low_level::unregister(id);
+        }
+    } else {
+        INSTALLED.store(true, Ordering::SeqCst);
+    }
+    installed
+}
+
+fn register_early(ids: &mut Vec<signal_hook::SigId>) -> std::io::Result<()> {
+    for sig in [SIGTERM, SIGINT] {
+        // SAFETY: the action does two atomic operations and nothing else, which is
+        // async-signal-safe.
+        ids.push(unsafe {
+            signal_hook::low_level::register(sig, move || {
+                let _ = FIRST_STOP.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+                STOPS.fetch_add(1, Ordering::SeqCst);
+            })
+        }?);
+    }
+    for sig in [SIGHUP, SIGUSR1] {
+        ids.push(signal_hook::flag::register(
+            sig,
+            Arc::new(AtomicBool::new(false)),
+        )?);
+    }
+    let mut ours = nix::sys::signal::SigSet::empty();
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGUSR1,
+    ] {
+        ours.add(sig);
+    }
+    // Threads started from here on (the runtime's) inherit the mask.
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&ours), None)
+        .map_err(std::io::Error::from)
+}
+
+/// The first stop signal, if one has arrived since [`install_early`].
+pub fn stop_requested() -> Option<i32> {
+    if STOPS.load(Ordering::SeqCst) == 0 {
+        return None;
+    }
+    Some(FIRST_STOP.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+fn stops() -> usize {
+    STOPS.load(Ordering::SeqCst)
+}
+
 /// Start listening for the daemon's signals. The handlers are installed before this returns,
 /// so no signal from then on takes its default action (which for all four is to die without
-/// revoking anything).
+/// revoking anything). A stop signal that came earlier (see [`install_early`]) is sent at once.
 ///
 /// A second SIGTERM or SIGINT calls `on_second_stop`, which is expected to exit at once.
 pub fn listen(on_second_stop: fn()) -> std::io::Result<mpsc::Receiver<Control>> {
+    install_early()?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     tokio::spawn(async move {
         let mut stopping = false;
+        // Counted before this listened; its delivery may or may not show up below too, which
+        // the count sorts out.
+        if let Some(sig) = stop_requested() {
+            stopping = true;
+            info!(
+                signal = name(sig),
+                "stop signal received before the daemon started"
+            );
+            let _ = tx.send(Control::Shutdown).await;
+            if stops() >= 2 {
+                warn!("second stop signal: exiting at once, without revoking");
+                on_second_stop();
+            }
+        }
         while let Some(sig) = signals.next().await {
             let control = match sig {
-                SIGTERM | SIGINT if stopping => {
-                    warn!(
-                        signal = sig,
-                        "second stop signal: exiting at once, without revoking"
-                    );
-                    on_second_stop();
-                    continue;
-                }
                 SIGTERM | SIGINT => {
+                    if stopping && stops() >= 2 {
+                        warn!(
+                            signal = sig,
+                            "second stop signal: exiting at once, without revoking"
+                        );
+                        on_second_stop();
+                        continue;
+                    }
+                    if stopping {
+                        // The early one, delivered here as well.
+                        continue;
+                    }
                     stopping = true;
                     info!(signal = name(sig), "stop signal received");
                     Control::Shutdown
@@ -44,6 +142,14 @@ pub fn listen(on_second_stop: fn()) -> std::io::Result<mpsc::Receiver<Control>> 
             if control == Control::Shutdown {
                 // Must arrive even if the queue is full of rotate requests.
                 let _ = tx.send(control).await;
+                // Two stops coalesced into one delivery.
+                if stops() >= 2 {
+                    warn!(
+                        signal = sig,
+                        "second stop signal: exiting at once, without revoking"
+                    );
+                    on_second_stop();
+                }
             } else {
                 let _ = tx.try_send(control);
             }

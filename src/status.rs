@@ -66,6 +66,9 @@ pub struct SetStats {
     pub revoked: u64,
     /// Revocation attempts that failed.
     pub revoke_failures: u64,
+    /// Tokens the provider minted in answers refused for their other fields (token_type,
+    /// lifetime), each revoked at once.
+    pub refused: u64,
     /// A token request is under way.
     pub refreshing: bool,
     /// Tokens this set holds that the provider still counts as live: the current one,
@@ -84,6 +87,11 @@ pub struct SetStats {
 }
 
 impl SetStats {
+    /// The provider minted a token in an answer that was refused.
+    pub fn token_refused(&mut self) {
+        self.refused += 1;
+    }
+
     /// A token request is being sent.
     pub fn issue_started(&mut self) {
         self.refreshing = true;
@@ -280,6 +288,9 @@ pub struct SetSnapshot {
     pub issue_failures: u64,
     pub tokens_revoked: u64,
     pub revoke_failures: u64,
+    /// See [`SetStats::refused`]. Absent from status files written before it existed.
+    #[serde(default)]
+    pub tokens_refused: u64,
     pub live_tokens: u64,
 }
 
@@ -491,6 +502,7 @@ impl Board {
                     issue_failures: stats.issue_failures,
                     tokens_revoked: stats.revoked,
                     revoke_failures: stats.revoke_failures,
+                    tokens_refused: stats.refused,
                     live_tokens: stats.live_tokens as u64,
                 }
             })
@@ -1164,6 +1176,7 @@ mod tests {
                     issue_failures: 0,
                     tokens_revoked: 2,
                     revoke_failures: 0,
+                    tokens_refused: 0,
                     live_tokens: 1,
                 },
                 SetSnapshot {
@@ -1179,6 +1192,7 @@ mod tests {
                     issue_failures: 2,
                     tokens_revoked: 0,
                     revoke_failures: 0,
+                    tokens_refused: 0,
                     live_tokens: 1,
                 },
             ],

@@ -125,7 +125,7 @@ impl Drop for Prism {
 /// failure would mean the request itself was wrong.
 fn content_only(result: Result<impl Sized, ProviderError>) {
     match result {
-        Ok(_) | Err(ProviderError::Malformed { .. }) => {}
+        Ok(_) | Err(ProviderError::Malformed { .. } | ProviderError::MintedRefused { .. }) => {}
         Err(e) => panic!("the request was refused: {}", tokenkeeper::error_chain(&e)),
     }
 }

@@ -105,6 +105,17 @@ pub enum ProviderError {
         operation: &'static str,
         what: String,
     },
+    /// An answer with a well-formed token, refused for another of its fields (a token_type
+    /// other than Bearer, an absurd lifetime). The provider minted the token: it is live until
+    /// revoked, so it travels with the error for the caller to revoke. Its `Debug` and
+    /// `Display` show the fingerprint only.
+    #[error("{operation}: refused the token it issued ({fingerprint}): {what}")]
+    MintedRefused {
+        operation: &'static str,
+        what: String,
+        fingerprint: String,
+        token: Secret,
+    },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("cannot read {what}")]
@@ -134,6 +145,15 @@ impl ProviderError {
                 RetryClass::Transient
             }
             _ => RetryClass::Slow,
+        }
+    }
+
+    /// The token a refused answer carried ([`ProviderError::MintedRefused`]), live at the
+    /// provider until revoked.
+    pub fn minted(&self) -> Option<&Secret> {
+        match self {
+            ProviderError::MintedRefused { token, .. } => Some(token),
+            _ => None,
         }
     }
 
@@ -480,6 +500,25 @@ pub(crate) fn is_b64token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
+/// `refusal` (a [`ProviderError::Malformed`] about an answer's other fields) with the
+/// answer's `access_token`, when that is a well-formed token the provider has minted, so the
+/// caller can revoke it. A token that is not a `b64token` is not used for anything, so it is
+/// left out.
+pub(crate) fn refused_minted(refusal: ProviderError, access_token: &str) -> ProviderError {
+    match refusal {
+        ProviderError::Malformed { operation, what } if is_b64token(access_token) => {
+            let token = Secret::new(access_token);
+            ProviderError::MintedRefused {
+                operation,
+                what,
+                fingerprint: token.fingerprint(),
+                token,
+            }
+        }
+        other => other,
+    }
+}
+
 /// The checks every bearer-token answer passes (Voucherify's and RFC 6749's alike): an
 /// `access_token` that is a `b64token`, and a `token_type` of Bearer in any case.
 pub(crate) fn check_bearer(
@@ -496,9 +535,12 @@ pub(crate) fn check_bearer(
         ));
     }
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(malformed(
-            operation,
-            format!("token_type {:?} is not Bearer", sanitize(token_type)),
+        return Err(refused_minted(
+            malformed(
+                operation,
+                format!("token_type {:?} is not Bearer", sanitize(token_type)),
+            ),
+            access_token,
         ));
     }
     Ok(())

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use super::{
     Introspection, Issued, ProviderError, Revocation, TokenProvider, check_bearer, failure,
-    is_transient, json_error, malformed, read_body, retry_after_text, sane_lifetime, sanitize,
+    is_transient, json_error, malformed, read_body, refused_minted, retry_after_text,
+    sane_lifetime, sanitize,
 };
 use crate::config::{AuthMethod, OAuth2Endpoints};
 use crate::secret::Secret;
@@ -421,7 +422,12 @@ pub fn parse_token_answer(
         None => (default_lifetime, true),
         Some(secs) => (
             secs.and_then(|s| sane_lifetime(s, MAX_LIFETIME))
-                .ok_or_else(|| malformed(OP, "expires_in is not a sane lifetime in seconds"))?,
+                .ok_or_else(|| {
+                    refused_minted(
+                        malformed(OP, "expires_in is not a sane lifetime in seconds"),
+                        &r.access_token,
+                    )
+                })?,
             false,
         ),
     };
@@ -678,6 +684,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+
+    /// A token in an answer refused for its token_type or expires_in was minted: the error
+    /// carries it for revocation.
+    #[test]
+    fn refused_answers_with_a_minted_token_carry_it() {
+        for body in [
+            br#"{"access_token":"tokXYZ","token_type":"mac","expires_in":60}"#.as_slice(),
+            br#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":0}"#,
+            br#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":"-3"}"#,
+        ] {
+            let e = parse_token_answer(200, None, body, Instant::now(), "read", Duration::ZERO)
+                .unwrap_err();
+            assert_eq!(e.minted().map(Secret::expose), Some("tokXYZ"), "{e}");
+            assert!(!format!("{e} {e:?}").contains("tokXYZ"), "{e:?}");
+        }
     }
 
     fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {

@@ -560,27 +560,29 @@ fn check_access(
         ));
     }
     let token = Secret::new(access);
+    // From here on the token is well-formed and minted: a refusal carries it, to be revoked.
+    let refuse = |e: ProviderError| super::refused_minted(e, token.expose());
     let token_type = r.token_type.take().unwrap_or_default();
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(malformed(
+        return Err(refuse(malformed(
             op,
             format!("token_type {:?} is not bearer", sanitize(&token_type)),
-        ));
+        )));
     }
     let expires_at = parse_timestamp(expires_text).ok_or_else(|| {
-        malformed(
+        refuse(malformed(
             op,
             format!(
                 "expires_at {:?} is not an ISO 8601 timestamp",
                 sanitize(expires_text)
             ),
-        )
+        ))
     })?;
     let server_date = date.and_then(|v| httpdate::parse_http_date(v).ok());
     let (left, wrong_clock) = lifetime(expires_at, server_date, now);
     *clock = wrong_clock;
     let lifetime = left.ok_or_else(|| {
-        malformed(
+        refuse(malformed(
             op,
             format!(
                 "expires_at {} is in the past or more than 90 days ahead{}",
@@ -591,7 +593,7 @@ fn check_access(
                     ""
                 }
             ),
-        )
+        ))
     })?;
     Ok((token, lifetime))
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     Introspection, Issued, ProviderError, TokenProvider, check_bearer, json_error, malformed,
-    read_body, retry_after_text, sanitize,
+    read_body, refused_minted, retry_after_text, sanitize,
 };
 use crate::secret::Secret;
 
@@ -253,9 +253,12 @@ pub fn parse_token_answer(
         .map(Duration::from_secs)
         .filter(|d| *d <= MAX_LIFETIME)
         .ok_or_else(|| {
-            malformed(
-                ISSUE,
-                format!("expires_in {} is not a sane lifetime", r.expires_in),
+            refused_minted(
+                malformed(
+                    ISSUE,
+                    format!("expires_in {} is not a sane lifetime", r.expires_in),
+                ),
+                &r.access_token,
             )
         })?;
     Ok(Issued {
@@ -433,6 +436,39 @@ mod tests {
             req.ends_with("\r\n\r\ngrant_type=client_credentials&scope=api+vouchers"),
             "{req}"
         );
+    }
+
+    /// A well-formed token in an answer refused for its token_type or its lifetime was minted
+    /// all the same: the error carries it for revocation, and shows only its fingerprint.
+    #[test]
+    fn refused_answers_with_a_minted_token_carry_it() {
+        let answer = |token_type: &str, expires_in: &str| {
+            format!(
+                r#"{{"access_token":"1MintedTok","client_id":"c","expires_at":1,"expires_in":{expires_in},"scope":"api","token_type":"{token_type}"}}"#
+            )
+        };
+        for (token_type, expires_in, want) in [
+            ("mac", "900", "is not Bearer"),
+            ("Bearer", "0", "not a sane lifetime"),
+            ("Bearer", "-5", "not a sane lifetime"),
+            ("Bearer", "1000000000000", "not a sane lifetime"),
+        ] {
+            let body = answer(token_type, expires_in);
+            let e = parse_token_answer(200, None, body.as_bytes(), Instant::now()).unwrap_err();
+            assert_eq!(e.minted().map(Secret::expose), Some("1MintedTok"), "{e}");
+            assert_eq!(e.retry_class(), crate::schedule::RetryClass::Slow);
+            let text = format!("{e} {e:?}");
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains("1MintedTok"), "{text}");
+            assert!(
+                text.contains(&crate::secret::fingerprint("1MintedTok")),
+                "{text}"
+            );
+        }
+        // A token that is not a bearer token is never used, not even to revoke it.
+        let body = br#"{"access_token":"a b","client_id":"c","expires_at":1,"expires_in":900,"scope":"api","token_type":"mac"}"#;
+        let e = parse_token_answer(200, None, body, Instant::now()).unwrap_err();
+        assert!(e.minted().is_none(), "{e:?}");
     }
 
     #[tokio::test]

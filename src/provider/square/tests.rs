@@ -474,3 +474,20 @@ fn status_answers_are_classified() {
     let err = parse_status_answer(503, Some("7"), b"", now).unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
 }
+
+/// An access token in an answer refused for its token_type or expires_at was minted: the
+/// error carries it for revocation.
+#[test]
+fn refused_access_tokens_are_carried_for_revocation() {
+    for body in [
+        br#"{"access_token":"EAAAone","token_type":"mac","expires_at":"2999-01-01T00:00:00Z"}"#
+            .as_slice(),
+        br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"soon"}"#,
+        br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2000-01-01T00:00:00Z"}"#,
+    ] {
+        let a = parse_token_answer("RenewToken", 200, None, body, None, SystemTime::now()).unwrap();
+        let e = a.access.unwrap_err();
+        assert_eq!(e.minted().map(Secret::expose), Some("EAAAone"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("EAAAone"), "{e:?}");
+    }
+}
