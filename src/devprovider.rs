@@ -217,7 +217,18 @@ impl DevProvider {
         self.shared.lock().fail_issues = FailIssues {
             remaining: n,
             status,
-            retry_after,
+            retry_after: retry_after.map(|secs| secs.to_string()),
+        };
+    }
+
+    /// [`DevProvider::fail_next_issues`] with `Retry-After` sent as the given text: an
+    /// HTTP-date, or a number too large for any sane wait. Text that is no valid header value
+    /// is left out.
+    pub fn fail_next_issues_retry_after(&self, n: usize, status: u16, retry_after: &str) {
+        self.shared.lock().fail_issues = FailIssues {
+            remaining: n,
+            status,
+            retry_after: Some(retry_after.to_owned()),
         };
     }
 
@@ -492,14 +503,14 @@ impl State {
 }
 
 /// Injected failures of token requests.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct FailIssues {
     /// Token requests still to fail.
     remaining: usize,
     /// Their status.
     status: u16,
-    /// Their `Retry-After` seconds, if any.
-    retry_after: Option<u64>,
+    /// Their `Retry-After` header, if any, as sent.
+    retry_after: Option<String>,
 }
 
 /// One issued token.
@@ -923,13 +934,16 @@ async fn issue(
     let now = Instant::now();
     let (record, delay) = {
         let mut state = shared.lock();
-        let fail = state.fail_issues;
-        if fail.remaining > 0 {
+        if state.fail_issues.remaining > 0 {
             state.fail_issues.remaining -= 1;
+            let fail = state.fail_issues.clone();
             drop(state);
             let mut reply = Reply::injected(fail.status);
-            if let Some(secs) = fail.retry_after {
-                reply.headers.push((RETRY_AFTER, HeaderValue::from(secs)));
+            if let Some(value) = fail
+                .retry_after
+                .and_then(|text| HeaderValue::from_str(&text).ok())
+            {
+                reply.headers.push((RETRY_AFTER, value));
             }
             return Ok(reply);
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::config::{ProviderConfig, ProviderKind, SquareGrant};
-use crate::schedule::RetryClass;
+use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
 
 /// Connect deadline for every provider. Ten seconds covers a slow TLS handshake across
@@ -365,10 +365,23 @@ pub(crate) fn retry_after_text(headers: &reqwest::header::HeaderMap) -> Option<&
     headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()
 }
 
-/// `Retry-After` in delta-seconds. The HTTP-date form is ignored: OAuth servers send seconds,
-/// and our own backoff applies anyway.
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` in either of its forms (RFC 9110 section 10.2.3), delta-seconds or an
+/// HTTP-date read against `now`, capped at [`RETRY_AFTER_CAP`]: a provider asking for a day
+/// (or for more seconds than a `u64` holds) still gets the longest wait we honour, not our
+/// own short backoff. A date in the past asks for no wait.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits, so a parse failure is an overflow: a wait beyond any cap.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(RETRY_AFTER_CAP),
+    )
 }
 
 /// Text from a provider, made safe for one log line: control characters replaced, length
@@ -448,7 +461,7 @@ pub(crate) fn failure(
             operation,
             status,
             detail,
-            retry_after: retry_after.and_then(parse_retry_after),
+            retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
         }
     } else {
         ProviderError::Refused {
@@ -598,6 +611,59 @@ mod tests {
         assert!(!is_b64token("a\nFOO=bar"));
         assert!(!is_b64token("a\"b"));
         assert!(!is_b64token(&"a".repeat(MAX_TOKEN_LEN + 1)));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates_and_caps_both() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let s = Duration::from_secs;
+        assert_eq!(parse_retry_after("17", now), Some(s(17)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(s(0)));
+        assert_eq!(parse_retry_after("86400", now), Some(RETRY_AFTER_CAP));
+        // More seconds than a u64 holds is still a request to wait: the longest we honour.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(RETRY_AFTER_CAP)
+        );
+        let date = |t: SystemTime| httpdate::fmt_http_date(t);
+        assert_eq!(parse_retry_after(&date(now + s(42)), now), Some(s(42)));
+        assert_eq!(
+            parse_retry_after(&date(now + s(3 * 3600)), now),
+            Some(RETRY_AFTER_CAP)
+        );
+        assert_eq!(parse_retry_after(&date(now - s(30)), now), Some(s(0)));
+        // The obsolete date forms HTTP still allows are read too.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            Some(s(0))
+        );
+        for junk in [
+            "",
+            "-5",
+            "1.5",
+            "soon",
+            "12 s",
+            "Mon, 99 Foo 2026 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_carries_the_capped_retry_after_of_either_form() {
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let e = failure("token request", 503, Some(&soon), String::new());
+        let ra = e.retry_after().unwrap();
+        // Whole seconds in the date, and a moment passes before `failure` reads the clock.
+        assert!(
+            ra <= Duration::from_secs(120) && ra >= Duration::from_secs(118),
+            "{ra:?}"
+        );
+        let e = failure("token request", 429, Some("100000000"), String::new());
+        assert_eq!(e.retry_after(), Some(RETRY_AFTER_CAP));
+        // A refusal is not retried on the provider's word.
+        let e = failure("token request", 400, Some("5"), String::new());
+        assert_eq!(e.retry_after(), None);
     }
 
     #[test]

@@ -1,0 +1,94 @@
+//! A provider (or a local user) that works against the daemon: answers that leak what they were
+//! sent, expiry that the journal and the provider disagree on, `Retry-After` in its rarer
+//! forms, and a metrics listener held full of idle connections. The built binary, real signals,
+//! the strict development provider and small fakes on 127.0.0.1.
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+fn set(name: &str, path: &Path) -> String {
+    format!(
+        "  - name: {name}\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n",
+        path.display()
+    )
+}
+
+fn start(dir: &Path, yaml: &str) -> (Daemon, PathBuf) {
+    let cfg = write_config(dir, yaml);
+    let d = Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+    (d, cfg)
+}
+
+async fn stop_clean(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+}
+
+/// `status --json`, or Null while the daemon has not written its first status yet.
+fn status_json(cfg: &Path) -> serde_json::Value {
+    serde_json::from_str(&tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_as_an_http_date_is_waited_for() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    // Six seconds ahead, in whole seconds: at least four once the daemon has started and read
+    // it, where the first retry of our own backoff comes within one.
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(6));
+    p.fail_next_issues_retry_after(1, 503, &date);
+    let (mut d, _cfg) = start(dir.path(), &config(&p, dir.path(), "", &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || p.requests().token >= 1).await,
+        "{}",
+        d.output()
+    );
+    let failed = Instant::now();
+    assert!(
+        wait_until(PATIENCE, || p.requests().token >= 2).await,
+        "{}",
+        d.output()
+    );
+    let waited = failed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "retried {waited:?} after a 503 whose Retry-After was {date}:\n{}",
+        d.output()
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    stop_clean(&mut d).await;
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absurd_retry_after_is_capped_at_ten_minutes_not_ignored() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    // More seconds than a u64 holds.
+    p.fail_next_issues_retry_after(1, 429, "99999999999999999999999");
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), "", &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || !status_json(&cfg)["sets"][0]["last_error"]
+            .is_null())
+        .await,
+        "{}",
+        d.output()
+    );
+    let v = status_json(&cfg);
+    let next = v["sets"][0]["next_refresh_in_secs"].as_i64().unwrap();
+    // README: "never below a Retry-After the provider sent (capped at 10 minutes)".
+    assert!((590..=600).contains(&next), "next try in {next} s: {v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.requests().token, 1, "{}", d.output());
+    stop_clean(&mut d).await;
+}
