@@ -546,8 +546,8 @@ pub fn parse_introspect_answer(
     }
     let remaining = r
         .exp
-        .and_then(|exp| u64::try_from(exp).ok())
-        .map(|exp| Duration::from_secs(exp.saturating_sub(now)));
+        // A negative `exp` is in the past: expired, not unknown.
+        .map(|exp| Duration::from_secs(u64::try_from(exp).unwrap_or(0).saturating_sub(now)));
     Ok(Introspection::Active { remaining })
 }
 
