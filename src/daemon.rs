@@ -1073,6 +1073,11 @@ async fn adopt<P: TokenProvider, S>(
     for e in mine {
         let remaining = journal::remaining(&e, now);
         if remaining.is_zero() {
+            // Expired by our clock, which may have jumped while we were down: the provider
+            // can still count it live, so revoke it rather than take the clock's word.
+            start
+                .stale
+                .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
             continue;
         }
         let fits = e.config_hash == hash && e.refresh_at > now;
@@ -1089,6 +1094,15 @@ async fn adopt<P: TokenProvider, S>(
         };
         let refresh_in = e.refresh_at.duration_since(now).unwrap_or(Duration::ZERO);
         match provider.introspect(&e.token).await {
+            Ok(Introspection::Active { remaining: Some(r) }) if r.is_zero() => {
+                // Active, yet expired by the provider's own figures: not worth serving, but
+                // the provider may go on honouring it, so it is revoked, not just dropped.
+                info!(set = %set.name, fingerprint = %e.fingerprint,
+                    "the provider says the journaled token has expired; issuing a new one");
+                start
+                    .stale
+                    .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+            }
             Ok(Introspection::Active { remaining: r }) => {
                 let left = r.map_or(remaining, |r| r.min(remaining));
                 let held = Held::adopted(&e, left, budget.adopt());
@@ -1112,6 +1126,23 @@ async fn adopt<P: TokenProvider, S>(
     start
 }
 
+/// How long a journaled token that our clock calls expired is still offered for revocation.
+/// The wall clock may have jumped forward while the daemon was down, and then the provider
+/// still honours the token; one revocation settles it either way (a token the provider no
+/// longer knows counts as revoked). Fifteen minutes is Voucherify's whole token lifetime:
+/// enough to ride out a short outage, short enough not to hold a budget slot for long for a
+/// token that most likely is gone.
+const CLOCK_DOUBT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// How long to try revoking journaled token `e`: until it expires, or for
+/// [`CLOCK_DOUBT_WINDOW`] if by our clock it already has.
+fn revoke_window(e: &Entry, now: SystemTime) -> Duration {
+    match journal::remaining(e, now) {
+        d if d.is_zero() => CLOCK_DOUBT_WINDOW,
+        d => d,
+    }
+}
+
 /// Revoke journaled tokens that belong to no configured set (or to a set's former provider),
 /// retrying until each is revoked or expired, or until stop; then remove their files.
 async fn revoke_leftovers<P: TokenProvider>(
@@ -1129,7 +1160,7 @@ async fn revoke_leftovers<P: TokenProvider>(
     let attempts = entries.iter().map(|e| {
         let provider = providers.get(&e.provider).cloned();
         let mut stop = stop.clone();
-        let expires = Instant::now() + journal::remaining(e, now);
+        let expires = Instant::now() + revoke_window(e, now);
         async move {
             let Some(p) = provider else {
                 return Err(format!(

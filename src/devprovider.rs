@@ -244,6 +244,13 @@ impl DevProvider {
         self.shared.lock().revoke_status = status;
     }
 
+    /// Introspection answers put `expires_at` this much (whole seconds) before the token's
+    /// real expiry, `expires_in` still the truth: a provider whose two figures disagree, or
+    /// that ends tokens early. Zero (the default) answers the truth.
+    pub fn set_introspect_expires_early(&self, by: Duration) {
+        self.shared.lock().introspect_early_secs = by.as_secs();
+    }
+
     /// Lifetime of tokens issued from now on (whole seconds, at least 1).
     pub fn set_lifetime(&self, d: Duration) {
         self.shared.lock().lifetime_secs = whole_secs(d);
@@ -411,6 +418,8 @@ struct State {
     issue_delay: Duration,
     /// Injected answer to revoke requests.
     revoke_status: Option<u16>,
+    /// Seconds taken off `expires_at` in introspection answers.
+    introspect_early_secs: u64,
     /// Every token issued, oldest first.
     tokens: Vec<TokenRecord>,
     /// Token → index in `tokens`.
@@ -441,6 +450,7 @@ impl State {
             fail_issues: FailIssues::default(),
             issue_delay: Duration::ZERO,
             revoke_status: None,
+            introspect_early_secs: 0,
             tokens: Vec::new(),
             index: HashMap::new(),
             live: 0,
@@ -989,6 +999,13 @@ fn introspect(shared: &Shared, fields: &HashMap<String, String>, credentials_ok:
             let left = record.expires.saturating_duration_since(now).as_secs();
             let mut body = record.to_json(left);
             body["active"] = Value::Bool(true);
+            if state.introspect_early_secs > 0 {
+                body["expires_at"] = json!(
+                    record
+                        .expires_at
+                        .saturating_sub(state.introspect_early_secs)
+                );
+            }
             body
         }
         // Unknown, expired and revoked tokens all look the same, as the spec documents.

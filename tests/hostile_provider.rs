@@ -92,3 +92,97 @@ async fn an_absurd_retry_after_is_capped_at_ten_minutes_not_ignored() {
     assert_eq!(p.requests().token, 1, "{}", d.output());
     stop_clean(&mut d).await;
 }
+
+/// Start a daemon with one set, wait for its first token, and kill it (no revocation). Tokens
+/// the restarted daemon drops are revoked 200 ms after their replacement is written.
+async fn token_then_crash(
+    p: &tokenkeeper::devprovider::DevProvider,
+    dir: &Path,
+    f: &Path,
+) -> (String, PathBuf) {
+    let top = "defaults:\n  revoke_superseded_after: 200ms";
+    let (mut d, cfg) = start(dir, &config(p, dir, top, &set("s", f)));
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(f).unwrap();
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+    assert!(p.is_live(&first));
+    (first, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_introspection_dates_in_the_past_is_replaced_and_revoked_at_start() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let (first, cfg) = token_then_crash(&p, dir.path(), &f).await;
+    // `expires_in` still says 15 minutes; `expires_at` says an hour ago.
+    p.set_introspect_expires_early(Duration::from_secs(3600));
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "the token the provider dates expired was reused:\n{}",
+        d.output()
+    );
+    assert!(p.requests().introspect >= 1);
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&first)).await,
+        "the dropped token was not revoked:\n{}",
+        d.output()
+    );
+    assert!(
+        !d.output().contains("reusing the token it already holds"),
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let (first, cfg) = token_then_crash(&p, dir.path(), &f).await;
+    // As if the wall clock had jumped two hours ahead while the daemon was down: the journal
+    // says the token expired, the provider (whose clock is right) still honours it.
+    let journal = dir.path().join("state/journal.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let past = |h: u64| {
+        humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(h * 3600))
+            .to_string()
+    };
+    for t in doc["tokens"].as_array_mut().unwrap() {
+        t["issued_at"] = past(3).into();
+        t["refresh_at"] = past(2).into();
+        t["expires_at"] = past(1).into();
+    }
+    std::fs::write(&journal, doc.to_string()).unwrap();
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&first)).await,
+        "a token still live at the provider was dropped unrevoked:\n{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{:?}", p.live_tokens().len());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
