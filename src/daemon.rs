@@ -1029,6 +1029,7 @@ impl RunReport {
 
 /// Build every provider once, with the shared HTTP client.
 pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
+    crate::hooks::hide_secret_env(config);
     let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
         name: "(http client)".into(),
         source,
