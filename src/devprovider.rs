@@ -244,6 +244,13 @@ impl DevProvider {
         self.shared.lock().revoke_status = status;
     }
 
+    /// `Some(status)`: answer every well-formed request with `status` and an error body that
+    /// echoes the request, its form body in `message` and its headers (the app token too) in
+    /// `details`, like a careless proxy or debug endpoint. Nothing is issued or revoked.
+    pub fn set_echo_requests(&self, status: Option<u16>) {
+        self.shared.lock().echo_requests = status;
+    }
+
     /// Introspection answers put `expires_at` this much (whole seconds) before the token's
     /// real expiry, `expires_in` still the truth: a provider whose two figures disagree, or
     /// that ends tokens early. Zero (the default) answers the truth.
@@ -420,6 +427,8 @@ struct State {
     revoke_status: Option<u16>,
     /// Seconds taken off `expires_at` in introspection answers.
     introspect_early_secs: u64,
+    /// Answer with an error that echoes the request.
+    echo_requests: Option<u16>,
     /// Every token issued, oldest first.
     tokens: Vec<TokenRecord>,
     /// Token → index in `tokens`.
@@ -451,6 +460,7 @@ impl State {
             issue_delay: Duration::ZERO,
             revoke_status: None,
             introspect_early_secs: 0,
+            echo_requests: None,
             tokens: Vec::new(),
             index: HashMap::new(),
             live: 0,
@@ -887,6 +897,19 @@ async fn process(
             && app_token.is_some_and(|v| v.as_bytes() == state.app_token.as_bytes())
     };
 
+    if let Some(status) = shared.lock().echo_requests {
+        let headers: Vec<String> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        let mut reply = Reply::injected(status);
+        if let Some(body_json) = reply.body.as_mut() {
+            body_json["message"] = json!(format!("echo: {}", String::from_utf8_lossy(&body)));
+            body_json["details"] = json!(headers.join("; "));
+        }
+        return Ok(reply);
+    }
     match endpoint {
         Endpoint::Token => issue(shared, &fields, credentials_ok).await,
         Endpoint::Introspect => Ok(introspect(shared, &fields, credentials_ok)),

@@ -186,3 +186,110 @@ async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
     assert!(p.live_tokens().is_empty(), "{:?}", p.live_tokens().len());
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
+
+/// Every form in which `secret` could show: as sent, and form-encoded.
+fn forms(secret: &str) -> Vec<String> {
+    let encoded: String = url_encode(secret);
+    vec![secret.to_string(), encoded]
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
+    for s in secrets {
+        for f in forms(s) {
+            assert!(
+                !text.contains(&f),
+                "{what} holds a secret ({}):\n{text}",
+                tokenkeeper::secret::fingerprint(s)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_provider_gets_no_secret_into_the_log_the_status_or_a_hook() {
+    // A key that looks real: a dev constant could hide a leak behind a common word.
+    let app_token: String = format!("tkLive+{}/", fastrand::u64(..));
+    let p = tokenkeeper::devprovider::DevProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        tokenkeeper::devprovider::DevProviderOptions {
+            app_token: app_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let env_dump = dir.path().join("hook.env");
+    let sets = format!(
+        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    on_rotate:\n      exec: [/bin/sh, -c, 'env > {}']\n",
+        f.display(),
+        env_dump.display()
+    );
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), "", &sets));
+    let args = ["run", "-c", cfg.to_str().unwrap()];
+    let env = [("TK_TEST_APP_TOKEN", app_token.as_str())];
+    let mut d = Daemon::spawn(dir.path(), &args, 0o022, &env);
+    assert!(
+        wait_until(PATIENCE, || read(&env_dump)
+            .is_some_and(|e| e.contains("TOKENKEEPER_SET=s\n")))
+        .await,
+        "{}",
+        d.output()
+    );
+    let hook_env = read(&env_dump).unwrap();
+    assert!(!hook_env.contains("TK_TEST_APP_TOKEN"), "{hook_env}");
+    assert!(!hook_env.contains("TK_TEST_APP_ID"), "{hook_env}");
+    assert_no_secret("the hook's environment", &hook_env, &[&app_token]);
+    let first = read(&f).unwrap();
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+
+    // Now every answer is an error that quotes the request: introspecting and revoking send
+    // the token, every request sends the app token.
+    p.set_echo_requests(Some(503));
+    let mut d = Daemon::spawn(dir.path(), &args, 0o022, &env);
+    let status_file = dir.path().join("state/status.json");
+    assert!(
+        wait_until(PATIENCE, || {
+            let v = status_json(&cfg);
+            v["sets"][0]["issue_failures"]
+                .as_u64()
+                .is_some_and(|n| n >= 2)
+        })
+        .await,
+        "{}",
+        d.output()
+    );
+    let v = tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout;
+    let secrets = [app_token.as_str(), first.as_str()];
+    assert_no_secret("status --json", &v, &secrets);
+    assert!(
+        v.contains("[redacted]"),
+        "the echo never reached the status: {v}"
+    );
+    assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
+    let table = tokenkeeper(&["status", "-c", cfg.to_str().unwrap()]).stdout;
+    assert_no_secret("status", &table, &secrets);
+    // Stop: revoking the adopted token is echoed too.
+    d.signal(Signal::SIGTERM);
+    d.wait(PATIENCE).await;
+    let log = d.output();
+    assert!(log.contains("could not check the journaled token"), "{log}");
+    assert!(log.contains("echo: access_token=[redacted]"), "{log}");
+    assert!(log.contains("x-app-token: [redacted]"), "{log}");
+    assert_no_secret("the log", &log, &secrets);
+    assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}

@@ -76,6 +76,19 @@ pub struct OAuth2 {
     said_default_lifetime: AtomicBool,
 }
 
+impl OAuth2 {
+    /// What every request may carry that a provider's answer must not show: the client
+    /// secret, and the Basic credentials made from it (whole and Base64 alone).
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        let mut out = vec![self.client_secret.expose()];
+        if let Some(basic) = self.basic.as_ref().and_then(|b| b.to_str().ok()) {
+            out.push(basic);
+            out.extend(basic.strip_prefix("Basic "));
+        }
+        out
+    }
+}
+
 impl std::fmt::Debug for OAuth2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth2")
@@ -178,7 +191,7 @@ fn base64(input: &[u8]) -> String {
 
 /// The `application/x-www-form-urlencoded` serialization of one value (WHATWG URL
 /// standard), which RFC 6749 section 2.3.1 applies to the client id and secret before Base64.
-fn form_encode(value: &str) -> String {
+pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for &b in value.as_bytes() {
         match b {

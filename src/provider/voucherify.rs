@@ -81,6 +81,14 @@ pub struct Voucherify {
     timeout: Duration,
 }
 
+impl Voucherify {
+    /// What every request carries that a provider's answer must not show: `X-App-Id` and
+    /// `X-App-Token`.
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        self.auth.values().filter_map(|v| v.to_str().ok()).collect()
+    }
+}
+
 impl std::fmt::Debug for Voucherify {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Voucherify")
