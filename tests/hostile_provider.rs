@@ -293,3 +293,131 @@ async fn an_echoing_provider_gets_no_secret_into_the_log_the_status_or_a_hook() 
     assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
+
+/// `GET /metrics`, or `None` if the listener closed the connection or did not answer in 2 s.
+async fn try_get_metrics(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.starts_with("HTTP/1.1 200").then_some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Hard (and soft) limit on the daemon's open files: low, so that idle connections exhaust it
+/// within moments unless the listener bounds them, high enough for one set's ordinary needs.
+const DAEMON_NOFILE: libc::rlim_t = 64;
+
+/// Idle connections the test holds open at once: far beyond [`DAEMON_NOFILE`].
+const IDLE_HELD: usize = 300;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_metrics_connections_cannot_starve_token_writes() {
+    use std::os::unix::process::CommandExt;
+    let p = provider(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let top = "metrics: { listen: \"127.0.0.1:0\" }\ndefaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 100ms";
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), top, &set("s", &f)));
+    let log = dir.path().join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: DAEMON_NOFILE,
+                rlim_max: DAEMON_NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    };
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    d.wait_for_log("serving metrics at /metrics").await;
+    let addr = d
+        .output()
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    // A local user opens connections and never sends a byte, replacing the oldest so that
+    // IDLE_HELD are always open, for as long as the test watches the tokens rotate.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = {
+        let (addr, flooding) = (addr.clone(), std::sync::Arc::clone(&flooding));
+        tokio::spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+                    held.push_back(s);
+                }
+                if held.len() > IDLE_HELD {
+                    held.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            held
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Tokens last 2 s and are replaced after 1 s: under the flood they must keep coming.
+    let mut seen = vec![read(&f).unwrap_or_default()];
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        if let Some(t) = read(&f)
+            && seen.last() != Some(&t)
+        {
+            seen.push(t);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.len() >= 4,
+        "only {} tokens written in 8 s of idle connections:\n{}",
+        seen.len(),
+        d.output()
+    );
+    // The last IDLE_HELD stay open, silent: once they time out, a scrape is answered.
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let held = flood.await.unwrap();
+    let mut answered = None;
+    let start = Instant::now();
+    while answered.is_none() && start.elapsed() < PATIENCE {
+        answered = try_get_metrics(&addr).await;
+    }
+    let body = answered.unwrap_or_else(|| panic!("metrics never answered:\n{}", d.output()));
+    assert!(body.contains("tokenkeeper_up 1"), "{body}");
+    drop(held);
+    let out = d.output();
+    assert!(!out.contains("Too many open files"), "{out}");
+    let v = status_json(&cfg);
+    assert_eq!(v["sets"][0]["state"], "fresh", "{v}");
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
