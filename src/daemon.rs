@@ -730,7 +730,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
                 // Journal first: a crash after the file write must not lose track.
                 let entry = self.journal_entry(&held, &meta, refresh_at);
-                if let Err(e) = Box::pin(self.journal.record(entry)).await {
+                let unjournaled = Box::pin(self.journal.record(entry)).await.err();
+                if let Some(e) = &unjournaled {
                     error!(set = %name, fingerprint = %held.fingerprint, error = %e,
                         "token not journaled; if tokenkeeper is killed now it stays live until it expires");
                 }
@@ -758,6 +759,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         self.report.stats_if(|s| s.set_live(live));
                         if let Some(h) = &t.current {
                             self.fresh(h, next);
+                        }
+                        // The token serves, but a set that cannot write its journal is not
+                        // well: say so until a token is journaled again.
+                        if let Some(e) = unjournaled {
+                            let error = format!("token not journaled: {e}");
+                            self.report.stats(|s| s.write_failed(error.clone()));
+                            self.set_state(SetState::Failing {
+                                has_token: true,
+                                error,
+                            });
                         }
                         t.current_meta = Some(meta);
                         Box::pin(self.forget_previous(&mut t.previous)).await;

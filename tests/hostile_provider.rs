@@ -421,3 +421,55 @@ async fn idle_metrics_connections_cannot_starve_token_writes() {
     stop_clean(&mut d).await;
     assert!(p.live_tokens().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
+    let p = provider(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let top = "defaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 100ms";
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), top, &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["state"]
+            == "fresh")
+        .await,
+        "{}",
+        d.output()
+    );
+    // The journal's place is taken by a directory with something in it: renaming the new
+    // journal over it fails, as a write fails on a full disk or out of descriptors.
+    let journal = dir.path().join("state/journal.json");
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    std::fs::write(journal.join("keep"), "x").unwrap();
+    let first = read(&f).unwrap();
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || {
+            let v = status_json(&cfg);
+            v["sets"][0]["state"] == "failing"
+                && v["sets"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not journaled"))
+        })
+        .await,
+        "a set that cannot journal its tokens is reported {}:\n{}",
+        status_json(&cfg)["sets"][0],
+        d.output()
+    );
+    // Once the journal can be written again, the next token makes the set fresh.
+    std::fs::remove_dir_all(&journal).unwrap();
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["state"]
+            == "fresh")
+        .await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
