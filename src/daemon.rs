@@ -1814,6 +1814,8 @@ mod tests {
         attempts: Vec<Instant>,
         /// What `revocation()` answers; `None` is the trait's default.
         policy: Option<Revocation>,
+        /// What `introspect()` answers; `None` is Inactive.
+        introspection: Option<Introspection>,
     }
 
     impl Mock {
@@ -1894,7 +1896,12 @@ mod tests {
             Ok(())
         }
         async fn introspect(&self, _token: &Secret) -> Result<Introspection, ProviderError> {
-            Ok(Introspection::Inactive)
+            Ok(self
+                .s
+                .lock()
+                .unwrap()
+                .introspection
+                .unwrap_or(Introspection::Inactive))
         }
         fn revocation(&self) -> Revocation {
             self.s.lock().unwrap().policy.unwrap_or(Revocation::Always)
@@ -2193,6 +2200,65 @@ mod tests {
             expires_at: Instant::now() + S(secs),
             _slot: b.adopt(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
+        let p = Mock::new(S(900));
+        // Active, but by its own figures out of time.
+        p.s.lock().unwrap().introspection = Some(Introspection::Active {
+            remaining: Some(Duration::ZERO),
+        });
+        let budget = Budget::new(
+            "p",
+            10,
+            crate::config::IssueRate {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        let (journal, _view) = Journal::memory();
+        let now = SystemTime::now();
+        let entry = |fp: &str, expires_at: SystemTime, refresh_at: SystemTime| Entry {
+            set: "s".into(),
+            provider: "p".into(),
+            fingerprint: fp.into(),
+            token: Secret::new(fp),
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            issued_at: now - S(900),
+            expires_at,
+            refresh_at,
+            config_hash: "h".into(),
+            file: None,
+        };
+        let mine = vec![
+            // Past its expiry by our clock, which may have jumped.
+            entry("by-clock", now - S(60), now - S(300)),
+            entry("by-provider", now + S(600), now + S(300)),
+        ];
+        let t0 = Instant::now();
+        let start: Start<MemSink> = adopt(
+            &set_cfg(0.66, 0.0),
+            "h",
+            p.as_ref(),
+            &budget,
+            mine,
+            &journal,
+        )
+        .await;
+        assert!(start.current.is_none());
+        let mut stale: Vec<_> = start.stale.iter().map(|h| h.fingerprint.clone()).collect();
+        stale.sort();
+        assert_eq!(stale, ["by-clock", "by-provider"]);
+        // Revocable for the window, not just until an expiry already past.
+        assert!(
+            start
+                .stale
+                .iter()
+                .all(|h| h.expires_at >= t0 + CLOCK_DOUBT_WINDOW)
+        );
+        assert_eq!(budget.live(), 2);
     }
 
     #[tokio::test(start_paused = true)]
