@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::budget::{Budget, Refusal, Slot};
 use crate::config::{Config, FileConfig, OnShutdown, ProviderConfig, SetConfig};
 use crate::error_chain as chain;
-use crate::journal::{self, Entry, Journal};
+use crate::journal::{self, CLOCK_DOUBT_WINDOW, Entry, Journal};
 use crate::provider::{Introspection, Issued, Provider, ProviderError, Revocation, TokenProvider};
 use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
@@ -757,7 +757,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     issued_at + refresh_after(lifetime, &self.cfg.refresh, (self.jitter)());
                 // Journal first: a crash after the file write must not lose track.
                 let entry = self.journal_entry(&held, &meta, refresh_at);
-                if let Err(e) = Box::pin(self.journal.record(entry)).await {
+                let unjournaled = Box::pin(self.journal.record(entry)).await.err();
+                if let Some(e) = &unjournaled {
                     error!(set = %name, fingerprint = %held.fingerprint, error = %e,
                         "token not journaled; if tokenkeeper is killed now it stays live until it expires");
                 }
@@ -799,6 +800,16 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         self.report.stats_if(|s| s.set_live(live));
                         if let Some(h) = &t.current {
                             self.fresh(h, next);
+                        }
+                        // The token serves, but a set that cannot write its journal is not
+                        // well: say so until a token is journaled again.
+                        if let Some(e) = unjournaled {
+                            let error = format!("token not journaled: {e}");
+                            self.report.stats(|s| s.write_failed(error.clone()));
+                            self.set_state(SetState::Failing {
+                                has_token: true,
+                                error,
+                            });
                         }
                         t.current_meta = Some(meta);
                         Box::pin(self.forget_previous(&mut t.previous)).await;
@@ -1178,6 +1189,7 @@ impl RunReport {
 
 /// Build every provider once, with the shared HTTP client.
 pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
+    crate::hooks::hide_secret_env(config);
     let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
         name: "(http client)".into(),
         source,
@@ -1222,6 +1234,11 @@ async fn adopt<P: TokenProvider, S>(
     for e in mine {
         let remaining = journal::remaining(&e, now);
         if remaining.is_zero() {
+            // Expired by our clock, which may have jumped while we were down: the provider
+            // can still count it live, so revoke it rather than take the clock's word.
+            start
+                .stale
+                .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
             continue;
         }
         // Minted in an answer that was refused, then a crash: it was never in any file.
@@ -1247,6 +1264,15 @@ async fn adopt<P: TokenProvider, S>(
         };
         let refresh_in = e.refresh_at.duration_since(now).unwrap_or(Duration::ZERO);
         match provider.introspect(&e.token).await {
+            Ok(Introspection::Active { remaining: Some(r) }) if r.is_zero() => {
+                // Active, yet expired by the provider's own figures: not worth serving, but
+                // the provider may go on honouring it, so it is revoked, not just dropped.
+                info!(set = %set.name, fingerprint = %e.fingerprint,
+                    "the provider says the journaled token has expired; issuing a new one");
+                start
+                    .stale
+                    .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+            }
             Ok(Introspection::Active { remaining: r }) => {
                 let left = r.map_or(remaining, |r| r.min(remaining));
                 let held = Held::adopted(&e, left, budget.adopt());
@@ -1270,6 +1296,15 @@ async fn adopt<P: TokenProvider, S>(
     start
 }
 
+/// How long to try revoking journaled token `e`: until it expires, or for
+/// [`CLOCK_DOUBT_WINDOW`] if by our clock it already has.
+fn revoke_window(e: &Entry, now: SystemTime) -> Duration {
+    match journal::remaining(e, now) {
+        d if d.is_zero() => CLOCK_DOUBT_WINDOW,
+        d => d,
+    }
+}
+
 /// Revoke journaled tokens that belong to no configured set (or to a set's former provider),
 /// retrying until each is revoked or expired, or until stop; then remove their files.
 async fn revoke_leftovers<P: TokenProvider>(
@@ -1287,7 +1322,7 @@ async fn revoke_leftovers<P: TokenProvider>(
     let attempts = entries.iter().map(|e| {
         let provider = providers.get(&e.provider).cloned();
         let mut stop = stop.clone();
-        let expires = Instant::now() + journal::remaining(e, now);
+        let expires = Instant::now() + revoke_window(e, now);
         async move {
             let Some(p) = provider else {
                 return Err(format!(
@@ -2133,6 +2168,8 @@ mod tests {
         policy: Option<Revocation>,
         /// Answer with the last token issued again instead of a new one.
         repeat: bool,
+        /// What `introspect()` answers; `None` is Inactive.
+        introspection: Option<Introspection>,
     }
 
     impl Mock {
@@ -2215,7 +2252,12 @@ mod tests {
             Ok(())
         }
         async fn introspect(&self, _token: &Secret) -> Result<Introspection, ProviderError> {
-            Ok(Introspection::Inactive)
+            Ok(self
+                .s
+                .lock()
+                .unwrap()
+                .introspection
+                .unwrap_or(Introspection::Inactive))
         }
         fn revocation(&self) -> Revocation {
             self.s.lock().unwrap().policy.unwrap_or(Revocation::Always)
@@ -2556,6 +2598,65 @@ mod tests {
             expires_at: Instant::now() + S(secs),
             _slot: b.adopt(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
+        let p = Mock::new(S(900));
+        // Active, but by its own figures out of time.
+        p.s.lock().unwrap().introspection = Some(Introspection::Active {
+            remaining: Some(Duration::ZERO),
+        });
+        let budget = Budget::new(
+            "p",
+            10,
+            crate::config::IssueRate {
+                per_second: 1.0,
+                burst: 1,
+            },
+        );
+        let (journal, _view) = Journal::memory();
+        let now = SystemTime::now();
+        let entry = |fp: &str, expires_at: SystemTime, refresh_at: SystemTime| Entry {
+            set: "s".into(),
+            provider: "p".into(),
+            fingerprint: fp.into(),
+            token: Secret::new(fp),
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            issued_at: now - S(900),
+            expires_at,
+            refresh_at,
+            config_hash: "h".into(),
+            file: None,
+        };
+        let mine = vec![
+            // Past its expiry by our clock, which may have jumped.
+            entry("by-clock", now - S(60), now - S(300)),
+            entry("by-provider", now + S(600), now + S(300)),
+        ];
+        let t0 = Instant::now();
+        let start: Start<MemSink> = adopt(
+            &set_cfg(0.66, 0.0),
+            "h",
+            p.as_ref(),
+            &budget,
+            mine,
+            &journal,
+        )
+        .await;
+        assert!(start.current.is_none());
+        let mut stale: Vec<_> = start.stale.iter().map(|h| h.fingerprint.clone()).collect();
+        stale.sort();
+        assert_eq!(stale, ["by-clock", "by-provider"]);
+        // Revocable for the window, not just until an expiry already past.
+        assert!(
+            start
+                .stale
+                .iter()
+                .all(|h| h.expires_at >= t0 + CLOCK_DOUBT_WINDOW)
+        );
+        assert_eq!(budget.live(), 2);
     }
 
     #[tokio::test(start_paused = true)]

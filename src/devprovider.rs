@@ -219,7 +219,18 @@ impl DevProvider {
         self.shared.lock().fail_issues = FailIssues {
             remaining: n,
             status,
-            retry_after,
+            retry_after: retry_after.map(|secs| secs.to_string()),
+        };
+    }
+
+    /// [`DevProvider::fail_next_issues`] with `Retry-After` sent as the given text: an
+    /// HTTP-date, or a number too large for any sane wait. Text that is no valid header value
+    /// is left out.
+    pub fn fail_next_issues_retry_after(&self, n: usize, status: u16, retry_after: &str) {
+        self.shared.lock().fail_issues = FailIssues {
+            remaining: n,
+            status,
+            retry_after: Some(retry_after.to_owned()),
         };
     }
 
@@ -259,6 +270,20 @@ impl DevProvider {
     /// ones included) instead of the lifetime. The token is minted with its real lifetime.
     pub fn set_answer_expires_in(&self, secs: Option<i64>) {
         self.shared.lock().answer_expires_in = secs;
+    }
+
+    /// `Some(status)`: answer every well-formed request with `status` and an error body that
+    /// echoes the request, its form body in `message` and its headers (the app token too) in
+    /// `details`, like a careless proxy or debug endpoint. Nothing is issued or revoked.
+    pub fn set_echo_requests(&self, status: Option<u16>) {
+        self.shared.lock().echo_requests = status;
+    }
+
+    /// Introspection answers put `expires_at` this much (whole seconds) before the token's
+    /// real expiry, `expires_in` still the truth: a provider whose two figures disagree, or
+    /// that ends tokens early. Zero (the default) answers the truth.
+    pub fn set_introspect_expires_early(&self, by: Duration) {
+        self.shared.lock().introspect_early_secs = by.as_secs();
     }
 
     /// Lifetime of tokens issued from now on (whole seconds, at least 1).
@@ -436,6 +461,10 @@ struct State {
     answer_token_type: Option<String>,
     /// `expires_in` in token answers instead of the lifetime.
     answer_expires_in: Option<i64>,
+    /// Seconds taken off `expires_at` in introspection answers.
+    introspect_early_secs: u64,
+    /// Answer with an error that echoes the request.
+    echo_requests: Option<u16>,
     /// Every token issued, oldest first.
     tokens: Vec<TokenRecord>,
     /// Token → index in `tokens`.
@@ -470,6 +499,8 @@ impl State {
             repeat_tokens: false,
             answer_token_type: None,
             answer_expires_in: None,
+            introspect_early_secs: 0,
+            echo_requests: None,
             tokens: Vec::new(),
             index: HashMap::new(),
             live: 0,
@@ -532,14 +563,14 @@ impl State {
 }
 
 /// Injected failures of token requests.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct FailIssues {
     /// Token requests still to fail.
     remaining: usize,
     /// Their status.
     status: u16,
-    /// Their `Retry-After` seconds, if any.
-    retry_after: Option<u64>,
+    /// Their `Retry-After` header, if any, as sent.
+    retry_after: Option<String>,
 }
 
 /// One issued token.
@@ -906,6 +937,19 @@ async fn process(
             && app_token.is_some_and(|v| v.as_bytes() == state.app_token.as_bytes())
     };
 
+    if let Some(status) = shared.lock().echo_requests {
+        let headers: Vec<String> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        let mut reply = Reply::injected(status);
+        if let Some(body_json) = reply.body.as_mut() {
+            body_json["message"] = json!(format!("echo: {}", String::from_utf8_lossy(&body)));
+            body_json["details"] = json!(headers.join("; "));
+        }
+        return Ok(reply);
+    }
     match endpoint {
         Endpoint::Token => issue(shared, &fields, credentials_ok).await,
         Endpoint::Introspect => Ok(introspect(shared, &fields, credentials_ok)),
@@ -967,13 +1011,16 @@ async fn issue(
     }
     let (record, delay, expires_in, token_type) = {
         let mut state = shared.lock();
-        let fail = state.fail_issues;
-        if fail.remaining > 0 {
+        if state.fail_issues.remaining > 0 {
             state.fail_issues.remaining -= 1;
+            let fail = state.fail_issues.clone();
             drop(state);
             let mut reply = Reply::injected(fail.status);
-            if let Some(secs) = fail.retry_after {
-                reply.headers.push((RETRY_AFTER, HeaderValue::from(secs)));
+            if let Some(value) = fail
+                .retry_after
+                .and_then(|text| HeaderValue::from_str(&text).ok())
+            {
+                reply.headers.push((RETRY_AFTER, value));
             }
             return Ok(reply);
         }
@@ -1053,6 +1100,13 @@ fn introspect(shared: &Shared, fields: &HashMap<String, String>, credentials_ok:
             let left = record.expires.saturating_duration_since(now).as_secs();
             let mut body = record.to_json(left);
             body["active"] = Value::Bool(true);
+            if state.introspect_early_secs > 0 {
+                body["expires_at"] = json!(
+                    record
+                        .expires_at
+                        .saturating_sub(state.introspect_early_secs)
+                );
+            }
             body
         }
         // Unknown, expired and revoked tokens all look the same, as the spec documents.

@@ -29,6 +29,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{error, warn};
 use zeroize::Zeroizing;
 
@@ -474,7 +475,8 @@ fn parse_log(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, JournalError> {
             continue;
         }
         match serde_json::from_slice::<Line>(l).map_err(corrupt(i))? {
-            Line::Record(e) => live.insert(e.fingerprint.clone(), e.expires_at, *e, 0),
+            // Never pruned: only replayed.
+            Line::Record(e) => live.insert(e.fingerprint.clone(), Instant::now(), *e, 0),
             Line::Remove(fps) => {
                 for fp in &fps {
                     live.remove(fp);
@@ -496,7 +498,7 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
             source,
         })?;
         let len = s.line_len();
-        live.insert(s.fingerprint.clone(), s.expires_at, s, len);
+        live.insert(s.fingerprint.clone(), s.deadline, s, len);
     }
     Disk::new(dir.to_path_buf(), None).compact(&live)
 }
@@ -509,8 +511,9 @@ struct Live<T> {
     order: BTreeMap<u64, T>,
     by_fp: HashMap<String, (u64, usize)>,
     /// Soonest expiry first, by sequence number: an entry replaced or removed since stays
-    /// queued until its time comes and is then passed over.
-    expiry: BinaryHeap<Reverse<(SystemTime, u64)>>,
+    /// queued until its time comes and is then passed over. Times are the daemon's monotonic
+    /// clock's, not the wall clock's (see [`Stored::deadline`]).
+    expiry: BinaryHeap<Reverse<(Instant, u64)>>,
     /// What a compaction writes: the log lines of every value held.
     bytes: usize,
 }
@@ -528,11 +531,11 @@ impl<T> Default for Live<T> {
 }
 
 impl<T> Live<T> {
-    fn insert(&mut self, fp: String, expires_at: SystemTime, value: T, line_len: usize) {
+    fn insert(&mut self, fp: String, deadline: Instant, value: T, line_len: usize) {
         self.remove(&fp);
         self.order.insert(self.next, value);
         self.by_fp.insert(fp, (self.next, line_len));
-        self.expiry.push(Reverse((expires_at, self.next)));
+        self.expiry.push(Reverse((deadline, self.next)));
         self.next += 1;
         self.bytes += line_len;
     }
@@ -559,7 +562,7 @@ impl<T> Live<T> {
 
     /// Forget every value expired by `now`; returns their fingerprints. Each costs a pop from
     /// the queue, not a pass over everything held.
-    fn prune(&mut self, now: SystemTime, fingerprint: impl Fn(&T) -> &str) -> Vec<String> {
+    fn prune(&mut self, now: Instant, fingerprint: impl Fn(&T) -> &str) -> Vec<String> {
         let mut gone = Vec::new();
         while let Some(Reverse((at, seq))) = self.expiry.peek().copied() {
             if at > now {
@@ -587,7 +590,11 @@ impl<T> Live<T> {
 /// largest share of the daemon's CPU while it started.
 struct Stored {
     fingerprint: String,
-    expires_at: SystemTime,
+    /// When the writer may forget the token, by the daemon's monotonic clock: its expiry as
+    /// it stood when recorded. The wall clock is not asked again: after it jumps forward,
+    /// tokens still live at the provider would leave the journal before they are revoked,
+    /// and a crash then would lose them.
+    deadline: Instant,
     /// The entry as JSON: it holds the token, so it is wiped when dropped.
     json: Zeroizing<Vec<u8>>,
 }
@@ -598,9 +605,14 @@ const RECORD_CLOSE: &[u8] = b"}\n";
 
 impl Stored {
     fn new(e: &Entry) -> Result<Stored, serde_json::Error> {
+        Self::kept_for(e, remaining(e, SystemTime::now()))
+    }
+
+    /// A journaled token kept at least `for_at_least` whatever its expiry says.
+    fn kept_for(e: &Entry, for_at_least: Duration) -> Result<Stored, serde_json::Error> {
         Ok(Stored {
             fingerprint: e.fingerprint.clone(),
-            expires_at: e.expires_at,
+            deadline: Instant::now() + remaining(e, SystemTime::now()).max(for_at_least),
             json: Zeroizing::new(serde_json::to_vec(e)?),
         })
     }
@@ -630,6 +642,14 @@ fn push_remove(out: &mut Vec<u8>, fps: &[&str]) {
     }
     out.extend_from_slice(b"}\n");
 }
+
+/// How long a journaled token that the wall clock calls expired is still offered for
+/// revocation, and kept in the journal meanwhile. The wall clock may have jumped forward while
+/// the daemon was down, and then the provider still honours the token; one revocation settles
+/// it either way (a token the provider no longer knows counts as revoked). Fifteen minutes is
+/// Voucherify's whole token lifetime: enough to ride out a short outage, short enough not to
+/// hold a budget slot for long for a token that most likely is gone.
+pub const CLOCK_DOUBT_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// A log may hold this much besides twice its live records before it is compacted: a
 /// compaction rewrites every live record, so spacing them by at least the live size (and this
@@ -815,9 +835,14 @@ impl Journal {
         let (view_tx, view_rx) = tokio::sync::watch::channel(entries.clone());
         tokio::spawn(async move {
             let mut live = Live::default();
-            for s in entries.iter().filter_map(|e| Stored::new(e).ok()) {
+            // What the journal held at start is kept at least as long as the daemon offers an
+            // expired-looking token for revocation: the clock may be what is wrong.
+            for s in entries
+                .iter()
+                .filter_map(|e| Stored::kept_for(e, CLOCK_DOUBT_WINDOW).ok())
+            {
                 let len = s.line_len();
-                live.insert(s.fingerprint.clone(), s.expires_at, s, len);
+                live.insert(s.fingerprint.clone(), s.deadline, s, len);
             }
             let has_lock = lock.is_some();
             let state = Arc::new(Mutex::new(State {
@@ -865,7 +890,7 @@ impl Journal {
                             Op::Record(s) => {
                                 s.push_line(&mut lines);
                                 let len = s.line_len();
-                                st.live.insert(s.fingerprint.clone(), s.expires_at, *s, len);
+                                st.live.insert(s.fingerprint.clone(), s.deadline, *s, len);
                             }
                             Op::Remove(fps) => {
                                 let held: Vec<&str> = fps
@@ -883,7 +908,7 @@ impl Journal {
                     }
                     // Expired tokens need no revocation and no record: this is what keeps the
                     // journal from growing when revocations fail.
-                    let expired = st.live.prune(SystemTime::now(), |s| s.fingerprint.as_str());
+                    let expired = st.live.prune(Instant::now(), |s| s.fingerprint.as_str());
                     if !expired.is_empty() {
                         let fps: Vec<&str> = expired.iter().map(String::as_str).collect();
                         push_remove(&mut lines, &fps);
@@ -1209,22 +1234,30 @@ mod tests {
     #[tokio::test]
     async fn the_writer_records_removes_and_prunes_expired_tokens() {
         let tmp = tempfile::tempdir().unwrap();
-        let j = Journal::start(tmp.path().to_path_buf(), vec![entry("old", 0)]);
+        let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
+        j.record(entry("old", 0)).await.unwrap();
         j.record(entry("aa", 600)).await.unwrap();
         j.record(entry("bb", 600)).await.unwrap();
-        let on_disk: Vec<String> = load(tmp.path())
-            .unwrap()
-            .into_iter()
-            .map(|e| e.fingerprint)
-            .collect();
-        assert_eq!(on_disk, vec!["aa", "bb"]);
+        assert_eq!(fingerprints(tmp.path()), ["aa", "bb"]);
         j.remove(vec!["aa".into()]).await;
-        let on_disk: Vec<String> = load(tmp.path())
-            .unwrap()
-            .into_iter()
-            .map(|e| e.fingerprint)
-            .collect();
-        assert_eq!(on_disk, vec!["bb"]);
+        assert_eq!(fingerprints(tmp.path()), ["bb"]);
+    }
+
+    /// What the journal held at start may be expired only by a clock that jumped: it stays
+    /// while the daemon offers it for revocation, then goes. Tokens recorded while running
+    /// leave by the daemon's own clock, not the wall clock's.
+    #[tokio::test(start_paused = true)]
+    async fn tokens_expired_by_the_wall_clock_stay_until_the_doubt_window_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let j = Journal::start(tmp.path().to_path_buf(), vec![entry("old", 0)]);
+        j.record(entry("aa", 60)).await.unwrap();
+        assert_eq!(fingerprints(tmp.path()), ["old", "aa"]);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        j.record(entry("bb", 6000)).await.unwrap();
+        assert_eq!(fingerprints(tmp.path()), ["old", "bb"]);
+        tokio::time::advance(CLOCK_DOUBT_WINDOW).await;
+        j.record(entry("cc", 6000)).await.unwrap();
+        assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
     }
 
     #[tokio::test]

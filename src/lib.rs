@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod devprovider;
 pub mod hooks;
 pub mod journal;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod provider;

@@ -409,6 +409,15 @@ fn exit_now() {
     std::process::exit(i32::from(EXIT_FAILED));
 }
 
+/// Lift the soft limit on open files to the hard one: a low soft limit starves token and
+/// journal writes long before the hard limit would.
+fn raise_nofile_limit() {
+    match tokenkeeper::limits::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
 async fn run(path: &Path) -> u8 {
     let Loaded { config, warnings } = match config::load(path) {
         Ok(l) => l,
@@ -418,6 +427,7 @@ async fn run(path: &Path) -> u8 {
         }
     };
     init_logging(config.log_level.as_deref());
+    raise_nofile_limit();
     for w in &warnings {
         warn!("{}: {w}", path.display());
     }

@@ -36,6 +36,21 @@ const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// instead of spinning on the same error.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Connections served at once. A scraper uses one; a few Prometheus servers and a curl leave
+/// room to spare. The bound keeps a local user who opens idle connections by the thousand
+/// from taking the descriptors the token and journal writes need: beyond it, a connection is
+/// closed as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Time a client has to send its request headers (and, on a kept-alive connection, the next
+/// request). A scraper sends them at once; an idle or trickling client is cut off and its
+/// place freed.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest life of one connection, whatever it does. An answer takes milliseconds and
+/// Prometheus reconnects for free, so a connection older than this is someone holding a slot.
+const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("cannot write the metrics textfile")]
@@ -202,21 +217,31 @@ pub async fn serve(listener: TcpListener, board: Arc<Board>) {
     }
     // Connections live in the set so that dropping this future ends them all.
     let mut connections = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        // Dropped unanswered: its descriptor is back at once.
+                        debug!(%peer, limit = MAX_CONNECTIONS, "metrics listener: too many connections; closing this one");
+                        continue;
+                    };
                     let board = Arc::clone(&board);
                     connections.spawn(async move {
+                        let _slot = slot;
                         let service = service_fn(move |req| {
                             let board = Arc::clone(&board);
                             async move { Ok::<_, std::convert::Infallible>(answer(&board, &req)) }
                         });
-                        if let Err(e) = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            debug!(error = %e, "metrics connection ended with an error");
+                        let served = http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service);
+                        match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection ended with an error"),
+                            Err(_) => debug!(%peer, "metrics connection open too long; closed"),
                         }
                     });
                 }

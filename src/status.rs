@@ -112,6 +112,13 @@ impl SetStats {
         self.next_refresh = Some(wall(retry_at));
     }
 
+    /// Something the set must write (its journal entry) could not be written; nothing was
+    /// retried for it, so no issue failure is counted.
+    pub fn write_failed(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.last_error_at = Some(SystemTime::now());
+    }
+
     /// A new token is in the file.
     pub fn written(&mut self, fingerprint: &str, expires_at: SystemTime, next_refresh: Instant) {
         self.fingerprint = Some(fingerprint.to_string());

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::config::{ProviderConfig, ProviderKind, SquareGrant};
-use crate::schedule::RetryClass;
+use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
 
 /// Connect deadline for every provider. Ten seconds covers a slow TLS handshake across
@@ -157,6 +157,21 @@ impl ProviderError {
         }
     }
 
+    /// This error with every secret `redactor` knows taken out of the text the provider
+    /// supplied (error details, descriptions of malformed answers).
+    pub(crate) fn redacted(mut self, redactor: &Redactor) -> ProviderError {
+        match &mut self {
+            ProviderError::Refused { detail, .. } | ProviderError::Unavailable { detail, .. } => {
+                *detail = redactor.redact(detail);
+            }
+            ProviderError::Malformed { what, .. } | ProviderError::Discovery { what, .. } => {
+                *what = redactor.redact(what);
+            }
+            _ => {}
+        }
+        self
+    }
+
     /// The provider's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -164,6 +179,102 @@ impl ProviderError {
             _ => None,
         }
     }
+}
+
+/// Shown where a secret was cut out of a provider's text.
+pub const REDACTED: &str = "[redacted]";
+
+/// Shortest start of a secret cut out where a provider's text was truncated right after it
+/// (see [`sanitize`]): shorter runs are too common in ordinary words to mean anything, and
+/// four characters of a long random secret tell an attacker nearly nothing.
+const MIN_PARTIAL: usize = 4;
+
+/// The secrets one request carried, to be cut out of whatever the provider answers: a server
+/// or proxy that echoes the request (headers, form body) in its error must not get the API key,
+/// the client secret or a token into our log, `status.json` or `tokenkeeper status`. Each secret
+/// is looked for as sent (raw, form-encoded) and as our error text would quote it (JSON and
+/// Rust escapes).
+#[derive(Default)]
+pub struct Redactor {
+    needles: Vec<zeroize::Zeroizing<String>>,
+}
+
+impl Redactor {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Redactor {
+        let mut r = Redactor::default();
+        for s in secrets {
+            r.add(s);
+        }
+        r
+    }
+
+    pub fn add(&mut self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        let quoted = |q: String| q[1..q.len() - 1].to_owned();
+        let forms = [
+            secret.to_owned(),
+            oauth2::form_encode(secret),
+            quoted(format!("{secret:?}")),
+            serde_json::to_string(secret)
+                .map(quoted)
+                .unwrap_or_default(),
+        ];
+        for f in forms {
+            if !f.is_empty() && !self.needles.iter().any(|n| **n == f) {
+                self.needles.push(zeroize::Zeroizing::new(f));
+            }
+        }
+        // Longest first, so a form that contains another is cut whole.
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`], including the start of one that
+    /// [`sanitize`] cut short at its `…`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), REDACTED);
+            }
+        }
+        if !out.contains('…') {
+            return out;
+        }
+        // Only a piece followed by `…` can end inside a secret.
+        let pieces: Vec<&str> = out.split('…').collect();
+        let last = pieces.len() - 1;
+        let mut result = String::with_capacity(out.len());
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let cut = if i < last {
+                self.needles
+                    .iter()
+                    .filter_map(|n| partial_tail(piece, n))
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            result.push_str(&piece[..piece.len() - cut]);
+            if cut > 0 {
+                result.push_str(REDACTED);
+            }
+            if i < last {
+                result.push('…');
+            }
+        }
+        result
+    }
+}
+
+/// Length of the longest start of `needle` (at least [`MIN_PARTIAL`] bytes, shorter than the
+/// whole) that `piece` ends with.
+fn partial_tail(piece: &str, needle: &str) -> Option<usize> {
+    (MIN_PARTIAL..needle.len())
+        .rev()
+        .filter(|&k| needle.is_char_boundary(k))
+        .find(|&k| piece.ends_with(&needle[..k]))
 }
 
 /// The operations every provider offers.
@@ -213,10 +324,25 @@ fn load(what: &'static str, source: &crate::secret::SecretSource) -> Result<Secr
 impl Provider {
     /// Build a provider from config, reading its secrets now so a missing key fails at start.
     pub fn build(cfg: &ProviderConfig, http: &reqwest::Client) -> Result<Provider, ProviderError> {
+        crate::hooks::hide_env_of(cfg.kind.secret_sources().into_iter().map(|(_, s)| s));
         Ok(Provider {
             kind: Kind::build(cfg, http)?,
             permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
         })
+    }
+
+    /// `e` without the provider's own secrets, nor `token` (the one the request carried).
+    /// Square cuts its refresh token out itself: it changes with every issue.
+    fn redact(&self, e: ProviderError, token: Option<&Secret>) -> ProviderError {
+        let mut r = match &self.kind {
+            Kind::Voucherify(p) => Redactor::new(p.secrets()),
+            Kind::OAuth2(p) => Redactor::new(p.secrets()),
+            Kind::Square(p) => Redactor::new(p.secrets()),
+        };
+        if let Some(t) = token {
+            r.add(t.expose());
+        }
+        e.redacted(&r)
     }
 
     /// A permit for one request. The semaphore is never closed; should that change, a
@@ -307,6 +433,7 @@ impl TokenProvider for Provider {
             Kind::OAuth2(p) => Box::pin(p.issue(scopes)).await,
             Kind::Square(p) => Box::pin(p.issue(scopes)).await,
         }
+        .map_err(|e| self.redact(e, None))
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
@@ -316,6 +443,7 @@ impl TokenProvider for Provider {
             Kind::OAuth2(p) => Box::pin(p.revoke(token)).await,
             Kind::Square(p) => Box::pin(p.revoke(token)).await,
         }
+        .map_err(|e| self.redact(e, Some(token)))
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -325,6 +453,7 @@ impl TokenProvider for Provider {
             Kind::OAuth2(p) => Box::pin(p.introspect(token)).await,
             Kind::Square(p) => Box::pin(p.introspect(token)).await,
         }
+        .map_err(|e| self.redact(e, Some(token)))
     }
 
     fn revocation(&self) -> Revocation {
@@ -385,10 +514,23 @@ pub(crate) fn retry_after_text(headers: &reqwest::header::HeaderMap) -> Option<&
     headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()
 }
 
-/// `Retry-After` in delta-seconds. The HTTP-date form is ignored: OAuth servers send seconds,
-/// and our own backoff applies anyway.
-pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` in either of its forms (RFC 9110 section 10.2.3), delta-seconds or an
+/// HTTP-date read against `now`, capped at [`RETRY_AFTER_CAP`]: a provider asking for a day
+/// (or for more seconds than a `u64` holds) still gets the longest wait we honour, not our
+/// own short backoff. A date in the past asks for no wait.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits, so a parse failure is an overflow: a wait beyond any cap.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(RETRY_AFTER_CAP),
+    )
 }
 
 /// Text from a provider, made safe for one log line: control characters replaced, length
@@ -468,7 +610,7 @@ pub(crate) fn failure(
             operation,
             status,
             detail,
-            retry_after: retry_after.and_then(parse_retry_after),
+            retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
         }
     } else {
         ProviderError::Refused {
@@ -640,6 +782,85 @@ mod tests {
         assert!(!is_b64token("a\nFOO=bar"));
         assert!(!is_b64token("a\"b"));
         assert!(!is_b64token(&"a".repeat(MAX_TOKEN_LEN + 1)));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates_and_caps_both() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let s = Duration::from_secs;
+        assert_eq!(parse_retry_after("17", now), Some(s(17)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(s(0)));
+        assert_eq!(parse_retry_after("86400", now), Some(RETRY_AFTER_CAP));
+        // More seconds than a u64 holds is still a request to wait: the longest we honour.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(RETRY_AFTER_CAP)
+        );
+        let date = |t: SystemTime| httpdate::fmt_http_date(t);
+        assert_eq!(parse_retry_after(&date(now + s(42)), now), Some(s(42)));
+        assert_eq!(
+            parse_retry_after(&date(now + s(3 * 3600)), now),
+            Some(RETRY_AFTER_CAP)
+        );
+        assert_eq!(parse_retry_after(&date(now - s(30)), now), Some(s(0)));
+        // The obsolete date forms HTTP still allows are read too.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            Some(s(0))
+        );
+        for junk in [
+            "",
+            "-5",
+            "1.5",
+            "soon",
+            "12 s",
+            "Mon, 99 Foo 2026 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_failure_carries_the_capped_retry_after_of_either_form() {
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let e = failure("token request", 503, Some(&soon), String::new());
+        let ra = e.retry_after().unwrap();
+        // Whole seconds in the date, and a moment passes before `failure` reads the clock.
+        assert!(
+            ra <= Duration::from_secs(120) && ra >= Duration::from_secs(118),
+            "{ra:?}"
+        );
+        let e = failure("token request", 429, Some("100000000"), String::new());
+        assert_eq!(e.retry_after(), Some(RETRY_AFTER_CAP));
+        // A refusal is not retried on the provider's word.
+        let e = failure("token request", 400, Some("5"), String::new());
+        assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn the_redactor_cuts_every_form_of_a_secret_and_a_truncated_start() {
+        let r = Redactor::new(["s3cr+t/key=", "tok\"en", "Zx9QwErTyUiOp"]);
+        assert_eq!(
+            r.redact("X-App-Token: s3cr+t/key= body=a%3Ds3cr%2Bt%2Fkey%3D&b"),
+            "X-App-Token: [redacted] body=a%3D[redacted]&b"
+        );
+        // As a Debug or JSON string quotes it.
+        assert_eq!(
+            r.redact(r#"message="got tok\"en""#),
+            r#"message="got [redacted]""#
+        );
+        // sanitize() cut the text inside the secret: its start goes too.
+        let cut = sanitize(&format!("{}Zx9QwErTyUiOp", "x".repeat(295)));
+        assert!(cut.ends_with("Zx9Qw…"), "{cut}");
+        assert_eq!(r.redact(&cut), format!("{}[redacted]…", "x".repeat(295)));
+        // Ordinary text, and a mere three letters of a secret, are left alone.
+        assert_eq!(r.redact("Zx9… plain"), "Zx9… plain");
+        assert_eq!(r.redact("no secrets here"), "no secrets here");
+        let e = failure("revoke", 400, None, "echo: tok\"en".into()).redacted(&r);
+        assert_eq!(
+            e.to_string(),
+            "revoke refused with HTTP 400: echo: [redacted]"
+        );
     }
 
     #[test]

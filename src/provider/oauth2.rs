@@ -77,6 +77,19 @@ pub struct OAuth2 {
     said_default_lifetime: AtomicBool,
 }
 
+impl OAuth2 {
+    /// What every request may carry that a provider's answer must not show: the client
+    /// secret, and the Basic credentials made from it (whole and Base64 alone).
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        let mut out = vec![self.client_secret.expose()];
+        if let Some(basic) = self.basic.as_ref().and_then(|b| b.to_str().ok()) {
+            out.push(basic);
+            out.extend(basic.strip_prefix("Basic "));
+        }
+        out
+    }
+}
+
 impl std::fmt::Debug for OAuth2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth2")
@@ -179,7 +192,7 @@ fn base64(input: &[u8]) -> String {
 
 /// The `application/x-www-form-urlencoded` serialization of one value (WHATWG URL
 /// standard), which RFC 6749 section 2.3.1 applies to the client id and secret before Base64.
-fn form_encode(value: &str) -> String {
+pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for &b in value.as_bytes() {
         match b {
@@ -552,8 +565,8 @@ pub fn parse_introspect_answer(
     }
     let remaining = r
         .exp
-        .and_then(|exp| u64::try_from(exp).ok())
-        .map(|exp| Duration::from_secs(exp.saturating_sub(now)));
+        // A negative `exp` is in the past: expired, not unknown.
+        .map(|exp| Duration::from_secs(u64::try_from(exp).unwrap_or(0).saturating_sub(now)));
     Ok(Introspection::Active { remaining })
 }
 

@@ -156,6 +156,16 @@ pub struct Square {
     timeout: Duration,
 }
 
+impl Square {
+    /// What requests carry, besides the token they are about, that an answer must not show:
+    /// the client secret and the `Authorization: Client` header made from it.
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.client_secret.iter().map(Secret::expose).collect();
+        out.extend(self.client_auth.as_ref().and_then(|h| h.to_str().ok()));
+        out
+    }
+}
+
 impl std::fmt::Debug for Square {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Square")
@@ -706,7 +716,10 @@ impl TokenProvider for Square {
         let body =
             body.map_err(|e| malformed("request", format!("cannot encode: {}", json_error(&e))))?;
         let issued_at = Instant::now();
-        let (status, headers, body) = self.post(op, url, auth, Some(body)).await?;
+        // The request carried the refresh (or access) token: an answer echoing it is cut.
+        let redact =
+            |e: super::ProviderError| e.redacted(&super::Redactor::new([current.expose()]));
+        let (status, headers, body) = self.post(op, url, auth, Some(body)).await.map_err(redact)?;
         let answer = parse_token_answer(
             op,
             status.as_u16(),
@@ -716,7 +729,8 @@ impl TokenProvider for Square {
                 .get(reqwest::header::DATE)
                 .and_then(|v| v.to_str().ok()),
             SystemTime::now(),
-        )?;
+        )
+        .map_err(redact)?;
         // The new refresh token first: whatever is wrong with the rest of the answer, the
         // old one may already be spent.
         if self.mode == Mode::RefreshToken

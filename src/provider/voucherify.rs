@@ -81,6 +81,14 @@ pub struct Voucherify {
     timeout: Duration,
 }
 
+impl Voucherify {
+    /// What every request carries that a provider's answer must not show: `X-App-Id` and
+    /// `X-App-Token`.
+    pub(crate) fn secrets(&self) -> Vec<&str> {
+        self.auth.values().filter_map(|v| v.to_str().ok()).collect()
+    }
+}
+
 impl std::fmt::Debug for Voucherify {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Voucherify")
@@ -115,6 +123,8 @@ impl Drop for TokenResponse {
 struct IntrospectResponse {
     active: bool,
     expires_in: Option<i64>,
+    /// Unix seconds. When it and `expires_in` disagree the earlier one is believed.
+    expires_at: Option<i64>,
 }
 
 /// Voucherify's error body; every field optional because we read it on a failure path.
@@ -270,11 +280,13 @@ pub fn parse_token_answer(
     })
 }
 
-/// Read the answer to `POST /v1/oauth/introspect`.
+/// Read the answer to `POST /v1/oauth/introspect`; `now` is the local clock in Unix seconds,
+/// which `expires_at` is read against.
 pub fn parse_introspect_answer(
     status: u16,
     retry_after: Option<&str>,
     body: &[u8],
+    now: u64,
 ) -> Result<Introspection, ProviderError> {
     if status != StatusCode::OK.as_u16() {
         return Err(failure(INTROSPECT, status, retry_after, body));
@@ -288,10 +300,18 @@ pub fn parse_introspect_answer(
     if !r.active {
         return Ok(Introspection::Inactive);
     }
-    let remaining = r
+    // The earliest expiry the answer gives: a token reused past its real end fails its
+    // consumers. A negative figure is an expiry in the past, not a missing one.
+    let from_in = r
         .expires_in
-        .and_then(|s| u64::try_from(s).ok())
-        .map(Duration::from_secs);
+        .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)));
+    let from_at = r
+        .expires_at
+        .map(|at| Duration::from_secs(u64::try_from(at).unwrap_or(0).saturating_sub(now)));
+    let remaining = match (from_in, from_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(Introspection::Active { remaining })
 }
 
@@ -346,7 +366,10 @@ impl TokenProvider for Voucherify {
                 &[("access_token", token.expose())],
             )
             .await?;
-        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body, now)
     }
 }
 
@@ -526,16 +549,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn introspection_believes_the_earlier_of_expires_in_and_expires_at() {
+        let now = 1_900_000_000;
+        let active = |body: &str| match parse_introspect_answer(200, None, body.as_bytes(), now) {
+            Ok(Introspection::Active { remaining }) => remaining,
+            other => panic!("{other:?}"),
+        };
+        let s = Duration::from_secs;
+        assert_eq!(
+            active(r#"{"active":true,"expires_in":600,"expires_at":1900000100}"#),
+            Some(s(100))
+        );
+        assert_eq!(
+            active(r#"{"active":true,"expires_in":60,"expires_at":1900000100}"#),
+            Some(s(60))
+        );
+        // Already past by the answer's own date, whatever expires_in says.
+        assert_eq!(
+            active(r#"{"active":true,"expires_in":800,"expires_at":1899999000}"#),
+            Some(s(0))
+        );
+        assert_eq!(active(r#"{"active":true,"expires_in":-5}"#), Some(s(0)));
+        assert_eq!(
+            active(r#"{"active":true,"expires_at":1900000042}"#),
+            Some(s(42))
+        );
+        assert_eq!(active(r#"{"active":true}"#), None);
+    }
+
     /// serde_json's own syntax messages keep their position, even the one with a quote.
     #[test]
     fn json_syntax_errors_keep_their_position() {
-        let err = parse_introspect_answer(200, None, b"{1:2}").unwrap_err();
+        let err = parse_introspect_answer(200, None, b"{1:2}", 0).unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("key must be a string at line 1 column 2"),
             "{err}"
         );
-        let err = parse_introspect_answer(200, None, b"{\"active\" true}").unwrap_err();
+        let err = parse_introspect_answer(200, None, b"{\"active\" true}", 0).unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("expected `:` at line 1 column 11"),
@@ -634,8 +686,10 @@ mod tests {
             Introspection::Inactive
         );
         assert!(req.await.unwrap().starts_with("POST /v1/oauth/introspect "));
+        // OK's expires_at is long past, and the earlier expiry wins: date this one in 2100.
         let body = OK
             .replace("\"expires_in\":900", "\"expires_in\":555")
+            .replace("1738945086", "4102444800")
             .replace('}', ",\"active\":true}");
         let (url, _r) = canned(http("200 OK", "", &body)).await;
         assert_eq!(

@@ -1,0 +1,475 @@
+//! A provider (or a local user) that works against the daemon: answers that leak what they were
+//! sent, expiry that the journal and the provider disagree on, `Retry-After` in its rarer
+//! forms, and a metrics listener held full of idle connections. The built binary, real signals,
+//! the strict development provider and small fakes on 127.0.0.1.
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+fn set(name: &str, path: &Path) -> String {
+    format!(
+        "  - name: {name}\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n",
+        path.display()
+    )
+}
+
+fn start(dir: &Path, yaml: &str) -> (Daemon, PathBuf) {
+    let cfg = write_config(dir, yaml);
+    let d = Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+    (d, cfg)
+}
+
+async fn stop_clean(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+}
+
+/// `status --json`, or Null while the daemon has not written its first status yet.
+fn status_json(cfg: &Path) -> serde_json::Value {
+    serde_json::from_str(&tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_as_an_http_date_is_waited_for() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    // Six seconds ahead, in whole seconds: at least four once the daemon has started and read
+    // it, where the first retry of our own backoff comes within one.
+    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(6));
+    p.fail_next_issues_retry_after(1, 503, &date);
+    let (mut d, _cfg) = start(dir.path(), &config(&p, dir.path(), "", &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || p.requests().token >= 1).await,
+        "{}",
+        d.output()
+    );
+    let failed = Instant::now();
+    assert!(
+        wait_until(PATIENCE, || p.requests().token >= 2).await,
+        "{}",
+        d.output()
+    );
+    let waited = failed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "retried {waited:?} after a 503 whose Retry-After was {date}:\n{}",
+        d.output()
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    stop_clean(&mut d).await;
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absurd_retry_after_is_capped_at_ten_minutes_not_ignored() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    // More seconds than a u64 holds.
+    p.fail_next_issues_retry_after(1, 429, "99999999999999999999999");
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), "", &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || !status_json(&cfg)["sets"][0]["last_error"]
+            .is_null())
+        .await,
+        "{}",
+        d.output()
+    );
+    let v = status_json(&cfg);
+    let next = v["sets"][0]["next_refresh_in_secs"].as_i64().unwrap();
+    // README: "never below a Retry-After the provider sent (capped at 10 minutes)".
+    assert!((590..=600).contains(&next), "next try in {next} s: {v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(p.requests().token, 1, "{}", d.output());
+    stop_clean(&mut d).await;
+}
+
+/// Start a daemon with one set, wait for its first token, and kill it (no revocation). Tokens
+/// the restarted daemon drops are revoked 200 ms after their replacement is written.
+async fn token_then_crash(
+    p: &tokenkeeper::devprovider::DevProvider,
+    dir: &Path,
+    f: &Path,
+) -> (String, PathBuf) {
+    let top = "defaults:\n  revoke_superseded_after: 200ms";
+    let (mut d, cfg) = start(dir, &config(p, dir, top, &set("s", f)));
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let first = read(f).unwrap();
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+    assert!(p.is_live(&first));
+    (first, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_introspection_dates_in_the_past_is_replaced_and_revoked_at_start() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let (first, cfg) = token_then_crash(&p, dir.path(), &f).await;
+    // `expires_in` still says 15 minutes; `expires_at` says an hour ago.
+    p.set_introspect_expires_early(Duration::from_secs(3600));
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "the token the provider dates expired was reused:\n{}",
+        d.output()
+    );
+    assert!(p.requests().introspect >= 1);
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&first)).await,
+        "the dropped token was not revoked:\n{}",
+        d.output()
+    );
+    assert!(
+        !d.output().contains("reusing the token it already holds"),
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let (first, cfg) = token_then_crash(&p, dir.path(), &f).await;
+    // As if the wall clock had jumped two hours ahead while the daemon was down: the journal
+    // says the token expired, the provider (whose clock is right) still honours it.
+    let journal = dir.path().join("state/journal.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    let past = |h: u64| {
+        humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(h * 3600))
+            .to_string()
+    };
+    for t in doc["tokens"].as_array_mut().unwrap() {
+        t["issued_at"] = past(3).into();
+        t["refresh_at"] = past(2).into();
+        t["expires_at"] = past(1).into();
+    }
+    std::fs::write(&journal, doc.to_string()).unwrap();
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&first)).await,
+        "a token still live at the provider was dropped unrevoked:\n{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{:?}", p.live_tokens().len());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+/// Every form in which `secret` could show: as sent, and form-encoded.
+fn forms(secret: &str) -> Vec<String> {
+    let encoded: String = url_encode(secret);
+    vec![secret.to_string(), encoded]
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
+    for s in secrets {
+        for f in forms(s) {
+            assert!(
+                !text.contains(&f),
+                "{what} holds a secret ({}):\n{text}",
+                tokenkeeper::secret::fingerprint(s)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_provider_gets_no_secret_into_the_log_the_status_or_a_hook() {
+    // A key that looks real: a dev constant could hide a leak behind a common word.
+    let app_token: String = format!("tkLive+{}/", fastrand::u64(..));
+    let p = tokenkeeper::devprovider::DevProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        tokenkeeper::devprovider::DevProviderOptions {
+            app_token: app_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let env_dump = dir.path().join("hook.env");
+    let sets = format!(
+        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    on_rotate:\n      exec: [/bin/sh, -c, 'env > {}']\n",
+        f.display(),
+        env_dump.display()
+    );
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), "", &sets));
+    let args = ["run", "-c", cfg.to_str().unwrap()];
+    let env = [("TK_TEST_APP_TOKEN", app_token.as_str())];
+    let mut d = Daemon::spawn(dir.path(), &args, 0o022, &env);
+    assert!(
+        wait_until(PATIENCE, || read(&env_dump)
+            .is_some_and(|e| e.contains("TOKENKEEPER_SET=s\n")))
+        .await,
+        "{}",
+        d.output()
+    );
+    let hook_env = read(&env_dump).unwrap();
+    assert!(!hook_env.contains("TK_TEST_APP_TOKEN"), "{hook_env}");
+    assert!(!hook_env.contains("TK_TEST_APP_ID"), "{hook_env}");
+    assert_no_secret("the hook's environment", &hook_env, &[&app_token]);
+    let first = read(&f).unwrap();
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+
+    // Now every answer is an error that quotes the request: introspecting and revoking send
+    // the token, every request sends the app token.
+    p.set_echo_requests(Some(503));
+    let mut d = Daemon::spawn(dir.path(), &args, 0o022, &env);
+    let status_file = dir.path().join("state/status.json");
+    assert!(
+        wait_until(PATIENCE, || {
+            let v = status_json(&cfg);
+            v["sets"][0]["issue_failures"]
+                .as_u64()
+                .is_some_and(|n| n >= 2)
+        })
+        .await,
+        "{}",
+        d.output()
+    );
+    let v = tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout;
+    let secrets = [app_token.as_str(), first.as_str()];
+    assert_no_secret("status --json", &v, &secrets);
+    assert!(
+        v.contains("[redacted]"),
+        "the echo never reached the status: {v}"
+    );
+    assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
+    let table = tokenkeeper(&["status", "-c", cfg.to_str().unwrap()]).stdout;
+    assert_no_secret("status", &table, &secrets);
+    // Stop: revoking the adopted token is echoed too.
+    d.signal(Signal::SIGTERM);
+    d.wait(PATIENCE).await;
+    let log = d.output();
+    assert!(log.contains("could not check the journaled token"), "{log}");
+    assert!(log.contains("echo: access_token=[redacted]"), "{log}");
+    assert!(log.contains("x-app-token: [redacted]"), "{log}");
+    assert_no_secret("the log", &log, &secrets);
+    assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+/// `GET /metrics`, or `None` if the listener closed the connection or did not answer in 2 s.
+async fn try_get_metrics(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.starts_with("HTTP/1.1 200").then_some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(2), get)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Hard (and soft) limit on the daemon's open files: low, so that idle connections exhaust it
+/// within moments unless the listener bounds them, high enough for one set's ordinary needs.
+const DAEMON_NOFILE: libc::rlim_t = 64;
+
+/// Idle connections the test holds open at once: far beyond [`DAEMON_NOFILE`].
+const IDLE_HELD: usize = 300;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_metrics_connections_cannot_starve_token_writes() {
+    use std::os::unix::process::CommandExt;
+    let p = provider(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let top = "metrics: { listen: \"127.0.0.1:0\" }\ndefaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 100ms";
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), top, &set("s", &f)));
+    let log = dir.path().join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: DAEMON_NOFILE,
+                rlim_max: DAEMON_NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    };
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    d.wait_for_log("serving metrics at /metrics").await;
+    let addr = d
+        .output()
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    // A local user opens connections and never sends a byte, replacing the oldest so that
+    // IDLE_HELD are always open, for as long as the test watches the tokens rotate.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = {
+        let (addr, flooding) = (addr.clone(), std::sync::Arc::clone(&flooding));
+        tokio::spawn(async move {
+            let mut held = std::collections::VecDeque::new();
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+                    held.push_back(s);
+                }
+                if held.len() > IDLE_HELD {
+                    held.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            held
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Tokens last 2 s and are replaced after 1 s: under the flood they must keep coming.
+    let mut seen = vec![read(&f).unwrap_or_default()];
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        if let Some(t) = read(&f)
+            && seen.last() != Some(&t)
+        {
+            seen.push(t);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.len() >= 4,
+        "only {} tokens written in 8 s of idle connections:\n{}",
+        seen.len(),
+        d.output()
+    );
+    // The last IDLE_HELD stay open, silent: once they time out, a scrape is answered.
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let held = flood.await.unwrap();
+    let mut answered = None;
+    let start = Instant::now();
+    while answered.is_none() && start.elapsed() < PATIENCE {
+        answered = try_get_metrics(&addr).await;
+    }
+    let body = answered.unwrap_or_else(|| panic!("metrics never answered:\n{}", d.output()));
+    assert!(body.contains("tokenkeeper_up 1"), "{body}");
+    drop(held);
+    let out = d.output();
+    assert!(!out.contains("Too many open files"), "{out}");
+    let v = status_json(&cfg);
+    assert_eq!(v["sets"][0]["state"], "fresh", "{v}");
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
+    let p = provider(Duration::from_secs(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let top = "defaults:\n  refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n  revoke_superseded_after: 100ms";
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), top, &set("s", &f)));
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["state"]
+            == "fresh")
+        .await,
+        "{}",
+        d.output()
+    );
+    // The journal's place is taken by a directory with something in it: renaming the new
+    // journal over it fails, as a write fails on a full disk or out of descriptors.
+    let journal = dir.path().join("state/journal.json");
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    std::fs::write(journal.join("keep"), "x").unwrap();
+    let first = read(&f).unwrap();
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some_and(|t| t != first)).await,
+        "{}",
+        d.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || {
+            let v = status_json(&cfg);
+            v["sets"][0]["state"] == "failing"
+                && v["sets"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not journaled"))
+        })
+        .await,
+        "a set that cannot journal its tokens is reported {}:\n{}",
+        status_json(&cfg)["sets"][0],
+        d.output()
+    );
+    // Once the journal can be written again, the next token makes the set fresh.
+    std::fs::remove_dir_all(&journal).unwrap();
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["state"]
+            == "fresh")
+        .await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty());
+}
