@@ -440,7 +440,8 @@ fn a_config_that_is_not_a_regular_file_or_too_large_is_refused_without_reading_i
     // Past the cap, even if all comment.
     let big = dir.path().join("big.yaml");
     let line = format!("#{}\n", "x".repeat(1023));
-    std::fs::write(&big, line.repeat(5 * 1024)).unwrap();
+    let lines = usize::try_from(tokenkeeper::config::MAX_CONFIG_BYTES >> 10).unwrap() + 1;
+    std::fs::write(&big, line.repeat(lines)).unwrap();
     let o = check(&big);
     assert_eq!(o.code, Some(78), "{}", o.stderr);
     assert!(o.stderr.contains("larger than"), "{}", o.stderr);

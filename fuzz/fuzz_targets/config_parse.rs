@@ -13,9 +13,9 @@ use tokenkeeper::config::{self, ConfigError, MAX_CONFIG_BYTES, MAX_NESTING};
 /// What opens one more level of nesting: flow sequences, flow mappings, compact sequences.
 const OPENERS: &[&str] = &["[", "{a: ", "- "];
 
-/// One input in this many is also grown past the size cap: each such run builds 4 MiB of
-/// text, and a few hundred a minute cover the check without slowing the rest down.
-const GROW_ONE_IN: u8 = 64;
+/// One input in this many is also grown past the size cap: each such run builds 16 MiB of
+/// text, and a hundred or so a minute cover the check without slowing the rest down.
+const GROW_ONE_IN: u8 = 255;
 
 fn problems(text: &str) -> Vec<String> {
     match config::parse(text, Path::new("fuzz.yaml")) {
