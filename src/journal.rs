@@ -1072,6 +1072,39 @@ mod tests {
     }
 
     #[test]
+    fn a_state_dir_journal_or_lock_another_user_could_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        drop(lock_state_dir(&dir).unwrap());
+        let refused = |why: &str| {
+            let err = lock_state_dir(&dir)
+                .map(|_| ())
+                .and_then(|()| load(&dir).map(|_| ()))
+                .unwrap_err();
+            assert!(matches!(err, JournalError::Unsafe { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        };
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o707)).unwrap();
+        refused("is writable by group or others (mode 0707)");
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
+        save(&dir, &[entry("aa", 600)]).unwrap();
+        std::fs::set_permissions(dir.join(JOURNAL_FILE), Permissions::from_mode(0o620)).unwrap();
+        refused("journal.log is writable by group or others (mode 0620)");
+        std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(JOURNAL_FILE)).unwrap();
+        refused("journal.log is not a regular file (it is a symlink)");
+        std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+        std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o602)).unwrap();
+        refused("lock is writable by group or others (mode 0602)");
+        std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o600)).unwrap();
+        // Above it: a directory others may write without the sticky bit.
+        std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o777)).unwrap();
+        refused("is writable by others without the sticky bit (mode 0777)");
+        std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o1777)).unwrap();
+        lock_state_dir(&dir).unwrap();
+    }
+
+    #[test]
     fn the_log_is_one_json_object_a_line_and_replays_in_order() {
         let tmp = tempfile::tempdir().unwrap();
         save(tmp.path(), &[entry("aa", 600), entry("bb", 900)]).unwrap();

@@ -153,19 +153,16 @@ async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
     let (first, cfg) = token_then_crash(&p, dir.path(), &f).await;
     // As if the wall clock had jumped two hours ahead while the daemon was down: the journal
     // says the token expired, the provider (whose clock is right) still honours it.
-    let journal = dir.path().join("state/journal.json");
-    let mut doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
-    let past = |h: u64| {
-        humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(h * 3600))
-            .to_string()
-    };
-    for t in doc["tokens"].as_array_mut().unwrap() {
-        t["issued_at"] = past(3).into();
-        t["refresh_at"] = past(2).into();
-        t["expires_at"] = past(1).into();
+    let state = dir.path().join("state");
+    let mut entries = tokenkeeper::journal::load(&state).unwrap();
+    assert!(!entries.is_empty());
+    let past = |h: u64| SystemTime::now() - Duration::from_secs(h * 3600);
+    for e in &mut entries {
+        e.issued_at = past(3);
+        e.refresh_at = past(2);
+        e.expires_at = past(1);
     }
-    std::fs::write(&journal, doc.to_string()).unwrap();
+    tokenkeeper::journal::save(&state, &entries).unwrap();
     let mut d = Daemon::spawn(
         dir.path(),
         &["run", "-c", cfg.to_str().unwrap()],
@@ -438,7 +435,7 @@ async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
     );
     // The journal's place is taken by a directory with something in it: renaming the new
     // journal over it fails, as a write fails on a full disk or out of descriptors.
-    let journal = dir.path().join("state/journal.json");
+    let journal = dir.path().join("state/journal.log");
     std::fs::remove_file(&journal).unwrap();
     std::fs::create_dir(&journal).unwrap();
     std::fs::write(journal.join("keep"), "x").unwrap();
