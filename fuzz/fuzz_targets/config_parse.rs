@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
 
     let pick = data.first().copied().unwrap_or(0);
     let opener = OPENERS[usize::from(pick) % OPENERS.len()];
-    let deep = format!("{}{text}", opener.repeat(MAX_NESTING + 1 + usize::from(pick)));
+    let deep = format!(
+        "{}{text}",
+        opener.repeat(MAX_NESTING + 1 + usize::from(pick))
+    );
     let refused = problems(&deep);
     assert!(
         refused.iter().any(|p| p.contains("nested deeper than")),
