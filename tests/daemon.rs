@@ -5,20 +5,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-
-fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
-        path.display()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn first_issuance_writes_every_file_with_exact_mode_and_format_then_sigterm_cleans_up() {

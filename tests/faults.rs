@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::Signal;
 
-fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
-        path.display()
-    )
-}
-
 fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -45,12 +38,6 @@ fn revoke_cmd(cfg: &Path, sets: &[&str]) -> std::process::Output {
 async fn kill(d: &mut Daemon) {
     d.signal(Signal::SIGKILL);
     d.wait(PATIENCE).await;
-}
-
-async fn stop_clean(d: &mut Daemon) {
-    d.signal(Signal::SIGTERM);
-    let status = d.wait(PATIENCE).await;
-    assert_eq!(status.code(), Some(0), "{}", d.output());
 }
 
 #[tokio::test(flavor = "multi_thread")]

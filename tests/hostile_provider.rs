@@ -13,28 +13,13 @@ use common::*;
 use nix::sys::signal::Signal;
 
 fn set(name: &str, path: &Path) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n",
-        path.display()
-    )
+    common::set(name, "api", path, "")
 }
 
 fn start(dir: &Path, yaml: &str) -> (Daemon, PathBuf) {
     let cfg = write_config(dir, yaml);
     let d = Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
     (d, cfg)
-}
-
-async fn stop_clean(d: &mut Daemon) {
-    d.signal(Signal::SIGTERM);
-    let status = d.wait(PATIENCE).await;
-    assert_eq!(status.code(), Some(0), "{}", d.output());
-}
-
-/// `status --json`, or Null while the daemon has not written its first status yet.
-fn status_json(cfg: &Path) -> serde_json::Value {
-    serde_json::from_str(&tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout)
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,10 +19,7 @@ use nix::sys::signal::Signal;
 const OTHER: u32 = 65534;
 
 fn set(name: &str, path: &Path) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n",
-        path.display()
-    )
+    common::set(name, "api", path, "")
 }
 
 fn write_config(dir: &Path, yaml: &str) -> PathBuf {
@@ -106,12 +103,6 @@ fn revoke(cfg: &Path) -> Output {
 
 fn start(dir: &Path, cfg: &Path) -> Daemon {
     Daemon::spawn(dir, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[])
-}
-
-async fn stop_clean(d: &mut Daemon) {
-    d.signal(Signal::SIGTERM);
-    let status = d.wait(PATIENCE).await;
-    assert_eq!(status.code(), Some(0), "{}", d.output());
 }
 
 /// A journal holding one token of set `gone` (no longer configured) of provider `dev`, whose

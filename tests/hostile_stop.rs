@@ -14,13 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
-fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
-        path.display()
-    )
-}
-
 /// `tokenkeeper ARGS` with stdout and stderr on `out` (no log file to read back).
 fn spawn_with_output(args: &[&str], out: std::os::fd::OwnedFd) -> Daemon {
     let child = Command::new(BIN)
@@ -275,12 +268,6 @@ async fn exec_stopped_in_its_first_milliseconds_runs_nothing_and_leaves_nothing_
     assert!(!f.exists());
 }
 
-async fn stop_clean(d: &mut Daemon) {
-    d.signal(Signal::SIGTERM);
-    let status = d.wait(PATIENCE).await;
-    assert_eq!(status.code(), Some(0), "{}", d.output());
-}
-
 /// SIGUSR1, then wait until the provider has seen the token request it causes.
 async fn rotate(d: &Daemon, p: &tokenkeeper::devprovider::DevProvider) {
     let before = p.requests().token;
@@ -400,11 +387,6 @@ fn journaled(state: &Path) -> Vec<String> {
         .into_iter()
         .map(|e| e.fingerprint)
         .collect()
-}
-
-fn status_json(cfg: &Path) -> serde_json::Value {
-    serde_json::from_str(&tokenkeeper(&["status", "--json", "-c", cfg.to_str().unwrap()]).stdout)
-        .unwrap_or_default()
 }
 
 /// Well-formed answers refused for their token_type or expires_in still minted a token each.

@@ -3,18 +3,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-
-fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
-    format!(
-        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
-        path.display()
-    )
-}
 
 /// Short grace so superseded tokens are revoked within the test.
 const TOP: &str = "defaults:\n  revoke_superseded_after: 200ms";

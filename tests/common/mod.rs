@@ -241,3 +241,25 @@ impl NotifySocket {
         new
     }
 }
+
+/// A scope set on the `dev` provider (YAML list item), its token file at `path`; `extra` goes
+/// inside `file:` (such as `, format: json`).
+pub fn set(name: &str, scopes: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    provider: dev\n    scopes: [{scopes}]\n    file: {{ path: {}{extra} }}\n",
+        path.display()
+    )
+}
+
+/// SIGTERM, and the daemon exits 0: every token revoked.
+pub async fn stop_clean(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.output());
+}
+
+/// `tokenkeeper status --json`, or Null while the daemon has not written its first status.
+pub fn status_json(cfg: &Path) -> serde_json::Value {
+    serde_json::from_str(&tokenkeeper(&["status", "--json", "-c", cfg.to_str().unwrap()]).stdout)
+        .unwrap_or_default()
+}
