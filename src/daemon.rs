@@ -124,6 +124,9 @@ pub struct IssuedMeta {
 pub struct FileSink {
     set: String,
     file: FileConfig,
+    /// What this sink last wrote there. The file is removed only while it still holds exactly
+    /// that: a file someone put in its place since is not the daemon's to delete.
+    written: std::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
 }
 
 impl FileSink {
@@ -131,7 +134,14 @@ impl FileSink {
         FileSink {
             set: set.to_string(),
             file: file.clone(),
+            written: std::sync::Mutex::new(None),
         }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -161,16 +171,49 @@ impl TokenSink for FileSink {
             },
         );
         let file = self.file.clone();
-        blocking(&self.file.path, move || {
+        let bytes = blocking(&self.file.path, move || {
             sink::ensure_parent(&file.path)?;
-            sink::write_atomic(&file, &bytes)
+            sink::write_atomic(&file, &bytes).map(|()| bytes)
         })
-        .await
+        .await?;
+        *self.written() = Some(bytes);
+        Ok(())
     }
 
     async fn remove(&self) -> Result<(), SinkError> {
         let path: PathBuf = self.file.path.clone();
-        blocking(&self.file.path, move || sink::remove(&path)).await
+        let written = self.written().clone();
+        // Whether the file is gone: only then is what was written forgotten, so that a file
+        // kept here stays judged by it at every later removal.
+        let gone = blocking(&self.file.path, move || match written {
+            Some(w) => match sink::remove_if_holds(&path, std::slice::from_ref(&w))? {
+                sink::Removal::Removed | sink::Removal::Gone => Ok(true),
+                sink::Removal::Kept(why) => {
+                    warn!(file = %path.display(), "not removing the token file: {why}");
+                    Ok(false)
+                }
+            },
+            // Written by this set's predecessor (a reload that kept the file): still only a
+            // regular file, never what a symlink there points to.
+            None => match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_file() => sink::remove(&path).map(|()| true),
+                Ok(_) => {
+                    warn!(file = %path.display(), "not removing the token file: it is no longer a regular file");
+                    Ok(false)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(SinkError::Io {
+                    op: "stat",
+                    path: path.clone(),
+                    source: e,
+                }),
+            },
+        })
+        .await?;
+        if gone {
+            *self.written() = None;
+        }
+        Ok(())
     }
 
     fn location(&self) -> String {

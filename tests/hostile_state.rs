@@ -719,3 +719,45 @@ async fn a_token_directory_another_user_controls_is_refused() {
     assert!(!theirs.join("t.token").exists());
     assert!(p.issued_tokens().is_empty());
 }
+
+/// A running set's file replaced behind the daemon's back (by another program writing there,
+/// or a symlink to something precious): at stop the token is revoked, and what is there now is
+/// left alone, since the daemon did not write it.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_stop_a_token_file_replaced_since_it_was_written_is_left_alone() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let replaced = dir.path().join("replaced.token");
+    let linked = dir.path().join("linked.token");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let sets = set("a", &replaced) + &set("b", &linked);
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), "", &sets));
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || replaced.exists() && linked.exists()).await,
+        "{}",
+        d.output()
+    );
+    std::fs::write(&replaced, "another program's file").unwrap();
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink(&victim, &linked).unwrap();
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert_eq!(
+        read(&replaced).as_deref(),
+        Some("another program's file"),
+        "{}",
+        d.output()
+    );
+    assert!(
+        std::fs::symlink_metadata(&linked).is_ok(),
+        "the symlink went"
+    );
+    assert_eq!(read(&victim).as_deref(), Some("precious"));
+    assert!(
+        d.output().contains("not removing the token file"),
+        "{}",
+        d.output()
+    );
+}
