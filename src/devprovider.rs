@@ -279,6 +279,13 @@ impl DevProvider {
         self.shared.lock().echo_requests = status;
     }
 
+    /// While on, the echoing error answers of [`DevProvider::set_echo_requests`] quote every
+    /// live token too, as a provider that knows its tokens could: tokens the request never
+    /// carried.
+    pub fn set_echo_live_tokens(&self, on: bool) {
+        self.shared.lock().echo_live_tokens = on;
+    }
+
     /// Introspection answers put `expires_at` this much (whole seconds) before the token's
     /// real expiry, `expires_in` still the truth: a provider whose two figures disagree, or
     /// that ends tokens early. Zero (the default) answers the truth.
@@ -465,6 +472,8 @@ struct State {
     introspect_early_secs: u64,
     /// Answer with an error that echoes the request.
     echo_requests: Option<u16>,
+    /// Quote every live token in those echoes too.
+    echo_live_tokens: bool,
     /// Every token issued, oldest first.
     tokens: Vec<TokenRecord>,
     /// Token → index in `tokens`.
@@ -501,6 +510,7 @@ impl State {
             answer_expires_in: None,
             introspect_early_secs: 0,
             echo_requests: None,
+            echo_live_tokens: false,
             tokens: Vec::new(),
             index: HashMap::new(),
             live: 0,
@@ -937,15 +947,34 @@ async fn process(
             && app_token.is_some_and(|v| v.as_bytes() == state.app_token.as_bytes())
     };
 
-    if let Some(status) = shared.lock().echo_requests {
+    let echo = shared.lock().echo_requests;
+    if let Some(status) = echo {
         let headers: Vec<String> = parts
             .headers
             .iter()
             .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
             .collect();
+        let live: Vec<String> = {
+            let state = shared.lock();
+            let now = Instant::now();
+            if state.echo_live_tokens {
+                state
+                    .tokens
+                    .iter()
+                    .filter(|t| t.is_live(now))
+                    .map(|t| t.token.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
         let mut reply = Reply::injected(status);
         if let Some(body_json) = reply.body.as_mut() {
-            body_json["message"] = json!(format!("echo: {}", String::from_utf8_lossy(&body)));
+            body_json["message"] = json!(format!(
+                "echo: {} live: {}",
+                String::from_utf8_lossy(&body),
+                live.join(",")
+            ));
             body_json["details"] = json!(headers.join("; "));
         }
         return Ok(reply);

@@ -276,6 +276,64 @@ async fn an_echoing_provider_gets_no_secret_into_the_log_the_status_or_a_hook() 
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
 
+/// A provider that quotes, in its error answers, tokens the failing request never carried
+/// (it knows every token it issued): the tokens the daemon holds reach neither the log nor
+/// the status.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_the_daemon_holds_are_cut_out_of_provider_text_whatever_the_request() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.token");
+    let b = dir.path().join("b.token");
+    let cfg = config(
+        &p,
+        dir.path(),
+        "defaults:\n  refresh: { min_interval: 10ms }",
+        &(set("a", &a) + &set("b", &b)),
+    );
+    let (mut d, cfg) = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists()).await,
+        "{}",
+        d.output()
+    );
+    let held = [read(&a).unwrap(), read(&b).unwrap()];
+    // From now on every answer is an error quoting every live token; a rotation asks for new
+    // tokens, a request that carries none of them.
+    p.set_echo_live_tokens(true);
+    p.set_echo_requests(Some(503));
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || {
+            let v = status_json(&cfg);
+            (0..2).all(|i| {
+                v["sets"][i]["issue_failures"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1)
+            })
+        })
+        .await,
+        "{}",
+        d.output()
+    );
+    let secrets: Vec<&str> = held.iter().map(String::as_str).collect();
+    let v = tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout;
+    assert!(
+        v.contains("live: [redacted]"),
+        "the quote never reached the status: {v}"
+    );
+    assert_no_secret("status --json", &v, &secrets);
+    assert_no_secret(
+        "status.json",
+        &read(&dir.path().join("state/status.json")).unwrap(),
+        &secrets,
+    );
+    p.set_echo_requests(None);
+    stop_clean(&mut d).await;
+    assert_no_secret("the log", &d.output(), &secrets);
+    assert!(p.live_tokens().is_empty());
+}
+
 /// `GET /metrics`, or `None` if the listener closed the connection or did not answer in 2 s.
 async fn try_get_metrics(addr: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,6 +8,7 @@ pub mod refresh_store;
 pub mod square;
 pub mod voucherify;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -305,7 +306,15 @@ pub struct Provider {
     /// `max_concurrent_requests` permits. Every request takes one, so thousands of sets
     /// share a few keep-alive connections and the provider sees a bounded load.
     permits: tokio::sync::Semaphore,
+    /// Every token of this provider the daemon may still hold, by fingerprint, with when it
+    /// can no longer matter: cut out of whatever text the provider sends, whichever request
+    /// it answers (a provider that knows its tokens can quote any of them).
+    held: std::sync::Mutex<HashMap<String, (Secret, Instant)>>,
 }
+
+/// How long a token whose lifetime the provider did not say stays on the list of tokens to
+/// cut out of its text: as long as the daemon offers a token it cannot date for revocation.
+const UNDATED_HOLD: Duration = crate::journal::CLOCK_DOUBT_WINDOW;
 
 /// Every provider kind, dispatched without boxing.
 #[derive(Debug)]
@@ -328,7 +337,51 @@ impl Provider {
         Ok(Provider {
             kind: Kind::build(cfg, http)?,
             permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
+            held: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Note a token the daemon now holds, until `until`; tokens past theirs are dropped from
+    /// the list meanwhile, so it never outgrows what is live.
+    fn hold(&self, token: &Secret, until: Instant) {
+        let now = Instant::now();
+        let mut held = self.held();
+        held.retain(|_, (_, t)| *t > now);
+        held.insert(
+            crate::secret::fingerprint(token.expose()),
+            (token.clone(), until),
+        );
+    }
+
+    fn release(&self, token: &Secret) {
+        self.held()
+            .remove(&crate::secret::fingerprint(token.expose()));
+    }
+
+    /// Note what an answer tells of the tokens the daemon holds.
+    fn note<T>(
+        &self,
+        r: &Result<T, ProviderError>,
+        held: impl FnOnce(&T) -> Option<(&Secret, Instant)>,
+    ) {
+        match r {
+            Ok(v) => {
+                if let Some((t, until)) = held(v) {
+                    self.hold(t, until);
+                }
+            }
+            Err(e) => {
+                if let Some(t) = e.minted() {
+                    self.hold(t, Instant::now() + UNDATED_HOLD);
+                }
+            }
+        }
     }
 
     /// `e` without the provider's own secrets, nor `token` (the one the request carried).
@@ -340,6 +393,9 @@ impl Provider {
             Kind::Square(p) => Redactor::new(p.secrets()),
         };
         if let Some(t) = token {
+            r.add(t.expose());
+        }
+        for (t, _) in self.held().values() {
             r.add(t.expose());
         }
         e.redacted(&r)
@@ -428,32 +484,45 @@ impl TokenProvider for Provider {
     // `max_concurrent_requests` of them exist at once.
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
         let _permit = self.permit().await;
-        match &self.kind {
+        let r = match &self.kind {
             Kind::Voucherify(p) => Box::pin(p.issue(scopes)).await,
             Kind::OAuth2(p) => Box::pin(p.issue(scopes)).await,
             Kind::Square(p) => Box::pin(p.issue(scopes)).await,
-        }
-        .map_err(|e| self.redact(e, None))
+        };
+        self.note(&r, |i| Some((&i.token, i.issued_at + i.lifetime)));
+        r.map_err(|e| self.redact(e, None))
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
         let _permit = self.permit().await;
-        match &self.kind {
+        let r = match &self.kind {
             Kind::Voucherify(p) => Box::pin(p.revoke(token)).await,
             Kind::OAuth2(p) => Box::pin(p.revoke(token)).await,
             Kind::Square(p) => Box::pin(p.revoke(token)).await,
         }
-        .map_err(|e| self.redact(e, Some(token)))
+        .map_err(|e| self.redact(e, Some(token)));
+        if r.is_ok() {
+            self.release(token);
+        }
+        r
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
         let _permit = self.permit().await;
-        match &self.kind {
+        let r = match &self.kind {
             Kind::Voucherify(p) => Box::pin(p.introspect(token)).await,
             Kind::OAuth2(p) => Box::pin(p.introspect(token)).await,
             Kind::Square(p) => Box::pin(p.introspect(token)).await,
+        };
+        // A token checked at start is one the daemon may adopt or revoke: held either way.
+        match &r {
+            Ok(Introspection::Active { remaining }) => {
+                self.hold(token, Instant::now() + remaining.unwrap_or(UNDATED_HOLD));
+            }
+            Ok(Introspection::Inactive) => self.release(token),
+            Err(_) => {}
         }
-        .map_err(|e| self.redact(e, Some(token)))
+        r.map_err(|e| self.redact(e, Some(token)))
     }
 
     fn revocation(&self) -> Revocation {
