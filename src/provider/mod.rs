@@ -364,26 +364,6 @@ impl Provider {
             .remove(&crate::secret::fingerprint(token.expose()));
     }
 
-    /// Note what an answer tells of the tokens the daemon holds.
-    fn note<T>(
-        &self,
-        r: &Result<T, ProviderError>,
-        held: impl FnOnce(&T) -> Option<(&Secret, Instant)>,
-    ) {
-        match r {
-            Ok(v) => {
-                if let Some((t, until)) = held(v) {
-                    self.hold(t, until);
-                }
-            }
-            Err(e) => {
-                if let Some(t) = e.minted() {
-                    self.hold(t, Instant::now() + UNDATED_HOLD);
-                }
-            }
-        }
-    }
-
     /// `e` without the provider's own secrets, nor `token` (the one the request carried).
     /// Square cuts its refresh token out itself: it changes with every issue.
     fn redact(&self, e: ProviderError, token: Option<&Secret>) -> ProviderError {
@@ -489,7 +469,15 @@ impl TokenProvider for Provider {
             Kind::OAuth2(p) => Box::pin(p.issue(scopes)).await,
             Kind::Square(p) => Box::pin(p.issue(scopes)).await,
         };
-        self.note(&r, |i| Some((&i.token, i.issued_at + i.lifetime)));
+        // The token issued, or one minted in an answer refused: held until revoked either way.
+        match &r {
+            Ok(i) => self.hold(&i.token, i.issued_at + i.lifetime),
+            Err(e) => {
+                if let Some(t) = e.minted() {
+                    self.hold(t, Instant::now() + UNDATED_HOLD);
+                }
+            }
+        }
         r.map_err(|e| self.redact(e, None))
     }
 
