@@ -20,11 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, FileFormat, OnShutdown, SetConfig};
-use crate::daemon::{self, Control, DaemonError, RunReport};
+use crate::config::{Config, OnShutdown, SetConfig};
+use crate::control::Control;
+use crate::daemon::{self, DaemonError, RunReport};
 use crate::journal::{self, Entry, Journal};
 use crate::provider::TokenProvider;
 use crate::sink;
+use crate::sink::FileFormat;
 use crate::status::Board;
 
 /// How long `once` and `exec` let `on_rotate` hooks of the last tokens finish before exiting:

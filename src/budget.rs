@@ -12,7 +12,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::IssueRate;
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IssueRate {
+    /// Tokens per second, sustained.
+    pub per_second: f64,
+    /// Tokens that may be issued back to back before the rate applies.
+    pub burst: u32,
+}
 
 /// Why the budget refused an issue.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,9 +20,16 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_yaml::Value;
+use sha2::{Digest, Sha256};
 
+use crate::budget::IssueRate;
 use crate::cron::RotateSchedule;
+use crate::provider::{
+    AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant, is_loopback,
+};
+use crate::schedule::RefreshPolicy;
 use crate::secret::{Availability, Secret, SecretSource};
+use crate::sink::{FileConfig, FileFormat};
 
 /// Where the config is read from when neither `-c` nor `$TOKENKEEPER_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tokenkeeper/config.yaml";
@@ -128,128 +135,6 @@ pub struct MetricsConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub name: String,
-    /// Per-request deadline (connect + send + read the answer).
-    pub timeout: Duration,
-    /// Most tokens tokenkeeper holds live at once from this provider (current, superseded,
-    /// and those being issued), across all sets.
-    pub max_live_tokens: usize,
-    /// Token-bucket limit on issuing: sustained rate and burst.
-    pub issue_rate: IssueRate,
-    /// Most HTTP requests (issue, revoke, introspect) in flight to this provider at once,
-    /// across sets: 10,000 sets share a few connections instead of opening 10,000.
-    pub max_concurrent_requests: usize,
-    pub kind: ProviderKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IssueRate {
-    /// Tokens per second, sustained.
-    pub per_second: f64,
-    /// Tokens that may be issued back to back before the rate applies.
-    pub burst: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProviderKind {
-    Voucherify {
-        /// Base URL without a trailing slash, e.g. `https://api.voucherify.io`.
-        base_url: Url,
-        app_id: SecretSource,
-        app_token: SecretSource,
-    },
-    /// Any RFC 6749 authorization server, client_credentials grant.
-    OAuth2 {
-        endpoints: OAuth2Endpoints,
-        client_id: String,
-        client_secret: SecretSource,
-        auth_method: AuthMethod,
-        /// Extra token request parameters (`audience`, `resource`, `project_id`, ...), in
-        /// key order.
-        extra_params: BTreeMap<String, String>,
-        /// Lifetime assumed when a token answer has no `expires_in`.
-        default_lifetime: Duration,
-    },
-    /// Square OAuth: ObtainToken with the refresh_token grant, or the legacy RenewToken.
-    Square {
-        /// Base URL without a trailing slash, e.g. `https://connect.squareup.com`.
-        base_url: Url,
-        client_id: String,
-        /// Absent for PKCE applications, which have no secret (and so cannot revoke).
-        client_secret: Option<SecretSource>,
-        grant: SquareGrant,
-        /// Where rotated refresh tokens (or renewed access tokens) are kept, inside `state_dir`.
-        state_file: PathBuf,
-    },
-}
-
-/// Where an OAuth 2.0 server's endpoints come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OAuth2Endpoints {
-    /// RFC 8414 / OpenID Connect discovery from the issuer, at first use.
-    Discover { issuer: Url },
-    Explicit {
-        token_url: Url,
-        revocation_url: Option<Url>,
-        introspection_url: Option<Url>,
-    },
-}
-
-/// RFC 6749 section 2.3.1 client authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// HTTP Basic with the form-encoded client id and secret (the RFC's MUST-support method).
-    ClientSecretBasic,
-    /// `client_id` and `client_secret` in the form body.
-    ClientSecretPost,
-}
-
-/// How a Square provider gets each new access token.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SquareGrant {
-    /// ObtainToken with `grant_type=refresh_token`; this is the first refresh token.
-    RefreshToken(SecretSource),
-    /// The deprecated RenewToken; this is the first access token to renew.
-    Renew(SecretSource),
-}
-
-impl ProviderKind {
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            ProviderKind::Voucherify { .. } => "voucherify",
-            ProviderKind::OAuth2 { .. } => "oauth2",
-            ProviderKind::Square { .. } => "square",
-        }
-    }
-
-    /// Every secret this provider reads, by its key.
-    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
-        match self {
-            ProviderKind::Voucherify {
-                app_id, app_token, ..
-            } => vec![("app_id", app_id), ("app_token", app_token)],
-            ProviderKind::OAuth2 { client_secret, .. } => vec![("client_secret", client_secret)],
-            ProviderKind::Square {
-                client_secret,
-                grant,
-                ..
-            } => {
-                let mut v = Vec::new();
-                if let Some(s) = client_secret {
-                    v.push(("client_secret", s));
-                }
-                match grant {
-                    SquareGrant::RefreshToken(s) => v.push(("refresh_token", s)),
-                    SquareGrant::Renew(s) => v.push(("access_token", s)),
-                }
-                v
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct SetConfig {
     pub name: String,
     pub provider: String,
@@ -297,35 +182,6 @@ impl OnRotate {
 pub struct SignalHook {
     pub pidfile: PathBuf,
     pub signal: nix::sys::signal::Signal,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileConfig {
-    pub path: PathBuf,
-    pub format: FileFormat,
-    /// Permission bits, e.g. 0o640.
-    pub mode: u32,
-    pub owner: Option<u32>,
-    pub group: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    Raw,
-    Json,
-    Env,
-    Header,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshPolicy {
-    /// Fraction of the lifetime after which the token is replaced, in (0, 1].
-    pub at: f64,
-    /// Largest fraction of the lifetime by which that moment is brought forward at random,
-    /// in [0, at).
-    pub jitter: f64,
-    /// Floor between two issues for one set.
-    pub min_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -3204,19 +3060,6 @@ fn state_file_name(provider: &str) -> String {
     }
 }
 
-/// Whether `url` names a loopback host, where plain http:// cannot be overheard.
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
 /// The first line (1-based) at which `text` nests YAML collections deeper than `max`, by a
 /// single linear pass that errs on the deep side: each open indentation level, each compact
 /// `- `, `? ` or `: ` opening a line, and each open `[` or `{` (outside quotes and
@@ -3577,6 +3420,61 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     d[a.len()][b.len()]
+}
+
+/// What a token is: its provider and scopes. A journaled token is reused only for a set whose
+/// hash still matches; a change of file settings does not need a new token.
+pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(b"v1\0provider\0");
+    h.update(set.provider.as_bytes());
+    h.update(b"\0kind\0");
+    h.update(provider.kind.kind_name().as_bytes());
+    // Whatever changes which server issues the token, for whom, or what it grants.
+    let mut field = |name: &str, value: &str| {
+        h.update(b"\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(value.as_bytes());
+    };
+    match &provider.kind {
+        ProviderKind::Voucherify { base_url, .. } => field("base_url", base_url.as_str()),
+        ProviderKind::OAuth2 {
+            endpoints,
+            client_id,
+            extra_params,
+            ..
+        } => {
+            match endpoints {
+                OAuth2Endpoints::Discover { issuer } => field("issuer", issuer.as_str()),
+                OAuth2Endpoints::Explicit { token_url, .. } => {
+                    field("token_url", token_url.as_str())
+                }
+            }
+            field("client_id", client_id);
+            for (k, v) in extra_params {
+                field(&format!("param:{k}"), v);
+            }
+        }
+        ProviderKind::Square {
+            base_url,
+            client_id,
+            ..
+        } => {
+            field("base_url", base_url.as_str());
+            field("client_id", client_id);
+        }
+    }
+    let mut scopes = set.scopes.clone();
+    scopes.sort();
+    for s in &scopes {
+        h.update(b"\0scope\0");
+        h.update(s.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

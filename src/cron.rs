@@ -16,8 +16,7 @@ use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use crate::daemon::SetState;
-use crate::status::SetReport;
+use crate::status::{SetReport, SetState};
 
 /// Largest delay added to a scheduled rotation, per set. Sets that share a schedule are
 /// spread over this window instead of all asking the provider in the same second: a few

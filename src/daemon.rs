@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,14 +17,16 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tracing::{debug, error, info, warn};
 
 use crate::budget::{Budget, Refusal, Slot};
-use crate::config::{Config, FileConfig, OnShutdown, ProviderConfig, SetConfig};
+use crate::config::{Config, OnShutdown, SetConfig};
+use crate::control::Control;
 use crate::error_chain as chain;
 use crate::journal::{self, CLOCK_DOUBT_WINDOW, Entry, Journal};
+use crate::provider::ProviderConfig;
 use crate::provider::{Introspection, Issued, Provider, ProviderError, Revocation, TokenProvider};
 use crate::schedule::{BACKOFF_CAP, RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
-use crate::sink::{self, SinkError, TokenContent};
-use crate::status::{Board, Phase, SetReport, SetStats};
+use crate::sink::{self, IssuedMeta, TokenContent, TokenSink};
+use crate::status::{Board, Phase, SetReport, SetState, SetStats};
 use crate::store::{SetSink, Stores};
 
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
@@ -65,20 +66,6 @@ const REFUSED_TOKEN_TRACKED: Duration = Duration::from_secs(3600);
 /// such a token at once instead of treating it like one that may be in a file.
 const REFUSED_TOKEN_TYPE: &str = "(refused)";
 
-/// What the process asks of the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// SIGTERM/SIGINT: revoke everything and stop.
-    Shutdown,
-    /// SIGUSR1: give every set a new token now.
-    Rotate,
-    /// SIGHUP: re-read the config.
-    Reload,
-    /// Stop without revoking the sets' current tokens: another instance (HA) carries on with
-    /// them. Superseded and in-flight tokens are still revoked; sinks are left as they are.
-    Handover,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("provider {name}")]
@@ -91,134 +78,6 @@ pub enum DaemonError {
     MissingProvider { set: String, provider: String },
     #[error("secrets store")]
     Store(#[from] crate::store::StoreError),
-}
-
-/// Where a set's token goes. The file is the first kind; a secrets store is another.
-pub trait TokenSink: Send + Sync + 'static {
-    /// Replace what the sink holds with this token, atomically.
-    fn write(
-        &self,
-        token: &Secret,
-        issued: &IssuedMeta,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// Remove the token from the sink (nothing there is fine).
-    fn remove(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
-    /// Where the sink writes, to tell whether two sinks are the same place.
-    fn location(&self) -> String;
-    /// Write nothing more until the next `write` or `remove`: the current token is about to
-    /// be revoked, and a sink that writes in the background (a store) must not write it after.
-    fn hold(&self) -> impl Future<Output = ()> + Send {
-        async {}
-    }
-}
-
-/// The non-secret facts about a token that sinks render.
-#[derive(Debug, Clone)]
-pub struct IssuedMeta {
-    pub token_type: String,
-    pub scope: String,
-    pub expires_at: SystemTime,
-}
-
-/// A token file, written with [`sink::write_atomic`] on the blocking pool.
-pub struct FileSink {
-    set: String,
-    file: FileConfig,
-    /// What this sink last wrote there. The file is removed only while it still holds exactly
-    /// that: a file someone put in its place since is not the daemon's to delete.
-    written: std::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
-}
-
-impl FileSink {
-    pub fn new(set: &str, file: &FileConfig) -> Self {
-        FileSink {
-            set: set.to_string(),
-            file: file.clone(),
-            written: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn written(&self) -> std::sync::MutexGuard<'_, Option<zeroize::Zeroizing<Vec<u8>>>> {
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    path: &std::path::Path,
-    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
-) -> Result<T, SinkError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(SinkError::Io {
-            op: "write (the writer thread failed)",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })
-}
-
-impl TokenSink for FileSink {
-    async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
-        let bytes = sink::render(
-            self.file.format,
-            &TokenContent {
-                set: &self.set,
-                token,
-                token_type: &meta.token_type,
-                expires_at: meta.expires_at,
-                scope: &meta.scope,
-            },
-        );
-        let file = self.file.clone();
-        let bytes = blocking(&self.file.path, move || {
-            sink::ensure_parent(&file.path)?;
-            sink::write_atomic(&file, &bytes).map(|()| bytes)
-        })
-        .await?;
-        *self.written() = Some(bytes);
-        Ok(())
-    }
-
-    async fn remove(&self) -> Result<(), SinkError> {
-        let path: PathBuf = self.file.path.clone();
-        let written = self.written().clone();
-        // Whether the file is gone: only then is what was written forgotten, so that a file
-        // kept here stays judged by it at every later removal.
-        let gone = blocking(&self.file.path, move || match written {
-            Some(w) => match sink::remove_if_holds(&path, std::slice::from_ref(&w))? {
-                sink::Removal::Removed | sink::Removal::Gone => Ok(true),
-                sink::Removal::Kept(why) => {
-                    warn!(file = %path.display(), "not removing the token file: {why}");
-                    Ok(false)
-                }
-            },
-            // Written by this set's predecessor (a reload that kept the file): still only a
-            // regular file, never what a symlink there points to.
-            None => match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_file() => sink::remove(&path).map(|()| true),
-                Ok(_) => {
-                    warn!(file = %path.display(), "not removing the token file: it is no longer a regular file");
-                    Ok(false)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-                Err(e) => Err(SinkError::Io {
-                    op: "stat",
-                    path: path.clone(),
-                    source: e,
-                }),
-            },
-        })
-        .await?;
-        if gone {
-            *self.written() = None;
-        }
-        Ok(())
-    }
-
-    fn location(&self) -> String {
-        self.file.path.display().to_string()
-    }
 }
 
 /// A token a set holds, with its place in the provider's budget.
@@ -334,24 +193,6 @@ pub struct SetOutcome {
     pub expiring: Vec<String>,
 }
 
-/// A set's state as others may see it (readiness, status).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum SetState {
-    /// No token yet.
-    #[default]
-    Starting,
-    /// A valid token is in the sink.
-    Fresh {
-        fingerprint: String,
-        expires_at: Instant,
-        next_refresh: Instant,
-    },
-    /// The last attempt failed; `has_token` says whether a valid token is still in place.
-    Failing { has_token: bool, error: String },
-    /// Stopped.
-    Stopped,
-}
-
 /// Source of uniform draws in [0, 1) for jitter; tests pin it.
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
@@ -374,7 +215,7 @@ pub struct SetTask<P, S> {
     pub rotate: broadcast::Receiver<()>,
     pub journal: Journal,
     pub budget: Arc<Budget>,
-    /// [`journal::config_hash`] of this set, recorded with each token.
+    /// [`crate::config::config_hash`] of this set, recorded with each token.
     pub config_hash: String,
     /// What the set begins with; `None` for nothing (most sets at a first start), which
     /// spares each of them the room a `Start` takes.
@@ -1508,10 +1349,10 @@ fn written_forms(e: &Entry) -> Written {
         scope: &e.scope,
     };
     [
-        crate::config::FileFormat::Raw,
-        crate::config::FileFormat::Json,
-        crate::config::FileFormat::Env,
-        crate::config::FileFormat::Header,
+        crate::sink::FileFormat::Raw,
+        crate::sink::FileFormat::Json,
+        crate::sink::FileFormat::Env,
+        crate::sink::FileFormat::Header,
     ]
     .into_iter()
     .map(|format| sink::render(format, &content))
@@ -1599,10 +1440,10 @@ impl<P: TokenProvider + 'static> Shared<P> {
             let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
         }
         let (stop_tx, stop_rx) = oneshot::channel();
-        let report = self.board.register(set);
+        let report = self.board.register(&set.name, &set.provider);
         let view = report.view();
         crate::hooks::watch(set, &report);
-        let config_hash = journal::config_hash(set, provider_cfg);
+        let config_hash = crate::config::config_hash(set, provider_cfg);
         let task = SetTask {
             cfg: Arc::clone(set),
             provider: Arc::clone(provider),
@@ -1721,7 +1562,7 @@ pub async fn run<P: TokenProvider + 'static>(
             return Err(missing(set));
         };
         if let Some(mine) = by_set.remove(&set.name) {
-            let hash = journal::config_hash(set, pcfg);
+            let hash = crate::config::config_hash(set, pcfg);
             adopting.push((i, hash, Arc::clone(provider), Arc::clone(budget)));
             journaled.push(mine);
         }
@@ -2111,8 +1952,8 @@ async fn reload<P: TokenProvider + 'static>(
                         Start::default()
                     }
                 };
-                if old_pcfg(&l).map(|p| journal::config_hash(&l.cfg, p))
-                    != Some(journal::config_hash(set, pcfg))
+                if old_pcfg(&l).map(|p| crate::config::config_hash(&l.cfg, p))
+                    != Some(crate::config::config_hash(set, pcfg))
                 {
                     // New scopes: the token no longer fits; it goes once the new one is written.
                     start.stale.extend(start.current.take().map(|(h, _, _)| h));
@@ -2183,8 +2024,9 @@ fn log_retired(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileFormat, RefreshPolicy};
     use crate::provider::Introspection;
+    use crate::schedule::RefreshPolicy;
+    use crate::sink::{FileConfig, FileFormat, SinkError};
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -2400,7 +2242,7 @@ mod tests {
             budget: Budget::new(
                 "p",
                 1000,
-                crate::config::IssueRate {
+                crate::budget::IssueRate {
                     per_second: 1000.0,
                     burst: 1000,
                 },
@@ -2630,7 +2472,7 @@ mod tests {
         let b = Budget::new(
             "p",
             10,
-            crate::config::IssueRate {
+            crate::budget::IssueRate {
                 per_second: 1.0,
                 burst: 1,
             },
@@ -2653,7 +2495,7 @@ mod tests {
         let budget = Budget::new(
             "p",
             10,
-            crate::config::IssueRate {
+            crate::budget::IssueRate {
                 per_second: 1.0,
                 burst: 1,
             },

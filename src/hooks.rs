@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Config, OnRotate, SetConfig};
-use crate::secret::SecretSource;
+use crate::secret::{hide_env_of, secret_env};
 use crate::status::SetReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +123,6 @@ pub async fn finish(deadline: Instant) {
     }
 }
 
-/// Environment variables the config reads secrets from (`{ env: NAME }`). Hooks would inherit
-/// them with the rest of the daemon's environment, and a hook that logs or passes on its
-/// environment would pass on the API key: every hook runs without them. Names are only ever
-/// added (a reload may drop a provider, but its key is still in our environment).
-static SECRET_ENV: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
 /// Keep the environment variables `config` reads secrets from out of every hook's
 /// environment from now on.
 pub fn hide_secret_env(config: &Config) {
@@ -138,28 +132,6 @@ pub fn hide_secret_env(config: &Config) {
         .flat_map(|p| p.kind.secret_sources());
     let stores = config.stores.values().flat_map(|s| s.auth.secret_sources());
     hide_env_of(providers.chain(stores).map(|(_, source)| source));
-}
-
-/// Keep the environment variables of `sources` out of every hook's environment from now on
-/// (a provider added by a reload calls this as it is built).
-pub fn hide_env_of<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
-    let mut hidden = SECRET_ENV
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for source in sources {
-        if let SecretSource::Env(name) = source
-            && !hidden.contains(name)
-        {
-            hidden.push(name.clone());
-        }
-    }
-}
-
-fn secret_env() -> Vec<String> {
-    SECRET_ENV
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
 }
 
 /// Run every hook of one set for the token `fingerprint`, in order, each failure logged.

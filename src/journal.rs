@@ -27,13 +27,11 @@ use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, warn};
 use zeroize::Zeroizing;
 
-use crate::config::{OAuth2Endpoints, ProviderConfig, ProviderKind, SetConfig};
 use crate::secret::Secret;
 
 /// The journal's file name inside `state_dir`.
@@ -173,61 +171,6 @@ enum Line {
     Record(Box<Entry>),
     #[serde(rename = "remove")]
     Remove(Vec<String>),
-}
-
-/// What a token is: its provider and scopes. A journaled token is reused only for a set whose
-/// hash still matches; a change of file settings does not need a new token.
-pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
-    let mut h = Sha256::new();
-    h.update(b"v1\0provider\0");
-    h.update(set.provider.as_bytes());
-    h.update(b"\0kind\0");
-    h.update(provider.kind.kind_name().as_bytes());
-    // Whatever changes which server issues the token, for whom, or what it grants.
-    let mut field = |name: &str, value: &str| {
-        h.update(b"\0");
-        h.update(name.as_bytes());
-        h.update(b"\0");
-        h.update(value.as_bytes());
-    };
-    match &provider.kind {
-        ProviderKind::Voucherify { base_url, .. } => field("base_url", base_url.as_str()),
-        ProviderKind::OAuth2 {
-            endpoints,
-            client_id,
-            extra_params,
-            ..
-        } => {
-            match endpoints {
-                OAuth2Endpoints::Discover { issuer } => field("issuer", issuer.as_str()),
-                OAuth2Endpoints::Explicit { token_url, .. } => {
-                    field("token_url", token_url.as_str())
-                }
-            }
-            field("client_id", client_id);
-            for (k, v) in extra_params {
-                field(&format!("param:{k}"), v);
-            }
-        }
-        ProviderKind::Square {
-            base_url,
-            client_id,
-            ..
-        } => {
-            field("base_url", base_url.as_str());
-            field("client_id", client_id);
-        }
-    }
-    let mut scopes = set.scopes.clone();
-    scopes.sort();
-    for s in &scopes {
-        h.update(b"\0scope\0");
-        h.update(s.as_bytes());
-    }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Exclusive ownership of a state directory, for as long as this value lives.

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod budget;
 pub mod config;
+pub mod control;
 pub mod cron;
 pub mod daemon;
 pub mod devprovider;
@@ -16,6 +17,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod provider;
+pub mod reporter;
 pub mod schedule;
 pub mod secret;
 pub mod signals;

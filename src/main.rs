@@ -15,7 +15,8 @@ use tokenkeeper::daemon::{self, RunReport};
 use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal::{self, JournalError, StateLock};
-use tokenkeeper::status::{self, Board, Liveness, Phase, ReporterOptions};
+use tokenkeeper::reporter::ReporterOptions;
+use tokenkeeper::status::{self, Board, Liveness, Phase};
 use tokenkeeper::store::ha;
 use tokenkeeper::{batch, metrics, signals, systemd};
 
@@ -517,7 +518,7 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
     // The writer holds the lock, and takes it again should the directory be removed.
     let journal = journal::Journal::start_locked(config.state_dir.clone(), entries.clone(), lock);
     let board = Board::new();
-    let reporter = tokio::spawn(status::run_reporter(
+    let reporter = tokio::spawn(tokenkeeper::reporter::run(
         Arc::clone(&board),
         ReporterOptions {
             status_file: config.state_dir.join(status::STATUS_FILE),
@@ -620,7 +621,7 @@ async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
 struct Leading {
     /// What `daemon::run` reads: the signals, with a stop turned into a handover when a
     /// standby is live, and a handover when the lease is lost.
-    control: tokio::sync::mpsc::Receiver<daemon::Control>,
+    control: tokio::sync::mpsc::Receiver<tokenkeeper::control::Control>,
     /// Renews the lease while leading.
     keeper: tokio::task::JoinHandle<()>,
     /// Set when the lease was lost while leading.
@@ -631,9 +632,9 @@ struct Leading {
 async fn stand_by(
     lease: &Arc<ha::Lease>,
     board: &Arc<Board>,
-    control: &mut tokio::sync::mpsc::Receiver<daemon::Control>,
+    control: &mut tokio::sync::mpsc::Receiver<tokenkeeper::control::Control>,
 ) -> Option<Leading> {
-    use daemon::Control;
+    use tokenkeeper::control::Control;
     let role = |role: &str, leader: Option<String>| status::HaStatus {
         instance: lease.id.clone(),
         role: role.into(),

@@ -3,7 +3,16 @@
 
 use std::time::Duration;
 
-use crate::config::RefreshPolicy;
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Fraction of the lifetime after which the token is replaced, in (0, 1].
+    pub at: f64,
+    /// Largest fraction of the lifetime by which that moment is brought forward at random,
+    /// in [0, at).
+    pub jitter: f64,
+    /// Floor between two issues for one set.
+    pub min_interval: Duration,
+}
 
 /// First retry delay after a failure. One second lets a blip clear without hammering.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);

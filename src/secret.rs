@@ -8,6 +8,7 @@ use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -199,6 +200,35 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
         return Err(SecretError::Invalid(path.to_path_buf()));
     }
     Ok(Secret::new(text))
+}
+
+/// Environment variables the config reads secrets from (`{ env: NAME }`). Hooks would inherit
+/// them with the rest of the daemon's environment, and a hook that logs or passes on its
+/// environment would pass on the API key: every hook runs without them. Names are only ever
+/// added (a reload may drop a provider, but its key is still in our environment).
+static SECRET_ENV: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Keep the environment variables of `sources` out of every hook's environment from now on
+/// (a provider added by a reload calls this as it is built).
+pub fn hide_env_of<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
+    let mut hidden = SECRET_ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for source in sources {
+        if let SecretSource::Env(name) = source
+            && !hidden.contains(name)
+        {
+            hidden.push(name.clone());
+        }
+    }
+}
+
+/// The names [`hide_env_of`] has been given so far.
+pub fn secret_env() -> Vec<String> {
+    SECRET_ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 #[cfg(test)]

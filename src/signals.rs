@@ -9,7 +9,7 @@ use signal_hook_tokio::Signals;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::daemon::Control;
+use crate::control::Control;
 
 /// Room for signals the daemon has not read yet. Signals arrive by the handful; a full
 /// channel only drops a duplicate rotate or reload.

@@ -8,16 +8,35 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{File, Permissions};
+use std::future::Future;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tracing::warn;
 use zeroize::Zeroizing;
 
-use crate::config::{FileConfig, FileFormat};
 use crate::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    pub format: FileFormat,
+    /// Permission bits, e.g. 0o640.
+    pub mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Raw,
+    Json,
+    Env,
+    Header,
+}
 
 /// Mode of a token directory we create: the owner writes, the consumers' group may list and
 /// open files, others see nothing.
@@ -395,6 +414,134 @@ fn sync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))
+}
+
+/// Where a set's token goes. The file is the first kind; a secrets store is another.
+pub trait TokenSink: Send + Sync + 'static {
+    /// Replace what the sink holds with this token, atomically.
+    fn write(
+        &self,
+        token: &Secret,
+        issued: &IssuedMeta,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Remove the token from the sink (nothing there is fine).
+    fn remove(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Where the sink writes, to tell whether two sinks are the same place.
+    fn location(&self) -> String;
+    /// Write nothing more until the next `write` or `remove`: the current token is about to
+    /// be revoked, and a sink that writes in the background (a store) must not write it after.
+    fn hold(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The non-secret facts about a token that sinks render.
+#[derive(Debug, Clone)]
+pub struct IssuedMeta {
+    pub token_type: String,
+    pub scope: String,
+    pub expires_at: SystemTime,
+}
+
+/// A token file, written with [`write_atomic`] on the blocking pool.
+pub struct FileSink {
+    set: String,
+    file: FileConfig,
+    /// What this sink last wrote there. The file is removed only while it still holds exactly
+    /// that: a file someone put in its place since is not the daemon's to delete.
+    written: std::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+}
+
+impl FileSink {
+    pub fn new(set: &str, file: &FileConfig) -> Self {
+        FileSink {
+            set: set.to_string(),
+            file: file.clone(),
+            written: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(SinkError::Io {
+            op: "write (the writer thread failed)",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+impl TokenSink for FileSink {
+    async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
+        let bytes = render(
+            self.file.format,
+            &TokenContent {
+                set: &self.set,
+                token,
+                token_type: &meta.token_type,
+                expires_at: meta.expires_at,
+                scope: &meta.scope,
+            },
+        );
+        let file = self.file.clone();
+        let bytes = blocking(&self.file.path, move || {
+            ensure_parent(&file.path)?;
+            write_atomic(&file, &bytes).map(|()| bytes)
+        })
+        .await?;
+        *self.written() = Some(bytes);
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), SinkError> {
+        let path: PathBuf = self.file.path.clone();
+        let written = self.written().clone();
+        // Whether the file is gone: only then is what was written forgotten, so that a file
+        // kept here stays judged by it at every later removal.
+        let gone = blocking(&self.file.path, move || match written {
+            Some(w) => match remove_if_holds(&path, std::slice::from_ref(&w))? {
+                Removal::Removed | Removal::Gone => Ok(true),
+                Removal::Kept(why) => {
+                    warn!(file = %path.display(), "not removing the token file: {why}");
+                    Ok(false)
+                }
+            },
+            // Written by this set's predecessor (a reload that kept the file): still only a
+            // regular file, never what a symlink there points to.
+            None => match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_file() => remove(&path).map(|()| true),
+                Ok(_) => {
+                    warn!(file = %path.display(), "not removing the token file: it is no longer a regular file");
+                    Ok(false)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+                Err(e) => Err(SinkError::Io {
+                    op: "stat",
+                    path: path.clone(),
+                    source: e,
+                }),
+            },
+        })
+        .await?;
+        if gone {
+            *self.written() = None;
+        }
+        Ok(())
+    }
+
+    fn location(&self) -> String {
+        self.file.path.display().to_string()
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! by pid reuse after a crash or by a hung runtime.
 //!
 //! The daemon side is a [`Board`]: each set's task reports into a [`SetStats`] watch, the
-//! board collects every set's channels, and [`run_reporter`] turns changes into the file, the
+//! board collects every set's channels, and [`crate::reporter::run`] turns changes into the file, the
 //! textfile metrics, `STATUS=` and `WATCHDOG=1`.
 
 use std::fmt::Write as _;
@@ -20,12 +20,27 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tokio::time::Instant;
 
-use crate::config::SetConfig;
-use crate::daemon::SetState;
 use crate::sink;
+
+/// A set's state as others may see it (readiness, status).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum SetState {
+    /// No token yet.
+    #[default]
+    Starting,
+    /// A valid token is in the sink.
+    Fresh {
+        fingerprint: String,
+        expires_at: Instant,
+        next_refresh: Instant,
+    },
+    /// The last attempt failed; `has_token` says whether a valid token is still in place.
+    Failing { has_token: bool, error: String },
+    /// Stopped.
+    Stopped,
+}
 
 /// The status file's name inside `state_dir`.
 pub const STATUS_FILE: &str = "status.json";
@@ -34,11 +49,6 @@ pub const STATUS_FILE: &str = "status.json";
 /// this often. Ten seconds keeps a "next refresh in" countdown current to the eye while the
 /// write (a few hundred bytes and an fsync) stays negligible.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
-
-/// Changes are published at most this often. A start with 10,000 sets changes the board tens
-/// of thousands of times, and each publication renders every set and rewrites the file; a
-/// person or a script reading the status needs no more than a few updates a second.
-const MIN_PUBLISH_GAP: Duration = Duration::from_millis(500);
 
 /// A heartbeat older than this many intervals means the daemon is not responding: one missed
 /// beat is a busy moment, three is a hang.
@@ -415,15 +425,15 @@ impl Board {
     /// Add a set (at start or when a reload adds one) and get the handle its task reports
     /// through. A set registered again under the same name (a reload that changed it)
     /// replaces the old entry.
-    pub fn register(self: &Arc<Self>, set: &SetConfig) -> SetReport {
+    pub fn register(self: &Arc<Self>, name: &str, provider: &str) -> SetReport {
         let slot = Arc::new(Slot::default());
         let mut inner = self.lock();
-        if !inner.names.insert(set.name.clone()) {
-            inner.sets.retain(|e| e.name != set.name);
+        if !inner.names.insert(name.to_string()) {
+            inner.sets.retain(|e| e.name != name);
         }
         inner.sets.push(Entry {
-            name: set.name.clone(),
-            provider: set.provider.clone(),
+            name: name.to_string(),
+            provider: provider.to_string(),
             slot: Arc::clone(&slot),
         });
         drop(inner);
@@ -484,6 +494,11 @@ impl Board {
     /// Wait until something changed since the last wait.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Wait until the phase changed since the last wait.
+    pub async fn phase_changed(&self) {
+        self.phase_changed.notified().await;
     }
 
     /// Every set's state now, with `now` as the heartbeat.
@@ -641,108 +656,6 @@ impl SetReport {
             .get_or_insert_with(|| watch::Sender::new(current))
             .subscribe()
     }
-}
-
-/// Where the reporter publishes.
-#[derive(Debug, Clone)]
-pub struct ReporterOptions {
-    /// `state_dir/status.json`.
-    pub status_file: PathBuf,
-    /// Prometheus textfile, if configured.
-    pub metrics_textfile: Option<PathBuf>,
-    /// Half of `WatchdogSec=`, if systemd wants pings.
-    pub watchdog: Option<Duration>,
-}
-
-/// Publish the board on every change and every [`HEARTBEAT`] until its phase is
-/// [`Phase::Stopped`], then publish once more and return. Failures to write are logged (once
-/// each, and their recovery) and never stop the daemon: status is advice, tokens are the job.
-pub async fn run_reporter(board: Arc<Board>, opts: ReporterOptions) {
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Never fires when there is no watchdog; the branch below is disabled then anyway.
-    let mut watchdog = tokio::time::interval(opts.watchdog.unwrap_or(Duration::from_secs(3600)));
-    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_failure: Option<String> = None;
-    let mut last_line = String::new();
-    let mut last_publish: Option<Instant> = None;
-    let mut last_phase: Option<Phase> = None;
-    let mut ready_sent = false;
-    loop {
-        tokio::select! {
-            () = board.changed() => {
-                // Coalesce: what changes during the gap goes out in one publication; a new
-                // phase (ready, stopping) goes out at once.
-                if let Some(last) = last_publish
-                    && last_phase == Some(board.phase())
-                {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(last + MIN_PUBLISH_GAP) => {}
-                        () = board.phase_changed.notified() => {}
-                    }
-                }
-            }
-            _ = heartbeat.tick() => {}
-            _ = watchdog.tick(), if opts.watchdog.is_some() => {
-                crate::systemd::watchdog_ping();
-                continue;
-            }
-        }
-        last_publish = Some(Instant::now());
-        let snap = board.snapshot(SystemTime::now());
-        last_phase = Some(snap.phase);
-        let line = summary(&snap, SystemTime::now());
-        // systemd keeps the last STATUS=; resend only when it reads differently.
-        if line != last_line {
-            crate::systemd::status(&line);
-            last_line = line;
-        }
-        let result = publish(&snap, &opts).await;
-        match (&result, &last_failure) {
-            (Ok(()), Some(_)) => {
-                info!("status and metrics files are written again");
-                last_failure = None;
-            }
-            (Err(e), prev) if prev.as_deref() != Some(e.as_str()) => {
-                warn!(error = %e, "cannot publish status; will keep trying every {}s", HEARTBEAT.as_secs());
-                last_failure = Some(e.clone());
-            }
-            _ => {}
-        }
-        // READY=1 only once the status file and STATUS= say so: whoever systemd starts next,
-        // or `tokenkeeper status` right after `systemctl start`, sees the sets fresh.
-        if snap.phase == Phase::Running && !ready_sent {
-            crate::systemd::ready();
-            ready_sent = true;
-        }
-        if snap.phase == Phase::Stopped {
-            return;
-        }
-    }
-}
-
-/// Write the status file and the textfile metrics on the blocking pool.
-async fn publish(snap: &Snapshot, opts: &ReporterOptions) -> Result<(), String> {
-    let snap = snap.clone();
-    let opts = opts.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut errors = Vec::new();
-        if let Err(e) = write_status_file(&opts.status_file, &snap) {
-            errors.push(crate::error_chain(&e));
-        }
-        if let Some(path) = &opts.metrics_textfile
-            && let Err(e) = crate::metrics::write_textfile(path, &snap)
-        {
-            errors.push(crate::error_chain(&e));
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the status writer thread failed: {e}")))
 }
 
 /// Write `snap` to `path` atomically, creating the state directory (0700) if needed.
@@ -1052,33 +965,6 @@ pub fn render_json(snap: &Snapshot, live: &Liveness, now: SystemTime) -> serde_j
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, FileFormat, OnShutdown, RefreshPolicy};
-
-    fn set_cfg(name: &str) -> SetConfig {
-        SetConfig {
-            name: name.into(),
-            provider: "vf".into(),
-            scopes: vec!["api".into()],
-            file: Some(FileConfig {
-                path: format!("/run/tokenkeeper/{name}.token").into(),
-                format: FileFormat::Raw,
-                mode: 0o640,
-                owner: None,
-                group: None,
-            }),
-            refresh: RefreshPolicy {
-                at: 0.66,
-                jitter: 0.1,
-                min_interval: Duration::from_secs(1),
-            },
-            on_shutdown: OnShutdown::Revoke,
-            revoke_superseded_after: Duration::from_secs(60),
-            rotate: None,
-            on_rotate: crate::config::OnRotate::default(),
-            never_revoke: false,
-            store: None,
-        }
-    }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -1093,8 +979,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_board_follows_each_sets_state_and_counters() {
         let board = Board::new();
-        let a = board.register(&set_cfg("a"));
-        let b = board.register(&set_cfg("b"));
+        let a = board.register("a", "vf");
+        let b = board.register("b", "vf");
         let now = SystemTime::now();
         let snap = board.snapshot(now);
         assert_eq!(snap.phase, Phase::Starting);
@@ -1144,7 +1030,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn every_change_wakes_the_reporter() {
         let board = Board::new();
-        let report = board.register(&set_cfg("a"));
+        let report = board.register("a", "vf");
         // The registration itself is a change.
         tokio::time::timeout(S(1), board.changed()).await.unwrap();
         report.stats(|s| s.revoke_result(true));

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
-use tokenkeeper::config::AuthMethod;
+use tokenkeeper::provider::AuthMethod;
 use tokenkeeper::provider::ProviderError;
 use tokenkeeper::provider::oauth2::{Discovered, parse_discovery_answer};
 use tokenkeeper_fuzz::{Answer, check_error};

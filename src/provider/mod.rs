@@ -5,6 +5,7 @@
 
 pub mod oauth2;
 pub mod refresh_store;
+pub mod settings;
 pub mod square;
 pub mod voucherify;
 
@@ -14,9 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::config::{ProviderConfig, ProviderKind, SquareGrant};
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
+pub use settings::{
+    AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant, is_loopback,
+};
 
 /// Connect deadline for every provider. Ten seconds covers a slow TLS handshake across
 /// regions; a provider slower than that to accept is better retried than waited for.
@@ -333,7 +336,7 @@ fn load(what: &'static str, source: &crate::secret::SecretSource) -> Result<Secr
 impl Provider {
     /// Build a provider from config, reading its secrets now so a missing key fails at start.
     pub fn build(cfg: &ProviderConfig, http: &reqwest::Client) -> Result<Provider, ProviderError> {
-        crate::hooks::hide_env_of(cfg.kind.secret_sources().into_iter().map(|(_, s)| s));
+        crate::secret::hide_env_of(cfg.kind.secret_sources().into_iter().map(|(_, s)| s));
         Ok(Provider {
             kind: Kind::build(cfg, http)?,
             permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),

@@ -17,12 +17,12 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::{AuthMethod, OAuth2Endpoints};
 use super::{
     Introspection, Issued, ProviderError, Revocation, TokenProvider, check_bearer, failure,
     is_transient, json_error, malformed, read_body, refused_minted, retry_after_text,
     sane_lifetime, sanitize,
 };
-use crate::config::{AuthMethod, OAuth2Endpoints};
 use crate::secret::Secret;
 
 /// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
@@ -243,7 +243,7 @@ fn endpoint_url(operation: &'static str, key: &str, text: &str) -> Result<Url, P
     let url = Url::parse(text).map_err(|_| bad("is not a URL"))?;
     match url.scheme() {
         "https" => {}
-        "http" if crate::config::is_loopback(&url) => {}
+        "http" if super::is_loopback(&url) => {}
         _ => return Err(bad("is not an https:// URL")),
     }
     if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {

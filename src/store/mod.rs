@@ -19,12 +19,11 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SetConfig};
-use crate::daemon::{FileSink, IssuedMeta, TokenSink};
 use crate::error_chain as chain;
 use crate::journal::Entry;
 use crate::schedule::retry_after;
 use crate::secret::Secret;
-use crate::sink::SinkError;
+use crate::sink::{FileSink, IssuedMeta, SinkError, TokenSink};
 use crate::status::{Board, StoreHealth};
 
 pub use vault::{StoreError, Vault};

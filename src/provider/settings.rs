@@ -1,0 +1,138 @@
+//! What the config says about one provider, in the types the provider code works with.
+//! `config` checks the YAML and builds these; nothing here knows the YAML's shape.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::budget::IssueRate;
+use crate::secret::SecretSource;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Per-request deadline (connect + send + read the answer).
+    pub timeout: Duration,
+    /// Most tokens tokenkeeper holds live at once from this provider (current, superseded,
+    /// and those being issued), across all sets.
+    pub max_live_tokens: usize,
+    /// Token-bucket limit on issuing: sustained rate and burst.
+    pub issue_rate: IssueRate,
+    /// Most HTTP requests (issue, revoke, introspect) in flight to this provider at once,
+    /// across sets: 10,000 sets share a few connections instead of opening 10,000.
+    pub max_concurrent_requests: usize,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderKind {
+    Voucherify {
+        /// Base URL without a trailing slash, e.g. `https://api.voucherify.io`.
+        base_url: Url,
+        app_id: SecretSource,
+        app_token: SecretSource,
+    },
+    /// Any RFC 6749 authorization server, client_credentials grant.
+    OAuth2 {
+        endpoints: OAuth2Endpoints,
+        client_id: String,
+        client_secret: SecretSource,
+        auth_method: AuthMethod,
+        /// Extra token request parameters (`audience`, `resource`, `project_id`, ...), in
+        /// key order.
+        extra_params: BTreeMap<String, String>,
+        /// Lifetime assumed when a token answer has no `expires_in`.
+        default_lifetime: Duration,
+    },
+    /// Square OAuth: ObtainToken with the refresh_token grant, or the legacy RenewToken.
+    Square {
+        /// Base URL without a trailing slash, e.g. `https://connect.squareup.com`.
+        base_url: Url,
+        client_id: String,
+        /// Absent for PKCE applications, which have no secret (and so cannot revoke).
+        client_secret: Option<SecretSource>,
+        grant: SquareGrant,
+        /// Where rotated refresh tokens (or renewed access tokens) are kept, inside `state_dir`.
+        state_file: PathBuf,
+    },
+}
+
+/// Where an OAuth 2.0 server's endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OAuth2Endpoints {
+    /// RFC 8414 / OpenID Connect discovery from the issuer, at first use.
+    Discover { issuer: Url },
+    Explicit {
+        token_url: Url,
+        revocation_url: Option<Url>,
+        introspection_url: Option<Url>,
+    },
+}
+
+/// RFC 6749 section 2.3.1 client authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic with the form-encoded client id and secret (the RFC's MUST-support method).
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// How a Square provider gets each new access token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SquareGrant {
+    /// ObtainToken with `grant_type=refresh_token`; this is the first refresh token.
+    RefreshToken(SecretSource),
+    /// The deprecated RenewToken; this is the first access token to renew.
+    Renew(SecretSource),
+}
+
+impl ProviderKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ProviderKind::Voucherify { .. } => "voucherify",
+            ProviderKind::OAuth2 { .. } => "oauth2",
+            ProviderKind::Square { .. } => "square",
+        }
+    }
+
+    /// Every secret this provider reads, by its key.
+    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            ProviderKind::Voucherify {
+                app_id, app_token, ..
+            } => vec![("app_id", app_id), ("app_token", app_token)],
+            ProviderKind::OAuth2 { client_secret, .. } => vec![("client_secret", client_secret)],
+            ProviderKind::Square {
+                client_secret,
+                grant,
+                ..
+            } => {
+                let mut v = Vec::new();
+                if let Some(s) = client_secret {
+                    v.push(("client_secret", s));
+                }
+                match grant {
+                    SquareGrant::RefreshToken(s) => v.push(("refresh_token", s)),
+                    SquareGrant::Renew(s) => v.push(("access_token", s)),
+                }
+                v
+            }
+        }
+    }
+}
+
+/// Whether `url` names a loopback host, where plain http:// cannot be overheard.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
