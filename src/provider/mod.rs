@@ -138,7 +138,7 @@ pub enum ProviderError {
         what: String,
     },
     #[error("cannot keep the rotated refresh token")]
-    State(#[source] refresh_store::StoreError),
+    State(#[source] refresh_store::RefreshStoreError),
 }
 
 impl ProviderError {

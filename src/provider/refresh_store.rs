@@ -30,7 +30,7 @@ const FORMAT_VERSION: u32 = 1;
 const MAX_FILE_BYTES: u64 = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum RefreshStoreError {
     #[error("cannot {op} {path}", path = path.display())]
     Io {
         op: &'static str,
@@ -83,10 +83,10 @@ impl RefreshStore {
 
     /// The stored token and the fingerprint of the seed it descends from; `None` when there
     /// is no file yet.
-    pub fn load(&self) -> Result<Option<(String, Secret)>, StoreError> {
+    pub fn load(&self) -> Result<Option<(String, Secret)>, RefreshStoreError> {
         let path = &self.path;
         let io = |op| {
-            move |source| StoreError::Io {
+            move |source| RefreshStoreError::Io {
                 op,
                 path: path.clone(),
                 source,
@@ -99,13 +99,13 @@ impl RefreshStore {
         };
         let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(StoreError::TooOpen {
+            return Err(RefreshStoreError::TooOpen {
                 path: path.clone(),
                 mode,
             });
         }
         if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
-            return Err(StoreError::Corrupt {
+            return Err(RefreshStoreError::Corrupt {
                 path: path.clone(),
                 why: "not a small regular file".into(),
             });
@@ -113,18 +113,19 @@ impl RefreshStore {
         let bytes = Zeroizing::new(std::fs::read(path).map_err(io("read"))?);
         // serde_json's messages never quote a string value of ours here: the only strings are
         // the token and two non-secrets, and a syntax error names a position, not content.
-        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            why: super::json_error(&e),
-        })?;
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(|e| RefreshStoreError::Corrupt {
+                path: path.clone(),
+                why: super::json_error(&e),
+            })?;
         if stored.version != FORMAT_VERSION {
-            return Err(StoreError::Corrupt {
+            return Err(RefreshStoreError::Corrupt {
                 path: path.clone(),
                 why: format!("format version {} is not {FORMAT_VERSION}", stored.version),
             });
         }
         if stored.token.is_empty() {
-            return Err(StoreError::Corrupt {
+            return Err(RefreshStoreError::Corrupt {
                 path: path.clone(),
                 why: "the token is empty".into(),
             });
@@ -137,12 +138,12 @@ impl RefreshStore {
 
     /// Replace the stored token, atomically and durably: when this returns, the token is on
     /// disk, and a crash at any point leaves the previous file or this one.
-    pub fn save(&self, seed: &str, token: &Secret) -> Result<(), StoreError> {
+    pub fn save(&self, seed: &str, token: &Secret) -> Result<(), RefreshStoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         // An existing directory is left as the operator made it: the file inside is owner-only
         // whatever the directory's mode, and `load` refuses it otherwise.
         sink::ensure_dir(dir, STATE_DIR_MODE, sink::Existing::Keep).map_err(|e| {
-            StoreError::Io {
+            RefreshStoreError::Io {
                 op: e.op,
                 path: e.path,
                 source: e.source,
@@ -158,9 +159,11 @@ impl RefreshStore {
         // Serializing plain strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *bytes, &stored);
         bytes.push(b'\n');
-        sink::write_file(&self.path, STATE_FILE_MODE, &bytes).map_err(|source| StoreError::Write {
-            path: self.path.clone(),
-            source,
+        sink::write_file(&self.path, STATE_FILE_MODE, &bytes).map_err(|source| {
+            RefreshStoreError::Write {
+                path: self.path.clone(),
+                source,
+            }
         })
     }
 }
@@ -201,7 +204,7 @@ mod tests {
         std::fs::write(&path, r#"{"version":1,"seed":"x","token":7}"#).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = store.load().unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(matches!(err, RefreshStoreError::Corrupt { .. }), "{err}");
         std::fs::write(
             &path,
             r#"{"version":1,"seed":"x","token":"EQAAsecret","saved_at":"now"}"#,
@@ -209,7 +212,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = store.load().unwrap_err();
-        assert!(matches!(err, StoreError::TooOpen { .. }), "{err}");
+        assert!(matches!(err, RefreshStoreError::TooOpen { .. }), "{err}");
         assert!(!crate::error_chain(&err).contains("EQAAsecret"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(

@@ -218,7 +218,7 @@ impl Square {
         tokio::task::spawn_blocking(move || store.save(&seed, &saving))
             .await
             .map_err(|e| {
-                ProviderError::State(super::refresh_store::StoreError::Io {
+                ProviderError::State(super::refresh_store::RefreshStoreError::Io {
                     op: "save (the writer thread failed)",
                     path: self.store.path().to_path_buf(),
                     source: std::io::Error::other(e.to_string()),
