@@ -1,6 +1,8 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
+use super::unknown::{edit_distance, fields_of};
+
 /// A valid config every refusal test changes in one place.
 const BASE: &str = r#"
 providers:
