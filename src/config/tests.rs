@@ -1,7 +1,19 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
-use super::unknown::{edit_distance, fields_of};
+use crate::budget::IssueRate;
+use crate::provider::{AuthMethod, SquareGrant};
+use crate::secret::Secret;
+use crate::sink::FileFormat;
+
+use super::check::{pct, valid_set_name};
+use super::defaults::{
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME,
+    DEFAULT_PROVIDER_TIMEOUT, VOUCHERIFY_DEFAULT_URL,
+};
+use super::raw::{RawProvider, RawSet};
+use super::text::{hide_raw_names, key_positions, nesting_exceeds, strip_marks};
+use super::unknown::{closest, edit_distance, fields_of};
 
 /// A valid config every refusal test changes in one place.
 const BASE: &str = r#"
