@@ -1,0 +1,224 @@
+//! A set's `file:`: where the token is written, in which format, with which mode and owner.
+
+use std::path::{Component, Path};
+
+use serde_yaml::Value;
+
+use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID};
+use crate::config::paths::normalize;
+use crate::config::raw::RawFile;
+use crate::sink::FileConfig;
+
+use super::values::{describe, join};
+use super::{Checked, Checker, Defaults};
+
+impl Checker<'_> {
+    pub(super) fn file(
+        &mut self,
+        at: &str,
+        raw: &RawFile,
+        defaults: &Defaults,
+    ) -> Option<FileConfig> {
+        let path = match raw.path.as_deref() {
+            None => {
+                self.missing(
+                    at,
+                    "path",
+                    "an absolute path such as /run/tokenkeeper/NAME.token",
+                );
+                None
+            }
+            Some(path) if !Path::new(path).is_absolute() => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{path}` must be an absolute path"),
+                );
+                None
+            }
+            Some(path) if path.ends_with('/') || Path::new(path).file_name().is_none() => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{path}` must name a file, not a directory"),
+                );
+                None
+            }
+            Some(path) => {
+                let normal = normalize(Path::new(path));
+                self.token_path_is_safe(at, path, &normal).then_some(normal)
+            }
+        };
+        let format = self.choice(at, "format", raw.format.as_deref(), FORMATS);
+        let mode = match &raw.mode {
+            Some(mode) => self.mode(at, mode),
+            None => Some(defaults.mode),
+        };
+        let owner = self.id(at, "owner", raw.owner.as_ref());
+        let group = self.id(at, "group", raw.group.as_ref());
+        Some(FileConfig {
+            path: path?,
+            format: format.ok()?.unwrap_or(defaults.format),
+            mode: mode?,
+            owner: owner.ok()?,
+            group: group.ok()?,
+        })
+    }
+
+    /// Refuse a token path that names something else than a file of its own: a token is
+    /// written over it, and at stop the file is deleted. `path` is as written, `normal` as
+    /// [`normalize`] made it.
+    fn token_path_is_safe(&mut self, at: &str, path: &str, normal: &Path) -> bool {
+        let before = self.problems.len();
+        if path.chars().any(char::is_control) {
+            self.bad(
+                at,
+                "path",
+                format!(
+                    "path \"{}\" contains a control character (a newline or NUL, say): no log line or tool could name that file unambiguously",
+                    path.escape_debug()
+                ),
+            );
+            return false;
+        }
+        if normal.components().any(|c| c == Component::ParentDir) {
+            self.bad(
+                at,
+                "path",
+                format!(
+                    "path `{path}` contains `..`: one file spelled two ways escapes the check that no two sets share a file; write it without `..`"
+                ),
+            );
+        }
+        for kernel in KERNEL_TREES {
+            if normal.starts_with(kernel) {
+                self.bad(
+                    at,
+                    "path",
+                    format!(
+                        "path `{path}` is under {kernel}, the kernel's own files, not a place for a token file"
+                    ),
+                );
+            }
+        }
+        if normal.starts_with(&self.state_dir) {
+            let msg = format!(
+                "path `{path}` is inside state_dir {}, which holds the journal, the lock and the status file: token files go elsewhere",
+                self.state_dir.display()
+            );
+            self.bad(at, "path", msg);
+        }
+        let clashes: Vec<&'static str> = self
+            .reserved
+            .iter()
+            .filter(|(p, _)| p == normal)
+            .map(|(_, what)| *what)
+            .collect();
+        for what in clashes {
+            self.bad(
+                at,
+                "path",
+                format!("path `{path}` is {what}: a token would be written over it, and the file deleted at stop"),
+            );
+        }
+        self.problems.len() == before
+    }
+
+    pub(super) fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
+        let text = match value {
+            Value::String(text) => text.trim(),
+            Value::Number(n) => {
+                self.bad(
+                    parent,
+                    "mode",
+                    format!("mode must be a quoted octal string such as \"0640\" (YAML reads an unquoted mode as a number; this one as {n})"),
+                );
+                return None;
+            }
+            other => {
+                self.bad(
+                    parent,
+                    "mode",
+                    format!(
+                        "mode must be a quoted octal string such as \"0640\", not {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        let octal =
+            (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        let Some(mode) = u32::from_str_radix(text, 8).ok().filter(|_| octal) else {
+            self.bad(
+                parent,
+                "mode",
+                format!("mode `{text}` must be 3 or 4 octal digits, such as \"0640\""),
+            );
+            return None;
+        };
+        if mode > 0o777 {
+            self.bad(
+                parent,
+                "mode",
+                format!("mode {mode:04o} is larger than 0777; setuid, setgid and sticky bits have no place on a token file"),
+            );
+            return None;
+        }
+        if mode & 0o007 != 0 {
+            self.warn(
+                &join(parent, "mode"),
+                format_args!("mode {mode:04o} gives every local user access to the token"),
+            );
+        }
+        Some(mode)
+    }
+
+    /// `owner`/`group`: a name (looked up now, so a typo is found by `check`) or a numeric id.
+    fn id(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<u32> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let what = if key == "owner" { "user" } else { "group" };
+        let id = match value {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().ok()
+            }
+            Value::String(name) if !name.is_empty() => {
+                let found = if key == "owner" {
+                    nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+                } else {
+                    nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
+                };
+                return match found {
+                    Ok(Some(id)) => Ok(Some(id)),
+                    Ok(None) => {
+                        self.bad(parent, key, format!("unknown {what} `{name}`"));
+                        Err(())
+                    }
+                    Err(err) => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("cannot look up {what} `{name}`: {err}"),
+                        );
+                        Err(())
+                    }
+                };
+            }
+            _ => None,
+        };
+        match id {
+            Some(id) if id != RESERVED_ID => Ok(Some(id)),
+            _ => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be a {what} name or a numeric id below {RESERVED_ID}"),
+                );
+                Err(())
+            }
+        }
+    }
+}

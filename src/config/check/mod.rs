@@ -1,0 +1,321 @@
+//! Checking: every value and cross-reference of the raw structs, each mistake becoming a
+//! [`Problem`]. The methods of [`Checker`] are spread over the files below, by section.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+use crate::config::defaults::{DEFAULT_STATE_DIR, PROVIDER_KINDS};
+use crate::config::paths::normalize;
+use crate::config::raw::RawConfig;
+use crate::config::text::{hide_raw_names, key_positions, nesting_exceeds, strip_marks};
+use crate::config::unknown::{Seg, closest, known_keys, segments};
+use crate::config::{
+    Config, ConfigError, Loaded, MAX_CONFIG_BYTES, MAX_NESTING, OnShutdown, Problem,
+    too_large_message,
+};
+use crate::secret::SecretSource;
+use crate::sink::FileFormat;
+
+use values::{describe, join};
+
+mod files;
+mod providers;
+mod secrets;
+mod sets;
+mod stores;
+mod top;
+mod values;
+
+/// What one pass over the text found. `secrets` holds every well-formed secret source, even
+/// when other parts are wrong, so that `load` reports unreadable secrets in the same run.
+pub(super) struct Parsed {
+    pub(super) config: Option<Config>,
+    pub(super) secrets: Vec<(String, SecretSource)>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) warnings: Vec<String>,
+}
+
+impl Parsed {
+    pub(super) fn finish(self, origin: &Path) -> Result<Loaded, ConfigError> {
+        match self.config {
+            Some(config) if self.problems.is_empty() => Ok(Loaded {
+                config,
+                warnings: self.warnings,
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: origin.to_path_buf(),
+                problems: self.problems,
+                warnings: self.warnings,
+            }),
+        }
+    }
+}
+
+/// A checked value: `Err(())` when it was present but wrong (the problem is already
+/// recorded), so that cross-checks built on it stay quiet instead of piling up.
+type Checked<T> = Result<Option<T>, ()>;
+
+/// The refresh keys of one mapping (`defaults.refresh` or a set's `refresh`), each checked.
+struct RefreshParts {
+    at: Checked<f64>,
+    jitter: Checked<f64>,
+    min_interval: Checked<Duration>,
+}
+
+/// Effective defaults; `None` where `defaults:` gave a wrong value (already reported).
+struct Defaults {
+    at: Option<f64>,
+    jitter: Option<f64>,
+    min_interval: Duration,
+    mode: u32,
+    format: FileFormat,
+    on_shutdown: OnShutdown,
+    revoke_superseded_after: Duration,
+}
+
+struct Checker<'t> {
+    text: &'t str,
+    /// Files a token must never be written over (it would be deleted at stop, too), with
+    /// what each one is: the config itself and the metrics textfile. `state_dir` is a
+    /// whole directory of them.
+    reserved: Vec<(PathBuf, &'static str)>,
+    state_dir: PathBuf,
+    /// Each set's `name` as written, to label paths: `scope_sets[1] (orders-sync)`.
+    set_names: Vec<Option<String>>,
+    /// Every secret source that parsed, by its key path.
+    secrets: Vec<(String, SecretSource)>,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+}
+
+pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
+    let mut ck = Checker {
+        text,
+        // Lexically absolute: `origin` may be relative to where tokenkeeper was started.
+        reserved: std::path::absolute(origin)
+            .map(|p| vec![(normalize(&p), "the configuration file")])
+            .unwrap_or_default(),
+        state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        set_names: Vec::new(),
+        secrets: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    // `load` refuses a larger file before reading it; this holds for any other text.
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        ck.problem(String::new(), None, too_large_message());
+        return ck.into_parsed(None);
+    }
+    if let Some(line) = nesting_exceeds(text, MAX_NESTING) {
+        ck.problems.push(Problem {
+            line: Some(line),
+            column: None,
+            at: String::new(),
+            message: format!(
+                "collections are nested deeper than {MAX_NESTING} levels; a tokenkeeper configuration needs a handful"
+            ),
+        });
+        return ck.into_parsed(None);
+    }
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(err) => {
+            ck.yaml_error(&err);
+            return ck.into_parsed(None);
+        }
+    };
+    match &value {
+        Value::Mapping(_) => {}
+        Value::Null => {
+            ck.problem(
+                String::new(),
+                None,
+                "the configuration is empty; it needs at least `providers:` and `scope_sets:`",
+            );
+            return ck.into_parsed(None);
+        }
+        other => {
+            ck.problem(
+                String::new(),
+                None,
+                format!(
+                    "the configuration must be a YAML mapping with keys such as `providers:` and `scope_sets:`, not {}",
+                    describe(other)
+                ),
+            );
+            return ck.into_parsed(None);
+        }
+    }
+    ck.set_names = match value.get("scope_sets") {
+        Some(Value::Sequence(sets)) => sets
+            .iter()
+            .map(|set| match set.get("name") {
+                Some(Value::String(name)) => Some(name.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Each provider's `kind`, for the unknown keys below; the tree goes before the second
+    // pass, which holds every event of the document itself.
+    let kinds: HashMap<String, Option<String>> = value
+        .get("providers")
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(name, p)| {
+                    let kind = p.get("kind").and_then(Value::as_str).map(str::to_string);
+                    Some((name.as_str()?.to_string(), kind))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    drop(value);
+
+    let mut unknown = Vec::new();
+    let raw: Result<RawConfig, _> =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+            unknown.push(segments(&path));
+        });
+    // Keys under a provider of another kind belong to that kind: its own problem says why it
+    // is refused, and listing its keys as unknown would only bury that message.
+    unknown.retain(|segs| match segs.as_slice() {
+        [Seg::Key(top), Seg::Key(name), _, ..] if top == "providers" => {
+            let kind = kinds.get(name.as_str()).and_then(Option::as_deref);
+            kind.is_some_and(|k| PROVIDER_KINDS.contains(&k))
+        }
+        _ => true,
+    });
+    for segs in &unknown {
+        ck.unknown_key(segs);
+    }
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(err) => {
+            ck.yaml_error(&err);
+            return ck.into_parsed(None);
+        }
+    };
+    ck.check(raw)
+}
+
+impl Checker<'_> {
+    pub(super) fn into_parsed(self, config: Option<Config>) -> Parsed {
+        Parsed {
+            config,
+            secrets: self.secrets,
+            problems: self.problems,
+            warnings: self.warnings,
+        }
+    }
+
+    /// Record a problem; `locate` is a key whose line is given if it appears once in the text.
+    pub(super) fn problem(&mut self, at: String, locate: Option<&str>, message: impl Into<String>) {
+        let (line, column) = match locate.map(|key| key_positions(self.text, key)) {
+            Some(found) if found.len() == 1 => (Some(found[0].0), Some(found[0].1)),
+            _ => (None, None),
+        };
+        self.problems.push(Problem {
+            line,
+            column,
+            at,
+            message: message.into(),
+        });
+    }
+
+    /// A problem with the value of `key` in the mapping at `parent`.
+    pub(super) fn bad(&mut self, parent: &str, key: &str, message: impl Into<String>) {
+        self.problem(join(parent, key), Some(key), message);
+    }
+
+    /// A required `key` missing from the mapping at `parent` (located by the mapping's key).
+    pub(super) fn missing(&mut self, parent: &str, key: &str, what: &str) {
+        let locate = parent.rsplit('.').next().filter(|k| !k.contains('['));
+        self.problem(
+            parent.to_string(),
+            locate,
+            format!("missing `{key}` ({what})"),
+        );
+    }
+
+    pub(super) fn warn(&mut self, at: &str, message: impl fmt::Display) {
+        self.warnings.push(if at.is_empty() {
+            message.to_string()
+        } else {
+            format!("{at}: {message}")
+        });
+    }
+
+    pub(super) fn set_at(&self, index: usize) -> String {
+        match self.set_names.get(index) {
+            Some(Some(name)) => format!("scope_sets[{index}] ({name})"),
+            _ => format!("scope_sets[{index}]"),
+        }
+    }
+
+    fn yaml_error(&mut self, err: &serde_yaml::Error) {
+        let text = strip_marks(&err.to_string());
+        // serde_yaml prefixes a path such as `scope_sets[0].file: `; split it off into `at`.
+        let (at, message) = match text.split_once(": ") {
+            Some((path, rest))
+                if !path.is_empty()
+                    && !path.contains(char::is_whitespace)
+                    && !path.contains('`') =>
+            {
+                (self.label_sets(path), rest.to_string())
+            }
+            _ => (String::new(), text),
+        };
+        let message = hide_raw_names(&message);
+        self.problems.push(Problem {
+            line: err.location().map(|l| l.line()),
+            column: err.location().map(|l| l.column()),
+            at,
+            message,
+        });
+    }
+
+    /// `scope_sets[1].file` → `scope_sets[1] (orders-sync).file`.
+    fn label_sets(&self, path: &str) -> String {
+        if let Some(rest) = path.strip_prefix("scope_sets[")
+            && let Some((index, tail)) = rest.split_once(']')
+            && let Ok(index) = index.parse::<usize>()
+        {
+            return format!("{}{tail}", self.set_at(index));
+        }
+        path.to_string()
+    }
+
+    fn unknown_key(&mut self, segs: &[Seg]) {
+        let Some((Seg::Key(key), parent)) = segs.split_last() else {
+            return;
+        };
+        let mut at = String::new();
+        let mut i = 0;
+        while i < parent.len() {
+            match (&parent[i], parent.get(i + 1)) {
+                (Seg::Key(k), Some(Seg::Index(n))) if i == 0 && k == "scope_sets" => {
+                    at = self.set_at(*n);
+                    i += 1;
+                }
+                (Seg::Key(k), _) => at = join(&at, k),
+                (Seg::Index(n), _) => at.push_str(&format!("[{n}]")),
+            }
+            i += 1;
+        }
+        let mut message = format!("unknown key `{key}`");
+        if let Some(near) = closest(key, known_keys(parent)) {
+            message.push_str(&format!(" (did you mean `{near}`?)"));
+        }
+        self.problem(at, Some(key), message);
+    }
+}
+
+/// For the tests of the config module.
+#[cfg(test)]
+pub(super) use {sets::valid_set_name, values::pct};

@@ -1,0 +1,457 @@
+//! `providers:`: the settings every kind shares, then each kind's own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use reqwest::Url;
+use serde_yaml::Value;
+
+use crate::budget::IssueRate;
+use crate::config::SetConfig;
+use crate::config::defaults::{
+    AUTH_METHODS, COMMON_PROVIDER_KEYS, DEFAULT_ISSUE_BURST, DEFAULT_ISSUE_PER_SECOND,
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS, DEFAULT_OAUTH2_LIFETIME,
+    DEFAULT_PROVIDER_TIMEOUT, PROVIDER_KEYS, PROVIDER_KINDS, RESERVED_TOKEN_PARAMS,
+    SQUARE_ENVIRONMENTS, SQUARE_MODES, VOUCHERIFY_CLUSTERS, VOUCHERIFY_DEFAULT_URL,
+};
+use crate::config::raw::RawProvider;
+use crate::provider::{AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant};
+
+use super::Checker;
+use super::values::describe;
+
+impl Checker<'_> {
+    /// RenewToken renews one access token into the next: two sets cannot share that chain
+    /// without one revoking or outliving the other's token.
+    pub(super) fn renew_sets_unshared(
+        &mut self,
+        providers: &BTreeMap<String, ProviderConfig>,
+        sets: &[SetConfig],
+    ) {
+        for (name, provider) in providers {
+            if !matches!(
+                provider.kind,
+                ProviderKind::Square {
+                    grant: SquareGrant::Renew(_),
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let users: Vec<&str> = sets
+                .iter()
+                .filter(|s| &s.provider == name)
+                .map(|s| s.name.as_str())
+                .collect();
+            if users.len() > 1 {
+                self.problem(
+                    format!("providers.{name}"),
+                    Some("mode"),
+                    format!(
+                        "a square provider in mode: renew serves one scope set, but {} name it; give each its own provider or use the refresh_token mode",
+                        users.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(super) fn provider(
+        &mut self,
+        name: &str,
+        raw: &RawProvider,
+        state_dir: &Path,
+    ) -> Option<ProviderConfig> {
+        let at = format!("providers.{name}");
+        let timeout = self.positive_duration(&at, "timeout", raw.timeout.as_ref(), "");
+        let max_live_tokens =
+            self.positive_integer(&at, "max_live_tokens", raw.max_live_tokens.as_ref());
+        let per_second = self.rate(&at, "issue_rate", raw.issue_rate.as_ref());
+        let burst = self.positive_integer(&at, "issue_burst", raw.issue_burst.as_ref());
+        let concurrency = self.positive_integer(
+            &at,
+            "max_concurrent_requests",
+            raw.max_concurrent_requests.as_ref(),
+        );
+        let kind = match raw.kind.as_deref() {
+            Some(kind) if PROVIDER_KINDS.contains(&kind) => kind,
+            Some(kind) => {
+                self.bad(
+                    &at,
+                    "kind",
+                    format!(
+                        "unknown provider kind `{kind}`; this version supports {}",
+                        PROVIDER_KINDS
+                            .iter()
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                return None;
+            }
+            None => {
+                self.missing(&at, "kind", "`voucherify`, `oauth2` or `square`");
+                return None;
+            }
+        };
+        self.misplaced_keys(&at, kind, raw);
+        let checked = match kind {
+            "oauth2" => self.oauth2(&at, raw),
+            "square" => self.square(&at, name, raw, state_dir),
+            _ => self.voucherify(&at, raw),
+        };
+        Some(ProviderConfig {
+            name: name.to_string(),
+            timeout: timeout.ok()?.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+            max_live_tokens: usize::try_from(
+                max_live_tokens.ok()?.unwrap_or(DEFAULT_MAX_LIVE_TOKENS),
+            )
+            .unwrap_or(usize::MAX),
+            issue_rate: IssueRate {
+                per_second: per_second.ok()?.unwrap_or(DEFAULT_ISSUE_PER_SECOND),
+                burst: u32::try_from(burst.ok()?.unwrap_or(DEFAULT_ISSUE_BURST))
+                    .unwrap_or(u32::MAX),
+            },
+            max_concurrent_requests: usize::try_from(
+                concurrency.ok()?.unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            )
+            .unwrap_or(usize::MAX),
+            kind: checked?,
+        })
+    }
+
+    /// Keys that belong to another provider kind: serde knows them all, so only this check
+    /// stops `cluster:` under `kind: oauth2` from being ignored.
+    fn misplaced_keys(&mut self, at: &str, kind: &str, raw: &RawProvider) {
+        let own: &[&str] = PROVIDER_KEYS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[], |(_, keys)| keys);
+        let present = [
+            ("base_url", raw.base_url.is_some()),
+            ("cluster", raw.cluster.is_some()),
+            ("app_id", raw.app_id.is_some()),
+            ("app_token", raw.app_token.is_some()),
+            ("issuer", raw.issuer.is_some()),
+            ("token_url", raw.token_url.is_some()),
+            ("revocation_url", raw.revocation_url.is_some()),
+            ("introspection_url", raw.introspection_url.is_some()),
+            ("client_id", raw.client_id.is_some()),
+            ("client_secret", raw.client_secret.is_some()),
+            ("auth_method", raw.auth_method.is_some()),
+            ("extra_params", raw.extra_params.is_some()),
+            ("default_lifetime", raw.default_lifetime.is_some()),
+            ("environment", raw.environment.is_some()),
+            ("refresh_token", raw.refresh_token.is_some()),
+            ("access_token", raw.access_token.is_some()),
+            ("mode", raw.mode.is_some()),
+        ];
+        for (key, is_present) in present {
+            if is_present && !own.contains(&key) && !COMMON_PROVIDER_KEYS.contains(&key) {
+                let owners: Vec<&str> = PROVIDER_KEYS
+                    .iter()
+                    .filter(|(_, keys)| keys.contains(&key))
+                    .map(|(k, _)| *k)
+                    .collect();
+                self.bad(
+                    at,
+                    key,
+                    format!(
+                        "`{key}` does not apply to kind `{kind}` (it belongs to {})",
+                        owners.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn voucherify(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.bad(at, "cluster", "give base_url or cluster, not both");
+                None
+            }
+            (Some(url), None) => self.base_url(at, url),
+            (None, Some(cluster)) => {
+                match self.choice(at, "cluster", Some(cluster), VOUCHERIFY_CLUSTERS) {
+                    Ok(Some(url)) => Url::parse(url).ok(),
+                    _ => None,
+                }
+            }
+            (None, None) => Url::parse(VOUCHERIFY_DEFAULT_URL).ok(),
+        };
+        let app_id = self.secret(
+            at,
+            "app_id",
+            raw.app_id.as_ref(),
+            "the Voucherify application id",
+        );
+        let app_token = self.secret(
+            at,
+            "app_token",
+            raw.app_token.as_ref(),
+            "the Voucherify application secret key",
+        );
+        Some(ProviderKind::Voucherify {
+            base_url: base_url?,
+            app_id: app_id?,
+            app_token: app_token?,
+        })
+    }
+
+    fn oauth2(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+        let explicit = raw.token_url.is_some()
+            || raw.revocation_url.is_some()
+            || raw.introspection_url.is_some();
+        let endpoints = match (raw.issuer.as_deref(), raw.token_url.as_deref()) {
+            (Some(issuer), None) if !explicit => self
+                .url(at, "issuer", issuer, false)
+                .map(|issuer| OAuth2Endpoints::Discover { issuer }),
+            (Some(_), _) => {
+                self.bad(
+                    at,
+                    "issuer",
+                    "give issuer (to discover the endpoints) or token_url (with optional revocation_url and introspection_url), not both",
+                );
+                None
+            }
+            (None, Some(token)) => {
+                let token_url = self.url(at, "token_url", token, false);
+                let optional = |ck: &mut Self, key: &str, value: Option<&str>| match value {
+                    None => Ok(None),
+                    Some(u) => ck.url(at, key, u, false).map(Some).ok_or(()),
+                };
+                let revocation_url =
+                    optional(self, "revocation_url", raw.revocation_url.as_deref());
+                let introspection_url =
+                    optional(self, "introspection_url", raw.introspection_url.as_deref());
+                match (token_url, revocation_url, introspection_url) {
+                    (Some(token_url), Ok(revocation_url), Ok(introspection_url)) => {
+                        Some(OAuth2Endpoints::Explicit {
+                            token_url,
+                            revocation_url,
+                            introspection_url,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            (None, None) => {
+                if explicit {
+                    self.missing(at, "token_url", "the token endpoint, https://...");
+                } else {
+                    self.missing(
+                        at,
+                        "issuer",
+                        "the issuer URL to discover endpoints from, or token_url",
+                    );
+                }
+                None
+            }
+        };
+        let client_id = self.client_id(at, raw.client_id.as_ref());
+        let client_secret = self.secret(
+            at,
+            "client_secret",
+            raw.client_secret.as_ref(),
+            "the OAuth client secret",
+        );
+        let auth_method = self
+            .choice(at, "auth_method", raw.auth_method.as_deref(), AUTH_METHODS)
+            .ok()?
+            .unwrap_or(AuthMethod::ClientSecretBasic);
+        let mut extra_params = BTreeMap::new();
+        let mut extra_ok = true;
+        for (key, value) in raw.extra_params.iter().flatten() {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    self.bad(
+                        at,
+                        "extra_params",
+                        format!(
+                            "extra_params.{key} must be a string, not {}",
+                            describe(other)
+                        ),
+                    );
+                    extra_ok = false;
+                    continue;
+                }
+            };
+            if key.is_empty() {
+                self.bad(at, "extra_params", "extra_params has an empty key");
+                extra_ok = false;
+            } else if RESERVED_TOKEN_PARAMS.contains(&key.as_str()) {
+                self.bad(
+                    at,
+                    "extra_params",
+                    format!(
+                        "extra_params.{key} is set by tokenkeeper itself; {}",
+                        match key.as_str() {
+                            "scope" => "scopes come from each scope set",
+                            "grant_type" => "the grant is always client_credentials",
+                            _ => "client credentials go in client_id and client_secret",
+                        }
+                    ),
+                );
+                extra_ok = false;
+            } else {
+                extra_params.insert(key.clone(), value);
+            }
+        }
+        let default_lifetime =
+            self.positive_duration(at, "default_lifetime", raw.default_lifetime.as_ref(), "");
+        Some(ProviderKind::OAuth2 {
+            endpoints: endpoints?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            auth_method,
+            extra_params: extra_ok.then_some(extra_params)?,
+            default_lifetime: default_lifetime.ok()?.unwrap_or(DEFAULT_OAUTH2_LIFETIME),
+        })
+    }
+
+    fn square(
+        &mut self,
+        at: &str,
+        name: &str,
+        raw: &RawProvider,
+        state_dir: &Path,
+    ) -> Option<ProviderKind> {
+        let base_url = match (raw.base_url.as_deref(), raw.environment.as_deref()) {
+            (Some(_), Some(_)) => {
+                self.bad(at, "environment", "give base_url or environment, not both");
+                None
+            }
+            (Some(url), None) => self.base_url(at, url),
+            (None, environment) => {
+                match self.choice(at, "environment", environment, SQUARE_ENVIRONMENTS) {
+                    Ok(Some(url)) => Url::parse(url).ok(),
+                    Ok(None) => Url::parse(SQUARE_ENVIRONMENTS[0].1).ok(),
+                    Err(()) => None,
+                }
+            }
+        };
+        let client_id = self.client_id(at, raw.client_id.as_ref());
+        let client_secret = match raw.client_secret.as_ref() {
+            None => Ok(None),
+            Some(v) => self
+                .secret(
+                    at,
+                    "client_secret",
+                    Some(v),
+                    "the Square application secret",
+                )
+                .map(Some)
+                .ok_or(()),
+        };
+        let renew = self.choice(at, "mode", raw.mode.as_deref(), SQUARE_MODES);
+        let grant = match renew {
+            Ok(Some(true)) => {
+                if raw.refresh_token.is_some() {
+                    self.bad(
+                        at,
+                        "refresh_token",
+                        "mode: renew renews an access token; give access_token, not refresh_token",
+                    );
+                }
+                if raw.client_secret.is_none() {
+                    self.missing(
+                        at,
+                        "client_secret",
+                        "RenewToken authenticates with the application secret",
+                    );
+                }
+                self.secret(
+                    at,
+                    "access_token",
+                    raw.access_token.as_ref(),
+                    "the first access token to renew (mode: renew)",
+                )
+                .map(SquareGrant::Renew)
+            }
+            Ok(_) => {
+                if raw.access_token.is_some() {
+                    self.bad(
+                        at,
+                        "access_token",
+                        "access_token is used only with mode: renew; the refresh_token grant starts from refresh_token",
+                    );
+                }
+                self.secret(
+                    at,
+                    "refresh_token",
+                    raw.refresh_token.as_ref(),
+                    "the first refresh token; rotated ones are kept in state_dir",
+                )
+                .map(SquareGrant::RefreshToken)
+            }
+            Err(()) => None,
+        };
+        Some(ProviderKind::Square {
+            base_url: base_url?,
+            client_id: client_id?,
+            client_secret: client_secret.ok()?,
+            grant: grant?,
+            state_file: state_dir.join(state_file_name(name)),
+        })
+    }
+
+    /// `client_id`: an identifier, not a secret, so a plain string.
+    fn client_id(&mut self, parent: &str, value: Option<&Value>) -> Option<String> {
+        match value {
+            None => {
+                self.missing(parent, "client_id", "the OAuth client (application) id");
+                None
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(Value::String(_)) => {
+                self.bad(parent, "client_id", "client_id is empty");
+                None
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    "client_id",
+                    format!(
+                        "client_id must be a string (it is not a secret), not {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn base_url(&mut self, parent: &str, text: &str) -> Option<Url> {
+        self.url(parent, "base_url", text, true)
+    }
+}
+
+/// The file in `state_dir` that holds a Square provider's latest refresh token: the provider's
+/// name when it is safe in a file name, otherwise its safe characters plus a fingerprint so
+/// that two names never share a file.
+fn state_file_name(provider: &str) -> String {
+    let safe: String = provider
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == provider {
+        format!("square-{provider}.json")
+    } else {
+        format!(
+            "square-{safe}-{}.json",
+            crate::secret::fingerprint(provider)
+        )
+    }
+}

@@ -1,0 +1,137 @@
+//! Secrets: where each one comes from. No message ever contains a secret value.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::Value;
+
+use crate::config::defaults::SECRET_FORMS;
+use crate::secret::{Secret, SecretSource};
+
+use super::Checker;
+use super::values::{describe, join};
+
+impl Checker<'_> {
+    pub(super) fn secret(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        let source = self.secret_source(parent, key, value, what)?;
+        self.secrets.push((join(parent, key), source.clone()));
+        Some(source)
+    }
+
+    fn secret_source(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        let at = join(parent, key);
+        let Some(value) = value else {
+            self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
+            return None;
+        };
+        match value {
+            Value::String(text) if text.is_empty() => {
+                self.bad(parent, key, format!("{key} is empty"));
+                None
+            }
+            Value::String(text) => {
+                self.warn(
+                    "",
+                    format!("{at} is written in the config; prefer {{ credential: NAME }}, {{ file: PATH }} or {{ env: NAME }}"),
+                );
+                Some(SecretSource::Plain(Secret::new(text.as_str())))
+            }
+            Value::Mapping(map) => {
+                let mut found = Vec::new();
+                for (k, v) in map {
+                    let Some(k) = k.as_str() else {
+                        self.bad(
+                            parent,
+                            key,
+                            format!(
+                                "{key} has a key that is not a string; use one of {SECRET_FORMS}"
+                            ),
+                        );
+                        continue;
+                    };
+                    if !["env", "file", "credential"].contains(&k) {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("unknown key `{k}` in {key}; use one of {SECRET_FORMS}"),
+                        );
+                        continue;
+                    }
+                    found.push((k, v));
+                }
+                let [(source, v)] = found.as_slice() else {
+                    let names: Vec<String> = found.iter().map(|(k, _)| format!("`{k}`")).collect();
+                    let msg = if names.is_empty() {
+                        format!("{key} must be one of {SECRET_FORMS}")
+                    } else {
+                        format!(
+                            "{key} gives {}; give exactly one of env, file, credential",
+                            names.join(" and ")
+                        )
+                    };
+                    self.bad(parent, key, msg);
+                    return None;
+                };
+                let Some(name) = v.as_str().filter(|s| !s.is_empty()) else {
+                    self.bad(
+                        parent,
+                        key,
+                        format!(
+                            "{key}.{source} must be a non-empty string, not {}",
+                            describe(v)
+                        ),
+                    );
+                    return None;
+                };
+                match *source {
+                    "env" if name.contains(['=', '\0']) => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.env `{name}` is not an environment variable name"),
+                        );
+                        None
+                    }
+                    "env" => Some(SecretSource::Env(name.to_string())),
+                    "file" if !Path::new(name).is_absolute() => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.file `{name}` must be an absolute path"),
+                        );
+                        None
+                    }
+                    "file" => Some(SecretSource::File(PathBuf::from(name))),
+                    _ if name.contains('/') || name == "." || name == ".." => {
+                        self.bad(
+                            parent,
+                            key,
+                            format!("{key}.credential `{name}` must be a bare credential name (as in LoadCredential=NAME:...), not a path"),
+                        );
+                        None
+                    }
+                    _ => Some(SecretSource::Credential(name.to_string())),
+                }
+            }
+            other => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be {SECRET_FORMS}, not {}", describe(other)),
+                );
+                None
+            }
+        }
+    }
+}

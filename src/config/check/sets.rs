@@ -1,0 +1,434 @@
+//! `scope_sets:`: each set, its scopes, and what it runs after a new token.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_yaml::Value;
+
+use crate::config::defaults::{
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, ON_SHUTDOWN,
+    SCOPE_HINT,
+};
+use crate::config::paths::normalize;
+use crate::config::raw::{RawOnRotate, RawProvider, RawSet, RawStore};
+use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
+use crate::cron::RotateSchedule;
+use crate::schedule::RefreshPolicy;
+
+use super::values::{describe, effective, join};
+use super::{Checked, Checker, Defaults};
+
+impl Checker<'_> {
+    pub(super) fn set(
+        &mut self,
+        index: usize,
+        raw: &RawSet,
+        providers: &BTreeMap<String, Option<RawProvider>>,
+        stores: &BTreeMap<String, Option<RawStore>>,
+        defaults: &Defaults,
+    ) -> Option<SetConfig> {
+        let at = self.set_at(index);
+        let name = match raw.name.as_deref() {
+            None => {
+                self.missing(&at, "name", "[a-z0-9][a-z0-9_-]*, unique");
+                None
+            }
+            Some(name) if !valid_set_name(name) => {
+                self.bad(
+                    &at,
+                    "name",
+                    format!("name `{name}` must start with a-z or 0-9 and contain only a-z, 0-9, `_` and `-` (it names env variables and files)"),
+                );
+                None
+            }
+            Some(name) => Some(name.to_string()),
+        };
+        let provider = match raw.provider.as_deref() {
+            None => {
+                self.missing(&at, "provider", "the name of one of `providers:`");
+                None
+            }
+            // With no providers at all, one problem at `providers` says it for every set.
+            Some(_) if providers.is_empty() => None,
+            Some(provider) if !providers.contains_key(provider) => {
+                let known: Vec<String> = providers.keys().map(|k| format!("`{k}`")).collect();
+                self.bad(
+                    &at,
+                    "provider",
+                    format!(
+                        "unknown provider `{provider}`; known providers: {}",
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+            Some(provider) => Some(provider.to_string()),
+        };
+        let raw_provider = provider
+            .as_ref()
+            .and_then(|p| providers.get(p))
+            .and_then(|p| p.as_ref());
+        let kind = raw_provider.and_then(|p| p.kind.as_deref());
+        let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
+        let file = match &raw.file {
+            // A set that writes only to a store needs no file.
+            None if raw.store.is_some() => Some(None),
+            None => {
+                self.missing(
+                    &at,
+                    "file",
+                    "where to write the token, e.g. { path: /run/tokenkeeper/NAME.token } (or a store:, or both)",
+                );
+                None
+            }
+            Some(file) => self.file(&format!("{at}.file"), file, defaults).map(Some),
+        };
+
+        let refresh_at = format!("{at}.refresh");
+        let parts = self.refresh(&refresh_at, raw.refresh.as_ref());
+        let set_at_value = effective(parts.at, defaults.at);
+        let set_jitter = effective(parts.jitter, defaults.jitter);
+        let overrides = raw.refresh.as_ref();
+        // Only a set that changes at or jitter can break the pair; the defaults are checked once.
+        if let (Some(at_value), Some(jitter)) = (set_at_value, set_jitter)
+            && let Some(overrides) = overrides
+            && (overrides.at.is_some() || overrides.jitter.is_some())
+        {
+            let key = if overrides.jitter.is_some() {
+                "jitter"
+            } else {
+                "at"
+            };
+            self.jitter_below_at(&refresh_at, key, at_value, jitter);
+        }
+        let on_shutdown = self.choice(&at, "on_shutdown", raw.on_shutdown.as_deref(), ON_SHUTDOWN);
+        // Square's RevokeToken can end the seller's whole authorization: a square set revokes
+        // only when it says so itself, never because of `defaults.on_shutdown`.
+        let default_on_shutdown = if kind == Some("square") {
+            OnShutdown::Keep
+        } else {
+            defaults.on_shutdown
+        };
+        if kind == Some("square")
+            && on_shutdown == Ok(Some(OnShutdown::Revoke))
+            && raw_provider.is_some_and(|p| p.client_secret.is_none())
+        {
+            self.bad(
+                &at,
+                "on_shutdown",
+                "on_shutdown: revoke needs the provider's client_secret: Square's RevokeToken authenticates with it (PKCE applications have none, so their tokens can only expire)",
+            );
+        }
+        let revoke_after = self.duration(
+            &at,
+            "revoke_superseded_after",
+            raw.revoke_superseded_after.as_ref(),
+        );
+        let rotate = self.rotate(&at, raw.rotate.as_ref());
+        let on_rotate = match &raw.on_rotate {
+            None => Ok(OnRotate::default()),
+            Some(hooks) => self.on_rotate(&format!("{at}.on_rotate"), hooks),
+        };
+        let store = match &raw.store {
+            None => Ok(None),
+            Some(s) => self
+                .set_store(&format!("{at}.store"), s, stores)
+                .map(Some)
+                .ok_or(()),
+        };
+
+        Some(SetConfig {
+            name: name?,
+            provider: provider?,
+            scopes: scopes?,
+            file: file?,
+            refresh: RefreshPolicy {
+                at: set_at_value.unwrap_or(DEFAULT_REFRESH_AT),
+                jitter: set_jitter.unwrap_or(DEFAULT_REFRESH_JITTER),
+                min_interval: parts.min_interval.ok()?.unwrap_or(defaults.min_interval),
+            },
+            on_shutdown: on_shutdown.ok()?.unwrap_or(default_on_shutdown),
+            revoke_superseded_after: revoke_after
+                .ok()?
+                .unwrap_or(defaults.revoke_superseded_after),
+            rotate: rotate.ok()?.map(Box::new),
+            on_rotate: on_rotate.ok()?,
+            never_revoke: false,
+            store: store.ok()?,
+        })
+    }
+
+    fn scopes(
+        &mut self,
+        parent: &str,
+        value: Option<&Value>,
+        kind: Option<&str>,
+    ) -> Option<Vec<String>> {
+        let Some(value) = value else {
+            self.missing(parent, "scopes", "a list such as [orders, customers]");
+            return None;
+        };
+        let items = match value {
+            Value::Sequence(items) => items,
+            Value::String(text) => {
+                let hint = if text.contains([',', ' ']) {
+                    format!("; {SCOPE_HINT}")
+                } else {
+                    String::new()
+                };
+                self.bad(
+                    parent,
+                    "scopes",
+                    format!(
+                        "scopes must be a list such as [orders, customers], not a string{hint}"
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.bad(
+                    parent,
+                    "scopes",
+                    format!(
+                        "scopes must be a list such as [orders, customers], not {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.bad(
+                parent,
+                "scopes",
+                "scopes is empty; a token needs at least one scope",
+            );
+            return None;
+        }
+        let before = self.problems.len();
+        let mut scopes: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{parent}.scopes[{i}]");
+            let scope = match item {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    self.problem(
+                        at,
+                        Some("scopes"),
+                        format!("a scope must be a string, not {}", describe(other)),
+                    );
+                    continue;
+                }
+            };
+            if scope.is_empty() {
+                self.problem(at, Some("scopes"), "scope is empty");
+            } else if kind == Some("oauth2") && !scope.bytes().all(is_scope_char) {
+                // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!(
+                        "scope `{}` has a character RFC 6749 does not allow in a scope (whitespace, `\"` or `\\`); {SCOPE_HINT}",
+                        scope.escape_debug()
+                    ),
+                );
+            } else if kind != Some("oauth2") && scope.contains(',') {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!("scope `{scope}` contains a comma; {SCOPE_HINT}"),
+                );
+            } else if scope.contains(char::is_whitespace) {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!("scope `{scope}` contains whitespace; {SCOPE_HINT}"),
+                );
+            } else if scopes.contains(&scope) {
+                self.warn(
+                    &format!("{parent}.scopes"),
+                    format_args!("scope `{scope}` is listed twice"),
+                );
+            } else if kind == Some("square")
+                && !scope
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                self.problem(
+                    at,
+                    Some("scopes"),
+                    format!(
+                        "scope `{scope}` is not a Square permission name; they are upper case, such as `{}`",
+                        scope.to_ascii_uppercase()
+                    ),
+                );
+            } else {
+                let documented = match kind {
+                    Some("voucherify") => Some(("Voucherify", crate::provider::voucherify::SCOPES)),
+                    Some("square") => Some(("Square", crate::provider::square::SCOPES)),
+                    _ => None,
+                };
+                if let Some((vendor, list)) = documented
+                    && !list.contains(&scope.as_str())
+                {
+                    self.warn(
+                        &format!("{parent}.scopes"),
+                        format_args!("scope `{scope}` is not in {vendor}'s documented list; the API may refuse it"),
+                    );
+                }
+                scopes.push(scope);
+            }
+        }
+        (self.problems.len() == before).then_some(scopes)
+    }
+
+    fn rotate(&mut self, parent: &str, value: Option<&Value>) -> Checked<RotateSchedule> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(text)) => match RotateSchedule::parse(text) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    self.bad(
+                        parent,
+                        "rotate",
+                        format!("rotate {}", crate::error_chain(&e)),
+                    );
+                    Err(())
+                }
+            },
+            Some(other) => {
+                self.bad(
+                    parent,
+                    "rotate",
+                    format!(
+                        "rotate must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn on_rotate(&mut self, at: &str, raw: &RawOnRotate) -> Result<OnRotate, ()> {
+        let mut ok = true;
+        let exec = match &raw.exec {
+            None => None,
+            Some(Value::Sequence(items)) if !items.is_empty() => {
+                let argv: Vec<String> = items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                if argv.len() != items.len() || argv[0].is_empty() {
+                    self.bad(at, "exec", "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
+                    ok = false;
+                }
+                Some(argv)
+            }
+            Some(_) => {
+                self.bad(at, "exec", "exec must be a non-empty list: the command and its arguments (no shell), e.g. [\"/usr/bin/app-reload\"]");
+                ok = false;
+                None
+            }
+        };
+        let timeout = self
+            .positive_duration(
+                at,
+                "timeout",
+                raw.timeout.as_ref(),
+                ": a command needs time to run",
+            )
+            .map(|t| t.unwrap_or(DEFAULT_HOOK_TIMEOUT));
+        let signal = match &raw.signal {
+            None => None,
+            Some(sig) => {
+                let sig_at = join(at, "signal");
+                let pidfile = match sig.pidfile.as_deref() {
+                    None => {
+                        self.missing(&sig_at, "pidfile", "the file holding the pid to signal");
+                        None
+                    }
+                    Some(p) if !Path::new(p).is_absolute() => {
+                        self.bad(
+                            &sig_at,
+                            "pidfile",
+                            format!("pidfile `{p}` must be an absolute path"),
+                        );
+                        None
+                    }
+                    Some(p) => Some(normalize(Path::new(p))),
+                };
+                let name = sig
+                    .signal
+                    .as_deref()
+                    .unwrap_or("SIGHUP")
+                    .trim()
+                    .to_ascii_uppercase();
+                let full = if name.starts_with("SIG") {
+                    name
+                } else {
+                    format!("SIG{name}")
+                };
+                let signal = match HOOK_SIGNALS.iter().find(|(n, _)| *n == full) {
+                    Some((_, s)) => Some(*s),
+                    None => {
+                        let names: Vec<&str> = HOOK_SIGNALS.iter().map(|(n, _)| *n).collect();
+                        self.bad(
+                            &sig_at,
+                            "signal",
+                            format!("signal `{full}` must be one of {}", names.join(", ")),
+                        );
+                        None
+                    }
+                };
+                match (pidfile, signal) {
+                    (Some(pidfile), Some(signal)) => Some(SignalHook { pidfile, signal }),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let reload_unit = match &raw.reload_unit {
+            None => None,
+            Some(Value::String(u))
+                if !u.is_empty() && !u.starts_with('-') && !u.contains(char::is_whitespace) =>
+            {
+                Some(u.clone())
+            }
+            Some(_) => {
+                self.bad(
+                    at,
+                    "reload_unit",
+                    "reload_unit must be one systemd unit name such as \"app.service\"",
+                );
+                ok = false;
+                None
+            }
+        };
+        match (ok, timeout) {
+            (true, Ok(timeout)) => Ok(OnRotate {
+                exec,
+                timeout,
+                signal,
+                reload_unit,
+            }),
+            _ => Err(()),
+        }
+    }
+}
+
+/// RFC 6749 section 3.3 `scope-token` characters: printable ASCII except space, `"`, `\`.
+fn is_scope_char(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
+}
+
+pub(crate) fn valid_set_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}

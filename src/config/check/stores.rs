@@ -1,0 +1,231 @@
+//! `stores:`, a set's `store:`, and `ha:`, whose lease lives in a store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::defaults::{
+    DEFAULT_APPROLE_MOUNT, DEFAULT_HA_LEASE, DEFAULT_HA_PATH, DEFAULT_STORE_MAX_VERSIONS,
+    DEFAULT_STORE_TIMEOUT, MIN_HA_LEASE, STORE_KINDS,
+};
+use crate::config::raw::{RawHa, RawSetStore, RawStore, RawStoreAuth};
+use crate::config::{HaConfig, SetStore, StoreAuth, StoreConfig};
+
+use super::Checker;
+
+impl Checker<'_> {
+    pub(super) fn store(&mut self, name: &str, raw: &RawStore) -> Option<StoreConfig> {
+        let at = format!("stores.{name}");
+        match raw.kind.as_deref() {
+            None => self.missing(&at, "kind", "vault (HashiCorp Vault or OpenBao, KV v2)"),
+            Some(k) if !STORE_KINDS.contains(&k) => self.bad(
+                &at,
+                "kind",
+                format!("unknown store kind `{k}`; this version supports `vault` (HashiCorp Vault and OpenBao, KV v2)"),
+            ),
+            Some(_) => {}
+        }
+        let address = match raw.address.as_deref() {
+            None => {
+                self.missing(
+                    &at,
+                    "address",
+                    "the store's URL, e.g. https://bao.internal:8200",
+                );
+                None
+            }
+            Some(a) => self.url(&at, "address", a, true),
+        };
+        let mount = match raw.mount.as_deref() {
+            None => Some("secret".to_string()),
+            Some(m) if !valid_store_path(m) => {
+                self.bad(&at, "mount", format!("mount `{m}` is not a KV mount path"));
+                None
+            }
+            Some(m) => Some(m.to_string()),
+        };
+        let ca_file = match raw.ca_file.as_deref() {
+            Some(f) if !Path::new(f).is_absolute() => {
+                self.bad(
+                    &at,
+                    "ca_file",
+                    format!("ca_file `{f}` must be an absolute path"),
+                );
+                None
+            }
+            other => Some(other.map(PathBuf::from)),
+        };
+        let auth_at = format!("{at}.auth");
+        let auth = match &raw.auth {
+            None => {
+                self.missing(
+                    &at,
+                    "auth",
+                    "{ token: SECRET } or { approle: { role_id: SECRET, secret_id: SECRET } }",
+                );
+                None
+            }
+            Some(RawStoreAuth {
+                token: Some(_),
+                approle: Some(_),
+            }) => {
+                self.bad(&at, "auth", "auth gives both token and approle; give one");
+                None
+            }
+            Some(RawStoreAuth {
+                token: Some(t),
+                approle: None,
+            }) => self
+                .secret(&auth_at, "token", Some(t), "the store token")
+                .map(StoreAuth::Token),
+            Some(RawStoreAuth {
+                token: None,
+                approle: Some(a),
+            }) => {
+                let ap = format!("{auth_at}.approle");
+                let role_id =
+                    self.secret(&ap, "role_id", a.role_id.as_ref(), "the AppRole role_id");
+                let secret_id = self.secret(
+                    &ap,
+                    "secret_id",
+                    a.secret_id.as_ref(),
+                    "the AppRole secret_id",
+                );
+                Some(StoreAuth::AppRole {
+                    mount: a
+                        .mount
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_APPROLE_MOUNT.into()),
+                    role_id: role_id?,
+                    secret_id: secret_id?,
+                })
+            }
+            Some(_) => {
+                self.bad(&at, "auth", "auth must give token or approle");
+                None
+            }
+        };
+        let timeout = self
+            .positive_duration(&at, "timeout", raw.timeout.as_ref(), "")
+            .ok()?
+            .unwrap_or(DEFAULT_STORE_TIMEOUT);
+        let max_versions = self
+            .positive_integer(&at, "max_versions", raw.max_versions.as_ref())
+            .ok()?
+            .unwrap_or(DEFAULT_STORE_MAX_VERSIONS);
+        raw.kind.as_deref().filter(|k| STORE_KINDS.contains(k))?;
+        Some(StoreConfig {
+            name: name.to_string(),
+            address: address?,
+            mount: mount?,
+            namespace: raw.namespace.clone().filter(|n| !n.is_empty()),
+            ca_file: ca_file?,
+            auth: auth?,
+            timeout,
+            max_versions: u32::try_from(max_versions).unwrap_or(u32::MAX),
+        })
+    }
+
+    pub(super) fn set_store(
+        &mut self,
+        at: &str,
+        raw: &RawSetStore,
+        stores: &BTreeMap<String, Option<RawStore>>,
+    ) -> Option<SetStore> {
+        let name = match raw.name.as_deref() {
+            None => {
+                self.missing(at, "name", "the name of one of `stores:`");
+                None
+            }
+            Some(n) if !stores.contains_key(n) => {
+                let known: Vec<String> = stores.keys().map(|k| format!("`{k}`")).collect();
+                let known = if known.is_empty() {
+                    "none is configured under `stores:`".to_string()
+                } else {
+                    format!("known stores: {}", known.join(", "))
+                };
+                self.bad(at, "name", format!("unknown store `{n}`; {known}"));
+                None
+            }
+            Some(n) => Some(n.to_string()),
+        };
+        let path = match raw.path.as_deref() {
+            None => {
+                self.missing(
+                    at,
+                    "path",
+                    "the secret's path under the mount, e.g. tokenkeeper/NAME",
+                );
+                None
+            }
+            Some(p) if !valid_store_path(p) => {
+                self.bad(
+                    at,
+                    "path",
+                    format!("path `{p}` must be relative segments of letters, digits, `_`, `-` and `.` separated by `/`"),
+                );
+                None
+            }
+            Some(p) => Some(p.to_string()),
+        };
+        Some(SetStore {
+            name: name?,
+            path: path?,
+        })
+    }
+
+    pub(super) fn ha(
+        &mut self,
+        raw: &RawHa,
+        stores: &BTreeMap<String, Option<RawStore>>,
+    ) -> Option<HaConfig> {
+        let store = match raw.store.as_deref() {
+            None => {
+                self.missing(
+                    "ha",
+                    "store",
+                    "the name of one of `stores:`, where the lease lives",
+                );
+                None
+            }
+            Some(n) if !stores.contains_key(n) => {
+                self.bad("ha", "store", format!("unknown store `{n}`"));
+                None
+            }
+            Some(n) => Some(n.to_string()),
+        };
+        let path = match raw.path.as_deref() {
+            Some(p) if !valid_store_path(p) => {
+                self.bad("ha", "path", format!("path `{p}` is not a store path"));
+                None
+            }
+            other => Some(other.unwrap_or(DEFAULT_HA_PATH).to_string()),
+        };
+        let lease = self
+            .positive_duration("ha", "lease", raw.lease.as_ref(), "")
+            .ok()?
+            .unwrap_or(DEFAULT_HA_LEASE);
+        if lease < MIN_HA_LEASE {
+            self.bad("ha", "lease", "lease must be at least 1s");
+            return None;
+        }
+        Some(HaConfig {
+            store: store?,
+            path: path?,
+            lease,
+            instance: raw.instance.clone().filter(|i| !i.is_empty()),
+        })
+    }
+}
+
+/// A KV path: relative segments of safe characters, so it can go into a URL unescaped.
+fn valid_store_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        })
+}

@@ -1,0 +1,310 @@
+//! Value parsers several sections share: URLs, choices, durations, counts, rates and
+//! percentages, and the helpers their messages use.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_yaml::Value;
+
+use crate::config::{MAX_DURATION, MAX_DURATION_TEXT};
+use crate::provider::is_loopback;
+
+use super::{Checked, Checker};
+
+impl Checker<'_> {
+    /// An endpoint URL: https (http only for loopback), no credentials, query or fragment.
+    /// `strip_slash`: the URL is a base that request paths are appended to.
+    pub(super) fn url(
+        &mut self,
+        parent: &str,
+        key: &str,
+        text: &str,
+        strip_slash: bool,
+    ) -> Option<Url> {
+        let mut url = match Url::parse(text.trim()) {
+            Ok(url) => url,
+            // The URL itself is not repeated: it might carry a password.
+            Err(err) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} is not a valid URL ({err}); write it as https://HOST"),
+                );
+                return None;
+            }
+        };
+        let before = self.problems.len();
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => self.bad(
+                parent,
+                key,
+                "http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost); use https://",
+            ),
+            other => self.bad(parent, key, format!("{key} must use https://, not {other}:")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            self.bad(
+                parent,
+                key,
+                format!("{key} must not contain a user name or password; credentials have keys of their own"),
+            );
+        }
+        if url.query().is_some() {
+            self.bad(parent, key, format!("{key} must not have a query (`?...`)"));
+        }
+        if url.fragment().is_some() {
+            self.bad(
+                parent,
+                key,
+                format!("{key} must not have a fragment (`#...`)"),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        if strip_slash {
+            // Request paths are appended to the base path; a trailing slash would double them.
+            let path = url.path().trim_end_matches('/').to_string();
+            url.set_path(&path);
+        }
+        Some(url)
+    }
+
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&str>,
+        options: &[(&str, T)],
+    ) -> Checked<T> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        if let Some((_, choice)) = options.iter().find(|(name, _)| *name == value) {
+            return Ok(Some(*choice));
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        self.bad(
+            parent,
+            key,
+            format!("{key} `{value}` must be one of {}", names.join(", ")),
+        );
+        Err(())
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Checked<Duration> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+                Ok(duration) if duration > MAX_DURATION => {
+                    self.bad(
+                        parent,
+                        key,
+                        format!("{key} `{text}` must be at most {MAX_DURATION_TEXT}"),
+                    );
+                    Err(())
+                }
+                Ok(duration) => Ok(Some(duration)),
+                Err(err) => {
+                    self.bad(
+                        parent,
+                        key,
+                        format!(
+                            "{key} `{text}` is not a duration such as \"20s\" or \"15m\": {err}"
+                        ),
+                    );
+                    Err(())
+                }
+            },
+            Some(Value::Number(n)) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a duration with a unit, such as \"{n}s\", not a bare number"
+                    ),
+                );
+                Err(())
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a duration such as \"20s\", not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    pub(super) fn positive_duration(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        why: &str,
+    ) -> Checked<Duration> {
+        match self.duration(parent, key, value) {
+            Ok(Some(duration)) if duration.is_zero() => {
+                self.bad(parent, key, format!("{key} must be more than 0s{why}"));
+                Err(())
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn positive_integer(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Checked<u64> {
+        match value {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => Ok(n.as_u64()),
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a whole number above 0, not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
+
+    /// `N/s`, `N/m` or `N/h` as tokens per second.
+    pub(super) fn rate(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let parsed = value.as_str().and_then(|text| {
+            let (n, unit) = text.trim().split_once('/')?;
+            let n: f64 = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite() && *n > 0.0)?;
+            let per = match unit.trim() {
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+            Some(n / per)
+        });
+        match parsed {
+            Some(rate) => Ok(Some(rate)),
+            None => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} must be a rate such as \"10/s\", \"120/m\" or \"1000/h\""),
+                );
+                Err(())
+            }
+        }
+    }
+
+    pub(super) fn percent(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Checked<f64> {
+        let value = match value {
+            None => return Ok(None),
+            Some(Value::String(text)) => text.trim(),
+            Some(Value::Number(n)) => {
+                let n = n.as_f64().unwrap_or(0.0);
+                let example = if (0.0..=1.0).contains(&n) {
+                    n * 100.0
+                } else {
+                    n
+                };
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} is a bare number; write it as a percentage, e.g. \"{}\"",
+                        pct(example / 100.0)
+                    ),
+                );
+                return Err(());
+            }
+            Some(other) => {
+                self.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a percentage such as \"66%\", not {}",
+                        describe(other)
+                    ),
+                );
+                return Err(());
+            }
+        };
+        match value
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+        {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n / 100.0)),
+            _ => {
+                self.bad(
+                    parent,
+                    key,
+                    format!("{key} `{value}` must be a percentage such as \"66%\" or \"12.5%\""),
+                );
+                Err(())
+            }
+        }
+    }
+}
+
+/// A checked value from a set or the mapping it overrides; `None` if either was wrong.
+pub(super) fn effective(own: Checked<f64>, fallback: Option<f64>) -> Option<f64> {
+    match own {
+        Ok(Some(value)) => Some(value),
+        Ok(None) => fallback,
+        Err(()) => None,
+    }
+}
+
+pub(super) fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `0.125` → `12.5%`, without float noise such as `66.00000000000001%`.
+pub(crate) fn pct(fraction: f64) -> String {
+    let text = format!("{:.3}", fraction * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+pub(super) fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}

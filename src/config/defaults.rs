@@ -1,0 +1,165 @@
+//! Defaults and fixed lists: what a key means when it is not given, and the names a key
+//! accepts.
+
+use std::time::Duration;
+
+use crate::provider::AuthMethod;
+use crate::sink::FileFormat;
+
+use super::OnShutdown;
+
+/// Trees of kernel files (procfs, sysfs, device nodes): a token file there would be
+/// written into, or deleted from, the kernel's interfaces.
+pub(super) const KERNEL_TREES: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// The FHS place for a daemon's persistent state.
+pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
+/// Well inside systemd's default 90 s stop timeout, with room for a few revocation retries.
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Two thirds of the lifetime: a 900 s Voucherify token is replaced after 594 s at the
+/// latest, leaving five minutes to retry before it expires.
+pub(super) const DEFAULT_REFRESH_AT: f64 = 0.66;
+/// Spreads replacements over a tenth of the lifetime (90 s for Voucherify) so that many sets
+/// and hosts do not call the provider in step.
+pub(super) const DEFAULT_REFRESH_JITTER: f64 = 0.10;
+/// At most one issue per second per set: short-lived test tokens still work, and a bug
+/// cannot flood a provider that caps live tokens (Voucherify: 1000 per project).
+pub(super) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Owner read-write, group read: share a token with one application's group, never others.
+pub(super) const DEFAULT_FILE_MODE: u32 = 0o640;
+/// Long enough for a reader of the old token to finish its requests, short enough that a set
+/// holds at most two live tokens at steady state.
+pub(super) const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
+/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025), and
+/// the default for every kind: the others document no cap, and a thousand live tokens is far
+/// beyond what one machine's sets need, so it only stops a runaway. Lower it when other
+/// clients share a Voucherify project, so they keep room of their own.
+pub(super) const DEFAULT_MAX_LIVE_TOKENS: u64 = 1000;
+/// Sustained issuing rate per provider: a hundred sets start in about ten seconds, while a
+/// runaway loop cannot mint more than 600 tokens a minute.
+pub(super) const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
+/// Issues allowed back to back: enough for a typical machine's sets to start at once.
+pub(super) const DEFAULT_ISSUE_BURST: u64 = 100;
+/// Requests in flight to one provider at once: enough to keep a fast provider busy over a
+/// handful of keep-alive connections (a round trip of a few ms gives thousands of tokens a
+/// second), few enough that a start with thousands of sets neither opens thousands of
+/// connections nor looks like a flood to the provider's rate limiter.
+pub(super) const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 16;
+/// A provider slower than this per request is better retried than waited for.
+pub(super) const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
+pub(super) const VOUCHERIFY_DEFAULT_URL: &str = "https://api.voucherify.io";
+/// Voucherify's API hosts by cluster, as its documentation lists them.
+pub(super) const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
+    ("eu", VOUCHERIFY_DEFAULT_URL),
+    ("us1", "https://us1.api.voucherify.io"),
+    ("as1", "https://as1.api.voucherify.io"),
+];
+/// The provider kinds this version knows.
+pub(super) const PROVIDER_KINDS: &[&str] = &["voucherify", "oauth2", "square"];
+/// Keys every provider kind accepts.
+pub(super) const COMMON_PROVIDER_KEYS: &[&str] = &["kind", "timeout"];
+/// The keys of each provider kind, so that a key of another kind (`cluster:` under
+/// `kind: oauth2`) is named as misplaced rather than silently ignored.
+pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
+    (
+        "voucherify",
+        &["base_url", "cluster", "app_id", "app_token"],
+    ),
+    (
+        "oauth2",
+        &[
+            "issuer",
+            "token_url",
+            "revocation_url",
+            "introspection_url",
+            "client_id",
+            "client_secret",
+            "auth_method",
+            "extra_params",
+            "default_lifetime",
+        ],
+    ),
+    (
+        "square",
+        &[
+            "base_url",
+            "environment",
+            "client_id",
+            "client_secret",
+            "refresh_token",
+            "access_token",
+            "mode",
+        ],
+    ),
+];
+/// Square's hosts by environment (the spec's `servers`).
+pub(super) const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
+    ("production", "https://connect.squareup.com"),
+    ("sandbox", "https://connect.squareupsandbox.com"),
+];
+/// Five minutes: a server that omits `expires_in` gives no hint, and a guess that is too
+/// short costs only extra requests, while one too long leaves an expired token in the file.
+pub(super) const DEFAULT_OAUTH2_LIFETIME: Duration = Duration::from_secs(300);
+/// Token request parameters tokenkeeper sets itself; `extra_params` may not override them.
+pub(super) const RESERVED_TOKEN_PARAMS: &[&str] =
+    &["grant_type", "scope", "client_id", "client_secret"];
+/// The names `auth_method:` accepts.
+pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
+    ("client_secret_basic", AuthMethod::ClientSecretBasic),
+    ("client_secret_post", AuthMethod::ClientSecretPost),
+];
+/// The names a Square provider's `mode:` accepts.
+pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
+/// How long an `on_rotate` command may run by default: long enough for a service's reload
+/// (systemd's own default job timeout is 90 s, but reloads take seconds), short enough that a
+/// hung one is noticed well before the next token.
+pub(super) const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Signals `on_rotate.signal` may send: the ones applications use for "re-read your files",
+/// plus the polite stops. SIGKILL and SIGSTOP are refused: nothing reloads on them.
+pub(super) const HOOK_SIGNALS: &[(&str, nix::sys::signal::Signal)] = &[
+    ("SIGHUP", nix::sys::signal::Signal::SIGHUP),
+    ("SIGUSR1", nix::sys::signal::Signal::SIGUSR1),
+    ("SIGUSR2", nix::sys::signal::Signal::SIGUSR2),
+    ("SIGWINCH", nix::sys::signal::Signal::SIGWINCH),
+    ("SIGALRM", nix::sys::signal::Signal::SIGALRM),
+    ("SIGTERM", nix::sys::signal::Signal::SIGTERM),
+    ("SIGINT", nix::sys::signal::Signal::SIGINT),
+    ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
+];
+/// The store kinds this version speaks.
+pub(super) const STORE_KINDS: &[&str] = &["vault"];
+/// A store request is one small JSON document; 10 s leaves room for a slow network, and a
+/// store that takes longer is treated as down and retried.
+pub(super) const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The current token and the one it replaced (still valid for `revoke_superseded_after`):
+/// older versions only pile up revoked tokens in the store's history.
+pub(super) const DEFAULT_STORE_MAX_VERSIONS: u64 = 2;
+/// Where AppRole is mounted unless `auth.approle.mount` says otherwise (Vault's default).
+pub(super) const DEFAULT_APPROLE_MOUNT: &str = "approle";
+/// A few seconds: a standby takes over within about one lease of the leader's death, and the
+/// leader renews three times per lease, so one slow request does not cost it the lease.
+pub(super) const DEFAULT_HA_LEASE: Duration = Duration::from_secs(5);
+/// Below this, a renewal every third of the lease is too close to request timeouts.
+pub(super) const MIN_HA_LEASE: Duration = Duration::from_secs(1);
+/// Where the lease lives unless `ha.path` says otherwise.
+pub(super) const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
+/// Why scopes are one per entry: the hint every scope-format message ends with.
+pub(super) const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
+/// How a secret may be given, for the messages that refuse one.
+pub(super) const SECRET_FORMS: &str =
+    "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
+/// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
+pub(super) const RESERVED_ID: u32 = u32::MAX;
+
+/// The names `format:` accepts.
+pub(super) const FORMATS: &[(&str, FileFormat)] = &[
+    ("raw", FileFormat::Raw),
+    ("json", FileFormat::Json),
+    ("env", FileFormat::Env),
+    ("header", FileFormat::Header),
+];
+
+/// The names `on_shutdown:` accepts.
+pub(super) const ON_SHUTDOWN: &[(&str, OnShutdown)] =
+    &[("revoke", OnShutdown::Revoke), ("keep", OnShutdown::Keep)];

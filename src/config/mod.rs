@@ -1,0 +1,437 @@
+//! The configuration: YAML → raw structs → a checked [`Config`].
+//!
+//! One run reports every mistake in the file, not just the first, in three passes:
+//! 1. The text into a [`serde_yaml::Value`]: syntax errors (with line and column), an empty
+//!    file, a top level that is not a mapping.
+//! 2. The text again into `Raw*` structs whose fields are nearly all optional, through
+//!    `serde_ignored`, so serde fails only on a wrong shape and every unknown key is
+//!    collected: a misspelt `mdoe:` would otherwise be ignored and the default mode used.
+//! 3. Every value and cross-reference is checked, each mistake becoming a [`Problem`].
+//!
+//! Values whose wrong type deserves a better message than serde's (modes, secrets,
+//! percentages, durations, scopes) stay [`Value`](serde_yaml::Value)s until pass 3. No message
+//! ever contains a secret value: secrets are described by where they come from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use sha2::{Digest, Sha256};
+
+use crate::cron::RotateSchedule;
+use crate::provider::{OAuth2Endpoints, ProviderConfig, ProviderKind};
+use crate::schedule::RefreshPolicy;
+use crate::secret::{Availability, SecretSource};
+use crate::sink::FileConfig;
+
+use check::parse_text;
+use paths::check_token_dirs;
+
+mod check;
+mod defaults;
+mod paths;
+mod raw;
+mod text;
+mod unknown;
+
+/// Where the config is read from when neither `-c` nor `$TOKENKEEPER_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tokenkeeper/config.yaml";
+
+/// A checked configuration: every value parsed, every cross-reference resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Journal of live tokens (used from the state journal on; created 0700).
+    pub state_dir: PathBuf,
+    /// Deadline for revoking everything at stop.
+    pub shutdown_timeout: Duration,
+    /// `log_level:` (a tracing filter such as `info` or `tokenkeeper=debug`); `RUST_LOG` wins.
+    pub log_level: Option<String>,
+    /// `metrics:`: where the Prometheus exposition goes, if anywhere.
+    pub metrics: MetricsConfig,
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Scope sets in config order.
+    pub sets: Vec<SetConfig>,
+    /// `stores:`: secrets stores that sets may write to, by name.
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// `ha:`: several instances sharing one store take turns (see [`crate::store::ha`]).
+    pub ha: Option<HaConfig>,
+}
+
+/// A secrets store: HashiCorp Vault or OpenBao, KV version 2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub name: String,
+    /// `https://host:8200` (`http://` for loopback only).
+    pub address: Url,
+    /// The KV v2 mount, e.g. `secret`.
+    pub mount: String,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// PEM file of the CA that signed the store's certificate, added to the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub auth: StoreAuth,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Versions KV v2 keeps per token path: the current token and the one it replaced.
+    pub max_versions: u32,
+}
+
+/// How tokenkeeper logs in to a store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreAuth {
+    /// A token, renewed while it is renewable.
+    Token(SecretSource),
+    /// AppRole: log in with role_id and secret_id, again before the token's TTL runs out.
+    AppRole {
+        mount: String,
+        role_id: SecretSource,
+        secret_id: SecretSource,
+    },
+}
+
+impl StoreAuth {
+    /// Every secret this auth reads, by its key.
+    pub fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            StoreAuth::Token(t) => vec![("auth.token", t)],
+            StoreAuth::AppRole {
+                role_id, secret_id, ..
+            } => vec![
+                ("auth.approle.role_id", role_id),
+                ("auth.approle.secret_id", secret_id),
+            ],
+        }
+    }
+}
+
+/// Where a set's token goes in a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetStore {
+    /// A key of `stores:`.
+    pub name: String,
+    /// The secret's path under the mount, e.g. `tokenkeeper/orders-sync`.
+    pub path: String,
+}
+
+/// High availability: instances with the same config and store elect a leader through a
+/// lease record in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    /// A key of `stores:`: where the lease lives.
+    pub store: String,
+    /// The lease record's path under the mount; members heartbeat under `{path}-members/`.
+    pub path: String,
+    /// How long a lease lasts unless renewed; a standby takes over within about this long.
+    pub lease: Duration,
+    /// This instance's name in the lease (default: host name and process id).
+    pub instance: Option<String>,
+}
+
+/// Prometheus exposition of each set's state (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A `.prom` file for node_exporter's textfile collector, rewritten atomically.
+    pub textfile: Option<PathBuf>,
+    /// A loopback address to serve `GET /metrics` on.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetConfig {
+    pub name: String,
+    pub provider: String,
+    pub scopes: Vec<String>,
+    /// `file:`: where the token is written on this machine; a set has a file, a store, or both.
+    pub file: Option<FileConfig>,
+    pub refresh: RefreshPolicy,
+    pub on_shutdown: OnShutdown,
+    pub revoke_superseded_after: Duration,
+    /// `rotate:`: when to replace the token whatever its age. Boxed: a parsed schedule is
+    /// 272 bytes that 10,000 sets without one would each carry.
+    pub rotate: Option<Box<RotateSchedule>>,
+    /// `on_rotate:`: who to tell after each new token is written.
+    pub on_rotate: OnRotate,
+    /// Revoke nothing, superseded tokens included. Not a config key: `tokenkeeper once` sets it,
+    /// because a job run from cron must leave every token it made for the next run.
+    pub never_revoke: bool,
+    /// `store:`: a secrets store path the token is also written to.
+    pub store: Option<SetStore>,
+}
+
+/// What to do after a set's new token is written. Every part is optional; all that are given
+/// run, in this order: `exec`, `signal`, `reload_unit`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OnRotate {
+    /// A command (argv, no shell) run with TOKENKEEPER_SET, TOKENKEEPER_FILE and
+    /// TOKENKEEPER_FINGERPRINT in its environment.
+    pub exec: Option<Vec<String>>,
+    /// How long a command (`exec` or `systemctl reload`) may run before its process group is
+    /// killed.
+    pub timeout: Duration,
+    /// A signal for the process whose pid a file holds (read afresh each time).
+    pub signal: Option<SignalHook>,
+    /// A systemd unit to reload (`systemctl reload UNIT`).
+    pub reload_unit: Option<String>,
+}
+
+impl OnRotate {
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_none() && self.signal.is_none() && self.reload_unit.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalHook {
+    pub pidfile: PathBuf,
+    pub signal: nix::sys::signal::Signal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    Revoke,
+    Keep,
+}
+
+/// A configuration that passed every check, with what deserves a look but not a refusal.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Human-readable, one line each, never containing a secret.
+    pub warnings: Vec<String>,
+}
+
+/// One mistake in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; known for YAML errors and for keys that appear once in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Where in the configuration, e.g. `scope_sets[1] (orders-sync).file.mode`; empty for
+    /// the file as a whole.
+    pub at: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{line}:{column}: ")?,
+            (Some(line), None) => write!(f, "{line}: ")?,
+            _ => {}
+        }
+        if !self.at.is_empty() {
+            write!(f, "{}: ", self.at)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}", path = path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {n} problem(s) in the configuration",
+        path = path.display(),
+        n = problems.len()
+    )]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+        /// Warnings found on the way, so a refused config still shows them.
+        warnings: Vec<String>,
+    },
+}
+
+/// Read, parse, validate, and check every secret the config names. Collects all problems,
+/// including those of secrets of providers that are valid while other parts are not.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = read_text(path)?;
+    let mut parsed = parse_text(&text, path);
+    drop(text);
+    let (problems, warnings) = check_sources(&parsed.secrets);
+    parsed.problems.extend(problems);
+    parsed.warnings.extend(warnings);
+    if let Some(config) = &parsed.config {
+        parsed.problems.extend(check_token_dirs(config, path));
+    }
+    parsed.finish(path)
+}
+
+fn too_large_message() -> String {
+    format!(
+        "larger than {} MiB, the most a configuration may be (100,000 scope sets take about 13 MB)",
+        MAX_CONFIG_BYTES >> 20
+    )
+}
+
+/// The config file's text: a regular file (a device such as /dev/zero, or a FIFO, would be
+/// read forever or block), at most [`MAX_CONFIG_BYTES`], UTF-8.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let refuse = |why: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    // Non-blocking, so that opening a FIFO nobody writes returns instead of waiting; a
+    // regular file reads the same either way.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a device, FIFO, socket or directory); the configuration is read from a file".into(),
+        ));
+    }
+    let too_large = || refuse(too_large_message());
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(fail)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        fail(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
+/// Parse and validate `text` without reading any secret (for tests and reload). `origin`
+/// names the text in [`ConfigError::Invalid`].
+pub fn parse(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
+    parse_text(text, origin).finish(origin)
+}
+
+/// Check every secret the config names: it exists, is readable, and a file is not group- or
+/// world-readable. Returns (problems, warnings).
+pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
+    let mut sources = Vec::new();
+    for (name, provider) in &config.providers {
+        for (key, source) in provider.kind.secret_sources() {
+            sources.push((format!("providers.{name}.{key}"), source.clone()));
+        }
+    }
+    for (name, store) in &config.stores {
+        for (key, source) in store.auth.secret_sources() {
+            sources.push((format!("stores.{name}.{key}"), source.clone()));
+        }
+    }
+    check_sources(&sources)
+}
+
+fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for (at, source) in sources {
+        match source.check() {
+            Ok(Availability::Ok) => {}
+            Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
+            // SecretError never carries the value; its sources are io errors about paths.
+            Err(err) => {
+                problems.push(Problem {
+                    line: None,
+                    column: None,
+                    at: at.clone(),
+                    message: crate::error_chain(&err),
+                });
+            }
+        }
+    }
+    (problems, warnings)
+}
+
+/// The longest duration any key accepts. Times are kept as instants and wall-clock times
+/// (now + duration); ten years is far beyond any sensible interval, lifetime or timeout, and
+/// keeps every sum far inside what `SystemTime`, `Instant` and the journal's RFC 3339 times
+/// (up to year 9999) can hold, so no arithmetic on a configured duration can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// [`MAX_DURATION`] as the messages say it.
+pub const MAX_DURATION_TEXT: &str = "3650d (ten years)";
+
+/// The largest configuration file read, in bytes. The benchmark's 100,000 scope sets (the
+/// largest the daemon is measured for) take about 13 MB; 16 MiB leaves room for comments
+/// and longer names while bounding what a hostile or mistaken file (a log, an image) costs to
+/// read and parse: a few hundred MiB of parser state at worst, for a few seconds.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The deepest nesting of YAML collections accepted, counted before the YAML parser runs
+/// (whose cost grows with the square of the depth). A tokenkeeper config nests about six
+/// levels (scope_sets, a set, on_rotate, a hook, its list); 64 is ten times that.
+pub const MAX_NESTING: usize = 64;
+
+/// What a token is: its provider and scopes. A journaled token is reused only for a set whose
+/// hash still matches; a change of file settings does not need a new token.
+pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(b"v1\0provider\0");
+    h.update(set.provider.as_bytes());
+    h.update(b"\0kind\0");
+    h.update(provider.kind.kind_name().as_bytes());
+    // Whatever changes which server issues the token, for whom, or what it grants.
+    let mut field = |name: &str, value: &str| {
+        h.update(b"\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(value.as_bytes());
+    };
+    match &provider.kind {
+        ProviderKind::Voucherify { base_url, .. } => field("base_url", base_url.as_str()),
+        ProviderKind::OAuth2 {
+            endpoints,
+            client_id,
+            extra_params,
+            ..
+        } => {
+            match endpoints {
+                OAuth2Endpoints::Discover { issuer } => field("issuer", issuer.as_str()),
+                OAuth2Endpoints::Explicit { token_url, .. } => {
+                    field("token_url", token_url.as_str())
+                }
+            }
+            field("client_id", client_id);
+            for (k, v) in extra_params {
+                field(&format!("param:{k}"), v);
+            }
+        }
+        ProviderKind::Square {
+            base_url,
+            client_id,
+            ..
+        } => {
+            field("base_url", base_url.as_str());
+            field("client_id", client_id);
+        }
+    }
+    let mut scopes = set.scopes.clone();
+    scopes.sort();
+    for s in &scopes {
+        h.update(b"\0scope\0");
+        h.update(s.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! Raw structs: what serde reads. Nearly everything is optional so that a missing key becomes
+//! a problem with a message of ours, and checks carry on past it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+#[derive(Deserialize)]
+pub(super) struct RawConfig {
+    pub(super) state_dir: Option<String>,
+    pub(super) shutdown_timeout: Option<Value>,
+    pub(super) log_level: Option<String>,
+    pub(super) metrics: Option<RawMetrics>,
+    pub(super) defaults: Option<RawDefaults>,
+    pub(super) providers: Option<BTreeMap<String, Option<RawProvider>>>,
+    /// Boxed: a `RawSet` is about a kilobyte, mostly options a set seldom uses, and 10,000
+    /// sets in a growing vector held twice that while the config was read.
+    pub(super) scope_sets: Option<Vec<Option<Box<RawSet>>>>,
+    pub(super) stores: Option<BTreeMap<String, Option<RawStore>>>,
+    pub(super) ha: Option<RawHa>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawStore {
+    pub(super) kind: Option<String>,
+    pub(super) address: Option<String>,
+    pub(super) mount: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) ca_file: Option<String>,
+    pub(super) auth: Option<RawStoreAuth>,
+    pub(super) timeout: Option<Value>,
+    pub(super) max_versions: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawStoreAuth {
+    pub(super) token: Option<Value>,
+    pub(super) approle: Option<RawAppRole>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawAppRole {
+    pub(super) mount: Option<String>,
+    pub(super) role_id: Option<Value>,
+    pub(super) secret_id: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawHa {
+    pub(super) store: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) lease: Option<Value>,
+    pub(super) instance: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawSetStore {
+    pub(super) name: Option<String>,
+    pub(super) path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawMetrics {
+    pub(super) textfile: Option<String>,
+    pub(super) listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawDefaults {
+    pub(super) refresh: Option<RawRefresh>,
+    pub(super) file: Option<RawDefaultFile>,
+    pub(super) on_shutdown: Option<String>,
+    pub(super) revoke_superseded_after: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawRefresh {
+    pub(super) at: Option<Value>,
+    pub(super) jitter: Option<Value>,
+    pub(super) min_interval: Option<Value>,
+}
+
+/// Only what makes sense for every file: `path` is per set by nature.
+#[derive(Deserialize)]
+pub(super) struct RawDefaultFile {
+    pub(super) mode: Option<Value>,
+    pub(super) format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawProvider {
+    pub(super) kind: Option<String>,
+    pub(super) base_url: Option<String>,
+    pub(super) cluster: Option<String>,
+    pub(super) app_id: Option<Value>,
+    pub(super) app_token: Option<Value>,
+    pub(super) timeout: Option<Value>,
+    pub(super) max_live_tokens: Option<Value>,
+    pub(super) issue_rate: Option<Value>,
+    pub(super) issue_burst: Option<Value>,
+    pub(super) max_concurrent_requests: Option<Value>,
+    pub(super) issuer: Option<String>,
+    pub(super) token_url: Option<String>,
+    pub(super) revocation_url: Option<String>,
+    pub(super) introspection_url: Option<String>,
+    pub(super) client_id: Option<Value>,
+    pub(super) client_secret: Option<Value>,
+    pub(super) auth_method: Option<String>,
+    pub(super) extra_params: Option<BTreeMap<String, Value>>,
+    pub(super) default_lifetime: Option<Value>,
+    pub(super) environment: Option<String>,
+    pub(super) refresh_token: Option<Value>,
+    pub(super) access_token: Option<Value>,
+    pub(super) mode: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawSet {
+    pub(super) name: Option<String>,
+    pub(super) provider: Option<String>,
+    pub(super) scopes: Option<Value>,
+    pub(super) file: Option<RawFile>,
+    pub(super) refresh: Option<RawRefresh>,
+    pub(super) on_shutdown: Option<String>,
+    pub(super) revoke_superseded_after: Option<Value>,
+    pub(super) rotate: Option<Value>,
+    pub(super) on_rotate: Option<RawOnRotate>,
+    pub(super) store: Option<RawSetStore>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawOnRotate {
+    pub(super) exec: Option<Value>,
+    pub(super) timeout: Option<Value>,
+    pub(super) signal: Option<RawSignalHook>,
+    pub(super) reload_unit: Option<Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawSignalHook {
+    pub(super) pidfile: Option<String>,
+    pub(super) signal: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawFile {
+    pub(super) path: Option<String>,
+    pub(super) format: Option<String>,
+    pub(super) mode: Option<Value>,
+    pub(super) owner: Option<Value>,
+    pub(super) group: Option<Value>,
+}
