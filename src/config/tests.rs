@@ -13,7 +13,7 @@ use super::defaults::{
 };
 use super::raw::{RawProvider, RawSet};
 use super::text::{hide_raw_names, key_positions, nesting_exceeds, strip_marks};
-use super::unknown::{closest, edit_distance, fields_of};
+use super::unknown::{closest, fields_of};
 
 /// A valid config every refusal test changes in one place.
 const BASE: &str = r#"
@@ -1400,7 +1400,7 @@ fn key_positions_finds_block_and_flow_keys_but_not_comments_or_values() {
 fn helpers() {
     assert_eq!(pct(0.66), "66%");
     assert_eq!(pct(0.125), "12.5%");
-    assert_eq!(edit_distance("mdoe", "mode"), 1);
+    assert_eq!(closest("mdoe", &["mode", "owner"]), Some("mode"));
     assert_eq!(closest("scoeps", fields_of::<RawSet>()), Some("scopes"));
     assert_eq!(closest("zzz", fields_of::<RawSet>()), None);
     assert!(fields_of::<RawProvider>().contains(&"app_token"));
