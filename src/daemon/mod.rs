@@ -29,6 +29,10 @@ use crate::sink::{self, IssuedMeta, TokenContent, TokenSink};
 use crate::status::{Board, Phase, SetReport, SetState, SetStats};
 use crate::store::{SetSink, Stores};
 
+mod held;
+
+pub use held::Held;
+
 /// First pause between revocation attempts at stop; doubled up to [`STOP_RETRY_CAP`]. Short,
 /// because the whole stop has only `shutdown_timeout` (20 s by default).
 const STOP_RETRY_BASE: Duration = Duration::from_millis(250);
@@ -78,52 +82,6 @@ pub enum DaemonError {
     MissingProvider { set: String, provider: String },
     #[error("secrets store")]
     Store(#[from] crate::store::StoreError),
-}
-
-/// A token a set holds, with its place in the provider's budget.
-pub struct Held {
-    token: Secret,
-    fingerprint: String,
-    expires_at: Instant,
-    /// Given back when the token is dropped: revoked, expired, or abandoned at exit.
-    _slot: Slot,
-}
-
-impl Held {
-    fn from_issued(issued: Issued, slot: Slot) -> (Held, IssuedMeta) {
-        let meta = IssuedMeta {
-            expires_at: issued.expires_at_wall(),
-            token_type: issued.token_type.clone(),
-            scope: issued.scope.clone(),
-        };
-        let held = Held {
-            fingerprint: issued.token.fingerprint(),
-            expires_at: issued.expires_at(),
-            token: issued.token,
-            _slot: slot,
-        };
-        (held, meta)
-    }
-
-    /// A token from the journal, alive for `remaining` more.
-    pub fn adopted(entry: &Entry, remaining: Duration, slot: Slot) -> Held {
-        Held {
-            token: entry.token.clone(),
-            fingerprint: entry.fingerprint.clone(),
-            expires_at: Instant::now() + remaining,
-            _slot: slot,
-        }
-    }
-
-    pub fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    /// Whether both hold the same token: by value, since fingerprints are short enough to
-    /// collide, and two different tokens taken for one would leave one unrevoked.
-    fn same_token(&self, other: &Held) -> bool {
-        self.token == other.token
-    }
 }
 
 /// What a set begins with: from the journal at start, or from its predecessor at a reload.
