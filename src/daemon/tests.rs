@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::CLOCK_DOUBT_WINDOW;
 use crate::provider::Introspection;
 use crate::schedule::RefreshPolicy;
 use crate::sink::{FileConfig, FileFormat, SinkError};
