@@ -25,18 +25,20 @@ use crate::provider::ProviderConfig;
 use crate::provider::{Issued, Provider, ProviderError, Revocation, TokenProvider};
 use crate::schedule::{RetryClass, refresh_after, retry_after};
 use crate::secret::Secret;
-use crate::sink::{self, IssuedMeta, TokenSink};
+use crate::sink::{IssuedMeta, TokenSink};
 use crate::status::{Board, Phase, SetReport, SetState, SetStats};
 use crate::store::{SetSink, Stores};
 
 mod adopt;
 mod held;
+mod live;
 mod rescue;
 mod revoke;
 
 pub use adopt::REMOVED_SETS;
 use adopt::{adopt, revoke_leftovers};
 pub use held::Held;
+use live::{Live, Shared, budgets_for};
 use rescue::{recover_crashed, rescuable};
 pub use revoke::{Revoked, revoke_journaled};
 use revoke::{STOP_RETRY_BASE, STOP_RETRY_CAP, revoke_until};
@@ -1034,109 +1036,6 @@ pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String
 pub struct Reloader<P> {
     pub load: LoadConfig,
     pub build: BuildProvider<P>,
-}
-
-/// A running set.
-struct Live {
-    cfg: Arc<SetConfig>,
-    /// Taken when the order is sent.
-    stop: Option<oneshot::Sender<Order<SetSink>>>,
-    /// The set's reports, read for readiness.
-    state: SetReport,
-    task: JoinHandle<SetOutcome>,
-}
-
-impl Live {
-    /// Send the set its stop order; a set has one, so a second is ignored.
-    fn order(&mut self, order: Order<SetSink>) {
-        if let Some(tx) = self.stop.take() {
-            // A task that has already ended has nothing left to do.
-            let _ = tx.send(order);
-        }
-    }
-}
-
-/// What every set's task is started with, kept for the sets a reload adds.
-struct Shared<P> {
-    providers: HashMap<String, Arc<P>>,
-    budgets: HashMap<String, Arc<Budget>>,
-    journal: Journal,
-    rotate: broadcast::Sender<()>,
-    /// Pinged when a set gets a fresh token, for readiness.
-    changed: mpsc::Sender<()>,
-    /// Where every set reports for `tokenkeeper status` and the metrics.
-    board: Arc<Board>,
-    /// The secrets stores sets may also write to.
-    stores: Stores,
-}
-
-impl<P: TokenProvider + 'static> Shared<P> {
-    async fn spawn(
-        &self,
-        set: &Arc<SetConfig>,
-        provider_cfg: &ProviderConfig,
-        start: Start<SetSink>,
-    ) -> Result<Live, DaemonError> {
-        let missing = || DaemonError::MissingProvider {
-            set: set.name.clone(),
-            provider: set.provider.clone(),
-        };
-        let provider = self.providers.get(&set.provider).ok_or_else(missing)?;
-        let budget = self.budgets.get(&set.provider).ok_or_else(missing)?;
-        if let Some(path) = set
-            .file
-            .as_ref()
-            .map(|f| f.path.clone())
-            .filter(|p| sink::stale_temps_pending(p))
-        {
-            let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
-        }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let report = self.board.register(&set.name, &set.provider);
-        let view = report.view();
-        crate::hooks::watch(set, &report);
-        let config_hash = crate::config::config_hash(set, provider_cfg);
-        let task = SetTask {
-            cfg: Arc::clone(set),
-            provider: Arc::clone(provider),
-            sink: self.stores.sink_for(set, &config_hash, &self.board),
-            jitter: random_jitter(),
-            stop: stop_rx,
-            // SIGUSR1 and the set's own `rotate:` schedule, on a channel of its own.
-            rotate: crate::cron::set_rotations(
-                &set.name,
-                set.rotate.as_deref().cloned(),
-                self.rotate.subscribe(),
-                &report,
-                crate::cron::system_clock(),
-            ),
-            journal: self.journal.clone(),
-            budget: Arc::clone(budget),
-            config_hash,
-            start: start.boxed(),
-            report,
-            ready: Some(self.changed.clone()),
-        };
-        Ok(Live {
-            cfg: Arc::clone(set),
-            stop: Some(stop_tx),
-            state: view,
-            task: tokio::spawn(task.run()),
-        })
-    }
-}
-
-fn budgets_for(config: &Config) -> HashMap<String, Arc<Budget>> {
-    config
-        .providers
-        .iter()
-        .map(|(name, p)| {
-            (
-                name.clone(),
-                Budget::new(name, p.max_live_tokens, p.issue_rate),
-            )
-        })
-        .collect()
 }
 
 /// Run the daemon until `control` says stop; revoke everything; report.
