@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::revoke::{STOP_RETRY_CAP, remove_token_file, revoke_until, written_forms};
-use super::{Held, REFUSED_TOKEN_TYPE, SetOutcome, Start};
+use super::set_task::REFUSED_TOKEN_TYPE;
+use super::{Held, SetOutcome, Start};
 use crate::budget::Budget;
 use crate::config::SetConfig;
 use crate::error_chain as chain;

@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 
 use super::live::{Live, Shared, budgets_for};
 use super::revoke::STOP_RETRY_BASE;
-use super::{HANDOVER_WAIT, Order, SetOutcome, Start};
+use super::set_task::HANDOVER_WAIT;
+use super::{Order, SetOutcome, Start};
 use crate::config::Config;
 use crate::control::Control;
 use crate::error_chain as chain;

@@ -1,10 +1,18 @@
 use super::*;
+use crate::budget::Budget;
+use crate::config::OnShutdown;
 use crate::journal::CLOCK_DOUBT_WINDOW;
 use crate::provider::Introspection;
+use crate::provider::{Issued, Revocation};
 use crate::schedule::RefreshPolicy;
+use crate::secret::Secret;
 use crate::sink::{FileConfig, FileFormat, SinkError};
+use crate::sink::{IssuedMeta, TokenSink};
+use crate::status::SetReport;
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
 
 /// A provider whose every call is recorded with the (paused) time it happened.
 #[derive(Default)]
