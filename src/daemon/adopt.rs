@@ -1,0 +1,187 @@
+//! At start: reusing or revoking each set's journaled tokens, and revoking those of sets no
+//! longer configured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::revoke::{STOP_RETRY_CAP, remove_token_file, revoke_until, written_forms};
+use super::set_task::REFUSED_TOKEN_TYPE;
+use super::{Held, SetOutcome, Start};
+use crate::budget::Budget;
+use crate::config::SetConfig;
+use crate::error_chain as chain;
+use crate::journal::{self, CLOCK_DOUBT_WINDOW, Entry, Journal};
+use crate::provider::{Introspection, Revocation, TokenProvider};
+use crate::schedule::BACKOFF_CAP;
+use crate::sink::IssuedMeta;
+
+/// Name under which tokens of sets that are no longer configured are reported.
+pub const REMOVED_SETS: &str = "(sets no longer configured)";
+
+/// Decide, for one set, what to do with its journaled tokens: reuse the best one that still
+/// fits (same provider and scopes, not yet due for refresh, and active when introspected),
+/// and mark the rest for revocation.
+pub(super) async fn adopt<P: TokenProvider, S>(
+    set: &SetConfig,
+    hash: &str,
+    provider: &P,
+    budget: &Arc<Budget>,
+    mut mine: Vec<Entry>,
+    journal: &Journal,
+) -> Start<S> {
+    let now = SystemTime::now();
+    mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
+    let mut start = Start::default();
+    let mut gone = Vec::new();
+    for e in mine {
+        let remaining = journal::remaining(&e, now);
+        if remaining.is_zero() {
+            // Expired by our clock, which may have jumped while we were down: the provider
+            // can still count it live, so revoke it rather than take the clock's word.
+            start
+                .stale
+                .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+            continue;
+        }
+        // Minted in an answer that was refused, then a crash: it was never in any file.
+        if e.token_type == REFUSED_TOKEN_TYPE
+            && !set.never_revoke
+            && provider.revocation() != Revocation::Unsupported
+        {
+            let held = Held::adopted(&e, remaining, budget.adopt());
+            start.superseded.push((held, Instant::now()));
+            continue;
+        }
+        let fits = e.config_hash == hash && e.refresh_at > now;
+        if start.current.is_some() || !fits {
+            start
+                .stale
+                .push(Held::adopted(&e, remaining, budget.adopt()));
+            continue;
+        }
+        let meta = IssuedMeta {
+            token_type: e.token_type.clone(),
+            scope: e.scope.clone(),
+            expires_at: e.expires_at,
+        };
+        let refresh_in = e.refresh_at.duration_since(now).unwrap_or(Duration::ZERO);
+        match provider.introspect(&e.token).await {
+            Ok(Introspection::Active { remaining: Some(r) }) if r.is_zero() => {
+                // Active, yet expired by the provider's own figures: not worth serving, but
+                // the provider may go on honouring it, so it is revoked, not just dropped.
+                info!(set = %set.name, fingerprint = %e.fingerprint,
+                    "the provider says the journaled token has expired; issuing a new one");
+                start
+                    .stale
+                    .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+            }
+            Ok(Introspection::Active { remaining: r }) => {
+                let left = r.map_or(remaining, |r| r.min(remaining));
+                let held = Held::adopted(&e, left, budget.adopt());
+                start.current = Some((held, meta, Instant::now() + refresh_in.min(left)));
+            }
+            Ok(Introspection::Inactive) => {
+                info!(set = %set.name, fingerprint = %e.fingerprint,
+                    "journaled token is no longer active at the provider; issuing a new one");
+                gone.push(e.fingerprint.clone());
+            }
+            Err(err) => {
+                // Keep serving it (it is valid by the clock) but replace it straight away.
+                warn!(set = %set.name, fingerprint = %e.fingerprint, error = %chain(&err),
+                    "could not check the journaled token; using it until a replacement is in place");
+                let held = Held::adopted(&e, remaining, budget.adopt());
+                start.current = Some((held, meta, Instant::now()));
+            }
+        }
+    }
+    journal.remove(gone).await;
+    start
+}
+
+/// How long to try revoking journaled token `e`: until it expires, or for
+/// [`CLOCK_DOUBT_WINDOW`] if by our clock it already has.
+fn revoke_window(e: &Entry, now: SystemTime) -> Duration {
+    match journal::remaining(e, now) {
+        d if d.is_zero() => CLOCK_DOUBT_WINDOW,
+        d => d,
+    }
+}
+
+/// Revoke journaled tokens that belong to no configured set (or to a set's former provider),
+/// retrying until each is revoked or expired, or until stop; then remove their files.
+pub(super) async fn revoke_leftovers<P: TokenProvider>(
+    entries: Vec<Entry>,
+    providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    in_use: Vec<std::path::PathBuf>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) -> SetOutcome {
+    let mut outcome = SetOutcome {
+        set: REMOVED_SETS.into(),
+        ..SetOutcome::default()
+    };
+    let now = SystemTime::now();
+    let attempts = entries.iter().map(|e| {
+        let provider = providers.get(&e.provider).cloned();
+        let mut stop = stop.clone();
+        let expires = Instant::now() + revoke_window(e, now);
+        async move {
+            let Some(p) = provider else {
+                return Err(format!(
+                    "provider {} is no longer configured; the token expires on its own",
+                    e.provider
+                ));
+            };
+            tokio::select! {
+                r = revoke_until(p.as_ref(), &e.token, expires, BACKOFF_CAP) => r,
+                _ = stop.changed() => {
+                    let deadline = stop_deadline(&stop);
+                    revoke_until(p.as_ref(), &e.token, deadline.min(expires), STOP_RETRY_CAP).await
+                }
+            }
+        }
+    });
+    let results = join_all(attempts).await;
+    for (e, r) in entries.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                info!(set = %e.set, fingerprint = %e.fingerprint, "revoked a journaled token of a set no longer configured");
+                outcome.revoked.push(e.fingerprint.clone());
+                if let Some(path) = e.file.clone().filter(|p| !in_use.contains(p)) {
+                    let written = written_forms(e);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        remove_token_file(&path, &written);
+                    })
+                    .await;
+                }
+            }
+            // Expired while we tried: nothing is left to revoke.
+            Err(_) if journal::remaining(e, SystemTime::now()).is_zero() => {}
+            Err(why) => {
+                warn!(set = %e.set, fingerprint = %e.fingerprint, error = %why, "could not revoke a journaled token");
+                outcome.failed.push((e.fingerprint.clone(), why));
+            }
+        }
+    }
+    journal.remove(outcome.revoked.clone()).await;
+    // Wait for stop, so the report is complete however early this finished.
+    while stop.borrow().is_none() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    outcome
+}
+
+/// The deadline for revocations outside a set's task (leftovers at start), from a plain
+/// deadline watch.
+fn stop_deadline(stop: &watch::Receiver<Option<Instant>>) -> Instant {
+    stop.borrow()
+        .unwrap_or_else(|| Instant::now() + STOP_RETRY_CAP)
+}

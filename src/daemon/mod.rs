@@ -1,0 +1,401 @@
+//! The daemon: one task per scope set, and the orchestration of stop.
+//!
+//! Each set's task owns its tokens (the current one, superseded ones awaiting revocation, and
+//! one being issued), so nothing is shared and nothing is locked. The daemon only starts the
+//! tasks, forwards rotate requests, and at stop gives every task one deadline by which to
+//! revoke what it holds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout_at};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, SetConfig};
+use crate::control::Control;
+use crate::journal::{Entry, Journal};
+use crate::provider::{Provider, ProviderError, TokenProvider};
+use crate::status::{Board, Phase};
+use crate::store::{SetSink, Stores};
+
+mod adopt;
+mod held;
+mod live;
+mod reload;
+mod rescue;
+mod revoke;
+mod set_task;
+
+pub use adopt::REMOVED_SETS;
+use adopt::{adopt, revoke_leftovers};
+pub use held::Held;
+use live::{Live, Shared, budgets_for};
+pub use reload::{BuildProvider, LoadConfig, Reloader};
+use reload::{Loading, load_or_stop, reload};
+use rescue::{recover_crashed, rescuable};
+use revoke::STOP_RETRY_BASE;
+pub use revoke::{Revoked, revoke_journaled};
+pub use set_task::{Handover, Jitter, Order, SetTask, Start, random_jitter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("provider {name}")]
+    Provider {
+        name: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("set {set} names provider {provider}, which is not configured")]
+    MissingProvider { set: String, provider: String },
+    #[error("secrets store")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How a set ended: which tokens were revoked, which could not be.
+#[derive(Debug, Default, Clone)]
+pub struct SetOutcome {
+    pub set: String,
+    /// Fingerprints of revoked tokens.
+    pub revoked: Vec<String>,
+    /// Fingerprints and reasons of tokens that could not be revoked.
+    pub failed: Vec<(String, String)>,
+    /// Fingerprint of a token left in place because the set says `on_shutdown: keep`.
+    pub kept: Option<String>,
+    /// Fingerprints of live tokens not revoked because the provider cannot revoke, or (Square)
+    /// revokes only for sets that ask; they expire on their own.
+    pub expiring: Vec<String>,
+}
+
+/// How the daemon ended.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub sets: Vec<SetOutcome>,
+    /// Sets whose task did not finish by the deadline.
+    pub unfinished: Vec<String>,
+    /// Sets whose task panicked; what the journal held for them was revoked in their place
+    /// (see `sets`), but the daemon did not run as it should.
+    pub crashed: Vec<String>,
+}
+
+impl RunReport {
+    /// Sets with a token that could not be revoked.
+    pub fn failed_sets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sets
+            .iter()
+            .filter(|s| !s.failed.is_empty())
+            .map(|s| s.set.clone())
+            .chain(self.unfinished.iter().cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn revoked_count(&self) -> usize {
+        self.sets.iter().map(|s| s.revoked.len()).sum()
+    }
+}
+
+/// Build every provider once, with the shared HTTP client.
+pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
+    crate::hooks::hide_secret_env(config);
+    let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
+        name: "(http client)".into(),
+        source,
+    })?;
+    let mut out = HashMap::new();
+    for (name, p) in &config.providers {
+        let built = Provider::build(p, &http).map_err(|source| DaemonError::Provider {
+            name: name.clone(),
+            source,
+        })?;
+        out.insert(name.clone(), Arc::new(built));
+    }
+    for set in &config.sets {
+        if !out.contains_key(&set.provider) {
+            return Err(DaemonError::MissingProvider {
+                set: set.name.clone(),
+                provider: set.provider.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Run the daemon until `control` says stop; revoke everything; report.
+///
+/// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
+/// `on_ready` is called once, when every set first has a valid token in place. Without a
+/// `reloader`, SIGHUP is logged and ignored. Every set is registered on `board`, which
+/// `tokenkeeper status` and the metrics read.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
+pub async fn run<P: TokenProvider + 'static>(
+    mut config: Config,
+    providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    entries: Vec<Entry>,
+    mut control: mpsc::Receiver<Control>,
+    reloader: Option<Reloader<P>>,
+    board: Arc<Board>,
+    mut on_ready: impl FnMut(),
+) -> Result<RunReport, DaemonError> {
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    let (rotate, _) = broadcast::channel(16);
+    let mut shared = Shared {
+        budgets: budgets_for(&config),
+        providers,
+        journal,
+        rotate,
+        changed: changed_tx,
+        board: Arc::clone(&board),
+        stores: Stores::build(&config)?,
+    };
+
+    // Tokens a store holds for our sets (written by this or another instance) count like
+    // journaled ones: reused if they fit, so a takeover or a new machine issues nothing early.
+    let mut entries = entries;
+    let journaled: HashSet<String> = entries.iter().map(|e| e.fingerprint.clone()).collect();
+    for e in shared.stores.entries(&config).await {
+        if !journaled.contains(&e.fingerprint) {
+            entries.push(e);
+        }
+    }
+    // The daemon keeps one shared copy of each set's config; `config.sets` is emptied.
+    let sets: Vec<Arc<SetConfig>> = std::mem::take(&mut config.sets)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    // Sort the journal out before any set issues: reuse what fits, revoke the rest.
+    let configured: HashMap<&str, &str> = sets
+        .iter()
+        .map(|s| (s.name.as_str(), s.provider.as_str()))
+        .collect();
+    let mut by_set: HashMap<String, Vec<Entry>> = HashMap::new();
+    let mut leftovers = Vec::new();
+    for e in entries {
+        if configured.get(e.set.as_str()) == Some(&e.provider.as_str()) {
+            by_set.entry(e.set.clone()).or_default().push(e);
+        } else {
+            leftovers.push(e);
+        }
+    }
+    drop(configured);
+    let missing = |set: &SetConfig| DaemonError::MissingProvider {
+        set: set.name.clone(),
+        provider: set.provider.clone(),
+    };
+    // Only sets the journal holds tokens for have anything to adopt (an introspection each);
+    // the others start empty, without a future apiece.
+    let mut adopting = Vec::new();
+    let mut journaled = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let (Some(provider), Some(budget), Some(pcfg)) = (
+            shared.providers.get(&set.provider),
+            shared.budgets.get(&set.provider),
+            config.providers.get(&set.provider),
+        ) else {
+            return Err(missing(set));
+        };
+        if let Some(mine) = by_set.remove(&set.name) {
+            let hash = crate::config::config_hash(set, pcfg);
+            adopting.push((i, hash, Arc::clone(provider), Arc::clone(budget)));
+            journaled.push(mine);
+        }
+    }
+    let adopted = join_all(adopting.iter().zip(journaled).map(
+        |((i, hash, provider, budget), mine)| {
+            adopt(
+                &sets[*i],
+                hash,
+                provider.as_ref(),
+                budget,
+                mine,
+                &shared.journal,
+            )
+        },
+    ))
+    .await;
+    let mut starts: HashMap<usize, Start<SetSink>> =
+        adopting.iter().map(|a| a.0).zip(adopted).collect();
+    drop(adopting);
+    let mut live: Vec<Live> = Vec::with_capacity(sets.len());
+    for (i, set) in sets.iter().enumerate() {
+        let pcfg = config
+            .providers
+            .get(&set.provider)
+            .ok_or_else(|| missing(set))?;
+        let start = starts.remove(&i).unwrap_or_default();
+        live.push(shared.spawn(set, pcfg, start).await?);
+    }
+    // Sets stopped by a reload, still revoking: the final stop waits for them too.
+    let mut retiring: Vec<(String, JoinHandle<SetOutcome>)> = Vec::new();
+    let (leftover_stop, leftover_stop_rx) = watch::channel(None);
+    if !leftovers.is_empty() {
+        info!(
+            tokens = leftovers.len(),
+            "revoking journaled tokens of sets that are no longer configured"
+        );
+        let in_use = sets
+            .iter()
+            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
+            .collect();
+        retiring.push((
+            REMOVED_SETS.into(),
+            tokio::spawn(revoke_leftovers(
+                leftovers,
+                shared.providers.clone(),
+                shared.journal.clone(),
+                in_use,
+                leftover_stop_rx,
+            )),
+        ));
+    }
+    info!(sets = live.len(), "started");
+    drop(sets);
+
+    let mut ready = false;
+    // Sets before this index were seen fresh. Readiness resumes the scan there at each ping
+    // instead of scanning every set each time, which at 10,000 sets made start-up quadratic.
+    let mut seen_fresh = 0usize;
+    let mut handover = false;
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                Some(Control::Rotate) => {
+                    info!("rotating every set");
+                    let _ = shared.rotate.send(());
+                }
+                Some(Control::Reload) => match &reloader {
+                    Some(r) => {
+                        let _reloading = crate::systemd::reloading();
+                        let new = match load_or_stop(&r.load, &mut control, &shared.rotate).await {
+                            Loading::Done(new) => new,
+                            Loading::Stopped(c) => {
+                                warn!("stop requested while the new configuration was being read; the reload is abandoned");
+                                handover = c == Control::Handover;
+                                break;
+                            }
+                        };
+                        reload(r, *new, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        seen_fresh = 0;
+                        // Look again even if no set pings: a reload that only removed the
+                        // sets still waiting for a token leaves every remaining one fresh.
+                        let _ = shared.changed.try_send(());
+                    }
+                    None => warn!("SIGHUP ignored: this daemon was started without a config file to re-read"),
+                },
+                Some(Control::Handover) => {
+                    handover = true;
+                    break;
+                }
+                Some(Control::Shutdown) | None => break,
+            },
+            Some(()) = changed.recv(), if !ready => {
+                let fresh = |l: &Live| l.state.is_fresh();
+                seen_fresh += live[seen_fresh..].iter().take_while(|l| fresh(l)).count();
+                if seen_fresh == live.len() {
+                    // Sets seen fresh earlier may have failed since: check them all, once.
+                    seen_fresh = live.iter().position(|l| !fresh(l)).unwrap_or(live.len());
+                }
+                if seen_fresh == live.len() {
+                    ready = true;
+                    info!(sets = live.len(), "ready: every set has a valid token");
+                    on_ready();
+                }
+            }
+        }
+    }
+
+    crate::systemd::stopping();
+    board.set_phase(Phase::Stopping);
+    let deadline = Instant::now() + config.shutdown_timeout;
+    if handover {
+        info!("stopping: handing the current tokens over to another instance");
+    } else {
+        info!(
+            timeout = %humantime::format_duration(config.shutdown_timeout),
+            "stopping: revoking every token"
+        );
+    }
+    for l in &mut live {
+        l.order(if handover {
+            Order::Release { deadline }
+        } else {
+            Order::Revoke {
+                deadline,
+                keep_file: false,
+            }
+        });
+    }
+    leftover_stop.send_replace(Some(deadline));
+    let mut report = RunReport::default();
+    // A little grace past the deadline for tasks to report what they could not do.
+    let grace = deadline + STOP_RETRY_BASE;
+    // Every set ends on its own, so that one whose task panicked is cleaned up as soon as
+    // that shows, not after the others.
+    let waiting = live
+        .into_iter()
+        .map(|l| {
+            let rescue =
+                rescuable(&l.cfg, &shared.providers, handover).map(|p| (Arc::clone(&l.cfg), p));
+            (l.cfg.name.clone(), l.task, rescue)
+        })
+        .chain(retiring.into_iter().map(|(name, task)| (name, task, None)));
+    let ends = join_all(waiting.map(|(name, task, rescue)| {
+        let journal = shared.journal.clone();
+        async move {
+            let abort = task.abort_handle();
+            match timeout_at(grace, task).await {
+                Ok(Ok(outcome)) => End::Done(outcome),
+                Ok(Err(e)) => {
+                    error!(set = %name, error = %e, "a set's task failed");
+                    match rescue {
+                        Some((cfg, provider)) if e.is_panic() => {
+                            // In a task of its own: a provider that panicked once may again.
+                            let rescue = recover_crashed(cfg, provider, journal, deadline);
+                            match tokio::spawn(rescue).await {
+                                Ok(outcome) => End::Crashed(outcome),
+                                Err(e) => {
+                                    error!(set = %name, error = %e, "could not revoke the crashed set's tokens");
+                                    End::Unfinished(name)
+                                }
+                            }
+                        }
+                        _ => End::Unfinished(name),
+                    }
+                }
+                Err(_) => {
+                    abort.abort();
+                    End::Unfinished(name)
+                }
+            }
+        }
+    }))
+    .await;
+    for end in ends {
+        match end {
+            End::Done(outcome) => report.sets.push(outcome),
+            End::Crashed(outcome) => {
+                report.crashed.push(outcome.set.clone());
+                report.sets.push(outcome);
+            }
+            End::Unfinished(name) => report.unfinished.push(name),
+        }
+    }
+    Ok(report)
+}
+
+/// How a set's task ended at stop.
+enum End {
+    Done(SetOutcome),
+    /// It panicked; the outcome is that of revoking its journaled tokens in its place.
+    Crashed(SetOutcome),
+    Unfinished(String),
+}
+
+#[cfg(test)]
+mod tests;

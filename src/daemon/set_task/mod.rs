@@ -1,0 +1,482 @@
+//! One set's task: what it starts with, the orders it takes, and its loop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tracing::{error, info, warn};
+
+use super::{Held, SetOutcome};
+use crate::budget::{Budget, Slot};
+use crate::config::{OnShutdown, SetConfig};
+use crate::error_chain as chain;
+use crate::journal::{Entry, Journal};
+use crate::provider::{Issued, ProviderError, Revocation, TokenProvider};
+use crate::sink::{IssuedMeta, TokenSink};
+use crate::status::{SetReport, SetState, SetStats};
+
+mod issue;
+mod stop;
+
+/// How long a set being replaced at a reload waits for its requests under way (an issue, a
+/// superseded token's revocation) before handing over: a request's own timeout is 30 s by
+/// default, and tokens are never abandoned mid-request.
+pub(super) const HANDOVER_WAIT: Duration = Duration::from_secs(35);
+
+/// A superseded token whose revocation failed is tried again this much later, with backoff on
+/// top; it is dropped once it has expired, since an expired token needs no revocation.
+const SUPERSEDED_RETRY: Duration = Duration::from_secs(5);
+
+/// The `token_type` a token minted in a refused answer is journaled with: a restart revokes
+/// such a token at once instead of treating it like one that may be in a file.
+pub(super) const REFUSED_TOKEN_TYPE: &str = "(refused)";
+
+/// What a set begins with: from the journal at start, or from its predecessor at a reload.
+pub struct Start<S> {
+    /// A token to go on using, its file content, and when to replace it.
+    pub current: Option<(Held, IssuedMeta, Instant)>,
+    /// Tokens that no longer fit: revoked once the set has a token in place.
+    pub stale: Vec<Held>,
+    /// Superseded tokens with the time they are due to be revoked.
+    pub superseded: Vec<(Held, Instant)>,
+    /// The predecessor's sink, emptied once this set has written its first token, unless it
+    /// is the same place.
+    pub previous: Option<S>,
+}
+
+impl<S> Default for Start<S> {
+    fn default() -> Self {
+        Start {
+            current: None,
+            stale: Vec::new(),
+            superseded: Vec::new(),
+            previous: None,
+        }
+    }
+}
+
+impl<S> Start<S> {
+    /// `None` when there is nothing to begin with.
+    pub fn boxed(self) -> Option<Box<Start<S>>> {
+        let empty = self.current.is_none()
+            && self.stale.is_empty()
+            && self.superseded.is_empty()
+            && self.previous.is_none();
+        (!empty).then(|| Box::new(self))
+    }
+}
+
+/// Everything a set hands its successor when a reload changes it (same provider).
+pub struct Handover<S> {
+    pub start: Start<S>,
+}
+
+/// What the daemon tells a set's task to do.
+pub enum Order<S> {
+    /// Stop: revoke everything by `deadline`; leave the file in place if `keep_file` (a
+    /// successor writes to the same path).
+    Revoke { deadline: Instant, keep_file: bool },
+    /// Stop like `Revoke` but keep the current token and the sink: another instance carries
+    /// on with them (HA handover).
+    Release { deadline: Instant },
+    /// Stop without revoking: hand every token over to a successor (config reload).
+    Handover(oneshot::Sender<Handover<S>>),
+}
+
+/// Source of uniform draws in [0, 1) for jitter; tests pin it.
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// The production jitter source.
+pub fn random_jitter() -> Jitter {
+    Arc::new(fastrand::f64)
+}
+
+/// Everything one set's task needs.
+pub struct SetTask<P, S> {
+    /// Shared with the daemon's record of the set: 10,000 sets are not copied twice.
+    pub cfg: Arc<SetConfig>,
+    pub provider: Arc<P>,
+    pub sink: S,
+    pub jitter: Jitter,
+    /// Becomes `Some(order)` when the set must stop.
+    /// The order to stop; the daemon dropping its end means stop quickly (it is going away).
+    /// A oneshot, not a watch: one order per set, and a tenth of the memory.
+    pub stop: oneshot::Receiver<Order<S>>,
+    pub rotate: broadcast::Receiver<()>,
+    pub journal: Journal,
+    pub budget: Arc<Budget>,
+    /// [`crate::config::config_hash`] of this set, recorded with each token.
+    pub config_hash: String,
+    /// What the set begins with; `None` for nothing (most sets at a first start), which
+    /// spares each of them the room a `Start` takes.
+    pub start: Option<Box<Start<S>>>,
+    /// The set's state and counters, for readiness, `tokenkeeper status` and the metrics
+    /// (see [`crate::status::Board::register`]).
+    pub report: SetReport,
+    /// Pinged when the set has a fresh token in place, for the daemon's readiness.
+    pub ready: Option<mpsc::Sender<()>>,
+}
+
+/// Result of a revocation attempt of a superseded token, with the token back if it failed.
+type SupersededResult = (Held, Result<(), ProviderError>);
+
+/// A token request under way, owning what it needs, so that a stop can go on waiting for its
+/// answer while it revokes what the set holds.
+type InFlight = std::pin::Pin<Box<dyn Future<Output = Result<Issued, ProviderError>> + Send>>;
+
+/// Wall-clock equivalent of a tokio instant, for the journal.
+fn wall(at: Instant) -> SystemTime {
+    let now = Instant::now();
+    if at >= now {
+        SystemTime::now() + (at - now)
+    } else {
+        SystemTime::now() - (now - at)
+    }
+}
+
+/// A set's tokens and timers: what its task's loop works on. Boxed, like the task itself, so
+/// an idle task's future holds pointers rather than its largest state.
+struct Tokens<S> {
+    current: Option<Held>,
+    /// The file content of `current`, handed over on reload.
+    current_meta: Option<IssuedMeta>,
+    /// Superseded tokens waiting for their revocation time.
+    superseded: Vec<(Held, Instant)>,
+    /// Revocations of superseded tokens under way.
+    revoking: JoinSet<SupersededResult>,
+    /// Tokens obtained but never written (stop came first).
+    orphans: Vec<Held>,
+    /// Journaled tokens that no longer fit (see [`SetTask::begin`]).
+    stale: Vec<Held>,
+    /// The token request a stop order interrupted, with its budget slot.
+    in_flight: Option<(InFlight, Slot)>,
+    /// The predecessor's sink, emptied once this set's token is in place.
+    previous: Option<S>,
+    next_issue: Instant,
+    last_issue: Option<Instant>,
+    attempt: u32,
+    /// Whether the budget refused last time, so the refusal is logged once, not per retry.
+    budget_blocked: bool,
+}
+
+impl<S> Tokens<S> {
+    /// When the loop must next wake: the current token's expiry, the first superseded
+    /// token's revocation time, or the next issue, whichever comes first. One timer for all
+    /// three keeps an idle task small.
+    fn next_wake(&self) -> Instant {
+        let expiry = self.current.as_ref().map(|h| h.expires_at);
+        let revoke = self.superseded.iter().map(|(_, at)| *at).min();
+        [expiry, revoke]
+            .into_iter()
+            .flatten()
+            .fold(self.next_issue, Instant::min)
+    }
+
+    fn live(&self) -> usize {
+        usize::from(self.current.is_some()) + self.superseded.len() + self.revoking.len()
+    }
+}
+
+/// What woke a set's loop.
+enum Event<S> {
+    Stop(Option<Order<S>>),
+    Rotate,
+    /// The rotate channel closed: the daemon is going away; stop listening to it.
+    RotateClosed,
+    Revoked(Result<SupersededResult, tokio::task::JoinError>),
+    Timer,
+}
+
+/// Whether the loop goes on after a step, or stops with the order that came meanwhile.
+enum Flow<S> {
+    Continue,
+    Stop(Option<Order<S>>),
+}
+
+impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
+    /// When to try again after a failure: `delay` from now, but never sooner than
+    /// `min_interval` after the last attempt, so full jitter's zero draws cannot spin.
+    fn retry_at(&self, delay: Duration, last_issue: Option<Instant>) -> Instant {
+        let at = Instant::now() + delay;
+        match last_issue {
+            Some(last) => at.max(last + self.cfg.refresh.min_interval),
+            None => at,
+        }
+    }
+
+    fn journal_entry(&self, held: &Held, meta: &IssuedMeta, refresh_at: Instant) -> Entry {
+        Entry {
+            set: self.cfg.name.clone(),
+            provider: self.cfg.provider.clone(),
+            fingerprint: held.fingerprint.clone(),
+            token: held.token.clone(),
+            token_type: meta.token_type.clone(),
+            scope: meta.scope.clone(),
+            issued_at: SystemTime::now(),
+            expires_at: meta.expires_at,
+            refresh_at: wall(refresh_at),
+            config_hash: self.config_hash.clone(),
+            file: self.cfg.file.as_ref().map(|f| f.path.clone()),
+        }
+    }
+
+    /// Empty the predecessor's sink once this set's token is in place, unless both write to
+    /// the same place.
+    async fn forget_previous(&self, previous: &mut Option<S>) {
+        if let Some(old) = previous.take()
+            && old.location() != self.sink.location()
+            && let Err(e) = old.remove().await
+        {
+            warn!(set = %self.cfg.name, error = %chain(&e), "could not remove the set's previous token file");
+        }
+    }
+
+    fn set_state(&self, state: SetState) {
+        self.report.state(state);
+    }
+
+    fn fresh(&self, held: &Held, next_refresh: Instant) {
+        self.set_state(SetState::Fresh {
+            fingerprint: held.fingerprint.clone(),
+            expires_at: held.expires_at,
+            next_refresh,
+        });
+        // Readiness waits for every set's first token; only this transition can complete it.
+        if let Some(ping) = &self.ready {
+            let _ = ping.try_send(());
+        }
+    }
+
+    /// Whether this set's tokens are revoked at all: a provider may be unable to (no
+    /// revocation endpoint), or revoke only for sets that ask for it (Square).
+    fn revokes(&self) -> bool {
+        if self.cfg.never_revoke {
+            return false;
+        }
+        match self.provider.revocation() {
+            Revocation::Always => true,
+            Revocation::OptIn => self.cfg.on_shutdown == OnShutdown::Revoke,
+            Revocation::Unsupported => false,
+        }
+    }
+
+    /// Why [`Self::revokes`] says no, for the log.
+    fn why_not_revoked(&self) -> &'static str {
+        if self.cfg.never_revoke {
+            return "`tokenkeeper once` never revokes; the token expires on its own";
+        }
+        match self.provider.revocation() {
+            Revocation::Unsupported => {
+                "the provider has no revocation endpoint; the token expires on its own"
+            }
+            _ => {
+                "this provider's sets revoke only with on_shutdown: revoke; the token expires on its own"
+            }
+        }
+    }
+
+    /// Queue `held` for revocation at `at`, or let it expire if this set does not revoke.
+    fn supersede(&self, superseded: &mut Vec<(Held, Instant)>, held: Held, at: Instant) {
+        if self.revokes() {
+            superseded.push((held, at));
+        } else {
+            info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
+                "not revoking the superseded token: {}", self.why_not_revoked());
+        }
+    }
+
+    /// Keep the set's sink holding a valid token until told to stop, then revoke.
+    pub fn run(self) -> impl Future<Output = SetOutcome> + Send + 'static {
+        // The task goes to the heap and its future holds a pointer: an `async fn` taking
+        // `self` by value keeps the whole task, twice, in every state of its future, and
+        // 10,000 sets hold 10,000 of those futures.
+        Box::new(self).drive()
+    }
+
+    async fn drive(mut self: Box<Self>) -> SetOutcome {
+        let mut t = Box::new(Tokens {
+            current: None,
+            current_meta: None,
+            superseded: Vec::new(),
+            revoking: JoinSet::new(),
+            orphans: Vec::new(),
+            stale: Vec::new(),
+            in_flight: None,
+            previous: None,
+            next_issue: Instant::now(),
+            last_issue: None,
+            attempt: 0,
+            budget_blocked: false,
+        });
+        // Every step that awaits more than a channel or the timer is boxed, so the loop's
+        // future stays the size of its waiting state.
+        Box::pin(self.begin(&mut t)).await;
+        let mut rotate_open = true;
+        let order = loop {
+            let live = t.live();
+            self.report.stats_if(|s| s.set_live(live));
+            let wake = t.next_wake();
+            let event = tokio::select! {
+                biased;
+                order = &mut self.stop => Event::Stop(order.ok()),
+                r = self.rotate.recv(), if rotate_open => match r {
+                    // A set that fell behind a burst of requests still rotates, once.
+                    Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Event::Rotate,
+                    Err(broadcast::error::RecvError::Closed) => Event::RotateClosed,
+                },
+                Some(joined) = t.revoking.join_next(), if !t.revoking.is_empty() => Event::Revoked(joined),
+                () = sleep_until(wake) => Event::Timer,
+            };
+            match event {
+                Event::Stop(order) => break order,
+                Event::Rotate => {
+                    let floor = t.last_issue.map(|l| l + self.cfg.refresh.min_interval);
+                    t.next_issue = floor.map_or_else(Instant::now, |f| f.max(Instant::now()));
+                    info!(set = %self.cfg.name, "rotation requested");
+                }
+                Event::RotateClosed => rotate_open = false,
+                Event::Revoked(joined) => Box::pin(self.revoked(&mut t, joined)).await,
+                Event::Timer => {
+                    if let Flow::Stop(order) = Box::pin(self.timer(&mut t)).await {
+                        break order;
+                    }
+                }
+            }
+        };
+        Box::pin(self.finish(t, order)).await
+    }
+
+    /// Take over what the set starts with: a token to reuse, stale and superseded tokens,
+    /// the predecessor's sink.
+    async fn begin(&mut self, t: &mut Tokens<S>) {
+        let Some(start) = self.start.take() else {
+            return;
+        };
+        let start = *start;
+        t.previous = start.previous;
+        t.superseded.extend(start.superseded);
+        if let Some((held, meta, refresh_at)) = start.current {
+            // The file may be missing or from another config: put the token back in place.
+            match self.sink.write(&held.token, &meta).await {
+                Ok(()) => {
+                    info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
+                        refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
+                        "reusing the token it already holds");
+                    t.next_issue = refresh_at;
+                    // Counted before it is reported fresh (see `issue`).
+                    let live = 1 + t.live();
+                    self.report.stats_if(|s| s.set_live(live));
+                    self.fresh(&held, t.next_issue);
+                    self.forget_previous(&mut t.previous).await;
+                }
+                Err(e) => {
+                    error!(set = %self.cfg.name, error = %chain(&e), "could not write the token it already holds; replacing it");
+                }
+            }
+            t.current = Some(held);
+            t.current_meta = Some(meta);
+        }
+        // Journaled tokens that no longer fit. With a token adopted, none of them is in the
+        // file: revoke them now. Otherwise the file may still hold one, so they are treated
+        // like superseded tokens once the first new token is written.
+        t.stale = start.stale;
+        if t.current.is_some() {
+            for h in std::mem::take(&mut t.stale) {
+                self.supersede(&mut t.superseded, h, Instant::now());
+            }
+        }
+    }
+
+    /// A superseded token's revocation finished.
+    async fn revoked(
+        &mut self,
+        t: &mut Tokens<S>,
+        joined: Result<SupersededResult, tokio::task::JoinError>,
+    ) {
+        if let Ok((_, r)) = &joined {
+            self.report.stats(|s| s.revoke_result(r.is_ok()));
+        }
+        let name = &self.cfg.name;
+        match joined {
+            Ok((held, Ok(()))) if t.current.as_ref().is_some_and(|c| c.same_token(&held)) => {
+                // The provider handed this token out again while its revocation was under
+                // way: the file's token is dead. Replace it now, and keep it journaled as the
+                // current one (its record is the current token's too).
+                warn!(set = %name, fingerprint = %held.fingerprint,
+                    "revoked a superseded token the provider had since handed out again as the current one; replacing it");
+                t.next_issue = t.last_issue.map_or_else(Instant::now, |l| {
+                    (l + self.cfg.refresh.min_interval).max(Instant::now())
+                });
+            }
+            Ok((held, Ok(()))) => {
+                info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
+                self.journal.remove(vec![held.fingerprint.clone()]).await;
+            }
+            Ok((held, Err(e))) if held.expires_at > Instant::now() => {
+                warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
+                    "could not revoke superseded token; will retry");
+                let again = Instant::now() + SUPERSEDED_RETRY.mul_f64(1.0 + (self.jitter)());
+                t.superseded.push((held, again));
+            }
+            // Expired meanwhile: nothing left to revoke; the journal prunes it.
+            Ok((_, Err(_))) => {}
+            Err(e) => error!(set = %name, error = %e, "a revocation task failed"),
+        }
+    }
+
+    /// The loop's timer fired. One thing is done per wake-up, in this order (the loop looks
+    /// at stop and rotate requests in between): the current token expired, superseded tokens
+    /// are due for revocation, it is time to issue.
+    async fn timer(&mut self, t: &mut Tokens<S>) -> Flow<S> {
+        let now = Instant::now();
+        if t.current.as_ref().is_some_and(|h| h.expires_at <= now) {
+            Box::pin(self.expired(t)).await;
+        } else if t.superseded.iter().any(|(_, at)| *at <= now) {
+            self.revoke_due(t, now);
+        } else if t.next_issue <= now {
+            return self.issue(t).await;
+        }
+        Flow::Continue
+    }
+
+    async fn expired(&mut self, t: &mut Tokens<S>) {
+        let name = &self.cfg.name;
+        if let Some(h) = t.current.take() {
+            error!(set = %name, fingerprint = %h.fingerprint,
+                "token expired with no replacement; removing its file");
+            if let Err(e) = self.sink.remove().await {
+                error!(set = %name, error = %chain(&e), "could not remove expired token");
+            }
+            self.journal.remove(vec![h.fingerprint.clone()]).await;
+            self.report.stats(SetStats::token_expired);
+            self.set_state(SetState::Failing {
+                has_token: false,
+                error: "token expired with no replacement".into(),
+            });
+        }
+    }
+
+    fn revoke_due(&mut self, t: &mut Tokens<S>, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = t.superseded.drain(..).partition(|(_, at)| *at <= now);
+        t.superseded = later;
+        for (held, _) in due {
+            if held.expires_at <= now {
+                info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
+                    "superseded token expired before its revocation; nothing to revoke");
+                continue;
+            }
+            let p = Arc::clone(&self.provider);
+            t.revoking.spawn(async move {
+                let r = p.revoke(&held.token).await;
+                (held, r)
+            });
+        }
+    }
+}
+
+fn whole_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}

@@ -1,0 +1,231 @@
+//! Carrying out a stop order: revoking everything by the deadline, releasing the current
+//! token at an HA handover, or handing every token to a successor at a reload.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::time::{Instant, timeout_at};
+use tracing::{error, info};
+
+use super::{HANDOVER_WAIT, Handover, Order, SetTask, Start, Tokens};
+use crate::config::OnShutdown;
+use crate::daemon::revoke::{STOP_RETRY_CAP, revoke_until};
+use crate::daemon::{Held, SetOutcome};
+use crate::error_chain as chain;
+use crate::provider::TokenProvider;
+use crate::sink::TokenSink;
+use crate::status::SetState;
+
+/// At stop, how much of the time left is kept after the wait for a token request in flight
+/// ends: to revoke the token its answer brought, and to journal and remove files in time for
+/// the daemon's count. A revocation is one round trip and a journal write one fsync; a quarter
+/// of a short `shutdown_timeout` at most.
+const IN_FLIGHT_ROOM: Duration = Duration::from_secs(1);
+
+impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
+    /// Revoke each of `tokens` (retrying until `deadline`), all at once.
+    async fn revoke_each(
+        &self,
+        tokens: Vec<Held>,
+        deadline: Instant,
+    ) -> Vec<(Held, Result<(), String>)> {
+        let results = join_all(
+            tokens
+                .iter()
+                .map(|h| revoke_until(self.provider.as_ref(), &h.token, deadline, STOP_RETRY_CAP)),
+        )
+        .await;
+        tokens.into_iter().zip(results).collect()
+    }
+
+    /// Carry out the stop order: hand everything over, or revoke what must be revoked by the
+    /// deadline.
+    pub(super) async fn finish(
+        self: Box<Self>,
+        t: Box<Tokens<S>>,
+        order: Option<Order<S>>,
+    ) -> SetOutcome {
+        let this = *self;
+        let Tokens {
+            current,
+            current_meta,
+            mut superseded,
+            mut revoking,
+            mut orphans,
+            stale,
+            in_flight,
+            next_issue,
+            ..
+        } = *t;
+        let name = this.cfg.name.clone();
+        let mut on_shutdown = this.cfg.on_shutdown;
+        let (deadline, keep_file) = match order {
+            Some(Order::Revoke {
+                deadline,
+                keep_file,
+            }) => (deadline, keep_file),
+            Some(Order::Release { deadline }) => {
+                on_shutdown = OnShutdown::Keep;
+                (deadline, true)
+            }
+            Some(Order::Handover(reply)) => {
+                let wait = Instant::now() + HANDOVER_WAIT;
+                // The request in flight and the superseded revocations under way finish
+                // first, so nothing is revoked twice or lost between two tasks.
+                let late = async {
+                    match in_flight {
+                        Some((issue, slot)) => this.settle(issue, slot, wait).await,
+                        None => None,
+                    }
+                };
+                let under_way = async {
+                    let mut back = Vec::new();
+                    while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
+                        match joined {
+                            Ok((held, Ok(()))) => {
+                                this.journal.remove(vec![held.fingerprint.clone()]).await
+                            }
+                            Ok((held, Err(_))) => back.push(held),
+                            Err(_) => {}
+                        }
+                    }
+                    back
+                };
+                let (late, back) = tokio::join!(late, under_way);
+                revoking.abort_all();
+                let now = Instant::now();
+                superseded.extend(back.into_iter().map(|h| (h, now)));
+                orphans.extend(late);
+                superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
+                let report = this.report;
+                let start = Start {
+                    current: current.zip(current_meta).map(|(h, m)| (h, m, next_issue)),
+                    stale: Vec::new(),
+                    superseded,
+                    previous: Some(this.sink),
+                };
+                // A successor that is gone drops the tokens, which stay in the journal and are
+                // revoked at the next start.
+                let _ = reply.send(Handover { start });
+                report.state(SetState::Stopped);
+                return SetOutcome {
+                    set: name,
+                    ..SetOutcome::default()
+                };
+            }
+            // The daemon dropped its end: stop quickly rather than hang.
+            None => (Instant::now() + STOP_RETRY_CAP, false),
+        };
+
+        // Stop: collect every live token this set holds and revoke them together.
+        let mut outcome = SetOutcome {
+            set: name.clone(),
+            ..SetOutcome::default()
+        };
+        let mut to_revoke: Vec<Held> = orphans;
+        to_revoke.extend(stale);
+        to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
+        let mut current_revoked = false;
+        let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
+        match (current, on_shutdown) {
+            (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
+            (Some(h), OnShutdown::Keep) => {
+                info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep, or handed over)");
+                outcome.kept = Some(h.fingerprint.clone());
+            }
+            (None, _) => {}
+        }
+        let now = Instant::now();
+        let (mut live, expired): (Vec<_>, Vec<_>) =
+            to_revoke.into_iter().partition(|h| h.expires_at > now);
+        drop(expired);
+        let mut current_expiring = false;
+        let revokes = this.revokes();
+        if !revokes {
+            for h in live.drain(..) {
+                current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
+                outcome.expiring.push(h.fingerprint.clone());
+            }
+        }
+        if live
+            .iter()
+            .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
+        {
+            this.sink.hold().await;
+        }
+        // All at once: what the set holds, the revocations under way when the order came, and
+        // the answer to a token request in flight. A request that hangs must not hold back the
+        // revocation of the tokens the set already has.
+        let held = this.revoke_each(live, deadline);
+        let under_way = async {
+            let mut done = Vec::new();
+            let mut back = Vec::new();
+            let drained = timeout_at(deadline, async {
+                while let Some(joined) = revoking.join_next().await {
+                    match joined {
+                        Ok((held, Err(_))) => back.push(held),
+                        Ok((held, Ok(()))) => done.push(held.fingerprint.clone()),
+                        Err(_) => {}
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                revoking.abort_all();
+            }
+            (done, this.revoke_each(back, deadline).await)
+        };
+        let late = async {
+            let Some((issue, slot)) = in_flight else {
+                return (Vec::new(), None);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let until = deadline - IN_FLIGHT_ROOM.min(left / 4);
+            match this.settle(issue, slot, until).await {
+                Some(h) if revokes => (this.revoke_each(vec![h], deadline).await, None),
+                Some(h) => (Vec::new(), Some(h.fingerprint.clone())),
+                None => (Vec::new(), None),
+            }
+        };
+        let (held, (done, retried), (late, late_expiring)) = tokio::join!(held, under_way, late);
+        outcome.revoked.extend(done);
+        outcome.expiring.extend(late_expiring);
+        if !outcome.expiring.is_empty() {
+            info!(set = %name, fingerprints = %outcome.expiring.join(","),
+                "not revoked: {}", this.why_not_revoked());
+        }
+        for (h, r) in held.into_iter().chain(retried).chain(late) {
+            this.report.stats(|s| s.revoke_result(r.is_ok()));
+            match r {
+                Ok(()) => {
+                    if current_fp.as_deref() == Some(&h.fingerprint) {
+                        current_revoked = true;
+                    }
+                    outcome.revoked.push(h.fingerprint.clone());
+                }
+                Err(e) => {
+                    error!(set = %name, fingerprint = %h.fingerprint, error = %e,
+                        "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
+                    outcome.failed.push((h.fingerprint.clone(), e));
+                }
+            }
+        }
+        this.journal.remove(outcome.revoked.clone()).await;
+        if !outcome.revoked.is_empty() {
+            info!(set = %name, provider = %this.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
+        }
+        // The file goes when its token is revoked (or gone); a token that could not be revoked
+        // stays in place, still usable, until it expires.
+        if outcome.kept.is_none()
+            && !keep_file
+            && (current_revoked || current_expiring || current_fp.is_none())
+            && let Err(e) = this.sink.remove().await
+        {
+            error!(set = %name, error = %chain(&e), "could not remove the token file");
+        }
+        let still_live = outcome.failed.len() + usize::from(outcome.kept.is_some());
+        this.report.stats_if(|s| s.set_live(still_live));
+        this.set_state(SetState::Stopped);
+        outcome
+    }
+}
