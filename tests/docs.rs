@@ -356,3 +356,93 @@ fn slugs_follow_github() {
     assert_eq!(slug("snake_case and dash-ed"), "snake_case-and-dash-ed");
     assert_eq!(slug("A [linked](x.md) title"), "a-linked-title");
 }
+
+/// Every `` `src/FILE.rs` `` or `` `tests/FILE.rs::NAME` `` a doc cites, as (doc, line, path,
+/// name): docs/security.md backs each claim with the test that proves it, and a claim whose test
+/// moved or was renamed would otherwise point at nothing.
+fn code_references(text: &str) -> Vec<(usize, String, Option<String>)> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        for span in line.split('`').skip(1).step_by(2) {
+            let mut refs = vec![span];
+            // Several citations in one span: `a.rs::x, b.rs::y`.
+            if span.contains(' ') {
+                refs = span.split([' ', ',']).collect();
+            }
+            for r in refs {
+                let r = r.trim_matches(|c: char| c == '(' || c == ')' || c == ';');
+                if !(r.starts_with("src/") || r.starts_with("tests/")) {
+                    continue;
+                }
+                let (path, name) = match r.split_once("::") {
+                    Some((p, name)) => (p, Some(name)),
+                    None => (r, None),
+                };
+                // A glob (`tests/*.rs`) names a kind of file, not one.
+                if !path.ends_with(".rs") || path.contains('*') {
+                    continue;
+                }
+                let name = name
+                    .map(|s| {
+                        s.chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    })
+                    .map(String::from_iter)
+                    .filter(|s| !s.is_empty());
+                out.push((n + 1, path.to_string(), name));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_cited_source_file_and_test_exists() {
+    let root = root();
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for file in doc_files(&root) {
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        for (line, path, name) in code_references(&text) {
+            seen += 1;
+            let at = format!(
+                "{}:{line}",
+                file.strip_prefix(&root).unwrap_or(&file).display()
+            );
+            let Ok(source) = fs::read_to_string(root.join(&path)) else {
+                missing.push(format!("{at}: {path} does not exist"));
+                continue;
+            };
+            if let Some(name) = name
+                && !source.contains(&format!("fn {name}("))
+                && !source.contains(&format!("fn {name}<"))
+            {
+                missing.push(format!("{at}: {path} has no fn {name}"));
+            }
+        }
+    }
+    assert!(
+        seen > 20,
+        "found only {seen} citations; is the parser broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "{} citation(s) point at nothing:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn citations_are_found_in_spans_and_lists() {
+    let refs = code_references(
+        "a `src/a.rs::one` and `tests/b.rs::two, ::x` (`src/c.rs`) `not/this.rs` `src/d.rs::f()`",
+    );
+    let want = vec![
+        (1, "src/a.rs".to_string(), Some("one".to_string())),
+        (1, "tests/b.rs".to_string(), Some("two".to_string())),
+        (1, "src/c.rs".to_string(), None),
+        (1, "src/d.rs".to_string(), Some("f".to_string())),
+    ];
+    assert_eq!(refs, want);
+}
