@@ -33,6 +33,7 @@ use tracing::{error, warn};
 use zeroize::Zeroizing;
 
 use crate::secret::Secret;
+use crate::sink::STATE_DIR_MODE;
 
 /// The journal's file name inside `state_dir`.
 pub const JOURNAL_FILE: &str = "journal.log";
@@ -40,8 +41,6 @@ pub const JOURNAL_FILE: &str = "journal.log";
 pub const LEGACY_JOURNAL_FILE: &str = "journal.json";
 /// The lock file's name inside `state_dir`.
 pub const LOCK_FILE: &str = "lock";
-/// Exact mode of `state_dir`: it holds live tokens, so only the daemon's user may enter.
-pub const STATE_DIR_MODE: u32 = 0o700;
 /// Exact mode of the journal: owner read-write, nobody else.
 const JOURNAL_MODE: u32 = 0o600;
 /// Format version, so a future layout can be told apart instead of misread.

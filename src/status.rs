@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::sink;
+use crate::sink::STATE_DIR_MODE;
 
 /// A set's state as others may see it (readiness, status).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -60,9 +61,6 @@ const FORMAT_VERSION: u32 = 1;
 /// Only the daemon's user (and root) reads it: it names sets and their errors, which is no
 /// secret, but nobody else needs it.
 const STATUS_MODE: u32 = 0o600;
-
-/// The state directory holds rotated refresh tokens once the journal lands: nobody else's.
-const STATE_DIR_MODE: u32 = 0o700;
 
 /// What a set's task reports besides its [`SetState`]: counters and facts for status and
 /// metrics. Updated through [`SetReport`], so each update wakes the reporter.
