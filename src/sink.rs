@@ -42,6 +42,9 @@ pub enum FileFormat {
 /// open files, others see nothing.
 pub const DIR_MODE: u32 = 0o750;
 
+/// Exact mode of `state_dir`: it holds live tokens, so only the daemon's user may enter.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
 /// Mode the temporary file is created with, before it gets the target's exact mode: owner
 /// only, so no one else can read the token during the write, whatever the target mode is.
 const TEMP_MODE: u32 = 0o600;

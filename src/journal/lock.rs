@@ -1,0 +1,179 @@
+//! Exclusive ownership of a state directory, and the checks that it and its files are the
+//! daemon's user's alone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::{JOURNAL_MODE, JournalError, LOCK_FILE, io};
+use crate::sink::STATE_DIR_MODE;
+
+/// Exclusive ownership of a state directory, for as long as this value lives.
+#[derive(Debug)]
+pub struct StateLock {
+    lock: Flock<File>,
+    dir: PathBuf,
+}
+
+impl StateLock {
+    /// Whether the lock file at the path is still the file this lock holds. A state
+    /// directory removed (or its lock file replaced) while the daemon runs leaves the lock
+    /// on a file nobody can find, and a second process would lock a new one beside it.
+    pub fn still_guards(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            std::fs::symlink_metadata(self.dir.join(LOCK_FILE)),
+            self.lock.metadata(),
+        ) {
+            (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
+            _ => false,
+        }
+    }
+
+    /// Take the state directory's lock again if it was lost (see [`StateLock::still_guards`]):
+    /// the directory is made again and locked, and the old lock released. `Ok(true)` when
+    /// it was taken again; [`JournalError::Locked`] when another process holds it now.
+    pub fn take_again(&mut self) -> Result<bool, JournalError> {
+        if self.still_guards() {
+            return Ok(false);
+        }
+        *self = lock_state_dir(&self.dir)?;
+        Ok(true)
+    }
+}
+
+/// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
+/// and writable by nobody else. This is sshd's StrictModes rule for `~/.ssh`.
+fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_because = |why: String| JournalError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    if meta.uid() != me {
+        return Err(unsafe_because(format!(
+            "is owned by uid {}, not by tokenkeeper's user (uid {me})",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_because(format!(
+            "is writable by group or others (mode {mode:04o})"
+        )));
+    }
+    Ok(())
+}
+
+/// The directories above `state_dir` must not let another user swap it for one of theirs:
+/// each is owned by the daemon's user or root, and not writable by others unless sticky.
+fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for a in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(a) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        let why = if meta.uid() != me && meta.uid() != 0 {
+            format!(
+                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root, and holds the state directory",
+                meta.uid()
+            )
+        } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            format!(
+                "is writable by others without the sticky bit (mode {mode:04o}), and holds the state directory"
+            )
+        } else {
+            continue;
+        };
+        return Err(JournalError::Unsafe {
+            path: a.to_path_buf(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// Open a state file (journal or lock) without following a symlink, and refuse it unless it
+/// is a regular file only the daemon's user can have written.
+pub(super) fn open_state_file(
+    path: &Path,
+    options: &mut OpenOptions,
+) -> Result<File, JournalError> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => JournalError::Unsafe {
+                path: path.to_path_buf(),
+                why: "is not a regular file (it is a symlink)".into(),
+            },
+            _ => io("open", path)(e),
+        })?;
+    let meta = file.metadata().map_err(io("stat", path))?;
+    if !meta.is_file() {
+        return Err(JournalError::Unsafe {
+            path: path.to_path_buf(),
+            why: "is not a regular file".into(),
+        });
+    }
+    ours_alone(path, &meta)?;
+    Ok(file)
+}
+
+/// Create `state_dir` (exactly 0700) and take its lock, without blocking. A state directory,
+/// lock or journal another user owns or may write is refused, not repaired: what it holds
+/// may be theirs.
+pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
+    ancestors_safe(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => ours_alone(dir, &meta)?,
+        // Not a directory: ensure_dir says so by name.
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", dir)(e)),
+    }
+    // It holds live tokens and is ours alone, so a read mode someone added is taken back.
+    crate::sink::ensure_dir(dir, STATE_DIR_MODE, crate::sink::Existing::SetMode).map_err(|e| {
+        JournalError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        }
+    })?;
+    let path = dir.join(LOCK_FILE);
+    let file = open_state_file(
+        &path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(JOURNAL_MODE),
+    )?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            return Err(JournalError::Locked { path, pid });
+        }
+        Err((_, e)) => return Err(io("lock", &path)(std::io::Error::from(e))),
+    };
+    // The pid inside is for the message above, and for operators; the lock is the flock.
+    let pid = std::process::id().to_string();
+    lock.set_len(0).map_err(io("write", &path))?;
+    (&*lock)
+        .write_all(pid.as_bytes())
+        .map_err(io("write", &path))?;
+    Ok(StateLock {
+        lock,
+        dir: dir.to_path_buf(),
+    })
+}

@@ -1,0 +1,345 @@
+use super::disk::COMPACT_SLACK;
+use super::entry::Stored;
+use super::writer::LOCK_CHECK;
+use super::*;
+use crate::secret::Secret;
+use std::fs::Permissions;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+fn entry(fp: &str, expires_in: u64) -> Entry {
+    let now = SystemTime::now();
+    Entry {
+        set: "s".into(),
+        provider: "p".into(),
+        fingerprint: fp.into(),
+        token: Secret::new(format!("tok-{fp}")),
+        token_type: "Bearer".into(),
+        scope: "api".into(),
+        issued_at: now,
+        expires_at: now + Duration::from_secs(expires_in),
+        refresh_at: now + Duration::from_secs(expires_in / 2),
+        config_hash: "h".into(),
+        file: Some("/run/x".into()),
+    }
+}
+
+#[tokio::test]
+async fn entries_reflect_every_change_made_before() {
+    let (j, _view) = Journal::memory();
+    assert!(j.entries().await.is_empty());
+    j.record(entry("aa", 600)).await.unwrap();
+    j.record(entry("bb", 600)).await.unwrap();
+    j.remove(vec!["aa".into()]).await;
+    let fps: Vec<String> = j
+        .entries()
+        .await
+        .into_iter()
+        .map(|e| e.fingerprint)
+        .collect();
+    assert_eq!(fps, ["bb"]);
+}
+
+#[test]
+fn state_dir_is_0700_and_locked_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let lock = lock_state_dir(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+    let err = lock_state_dir(&dir).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    drop(lock);
+    // Loosened by someone: tightened back at the next start.
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+    lock_state_dir(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
+}
+
+fn fingerprints(dir: &Path) -> Vec<String> {
+    load(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.fingerprint)
+        .collect()
+}
+
+#[test]
+fn a_state_dir_journal_or_lock_another_user_could_write_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    drop(lock_state_dir(&dir).unwrap());
+    let refused = |why: &str| {
+        let err = lock_state_dir(&dir)
+            .map(|_| ())
+            .and_then(|()| load(&dir).map(|_| ()))
+            .unwrap_err();
+        assert!(matches!(err, JournalError::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+    };
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o707)).unwrap();
+    refused("is writable by group or others (mode 0707)");
+    std::fs::set_permissions(&dir, Permissions::from_mode(0o700)).unwrap();
+    save(&dir, &[entry("aa", 600)]).unwrap();
+    std::fs::set_permissions(dir.join(JOURNAL_FILE), Permissions::from_mode(0o620)).unwrap();
+    refused("journal.log is writable by group or others (mode 0620)");
+    std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join(JOURNAL_FILE)).unwrap();
+    refused("journal.log is not a regular file (it is a symlink)");
+    std::fs::remove_file(dir.join(JOURNAL_FILE)).unwrap();
+    std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o602)).unwrap();
+    refused("lock is writable by group or others (mode 0602)");
+    std::fs::set_permissions(dir.join(LOCK_FILE), Permissions::from_mode(0o600)).unwrap();
+    // Above it: a directory others may write without the sticky bit.
+    std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o777)).unwrap();
+    refused("is writable by others without the sticky bit (mode 0777)");
+    std::fs::set_permissions(tmp.path(), Permissions::from_mode(0o1777)).unwrap();
+    lock_state_dir(&dir).unwrap();
+}
+
+#[test]
+fn the_log_is_one_json_object_a_line_and_replays_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    save(tmp.path(), &[entry("aa", 600), entry("bb", 900)]).unwrap();
+    let text = std::fs::read_to_string(tmp.path().join(JOURNAL_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0], serde_json::json!({ "version": 2 }));
+    assert_eq!(lines[1]["record"]["fingerprint"], "aa");
+    assert_eq!(lines[2]["record"]["token"], "tok-aa".replace("aa", "bb"));
+    assert!(text.ends_with('\n'));
+    // Appended by hand as the writer would: a replacement moves last, a removal forgets.
+    let mut more = String::new();
+    let mut again = Vec::new();
+    Stored::new(&entry("aa", 300))
+        .unwrap()
+        .push_line(&mut again);
+    more.push_str(std::str::from_utf8(&again).unwrap());
+    more.push_str("{\"remove\":[\"bb\",\"zz\"]}\n");
+    std::fs::write(tmp.path().join(JOURNAL_FILE), text + &more).unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["aa"]);
+}
+
+#[test]
+fn a_torn_last_line_is_passed_over_and_any_other_bad_line_is_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    save(tmp.path(), &[entry("aa", 600)]).unwrap();
+    let path = tmp.path().join(JOURNAL_FILE);
+    let whole = std::fs::read_to_string(&path).unwrap();
+    let mut line = Vec::new();
+    Stored::new(&entry("bb", 600)).unwrap().push_line(&mut line);
+    // A crash in the middle of an append: any prefix of the line, without its newline.
+    for cut in [1, 10, line.len() / 2, line.len() - 1] {
+        let torn = [whole.as_bytes(), &line[..cut]].concat();
+        std::fs::write(&path, torn).unwrap();
+        assert_eq!(fingerprints(tmp.path()), ["aa"], "cut at {cut}");
+    }
+    std::fs::write(&path, format!("{whole}{{\"record\":{{}}}}\n")).unwrap();
+    match load(tmp.path()) {
+        Err(JournalError::Corrupt { line: 3, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&path, "{\"version\":7}\n").unwrap();
+    assert!(matches!(
+        load(tmp.path()),
+        Err(JournalError::Version { found: 7, .. })
+    ));
+    std::fs::write(&path, "").unwrap();
+    assert!(matches!(
+        load(tmp.path()),
+        Err(JournalError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_version_1_journal_is_read_and_migrated_by_the_first_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy = tmp.path().join(LEGACY_JOURNAL_FILE);
+    let doc = serde_json::json!({ "version": 1, "tokens": [entry("aa", 600), entry("bb", 600)] });
+    std::fs::write(&legacy, doc.to_string()).unwrap();
+    let entries = load(tmp.path()).unwrap();
+    assert_eq!(entries.len(), 2);
+    let j = Journal::start(tmp.path().to_path_buf(), entries);
+    j.record(entry("cc", 600)).await.unwrap();
+    assert!(!legacy.exists());
+    assert_eq!(fingerprints(tmp.path()), ["aa", "bb", "cc"]);
+    // A migration cut short: the log was written, the document not yet removed. The log
+    // wins, whatever the document says.
+    std::fs::write(&legacy, doc.to_string()).unwrap();
+    j.remove(vec!["aa".into()]).await;
+    assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
+}
+
+#[tokio::test]
+async fn the_log_stays_within_twice_its_live_records_however_many_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(JOURNAL_FILE);
+    let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
+    let line = {
+        let mut v = Vec::new();
+        Stored::new(&entry("00000000", 600))
+            .unwrap()
+            .push_line(&mut v);
+        v.len() as u64
+    };
+    // 20 live tokens, each replaced 400 times: 8,000 records, about 4 MB appended.
+    let mut largest = 0;
+    for round in 0..400 {
+        for i in 0..20 {
+            let old = format!("{i:02}{:06}", round);
+            let new = format!("{i:02}{:06}", round + 1);
+            j.record(entry(&new, 600)).await.unwrap();
+            j.remove(vec![old]).await;
+        }
+        largest = largest.max(std::fs::metadata(&path).unwrap().len());
+    }
+    assert_eq!(fingerprints(tmp.path()).len(), 20);
+    assert!(
+        largest <= 2 * 20 * line + COMPACT_SLACK + 2 * line,
+        "the log reached {largest} bytes for 20 records of {line}"
+    );
+    assert!(8_000 * line > 2 * largest, "it was compacted");
+}
+
+#[tokio::test]
+async fn a_failed_write_is_caught_up_by_the_next_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    let j = Journal::start(dir.clone(), Vec::new());
+    j.record(entry("aa", 600)).await.unwrap();
+    // The log replaced by a directory: appends and rewrites both fail.
+    let path = dir.join(JOURNAL_FILE);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    assert!(j.record(entry("bb", 600)).await.is_err());
+    std::fs::remove_dir(&path).unwrap();
+    // Nothing was lost: the next commit writes everything held.
+    j.record(entry("cc", 600)).await.unwrap();
+    assert_eq!(fingerprints(&dir), ["aa", "bb", "cc"]);
+}
+
+#[test]
+fn save_and_load_round_trip_with_an_owner_only_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = vec![entry("aa", 600), entry("bb", 900)];
+    save(tmp.path(), &e).unwrap();
+    let path = tmp.path().join(JOURNAL_FILE);
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
+    let back = load(tmp.path()).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[1].token.expose(), "tok-bb");
+    // Times survive to the millisecond.
+    let d = back[0]
+        .expires_at
+        .duration_since(e[0].expires_at)
+        .unwrap_or_else(|e| e.duration());
+    assert!(d < Duration::from_millis(1));
+    assert!(load(&tmp.path().join("none")).unwrap().is_empty());
+}
+
+#[test]
+fn a_corrupt_version_1_journal_is_an_error_not_an_empty_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let legacy = tmp.path().join(LEGACY_JOURNAL_FILE);
+    std::fs::write(&legacy, "{\"version\":1,\"tok").unwrap();
+    assert!(matches!(
+        load(tmp.path()),
+        Err(JournalError::Corrupt { .. })
+    ));
+    std::fs::write(&legacy, "{\"version\":9,\"tokens\":[]}").unwrap();
+    assert!(matches!(
+        load(tmp.path()),
+        Err(JournalError::Version { found: 9, .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_writer_records_removes_and_prunes_expired_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
+    j.record(entry("old", 0)).await.unwrap();
+    j.record(entry("aa", 600)).await.unwrap();
+    j.record(entry("bb", 600)).await.unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["aa", "bb"]);
+    j.remove(vec!["aa".into()]).await;
+    assert_eq!(fingerprints(tmp.path()), ["bb"]);
+}
+
+/// What the journal held at start may be expired only by a clock that jumped: it stays
+/// while the daemon offers it for revocation, then goes. Tokens recorded while running
+/// leave by the daemon's own clock, not the wall clock's.
+#[tokio::test(start_paused = true)]
+async fn tokens_expired_by_the_wall_clock_stay_until_the_doubt_window_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::start(tmp.path().to_path_buf(), vec![entry("old", 0)]);
+    j.record(entry("aa", 60)).await.unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["old", "aa"]);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    j.record(entry("bb", 6000)).await.unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["old", "bb"]);
+    tokio::time::advance(CLOCK_DOUBT_WINDOW).await;
+    j.record(entry("cc", 6000)).await.unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
+}
+
+#[tokio::test]
+async fn a_removed_state_dir_is_locked_again_and_rewritten_at_the_next_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+    j.record(entry("aa", 600)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(lock_state_dir(&dir).is_ok(), "nothing guards it now");
+    std::fs::remove_dir_all(&dir).unwrap();
+    j.record(entry("bb", 600)).await.unwrap();
+    let on_disk: Vec<String> = load(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.fingerprint)
+        .collect();
+    assert_eq!(on_disk, vec!["aa", "bb"]);
+    assert!(matches!(
+        lock_state_dir(&dir),
+        Err(JournalError::Locked { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+#[allow(clippy::disallowed_methods)] // the writer's blocking thread runs in real time
+async fn a_removed_state_dir_is_locked_again_without_a_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let j = Journal::start_locked(dir.clone(), Vec::new(), lock_state_dir(&dir).unwrap());
+    j.record(entry("aa", 600)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Each pause lets a check run. Only read meanwhile: a lock taken here would be in the
+    // writer's way.
+    let fingerprints = || -> Vec<String> {
+        load(&dir)
+            .map(|es| es.into_iter().map(|e| e.fingerprint).collect())
+            .unwrap_or_default()
+    };
+    for _ in 0..200 {
+        tokio::time::sleep(LOCK_CHECK).await;
+        if !fingerprints().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(fingerprints(), vec!["aa"]);
+    assert!(matches!(
+        lock_state_dir(&dir),
+        Err(JournalError::Locked { .. })
+    ));
+}
+
+#[test]
+fn debug_never_shows_the_token() {
+    let e = entry("aa", 600);
+    assert!(!format!("{e:?}").contains("tok-aa"));
+}

@@ -1,0 +1,299 @@
+//! The daemon side: the [`Board`] every set registers on, and the [`SetReport`] each set's
+//! task reports through.
+
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::SystemTime;
+
+use tokio::sync::{Notify, watch};
+
+use super::snapshot::{HaStatus, SetSnapshot, Snapshot, StoreHealth};
+use super::state::{Phase, SetPhase, SetState, SetStats, set_phase};
+use super::{FORMAT_VERSION, HEARTBEAT};
+
+/// One registered set: its name, its provider, and what its task reports.
+struct Entry {
+    name: String,
+    provider: String,
+    slot: Arc<Slot>,
+}
+
+struct Inner {
+    sets: Vec<Entry>,
+    /// The names in `sets`, so registering a new set (10,000 at a start) does not compare
+    /// its name with every set already there.
+    names: std::collections::HashSet<String>,
+    phase: Phase,
+    ha: Option<HaStatus>,
+    stores: Vec<watch::Receiver<StoreHealth>>,
+}
+
+/// Every set's reporting channels, shared by the daemon (which registers sets) and the
+/// reporter and metrics listener (which read them).
+pub struct Board {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    /// Woken when the phase changes: the reporter publishes that at once, without waiting
+    /// out its coalescing gap, because readiness and stop are what watchers wait for.
+    phase_changed: Notify,
+    started_at: SystemTime,
+    pid: u32,
+}
+
+impl Board {
+    pub fn new() -> Arc<Board> {
+        Arc::new(Board {
+            inner: Mutex::new(Inner {
+                sets: Vec::new(),
+                names: std::collections::HashSet::new(),
+                phase: Phase::Starting,
+                ha: None,
+                stores: Vec::new(),
+            }),
+            changed: Notify::new(),
+            phase_changed: Notify::new(),
+            started_at: SystemTime::now(),
+            pid: std::process::id(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave the list half-changed: every change is one push,
+        // retain or assignment. Carry on with it rather than lose status reporting.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Add a set (at start or when a reload adds one) and get the handle its task reports
+    /// through. A set registered again under the same name (a reload that changed it)
+    /// replaces the old entry.
+    pub fn register(self: &Arc<Self>, name: &str, provider: &str) -> SetReport {
+        let slot = Arc::new(Slot::default());
+        let mut inner = self.lock();
+        if !inner.names.insert(name.to_string()) {
+            inner.sets.retain(|e| e.name != name);
+        }
+        inner.sets.push(Entry {
+            name: name.to_string(),
+            provider: provider.to_string(),
+            slot: Arc::clone(&slot),
+        });
+        drop(inner);
+        self.changed.notify_one();
+        SetReport {
+            slot,
+            board: Arc::downgrade(self),
+        }
+    }
+
+    /// Forget a set (a reload removed it, and its task has finished).
+    pub fn remove(&self, name: &str) {
+        let mut inner = self.lock();
+        inner.names.remove(name);
+        inner.sets.retain(|e| e.name != name);
+        inner.stores.retain(|r| r.borrow().set != name);
+        drop(inner);
+        self.changed.notify_one();
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.lock().phase = phase;
+        self.changed.notify_one();
+        self.phase_changed.notify_one();
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// Register a set's store copy; its writer reports through the returned sender. A set
+    /// registered again (a reload) replaces its earlier entry.
+    pub fn register_store(&self, set: &str, location: &str) -> watch::Sender<StoreHealth> {
+        let (tx, rx) = watch::channel(StoreHealth {
+            set: set.to_string(),
+            location: location.to_string(),
+            error: None,
+        });
+        let mut inner = self.lock();
+        inner.stores.retain(|r| r.borrow().set != set);
+        inner.stores.push(rx);
+        drop(inner);
+        self.changed.notify_one();
+        tx
+    }
+
+    /// Wake the reporter: a store's health changed.
+    pub fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Record this instance's HA role and the leader it sees.
+    pub fn set_ha(&self, ha: HaStatus) {
+        self.lock().ha = Some(ha);
+        self.changed.notify_one();
+    }
+
+    /// Wait until something changed since the last wait.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Wait until the phase changed since the last wait.
+    pub async fn phase_changed(&self) {
+        self.phase_changed.notified().await;
+    }
+
+    /// Every set's state now, with `now` as the heartbeat.
+    pub fn snapshot(&self, now: SystemTime) -> Snapshot {
+        let inner = self.lock();
+        let sets = inner
+            .sets
+            .iter()
+            .map(|e| {
+                let (state, stats) = e.slot.now();
+                let phase = set_phase(&state, &stats);
+                let token = phase.has_token() || phase == SetPhase::Failing;
+                SetSnapshot {
+                    name: e.name.clone(),
+                    provider: e.provider.clone(),
+                    state: phase,
+                    fingerprint: stats.fingerprint.clone().filter(|_| token),
+                    expires_at: stats.expires_at.filter(|_| token),
+                    next_refresh_at: stats.next_refresh.filter(|_| phase != SetPhase::Stopped),
+                    last_error: stats.last_error.clone(),
+                    last_error_at: stats.last_error_at,
+                    tokens_issued: stats.issued,
+                    issue_failures: stats.issue_failures,
+                    tokens_revoked: stats.revoked,
+                    revoke_failures: stats.revoke_failures,
+                    tokens_refused: stats.refused,
+                    live_tokens: stats.live_tokens as u64,
+                }
+            })
+            .collect();
+        Snapshot {
+            version: FORMAT_VERSION,
+            pid: self.pid,
+            phase: inner.phase,
+            started_at: self.started_at,
+            heartbeat_at: now,
+            heartbeat_every_secs: HEARTBEAT.as_secs(),
+            sets,
+            ha: inner.ha.clone(),
+            stores: inner.stores.iter().map(|r| r.borrow().clone()).collect(),
+        }
+    }
+}
+
+/// A set's state and counters as its task last reported them, and the channels of those who
+/// follow them (its rotate schedule, its `on_rotate` hooks), created only when someone does.
+/// A plain lock, not two watch channels a set: 10,000 sets each had about 1 KiB of channels
+/// that nothing but the board read.
+#[derive(Default)]
+struct Slot {
+    inner: Mutex<SlotInner>,
+}
+
+#[derive(Default)]
+struct SlotInner {
+    state: SetState,
+    stats: SetStats,
+    state_tx: Option<watch::Sender<SetState>>,
+    stats_tx: Option<watch::Sender<SetStats>>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotInner> {
+        // Every change is one assignment or counter update: a panic elsewhere cannot leave
+        // it half-made.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> (SetState, SetStats) {
+        let g = self.lock();
+        (g.state.clone(), g.stats.clone())
+    }
+}
+
+/// What a set's task reports through: its state and its counters. Every change wakes the
+/// board's reporter directly; a forwarding task per channel would cost 10,000 sets 20,000
+/// tasks.
+pub struct SetReport {
+    slot: Arc<Slot>,
+    board: Weak<Board>,
+}
+
+impl SetReport {
+    /// A report no board reads (tests, and tasks run outside the daemon).
+    pub fn detached() -> SetReport {
+        SetReport {
+            slot: Arc::new(Slot::default()),
+            board: Weak::new(),
+        }
+    }
+
+    fn poke(&self) {
+        if let Some(b) = self.board.upgrade() {
+            b.changed.notify_one();
+        }
+    }
+
+    pub fn state(&self, state: SetState) {
+        let mut g = self.slot.lock();
+        if let Some(tx) = &g.state_tx {
+            tx.send_replace(state.clone());
+        }
+        g.state = state;
+        drop(g);
+        self.poke();
+    }
+
+    pub fn stats(&self, change: impl FnOnce(&mut SetStats)) {
+        self.stats_if(|s| {
+            change(s);
+            true
+        });
+    }
+
+    /// Apply `change`, which says whether it changed anything; only a change wakes anyone.
+    pub fn stats_if(&self, change: impl FnOnce(&mut SetStats) -> bool) {
+        let mut g = self.slot.lock();
+        if !change(&mut g.stats) {
+            return;
+        }
+        if let Some(tx) = &g.stats_tx {
+            tx.send_replace(g.stats.clone());
+        }
+        drop(g);
+        self.poke();
+    }
+
+    /// Whether the set has a valid token in place now.
+    pub fn is_fresh(&self) -> bool {
+        matches!(self.slot.lock().state, SetState::Fresh { .. })
+    }
+
+    /// Another handle on the same set, to read it from elsewhere (the daemon's readiness).
+    pub fn view(&self) -> SetReport {
+        SetReport {
+            slot: Arc::clone(&self.slot),
+            board: Weak::new(),
+        }
+    }
+
+    /// Follow the set's state: the receiver sees every change from now on.
+    pub fn subscribe_state(&self) -> watch::Receiver<SetState> {
+        let mut g = self.slot.lock();
+        let current = g.state.clone();
+        g.state_tx
+            .get_or_insert_with(|| watch::Sender::new(current))
+            .subscribe()
+    }
+
+    /// Follow the set's counters: the receiver sees every change from now on.
+    pub fn subscribe_stats(&self) -> watch::Receiver<SetStats> {
+        let mut g = self.slot.lock();
+        let current = g.stats.clone();
+        g.stats_tx
+            .get_or_insert_with(|| watch::Sender::new(current))
+            .subscribe()
+    }
+}
