@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod cron;

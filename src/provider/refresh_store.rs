@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::secret::Secret;
-use crate::sink::{self, SinkError};
-
-/// `state_dir` holds credentials that outlive the process: only its owner may enter it.
-pub const STATE_DIR_MODE: u32 = 0o700;
+use crate::sink::{self, STATE_DIR_MODE, SinkError};
 
 /// The stored file: owner read-write only, like any key file.
 pub const STATE_FILE_MODE: u32 = 0o600;

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clock::wall;
+
 /// A set's state as others may see it (readiness, status).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum SetState {
@@ -118,16 +120,6 @@ impl SetStats {
         let changed = self.live_tokens != n;
         self.live_tokens = n;
         changed
-    }
-}
-
-/// A monotonic deadline as wall-clock time, for other processes' eyes.
-fn wall(at: Instant) -> SystemTime {
-    let now = Instant::now();
-    if at >= now {
-        SystemTime::now() + (at - now)
-    } else {
-        SystemTime::now() - (now - at)
     }
 }
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, error, info, warn};
 
-use super::{Flow, InFlight, REFUSED_TOKEN_TYPE, SetTask, Tokens, wall, whole_secs};
+use super::{Flow, InFlight, REFUSED_TOKEN_TYPE, SetTask, Tokens, whole_secs};
 use crate::budget::{Refusal, Slot};
+use crate::clock::wall;
 use crate::daemon::Held;
 use crate::error_chain as chain;
 use crate::provider::{ProviderError, TokenProvider};

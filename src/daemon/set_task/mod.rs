@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use super::{Held, SetOutcome};
 use crate::budget::{Budget, Slot};
+use crate::clock::wall;
 use crate::config::{OnShutdown, SetConfig};
 use crate::error_chain as chain;
 use crate::journal::{Entry, Journal};
@@ -126,16 +127,6 @@ type SupersededResult = (Held, Result<(), ProviderError>);
 /// A token request under way, owning what it needs, so that a stop can go on waiting for its
 /// answer while it revokes what the set holds.
 type InFlight = std::pin::Pin<Box<dyn Future<Output = Result<Issued, ProviderError>> + Send>>;
-
-/// Wall-clock equivalent of a tokio instant, for the journal.
-fn wall(at: Instant) -> SystemTime {
-    let now = Instant::now();
-    if at >= now {
-        SystemTime::now() + (at - now)
-    } else {
-        SystemTime::now() - (now - at)
-    }
-}
 
 /// A set's tokens and timers: what its task's loop works on. Boxed, like the task itself, so
 /// an idle task's future holds pointers rather than its largest state.
