@@ -13,6 +13,7 @@ use tokenkeeper::journal;
 use tokenkeeper::reporter::ReporterOptions;
 use tokenkeeper::status::{self, Board, Phase};
 use tokenkeeper::store::ha;
+use tokenkeeper::store::standby::{self, Outcome};
 use tokenkeeper::{metrics, signals, systemd};
 
 use super::config_error::print_config_error;
@@ -145,10 +146,9 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
     // With `ha:`, stand by until this instance holds the lease; then lead with a control
     // channel that turns a stop into a handover when a standby can carry on.
     let mut control = control;
-    let mut leadership = None;
-    if let Some(ha) = &config.ha {
-        let lease = match ha::Lease::new(&config, ha) {
-            Ok(Some(l)) => Arc::new(l),
+    let lease = match &config.ha {
+        Some(ha) => match ha::Lease::new(&config, ha) {
+            Ok(Some(l)) => Some(Arc::new(l)),
             Ok(None) => {
                 error!(store = %ha.store, "ha.store is not configured");
                 return EXIT_CONFIG;
@@ -157,41 +157,33 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
                 error!("{}", chain(&e));
                 return EXIT_CONFIG;
             }
-        };
-        match stand_by(&lease, &board, &mut control).await {
-            Some(l) => {
-                control = l.control;
-                leadership = Some((lease, l.keeper, l.lost));
-            }
-            None => {
-                lease.leave().await;
+        },
+        None => None,
+    };
+    let lead = |control| {
+        daemon::run(
+            config,
+            providers,
+            journal,
+            entries,
+            control,
+            reload,
+            Arc::clone(&board),
+            on_ready,
+        )
+    };
+    let (result, lost) = match lease {
+        Some(lease) => match standby::run(&lease, &board, &mut control, systemd::ready, lead).await
+        {
+            Outcome::Led { result, lost } => (result, lost),
+            Outcome::Stopped(_lead) => {
                 board.set_phase(Phase::Stopped);
                 let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
                 return EXIT_OK;
             }
-        }
-    }
-    let result = daemon::run(
-        config,
-        providers,
-        journal,
-        entries,
-        control,
-        reload,
-        Arc::clone(&board),
-        on_ready,
-    )
-    .await;
-    let mut lost = false;
-    if let Some((lease, keeper, lost_flag)) = leadership {
-        keeper.abort();
-        lost = lost_flag.load(std::sync::atomic::Ordering::SeqCst);
-        // The sets have stopped writing: let a standby take over now rather than at expiry.
-        if let Err(e) = lease.release().await {
-            warn!(error = %chain(&e), "could not release the lease; a standby takes over when it expires");
-        }
-        lease.leave().await;
-    }
+        },
+        None => (lead(control).await, false),
+    };
     board.set_phase(Phase::Stopped);
     let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
     if let Some(server) = metrics_server {
@@ -209,92 +201,6 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
             EXIT_CONFIG
         }
     }
-}
-
-/// What a standby gets once it holds the lease.
-struct Leading {
-    /// What `daemon::run` reads: the signals, with a stop turned into a handover when a
-    /// standby is live, and a handover when the lease is lost.
-    control: tokio::sync::mpsc::Receiver<tokenkeeper::control::Control>,
-    /// Renews the lease while leading.
-    keeper: tokio::task::JoinHandle<()>,
-    /// Set when the lease was lost while leading.
-    lost: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Stand by until this instance holds the lease (`Some`), or until a stop signal (`None`).
-async fn stand_by(
-    lease: &Arc<ha::Lease>,
-    board: &Arc<Board>,
-    control: &mut tokio::sync::mpsc::Receiver<tokenkeeper::control::Control>,
-) -> Option<Leading> {
-    use tokenkeeper::control::Control;
-    let role = |role: &str, leader: Option<String>| status::HaStatus {
-        instance: lease.id.clone(),
-        role: role.into(),
-        leader,
-    };
-    board.set_ha(role("standby", None));
-    info!(instance = %lease.id, "standing by for the lease");
-    // A standby is a started service: systemd must not time out its start.
-    systemd::ready();
-    let wait = lease.wait_for_lease(|leader| board.set_ha(role("standby", leader)));
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            () = &mut wait => break,
-            c = control.recv() => match c {
-                Some(Control::Shutdown) | Some(Control::Handover) | None => {
-                    info!("stopping while standing by: nothing to revoke");
-                    return None;
-                }
-                Some(other) => info!(?other, "standing by: ignored until this instance leads"),
-            },
-        }
-    }
-    info!(instance = %lease.id, "leading: this instance holds the lease");
-    board.set_ha(role("leader", Some(lease.id.clone())));
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let keeper = {
-        let lease = Arc::clone(lease);
-        let tx = tx.clone();
-        let lost = Arc::clone(&lost);
-        tokio::spawn(async move {
-            lease.keep().await;
-            lost.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = tx.send(Control::Handover).await;
-        })
-    };
-    // Forward the signals; a stop becomes a handover when another instance can carry on.
-    let mut signals = std::mem::replace(control, tokio::sync::mpsc::channel(1).1);
-    let lease = Arc::clone(lease);
-    tokio::spawn(async move {
-        while let Some(c) = signals.recv().await {
-            let c = match c {
-                Control::Shutdown => match lease.live_standby().await {
-                    Ok(Some(standby)) => {
-                        info!(%standby, "a standby is live: handing over instead of revoking");
-                        Control::Handover
-                    }
-                    Ok(None) => Control::Shutdown,
-                    Err(e) => {
-                        warn!(error = %chain(&e), "cannot tell whether a standby is live; revoking");
-                        Control::Shutdown
-                    }
-                },
-                other => other,
-            };
-            if tx.send(c).await.is_err() {
-                break;
-            }
-        }
-    });
-    Some(Leading {
-        control: rx,
-        keeper,
-        lost,
-    })
 }
 
 /// Log the one-line stop summary and pick the exit code.
