@@ -190,3 +190,221 @@ async fn stand_by<L: Election>(
         lost,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, SystemTime};
+
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// A lease held by another instance ("other") until `win` is set, and kept until `lose`
+    /// is set; it records what the loop did with it.
+    struct FakeLease {
+        win: watch::Sender<bool>,
+        lose: watch::Sender<bool>,
+        standby: Mutex<Option<String>>,
+        released: AtomicBool,
+        left: AtomicBool,
+    }
+
+    impl FakeLease {
+        fn new(won: bool) -> Arc<FakeLease> {
+            Arc::new(FakeLease {
+                win: watch::channel(won).0,
+                lose: watch::channel(false).0,
+                standby: Mutex::new(None),
+                released: AtomicBool::new(false),
+                left: AtomicBool::new(false),
+            })
+        }
+    }
+
+    impl Election for FakeLease {
+        fn id(&self) -> &str {
+            "me"
+        }
+
+        async fn wait_for_lease(&self, on_leader: impl Fn(Option<String>)) {
+            let mut won = self.win.subscribe();
+            if !*won.borrow() {
+                on_leader(Some("other".into()));
+            }
+            let _ = won.wait_for(|w| *w).await;
+        }
+
+        async fn keep(&self) {
+            let _ = self.lose.subscribe().wait_for(|l| *l).await;
+        }
+
+        async fn live_standby(&self) -> Result<Option<String>, StoreError> {
+            Ok(self.standby.lock().map(|s| s.clone()).unwrap_or_default())
+        }
+
+        async fn release(&self) -> Result<(), StoreError> {
+            self.released.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn leave(&self) {
+            self.left.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn ha(board: &Board) -> Option<status::HaStatus> {
+        board.snapshot(SystemTime::now()).ha
+    }
+
+    fn role(role: &str, leader: &str) -> Option<status::HaStatus> {
+        Some(status::HaStatus {
+            instance: "me".into(),
+            role: role.into(),
+            leader: Some(leader.into()),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_runs_the_daemon_only_once_it_wins_the_lease() {
+        let lease = FakeLease::new(false);
+        let board = Board::new();
+        let (_tx, mut control) = mpsc::channel(8);
+        let ready = AtomicBool::new(false);
+        let ran = AtomicBool::new(false);
+        let daemon = |_control| async {
+            ran.store(true, Ordering::SeqCst);
+            7
+        };
+        let standing = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            assert!(
+                ready.load(Ordering::SeqCst),
+                "a standby is a started service"
+            );
+            assert!(!ran.load(Ordering::SeqCst), "ran without the lease");
+            assert_eq!(ha(&board), role("standby", "other"));
+            let _ = lease.win.send(true);
+        };
+        let ready_now = || ready.store(true, Ordering::SeqCst);
+        let (outcome, ()) = tokio::join!(
+            run(&lease, &board, &mut control, ready_now, daemon),
+            standing
+        );
+        assert!(matches!(
+            outcome,
+            Outcome::Led {
+                result: 7,
+                lost: false
+            }
+        ));
+        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(ha(&board), role("leader", "me"));
+        assert!(
+            lease.released.load(Ordering::SeqCst),
+            "must release the lease"
+        );
+        assert!(lease.left.load(Ordering::SeqCst), "must leave the group");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_standing_by_stops_without_running_the_daemon() {
+        for stop in [Some(Control::Shutdown), Some(Control::Handover), None] {
+            let lease = FakeLease::new(false);
+            let board = Board::new();
+            let (tx, mut control) = mpsc::channel(8);
+            // Not a stop: ignored while standing by.
+            let _ = tx.send(Control::Rotate).await;
+            let _ = tx.send(Control::Reload).await;
+            match stop {
+                Some(c) => {
+                    let _ = tx.send(c).await;
+                }
+                None => drop(tx),
+            }
+            let runs = AtomicUsize::new(0);
+            let daemon = |_control| async {
+                runs.fetch_add(1, Ordering::SeqCst);
+            };
+            let outcome = tokio::time::timeout(
+                Duration::from_secs(3600),
+                run(&lease, &board, &mut control, || {}, daemon),
+            )
+            .await;
+            assert!(matches!(outcome, Ok(Outcome::Stopped(_))), "{stop:?}");
+            assert_eq!(runs.load(Ordering::SeqCst), 0, "{stop:?}: ran");
+            assert!(lease.left.load(Ordering::SeqCst), "{stop:?}: must leave");
+            assert!(
+                !lease.released.load(Ordering::SeqCst),
+                "{stop:?}: never held it"
+            );
+            assert_eq!(ha(&board), role("standby", "other"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_lease_while_leading_hands_over() {
+        let lease = FakeLease::new(true);
+        let board = Board::new();
+        let (_tx, mut control) = mpsc::channel(8);
+        let lose = &lease.lose;
+        let daemon = |mut control: mpsc::Receiver<Control>| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _ = lose.send(true);
+            control.recv().await
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(3600),
+            run(&lease, &board, &mut control, || {}, daemon),
+        )
+        .await;
+        assert!(matches!(
+            outcome,
+            Ok(Outcome::Led {
+                result: Some(Control::Handover),
+                lost: true
+            })
+        ));
+        assert!(lease.left.load(Ordering::SeqCst));
+    }
+
+    /// What the daemon reads for each signal sent while leading, with or without a live
+    /// standby.
+    async fn lead_and_signal(standby: Option<&str>, signals: &[Control]) -> Vec<Control> {
+        let lease = FakeLease::new(true);
+        if let Ok(mut s) = lease.standby.lock() {
+            *s = standby.map(String::from);
+        }
+        let board = Board::new();
+        let (tx, mut control) = mpsc::channel(8);
+        let daemon = |mut control: mpsc::Receiver<Control>| async move {
+            let mut got = Vec::new();
+            for &c in signals {
+                let _ = tx.send(c).await;
+                got.extend(control.recv().await);
+            }
+            got
+        };
+        match run(&lease, &board, &mut control, || {}, daemon).await {
+            Outcome::Led { result, lost } => {
+                assert!(!lost);
+                assert!(lease.released.load(Ordering::SeqCst));
+                result
+            }
+            Outcome::Stopped(_) => panic!("stopped while holding the lease"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_leading_hands_over_to_a_live_standby() {
+        let got = lead_and_signal(Some("b"), &[Control::Rotate, Control::Shutdown]).await;
+        assert_eq!(got, [Control::Rotate, Control::Handover]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_while_leading_without_a_standby_revokes() {
+        let got = lead_and_signal(None, &[Control::Reload, Control::Shutdown]).await;
+        assert_eq!(got, [Control::Reload, Control::Shutdown]);
+    }
+}
