@@ -7,6 +7,7 @@
 //! a token replaced or revoked meanwhile is never written afterwards.
 
 pub mod ha;
+pub mod standby;
 pub mod vault;
 
 use std::collections::HashMap;

@@ -1,0 +1,61 @@
+//! What `once` and `exec` share.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{error, warn};
+
+use tokenkeeper::config::{self, Loaded};
+use tokenkeeper::error_chain as chain;
+use tokenkeeper::journal::{self, StateLock};
+use tokenkeeper::{batch, daemon};
+
+use super::config_error::print_config_error;
+use super::logging::init_logging;
+use super::{EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_USAGE, open_state};
+
+/// What `once` and `exec` share: load the config, choose the sets, build their providers,
+/// take the state directory and start its journal.
+pub(crate) async fn batch_setup(
+    path: &Path,
+    sets: &[String],
+) -> Result<
+    (
+        config::Config,
+        std::collections::HashMap<String, Arc<tokenkeeper::provider::Provider>>,
+        StateLock,
+        journal::Journal,
+        Vec<journal::Entry>,
+    ),
+    u8,
+> {
+    let Loaded { config, warnings } = config::load(path).map_err(|e| {
+        print_config_error(&e);
+        EXIT_CONFIG
+    })?;
+    init_logging(config.log_level.as_deref());
+    for w in &warnings {
+        warn!("{}: {w}", path.display());
+    }
+    let chosen = batch::select(&config, sets).map_err(|e| {
+        say_err!("tokenkeeper: {e}");
+        EXIT_USAGE
+    })?;
+    let providers = daemon::build_providers(&chosen).map_err(|e| {
+        error!("{}", chain(&e));
+        EXIT_CONFIG
+    })?;
+    let (lock, entries) = match open_state(&chosen.state_dir) {
+        Ok(s) => s,
+        Err(EXIT_TEMPFAIL) => {
+            say_err!(
+                "tokenkeeper: another tokenkeeper (the daemon, or another once/exec) holds {}; it keeps the tokens fresh already, or try again when it is done",
+                chosen.state_dir.display()
+            );
+            return Err(EXIT_TEMPFAIL);
+        }
+        Err(code) => return Err(code),
+    };
+    let journal = journal::Journal::start(chosen.state_dir.clone(), entries.clone());
+    Ok((chosen, providers, lock, journal, entries))
+}
