@@ -5,7 +5,8 @@ use std::path::Path;
 use tokenkeeper::config::{self, Loaded};
 
 use super::config_error::{print_config_error, print_warnings};
-use super::{EXIT_CONFIG, EXIT_OK, plural};
+use super::{EXIT_CONFIG, EXIT_OK};
+use tokenkeeper::status::plural;
 
 pub(crate) fn check(path: &Path) -> u8 {
     match config::load(path) {

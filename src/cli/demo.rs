@@ -12,7 +12,8 @@ use tokenkeeper::devprovider::{self, DevProvider, DevProviderOptions};
 use super::config_error::print_config_error;
 use super::logging::init_logging;
 use super::run::run_daemon;
-use super::{EXIT_CONFIG, EXIT_OSERR, plural};
+use super::{EXIT_CONFIG, EXIT_OSERR};
+use tokenkeeper::status::plural;
 
 /// The demo's config, in the same YAML an operator writes: it goes through the real loader.
 fn demo_config(dir: &Path, base_url: &str) -> String {

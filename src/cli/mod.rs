@@ -75,7 +75,3 @@ pub(crate) fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>),
     })?;
     Ok((lock, entries))
 }
-
-pub(crate) fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}

@@ -18,7 +18,8 @@ use tokenkeeper::{metrics, signals, systemd};
 
 use super::config_error::print_config_error;
 use super::logging::init_logging;
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_OSERR, open_state, plural};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_OSERR, open_state};
+use tokenkeeper::status::plural;
 
 /// At stop, how long the last status and metrics write may take before the process exits
 /// without it: a write is milliseconds, and stop must not hang on a stuck disk.

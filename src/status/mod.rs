@@ -21,7 +21,7 @@ mod snapshot;
 mod state;
 
 pub use board::{Board, SetReport};
-pub use render::{not_running_message, render_json, render_table, short, summary};
+pub use render::{not_running_message, plural, render_json, render_table, short, summary};
 pub use snapshot::{
     HaStatus, Liveness, SetSnapshot, Snapshot, StatusError, StoreHealth, liveness, pid_alive,
     read_status_file, write_status_file,

@@ -63,7 +63,8 @@ pub fn summary(snap: &Snapshot, now: SystemTime) -> String {
     line
 }
 
-fn plural(n: usize) -> &'static str {
+/// The English plural ending for `n` things, for the messages people read.
+pub fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
