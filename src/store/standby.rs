@@ -314,15 +314,17 @@ mod tests {
             let lease = FakeLease::new(false);
             let board = Board::new();
             let (tx, mut control) = mpsc::channel(8);
-            // Not a stop: ignored while standing by.
-            let _ = tx.send(Control::Rotate).await;
-            let _ = tx.send(Control::Reload).await;
-            match stop {
-                Some(c) => {
+            // The signals come once the loop stands by (it has seen the other leader): sent
+            // before, they would race the first look at the lease.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Not a stop: ignored while standing by.
+                let _ = tx.send(Control::Rotate).await;
+                let _ = tx.send(Control::Reload).await;
+                if let Some(c) = stop {
                     let _ = tx.send(c).await;
                 }
-                None => drop(tx),
-            }
+            });
             let runs = AtomicUsize::new(0);
             let daemon = |_control| async {
                 runs.fetch_add(1, Ordering::SeqCst);
