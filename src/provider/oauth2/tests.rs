@@ -1,0 +1,580 @@
+use super::*;
+use crate::provider::testutil::{Canned, http};
+
+/// A missing `expires_in` takes the default lifetime and says so; a bad one is an error
+/// that never quotes the body.
+#[test]
+fn token_answers_read_expires_in_or_the_default() {
+    let default = Duration::from_secs(1234);
+    let t = parse_token_answer(
+        200,
+        None,
+        br#"{"access_token":"abc","token_type":"bearer"}"#,
+        Instant::now(),
+        "read",
+        default,
+    )
+    .unwrap();
+    assert!(t.default_lifetime_used);
+    assert_eq!(t.issued.lifetime, default);
+    assert_eq!(t.issued.scope, "read");
+    let err = parse_token_answer(
+        200,
+        None,
+        br#"{"access_token":"abc","token_type":"bearer","expires_in":"SECRET"}"#,
+        Instant::now(),
+        "read",
+        default,
+    )
+    .unwrap_err();
+    assert!(!err.to_string().contains("SECRET"), "{err}");
+}
+
+/// A token in an answer refused for its token_type or expires_in was minted: the error
+/// carries it for revocation.
+#[test]
+fn refused_answers_with_a_minted_token_carry_it() {
+    for body in [
+        br#"{"access_token":"tokXYZ","token_type":"mac","expires_in":60}"#.as_slice(),
+        br#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":0}"#,
+        br#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":"-3"}"#,
+    ] {
+        let e = parse_token_answer(200, None, body, Instant::now(), "read", Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(e.minted().map(Secret::expose), Some("tokXYZ"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("tokXYZ"), "{e:?}");
+    }
+}
+
+fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {
+    Settings {
+        http: crate::provider::http_client().unwrap(),
+        name: "idp".into(),
+        endpoints,
+        client_id: "tk client:1".into(),
+        client_secret: Secret::new("s3cr%t +/="),
+        auth_method: auth,
+        extra_params: vec![("audience".into(), "https://api.example".into())],
+        default_lifetime: Duration::from_secs(300),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn explicit(base: &Url, revocation: bool) -> OAuth2Endpoints {
+    OAuth2Endpoints::Explicit {
+        token_url: base.join("/token").unwrap(),
+        revocation_url: revocation.then(|| base.join("/revoke").unwrap()),
+        introspection_url: Some(base.join("/introspect").unwrap()),
+    }
+}
+
+const OK: &str =
+    r#"{"access_token":"eyJ.abc-_","token_type":"Bearer","expires_in":3599,"scope":"read write"}"#;
+
+#[test]
+fn base64_and_form_encoding_follow_the_rfcs() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foo"), "Zm9v");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(form_encode("a b:c%+/é"), "a+b%3Ac%25%2B%2F%C3%A9");
+    // RFC 6749 2.3.1: encode, then join with ':', then Base64.
+    let v = basic_credentials("tk client:1", &Secret::new("s3cr%t +/="));
+    assert_eq!(
+        v.as_str(),
+        format!("Basic {}", base64(b"tk+client%3A1:s3cr%25t+%2B%2F%3D"))
+    );
+}
+
+#[test]
+fn discovery_urls_insert_and_append() {
+    let u = |s: &str| Url::parse(s).unwrap();
+    let got: Vec<String> = discovery_urls(&u("https://login.example.com/realms/ops"))
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "https://login.example.com/.well-known/oauth-authorization-server/realms/ops",
+            "https://login.example.com/realms/ops/.well-known/openid-configuration"
+        ]
+    );
+    let got: Vec<String> = discovery_urls(&u("https://t.auth0.com/"))
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "https://t.auth0.com/.well-known/oauth-authorization-server",
+            "https://t.auth0.com/.well-known/openid-configuration"
+        ]
+    );
+    assert!(same_issuer(
+        &u("https://t.auth0.com"),
+        "https://t.auth0.com/"
+    ));
+    assert!(!same_issuer(
+        &u("https://a.example/x"),
+        "https://a.example/y"
+    ));
+}
+
+const DOC: &str = "https://idp.example/.well-known/oauth-authorization-server/realms/ops";
+const ISSUER: &str = "https://idp.example/realms/ops";
+
+/// Read `body` as the document at [`DOC`] for [`ISSUER`] with Basic client auth.
+fn discovered(body: &str) -> Result<Discovered, ProviderError> {
+    discovered_as(AuthMethod::ClientSecretBasic, body.as_bytes())
+}
+
+fn discovered_as(method: AuthMethod, body: &[u8]) -> Result<Discovered, ProviderError> {
+    let doc = Url::parse(DOC).unwrap();
+    let issuer = Url::parse(ISSUER).unwrap();
+    parse_discovery_answer(&doc, &issuer, method, body)
+}
+
+/// The error of `body`, checked to be one bounded log line.
+fn discovery_error(body: &[u8]) -> String {
+    let e = discovered_as(AuthMethod::ClientSecretBasic, body).unwrap_err();
+    let text = e.to_string();
+    assert!(!text.chars().any(char::is_control), "{text:?}");
+    // 300 sanitized characters, each at most 10 once Debug-escaped, plus our own words.
+    assert!(text.len() < 4096, "{} bytes", text.len());
+    text
+}
+
+fn metadata(token_endpoint: &str) -> String {
+    format!(r#"{{"issuer":"{ISSUER}","token_endpoint":"{token_endpoint}"}}"#)
+}
+
+#[test]
+fn discovery_documents_give_their_endpoints() {
+    let d = discovered(&format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","revocation_endpoint":"https://idp.example/r","introspection_endpoint":"https://other.example:8443/i","token_endpoint_auth_methods_supported":["private_key_jwt","client_secret_basic"],"grant_types_supported":["authorization_code","client_credentials"],"scopes_supported":["openid"],"jwks_uri":"https://idp.example/jwks"}}"#
+        ))
+        .unwrap();
+    assert_eq!(
+        d,
+        Discovered {
+            endpoints: Endpoints {
+                token: Url::parse("https://idp.example/t").unwrap(),
+                revocation: Some(Url::parse("https://idp.example/r").unwrap()),
+                introspection: Some(Url::parse("https://other.example:8443/i").unwrap()),
+            },
+            auth_method_unlisted: false,
+            client_credentials_unlisted: false,
+        }
+    );
+    // Only the token endpoint is required.
+    let d = discovered(&metadata("https://idp.example/t")).unwrap();
+    assert_eq!(d.endpoints.revocation, None);
+    assert_eq!(d.endpoints.introspection, None);
+}
+
+#[test]
+fn discovery_issuers_match_but_for_a_trailing_slash() {
+    let d = discovered(&format!(
+        r#"{{"issuer":"{ISSUER}/","token_endpoint":"https://idp.example/t"}}"#
+    ));
+    assert!(d.is_ok(), "{d:?}");
+    let doc = Url::parse("https://t.auth0.com/.well-known/openid-configuration").unwrap();
+    let slashless = Url::parse("https://t.auth0.com").unwrap();
+    let body =
+        br#"{"issuer":"https://t.auth0.com/","token_endpoint":"https://t.auth0.com/oauth/token"}"#;
+    let d = parse_discovery_answer(&doc, &slashless, AuthMethod::ClientSecretPost, body);
+    assert!(d.is_ok(), "{d:?}");
+}
+
+/// RFC 8414 section 3.3: another issuer's document is refused, whatever it announces.
+#[test]
+fn discovery_refuses_another_issuer() {
+    for other in [
+        "https://evil.example/realms/ops",
+        "https://idp.example/realms/ops2",
+        "https://idp.example/realms",
+        "http://idp.example/realms/ops",
+        "https://idp.example:8443/realms/ops",
+        "",
+    ] {
+        let body = format!(r#"{{"issuer":"{other}","token_endpoint":"https://idp.example/t"}}"#);
+        let text = discovery_error(body.as_bytes());
+        assert!(
+            text.contains(&format!(
+                "{DOC} names issuer {other:?}, not the configured {ISSUER}; refusing"
+            )),
+            "{text}"
+        );
+    }
+    // The announced issuer is quoted, but as one bounded line.
+    let text = discovery_error(
+            br#"{"issuer":"https://evil.example\n2025-01-01 INFO forged","token_endpoint":"https://evil.example/t"}"#,
+        );
+    assert!(
+        text.contains(r#"names issuer "https://evil.example 2025-01-01 INFO forged""#),
+        "{text}"
+    );
+    let long = "x".repeat(100_000);
+    let text = discovery_error(format!(r#"{{"issuer":"{long}"}}"#).as_bytes());
+    assert!(text.contains("…"), "{text}");
+    // Characters Debug escapes at their longest.
+    let unprintable = "\u{10FFFF}".repeat(10_000);
+    discovery_error(format!(r#"{{"issuer":"{unprintable}"}}"#).as_bytes());
+}
+
+#[test]
+fn discovery_needs_a_token_endpoint() {
+    let text = discovery_error(format!(r#"{{"issuer":"{ISSUER}"}}"#).as_bytes());
+    assert_eq!(text, format!("discovery: {DOC} has no token_endpoint"));
+    let text =
+        discovery_error(format!(r#"{{"issuer":"{ISSUER}","token_endpoint":null}}"#).as_bytes());
+    assert!(text.ends_with("has no token_endpoint"), "{text}");
+}
+
+/// Endpoints are https, or http on a loopback host like the config allows, and carry no
+/// credentials or fragment.
+#[test]
+fn discovered_endpoints_are_https_or_loopback() {
+    for ok in [
+        "https://idp.example/t",
+        "https://idp.example:8443/oauth/token?tenant=a",
+        "http://127.0.0.1:8080/t",
+        "http://localhost/t",
+        "http://LOCALHOST:9/t",
+        "http://[::1]:8080/t",
+    ] {
+        let d = discovered(&metadata(ok));
+        assert!(d.is_ok(), "{ok}: {d:?}");
+    }
+    for (bad, why) in [
+        (
+            "http://idp.example/t",
+            "token_endpoint is not an https:// URL",
+        ),
+        (
+            "http://127.0.0.1.nip.io/t",
+            "token_endpoint is not an https:// URL",
+        ),
+        (
+            "http://[::ffff:127.0.0.1]/t",
+            "token_endpoint is not an https:// URL",
+        ),
+        (
+            "ftp://idp.example/t",
+            "token_endpoint is not an https:// URL",
+        ),
+        (
+            "file:///etc/passwd",
+            "token_endpoint is not an https:// URL",
+        ),
+        ("/token", "token_endpoint is not a URL"),
+        ("https://", "token_endpoint is not a URL"),
+        ("not a url", "token_endpoint is not a URL"),
+        (
+            "https://user:pass@idp.example/t",
+            "token_endpoint has a user name, password or fragment",
+        ),
+        (
+            "https://user@idp.example/t",
+            "token_endpoint has a user name, password or fragment",
+        ),
+        (
+            "http://user:pass@localhost/t",
+            "token_endpoint has a user name, password or fragment",
+        ),
+        (
+            "https://idp.example/t#frag",
+            "token_endpoint has a user name, password or fragment",
+        ),
+    ] {
+        let text = discovery_error(metadata(bad).as_bytes());
+        assert_eq!(text, format!("discovery: {why}"), "{bad}");
+    }
+    for key in ["revocation_endpoint", "introspection_endpoint"] {
+        let body = format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","{key}":"http://idp.example/x"}}"#
+        );
+        let text = discovery_error(body.as_bytes());
+        assert_eq!(text, format!("discovery: {key} is not an https:// URL"));
+    }
+}
+
+/// A field of the wrong type fails the document without quoting its value.
+#[test]
+fn discovery_documents_with_wrong_types_are_malformed() {
+    for body in [
+        r#"{"issuer":5,"token_endpoint":"https://idp.example/t"}"#.to_string(),
+        format!(r#"{{"issuer":"{ISSUER}","token_endpoint":["https://idp.example/t"]}}"#),
+        format!(r#"{{"issuer":"{ISSUER}","token_endpoint":{{"SECRET":"SECRET"}}}}"#),
+        format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","token_endpoint_auth_methods_supported":"SECRET"}}"#
+        ),
+        format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","grant_types_supported":[1,2]}}"#
+        ),
+        format!(
+            r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","revocation_endpoint":true}}"#
+        ),
+        r#"{"token_endpoint":"https://idp.example/t"}"#.to_string(),
+        r#"["SECRET"]"#.to_string(),
+    ] {
+        let e = discovered(&body).unwrap_err();
+        assert!(
+            matches!(e, ProviderError::Malformed { .. }),
+            "{body}: {e:?}"
+        );
+        let text = discovery_error(body.as_bytes());
+        assert!(
+            text.starts_with(&format!(
+                "discovery: malformed answer: {DOC} is not authorization server metadata: "
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+}
+
+#[test]
+fn garbage_and_huge_discovery_bodies_are_bounded_errors() {
+    let deep = "[".repeat(100_000);
+    let long_key = format!(r#"{{"{}":1}}"#, "k".repeat(100_000));
+    let huge_issuer = format!(r#"{{"issuer":"{}""#, "i".repeat(100_000));
+    for body in [
+        &b""[..],
+        b"\xff\xfe\x00garbage",
+        b"<html><body>Not Found</body></html>",
+        b"{\"issuer\":\"\xff\"}",
+        deep.as_bytes(),
+        long_key.as_bytes(),
+        huge_issuer.as_bytes(),
+    ] {
+        let text = discovery_error(body);
+        assert!(text.len() < 300, "{} bytes: {text}", text.len());
+    }
+}
+
+#[test]
+fn discovery_flags_an_unlisted_auth_method_or_grant() {
+    let doc = |extra: &str| {
+        format!(r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t"{extra}}}"#)
+    };
+    let flags = |method, extra: &str| {
+        let d = discovered_as(method, doc(extra).as_bytes()).unwrap();
+        (d.auth_method_unlisted, d.client_credentials_unlisted)
+    };
+    let basic = AuthMethod::ClientSecretBasic;
+    let post = AuthMethod::ClientSecretPost;
+    // Lists that are absent say nothing.
+    assert_eq!(flags(basic, ""), (false, false));
+    let methods = r#","token_endpoint_auth_methods_supported":["client_secret_basic"]"#;
+    assert_eq!(flags(basic, methods), (false, false));
+    assert_eq!(flags(post, methods), (true, false));
+    let empty = r#","token_endpoint_auth_methods_supported":[],"grant_types_supported":[]"#;
+    assert_eq!(flags(post, empty), (true, true));
+    // Registry names are case-sensitive (RFC 8414 section 2).
+    let grants = r#","grant_types_supported":["authorization_code","Client_Credentials"]"#;
+    assert_eq!(flags(basic, grants), (false, true));
+    let grants = r#","grant_types_supported":["client_credentials"]"#;
+    assert_eq!(flags(post, grants), (false, false));
+}
+
+#[tokio::test]
+async fn basic_auth_issue_sends_the_rfc_request() {
+    let c = Canned::start(vec![http("200 OK", "", OK)]).await;
+    let p = OAuth2::new(settings(
+        explicit(&c.url, true),
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    let issued = p.issue(&["read".into(), "write".into()]).await.unwrap();
+    assert_eq!(issued.token.expose(), "eyJ.abc-_");
+    assert_eq!(issued.lifetime, Duration::from_secs(3599));
+    assert_eq!(issued.scope, "read write");
+    let req = &c.requests().await[0];
+    assert!(req.starts_with("POST /token HTTP/1.1\r\n"), "{req}");
+    let want = format!(
+        "authorization: {}\r\n",
+        basic_credentials("tk client:1", &Secret::new("s3cr%t +/=")).as_str()
+    );
+    assert!(
+        req.to_ascii_lowercase()
+            .contains(&want.to_ascii_lowercase()),
+        "{req}"
+    );
+    assert!(
+            req.ends_with(
+                "\r\n\r\ngrant_type=client_credentials&scope=read+write&audience=https%3A%2F%2Fapi.example"
+            ),
+            "{req}"
+        );
+    assert!(!req.contains("client_secret"), "{req}");
+}
+
+#[tokio::test]
+async fn post_auth_puts_the_credentials_in_the_body_and_a_missing_expiry_uses_the_default() {
+    let c = Canned::start(vec![
+        http(
+            "200 OK",
+            "",
+            r#"{"access_token":"t1","token_type":"bearer"}"#,
+        ),
+        http(
+            "200 OK",
+            "",
+            r#"{"access_token":"t2","token_type":"bearer","expires_in":"60"}"#,
+        ),
+    ])
+    .await;
+    let p = OAuth2::new(settings(
+        explicit(&c.url, false),
+        AuthMethod::ClientSecretPost,
+    ))
+    .unwrap();
+    let issued = p.issue(&["a".into()]).await.unwrap();
+    assert_eq!(issued.lifetime, Duration::from_secs(300));
+    assert_eq!(
+        issued.scope, "a",
+        "no scope in the answer: the requested one"
+    );
+    assert!(p.said_default_lifetime.load(Ordering::Relaxed));
+    let issued = p.issue(&["a".into()]).await.unwrap();
+    assert_eq!(issued.lifetime, Duration::from_secs(60));
+    let req = &c.requests().await[0];
+    assert!(
+        !req.to_ascii_lowercase().contains("authorization:"),
+        "{req}"
+    );
+    assert!(
+        req.ends_with("&client_id=tk+client%3A1&client_secret=s3cr%25t+%2B%2F%3D"),
+        "{req}"
+    );
+    assert_eq!(p.revocation(), Revocation::Unsupported);
+    assert!(matches!(
+        p.revoke(&Secret::new("t1")).await,
+        Err(ProviderError::Unsupported { .. })
+    ));
+}
+
+#[tokio::test]
+async fn rfc6749_errors_are_surfaced_and_classified() {
+    let c = Canned::start(vec![
+        http(
+            "400 Bad Request",
+            "",
+            r#"{"error":"invalid_scope","error_description":"scope \"x\" unknown\nFAKE LOG LINE"}"#,
+        ),
+        http(
+            "401 Unauthorized",
+            "WWW-Authenticate: Basic\r\n",
+            r#"{"error":"invalid_client"}"#,
+        ),
+        http("503 Service Unavailable", "Retry-After: 9\r\n", ""),
+        http(
+            "200 OK",
+            "",
+            r#"{"access_token":"a b","token_type":"Bearer"}"#,
+        ),
+        http("200 OK", "", r#"{"access_token":"ab","token_type":"DPoP"}"#),
+        http(
+            "200 OK",
+            "",
+            r#"{"access_token":"ab","token_type":"Bearer","expires_in":-5}"#,
+        ),
+    ])
+    .await;
+    let p = OAuth2::new(settings(
+        explicit(&c.url, true),
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    let scopes = ["x".to_string()];
+    let e = p.issue(&scopes).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { status: 400, .. }));
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "error=invalid_scope error_description=\"scope \\\"x\\\" unknown FAKE LOG LINE\""
+        ),
+        "{text}"
+    );
+    let e = p.issue(&scopes).await.unwrap_err();
+    assert!(
+        e.to_string().contains("HTTP 401: error=invalid_client"),
+        "{e}"
+    );
+    assert_eq!(e.retry_class(), crate::schedule::RetryClass::Slow);
+    let e = p.issue(&scopes).await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(9)));
+    assert_eq!(e.retry_class(), crate::schedule::RetryClass::Transient);
+    for want in [
+        "bearer token cannot have",
+        "is not Bearer",
+        "not a sane lifetime",
+    ] {
+        let e = p.issue(&scopes).await.unwrap_err();
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
+    // RFC 8414 document missing, OpenID one present.
+    let c = Canned::start_with(|base| {
+            let meta = format!(
+                r#"{{"issuer":"{base}realms/ops","token_endpoint":"{base}t","revocation_endpoint":"{base}r","introspection_endpoint":"{base}i","token_endpoint_auth_methods_supported":["client_secret_basic"]}}"#
+            );
+            vec![
+                http("404 Not Found", "", ""),
+                http("200 OK", "", &meta),
+                http("200 OK", "", OK),
+                http("200 OK", "", ""),
+                http("200 OK", "", r#"{"active":true,"exp":4102444800}"#),
+            ]
+        })
+        .await;
+    let issuer = c.url.join("/realms/ops").unwrap();
+    let p = OAuth2::new(settings(
+        OAuth2Endpoints::Discover {
+            issuer: issuer.clone(),
+        },
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    p.issue(&["read".into()]).await.unwrap();
+    p.revoke(&Secret::new("tok")).await.unwrap();
+    assert!(matches!(
+        p.introspect(&Secret::new("tok")).await.unwrap(),
+        Introspection::Active { remaining: Some(_) }
+    ));
+    let reqs = c.requests().await;
+    assert!(reqs[0].starts_with("GET /.well-known/oauth-authorization-server/realms/ops "));
+    assert!(reqs[1].starts_with("GET /realms/ops/.well-known/openid-configuration "));
+    assert!(reqs[2].starts_with("POST /t "));
+    assert!(reqs[3].starts_with("POST /r "), "{}", reqs[3]);
+    assert!(reqs[3].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
+    assert!(reqs[4].starts_with("POST /i "));
+    assert_eq!(p.revocation(), Revocation::Always);
+
+    // Another server's metadata is refused, and the failure is retryable.
+    let c = Canned::start(vec![http(
+        "200 OK",
+        "",
+        r#"{"issuer":"https://evil.example","token_endpoint":"https://evil.example/t"}"#,
+    )])
+    .await;
+    let p = OAuth2::new(settings(
+        OAuth2Endpoints::Discover {
+            issuer: c.url.join("/realms/ops").unwrap(),
+        },
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    let e = p.issue(&["read".into()]).await.unwrap_err();
+    assert!(e.to_string().contains("not the configured"), "{e}");
+    assert!(
+        p.endpoints.get().is_none(),
+        "a failed discovery is tried again"
+    );
+}
