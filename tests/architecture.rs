@@ -368,3 +368,80 @@ fn the_checks_see_circles_groups_comments_and_tests() {
         Some("a -> b -> c -> a".to_string())
     );
 }
+
+/// The tree table of docs/architecture.md: `| `src/X/` | files |` rows, as folder → the
+/// `.rs` names and `sub/` folders its second cell mentions in backticks.
+fn declared_tree() -> BTreeMap<String, BTreeSet<String>> {
+    let text = fs::read_to_string(root().join("docs/architecture.md")).unwrap();
+    let mut tree = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(folder) = cells
+            .get(1)
+            .and_then(|c| c.strip_prefix("`src/"))
+            .and_then(|c| c.strip_suffix("/`"))
+        else {
+            continue;
+        };
+        let names = cells[2]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|n| n.ends_with(".rs") || (n.ends_with('/') && !n.contains(' ')))
+            .map(String::from)
+            .collect();
+        tree.insert(folder.to_string(), names);
+    }
+    tree
+}
+
+#[test]
+fn the_tree_table_names_every_folder_and_file() {
+    let tree = declared_tree();
+    assert!(tree.len() > 5, "docs/architecture.md has no tree table");
+    let src = root().join("src");
+    let mut problems = Vec::new();
+    for (folder, names) in &tree {
+        let dir = src.join(folder);
+        if !dir.is_dir() {
+            problems.push(format!(
+                "docs/architecture.md lists src/{folder}/, which is not a folder"
+            ));
+            continue;
+        }
+        // Every file in the folder, nested folders included, by name, and its subfolders.
+        let mut have = BTreeSet::new();
+        for path in rust_files(&dir) {
+            let rel = path.strip_prefix(&dir).unwrap();
+            if is_test_file(rel) {
+                continue;
+            }
+            have.insert(rel.file_name().unwrap().to_string_lossy().into_owned());
+            let mut parent = rel.parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                have.insert(format!("{}/", p.file_name().unwrap().to_string_lossy()));
+                parent = p.parent();
+            }
+        }
+        for name in have.difference(names) {
+            problems.push(format!(
+                "src/{folder}/ has {name}, which docs/architecture.md does not name"
+            ));
+        }
+        for name in names.difference(&have) {
+            problems.push(format!(
+                "docs/architecture.md names {name} in src/{folder}/, which has none"
+            ));
+        }
+    }
+    // Every top-level folder of src/ has a row.
+    for entry in fs::read_dir(&src).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && !tree.contains_key(&name) {
+            problems.push(format!(
+                "src/{name}/ has no row in docs/architecture.md's tree"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
