@@ -74,15 +74,17 @@ pub struct Layout {
 const TOKENS_TMPFS_SIZE: &str = "2g";
 
 impl Layout {
-    /// Token files go to `BENCH_TOKENS_DIR`; else, as root, to a tmpfs mounted for the run
-    /// (tokenkeeper refuses token paths under /dev, so /dev/shm will not do); else to
-    /// `XDG_RUNTIME_DIR`, a tmpfs on systemd machines.
+    /// Token files go to `BENCH_TOKENS_DIR`; else, as root, to a tmpfs mounted for the run at
+    /// `/run/tkbench-PID`, a path as short as the unit's `/run/tokenkeeper` (100,000 sets
+    /// with long paths make a config past the 16 MiB cap; tokenkeeper refuses token paths
+    /// under /dev, so /dev/shm will not do); else to `XDG_RUNTIME_DIR`, a tmpfs on systemd
+    /// machines.
     fn new(state_root: &Path) -> Layout {
         let mut mounted = None;
         let tokens_root = match std::env::var_os("BENCH_TOKENS_DIR") {
             Some(d) => PathBuf::from(d),
             None if nix::unistd::geteuid().is_root() => {
-                let dir = state_root.join("tokens");
+                let dir = PathBuf::from(format!("/run/tkbench-{}", std::process::id()));
                 std::fs::create_dir_all(&dir).unwrap();
                 let ok = Command::new("mount")
                     .args(["-t", "tmpfs", "-o"])
@@ -100,7 +102,11 @@ impl Layout {
                 std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
             }
         };
-        let tokens = tokens_root.join(format!("tokenkeeper-bench-{}", std::process::id()));
+        let tokens = if mounted.is_some() {
+            tokens_root
+        } else {
+            tokens_root.join(format!("tokenkeeper-bench-{}", std::process::id()))
+        };
         std::fs::create_dir_all(&tokens).unwrap();
         Layout {
             tokens_fs: procfs::fs_type(&tokens),
@@ -117,6 +123,7 @@ impl Drop for Layout {
         let _ = std::fs::remove_dir_all(&self.tokens);
         if let Some(m) = &self.mounted {
             let _ = Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
         }
     }
 }
@@ -373,7 +380,8 @@ fn idle(b: &Build, layout: &Layout, url: &str, runs: usize, idle_secs: u64) -> I
 /// `n` sets, one run: start to every file written, memory, a short idle, SIGTERM to exit, and
 /// the daemon's CPU over that whole life.
 fn scaled(b: &Build, layout: &Layout, url: &str, n: usize, run: usize) -> Scaled {
-    let name = format!("scale-{n}-{run}-{}", fastrand::u32(..));
+    // Short: it is in every token path of the config, 100,000 times.
+    let name = format!("{n}-{run}-{:x}", fastrand::u16(..));
     let cfg = config(layout, &name, url, n);
     let tokens = layout.tokens.join(&name);
     let mut d = start_daemon(b, &cfg);
