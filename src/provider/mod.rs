@@ -4,12 +4,12 @@
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
 pub mod oauth2;
+mod redact;
 pub mod refresh_store;
 pub mod settings;
 pub mod square;
 pub mod voucherify;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +17,8 @@ use tokio::time::Instant;
 
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
+use redact::HeldTokens;
+pub use redact::{REDACTED, Redactor};
 pub use settings::{
     AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant, is_loopback,
 };
@@ -161,15 +163,15 @@ impl ProviderError {
         }
     }
 
-    /// This error with every secret `redactor` knows taken out of the text the provider
-    /// supplied (error details, descriptions of malformed answers).
-    pub(crate) fn redacted(mut self, redactor: &Redactor) -> ProviderError {
+    /// This error with `redact` applied to the text the provider supplied (error details,
+    /// descriptions of malformed answers).
+    pub(crate) fn redacted(mut self, redact: impl Fn(&str) -> String) -> ProviderError {
         match &mut self {
             ProviderError::Refused { detail, .. } | ProviderError::Unavailable { detail, .. } => {
-                *detail = redactor.redact(detail);
+                *detail = redact(detail);
             }
             ProviderError::Malformed { what, .. } | ProviderError::Discovery { what, .. } => {
-                *what = redactor.redact(what);
+                *what = redact(what);
             }
             _ => {}
         }
@@ -183,102 +185,6 @@ impl ProviderError {
             _ => None,
         }
     }
-}
-
-/// Shown where a secret was cut out of a provider's text.
-pub const REDACTED: &str = "[redacted]";
-
-/// Shortest start of a secret cut out where a provider's text was truncated right after it
-/// (see [`sanitize`]): shorter runs are too common in ordinary words to mean anything, and
-/// four characters of a long random secret tell an attacker nearly nothing.
-const MIN_PARTIAL: usize = 4;
-
-/// The secrets one request carried, to be cut out of whatever the provider answers: a server
-/// or proxy that echoes the request (headers, form body) in its error must not get the API key,
-/// the client secret or a token into our log, `status.json` or `tokenkeeper status`. Each secret
-/// is looked for as sent (raw, form-encoded) and as our error text would quote it (JSON and
-/// Rust escapes).
-#[derive(Default)]
-pub struct Redactor {
-    needles: Vec<zeroize::Zeroizing<String>>,
-}
-
-impl Redactor {
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Redactor {
-        let mut r = Redactor::default();
-        for s in secrets {
-            r.add(s);
-        }
-        r
-    }
-
-    pub fn add(&mut self, secret: &str) {
-        if secret.is_empty() {
-            return;
-        }
-        let quoted = |q: String| q[1..q.len() - 1].to_owned();
-        let forms = [
-            secret.to_owned(),
-            oauth2::form_encode(secret),
-            quoted(format!("{secret:?}")),
-            serde_json::to_string(secret)
-                .map(quoted)
-                .unwrap_or_default(),
-        ];
-        for f in forms {
-            if !f.is_empty() && !self.needles.iter().any(|n| **n == f) {
-                self.needles.push(zeroize::Zeroizing::new(f));
-            }
-        }
-        // Longest first, so a form that contains another is cut whole.
-        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    }
-
-    /// `text` with every secret replaced by [`REDACTED`], including the start of one that
-    /// [`sanitize`] cut short at its `…`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for n in &self.needles {
-            if out.contains(n.as_str()) {
-                out = out.replace(n.as_str(), REDACTED);
-            }
-        }
-        if !out.contains('…') {
-            return out;
-        }
-        // Only a piece followed by `…` can end inside a secret.
-        let pieces: Vec<&str> = out.split('…').collect();
-        let last = pieces.len() - 1;
-        let mut result = String::with_capacity(out.len());
-        for (i, piece) in pieces.into_iter().enumerate() {
-            let cut = if i < last {
-                self.needles
-                    .iter()
-                    .filter_map(|n| partial_tail(piece, n))
-                    .max()
-                    .unwrap_or(0)
-            } else {
-                0
-            };
-            result.push_str(&piece[..piece.len() - cut]);
-            if cut > 0 {
-                result.push_str(REDACTED);
-            }
-            if i < last {
-                result.push('…');
-            }
-        }
-        result
-    }
-}
-
-/// Length of the longest start of `needle` (at least [`MIN_PARTIAL`] bytes, shorter than the
-/// whole) that `piece` ends with.
-fn partial_tail(piece: &str, needle: &str) -> Option<usize> {
-    (MIN_PARTIAL..needle.len())
-        .rev()
-        .filter(|&k| needle.is_char_boundary(k))
-        .find(|&k| piece.ends_with(&needle[..k]))
 }
 
 /// The operations every provider offers.
@@ -309,10 +215,10 @@ pub struct Provider {
     /// `max_concurrent_requests` permits. Every request takes one, so thousands of sets
     /// share a few keep-alive connections and the provider sees a bounded load.
     permits: tokio::sync::Semaphore,
-    /// Every token of this provider the daemon may still hold, by fingerprint, with when it
-    /// can no longer matter: cut out of whatever text the provider sends, whichever request
-    /// it answers (a provider that knows its tokens can quote any of them).
-    held: std::sync::Mutex<HashMap<String, (Secret, Instant)>>,
+    /// Every token of this provider the daemon may still hold: cut out of whatever text the
+    /// provider sends, whichever request it answers (a provider that knows its tokens can
+    /// quote any of them).
+    held: HeldTokens,
 }
 
 /// How long a token whose lifetime the provider did not say stays on the list of tokens to
@@ -340,31 +246,8 @@ impl Provider {
         Ok(Provider {
             kind: Kind::build(cfg, http)?,
             permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
-            held: std::sync::Mutex::new(HashMap::new()),
+            held: HeldTokens::default(),
         })
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secret, Instant)>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Note a token the daemon now holds, until `until`; tokens past theirs are dropped from
-    /// the list meanwhile, so it never outgrows what is live.
-    fn hold(&self, token: &Secret, until: Instant) {
-        let now = Instant::now();
-        let mut held = self.held();
-        held.retain(|_, (_, t)| *t > now);
-        held.insert(
-            crate::secret::fingerprint(token.expose()),
-            (token.clone(), until),
-        );
-    }
-
-    fn release(&self, token: &Secret) {
-        self.held()
-            .remove(&crate::secret::fingerprint(token.expose()));
     }
 
     /// `e` without the provider's own secrets, nor `token` (the one the request carried).
@@ -378,10 +261,7 @@ impl Provider {
         if let Some(t) = token {
             r.add(t.expose());
         }
-        for (t, _) in self.held().values() {
-            r.add(t.expose());
-        }
-        e.redacted(&r)
+        e.redacted(|text| self.held.redact(&r.redact(text)))
     }
 
     /// A permit for one request. The semaphore is never closed; should that change, a
@@ -474,10 +354,10 @@ impl TokenProvider for Provider {
         };
         // The token issued, or one minted in an answer refused: held until revoked either way.
         match &r {
-            Ok(i) => self.hold(&i.token, i.issued_at + i.lifetime),
+            Ok(i) => self.held.hold(&i.token, i.issued_at + i.lifetime),
             Err(e) => {
                 if let Some(t) = e.minted() {
-                    self.hold(t, Instant::now() + UNDATED_HOLD);
+                    self.held.hold(t, Instant::now() + UNDATED_HOLD);
                 }
             }
         }
@@ -493,7 +373,7 @@ impl TokenProvider for Provider {
         }
         .map_err(|e| self.redact(e, Some(token)));
         if r.is_ok() {
-            self.release(token);
+            self.held.release(token);
         }
         r
     }
@@ -508,9 +388,10 @@ impl TokenProvider for Provider {
         // A token checked at start is one the daemon may adopt or revoke: held either way.
         match &r {
             Ok(Introspection::Active { remaining }) => {
-                self.hold(token, Instant::now() + remaining.unwrap_or(UNDATED_HOLD));
+                self.held
+                    .hold(token, Instant::now() + remaining.unwrap_or(UNDATED_HOLD));
             }
-            Ok(Introspection::Inactive) => self.release(token),
+            Ok(Introspection::Inactive) => self.held.release(token),
             Err(_) => {}
         }
         r.map_err(|e| self.redact(e, Some(token)))
@@ -916,7 +797,7 @@ mod tests {
         // Ordinary text, and a mere three letters of a secret, are left alone.
         assert_eq!(r.redact("Zx9… plain"), "Zx9… plain");
         assert_eq!(r.redact("no secrets here"), "no secrets here");
-        let e = failure("revoke", 400, None, "echo: tok\"en".into()).redacted(&r);
+        let e = failure("revoke", 400, None, "echo: tok\"en".into()).redacted(|t| r.redact(t));
         assert_eq!(
             e.to_string(),
             "revoke refused with HTTP 400: echo: [redacted]"

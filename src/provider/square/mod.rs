@@ -272,8 +272,10 @@ impl TokenProvider for Square {
             body.map_err(|e| malformed("request", format!("cannot encode: {}", json_error(&e))))?;
         let issued_at = Instant::now();
         // The request carried the refresh (or access) token: an answer echoing it is cut.
-        let redact =
-            |e: super::ProviderError| e.redacted(&super::Redactor::new([current.expose()]));
+        let redact = |e: super::ProviderError| {
+            let r = super::Redactor::new([current.expose()]);
+            e.redacted(|t| r.redact(t))
+        };
         let (status, headers, body) = self.post(op, url, auth, Some(body)).await.map_err(redact)?;
         let answer = parse_token_answer(
             op,

@@ -1,0 +1,407 @@
+//! Cutting secrets out of what a provider says. A server or a proxy that echoes a request in
+//! its error must not get the API key, the client secret or a token into our log,
+//! `status.json` or `tokenkeeper status`: [`Redactor`] cuts out the few secrets one request
+//! carried, [`HeldTokens`] every token the daemon holds from the provider, which may be
+//! 100,000, at a cost that does not grow with their number.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::oauth2;
+use crate::secret::Secret;
+
+/// Each way a secret may appear in a provider's text: as sent (raw, form-encoded) and as our
+/// error text would quote it (Rust and JSON escapes).
+fn forms(secret: &str) -> Vec<String> {
+    let quoted = |q: String| q[1..q.len() - 1].to_owned();
+    let mut forms = vec![
+        secret.to_owned(),
+        oauth2::form_encode(secret),
+        quoted(format!("{secret:?}")),
+        serde_json::to_string(secret)
+            .map(quoted)
+            .unwrap_or_default(),
+    ];
+    forms.retain(|f| !f.is_empty());
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Shown where a secret was cut out of a provider's text.
+pub const REDACTED: &str = "[redacted]";
+
+/// Shortest start of a secret cut out where a provider's text was truncated right after it
+/// (see [`super::sanitize`]): shorter runs are too common in ordinary words to mean anything, and
+/// four characters of a long random secret tell an attacker nearly nothing.
+const MIN_PARTIAL: usize = 4;
+
+/// The secrets one request carried, to be cut out of whatever the provider answers: a server
+/// or proxy that echoes the request (headers, form body) in its error must not get the API key,
+/// the client secret or a token into our log, `status.json` or `tokenkeeper status`. Each secret
+/// is looked for as sent (raw, form-encoded) and as our error text would quote it (JSON and
+/// Rust escapes).
+#[derive(Default)]
+pub struct Redactor {
+    needles: Vec<zeroize::Zeroizing<String>>,
+}
+
+impl Redactor {
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Redactor {
+        let mut r = Redactor::default();
+        for s in secrets {
+            r.add(s);
+        }
+        r
+    }
+
+    pub fn add(&mut self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        for f in forms(secret) {
+            if !f.is_empty() && !self.needles.iter().any(|n| **n == f) {
+                self.needles.push(zeroize::Zeroizing::new(f));
+            }
+        }
+        // Longest first, so a form that contains another is cut whole.
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`], including the start of one that
+    /// [`super::sanitize`] cut short at its `…`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), REDACTED);
+            }
+        }
+        if !out.contains('…') {
+            return out;
+        }
+        // Only a piece followed by `…` can end inside a secret.
+        let pieces: Vec<&str> = out.split('…').collect();
+        let last = pieces.len() - 1;
+        let mut result = String::with_capacity(out.len());
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let cut = if i < last {
+                self.needles
+                    .iter()
+                    .filter_map(|n| partial_tail(piece, n))
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            result.push_str(&piece[..piece.len() - cut]);
+            if cut > 0 {
+                result.push_str(REDACTED);
+            }
+            if i < last {
+                result.push('…');
+            }
+        }
+        result
+    }
+}
+
+/// Length of the longest start of `needle` (at least [`MIN_PARTIAL`] bytes, shorter than the
+/// whole) that `piece` ends with.
+fn partial_tail(piece: &str, needle: &str) -> Option<usize> {
+    (MIN_PARTIAL..needle.len())
+        .rev()
+        .filter(|&k| needle.is_char_boundary(k))
+        .find(|&k| piece.ends_with(&needle[..k]))
+}
+
+/// A form of a held token, ordered as the text it is, so the set can be searched by `&str`
+/// and by prefix.
+struct Form(Zeroizing<String>);
+
+impl PartialEq for Form {
+    fn eq(&self, other: &Form) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Form {}
+
+impl PartialOrd for Form {
+    fn partial_cmp(&self, other: &Form) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Form {
+    fn cmp(&self, other: &Form) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl Borrow<str> for Form {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Every token of one provider the daemon may still hold, with when it can no longer matter,
+/// and each of their [`forms`] indexed for [`HeldTokens::redact`]: one lookup per place in the
+/// text and distinct length, not one search per token.
+#[derive(Default)]
+pub(crate) struct HeldTokens {
+    inner: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_fingerprint: HashMap<String, (Secret, Instant)>,
+    /// Every form of every held token, with how many held tokens share it.
+    forms: BTreeMap<Form, u32>,
+    /// The byte lengths of those forms, with how many forms have each.
+    lengths: BTreeMap<usize, u32>,
+    /// How many tokens were held after the last sweep of the expired ones.
+    swept_at: usize,
+}
+
+/// Tokens held before expired ones are first swept out. Sweeping walks every token, so it runs
+/// only once their number has doubled since the last sweep: each token pays for it once.
+const SWEEP_FLOOR: usize = 64;
+
+impl std::fmt::Debug for HeldTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Counts only: the tokens are secrets.
+        write!(f, "HeldTokens({})", self.lock().by_fingerprint.len())
+    }
+}
+
+impl Held {
+    fn add_forms(&mut self, token: &str) {
+        for f in forms(token) {
+            let len = f.len();
+            let n = self.forms.entry(Form(Zeroizing::new(f))).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                *self.lengths.entry(len).or_insert(0) += 1;
+            }
+        }
+    }
+
+    fn remove_forms(&mut self, token: &str) {
+        for f in forms(token) {
+            let Some(n) = self.forms.get_mut(f.as_str()) else {
+                continue;
+            };
+            *n -= 1;
+            if *n > 0 {
+                continue;
+            }
+            self.forms.remove(f.as_str());
+            if let Some(l) = self.lengths.get_mut(&f.len()) {
+                *l -= 1;
+                if *l == 0 {
+                    self.lengths.remove(&f.len());
+                }
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .by_fingerprint
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in expired {
+            if let Some((token, _)) = self.by_fingerprint.remove(&fp) {
+                self.remove_forms(token.expose());
+            }
+        }
+        self.swept_at = self.by_fingerprint.len();
+    }
+
+    /// Whether some form starts with `prefix`.
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.forms
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .next()
+            .is_some_and(|(f, _)| f.0.starts_with(prefix))
+    }
+}
+
+impl HeldTokens {
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Note a token the daemon now holds, until `until`.
+    pub(crate) fn hold(&self, token: &Secret, until: Instant) {
+        let now = Instant::now();
+        let mut held = self.lock();
+        if held.by_fingerprint.len() >= 2 * held.swept_at.max(SWEEP_FLOOR) {
+            held.sweep(now);
+        }
+        let fp = crate::secret::fingerprint(token.expose());
+        match held.by_fingerprint.get_mut(&fp) {
+            Some(entry) => entry.1 = until,
+            None => {
+                held.add_forms(token.expose());
+                held.by_fingerprint.insert(fp, (token.clone(), until));
+            }
+        }
+    }
+
+    /// Forget a token: it was revoked, or the provider says it is no longer active.
+    pub(crate) fn release(&self, token: &Secret) {
+        let mut held = self.lock();
+        if let Some((t, _)) = held
+            .by_fingerprint
+            .remove(&crate::secret::fingerprint(token.expose()))
+        {
+            held.remove_forms(t.expose());
+        }
+    }
+
+    /// How many tokens are on the list (expired ones not yet swept included).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().by_fingerprint.len()
+    }
+
+    /// `text` with every form of every held token replaced by [`REDACTED`], and the start of
+    /// one that [`super::sanitize`] cut short at its `…`. The text is short (a few hundred
+    /// characters), so looking up each of its substrings of each held length is cheap where
+    /// searching the text for each of 100,000 tokens is not.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let held = self.lock();
+        if held.forms.is_empty() {
+            return text.to_owned();
+        }
+        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        for &len in held.lengths.keys().rev() {
+            if len > text.len() {
+                continue;
+            }
+            for &i in &starts {
+                let j = i + len;
+                if j > text.len() {
+                    break;
+                }
+                if text.is_char_boundary(j) && held.forms.contains_key(&text[i..j]) {
+                    cuts.push((i, j));
+                }
+            }
+        }
+        // Only a piece followed by `…` can end inside a token.
+        let longest = held.lengths.keys().next_back().copied().unwrap_or(0);
+        for (at, _) in text.match_indices('…') {
+            let cut = starts
+                .iter()
+                .copied()
+                .filter(|&i| i < at && at - i >= MIN_PARTIAL && at - i < longest)
+                .find(|&i| held.has_prefix(&text[i..at]));
+            if let Some(i) = cut {
+                cuts.push((i, at));
+            }
+        }
+        drop(held);
+        if cuts.is_empty() {
+            return text.to_owned();
+        }
+        cuts.sort_unstable();
+        let mut out = String::with_capacity(text.len());
+        let mut done = 0;
+        for (i, j) in cuts {
+            if j <= done {
+                continue;
+            }
+            if i >= done {
+                out.push_str(&text[done..i]);
+                out.push_str(REDACTED);
+            }
+            done = j;
+        }
+        out.push_str(&text[done..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.to_string())
+    }
+
+    #[test]
+    fn held_tokens_are_cut_out_in_every_form_and_when_cut_short() {
+        let held = HeldTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        held.hold(&secret("tok+en/Zx9QwErTy=="), later);
+        held.hold(&secret("another\"one"), later);
+        assert_eq!(
+            held.redact("raw tok+en/Zx9QwErTy== and form tok%2Ben%2FZx9QwErTy%3D%3D."),
+            "raw [redacted] and form [redacted]."
+        );
+        assert_eq!(
+            held.redact(r#"{"echo":"another\"one"}"#),
+            r#"{"echo":"[redacted]"}"#
+        );
+        // Cut short by sanitize: the start of a token before the `…` goes too.
+        assert_eq!(held.redact("header tok+en/Zx…"), "header [redacted]…");
+        // Fewer than MIN_PARTIAL bytes, or text that merely resembles a token, stays.
+        assert_eq!(held.redact("header tok…"), "header tok…");
+        assert_eq!(held.redact("tok+en/ and Zx9Qw"), "tok+en/ and Zx9Qw");
+        held.release(&secret("tok+en/Zx9QwErTy=="));
+        assert_eq!(
+            held.redact("raw tok+en/Zx9QwErTy=="),
+            "raw tok+en/Zx9QwErTy=="
+        );
+        assert_eq!(held.redact("another\"one"), "[redacted]");
+    }
+
+    #[test]
+    fn expired_tokens_are_swept_once_the_list_has_doubled() {
+        let held = HeldTokens::default();
+        let past = Instant::now() - Duration::from_secs(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..SWEEP_FLOOR * 2 {
+            held.hold(&secret(&format!("expired-token-{i:04}")), past);
+        }
+        assert_eq!(held.len(), SWEEP_FLOOR * 2, "no sweep before the floor");
+        held.hold(&secret("live-token-0001"), later);
+        assert_eq!(held.len(), 1, "the sweep keeps only the live token");
+        assert_eq!(
+            held.redact("x expired-token-0001 y"),
+            "x expired-token-0001 y"
+        );
+        assert_eq!(held.redact("x live-token-0001 y"), "x [redacted] y");
+    }
+
+    #[test]
+    fn a_hundred_thousand_held_tokens_are_each_found() {
+        let held = HeldTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..100_000 {
+            held.hold(&secret(&format!("vf_{i:08}_{}", i * 7919 % 100_003)), later);
+        }
+        let some = format!("vf_{:08}_{}", 4_242, 4_242 * 7919 % 100_003);
+        assert_eq!(
+            held.redact(&format!("error: bad {some}, try again")),
+            "error: bad [redacted], try again"
+        );
+        assert_eq!(held.redact("error: no token here"), "error: no token here");
+    }
+}
