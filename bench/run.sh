@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The performance benchmark (docs/performance.md): builds tokenkeeper and the harness in release
-# mode, then measures in the production layout (token files on a tmpfs it mounts as root; the
+# mode, then measures in the production layout (token files on a tmpfs it mounts as root at
+# /run/tkbench-PID; the
 # state directory on the disk, under target/bench-state) and says so: the fake provider's ceiling, 10
 # sets idle, and a scaling table for 1,000, 10,000 and 100,000 sets, each beside its target.
 # About 10 minutes with the defaults.
