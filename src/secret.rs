@@ -64,7 +64,8 @@ pub enum SecretSource {
     Env(String),
     /// A file readable by the owner only.
     File(PathBuf),
-    /// A systemd credential: `$CREDENTIALS_DIRECTORY/NAME` (`LoadCredential=`).
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/NAME` (`LoadCredential=NAME:PATH`), or
+    /// the file NAME of the folder the shipped unit loads ([`CREDENTIAL_FOLDER_ID`]).
     Credential(String),
     /// The value written in the config itself (`check` warns about it).
     Plain(Secret),
@@ -122,6 +123,12 @@ pub enum SecretError {
     NoCredentialsDirectory(String),
 }
 
+/// The ID under which the shipped unit loads the whole credentials folder
+/// (`LoadCredential=tokenkeeper:/etc/tokenkeeper/credentials`), so that the unit starts
+/// whatever the providers and their keys are called. systemd names each file of a loaded
+/// folder `ID_FILE`; `{ credential: NAME }` finds the file NAME so too.
+pub const CREDENTIAL_FOLDER_ID: &str = "tokenkeeper";
+
 /// What `check` could tell about a secret without using it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Availability {
@@ -147,9 +154,21 @@ impl SecretSource {
             SecretSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
                     .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
+                let dir = Path::new(&dir);
+                // A credential of its own name first (a unit with LoadCredential=NAME:...),
+                // then the file of that name in the loaded folder. When neither is there, the
+                // error names the first, which is what an operator who wrote it expects.
+                let own = dir.join(name);
+                let in_folder = dir.join(format!("{CREDENTIAL_FOLDER_ID}_{name}"));
+                let path =
+                    if own.symlink_metadata().is_err() && in_folder.symlink_metadata().is_ok() {
+                        in_folder
+                    } else {
+                        own
+                    };
                 // systemd makes credential files owner-only and read-only itself; their
                 // mode is its business, not the operator's.
-                read_secret_file(&Path::new(&dir).join(name), false)
+                read_secret_file(&path, false)
             }
         }
     }

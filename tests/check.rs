@@ -173,6 +173,39 @@ fn a_missing_credential_is_a_problem_inside_systemd_and_a_warning_outside() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// The shipped unit loads the whole credentials folder under the ID `tokenkeeper`, and systemd
+/// names each of its files `tokenkeeper_FILE`: `{ credential: NAME }` finds the file NAME so,
+/// and a credential loaded under its own name still comes first.
+#[test]
+fn a_credential_is_found_in_the_folder_the_unit_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = GOOD.replace(
+        "app_id: { env: TK_CHECK_APP_ID }",
+        "app_id: { credential: vf-id }",
+    );
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    let env = [("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())];
+    // Another folder's file, or the name alone with another prefix, is not it.
+    std::fs::write(creds.join("other_vf-id"), "id").unwrap();
+    let o = tokenkeeper("check", dir.path(), &yaml, &env);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("creds/vf-id"),
+        "names the credential it looked for: {}",
+        stderr(&o)
+    );
+
+    std::fs::write(creds.join("tokenkeeper_vf-id"), "id").unwrap();
+    let o = tokenkeeper("check", dir.path(), &yaml, &env);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // A credential of its own name wins over the folder's file: an empty one is refused.
+    std::fs::write(creds.join("vf-id"), "").unwrap();
+    let o = tokenkeeper("check", dir.path(), &yaml, &env);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+}
+
 #[test]
 fn an_undocumented_scope_is_a_warning() {
     let dir = tempfile::tempdir().unwrap();

@@ -70,8 +70,10 @@ check "consumer without the group cannot" \
 env_of=$(tr '\0' '\n' < /proc/$pid/environ)
 check "CREDENTIALS_DIRECTORY is set for the daemon" \
   grep -qx "CREDENTIALS_DIRECTORY=/run/credentials/$UNIT" <<<"$env_of"
-check "the key is in the credentials directory" \
-  test "$(cat /run/credentials/$UNIT/voucherify-app-token)" = dev-app-token
+# The unit loads the whole folder under the ID tokenkeeper: systemd names each file
+# tokenkeeper_FILE, which is where { credential: FILE } finds it.
+check "the key is in the credentials directory, loaded with its folder" \
+  test "$(cat /run/credentials/$UNIT/tokenkeeper_voucherify-app-token)" = dev-app-token
 check "no Environment= in the unit and no key in the daemon's environment" \
   bash -c "[ -z \"\$(systemctl show -P Environment $UNIT)\" ] && ! tr '\\0' '\\n' < /proc/$pid/environ | grep -q dev-app-token"
 
@@ -157,6 +159,25 @@ sleep 6   # longer than RestartSec=5s
 check "bad config: exit 78, failed, not restarted (NRestarts=$(systemctl show -P NRestarts $UNIT))" \
   test "$(systemctl show -P ExecMainStatus $UNIT)" = 78 -a "$(systemctl show -P NRestarts $UNIT)" = 0 \
        -a "$(systemctl is-active $UNIT)" = failed
+cp /root/config.good $CFG
+
+# ---- the unit unchanged, for keys in files of the operator's choosing and an empty
+# credentials folder: nothing in it names a vendor's files
+systemctl reset-failed $UNIT
+install -d -m 0750 -g tokenkeeper /etc/tokenkeeper/keys
+for k in app-id app-token; do
+  mv /etc/tokenkeeper/credentials/voucherify-$k /etc/tokenkeeper/keys/$k
+  chown tokenkeeper:tokenkeeper /etc/tokenkeeper/keys/$k; chmod 0400 /etc/tokenkeeper/keys/$k
+done
+sed -i 's|{ credential: voucherify-app-id }|{ file: /etc/tokenkeeper/keys/app-id }|; s|{ credential: voucherify-app-token }|{ file: /etc/tokenkeeper/keys/app-token }|' $CFG
+check "the credentials folder is empty now" test -z "$(ls -A /etc/tokenkeeper/credentials)"
+systemctl start $UNIT
+check "keys in files, empty credentials folder: the unit starts (active)" \
+  test "$(systemctl is-active $UNIT)" = active
+check "... and writes the token files" test -s /run/tokenkeeper/orders-sync.token
+systemctl stop $UNIT
+check "... and stops cleanly (Result=$(systemctl show -P Result $UNIT))" \
+  test "$(systemctl show -P Result $UNIT)" = success
 cp /root/config.good $CFG
 
 echo "== journalctl -u tokenkeeper (short)"
