@@ -23,10 +23,18 @@ const DEFAULT_ONCE_TIMEOUT: &str = "60s";
 /// `exec`: the same, before the command starts.
 const DEFAULT_START_TIMEOUT: &str = "60s";
 
+/// `--version`: the release and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TOKENKEEPER_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "tokenkeeper",
-    version,
+    version = VERSION,
     about = "Keeps OAuth access tokens fresh in files, and revokes them when it stops"
 )]
 struct Cli {
