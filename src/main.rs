@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use tokenkeeper::config::{self, DEFAULT_CONFIG_PATH};
 use tokenkeeper::devprovider::{self, DevProviderOptions};
@@ -128,6 +128,15 @@ enum Command {
         #[arg(long, default_value = devprovider::DEV_APP_TOKEN)]
         app_token: String,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, tokenkeeper(1); with --dir, write it and one page per subcommand
+    /// (tokenkeeper-run(1), ...) there. For packagers.
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// A duration on the command line, bounded like every duration in the config
@@ -186,6 +195,8 @@ fn main() -> ExitCode {
             )
         }),
         Command::Demo { dir, lifetime } => with_runtime(|| cli::demo::demo(dir, lifetime)),
+        Command::Completions { shell } => cli::generate::completions(Cli::command(), shell),
+        Command::Manpage { dir } => cli::generate::manpage(Cli::command(), dir.as_deref()),
         Command::DevProvider {
             listen,
             lifetime,

@@ -10,6 +10,7 @@ mod config_error;
 pub(crate) mod demo;
 pub(crate) mod dev_provider;
 pub(crate) mod exec;
+pub(crate) mod generate;
 mod logging;
 pub(crate) mod once;
 pub(crate) mod revoke;
