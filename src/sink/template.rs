@@ -436,6 +436,13 @@ mod tests {
             assert!(!text.contains("SECRET"), "{text}");
             assert!(text.contains("/t/app.ini.tmpl, line 2"), "{text}");
         }
+        // Not even minijinja's detail, which says things about values ("value of type string
+        // is not callable") and could one day quote one.
+        let err = render("ok\n{{ access_token(1) }}", token).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&err),
+            "template /t/app.ini.tmpl, line 2: invalid operation"
+        );
     }
 
     #[test]

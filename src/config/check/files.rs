@@ -52,24 +52,28 @@ impl Checker<'_> {
         };
         let format = match raw.template.as_deref() {
             None => self.choice(at, "format", raw.format.as_deref(), FORMATS),
-            Some(_) if raw.format.is_some() => {
-                self.bad(
-                    at,
-                    "format",
-                    "`format` and `template` exclude each other: the template says what the file holds",
-                );
-                Err(())
-            }
-            Some(template) => self
-                .template(
+            Some(template) => {
+                // Checked even beside a `format`, so that one run reports both mistakes.
+                let checked = self.template(
                     at,
                     template,
                     set.unwrap_or(""),
                     provider.unwrap_or(""),
                     scope,
-                )
-                .map(|t| Some(FileFormat::Template(std::sync::Arc::new(t))))
-                .ok_or(()),
+                );
+                if raw.format.is_some() {
+                    self.bad(
+                        at,
+                        "format",
+                        "`format` and `template` exclude each other: the template says what the file holds",
+                    );
+                    Err(())
+                } else {
+                    checked
+                        .map(|t| Some(FileFormat::Template(std::sync::Arc::new(t))))
+                        .ok_or(())
+                }
+            }
         };
         let mode = match &raw.mode {
             Some(mode) => self.mode(at, mode),
