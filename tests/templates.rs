@@ -102,7 +102,10 @@ async fn check_refuses_a_broken_template_naming_it_its_line_and_the_name() {
     std::fs::write(&cfg, both).unwrap();
     let (code, err) = check(&cfg);
     assert_eq!(code, Some(78), "{err}");
-    assert!(err.contains("`format` and `template` exclude each other"), "{err}");
+    assert!(
+        err.contains("`format` and `template` exclude each other"),
+        "{err}"
+    );
     assert!(err.contains("unknown variable `nope`"), "{err}");
 
     std::fs::remove_file(&t).unwrap();

@@ -223,7 +223,7 @@ impl FileTemplate {
         let template = env
             .template_from_named_str(&name, &self.source)
             .map_err(|e| fail(&e))?;
-        let out = Zeroizing::new(template.render(self.context(c)).map_err(|e| fail(&e))?);
+        let mut out = Zeroizing::new(template.render(self.context(c)).map_err(|e| fail(&e))?);
         if out.len() as u64 > MAX_RENDERED_BYTES {
             return Err(TemplateError::Render {
                 path: self.path.clone(),
@@ -234,7 +234,8 @@ impl FileTemplate {
                 ),
             });
         }
-        Ok(Zeroizing::new(out.as_bytes().to_vec()))
+        // The same buffer, not a copy: only one place to zero.
+        Ok(Zeroizing::new(std::mem::take(&mut *out).into_bytes()))
     }
 
     fn context(&self, c: &TokenContent<'_>) -> Value {
