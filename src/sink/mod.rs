@@ -502,18 +502,21 @@ async fn blocking<T: Send + 'static>(
 
 impl TokenSink for FileSink {
     async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
-        let bytes = render(
-            &self.file.format,
-            &TokenContent {
-                set: &self.set,
-                token,
-                token_type: &meta.token_type,
-                expires_at: meta.expires_at,
-                scope: &meta.scope,
-            },
-        )?;
         let file = self.file.clone();
+        let (set, token, meta) = (self.set.clone(), token.clone(), meta.clone());
+        // Rendered on the blocking pool with the write: compiling and running a template of
+        // up to 1 MiB is work that runtime threads, shared by every set, should not do.
         let bytes = blocking(&self.file.path, move || {
+            let bytes = render(
+                &file.format,
+                &TokenContent {
+                    set: &set,
+                    token: &token,
+                    token_type: &meta.token_type,
+                    expires_at: meta.expires_at,
+                    scope: &meta.scope,
+                },
+            )?;
             ensure_parent(&file.path)?;
             write_atomic(&file, &bytes).map(|()| bytes)
         })
@@ -656,6 +659,19 @@ mod tests {
         assert_eq!(
             remove_if_holds(&path, &written).unwrap(),
             Removal::Kept("it is not a regular file now")
+        );
+    }
+
+    #[test]
+    fn a_large_rendered_file_is_still_recognised_and_removed() {
+        // A template renders an application's whole config file, far beyond a token's size.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.ini");
+        let body = Zeroizing::new(vec![b'x'; 300 * 1024]);
+        std::fs::write(&path, &*body).unwrap();
+        assert_eq!(
+            remove_if_holds(&path, std::slice::from_ref(&body)).unwrap(),
+            Removal::Removed
         );
     }
 

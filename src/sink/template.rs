@@ -200,11 +200,15 @@ impl FileTemplate {
                 expires_at: SystemTime::now() + STAND_IN_LIFETIME,
                 scope,
             };
-            if let Err(e) = template.render(self.context(&content)) {
-                problems.push(TemplateProblem {
+            match template.render(self.context(&content)) {
+                Err(e) => problems.push(TemplateProblem {
                     line: e.line(),
                     message: describe(&e, true),
-                });
+                }),
+                Ok(out) => problems.extend(too_large(out.len()).map(|message| TemplateProblem {
+                    line: None,
+                    message,
+                })),
             }
         }
         problems
@@ -224,14 +228,11 @@ impl FileTemplate {
             .template_from_named_str(&name, &self.source)
             .map_err(|e| fail(&e))?;
         let mut out = Zeroizing::new(template.render(self.context(c)).map_err(|e| fail(&e))?);
-        if out.len() as u64 > MAX_RENDERED_BYTES {
+        if let Some(what) = too_large(out.len()) {
             return Err(TemplateError::Render {
                 path: self.path.clone(),
                 line: None,
-                what: format!(
-                    "renders to {} bytes, more than the {MAX_RENDERED_BYTES} a token file may hold",
-                    out.len()
-                ),
+                what,
             });
         }
         // The same buffer, not a copy: only one place to zero.
@@ -278,6 +279,13 @@ fn environment() -> Environment<'static> {
     env.add_filter("xml", xml);
     env.add_filter("shell", shell);
     env
+}
+
+/// Why a rendering of `len` bytes is refused, if it is.
+fn too_large(len: usize) -> Option<String> {
+    (len as u64 > MAX_RENDERED_BYTES).then(|| {
+        format!("renders to {len} bytes, more than the {MAX_RENDERED_BYTES} a token file may hold")
+    })
 }
 
 /// What went wrong, for a message. `with_detail` only where no secret was rendered
@@ -469,6 +477,17 @@ mod tests {
         assert!(p[0].message.contains("nosuchfilter"), "{p:?}");
         let p = check("\n{{ set.nope }}");
         assert_eq!(p[0].line, Some(2), "{p:?}");
+        // Bounded in work and in output, whatever the template asks for.
+        let p = check(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(p[0].message.contains("fuel"), "{p:?}");
+        let p = check("{{ \"x\" * 3000000 }}");
+        assert!(
+            p[0].message
+                .contains("more than the 2097152 a token file may hold"),
+            "{p:?}"
+        );
     }
 
     #[test]
