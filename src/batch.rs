@@ -265,7 +265,7 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 }
 
 /// The token in a file of `format` written for `set`.
-pub fn token_in_file(format: FileFormat, text: &str, set: &str) -> Option<String> {
+pub fn token_in_file(format: &FileFormat, text: &str, set: &str) -> Option<String> {
     match format {
         FileFormat::Raw => Some(text.to_string()),
         FileFormat::Header => text
@@ -283,6 +283,8 @@ pub fn token_in_file(format: FileFormat, text: &str, set: &str) -> Option<String
                 .find_map(|l| l.strip_prefix(&key))
                 .map(str::to_string)
         }
+        // The token may stand anywhere in a rendered file, in any quoting.
+        FileFormat::Template(_) => None,
     }
 }
 
@@ -373,7 +375,7 @@ async fn run_child(
             let path: PathBuf = file.path.clone();
             let text =
                 zeroize::Zeroizing::new(tokio::fs::read_to_string(&path).await.unwrap_or_default());
-            match token_in_file(file.format, &text, &s.name) {
+            match token_in_file(&file.format, &text, &s.name) {
                 Some(t) => {
                     cmd.env(
                         format!("{prefix}_TOKEN"),
@@ -521,20 +523,20 @@ mod tests {
         assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
         assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
         assert_eq!(
-            token_in_file(FileFormat::Raw, "abc", "s").as_deref(),
+            token_in_file(&FileFormat::Raw, "abc", "s").as_deref(),
             Some("abc")
         );
         assert_eq!(
-            token_in_file(FileFormat::Header, "Authorization: Bearer abc\n", "s").as_deref(),
+            token_in_file(&FileFormat::Header, "Authorization: Bearer abc\n", "s").as_deref(),
             Some("abc")
         );
         assert_eq!(
-            token_in_file(FileFormat::Json, r#"{"access_token":"abc"}"#, "s").as_deref(),
+            token_in_file(&FileFormat::Json, r#"{"access_token":"abc"}"#, "s").as_deref(),
             Some("abc")
         );
         assert_eq!(
             token_in_file(
-                FileFormat::Env,
+                &FileFormat::Env,
                 "MY_SET_TOKEN=abc\nMY_SET_TOKEN_EXPIRES_AT=x\n",
                 "my-set"
             )

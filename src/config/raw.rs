@@ -147,6 +147,7 @@ pub(super) struct RawSignalHook {
 pub(super) struct RawFile {
     pub(super) path: Option<String>,
     pub(super) format: Option<String>,
+    pub(super) template: Option<String>,
     pub(super) mode: Option<Value>,
     pub(super) owner: Option<Value>,
     pub(super) group: Option<Value>,

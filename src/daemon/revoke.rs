@@ -148,7 +148,8 @@ pub(super) fn written_forms(e: &Entry) -> Written {
         crate::sink::FileFormat::Header,
     ]
     .into_iter()
-    .map(|format| sink::render(format, &content))
+    // The fixed formats cannot fail to render.
+    .filter_map(|format| sink::render(&format, &content).ok())
     .collect()
 }
 

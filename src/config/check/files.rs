@@ -7,7 +7,7 @@ use serde_yaml::Value;
 use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID};
 use crate::config::paths::normalize;
 use crate::config::raw::RawFile;
-use crate::sink::FileConfig;
+use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
 use super::values::{describe, join};
 use super::{Checked, Checker, Defaults};
@@ -18,6 +18,7 @@ impl Checker<'_> {
         at: &str,
         raw: &RawFile,
         defaults: &Defaults,
+        (set, provider, scope): (Option<&str>, Option<&str>, &str),
     ) -> Option<FileConfig> {
         let path = match raw.path.as_deref() {
             None => {
@@ -49,7 +50,31 @@ impl Checker<'_> {
                 self.token_path_is_safe(at, path, &normal).then_some(normal)
             }
         };
-        let format = self.choice(at, "format", raw.format.as_deref(), FORMATS);
+        let format = match raw.template.as_deref() {
+            None => self.choice(at, "format", raw.format.as_deref(), FORMATS),
+            Some(template) => {
+                // Checked even beside a `format`, so that one run reports both mistakes.
+                let checked = self.template(
+                    at,
+                    template,
+                    set.unwrap_or(""),
+                    provider.unwrap_or(""),
+                    scope,
+                );
+                if raw.format.is_some() {
+                    self.bad(
+                        at,
+                        "format",
+                        "`format` and `template` exclude each other: the template says what the file holds",
+                    );
+                    Err(())
+                } else {
+                    checked
+                        .map(|t| Some(FileFormat::Template(std::sync::Arc::new(t))))
+                        .ok_or(())
+                }
+            }
+        };
         let mode = match &raw.mode {
             Some(mode) => self.mode(at, mode),
             None => Some(defaults.mode),
@@ -58,11 +83,51 @@ impl Checker<'_> {
         let group = self.id(at, "group", raw.group.as_ref());
         Some(FileConfig {
             path: path?,
-            format: format.ok()?.unwrap_or(defaults.format),
+            format: format.ok()?.unwrap_or_else(|| defaults.format.clone()),
             mode: mode?,
             owner: owner.ok()?,
             group: group.ok()?,
         })
+    }
+
+    /// Read `file.template` and check it as `check` can, with a stand-in token: its problems
+    /// name the template and the line in it.
+    fn template(
+        &mut self,
+        at: &str,
+        path: &str,
+        set: &str,
+        provider: &str,
+        scope: &str,
+    ) -> Option<FileTemplate> {
+        if !Path::new(path).is_absolute() || path.chars().any(char::is_control) {
+            self.bad(
+                at,
+                "template",
+                format!(
+                    "template \"{}\" must be an absolute path with no control character",
+                    path.escape_debug()
+                ),
+            );
+            return None;
+        }
+        let template = match FileTemplate::read(Path::new(path), provider) {
+            Ok(t) => t,
+            Err(e) => {
+                self.bad(at, "template", crate::error_chain(&e));
+                return None;
+            }
+        };
+        let problems = template.check(set, scope);
+        for p in &problems {
+            let line = p.line.map(|l| format!(", line {l}")).unwrap_or_default();
+            self.bad(
+                at,
+                "template",
+                format!("template {path}{line}: {}", p.message),
+            );
+        }
+        problems.is_empty().then_some(template)
     }
 
     /// Refuse a token path that names something else than a file of its own: a token is

@@ -81,7 +81,13 @@ impl Checker<'_> {
                 );
                 None
             }
-            Some(file) => self.file(&format!("{at}.file"), file, defaults).map(Some),
+            Some(file) => {
+                // What a template's `check` render stands in for: the set as configured.
+                let scope = scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default();
+                let owner = (name.as_deref(), provider.as_deref(), scope.as_str());
+                self.file(&format!("{at}.file"), file, defaults, owner)
+                    .map(Some)
+            }
         };
 
         let refresh_at = format!("{at}.refresh");

@@ -72,7 +72,7 @@ impl Checker<'_> {
         Some(url)
     }
 
-    pub(super) fn choice<T: Copy>(
+    pub(super) fn choice<T: Clone>(
         &mut self,
         parent: &str,
         key: &str,
@@ -83,7 +83,7 @@ impl Checker<'_> {
             return Ok(None);
         };
         if let Some((_, choice)) = options.iter().find(|(name, _)| *name == value) {
-            return Ok(Some(*choice));
+            return Ok(Some(choice.clone()));
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
         self.bad(

@@ -20,6 +20,10 @@ use zeroize::Zeroizing;
 
 use crate::secret::Secret;
 
+pub use template::{FileTemplate, MAX_TEMPLATE_BYTES, TemplateError, TemplateProblem};
+
+mod template;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileConfig {
     pub path: PathBuf,
@@ -30,12 +34,14 @@ pub struct FileConfig {
     pub group: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileFormat {
     Raw,
     Json,
     Env,
     Header,
+    /// Rendered from the operator's template (`file.template`).
+    Template(std::sync::Arc<FileTemplate>),
 }
 
 /// Mode of a token directory we create: the owner writes, the consumers' group may list and
@@ -60,6 +66,8 @@ pub enum SinkError {
     },
     #[error("{path} has no parent directory or file name", path = .0.display())]
     BadPath(PathBuf),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
@@ -105,8 +113,14 @@ pub fn rfc3339_range(t: SystemTime) -> SystemTime {
     t.clamp(std::time::UNIX_EPOCH, last)
 }
 
-/// The file's bytes in `format`. The buffer is zeroed when dropped.
-pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
+/// The file's bytes in `format`. The buffer is zeroed when dropped. Only a template can fail.
+pub fn render(
+    format: &FileFormat,
+    c: &TokenContent<'_>,
+) -> Result<Zeroizing<Vec<u8>>, TemplateError> {
+    if let FileFormat::Template(t) = format {
+        return t.render(c);
+    }
     let expires = humantime::format_rfc3339_seconds(rfc3339_range(c.expires_at)).to_string();
     let token = c.token.expose();
     let mut out = Zeroizing::new(Vec::with_capacity(token.len() + 128));
@@ -135,8 +149,9 @@ pub fn render(format: FileFormat, c: &TokenContent<'_>) -> Zeroizing<Vec<u8>> {
         FileFormat::Header => {
             let _ = writeln!(out, "Authorization: Bearer {token}");
         }
+        FileFormat::Template(_) => {}
     }
-    out
+    Ok(out)
 }
 
 /// What [`ensure_dir`] does with a directory that already exists.
@@ -352,9 +367,10 @@ pub fn remove(path: &Path) -> Result<(), SinkError> {
     }
 }
 
-/// The largest file [`remove_if_holds`] reads: a token file is a token (RFC 6750 tokens run
-/// to a few KiB at most) and a line or two around it; anything larger is not ours.
-const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+/// The largest file [`remove_if_holds`] reads: the largest a template renders to. A fixed
+/// format's file is a token (RFC 6750 tokens run to a few KiB at most) and a line or two
+/// around it; a rendered one is an application's config file; anything larger is not ours.
+const MAX_TOKEN_FILE_BYTES: u64 = template::MAX_RENDERED_BYTES;
 
 /// What [`remove_if_holds`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -486,18 +502,21 @@ async fn blocking<T: Send + 'static>(
 
 impl TokenSink for FileSink {
     async fn write(&self, token: &Secret, meta: &IssuedMeta) -> Result<(), SinkError> {
-        let bytes = render(
-            self.file.format,
-            &TokenContent {
-                set: &self.set,
-                token,
-                token_type: &meta.token_type,
-                expires_at: meta.expires_at,
-                scope: &meta.scope,
-            },
-        );
         let file = self.file.clone();
+        let (set, token, meta) = (self.set.clone(), token.clone(), meta.clone());
+        // Rendered on the blocking pool with the write: compiling and running a template of
+        // up to 1 MiB is work that runtime threads, shared by every set, should not do.
         let bytes = blocking(&self.file.path, move || {
+            let bytes = render(
+                &file.format,
+                &TokenContent {
+                    set: &set,
+                    token: &token,
+                    token_type: &meta.token_type,
+                    expires_at: meta.expires_at,
+                    scope: &meta.scope,
+                },
+            )?;
             ensure_parent(&file.path)?;
             write_atomic(&file, &bytes).map(|()| bytes)
         })
@@ -567,16 +586,17 @@ mod tests {
     fn formats() {
         let t = Secret::new("tok123");
         let c = content(&t);
-        assert_eq!(&*render(FileFormat::Raw, &c), b"tok123");
+        assert_eq!(&*render(&FileFormat::Raw, &c).unwrap(), b"tok123");
         assert_eq!(
-            String::from_utf8(render(FileFormat::Header, &c).to_vec()).unwrap(),
+            String::from_utf8(render(&FileFormat::Header, &c).unwrap().to_vec()).unwrap(),
             "Authorization: Bearer tok123\n"
         );
         assert_eq!(
-            String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap(),
+            String::from_utf8(render(&FileFormat::Env, &c).unwrap().to_vec()).unwrap(),
             "ORDERS_SYNC_TOKEN=tok123\nORDERS_SYNC_TOKEN_EXPIRES_AT=2025-02-07T16:18:06Z\n"
         );
-        let v: serde_json::Value = serde_json::from_slice(&render(FileFormat::Json, &c)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&render(&FileFormat::Json, &c).unwrap()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
@@ -592,10 +612,10 @@ mod tests {
         let t = Secret::new("tok123");
         let mut c = content(&t);
         c.expires_at = UNIX_EPOCH + Duration::from_secs(LAST_RFC3339_SECOND * 4);
-        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        let env = String::from_utf8(render(&FileFormat::Env, &c).unwrap().to_vec()).unwrap();
         assert!(env.ends_with("_EXPIRES_AT=9999-12-31T23:59:59Z\n"), "{env}");
         c.expires_at = UNIX_EPOCH - Duration::from_secs(1);
-        let env = String::from_utf8(render(FileFormat::Env, &c).to_vec()).unwrap();
+        let env = String::from_utf8(render(&FileFormat::Env, &c).unwrap().to_vec()).unwrap();
         assert!(env.ends_with("_EXPIRES_AT=1970-01-01T00:00:00Z\n"), "{env}");
     }
 
@@ -604,7 +624,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Secret::new("tok123");
         let c = content(&t);
-        let written = vec![render(FileFormat::Raw, &c), render(FileFormat::Json, &c)];
+        let written = vec![
+            render(&FileFormat::Raw, &c).unwrap(),
+            render(&FileFormat::Json, &c).unwrap(),
+        ];
         let path = dir.path().join("t.token");
         std::fs::write(&path, &*written[1]).unwrap();
         assert_eq!(remove_if_holds(&path, &written).unwrap(), Removal::Removed);
@@ -636,6 +659,19 @@ mod tests {
         assert_eq!(
             remove_if_holds(&path, &written).unwrap(),
             Removal::Kept("it is not a regular file now")
+        );
+    }
+
+    #[test]
+    fn a_large_rendered_file_is_still_recognised_and_removed() {
+        // A template renders an application's whole config file, far beyond a token's size.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.ini");
+        let body = Zeroizing::new(vec![b'x'; 300 * 1024]);
+        std::fs::write(&path, &*body).unwrap();
+        assert_eq!(
+            remove_if_holds(&path, std::slice::from_ref(&body)).unwrap(),
+            Removal::Removed
         );
     }
 

@@ -1,0 +1,515 @@
+//! Token files rendered from a template (`file.template`), for applications that read their
+//! token from inside their own config file (an `.ini`, a `.properties`, XML, YAML).
+//!
+//! The template's text is read once, when the config is loaded (at start and at each SIGHUP),
+//! never per refresh, and checked then with a stand-in token: a syntax error or an unknown
+//! name is found by `check`, not at the first refresh. Rendering is strict (an undefined name
+//! is an error, never an empty string) and escapes nothing on its own: the `json`, `xml` and
+//! `shell` filters quote a value for the place it goes, so a token cannot break out of it.
+//!
+//! No error names the token: errors from a real render say what went wrong and where, never
+//! minijinja's detail (which may quote a value) and never what was rendered so far.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use minijinja::value::ValueKind;
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use zeroize::Zeroizing;
+
+use super::{TokenContent, rfc3339_range};
+use crate::secret::Secret;
+
+/// The largest template read. A legacy application's config file runs to a few KiB; 1 MiB
+/// leaves room for the largest while bounding what a mistaken path (a log, an image) costs.
+pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
+
+/// The largest file a template may render to: the template's own bound and room for the
+/// values put into it. [`super::remove_if_holds`] reads up to this much, so that every file
+/// written can be recognised, and removed, at stop.
+pub const MAX_RENDERED_BYTES: u64 = 2 * MAX_TEMPLATE_BYTES;
+
+/// Instructions one render may execute. A template of [`MAX_TEMPLATE_BYTES`] that is all
+/// expressions runs to a few hundred thousand; ten million stops a runaway loop (nested
+/// `range`s) within a fraction of a second instead of holding a runtime thread for hours.
+const RENDER_FUEL: u64 = 10_000_000;
+
+/// The names a template may use, as the docs list them.
+pub const VARIABLES: &[&str] = &[
+    "access_token",
+    "token_type",
+    "expires_at",
+    "expires_at_unix",
+    "scope",
+    "set",
+    "provider",
+];
+
+/// The token `check` renders with: only its shape matters (b64token characters, a typical
+/// length), and it is plainly no real token.
+const STAND_IN_TOKEN: &str = "tokenkeeper-check-stand-in-token";
+
+/// The stand-in token's lifetime at `check`: an hour, a typical token's.
+const STAND_IN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// A set's template: its text and the one value it needs that a token does not carry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileTemplate {
+    /// Where the text was read from; it names the template in every error.
+    pub path: PathBuf,
+    source: Arc<str>,
+    /// The set's provider, the `provider` variable.
+    provider: String,
+}
+
+impl fmt::Debug for FileTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileTemplate")
+            .field("path", &self.path)
+            .field("bytes", &self.source.len())
+            .field("provider", &self.provider)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read template {path}", path = path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The template did not render. `what` never holds a value: see [`describe`].
+    #[error("template {path}{line}: {what}", path = path.display(), line = at_line(*line))]
+    Render {
+        path: PathBuf,
+        line: Option<usize>,
+        what: String,
+    },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+/// One mistake `check` found in a template, for a config problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateProblem {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl FileTemplate {
+    /// Read the template at `path`: a regular file (a FIFO would block, a device be read
+    /// forever), at most [`MAX_TEMPLATE_BYTES`], UTF-8.
+    pub fn read(path: &Path, provider: &str) -> Result<Self, TemplateError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let fail = |source| TemplateError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refuse = |kind, why: &str| fail(std::io::Error::new(kind, why.to_string()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(fail)?;
+        let meta = file.metadata().map_err(fail)?;
+        if !meta.is_file() {
+            return Err(refuse(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a device, FIFO, socket or directory)",
+            ));
+        }
+        let too_large = || {
+            refuse(
+                std::io::ErrorKind::InvalidInput,
+                "larger than 1 MiB, the most a template may be",
+            )
+        };
+        if meta.len() > MAX_TEMPLATE_BYTES {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        // Bounded even if the file grows while it is read.
+        file.take(MAX_TEMPLATE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(fail)?;
+        if bytes.len() as u64 > MAX_TEMPLATE_BYTES {
+            return Err(too_large());
+        }
+        let source = String::from_utf8(bytes)
+            .map_err(|_| refuse(std::io::ErrorKind::InvalidData, "not valid UTF-8 text"))?;
+        Ok(Self::new(path, source, provider))
+    }
+
+    pub fn new(path: &Path, source: impl Into<Arc<str>>, provider: &str) -> Self {
+        FileTemplate {
+            path: path.to_path_buf(),
+            source: source.into(),
+            provider: provider.to_string(),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Everything wrong that can be found without a token: a syntax error, a name that is
+    /// no variable (even in a branch a render would not take), and what a render of `set`'s
+    /// file with a stand-in token hits. Messages hold no secret: there is none here.
+    pub fn check(&self, set: &str, scope: &str) -> Vec<TemplateProblem> {
+        let env = environment();
+        let name = self.name();
+        let template = match env.template_from_named_str(&name, &self.source) {
+            Ok(t) => t,
+            Err(e) => {
+                return vec![TemplateProblem {
+                    line: e.line(),
+                    message: describe(&e, true),
+                }];
+            }
+        };
+        let globals: Vec<&str> = env.globals().map(|(n, _)| n).collect();
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| !VARIABLES.contains(&n.as_str()) && !globals.contains(&n.as_str()))
+            .collect();
+        unknown.sort();
+        let mut problems: Vec<TemplateProblem> = unknown
+            .iter()
+            .map(|n| TemplateProblem {
+                line: first_line_naming(&self.source, n),
+                message: format!(
+                    "unknown variable `{n}`; a template knows {}",
+                    VARIABLES.join(", ")
+                ),
+            })
+            .collect();
+        if problems.is_empty() {
+            let token = Secret::new(STAND_IN_TOKEN);
+            let content = TokenContent {
+                set,
+                token: &token,
+                token_type: "Bearer",
+                expires_at: SystemTime::now() + STAND_IN_LIFETIME,
+                scope,
+            };
+            match template.render(self.context(&content)) {
+                Err(e) => problems.push(TemplateProblem {
+                    line: e.line(),
+                    message: describe(&e, true),
+                }),
+                Ok(out) => problems.extend(too_large(out.len()).map(|message| TemplateProblem {
+                    line: None,
+                    message,
+                })),
+            }
+        }
+        problems
+    }
+
+    /// The file's bytes for this token, zeroed when dropped. An error says what and where,
+    /// never a value or the output rendered so far.
+    pub fn render(&self, c: &TokenContent<'_>) -> Result<Zeroizing<Vec<u8>>, TemplateError> {
+        let env = environment();
+        let name = self.name();
+        let fail = |e: &minijinja::Error| TemplateError::Render {
+            path: self.path.clone(),
+            line: e.line(),
+            what: describe(e, false),
+        };
+        let template = env
+            .template_from_named_str(&name, &self.source)
+            .map_err(|e| fail(&e))?;
+        let mut out = Zeroizing::new(template.render(self.context(c)).map_err(|e| fail(&e))?);
+        if let Some(what) = too_large(out.len()) {
+            return Err(TemplateError::Render {
+                path: self.path.clone(),
+                line: None,
+                what,
+            });
+        }
+        // The same buffer, not a copy: only one place to zero.
+        Ok(Zeroizing::new(std::mem::take(&mut *out).into_bytes()))
+    }
+
+    fn context(&self, c: &TokenContent<'_>) -> Value {
+        let expires = rfc3339_range(c.expires_at);
+        let unix = expires
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        minijinja::context! {
+            access_token => c.token.expose(),
+            token_type => c.token_type,
+            expires_at => humantime::format_rfc3339_seconds(expires).to_string(),
+            expires_at_unix => unix,
+            scope => c.scope,
+            set => c.set,
+            provider => self.provider.as_str(),
+        }
+    }
+}
+
+/// The environment every template renders in: strict about undefined names, escaping
+/// nothing unless a filter says so (minijinja would otherwise pick HTML escaping for a
+/// `.xml` name, and escape a `json` filter's output twice), bounded in work, ending as the
+/// template does.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_fuel(Some(RENDER_FUEL));
+    // The file as written: Jinja's default drops a template's last newline, which a config
+    // file (and a tool comparing it) would miss.
+    // Building fails only for clashing custom delimiters, and these are the defaults.
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env.add_filter("json", json);
+    env.add_filter("xml", xml);
+    env.add_filter("shell", shell);
+    env
+}
+
+/// Why a rendering of `len` bytes is refused, if it is.
+fn too_large(len: usize) -> Option<String> {
+    (len as u64 > MAX_RENDERED_BYTES).then(|| {
+        format!("renders to {len} bytes, more than the {MAX_RENDERED_BYTES} a token file may hold")
+    })
+}
+
+/// What went wrong, for a message. `with_detail` only where no secret was rendered
+/// (`check`'s stand-in): minijinja's detail may quote a value, such as the token.
+fn describe(e: &minijinja::Error, with_detail: bool) -> String {
+    let kind = e.kind().to_string();
+    match (with_detail, e.detail()) {
+        (true, Some(detail)) => format!("{kind}: {detail}"),
+        _ if e.kind() == ErrorKind::UndefinedError => {
+            format!("{kind} (a name that is not a variable, or a missing attribute or item)")
+        }
+        _ => kind,
+    }
+}
+
+/// The first line (1-based) where `name` stands as a whole word, to point at an unknown name.
+fn first_line_naming(source: &str, name: &str) -> Option<usize> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    source
+        .lines()
+        .position(|line| {
+            line.match_indices(name).any(|(i, _)| {
+                let before = line[..i].chars().next_back();
+                let after = line[i + name.len()..].chars().next();
+                !before.is_some_and(word) && !after.is_some_and(word)
+            })
+        })
+        .map(|i| i + 1)
+}
+
+/// The text of a scalar value; anything else is refused, not quoted in some form of its own.
+fn scalar(filter: &str, v: &Value) -> Result<String, minijinja::Error> {
+    match v.kind() {
+        ValueKind::String | ValueKind::Number | ValueKind::Bool => Ok(v.to_string()),
+        other => Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("the {filter} filter quotes strings, numbers and booleans, not {other}"),
+        )),
+    }
+}
+
+/// `| json`: a JSON value (a string in quotes, a number, a boolean), also right for YAML.
+fn json(v: &Value) -> Result<String, minijinja::Error> {
+    if let Some(s) = v.as_str() {
+        return serde_json::to_string(s).map_err(|_| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, "cannot write a JSON string")
+        });
+    }
+    if v.kind() == ValueKind::None {
+        return Ok("null".into());
+    }
+    scalar("json", v)
+}
+
+/// `| xml`: text for an XML element or an attribute in either kind of quotes.
+fn xml(v: &Value) -> Result<String, minijinja::Error> {
+    let text = scalar("xml", v)?;
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c.is_control() => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "the xml filter met a control character, which XML 1.0 cannot hold",
+                ));
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// `| shell`: one word for a POSIX shell, in single quotes (inside which nothing is special).
+fn shell(v: &Value) -> Result<String, minijinja::Error> {
+    let text = scalar("shell", v)?;
+    if text.contains('\0') {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "the shell filter met a NUL byte, which no shell word can hold",
+        ));
+    }
+    Ok(format!("'{}'", text.replace('\'', r"'\''")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(token: &Secret) -> TokenContent<'_> {
+        TokenContent {
+            set: "legacy",
+            token,
+            token_type: "Bearer",
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_738_945_086),
+            scope: "orders",
+        }
+    }
+
+    fn render(source: &str, token: &str) -> Result<String, TemplateError> {
+        let t = FileTemplate::new(Path::new("/t/app.ini.tmpl"), source, "voucherify-eu");
+        let token = Secret::new(token);
+        t.render(&content(&token))
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn every_variable_renders() {
+        let out = render(
+            "[auth]\ntoken={{ access_token }}\ntype={{ token_type }}\nexp={{ expires_at }}\n\
+             unix={{ expires_at_unix }}\nscope={{ scope }}\nset={{ set }}\nprovider={{ provider }}\n",
+            "tok123",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "[auth]\ntoken=tok123\ntype=Bearer\nexp=2025-02-07T16:18:06Z\nunix=1738945086\n\
+             scope=orders\nset=legacy\nprovider=voucherify-eu\n"
+        );
+    }
+
+    #[test]
+    fn filters_keep_a_value_in_its_place() {
+        let hostile = r#"a"b'c<d>&e\f"#;
+        let out = render(
+            "{{ access_token | json }}|{{ access_token | xml }}|{{ access_token | shell }}|{{ expires_at_unix | json }}",
+            hostile,
+        )
+        .unwrap();
+        let parts: Vec<&str> = out.split('|').collect();
+        assert_eq!(serde_json::from_str::<String>(parts[0]).unwrap(), hostile);
+        assert_eq!(parts[1], "a&quot;b&apos;c&lt;d&gt;&amp;e\\f");
+        assert_eq!(parts[2], r#"'a"b'\''c<d>&e\f'"#);
+        assert_eq!(parts[3], "1738945086");
+        // A `.xml` name does not switch on escaping of its own: `| json` is not escaped twice.
+        let t = FileTemplate::new(Path::new("/t/app.xml"), "{{ access_token | json }}", "p");
+        let token = Secret::new("a<b");
+        assert_eq!(&*t.render(&content(&token)).unwrap(), br#""a<b""#);
+    }
+
+    #[test]
+    fn run_time_errors_name_the_line_and_never_the_token() {
+        let token = "tok-SECRET-9f8e7d";
+        for source in [
+            "ok\n{{ access_token | int }}",
+            "ok\n{{ access_token.nope }}",
+            "ok\n{{ access_token ~ 1 / 0 }}",
+            "ok\n{{ access_token(1) }}",
+        ] {
+            let err = render(source, token).unwrap_err();
+            let text = crate::error_chain(&err);
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(text.contains("/t/app.ini.tmpl, line 2"), "{text}");
+        }
+        // Not even minijinja's detail, which says things about values ("value of type string
+        // is not callable") and could one day quote one.
+        let err = render("ok\n{{ access_token(1) }}", token).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&err),
+            "template /t/app.ini.tmpl, line 2: invalid operation"
+        );
+    }
+
+    #[test]
+    fn check_finds_unknown_names_syntax_errors_and_render_errors() {
+        let check = |source: &str| {
+            FileTemplate::new(Path::new("/t/a.tmpl"), source, "p").check("legacy", "orders")
+        };
+        assert_eq!(
+            check("{{ access_token | json }} {{ range(3) | length }}"),
+            vec![]
+        );
+        let p = check("a\n{% if false %}{{ acess_token }}{% endif %}");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, Some(2));
+        assert!(
+            p[0].message.contains("unknown variable `acess_token`"),
+            "{p:?}"
+        );
+        let p = check("a\nb\n{{ access_token ");
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert!(p[0].message.starts_with("syntax error"), "{p:?}");
+        let p = check("{{ access_token | nosuchfilter }}");
+        assert!(p[0].message.contains("nosuchfilter"), "{p:?}");
+        let p = check("\n{{ set.nope }}");
+        assert_eq!(p[0].line, Some(2), "{p:?}");
+        // Bounded in work and in output, whatever the template asks for.
+        let p = check(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(p[0].message.contains("fuel"), "{p:?}");
+        let p = check("{{ \"x\" * 3000000 }}");
+        assert!(
+            p[0].message
+                .contains("more than the 2097152 a token file may hold"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn reading_refuses_what_is_no_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_TEMPLATE_BYTES as usize + 1]).unwrap();
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff, 0xfe]).unwrap();
+        for (path, why) in [
+            (dir.path().to_path_buf(), "not a regular file"),
+            (fifo, "not a regular file"),
+            (big, "larger than 1 MiB"),
+            (binary, "not valid UTF-8"),
+            (dir.path().join("missing"), "No such file"),
+        ] {
+            let err = FileTemplate::read(&path, "p").unwrap_err();
+            let text = crate::error_chain(&err);
+            assert!(text.contains(why), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+        }
+    }
+}
