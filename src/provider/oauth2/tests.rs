@@ -378,6 +378,11 @@ fn discovery_flags_an_unlisted_auth_method_or_grant() {
     let methods = r#","token_endpoint_auth_methods_supported":["client_secret_basic"]"#;
     assert_eq!(flags(basic, methods), (false, false));
     assert_eq!(flags(post, methods), (true, false));
+    let keyed = r#","token_endpoint_auth_methods_supported":["private_key_jwt","tls_client_auth"]"#;
+    assert_eq!(flags(AuthMethod::PrivateKeyJwt, keyed), (false, false));
+    assert_eq!(flags(AuthMethod::TlsClientAuth, keyed), (false, false));
+    assert_eq!(flags(AuthMethod::PrivateKeyJwt, methods), (true, false));
+    assert_eq!(flags(AuthMethod::TlsClientAuth, methods), (true, false));
     let empty = r#","token_endpoint_auth_methods_supported":[],"grant_types_supported":[]"#;
     assert_eq!(flags(post, empty), (true, true));
     // Registry names are case-sensitive (RFC 8414 section 2).
