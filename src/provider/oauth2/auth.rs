@@ -227,20 +227,24 @@ pub fn identity(certificate: &Secret, key: &Secret) -> Result<reqwest::Identity,
         return Err(KeyError::NoCertificate);
     }
     let der = pkcs8_der(key.expose())?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec()));
-    let provider = rustls::crypto::ring::default_provider();
-    // CertifiedKey::from_der compares the certificate's public key with the key's, so a
-    // mismatch is found here, with a message, rather than as a failed handshake later.
-    rustls::sign::CertifiedKey::from_der(certs, key_der, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => KeyError::Mismatch(
-            "the certificate's public key is not the key's (give the certificate issued for this key)".into(),
-        ),
-        rustls::Error::General(_) => KeyError::Unsupported {
+    // Borrowed from the zeroed buffer rather than copied into a DER that nothing zeroes.
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(&der[..]));
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|_| {
+        KeyError::Unsupported {
             rsa: "not an RSA key rustls accepts".into(),
-            ec: "not an EC key rustls accepts".into(),
-        },
-        other => KeyError::Mismatch(other.to_string()),
+            ec: "not an EC or Ed25519 key rustls accepts".into(),
+        }
     })?;
+    // The certificate's public key must be the key's: a mismatch is found here, with a
+    // message, rather than as a failed handshake later.
+    rustls::sign::CertifiedKey::new(certs, signing_key)
+        .keys_match()
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => KeyError::Mismatch(
+                "the certificate's public key is not the key's (give the certificate issued for this key)".into(),
+            ),
+            other => KeyError::Mismatch(other.to_string()),
+        })?;
     // reqwest reads the pair back from one PEM buffer; it is zeroed once read.
     let joined = Zeroizing::new(format!("{}\n{}", certificate.expose(), key.expose()));
     reqwest::Identity::from_pem(joined.as_bytes()).map_err(|_| KeyError::BadPem)
@@ -328,6 +332,25 @@ impl ClientAuth {
             ClientAuth::Jwt(_) | ClientAuth::Tls => Vec::new(),
         }
     }
+}
+
+/// `body` with every occurrence of `needle` replaced by `[client assertion]`.
+pub(super) fn cut_out(body: Zeroizing<Vec<u8>>, needle: &[u8]) -> Zeroizing<Vec<u8>> {
+    if needle.is_empty() || !body.windows(needle.len()).any(|w| w == needle) {
+        return body;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
+    let mut rest: &[u8] = &body;
+    while !rest.is_empty() {
+        if rest.starts_with(needle) {
+            out.extend_from_slice(b"[client assertion]");
+            rest = &rest[needle.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
 }
 
 /// Base64url without padding (RFC 7515 section 2), as JWS uses it.

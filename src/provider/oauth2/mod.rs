@@ -290,7 +290,12 @@ impl OAuth2 {
             .map_err(|source| ProviderError::Transport { operation, source })?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = read_body(operation, resp).await?;
+        let mut body = read_body(operation, resp).await?;
+        if let Some(a) = &assertion {
+            // An answer that echoes the assertion (in an error_description) must not carry
+            // it into a log while it is still good.
+            body = auth::cut_out(body, a.expose().as_bytes());
+        }
         Ok((status, headers, body))
     }
 }

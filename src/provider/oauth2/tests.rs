@@ -767,3 +767,16 @@ fn a_certificate_must_match_its_key() {
         "{e}"
     );
 }
+
+#[test]
+fn an_echoed_assertion_is_cut_out_of_the_answer() {
+    let body =
+        zeroize::Zeroizing::new(br#"{"error_description":"bad eyJ.a.b and eyJ.a.b"}"#.to_vec());
+    let cut = super::auth::cut_out(body, b"eyJ.a.b");
+    assert_eq!(
+        std::str::from_utf8(&cut).unwrap(),
+        r#"{"error_description":"bad [client assertion] and [client assertion]"}"#
+    );
+    let plain = zeroize::Zeroizing::new(b"{}".to_vec());
+    assert_eq!(&super::auth::cut_out(plain, b"eyJ")[..], b"{}");
+}
