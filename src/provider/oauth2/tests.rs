@@ -780,3 +780,31 @@ fn an_echoed_assertion_is_cut_out_of_the_answer() {
     let plain = zeroize::Zeroizing::new(b"{}".to_vec());
     assert_eq!(&super::auth::cut_out(plain, b"eyJ")[..], b"{}");
 }
+
+/// Introspection authenticates like the token request: a fresh assertion addressed to the
+/// introspection endpoint, no secret.
+#[tokio::test]
+async fn introspection_carries_its_own_assertion() {
+    let c = Canned::start(vec![http("200 OK", "", r#"{"active":true}"#)]).await;
+    let signer = Signer::from_pem(&Secret::new(ec_p256_pem()), None).unwrap();
+    let public_key = signer.public_key().to_vec();
+    let mut s = settings(explicit(&c.url, true), AuthMethod::PrivateKeyJwt);
+    s.auth = ClientAuth::Jwt(Box::new(signer));
+    let p = OAuth2::new(s).unwrap();
+    let active = p.introspect(&Secret::new("t1")).await.unwrap();
+    assert!(matches!(active, Introspection::Active { .. }), "{active:?}");
+    let req = &c.requests().await[0];
+    assert!(req.starts_with("POST /introspect HTTP/1.1\r\n"), "{req}");
+    let body = req.split("\r\n\r\n").nth(1).unwrap();
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("client_id"), Some("tk client:1"));
+    assert_eq!(get("client_assertion_type"), Some(JWT_BEARER_ASSERTION));
+    assert_eq!(get("client_secret"), None);
+    let (_, claims) = verify_assertion(
+        get("client_assertion").unwrap(),
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        &public_key,
+    );
+    assert_eq!(claims["aud"], c.url.join("/introspect").unwrap().as_str());
+}
