@@ -173,6 +173,15 @@ impl SecretSource {
         }
     }
 
+    /// Read a value that is not secret but is named like one (a client certificate): a
+    /// file may be readable by others, every other rule holds.
+    pub fn load_public(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::File(path) => read_secret_file(path, false),
+            other => other.load(),
+        }
+    }
+
     /// Check that the secret can be read, without keeping it.
     pub fn check(&self) -> Result<Availability, SecretError> {
         if let SecretSource::Credential(name) = self

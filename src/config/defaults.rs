@@ -76,6 +76,10 @@ pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
             "client_id",
             "client_secret",
             "auth_method",
+            "private_key",
+            "key_id",
+            "client_certificate",
+            "client_key",
             "extra_params",
             "default_lifetime",
         ],
@@ -102,12 +106,20 @@ pub(super) const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
 /// short costs only extra requests, while one too long leaves an expired token in the file.
 pub(super) const DEFAULT_OAUTH2_LIFETIME: Duration = Duration::from_secs(300);
 /// Token request parameters tokenkeeper sets itself; `extra_params` may not override them.
-pub(super) const RESERVED_TOKEN_PARAMS: &[&str] =
-    &["grant_type", "scope", "client_id", "client_secret"];
+pub(super) const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
 /// The names `auth_method:` accepts.
 pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
     ("client_secret_basic", AuthMethod::ClientSecretBasic),
     ("client_secret_post", AuthMethod::ClientSecretPost),
+    ("private_key_jwt", AuthMethod::PrivateKeyJwt),
+    ("tls_client_auth", AuthMethod::TlsClientAuth),
 ];
 /// The names a Square provider's `mode:` accepts.
 pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];

@@ -261,6 +261,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parsed.warnings.extend(warnings);
     if let Some(config) = &parsed.config {
         parsed.problems.extend(check_token_dirs(config, path));
+        parsed.problems.extend(check_client_keys(config));
     }
     parsed.finish(path)
 }
@@ -335,7 +336,61 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
             sources.push((format!("stores.{name}.{key}"), source.clone()));
         }
     }
-    check_sources(&sources)
+    let (mut problems, warnings) = check_sources(&sources);
+    problems.extend(check_client_keys(config));
+    (problems, warnings)
+}
+
+/// Parse every oauth2 client key and certificate now, so that a key of the wrong kind or a
+/// certificate for another key fails `check` (and a reload) rather than every request.
+/// Credentials whose sources cannot be read were reported by [`check_sources`] already, and
+/// systemd credentials outside the service cannot be read at all; both are skipped.
+fn check_client_keys(config: &Config) -> Vec<Problem> {
+    use crate::provider::ClientCredential;
+    let mut problems = Vec::new();
+    for (name, provider) in &config.providers {
+        let ProviderKind::OAuth2 {
+            client_id,
+            credential,
+            auth_method,
+            ..
+        } = &provider.kind
+        else {
+            continue;
+        };
+        let sources = match credential {
+            ClientCredential::Secret(_) => continue,
+            ClientCredential::PrivateKey { key, .. } => vec![key],
+            ClientCredential::Certificate { certificate, key } => vec![certificate, key],
+        };
+        let readable = sources.iter().all(|s| match s {
+            SecretSource::Credential(_) => std::env::var_os("CREDENTIALS_DIRECTORY").is_some(),
+            _ => true,
+        }) && provider
+            .kind
+            .secret_sources()
+            .iter()
+            .all(|(_, s)| matches!(s.check(), Ok(Availability::Ok)));
+        if !readable {
+            continue;
+        }
+        let at = match credential {
+            ClientCredential::PrivateKey { .. } => format!("providers.{name}.private_key"),
+            _ => format!("providers.{name}.client_certificate"),
+        };
+        if let Err(e) =
+            crate::provider::oauth2::load_credential(client_id, *auth_method, credential)
+        {
+            // ProviderError::ClientKey and ::Secret never carry key material.
+            problems.push(Problem {
+                line: None,
+                column: None,
+                at,
+                message: crate::error_chain(&e),
+            });
+        }
+    }
+    problems
 }
 
 fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {

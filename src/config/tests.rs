@@ -1125,9 +1125,33 @@ fn oauth2_and_square_refusals() {
         ),
         (
             "bad auth method",
+            "    issuer: https://a.example\n    auth_method: client_secret_jwt\n",
+            &[
+                "auth_method `client_secret_jwt` must be one of client_secret_basic, client_secret_post, private_key_jwt, tls_client_auth",
+            ],
+        ),
+        (
+            "private_key_jwt with a client secret and no key",
             "    issuer: https://a.example\n    auth_method: private_key_jwt\n",
             &[
-                "auth_method `private_key_jwt` must be one of client_secret_basic, client_secret_post",
+                "`client_secret` does not apply to auth_method private_key_jwt; it takes private_key and key_id",
+            ],
+        ),
+        (
+            "private_key_jwt without its key",
+            "    issuer: https://a.example\n    auth_method: private_key_jwt\n",
+            &["missing `private_key` (the client's PKCS#8 PEM key, RSA or EC P-256"],
+        ),
+        (
+            "tls_client_auth without its key",
+            "    issuer: https://a.example\n    auth_method: tls_client_auth\n    client_certificate: { file: /etc/tk/c.pem }\n",
+            &["missing `client_key`"],
+        ),
+        (
+            "a key under a secret method",
+            "    issuer: https://a.example\n    private_key: { file: /etc/tk/k.pem }\n",
+            &[
+                "`private_key` does not apply to auth_method client_secret_basic; it takes client_secret",
             ],
         ),
         (

@@ -20,7 +20,8 @@ use crate::secret::{Secret, SecretError};
 use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
 pub use settings::{
-    AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant, is_loopback,
+    AuthMethod, ClientCredential, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant,
+    is_loopback,
 };
 
 /// Connect deadline for every provider. Ten seconds covers a slow TLS handshake across
@@ -130,6 +131,12 @@ pub enum ProviderError {
         #[source]
         source: SecretError,
     },
+    #[error("{what} cannot be used")]
+    ClientKey {
+        what: &'static str,
+        #[source]
+        source: oauth2::KeyError,
+    },
     #[error("{what} is not a valid HTTP header value")]
     BadHeader { what: &'static str },
     #[error("{operation}: the provider offers no endpoint for it")]
@@ -233,7 +240,10 @@ enum Kind {
     Square(square::Square),
 }
 
-fn load(what: &'static str, source: &crate::secret::SecretSource) -> Result<Secret, ProviderError> {
+pub(crate) fn load(
+    what: &'static str,
+    source: &crate::secret::SecretSource,
+) -> Result<Secret, ProviderError> {
     source
         .load()
         .map_err(|source| ProviderError::Secret { what, source })
@@ -289,24 +299,9 @@ impl Kind {
                     cfg.timeout,
                 )?))
             }
-            ProviderKind::OAuth2 {
-                endpoints,
-                client_id,
-                client_secret,
-                auth_method,
-                extra_params,
-                default_lifetime,
-            } => Ok(Kind::OAuth2(oauth2::OAuth2::new(oauth2::Settings {
-                http: http.clone(),
-                name: cfg.name.clone(),
-                endpoints: endpoints.clone(),
-                client_id: client_id.clone(),
-                client_secret: load("client_secret", client_secret)?,
-                auth_method: *auth_method,
-                extra_params: extra_params.clone().into_iter().collect(),
-                default_lifetime: *default_lifetime,
-                timeout: cfg.timeout,
-            })?)),
+            ProviderKind::OAuth2 { .. } => {
+                Ok(Kind::OAuth2(oauth2::OAuth2::from_config(cfg, http)?))
+            }
             ProviderKind::Square {
                 base_url,
                 client_id,
@@ -408,6 +403,12 @@ impl TokenProvider for Provider {
 
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.
 pub fn http_client() -> Result<reqwest::Client, ProviderError> {
+    client_builder().build().map_err(ProviderError::Client)
+}
+
+/// What every client of the process shares; a provider with a client certificate builds
+/// its own from it.
+fn client_builder() -> reqwest::ClientBuilder {
     crate::init_tls();
     reqwest::Client::builder()
         .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
@@ -415,8 +416,6 @@ pub fn http_client() -> Result<reqwest::Client, ProviderError> {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Token endpoints never redirect; following one could send credentials elsewhere.
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(ProviderError::Client)
 }
 
 /// Read at most [`MAX_BODY_BYTES`] of a response body. The buffer is zeroed on drop: it may

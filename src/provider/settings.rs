@@ -38,7 +38,8 @@ pub enum ProviderKind {
     OAuth2 {
         endpoints: OAuth2Endpoints,
         client_id: String,
-        client_secret: SecretSource,
+        /// What the client authenticates with; its kind follows `auth_method`.
+        credential: ClientCredential,
         auth_method: AuthMethod,
         /// Extra token request parameters (`audience`, `resource`, `project_id`, ...), in
         /// key order.
@@ -71,13 +72,58 @@ pub enum OAuth2Endpoints {
     },
 }
 
-/// RFC 6749 section 2.3.1 client authentication.
+/// How an OAuth 2.0 client authenticates (the token endpoint auth methods of RFC 8414).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     /// HTTP Basic with the form-encoded client id and secret (the RFC's MUST-support method).
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// An RFC 7523 JWT assertion signed with the client's private key.
+    PrivateKeyJwt,
+    /// RFC 8705 mutual TLS with a CA-issued client certificate.
+    TlsClientAuth,
+}
+
+impl AuthMethod {
+    /// The OAuth registry name, as config and discovery documents spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+        }
+    }
+}
+
+/// What an OAuth 2.0 client authenticates with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientCredential {
+    /// `client_secret_basic`, `client_secret_post`.
+    Secret(SecretSource),
+    /// `private_key_jwt`: a PKCS#8 PEM key and the optional `kid` of the JWT header.
+    PrivateKey {
+        key: SecretSource,
+        key_id: Option<String>,
+    },
+    /// `tls_client_auth`: a PEM certificate (chain) and its PKCS#8 key. The certificate is
+    /// public; it goes through a secret source only for the forms of where it is read.
+    Certificate {
+        certificate: SecretSource,
+        key: SecretSource,
+    },
+}
+
+impl ClientCredential {
+    /// The secrets among its sources, by config key (the certificate is not one).
+    fn secret_sources(&self) -> Vec<(&'static str, &SecretSource)> {
+        match self {
+            ClientCredential::Secret(s) => vec![("client_secret", s)],
+            ClientCredential::PrivateKey { key, .. } => vec![("private_key", key)],
+            ClientCredential::Certificate { key, .. } => vec![("client_key", key)],
+        }
+    }
 }
 
 /// How a Square provider gets each new access token.
@@ -104,7 +150,7 @@ impl ProviderKind {
             ProviderKind::Voucherify {
                 app_id, app_token, ..
             } => vec![("app_id", app_id), ("app_token", app_token)],
-            ProviderKind::OAuth2 { client_secret, .. } => vec![("client_secret", client_secret)],
+            ProviderKind::OAuth2 { credential, .. } => credential.secret_sources(),
             ProviderKind::Square {
                 client_secret,
                 grant,

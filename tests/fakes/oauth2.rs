@@ -1,13 +1,19 @@
 //! A strict fake RFC 6749 authorization server: client_credentials with
-//! `client_secret_basic` or `client_secret_post` (exactly one, RFC 6749 section 2.3), RFC 8414
-//! and OpenID discovery, RFC 7009 revocation, RFC 7662 introspection, RFC 6749 section 5.2
-//! errors.
+//! `client_secret_basic`, `client_secret_post` (exactly one, RFC 6749 section 2.3),
+//! `private_key_jwt` (RFC 7523: the signature checked with the public key, the claims, a jti
+//! never seen before) or `tls_client_auth` (RFC 8705: served over TLS that requires a client
+//! certificate from the test's CA), RFC 8414 and OpenID discovery, RFC 7009 revocation,
+//! RFC 7662 introspection, RFC 6749 section 5.2 errors.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::signature::{UnparsedPublicKey, VerificationAlgorithm};
 
 use serde_json::json;
 
-use super::{Req, Resp, Server, serve, token};
+use super::{Req, Resp, Server, serve, serve_tls, token};
 
 pub struct State {
     /// Filled in once the server is bound.
@@ -19,8 +25,12 @@ pub struct State {
     pub openid: bool,
     pub revocation: bool,
     pub introspection: bool,
-    /// `client_secret_basic` or `client_secret_post`.
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `tls_client_auth`.
     pub method: &'static str,
+    /// For `private_key_jwt`: the JWS `alg`, its verifier and the client's public key.
+    pub jwt_key: Option<(&'static str, &'static dyn VerificationAlgorithm, Vec<u8>)>,
+    /// Every assertion's `jti` so far: one seen twice is a replay.
+    pub jtis: HashSet<String>,
     pub client_id: String,
     pub client_secret: String,
     pub expires_in: Option<u64>,
@@ -42,6 +52,33 @@ pub struct OAuth2Fake {
 
 impl OAuth2Fake {
     pub async fn start(method: &'static str, client_id: &str, client_secret: &str) -> OAuth2Fake {
+        Self::start_with(method, client_id, client_secret, None).await
+    }
+
+    /// A `private_key_jwt` server that knows the client by its public key.
+    pub async fn start_jwt(
+        client_id: &str,
+        alg: &'static str,
+        verifier: &'static dyn VerificationAlgorithm,
+        public_key: Vec<u8>,
+    ) -> OAuth2Fake {
+        let fake = Self::start_with("private_key_jwt", client_id, "", None).await;
+        fake.state().jwt_key = Some((alg, verifier, public_key));
+        fake
+    }
+
+    /// A `tls_client_auth` server on https://127.0.0.1, whose TLS `config` requires the
+    /// client's certificate.
+    pub async fn start_tls(client_id: &str, config: Arc<rustls::ServerConfig>) -> OAuth2Fake {
+        Self::start_with("tls_client_auth", client_id, "", Some(config)).await
+    }
+
+    async fn start_with(
+        method: &'static str,
+        client_id: &str,
+        client_secret: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> OAuth2Fake {
         let state = Arc::new(Mutex::new(State {
             base: String::new(),
             issuer_path: "/realms/ops".into(),
@@ -51,6 +88,8 @@ impl OAuth2Fake {
             revocation: true,
             introspection: true,
             method,
+            jwt_key: None,
+            jtis: HashSet::new(),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
             expires_in: Some(3600),
@@ -61,7 +100,10 @@ impl OAuth2Fake {
             requests: Vec::new(),
         }));
         let shared = Arc::clone(&state);
-        let server = serve(move |req| handle(&shared, req)).await;
+        let server = match tls {
+            None => serve(move |req| handle(&shared, req)).await,
+            Some(config) => serve_tls(move |req| handle(&shared, req), config).await,
+        };
         state.lock().unwrap().base = server.url();
         OAuth2Fake { server, state }
     }
@@ -162,6 +204,9 @@ fn authenticate(s: &mut State, req: &Req, op: &str) -> Result<Vec<(String, Strin
         s.violations.push(format!("{op}: body is not a form"));
         return Err(oauth_error(400, "invalid_request", "bad form"));
     };
+    if s.method == "private_key_jwt" || s.method == "tls_client_auth" {
+        return authenticate_by_key(s, req, op, form);
+    }
     let basic = req
         .header("authorization")
         .and_then(|a| a.strip_prefix("Basic "));
@@ -206,6 +251,119 @@ fn authenticate(s: &mut State, req: &Req, op: &str) -> Result<Vec<(String, Strin
             "invalid_client",
             "client authentication failed",
         ));
+    }
+    Ok(form)
+}
+
+fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    if text.contains(['+', '/', '=']) {
+        return None;
+    }
+    b64decode(&text.replace('-', "+").replace('_', "/"))
+}
+
+/// RFC 7523 / RFC 8705 client authentication: no secret anywhere, the client named in the
+/// body; for a JWT, the assertion verified as a real server would.
+fn authenticate_by_key(
+    s: &mut State,
+    req: &Req,
+    op: &str,
+    mut form: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, Resp> {
+    let refuse = |s: &mut State, why: String| {
+        s.violations.push(format!("{op}: {why}"));
+        Err(oauth_error(
+            401,
+            "invalid_client",
+            "client authentication failed",
+        ))
+    };
+    if req.header("authorization").is_some() || form.iter().any(|(k, _)| k == "client_secret") {
+        return refuse(s, format!("a client secret sent to a {} client", s.method));
+    }
+    let take = |form: &mut Vec<(String, String)>, key: &str| {
+        let i = form.iter().position(|(k, _)| k == key)?;
+        Some(form.remove(i).1)
+    };
+    let client_id = take(&mut form, "client_id");
+    if client_id.as_deref() != Some(s.client_id.as_str()) {
+        return refuse(s, "client_id missing or wrong".into());
+    }
+    let assertion_type = take(&mut form, "client_assertion_type");
+    let assertion = take(&mut form, "client_assertion");
+    if s.method == "tls_client_auth" {
+        // The TLS layer has already required a certificate from the test's CA.
+        if assertion.is_some() || assertion_type.is_some() {
+            return refuse(s, "an assertion sent to a tls_client_auth client".into());
+        }
+        return Ok(form);
+    }
+    if assertion_type.as_deref() != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") {
+        return refuse(s, "client_assertion_type missing or wrong".into());
+    }
+    let Some(jwt) = assertion else {
+        return refuse(s, "no client_assertion".into());
+    };
+    let Some((alg, verifier, public_key)) = s.jwt_key.clone() else {
+        return refuse(s, "the fake has no key".into());
+    };
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return refuse(s, "the assertion is not a JWS compact serialization".into());
+    };
+    let signed = format!("{header}.{claims}");
+    let verified = b64url_decode(signature).is_some_and(|sig| {
+        UnparsedPublicKey::new(verifier, &public_key)
+            .verify(signed.as_bytes(), &sig)
+            .is_ok()
+    });
+    if !verified {
+        return refuse(s, "the assertion's signature does not verify".into());
+    }
+    let json = |part: &str| {
+        b64url_decode(part).and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    };
+    let (Some(header), Some(claims)) = (json(header), json(claims)) else {
+        return refuse(s, "the assertion's header or claims are not JSON".into());
+    };
+    if header["alg"] != alg {
+        return refuse(s, format!("alg {} where {alg} was expected", header["alg"]));
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let endpoint = format!("{}{}", s.base, req.path);
+    let issuer = format!("{}{}", s.base, s.issuer_path);
+    let exp = claims["exp"].as_u64().unwrap_or(0);
+    let problems = [
+        (
+            claims["iss"] != s.client_id.as_str(),
+            "iss is not the client_id",
+        ),
+        (
+            claims["sub"] != s.client_id.as_str(),
+            "sub is not the client_id",
+        ),
+        (
+            claims["aud"] != endpoint.as_str() && claims["aud"] != issuer.as_str(),
+            "aud is neither the endpoint nor the issuer",
+        ),
+        (exp <= now, "the assertion has expired"),
+        (exp > now + 60, "exp is more than 60 s ahead"),
+        (
+            claims["iat"].as_u64().is_none_or(|iat| iat > now),
+            "iat missing or in the future",
+        ),
+    ];
+    if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
+        return refuse(s, (*why).to_string());
+    }
+    let Some(jti) = claims["jti"].as_str().filter(|j| !j.is_empty()) else {
+        return refuse(s, "no jti".into());
+    };
+    if !s.jtis.insert(jti.to_string()) {
+        return refuse(s, "a jti was used again (a replayed assertion)".into());
     }
     Ok(form)
 }

@@ -15,7 +15,9 @@ use crate::config::defaults::{
     SQUARE_ENVIRONMENTS, SQUARE_MODES, VOUCHERIFY_CLUSTERS, VOUCHERIFY_DEFAULT_URL,
 };
 use crate::config::raw::RawProvider;
-use crate::provider::{AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant};
+use crate::provider::{
+    AuthMethod, ClientCredential, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant,
+};
 
 use super::Checker;
 use super::values::describe;
@@ -140,6 +142,10 @@ impl Checker<'_> {
             ("client_id", raw.client_id.is_some()),
             ("client_secret", raw.client_secret.is_some()),
             ("auth_method", raw.auth_method.is_some()),
+            ("private_key", raw.private_key.is_some()),
+            ("key_id", raw.key_id.is_some()),
+            ("client_certificate", raw.client_certificate.is_some()),
+            ("client_key", raw.client_key.is_some()),
             ("extra_params", raw.extra_params.is_some()),
             ("default_lifetime", raw.default_lifetime.is_some()),
             ("environment", raw.environment.is_some()),
@@ -251,16 +257,11 @@ impl Checker<'_> {
             }
         };
         let client_id = self.client_id(at, raw.client_id.as_ref());
-        let client_secret = self.secret(
-            at,
-            "client_secret",
-            raw.client_secret.as_ref(),
-            "the OAuth client secret",
-        );
         let auth_method = self
             .choice(at, "auth_method", raw.auth_method.as_deref(), AUTH_METHODS)
             .ok()?
             .unwrap_or(AuthMethod::ClientSecretBasic);
+        let credential = self.client_credential(at, auth_method, raw);
         let mut extra_params = BTreeMap::new();
         let mut extra_ok = true;
         for (key, value) in raw.extra_params.iter().flatten() {
@@ -293,7 +294,7 @@ impl Checker<'_> {
                         match key.as_str() {
                             "scope" => "scopes come from each scope set",
                             "grant_type" => "the grant is always client_credentials",
-                            _ => "client credentials go in client_id and client_secret",
+                            _ => "client authentication follows auth_method",
                         }
                     ),
                 );
@@ -307,11 +308,93 @@ impl Checker<'_> {
         Some(ProviderKind::OAuth2 {
             endpoints: endpoints?,
             client_id: client_id?,
-            client_secret: client_secret?,
+            credential: credential?,
             auth_method,
             extra_params: extra_ok.then_some(extra_params)?,
             default_lifetime: default_lifetime.ok()?.unwrap_or(DEFAULT_OAUTH2_LIFETIME),
         })
+    }
+
+    /// The credential `auth_method` takes; the keys of the other methods are refused, so a
+    /// leftover `client_secret` is not mistaken for the one in use.
+    fn client_credential(
+        &mut self,
+        at: &str,
+        method: AuthMethod,
+        raw: &RawProvider,
+    ) -> Option<ClientCredential> {
+        let given = [
+            ("client_secret", raw.client_secret.is_some()),
+            ("private_key", raw.private_key.is_some()),
+            ("key_id", raw.key_id.is_some()),
+            ("client_certificate", raw.client_certificate.is_some()),
+            ("client_key", raw.client_key.is_some()),
+        ];
+        let own: &[&str] = match method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => &["client_secret"],
+            AuthMethod::PrivateKeyJwt => &["private_key", "key_id"],
+            AuthMethod::TlsClientAuth => &["client_certificate", "client_key"],
+        };
+        let mut foreign = false;
+        for (key, present) in given {
+            if present && !own.contains(&key) {
+                self.bad(
+                    at,
+                    key,
+                    format!(
+                        "`{key}` does not apply to auth_method {}; it takes {}",
+                        method.name(),
+                        own.join(" and ")
+                    ),
+                );
+                foreign = true;
+            }
+        }
+        let credential = match method {
+            AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => self
+                .secret(
+                    at,
+                    "client_secret",
+                    raw.client_secret.as_ref(),
+                    "the OAuth client secret",
+                )
+                .map(ClientCredential::Secret),
+            AuthMethod::PrivateKeyJwt => {
+                let key = self.secret(
+                    at,
+                    "private_key",
+                    raw.private_key.as_ref(),
+                    "the client's PKCS#8 PEM key, RSA or EC P-256",
+                );
+                let key_id = match raw.key_id.as_deref() {
+                    Some(kid) if kid.is_empty() || kid.chars().any(char::is_control) => {
+                        self.bad(at, "key_id", "key_id must be non-empty printable text");
+                        return None;
+                    }
+                    kid => kid.map(str::to_string),
+                };
+                key.map(|key| ClientCredential::PrivateKey { key, key_id })
+            }
+            AuthMethod::TlsClientAuth => {
+                let certificate = self.public_source(
+                    at,
+                    "client_certificate",
+                    raw.client_certificate.as_ref(),
+                    "the client's PEM certificate",
+                );
+                let key = self.secret(
+                    at,
+                    "client_key",
+                    raw.client_key.as_ref(),
+                    "the certificate's PKCS#8 PEM key",
+                );
+                Some(ClientCredential::Certificate {
+                    certificate: certificate?,
+                    key: key?,
+                })
+            }
+        };
+        if foreign { None } else { credential }
     }
 
     fn square(

@@ -23,6 +23,24 @@ impl Checker<'_> {
         Some(source)
     }
 
+    /// A value named like a secret that is not one (a client certificate): the same forms,
+    /// but neither kept for the secret checks (a certificate may be world-readable) nor
+    /// warned about when written in the config.
+    pub(super) fn public_source(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        if let Some(Value::String(text)) = value
+            && !text.is_empty()
+        {
+            return Some(SecretSource::Plain(Secret::new(text.as_str())));
+        }
+        self.secret_source(parent, key, value, what)
+    }
+
     fn secret_source(
         &mut self,
         parent: &str,

@@ -1,7 +1,8 @@
 //! Any RFC 6749 authorization server (Keycloak, Okta, Entra ID, Auth0, Voucherify OAuth v2):
-//! the client_credentials grant (section 4.4) with `client_secret_basic` or
-//! `client_secret_post` (section 2.3.1), RFC 7009 revocation, RFC 7662 introspection, and the
-//! endpoints given or discovered from the issuer (RFC 8414, OpenID Connect Discovery).
+//! the client_credentials grant (section 4.4) with `client_secret_basic`, `client_secret_post`
+//! (section 2.3.1), `private_key_jwt` (RFC 7523) or `tls_client_auth` (RFC 8705), RFC 7009
+//! revocation, RFC 7662 introspection, and the endpoints given or discovered from the issuer
+//! (RFC 8414, OpenID Connect Discovery).
 //!
 //! Discovery runs at first use, not at start, so a server that is down when the daemon starts
 //! is a failure the set's task retries with its backoff, not a crash; its result is kept for
@@ -10,30 +11,33 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::{AuthMethod, OAuth2Endpoints};
+use super::{AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind};
 use super::{
     Introspection, Issued, ProviderError, Revocation, TokenProvider, check_bearer, failure,
-    is_transient, json_error, malformed, read_body, refused_minted, retry_after_text,
-    sane_lifetime, sanitize,
+    json_error, malformed, read_body, refused_minted, retry_after_text, sane_lifetime, sanitize,
 };
 use crate::secret::Secret;
+
+mod auth;
+mod discovery;
+
+pub(crate) use auth::form_encode;
+pub use auth::{
+    Alg, ClientAuth, JWT_BEARER_ASSERTION, KeyError, Signer, base64url, basic_credentials,
+    identity, load_credential,
+};
+pub use discovery::{Discovered, discovery_urls, parse_discovery_answer};
 
 /// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
 /// a broken answer.
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// RFC 8414 section 3: the well-known suffix, inserted between host and issuer path.
-const RFC8414_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
-
-/// OpenID Connect Discovery 1.0 section 4: appended to the issuer.
-const OIDC_WELL_KNOWN: &str = "/.well-known/openid-configuration";
 
 /// What [`OAuth2::new`] needs.
 pub struct Settings {
@@ -42,7 +46,7 @@ pub struct Settings {
     pub name: String,
     pub endpoints: OAuth2Endpoints,
     pub client_id: String,
-    pub client_secret: Secret,
+    pub auth: ClientAuth,
     pub auth_method: AuthMethod,
     pub extra_params: Vec<(String, String)>,
     pub default_lifetime: Duration,
@@ -65,10 +69,8 @@ pub struct OAuth2 {
     issuer: Option<Url>,
     endpoints: OnceCell<Endpoints>,
     client_id: String,
-    client_secret: Secret,
+    auth: ClientAuth,
     auth_method: AuthMethod,
-    /// `Authorization: Basic ...` for `client_secret_basic`, marked sensitive.
-    basic: Option<HeaderValue>,
     extra_params: Vec<(String, String)>,
     default_lifetime: Duration,
     timeout: Duration,
@@ -78,15 +80,9 @@ pub struct OAuth2 {
 }
 
 impl OAuth2 {
-    /// What every request may carry that a provider's answer must not show: the client
-    /// secret, and the Basic credentials made from it (whole and Base64 alone).
+    /// What every request may carry that a provider's answer must not show.
     pub(crate) fn secrets(&self) -> Vec<&str> {
-        let mut out = vec![self.client_secret.expose()];
-        if let Some(basic) = self.basic.as_ref().and_then(|b| b.to_str().ok()) {
-            out.push(basic);
-            out.extend(basic.strip_prefix("Basic "));
-        }
-        out
+        self.auth.secrets()
     }
 }
 
@@ -100,17 +96,6 @@ impl std::fmt::Debug for OAuth2 {
             .field("auth_method", &self.auth_method)
             .finish_non_exhaustive()
     }
-}
-
-/// RFC 8414 / OpenID provider metadata: the fields we use.
-#[derive(Deserialize)]
-struct Metadata {
-    issuer: String,
-    token_endpoint: Option<String>,
-    revocation_endpoint: Option<String>,
-    introspection_endpoint: Option<String>,
-    token_endpoint_auth_methods_supported: Option<Vec<String>>,
-    grant_types_supported: Option<Vec<String>>,
 }
 
 /// RFC 6749 section 5.1 successful answer.
@@ -168,103 +153,50 @@ fn describe_error(body: &[u8]) -> String {
     }
 }
 
-/// Standard Base64 with padding (RFC 4648 section 4), for the Basic credentials.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The `application/x-www-form-urlencoded` serialization of one value (WHATWG URL
-/// standard), which RFC 6749 section 2.3.1 applies to the client id and secret before Base64.
-pub(crate) fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for &b in value.as_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// `Authorization: Basic base64(form(client_id) ":" form(client_secret))`.
-pub fn basic_credentials(client_id: &str, client_secret: &Secret) -> zeroize::Zeroizing<String> {
-    let joined = zeroize::Zeroizing::new(format!(
-        "{}:{}",
-        form_encode(client_id),
-        form_encode(client_secret.expose())
-    ));
-    zeroize::Zeroizing::new(format!("Basic {}", base64(joined.as_bytes())))
-}
-
-/// The discovery documents to try for `issuer`, in order: RFC 8414's (suffix inserted
-/// before the issuer's path), then OpenID's (suffix appended).
-pub fn discovery_urls(issuer: &Url) -> Vec<Url> {
-    let path = issuer.path().trim_end_matches('/');
-    let mut rfc8414 = issuer.clone();
-    rfc8414.set_path(&format!("{RFC8414_WELL_KNOWN}{path}"));
-    let mut oidc = issuer.clone();
-    oidc.set_path(&format!("{path}{OIDC_WELL_KNOWN}"));
-    vec![rfc8414, oidc]
-}
-
-/// The configured and announced issuers name the same server: identical but for a trailing
-/// slash, which some servers add (Auth0) and operators drop.
-fn same_issuer(configured: &Url, announced: &str) -> bool {
-    configured.as_str().trim_end_matches('/') == announced.trim_end_matches('/')
-}
-
-/// An endpoint from a discovery document: https, or http on a loopback host like the config
-/// allows.
-fn endpoint_url(operation: &'static str, key: &str, text: &str) -> Result<Url, ProviderError> {
-    let bad = |why: &str| ProviderError::Discovery {
-        operation,
-        what: format!("{key} {why}"),
-    };
-    let url = Url::parse(text).map_err(|_| bad("is not a URL"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if super::is_loopback(&url) => {}
-        _ => return Err(bad("is not an https:// URL")),
-    }
-    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
-        return Err(bad("has a user name, password or fragment"));
-    }
-    Ok(url)
-}
-
 impl OAuth2 {
-    pub fn new(s: Settings) -> Result<Self, ProviderError> {
-        let basic = match s.auth_method {
-            AuthMethod::ClientSecretBasic => {
-                let text = basic_credentials(&s.client_id, &s.client_secret);
-                let mut v = HeaderValue::from_str(&text).map_err(|_| ProviderError::BadHeader {
-                    what: "client_id/client_secret",
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            AuthMethod::ClientSecretPost => None,
+    /// Build from the checked config, reading the client's credential now.
+    pub(crate) fn from_config(
+        cfg: &ProviderConfig,
+        http: &reqwest::Client,
+    ) -> Result<Self, ProviderError> {
+        let ProviderKind::OAuth2 {
+            endpoints,
+            client_id,
+            credential,
+            auth_method,
+            extra_params,
+            default_lifetime,
+        } = &cfg.kind
+        else {
+            return Err(ProviderError::ClientKey {
+                what: "the provider",
+                source: KeyError::WrongCredential("(not an oauth2 provider)"),
+            });
         };
+        let (auth, identity) = load_credential(client_id, *auth_method, credential)?;
+        // A client certificate goes to this provider only: its own client, its own
+        // connection pool.
+        let http = match identity {
+            Some(identity) => super::client_builder()
+                .identity(identity)
+                .build()
+                .map_err(ProviderError::Client)?,
+            None => http.clone(),
+        };
+        OAuth2::new(Settings {
+            http,
+            name: cfg.name.clone(),
+            endpoints: endpoints.clone(),
+            client_id: client_id.clone(),
+            auth,
+            auth_method: *auth_method,
+            extra_params: extra_params.clone().into_iter().collect(),
+            default_lifetime: *default_lifetime,
+            timeout: cfg.timeout,
+        })
+    }
+
+    pub fn new(s: Settings) -> Result<Self, ProviderError> {
         let (issuer, endpoints) = match s.endpoints {
             OAuth2Endpoints::Discover { issuer } => (Some(issuer), OnceCell::new()),
             OAuth2Endpoints::Explicit {
@@ -286,9 +218,8 @@ impl OAuth2 {
             issuer,
             endpoints,
             client_id: s.client_id,
-            client_secret: s.client_secret,
+            auth: s.auth,
             auth_method: s.auth_method,
-            basic,
             extra_params: s.extra_params,
             default_lifetime: s.default_lifetime,
             timeout: s.timeout,
@@ -311,58 +242,6 @@ impl OAuth2 {
             .await
     }
 
-    async fn discover(&self, issuer: &Url) -> Result<Endpoints, ProviderError> {
-        const OP: &str = "discovery";
-        let mut tried = Vec::new();
-        for url in discovery_urls(issuer) {
-            let resp = self
-                .http
-                .get(url.clone())
-                .header(reqwest::header::ACCEPT, "application/json")
-                .timeout(self.timeout)
-                .send()
-                .await
-                .map_err(|source| ProviderError::Transport {
-                    operation: OP,
-                    source,
-                })?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = read_body(OP, resp).await?;
-            if is_transient(status) {
-                return Err(failure(
-                    OP,
-                    status.as_u16(),
-                    retry_after_text(&headers),
-                    describe_error(&body),
-                ));
-            }
-            if status != StatusCode::OK {
-                tried.push(format!("{url} (HTTP {})", status.as_u16()));
-                continue;
-            }
-            let found = parse_discovery_answer(&url, issuer, self.auth_method, &body)?;
-            if found.auth_method_unlisted {
-                warn!(provider = %self.name, auth_method = auth_method_name(self.auth_method),
-                    "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
-            }
-            if found.client_credentials_unlisted {
-                warn!(provider = %self.name,
-                    "the server does not list the client_credentials grant as supported");
-            }
-            let endpoints = found.endpoints;
-            info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
-                revocation = endpoints.revocation.is_some(),
-                introspection = endpoints.introspection.is_some(),
-                "discovered the authorization server's endpoints");
-            return Ok(endpoints);
-        }
-        Err(ProviderError::Discovery {
-            operation: OP,
-            what: format!("no discovery document at {}", tried.join(" or ")),
-        })
-    }
-
     /// POST `form` to `url` with the client's authentication.
     async fn post(
         &self,
@@ -375,12 +254,34 @@ impl OAuth2 {
             .post(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(self.timeout);
-        match &self.basic {
-            Some(basic) => req = req.header(reqwest::header::AUTHORIZATION, basic.clone()),
-            None => {
-                form.push(("client_id", &self.client_id));
-                form.push(("client_secret", self.client_secret.expose()));
+        // Made before the form borrows it, dropped (zeroed) after the request.
+        let assertion = match &self.auth {
+            ClientAuth::Jwt(signer) => Some(
+                signer
+                    .assertion(&self.client_id, url.as_str())
+                    .map_err(|source| ProviderError::ClientKey {
+                        what: "private_key",
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
+        match &self.auth {
+            ClientAuth::Basic { header, .. } => {
+                req = req.header(reqwest::header::AUTHORIZATION, header.clone());
             }
+            ClientAuth::Post(secret) => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", secret.expose()));
+            }
+            ClientAuth::Jwt(_) => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+                if let Some(a) = &assertion {
+                    form.push(("client_assertion", a.expose()));
+                }
+            }
+            ClientAuth::Tls => form.push(("client_id", &self.client_id)),
         }
         let resp = req
             .form(&form)
@@ -389,7 +290,12 @@ impl OAuth2 {
             .map_err(|source| ProviderError::Transport { operation, source })?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = read_body(operation, resp).await?;
+        let mut body = read_body(operation, resp).await?;
+        if let Some(a) = &assertion {
+            // An answer that echoes the assertion (in an error_description) must not carry
+            // it into a log while it is still good.
+            body = auth::cut_out(body, a.expose().as_bytes());
+        }
         Ok((status, headers, body))
     }
 }
@@ -458,87 +364,6 @@ pub fn parse_token_answer(
             lifetime,
         },
         default_lifetime_used,
-    })
-}
-
-/// A discovery document read by [`parse_discovery_answer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Discovered {
-    pub endpoints: Endpoints,
-    /// The document lists the token endpoint's auth methods, and ours is not among them. The
-    /// caller warns rather than refuses: servers leave methods out that they accept.
-    pub auth_method_unlisted: bool,
-    /// The document lists the grant types, and client_credentials is not among them; a
-    /// warning for the same reason.
-    pub client_credentials_unlisted: bool,
-}
-
-/// The RFC 8414 / OAuth registry name of `method`, as discovery documents list it.
-fn auth_method_name(method: AuthMethod) -> &'static str {
-    match method {
-        AuthMethod::ClientSecretBasic => "client_secret_basic",
-        AuthMethod::ClientSecretPost => "client_secret_post",
-    }
-}
-
-/// Read a discovery document (RFC 8414 section 3.2, OpenID Connect Discovery section 4.2)
-/// fetched from `document` for the configured `issuer`, whose client authenticates with
-/// `auth_method`. Only 200 bodies come here: any other status means "try the next document"
-/// or "retry later", which is the HTTP loop's decision, not the document's.
-pub fn parse_discovery_answer(
-    document: &Url,
-    issuer: &Url,
-    auth_method: AuthMethod,
-    body: &[u8],
-) -> Result<Discovered, ProviderError> {
-    const OP: &str = "discovery";
-    let meta: Metadata = serde_json::from_slice(body).map_err(|e| {
-        malformed(
-            OP,
-            format!(
-                "{document} is not authorization server metadata: {}",
-                json_error(&e)
-            ),
-        )
-    })?;
-    if !same_issuer(issuer, &meta.issuer) {
-        return Err(ProviderError::Discovery {
-            operation: OP,
-            what: format!(
-                "{document} names issuer {:?}, not the configured {issuer}; refusing endpoints another server announces (RFC 8414 section 3.3)",
-                sanitize(&meta.issuer)
-            ),
-        });
-    }
-    let token_text = meta
-        .token_endpoint
-        .as_deref()
-        .ok_or_else(|| ProviderError::Discovery {
-            operation: OP,
-            what: format!("{document} has no token_endpoint"),
-        })?;
-    let endpoints = Endpoints {
-        token: endpoint_url(OP, "token_endpoint", token_text)?,
-        revocation: meta
-            .revocation_endpoint
-            .as_deref()
-            .map(|u| endpoint_url(OP, "revocation_endpoint", u))
-            .transpose()?,
-        introspection: meta
-            .introspection_endpoint
-            .as_deref()
-            .map(|u| endpoint_url(OP, "introspection_endpoint", u))
-            .transpose()?,
-    };
-    let method = auth_method_name(auth_method);
-    Ok(Discovered {
-        endpoints,
-        auth_method_unlisted: meta
-            .token_endpoint_auth_methods_supported
-            .is_some_and(|methods| !methods.iter().any(|m| m == method)),
-        client_credentials_unlisted: meta
-            .grant_types_supported
-            .is_some_and(|grants| !grants.iter().any(|g| g == "client_credentials")),
     })
 }
 

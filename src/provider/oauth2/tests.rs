@@ -1,3 +1,5 @@
+use super::auth::base64;
+use super::discovery::same_issuer;
 use super::*;
 use crate::provider::testutil::{Canned, http};
 
@@ -52,7 +54,12 @@ fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {
         name: "idp".into(),
         endpoints,
         client_id: "tk client:1".into(),
-        client_secret: Secret::new("s3cr%t +/="),
+        auth: match auth {
+            AuthMethod::ClientSecretBasic => {
+                ClientAuth::basic("tk client:1", Secret::new("s3cr%t +/=")).unwrap()
+            }
+            _ => ClientAuth::Post(Secret::new("s3cr%t +/=")),
+        },
         auth_method: auth,
         extra_params: vec![("audience".into(), "https://api.example".into())],
         default_lifetime: Duration::from_secs(300),
@@ -371,6 +378,11 @@ fn discovery_flags_an_unlisted_auth_method_or_grant() {
     let methods = r#","token_endpoint_auth_methods_supported":["client_secret_basic"]"#;
     assert_eq!(flags(basic, methods), (false, false));
     assert_eq!(flags(post, methods), (true, false));
+    let keyed = r#","token_endpoint_auth_methods_supported":["private_key_jwt","tls_client_auth"]"#;
+    assert_eq!(flags(AuthMethod::PrivateKeyJwt, keyed), (false, false));
+    assert_eq!(flags(AuthMethod::TlsClientAuth, keyed), (false, false));
+    assert_eq!(flags(AuthMethod::PrivateKeyJwt, methods), (true, false));
+    assert_eq!(flags(AuthMethod::TlsClientAuth, methods), (true, false));
     let empty = r#","token_endpoint_auth_methods_supported":[],"grant_types_supported":[]"#;
     assert_eq!(flags(post, empty), (true, true));
     // Registry names are case-sensitive (RFC 8414 section 2).
@@ -577,4 +589,222 @@ async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
         p.endpoints.get().is_none(),
         "a failed discovery is tried again"
     );
+}
+
+// Client authentication by key.
+
+const RSA_TEST_KEY: &str = include_str!("../../../tests/keys/rsa-test.pem");
+
+fn b64url_decode(text: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut bits, mut n, mut out) = (0u32, 0, Vec::new());
+    for c in text.bytes() {
+        bits = (bits << 6) | A.iter().position(|&a| a == c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = base64(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+fn ec_p256_pem() -> String {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    pem("PRIVATE KEY", doc.as_ref())
+}
+
+/// Check an assertion as a server would: the signature with the public key, then the claims.
+fn verify_assertion(
+    jwt: &str,
+    alg: &'static dyn ring::signature::VerificationAlgorithm,
+    public_key: &[u8],
+) -> (serde_json::Value, serde_json::Value) {
+    let (input, sig) = jwt.rsplit_once('.').unwrap();
+    ring::signature::UnparsedPublicKey::new(alg, public_key)
+        .verify(input.as_bytes(), &b64url_decode(sig))
+        .expect("the signature verifies with the public key");
+    let (header, claims) = input.split_once('.').unwrap();
+    (
+        serde_json::from_slice(&b64url_decode(header)).unwrap(),
+        serde_json::from_slice(&b64url_decode(claims)).unwrap(),
+    )
+}
+
+#[test]
+fn rs256_and_es256_assertions_verify_and_carry_rfc7523_claims() {
+    let cases = [
+        (
+            Secret::new(RSA_TEST_KEY),
+            "RS256",
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256
+                as &'static dyn ring::signature::VerificationAlgorithm,
+        ),
+        (
+            Secret::new(ec_p256_pem()),
+            "ES256",
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+        ),
+    ];
+    for (key, alg, verifier) in cases {
+        let signer = Signer::from_pem(&key, Some("k1".into())).unwrap();
+        assert_eq!(signer.alg().name(), alg);
+        let aud = "https://login.example.com/token";
+        let a = signer.assertion("tokenkeeper", aud).unwrap();
+        let b = signer.assertion("tokenkeeper", aud).unwrap();
+        let (header, claims) = verify_assertion(a.expose(), verifier, signer.public_key());
+        assert_eq!(header["alg"], alg);
+        assert_eq!(header["kid"], "k1");
+        assert_eq!(claims["iss"], "tokenkeeper");
+        assert_eq!(claims["sub"], "tokenkeeper");
+        assert_eq!(claims["aud"], aud);
+        let (iat, exp) = (
+            claims["iat"].as_u64().unwrap(),
+            claims["exp"].as_u64().unwrap(),
+        );
+        assert!(exp > iat && exp - iat <= 60, "{claims}");
+        let (_, claims_b) = verify_assertion(b.expose(), verifier, signer.public_key());
+        assert_ne!(claims["jti"], claims_b["jti"], "a jti was reused");
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+        // Debug shows the algorithm, never the key.
+        assert!(!format!("{signer:?}").contains("PRIVATE"));
+    }
+}
+
+#[test]
+fn bad_keys_are_refused_with_a_reason_and_never_quoted() {
+    use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let p384 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+    let body = "MIIBVwIBADANBgkqhkiG9w0BAQEFAASCAUEwggE9AgEAAkEAsecretbodyXYZA";
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "ed25519",
+            pem("PRIVATE KEY", ed.as_ref()),
+            "neither RSA nor EC P-256",
+        ),
+        (
+            "p-384",
+            pem("PRIVATE KEY", p384.as_ref()),
+            "neither RSA nor EC P-256",
+        ),
+        (
+            "pkcs1",
+            format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----\n"),
+            "PKCS#1 (BEGIN RSA PRIVATE KEY), not PKCS#8; convert it with `openssl pkcs8",
+        ),
+        (
+            "sec1",
+            format!("-----BEGIN EC PRIVATE KEY-----\n{body}\n-----END EC PRIVATE KEY-----\n"),
+            "SEC1",
+        ),
+        (
+            "encrypted",
+            format!(
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\n{body}\n-----END ENCRYPTED PRIVATE KEY-----\n"
+            ),
+            "the key is encrypted",
+        ),
+        ("not pem", body.to_string(), "no PEM block found"),
+        (
+            "two keys",
+            format!("{RSA_TEST_KEY}{}", ec_p256_pem()),
+            "2 PEM blocks found",
+        ),
+        (
+            "garbage in the block",
+            format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+            "neither RSA nor EC P-256",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        let e = Signer::from_pem(&Secret::new(text), None).unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains(needle), "{what}: {shown}");
+        assert!(
+            !shown.contains("secretbody"),
+            "{what} quoted the key: {shown}"
+        );
+    }
+}
+
+#[test]
+fn a_certificate_must_match_its_key() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["tokenkeeper".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_pem = Secret::new(cert.pem());
+    assert!(identity(&cert_pem, &Secret::new(key.serialize_pem())).is_ok());
+    let e = identity(&cert_pem, &Secret::new(other.serialize_pem())).unwrap_err();
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("do not belong together"), "{shown}");
+    let e = identity(
+        &Secret::new(key.serialize_pem()),
+        &Secret::new(key.serialize_pem()),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("no -----BEGIN CERTIFICATE-----"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_echoed_assertion_is_cut_out_of_the_answer() {
+    let body =
+        zeroize::Zeroizing::new(br#"{"error_description":"bad eyJ.a.b and eyJ.a.b"}"#.to_vec());
+    let cut = super::auth::cut_out(body, b"eyJ.a.b");
+    assert_eq!(
+        std::str::from_utf8(&cut).unwrap(),
+        r#"{"error_description":"bad [client assertion] and [client assertion]"}"#
+    );
+    let plain = zeroize::Zeroizing::new(b"{}".to_vec());
+    assert_eq!(&super::auth::cut_out(plain, b"eyJ")[..], b"{}");
+}
+
+/// Introspection authenticates like the token request: a fresh assertion addressed to the
+/// introspection endpoint, no secret.
+#[tokio::test]
+async fn introspection_carries_its_own_assertion() {
+    let c = Canned::start(vec![http("200 OK", "", r#"{"active":true}"#)]).await;
+    let signer = Signer::from_pem(&Secret::new(ec_p256_pem()), None).unwrap();
+    let public_key = signer.public_key().to_vec();
+    let mut s = settings(explicit(&c.url, true), AuthMethod::PrivateKeyJwt);
+    s.auth = ClientAuth::Jwt(Box::new(signer));
+    let p = OAuth2::new(s).unwrap();
+    let active = p.introspect(&Secret::new("t1")).await.unwrap();
+    assert!(matches!(active, Introspection::Active { .. }), "{active:?}");
+    let req = &c.requests().await[0];
+    assert!(req.starts_with("POST /introspect HTTP/1.1\r\n"), "{req}");
+    let body = req.split("\r\n\r\n").nth(1).unwrap();
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("client_id"), Some("tk client:1"));
+    assert_eq!(get("client_assertion_type"), Some(JWT_BEARER_ASSERTION));
+    assert_eq!(get("client_secret"), None);
+    let (_, claims) = verify_assertion(
+        get("client_assertion").unwrap(),
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        &public_key,
+    );
+    assert_eq!(claims["aud"], c.url.join("/introspect").unwrap().as_str());
 }

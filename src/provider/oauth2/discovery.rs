@@ -1,0 +1,197 @@
+//! Where the endpoints come from when only the issuer is given: RFC 8414 authorization
+//! server metadata, then OpenID Connect Discovery, each document checked to name the
+//! configured issuer before any endpoint in it is believed.
+
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::{AuthMethod, Endpoints, OAuth2, describe_error};
+use crate::provider::{
+    ProviderError, failure, is_transient, json_error, malformed, read_body, retry_after_text,
+    sanitize,
+};
+
+/// RFC 8414 section 3: the well-known suffix, inserted between host and issuer path.
+const RFC8414_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+
+/// OpenID Connect Discovery 1.0 section 4: appended to the issuer.
+const OIDC_WELL_KNOWN: &str = "/.well-known/openid-configuration";
+
+/// RFC 8414 / OpenID provider metadata: the fields we use.
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    introspection_endpoint: Option<String>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    grant_types_supported: Option<Vec<String>>,
+}
+
+/// The discovery documents to try for `issuer`, in order: RFC 8414's (suffix inserted
+/// before the issuer's path), then OpenID's (suffix appended).
+pub fn discovery_urls(issuer: &Url) -> Vec<Url> {
+    let path = issuer.path().trim_end_matches('/');
+    let mut rfc8414 = issuer.clone();
+    rfc8414.set_path(&format!("{RFC8414_WELL_KNOWN}{path}"));
+    let mut oidc = issuer.clone();
+    oidc.set_path(&format!("{path}{OIDC_WELL_KNOWN}"));
+    vec![rfc8414, oidc]
+}
+
+/// The configured and announced issuers name the same server: identical but for a trailing
+/// slash, which some servers add (Auth0) and operators drop.
+pub(super) fn same_issuer(configured: &Url, announced: &str) -> bool {
+    configured.as_str().trim_end_matches('/') == announced.trim_end_matches('/')
+}
+
+/// An endpoint from a discovery document: https, or http on a loopback host like the config
+/// allows.
+pub(super) fn endpoint_url(
+    operation: &'static str,
+    key: &str,
+    text: &str,
+) -> Result<Url, ProviderError> {
+    let bad = |why: &str| ProviderError::Discovery {
+        operation,
+        what: format!("{key} {why}"),
+    };
+    let url = Url::parse(text).map_err(|_| bad("is not a URL"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if crate::provider::is_loopback(&url) => {}
+        _ => return Err(bad("is not an https:// URL")),
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(bad("has a user name, password or fragment"));
+    }
+    Ok(url)
+}
+
+impl OAuth2 {
+    pub(super) async fn discover(&self, issuer: &Url) -> Result<Endpoints, ProviderError> {
+        const OP: &str = "discovery";
+        let mut tried = Vec::new();
+        for url in discovery_urls(issuer) {
+            let resp = self
+                .http
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(self.timeout)
+                .send()
+                .await
+                .map_err(|source| ProviderError::Transport {
+                    operation: OP,
+                    source,
+                })?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = read_body(OP, resp).await?;
+            if is_transient(status) {
+                return Err(failure(
+                    OP,
+                    status.as_u16(),
+                    retry_after_text(&headers),
+                    describe_error(&body),
+                ));
+            }
+            if status != StatusCode::OK {
+                tried.push(format!("{url} (HTTP {})", status.as_u16()));
+                continue;
+            }
+            let found = parse_discovery_answer(&url, issuer, self.auth_method, &body)?;
+            if found.auth_method_unlisted {
+                warn!(provider = %self.name, auth_method = self.auth_method.name(),
+                    "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
+            }
+            if found.client_credentials_unlisted {
+                warn!(provider = %self.name,
+                    "the server does not list the client_credentials grant as supported");
+            }
+            let endpoints = found.endpoints;
+            info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
+                revocation = endpoints.revocation.is_some(),
+                introspection = endpoints.introspection.is_some(),
+                "discovered the authorization server's endpoints");
+            return Ok(endpoints);
+        }
+        Err(ProviderError::Discovery {
+            operation: OP,
+            what: format!("no discovery document at {}", tried.join(" or ")),
+        })
+    }
+}
+
+/// A discovery document read by [`parse_discovery_answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub endpoints: Endpoints,
+    /// The document lists the token endpoint's auth methods, and ours is not among them. The
+    /// caller warns rather than refuses: servers leave methods out that they accept.
+    pub auth_method_unlisted: bool,
+    /// The document lists the grant types, and client_credentials is not among them; a
+    /// warning for the same reason.
+    pub client_credentials_unlisted: bool,
+}
+
+/// Read a discovery document (RFC 8414 section 3.2, OpenID Connect Discovery section 4.2)
+/// fetched from `document` for the configured `issuer`, whose client authenticates with
+/// `auth_method`. Only 200 bodies come here: any other status means "try the next document"
+/// or "retry later", which is the HTTP loop's decision, not the document's.
+pub fn parse_discovery_answer(
+    document: &Url,
+    issuer: &Url,
+    auth_method: AuthMethod,
+    body: &[u8],
+) -> Result<Discovered, ProviderError> {
+    const OP: &str = "discovery";
+    let meta: Metadata = serde_json::from_slice(body).map_err(|e| {
+        malformed(
+            OP,
+            format!(
+                "{document} is not authorization server metadata: {}",
+                json_error(&e)
+            ),
+        )
+    })?;
+    if !same_issuer(issuer, &meta.issuer) {
+        return Err(ProviderError::Discovery {
+            operation: OP,
+            what: format!(
+                "{document} names issuer {:?}, not the configured {issuer}; refusing endpoints another server announces (RFC 8414 section 3.3)",
+                sanitize(&meta.issuer)
+            ),
+        });
+    }
+    let token_text = meta
+        .token_endpoint
+        .as_deref()
+        .ok_or_else(|| ProviderError::Discovery {
+            operation: OP,
+            what: format!("{document} has no token_endpoint"),
+        })?;
+    let endpoints = Endpoints {
+        token: endpoint_url(OP, "token_endpoint", token_text)?,
+        revocation: meta
+            .revocation_endpoint
+            .as_deref()
+            .map(|u| endpoint_url(OP, "revocation_endpoint", u))
+            .transpose()?,
+        introspection: meta
+            .introspection_endpoint
+            .as_deref()
+            .map(|u| endpoint_url(OP, "introspection_endpoint", u))
+            .transpose()?,
+    };
+    let method = auth_method.name();
+    Ok(Discovered {
+        endpoints,
+        auth_method_unlisted: meta
+            .token_endpoint_auth_methods_supported
+            .is_some_and(|methods| !methods.iter().any(|m| m == method)),
+        client_credentials_unlisted: meta
+            .grant_types_supported
+            .is_some_and(|grants| !grants.iter().any(|g| g == "client_credentials")),
+    })
+}
