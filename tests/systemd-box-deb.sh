@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The Debian package under a real systemd (tests/tools/systemd-box.sh): `dpkg -i` the .deb
+# `cargo deb` built, check what it installed (user, folders, man pages, bash completion) and
+# that it neither enabled nor started the service, start it with a config whose keys are in
+# files, then `dpkg -r` (which stops it: every token revoked) and `dpkg -P`.
+# The checks are in tests/systemd/in-box-deb.sh.
+#
+# Usage (as root): cargo deb && tests/systemd-box-deb.sh [PACKAGE.deb]
+#   default PACKAGE: the newest target/debian/tokenkeeper_*.deb
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+box=${SYSTEMD_BOX:-$root/tests/tools/systemd-box.sh}
+deb=${1:-$(ls -t "$root"/target/debian/tokenkeeper_*.deb 2>/dev/null | head -1)}
+# Exit 1, not 2: 2 to 4 are the box's "this machine cannot host it", which CI skips.
+[ -f "$deb" ] || { echo "no package: run cargo deb first" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+cat > "$work/tk-dev-provider.service" <<EOC
+[Unit]
+Description=fake Voucherify provider for the tokenkeeper package test
+
+[Service]
+ExecStart=/usr/bin/tokenkeeper dev-provider --listen 127.0.0.1:$port --lifetime 300s
+DynamicUser=yes
+EOC
+
+cat > "$work/config.yaml" <<EOC
+state_dir: /var/lib/tokenkeeper
+providers:
+  dev:
+    kind: voucherify
+    base_url: http://127.0.0.1:$port
+    app_id: { file: /etc/tokenkeeper/keys/app-id }
+    app_token: { file: /etc/tokenkeeper/keys/app-token }
+scope_sets:
+  - name: orders-sync
+    provider: dev
+    scopes: [orders]
+    file: { path: /run/tokenkeeper/orders-sync.token }
+EOC
+printf dev-app-id > "$work/app-id"
+printf dev-app-token > "$work/app-token"
+
+exec bash "$box" run -t 240 \
+  "$deb:/root/tokenkeeper.deb" \
+  "$work/tk-dev-provider.service:/root/tk-dev-provider.service" \
+  "$work/config.yaml:/root/config.yaml" \
+  "$work/app-id:/root/app-id" \
+  "$work/app-token:/root/app-token" \
+  "$root/tests/systemd/in-box-deb.sh:/root/in-box-deb.sh" \
+  -- /root/in-box-deb.sh "$port"

@@ -1,0 +1,74 @@
+#!/bin/bash
+# Runs inside the systemd-box container, as root, for tests/systemd-box-deb.sh: installs,
+# runs, removes and purges the Debian package. One PASS/FAIL line per check; exits non-zero
+# if any failed.
+set -u
+PORT=$1
+UNIT=tokenkeeper.service
+fail=0
+pass() { echo "PASS: $*"; }
+bad() { echo "FAIL: $*"; fail=1; }
+check() { local what=$1; shift; if "$@"; then pass "$what"; else bad "$what"; fi; }
+introspect() {
+  curl -s -X POST "http://127.0.0.1:$PORT/v1/oauth/introspect" \
+    -H 'X-App-Id: dev-app-id' -H 'X-App-Token: dev-app-token' \
+    --data-urlencode "access_token=$1"
+}
+
+echo "== $(systemctl --version | head -1)"
+out=$(dpkg -i /root/tokenkeeper.deb 2>&1); rc=$?
+check "dpkg -i installs the package (exit $rc)" test $rc = 0
+[ $rc = 0 ] || echo "$out"
+check "the binary is /usr/bin/tokenkeeper: $(/usr/bin/tokenkeeper --version)" test -x /usr/bin/tokenkeeper
+check "user and group tokenkeeper exist" bash -c 'getent passwd tokenkeeper >/dev/null && getent group tokenkeeper >/dev/null'
+check "the credentials folder is root's alone (0700)" test "$(stat -c %a /etc/tokenkeeper/credentials)" = 700
+check "systemd knows the unit ($(systemctl show -P LoadState $UNIT))" test "$(systemctl show -P LoadState $UNIT)" = loaded
+check "the install neither enabled ($(systemctl is-enabled $UNIT 2>&1)) nor started it" \
+  test "$(systemctl is-enabled $UNIT 2>&1)" = disabled -a "$(systemctl is-active $UNIT)" = inactive
+page=$(ls /usr/share/man/man1/tokenkeeper.1* 2>/dev/null | head -1)
+check "man page tokenkeeper(1) installed ($page)" test -n "$page"
+if command -v man >/dev/null; then
+  text=$(MANPAGER=cat man tokenkeeper 2>/dev/null)
+else
+  text=$(zcat -f "$page" | sed 's/\\-/-/g')
+fi
+check "the man page shows the commands" bash -c 'for c in run check revoke once exec status; do grep -qw -- "$c" <<<"$1" || exit 1; done' _ "$text"
+check "a page per subcommand (tokenkeeper-run(1))" bash -c 'ls /usr/share/man/man1/tokenkeeper-run.1* >/dev/null'
+words=$(bash -c 'source /usr/share/bash-completion/completions/tokenkeeper
+  COMP_WORDS=(tokenkeeper ""); COMP_CWORD=1; COMP_LINE="tokenkeeper "; COMP_POINT=12
+  _tokenkeeper tokenkeeper "" tokenkeeper; echo "${COMPREPLY[*]}"')
+check "tokenkeeper <TAB> completes the commands in bash ($words)" bash -c '[[ " $1 " == *" run "* && " $1 " == *" check "* && " $1 " == *" once "* ]]' _ "$words"
+check "zsh and fish completions installed" test -f /usr/share/zsh/vendor-completions/_tokenkeeper -a -f /usr/share/fish/vendor_completions.d/tokenkeeper.fish
+check "docs and examples under /usr/share/doc/tokenkeeper" test -f /usr/share/doc/tokenkeeper/README.md -a -f /usr/share/doc/tokenkeeper/examples/tokenkeeper.example.yaml
+
+# ---- run it with keys in files: the shipped unit, unchanged
+cp /root/tk-dev-provider.service /etc/systemd/system/
+systemctl daemon-reload
+systemctl start tk-dev-provider.service
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+install -d -m 0750 -g tokenkeeper /etc/tokenkeeper/keys
+for k in app-id app-token; do install -m 0400 -o tokenkeeper -g tokenkeeper /root/$k /etc/tokenkeeper/keys/$k; done
+install -m 0640 -o root -g tokenkeeper /root/config.yaml /etc/tokenkeeper/config.yaml
+systemctl enable --now $UNIT 2>/dev/null; rc=$?
+check "systemctl enable --now starts it (exit $rc, $(systemctl is-active $UNIT))" test $rc = 0 -a "$(systemctl is-active $UNIT)" = active
+tok=$(cat /run/tokenkeeper/orders-sync.token 2>/dev/null)
+check "the token file is written" test -n "$tok"
+check "the token is live on the provider" grep -q '"active":true' <<<"$(introspect "$tok")"
+
+# ---- remove: stops the service, which revokes
+out=$(dpkg -r tokenkeeper 2>&1); rc=$?
+check "dpkg -r removes the package (exit $rc)" test $rc = 0
+[ $rc = 0 ] || echo "$out"
+check "the service is stopped ($(systemctl is-active $UNIT))" test "$(systemctl is-active $UNIT)" != active
+check "the token is no longer live on the provider" grep -q '"active":false' <<<"$(introspect "$tok")"
+check "the token file is gone" test ! -e /run/tokenkeeper/orders-sync.token
+check "the binary is gone" test ! -e /usr/bin/tokenkeeper
+out=$(dpkg -P tokenkeeper 2>&1); rc=$?
+check "dpkg -P purges it (exit $rc)" test $rc = 0
+check "dpkg no longer knows the package" bash -c '! dpkg -s tokenkeeper >/dev/null 2>&1'
+check "the operator's config is left in place" test -f /etc/tokenkeeper/config.yaml
+leaked=$(journalctl -u $UNIT --no-pager -o cat | grep -c -e "$tok" -e dev-app-token)
+check "no token and no key in the unit's journal" test "$leaked" = 0
+
+[ $fail = 0 ] && echo "SYSTEMD-BOX-DEB OK" || echo "SYSTEMD-BOX-DEB FAILED"
+exit $fail
