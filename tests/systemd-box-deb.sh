@@ -14,6 +14,10 @@ deb=${1:-$(ls -t "$root"/target/debian/tokenkeeper_*.deb 2>/dev/null | head -1)}
 # Exit 1, not 2: 2 to 4 are the box's "this machine cannot host it", which CI skips.
 [ -f "$deb" ] || { echo "no package: run cargo deb first" >&2; exit 1; }
 
+# man-db in the box, so the check reads `man tokenkeeper` as an operator would (a second
+# cached root file system; the first run builds it in about two minutes).
+export SDBOX_EXTRA_PACKAGES=${SDBOX_EXTRA_PACKAGES:-man-db}
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
