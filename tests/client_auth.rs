@@ -41,33 +41,9 @@ fn set(name: &str, provider: &str, path: &Path) -> String {
     )
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            b64.push(if i <= chunk.len() {
-                char::from(A[((n >> (18 - 6 * i)) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    let lines: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8(c.to_vec()).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
+/// A PKCS#8 key in PEM, as an operator's key file holds it.
+fn pkcs8_pem(der: &[u8]) -> String {
+    rcgen::KeyPair::try_from(der).unwrap().serialize_pem()
 }
 
 /// The body of a PEM key, to check it never reaches a log.
@@ -101,7 +77,7 @@ async fn private_key_jwt_rs256_and_es256_issue_refresh_and_revoke() {
     .public_key()
     .as_ref()
     .to_vec();
-    let ec_pem = pem("PRIVATE KEY", ec_doc.as_ref());
+    let ec_pem = pkcs8_pem(ec_doc.as_ref());
     let rsa_idp = OAuth2Fake::start_jwt(
         "tokenkeeper",
         "RS256",
@@ -262,8 +238,7 @@ fn check_refuses_bad_keys_with_exit_78_and_never_quotes_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rng = ring::rand::SystemRandom::new();
-    let ed = pem(
-        "PRIVATE KEY",
+    let ed = pkcs8_pem(
         signature::Ed25519KeyPair::generate_pkcs8(&rng)
             .unwrap()
             .as_ref(),
