@@ -276,43 +276,22 @@ fn too_large_message() -> String {
 /// The config file's text: a regular file (a device such as /dev/zero, or a FIFO, would be
 /// read forever or block), at most [`MAX_CONFIG_BYTES`], UTF-8.
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use crate::sink::SmallTextError as E;
     let fail = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     };
     let refuse = |why: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-    // Non-blocking, so that opening a FIFO nobody writes returns instead of waiting; a
-    // regular file reads the same either way.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(fail)?;
-    let meta = file.metadata().map_err(fail)?;
-    if !meta.is_file() {
-        return Err(refuse(
+    crate::sink::read_small_text(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        E::Io(e) => fail(e),
+        E::NotAFile => refuse(
             "not a regular file (a device, FIFO, socket or directory); the configuration is read from a file".into(),
-        ));
-    }
-    let too_large = || refuse(too_large_message());
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    // Bounded even if the file grows while it is read.
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(fail)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(too_large());
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        fail(std::io::Error::new(
+        ),
+        E::TooLarge => refuse(too_large_message()),
+        E::NotUtf8 => fail(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "stream did not contain valid UTF-8",
-        ))
+        )),
     })
 }
 

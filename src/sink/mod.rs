@@ -354,6 +354,46 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> Result<tempfile::NamedTemp
         .map_err(io("create a temporary file in", dir))
 }
 
+/// Why [`read_small_text`] refused a file; each caller words it for what the file is.
+#[derive(Debug)]
+pub enum SmallTextError {
+    Io(std::io::Error),
+    /// A device, FIFO, socket or directory.
+    NotAFile,
+    /// Over the caller's bound, at open or while read.
+    TooLarge,
+    NotUtf8,
+}
+
+/// The whole of a small text file the operator names (the config, a template): a regular
+/// file only, at most `max` bytes even if it grows while it is read, UTF-8. Opened
+/// non-blocking, so that a FIFO nobody writes returns instead of waiting; a regular file
+/// reads the same either way.
+pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(SmallTextError::Io)?;
+    let meta = file.metadata().map_err(SmallTextError::Io)?;
+    if !meta.is_file() {
+        return Err(SmallTextError::NotAFile);
+    }
+    if meta.len() > max {
+        return Err(SmallTextError::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(SmallTextError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(SmallTextError::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| SmallTextError::NotUtf8)
+}
+
 /// Remove a token file; a file that is already gone is fine.
 pub fn remove(path: &Path) -> Result<(), SinkError> {
     match std::fs::remove_file(path) {

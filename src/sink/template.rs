@@ -106,44 +106,25 @@ impl FileTemplate {
     /// Read the template at `path`: a regular file (a FIFO would block, a device be read
     /// forever), at most [`MAX_TEMPLATE_BYTES`], UTF-8.
     pub fn read(path: &Path, provider: &str) -> Result<Self, TemplateError> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
+        use super::SmallTextError as E;
+        use std::io::{Error, ErrorKind};
         let fail = |source| TemplateError::Read {
             path: path.to_path_buf(),
             source,
         };
-        let refuse = |kind, why: &str| fail(std::io::Error::new(kind, why.to_string()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-            .map_err(fail)?;
-        let meta = file.metadata().map_err(fail)?;
-        if !meta.is_file() {
-            return Err(refuse(
-                std::io::ErrorKind::InvalidInput,
+        let refuse = |kind, why: &str| fail(Error::new(kind, why.to_string()));
+        let source = super::read_small_text(path, MAX_TEMPLATE_BYTES).map_err(|e| match e {
+            E::Io(e) => fail(e),
+            E::NotAFile => refuse(
+                ErrorKind::InvalidInput,
                 "not a regular file (a device, FIFO, socket or directory)",
-            ));
-        }
-        let too_large = || {
-            refuse(
-                std::io::ErrorKind::InvalidInput,
+            ),
+            E::TooLarge => refuse(
+                ErrorKind::InvalidInput,
                 "larger than 1 MiB, the most a template may be",
-            )
-        };
-        if meta.len() > MAX_TEMPLATE_BYTES {
-            return Err(too_large());
-        }
-        let mut bytes = Vec::new();
-        // Bounded even if the file grows while it is read.
-        file.take(MAX_TEMPLATE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(fail)?;
-        if bytes.len() as u64 > MAX_TEMPLATE_BYTES {
-            return Err(too_large());
-        }
-        let source = String::from_utf8(bytes)
-            .map_err(|_| refuse(std::io::ErrorKind::InvalidData, "not valid UTF-8 text"))?;
+            ),
+            E::NotUtf8 => refuse(ErrorKind::InvalidData, "not valid UTF-8 text"),
+        })?;
         Ok(Self::new(path, source, provider))
     }
 
