@@ -53,8 +53,15 @@ struct ConfigArg {
 enum Command {
     /// Run the daemon in the foreground until SIGTERM or SIGINT.
     Run(ConfigArg),
-    /// Validate the configuration and the secrets it names; exit 0 or 78.
-    Check(ConfigArg),
+    /// Validate the configuration and the secrets it names; exit 0 or 78. Warns when a
+    /// provider's discovery metadata does not list its auth_method.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Do not fetch the providers' discovery metadata.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Revoke the tokens recorded in the state journal (all sets, or those named), after a
     /// crash or before decommissioning a machine. Refuses while the daemon runs.
     Revoke {
@@ -165,7 +172,9 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_OSERR);
     }
     let code = match cli.command {
-        Command::Check(a) => cli::check::check(&a.config),
+        Command::Check { config, offline } => {
+            with_runtime(|| cli::check::check(&config.config, offline))
+        }
         Command::Status { config, json } => cli::status::show_status(&config.config, json),
         Command::Run(a) => with_runtime(|| cli::run::run(&a.config)),
         Command::Revoke { config, sets } => {

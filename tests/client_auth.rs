@@ -301,3 +301,92 @@ fn check_refuses_bad_keys_with_exit_78_and_never_quotes_them() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = "cs-4f1d9a-check-discovery";
+    // The server announces client_secret_basic only; `post` asks for what it does not list,
+    // `basic` for what it does.
+    let idp = OAuth2Fake::start("client_secret_basic", "tokenkeeper", secret).await;
+    // A port nothing listens on: the server of `gone` cannot be reached.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/realms/ops", closed.local_addr().unwrap());
+    drop(closed);
+    let provider = |name: &str, issuer: &str, method: &str| {
+        format!(
+            "  {name}:\n    kind: oauth2\n    issuer: {issuer}\n    client_id: tokenkeeper\n    client_secret: {{ env: TK_CS }}\n    auth_method: {method}\n"
+        )
+    };
+    let cfg = write_config(
+        d,
+        &format!(
+            "providers:\n{}{}{}scope_sets:\n{}{}{}",
+            provider("post", &idp.issuer(), "client_secret_post"),
+            provider("basic", &idp.issuer(), "client_secret_basic"),
+            provider("gone", &gone, "client_secret_basic"),
+            set("a", "post", &d.join("a.token")),
+            set("b", "basic", &d.join("b.token")),
+            set("c", "gone", &d.join("c.token")),
+        ),
+    );
+    let check = |extra: &'static [&'static str]| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tokenkeeper"))
+                .arg("check")
+                .args(extra)
+                .args(["-c", &cfg])
+                .env("TK_CS", secret)
+                .env_remove("CREDENTIALS_DIRECTORY")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = check(&[]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Warnings, not errors: servers leave out methods they accept, and the network at
+    // `check` time is not the network at run time.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let about = |name: &str| -> Vec<&str> {
+        let at = format!(": providers.{name}: ");
+        lines.iter().copied().filter(|l| l.contains(&at)).collect()
+    };
+    let post = about("post");
+    assert_eq!(post.len(), 1, "{stderr}");
+    assert!(post[0].starts_with("warning: "), "{stderr}");
+    assert!(
+        post[0].contains("does not list auth_method client_secret_post"),
+        "{stderr}"
+    );
+    assert!(about("basic").is_empty(), "{stderr}");
+    let gone_lines = about("gone");
+    assert_eq!(gone_lines.len(), 1, "{stderr}");
+    assert!(
+        gone_lines[0].contains("could not be read, so auth_method was not checked"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+    // Only the metadata was read: no token asked for, no credential sent.
+    let requests = idp.state().requests.clone();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().all(|r| r.starts_with("GET /.well-known/")),
+        "{requests:?}"
+    );
+    assert!(
+        idp.state().violations.is_empty(),
+        "{:?}",
+        idp.state().violations
+    );
+
+    // --offline asks nobody and says nothing of discovery.
+    let before = idp.state().requests.len();
+    let out = check(&["--offline"]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("providers."), "{stderr}");
+    assert_eq!(idp.state().requests.len(), before);
+}

@@ -103,7 +103,7 @@ _tokenkeeper() {
             return 0
             ;;
         tokenkeeper__subcmd__check)
-            opts="-c -h --config --help"
+            opts="-c -h --config --offline --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -27,7 +27,7 @@ end
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -s V -l version -d 'Print version'
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "run" -d 'Run the daemon in the foreground until SIGTERM or SIGINT'
-complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "check" -d 'Validate the configuration and the secrets it names; exit 0 or 78'
+complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "check" -d 'Validate the configuration and the secrets it names; exit 0 or 78. Warns when a provider\'s discovery metadata does not list its auth_method'
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "revoke" -d 'Revoke the tokens recorded in the state journal (all sets, or those named), after a crash or before decommissioning a machine. Refuses while the daemon runs'
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "once" -d 'Make sure each set (all by default) has a token in its file valid for at least --min-remaining, reusing the journaled one when it qualifies; then exit. Never revokes'
 complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "exec" -d 'Run CMD with fresh tokens for the chosen sets, kept fresh while it runs, revoked when it exits; exit with its status'
@@ -40,6 +40,7 @@ complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "help" -d 'P
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand run" -s c -l config -d 'Configuration file' -r -F
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand run" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -s c -l config -d 'Configuration file' -r -F
+complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -l offline -d 'Do not fetch the providers\' discovery metadata'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand revoke" -s c -l config -d 'Configuration file' -r -F
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand revoke" -s h -l help -d 'Print help'
@@ -67,7 +68,7 @@ complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand completions" -s 
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand manpage" -l dir -r -F
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand manpage" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "run" -d 'Run the daemon in the foreground until SIGTERM or SIGINT'
-complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "check" -d 'Validate the configuration and the secrets it names; exit 0 or 78'
+complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "check" -d 'Validate the configuration and the secrets it names; exit 0 or 78. Warns when a provider\'s discovery metadata does not list its auth_method'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "revoke" -d 'Revoke the tokens recorded in the state journal (all sets, or those named), after a crash or before decommissioning a machine. Refuses while the daemon runs'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "once" -d 'Make sure each set (all by default) has a token in its file valid for at least --min-remaining, reusing the journaled one when it qualifies; then exit. Never revokes'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand help; and not __fish_seen_subcommand_from run check revoke once exec status demo dev-provider completions manpage help" -f -a "exec" -d 'Run CMD with fresh tokens for the chosen sets, kept fresh while it runs, revoked when it exits; exit with its status'

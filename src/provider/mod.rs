@@ -401,6 +401,26 @@ impl TokenProvider for Provider {
     }
 }
 
+/// `check`'s look at the metadata of a provider that discovers its endpoints, so that an
+/// auth_method the server does not list is known before the daemon starts; `None` for every
+/// provider that does not discover.
+pub async fn probe_metadata(
+    cfg: &ProviderConfig,
+    http: &reqwest::Client,
+) -> Option<Result<oauth2::Discovered, ProviderError>> {
+    let ProviderKind::OAuth2 {
+        endpoints: OAuth2Endpoints::Discover { .. },
+        ..
+    } = &cfg.kind
+    else {
+        return None;
+    };
+    match oauth2::OAuth2::from_config(cfg, http) {
+        Ok(p) => p.probe_metadata().await,
+        Err(e) => Some(Err(e)),
+    }
+}
+
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.
 pub fn http_client() -> Result<reqwest::Client, ProviderError> {
     client_builder().build().map_err(ProviderError::Client)

@@ -71,6 +71,32 @@ pub(super) fn endpoint_url(
 
 impl OAuth2 {
     pub(super) async fn discover(&self, issuer: &Url) -> Result<Endpoints, ProviderError> {
+        let (url, found) = self.fetch_metadata(issuer).await?;
+        if found.auth_method_unlisted {
+            warn!(provider = %self.name, auth_method = self.auth_method.name(),
+                "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
+        }
+        if found.client_credentials_unlisted {
+            warn!(provider = %self.name,
+                "the server does not list the client_credentials grant as supported");
+        }
+        let endpoints = found.endpoints;
+        info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
+            revocation = endpoints.revocation.is_some(),
+            introspection = endpoints.introspection.is_some(),
+            "discovered the authorization server's endpoints");
+        Ok(endpoints)
+    }
+
+    /// What `check` learns from the server's metadata, without logging it: `None` for a
+    /// provider whose endpoints are configured rather than discovered.
+    pub async fn probe_metadata(&self) -> Option<Result<Discovered, ProviderError>> {
+        let issuer = self.issuer.as_ref()?;
+        Some(self.fetch_metadata(issuer).await.map(|(_, found)| found))
+    }
+
+    /// The first discovery document the server has for `issuer`, and where it was found.
+    async fn fetch_metadata(&self, issuer: &Url) -> Result<(Url, Discovered), ProviderError> {
         const OP: &str = "discovery";
         let mut tried = Vec::new();
         for url in discovery_urls(issuer) {
@@ -101,20 +127,7 @@ impl OAuth2 {
                 continue;
             }
             let found = parse_discovery_answer(&url, issuer, self.auth_method, &body)?;
-            if found.auth_method_unlisted {
-                warn!(provider = %self.name, auth_method = self.auth_method.name(),
-                    "the server does not list this auth_method as supported; set auth_method to one it lists if token requests fail");
-            }
-            if found.client_credentials_unlisted {
-                warn!(provider = %self.name,
-                    "the server does not list the client_credentials grant as supported");
-            }
-            let endpoints = found.endpoints;
-            info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
-                revocation = endpoints.revocation.is_some(),
-                introspection = endpoints.introspection.is_some(),
-                "discovered the authorization server's endpoints");
-            return Ok(endpoints);
+            return Ok((url, found));
         }
         Err(ProviderError::Discovery {
             operation: OP,
