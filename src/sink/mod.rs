@@ -310,18 +310,49 @@ pub fn remove_stale_temps(path: &Path) {
 /// Atomically replace `path` with `contents` at exactly `mode`, owned by us: the journal,
 /// state files, the status file and metrics go through here like the token files.
 pub fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), SinkError> {
-    let file = FileConfig {
+    write_atomic(&own_file(path, mode), contents)
+}
+
+/// One of the daemon's own files: raw bytes, owned by the daemon's user.
+fn own_file(path: &Path, mode: u32) -> FileConfig {
+    FileConfig {
         path: path.to_path_buf(),
         format: FileFormat::Raw,
         mode,
         owner: None,
         group: None,
-    };
-    write_atomic(&file, contents)
+    }
 }
 
 /// Atomically replace `file.path` with `contents`, with the exact mode and owner.
 pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError> {
+    write_atomic_with(file, |w| w.write_all(contents))
+}
+
+/// [`write_file`] for contents that `fill` writes out piece by piece, through a buffer of
+/// [`STREAM_BUFFER_BYTES`]: the status file of 10,000 sets is several MiB of JSON, which
+/// serialized whole into memory first was the largest single allocation of a stop. Not for
+/// secrets: the buffer is not zeroed.
+pub fn write_file_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), SinkError> {
+    write_atomic_with(&own_file(path, mode), |w| {
+        let mut buffered = std::io::BufWriter::with_capacity(STREAM_BUFFER_BYTES, w);
+        fill(&mut buffered)?;
+        buffered.flush()
+    })
+}
+
+/// What [`write_file_with`] buffers: large enough that a multi-MiB file takes few `write`s,
+/// small next to the file.
+const STREAM_BUFFER_BYTES: usize = 64 * 1024;
+
+fn write_atomic_with(
+    file: &FileConfig,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), SinkError> {
     let path = &file.path;
     let (dir, name) = match (path.parent(), path.file_name()) {
         (Some(d), Some(n)) => (d, n),
@@ -329,7 +360,7 @@ pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError>
     };
     let mut tmp = create_temp(dir, name)?;
     let tmp_path = tmp.path().to_path_buf();
-    tmp.write_all(contents).map_err(io("write", &tmp_path))?;
+    fill(tmp.as_file_mut()).map_err(io("write", &tmp_path))?;
     let f: &File = tmp.as_file();
     if file.owner.is_some() || file.group.is_some() {
         std::os::unix::fs::fchown(f, file.owner, file.group).map_err(io("chown", &tmp_path))?;
