@@ -20,10 +20,12 @@ use super::{CLOCK_DOUBT_WINDOW, JournalError};
 const QUEUE: usize = 1024;
 
 /// How often the journal writer of a daemon makes sure its lock still guards the state
-/// directory (besides before every commit): a stat each time. Two seconds keeps the window
-/// in which a second process could take a removed directory short, and an idle daemon's
-/// wake-ups under its budget of one a second.
-pub(super) const LOCK_CHECK: Duration = Duration::from_secs(2);
+/// directory (besides before every commit, which is when it matters most): a stat each time.
+/// Each check wakes the runtime about three times (tokio's timer wheel wakes once to move a
+/// timer of this range down a level, then again to fire it), so every 2 s it was most of an
+/// idle daemon's budget of one wake-up a second, with the 10 s status heartbeat on top.
+/// Ten seconds still leaves a second process little time to take a removed directory.
+pub(super) const LOCK_CHECK: Duration = Duration::from_secs(10);
 
 enum Op {
     Record(Box<Stored>),
