@@ -326,31 +326,44 @@ fn own_file(path: &Path, mode: u32) -> FileConfig {
 
 /// Atomically replace `file.path` with `contents`, with the exact mode and owner.
 pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError> {
-    write_atomic_with(file, |w| w.write_all(contents))
+    write_atomic_with(file, Durability::Durable, |w| w.write_all(contents))
 }
 
-/// [`write_file`] for contents that `fill` writes out piece by piece, through a buffer of
-/// [`STREAM_BUFFER_BYTES`]: the status file of 10,000 sets is several MiB of JSON, which
-/// serialized whole into memory first was the largest single allocation of a stop. Not for
-/// secrets: the buffer is not zeroed.
-pub fn write_file_with(
+/// Replace `path` atomically with what `fill` writes, piece by piece through a buffer of
+/// [`STREAM_BUFFER_BYTES`], and without `fsync`: for a file that says how things are and is
+/// rewritten every few seconds (the status file), whose loss in a power cut costs nothing,
+/// since the daemon that wrote it is gone too. Streamed because the status file of 10,000
+/// sets is several MiB of JSON, which serialized whole first was the largest single
+/// allocation of a stop; unsynced because the two `fsync`s were most of an idle daemon's
+/// wake-ups. Not for secrets: the buffer is not zeroed.
+pub fn write_advisory_file(
     path: &Path,
     mode: u32,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), SinkError> {
-    write_atomic_with(&own_file(path, mode), |w| {
+    write_atomic_with(&own_file(path, mode), Durability::Advisory, |w| {
         let mut buffered = std::io::BufWriter::with_capacity(STREAM_BUFFER_BYTES, w);
         fill(&mut buffered)?;
         buffered.flush()
     })
 }
 
-/// What [`write_file_with`] buffers: large enough that a multi-MiB file takes few `write`s,
-/// small next to the file.
+/// What [`write_advisory_file`] buffers: large enough that a multi-MiB file takes few
+/// `write`s, small next to the file.
 const STREAM_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Whether a replaced file must survive a power cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The file and the rename are flushed before the write returns: tokens, the journal.
+    Durable,
+    /// Atomic (a reader sees the old file or the new), but not flushed.
+    Advisory,
+}
 
 fn write_atomic_with(
     file: &FileConfig,
+    durability: Durability,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), SinkError> {
     let path = &file.path;
@@ -368,10 +381,13 @@ fn write_atomic_with(
     // fchmod after fchown: chown may clear mode bits, and the umask never touches fchmod.
     f.set_permissions(Permissions::from_mode(file.mode))
         .map_err(io("set the mode of", &tmp_path))?;
-    f.sync_all().map_err(io("fsync", &tmp_path))?;
+    let durable = durability == Durability::Durable;
+    if durable {
+        f.sync_all().map_err(io("fsync", &tmp_path))?;
+    }
     tmp.persist(path)
         .map_err(|e| io("rename a temporary file over", path)(e.error))?;
-    sync_dir(dir)
+    if durable { sync_dir(dir) } else { Ok(()) }
 }
 
 /// The temporary file a write starts with: next to the target (so the rename is atomic),

@@ -161,9 +161,10 @@ pub fn write_status_file(path: &Path, snap: &Snapshot) -> Result<(), StatusError
                 source,
             })?;
     }
-    // Streamed: at 10,000 sets the text is several MiB. Only the file can fail here (plain
-    // data always serializes), and a failed write leaves the old file in place.
-    sink::write_file_with(path, STATUS_MODE, |w| {
+    // Streamed (at 10,000 sets the text is several MiB) and not fsynced: the file is
+    // rewritten every heartbeat and means nothing after a power cut. Only the file can fail
+    // here (plain data always serializes), and a failed write leaves the old file in place.
+    sink::write_advisory_file(path, STATUS_MODE, |w| {
         serde_json::to_writer_pretty(&mut *w, snap).map_err(std::io::Error::other)?;
         w.write_all(b"\n")
     })
