@@ -232,6 +232,11 @@ fn main() -> ExitCode {
 /// (a slow fsync overlaps fifteen others) at a fraction of the memory.
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// How long an idle blocking thread waits for work before it exits. tokio's 10 s is the
+/// status heartbeat's period, so an idle daemon made and ended a thread for every heartbeat;
+/// a minute keeps one waiting between heartbeats, asleep.
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
 /// At exit, how long threads still reading or writing get before the process ends without
 /// them: everything the daemon must finish (revocations, the journal) is awaited before this,
 /// so only abandoned work is left, and a second is plenty for a write in flight.
@@ -242,6 +247,7 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => {
