@@ -322,13 +322,18 @@ async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
     let cfg = write_config(
         d,
         &format!(
-            "providers:\n{}{}{}scope_sets:\n{}{}{}",
+            "providers:\n{}{}{}{}scope_sets:\n{}{}{}{}",
             provider("post", &idp.issuer(), "client_secret_post"),
             provider("basic", &idp.issuer(), "client_secret_basic"),
             provider("gone", &gone, "client_secret_basic"),
+            // A systemd credential cannot be read outside the service: the metadata is
+            // still read, since asking for it needs no credential.
+            provider("unit", &idp.issuer(), "client_secret_post")
+                .replace("{ env: TK_CS }", "{ credential: idp-secret }"),
             set("a", "post", &d.join("a.token")),
             set("b", "basic", &d.join("b.token")),
             set("c", "gone", &d.join("c.token")),
+            set("d", "unit", &d.join("d.token")),
         ),
     );
     let check = |extra: &'static [&'static str]| {
@@ -361,6 +366,15 @@ async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
         post[0].contains("does not list auth_method client_secret_post"),
         "{stderr}"
     );
+    let unit: Vec<&str> = about("unit")
+        .into_iter()
+        .filter(|l| l.contains("metadata"))
+        .collect();
+    assert_eq!(unit.len(), 1, "{stderr}");
+    assert!(
+        unit[0].contains("does not list auth_method client_secret_post"),
+        "{stderr}"
+    );
     assert!(about("basic").is_empty(), "{stderr}");
     let gone_lines = about("gone");
     assert_eq!(gone_lines.len(), 1, "{stderr}");
@@ -387,6 +401,6 @@ async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
     let out = check(&["--offline"]).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("providers."), "{stderr}");
+    assert!(!stderr.contains("metadata"), "{stderr}");
     assert_eq!(idp.state().requests.len(), before);
 }

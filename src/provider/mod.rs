@@ -403,22 +403,31 @@ impl TokenProvider for Provider {
 
 /// `check`'s look at the metadata of a provider that discovers its endpoints, so that an
 /// auth_method the server does not list is known before the daemon starts; `None` for every
-/// provider that does not discover.
+/// provider that does not discover. No credential is needed (discovery is a plain GET), so
+/// none is read, except a client certificate that a server may ask for on every connection:
+/// then the connection offers it if it can be read, and goes without it otherwise.
 pub async fn probe_metadata(
     cfg: &ProviderConfig,
     http: &reqwest::Client,
 ) -> Option<Result<oauth2::Discovered, ProviderError>> {
     let ProviderKind::OAuth2 {
-        endpoints: OAuth2Endpoints::Discover { .. },
+        endpoints: OAuth2Endpoints::Discover { issuer },
+        auth_method,
         ..
     } = &cfg.kind
     else {
         return None;
     };
-    match oauth2::OAuth2::from_config(cfg, http) {
-        Ok(p) => p.probe_metadata().await,
-        Err(e) => Some(Err(e)),
+    if *auth_method == AuthMethod::TlsClientAuth
+        && let Ok(p) = oauth2::OAuth2::from_config(cfg, http)
+    {
+        return p.probe_metadata().await;
     }
+    Some(
+        oauth2::fetch_metadata(http, cfg.timeout, *auth_method, issuer)
+            .await
+            .map(|(_, found)| found),
+    )
 }
 
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.

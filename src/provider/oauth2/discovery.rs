@@ -95,45 +95,54 @@ impl OAuth2 {
         Some(self.fetch_metadata(issuer).await.map(|(_, found)| found))
     }
 
-    /// The first discovery document the server has for `issuer`, and where it was found.
     async fn fetch_metadata(&self, issuer: &Url) -> Result<(Url, Discovered), ProviderError> {
-        const OP: &str = "discovery";
-        let mut tried = Vec::new();
-        for url in discovery_urls(issuer) {
-            let resp = self
-                .http
-                .get(url.clone())
-                .header(reqwest::header::ACCEPT, "application/json")
-                .timeout(self.timeout)
-                .send()
-                .await
-                .map_err(|source| ProviderError::Transport {
-                    operation: OP,
-                    source,
-                })?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = read_body(OP, resp).await?;
-            if is_transient(status) {
-                return Err(failure(
-                    OP,
-                    status.as_u16(),
-                    retry_after_text(&headers),
-                    describe_error(&body),
-                ));
-            }
-            if status != StatusCode::OK {
-                tried.push(format!("{url} (HTTP {})", status.as_u16()));
-                continue;
-            }
-            let found = parse_discovery_answer(&url, issuer, self.auth_method, &body)?;
-            return Ok((url, found));
-        }
-        Err(ProviderError::Discovery {
-            operation: OP,
-            what: format!("no discovery document at {}", tried.join(" or ")),
-        })
+        fetch_metadata(&self.http, self.timeout, self.auth_method, issuer).await
     }
+}
+
+/// The first discovery document the server has for `issuer`, and where it was found. Only
+/// GET requests, which carry no client authentication: `check` asks with no credential loaded.
+pub async fn fetch_metadata(
+    http: &reqwest::Client,
+    timeout: std::time::Duration,
+    auth_method: AuthMethod,
+    issuer: &Url,
+) -> Result<(Url, Discovered), ProviderError> {
+    const OP: &str = "discovery";
+    let mut tried = Vec::new();
+    for url in discovery_urls(issuer) {
+        let resp = http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|source| ProviderError::Transport {
+                operation: OP,
+                source,
+            })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = read_body(OP, resp).await?;
+        if is_transient(status) {
+            return Err(failure(
+                OP,
+                status.as_u16(),
+                retry_after_text(&headers),
+                describe_error(&body),
+            ));
+        }
+        if status != StatusCode::OK {
+            tried.push(format!("{url} (HTTP {})", status.as_u16()));
+            continue;
+        }
+        let found = parse_discovery_answer(&url, issuer, auth_method, &body)?;
+        return Ok((url, found));
+    }
+    Err(ProviderError::Discovery {
+        operation: OP,
+        what: format!("no discovery document at {}", tried.join(" or ")),
+    })
 }
 
 /// A discovery document read by [`parse_discovery_answer`].

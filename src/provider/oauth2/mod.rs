@@ -33,7 +33,7 @@ pub use auth::{
     Alg, ClientAuth, JWT_BEARER_ASSERTION, KeyError, Signer, base64url, basic_credentials,
     identity, load_credential,
 };
-pub use discovery::{Discovered, discovery_urls, parse_discovery_answer};
+pub use discovery::{Discovered, discovery_urls, fetch_metadata, parse_discovery_answer};
 
 /// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
 /// a broken answer.
