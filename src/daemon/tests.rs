@@ -39,6 +39,12 @@ struct MockState {
     repeat: bool,
     /// What `introspect()` answers; `None` is Inactive.
     introspection: Option<Introspection>,
+    /// What `stop_turns()` answers.
+    turns: Option<Arc<tokio::sync::Semaphore>>,
+    /// How long a revocation takes, and how many were under way at once: now and at most.
+    revoke_delay: Duration,
+    revoking_now: usize,
+    most_revoking: usize,
 }
 
 impl Mock {
@@ -113,10 +119,18 @@ impl TokenProvider for Mock {
         })
     }
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
+        let delay = {
+            let mut s = self.s.lock().unwrap();
+            if s.fail_revoke {
+                return Err(failure(403));
+            }
+            s.revoking_now += 1;
+            s.most_revoking = s.most_revoking.max(s.revoking_now);
+            s.revoke_delay
+        };
+        tokio::time::sleep(delay).await;
         let mut s = self.s.lock().unwrap();
-        if s.fail_revoke {
-            return Err(failure(403));
-        }
+        s.revoking_now -= 1;
         s.revoked.push((token.expose().to_string(), Instant::now()));
         Ok(())
     }
@@ -130,6 +144,9 @@ impl TokenProvider for Mock {
     }
     fn revocation(&self) -> Revocation {
         self.s.lock().unwrap().policy.unwrap_or(Revocation::Always)
+    }
+    fn stop_turns(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.s.lock().unwrap().turns.clone()
     }
 }
 
@@ -407,6 +424,53 @@ async fn a_request_hung_at_stop_does_not_delay_revoking_the_held_token() {
         "{:?}",
         Instant::now() - stopped
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_sets_take_turns_at_their_provider() {
+    let p = Mock::new(S(900));
+    p.s.lock().unwrap().turns = Some(Arc::new(tokio::sync::Semaphore::new(2)));
+    let sets: Vec<_> = (0..6).map(|_| start(set_cfg(0.66, 0.0), &p, 0.0)).collect();
+    tokio::time::sleep(S(1)).await; // every set holds its token
+    assert_eq!(p.issued().len(), 6);
+    p.s.lock().unwrap().revoke_delay = S(1);
+    let stopped = Instant::now();
+    let outcomes = futures_util::future::join_all(sets.into_iter().map(|h| h.stop(S(30)))).await;
+    for (outcome, sink) in &outcomes {
+        assert_eq!(outcome.revoked.len(), 1, "{outcome:?}");
+        assert!(outcome.failed.is_empty(), "{outcome:?}");
+        assert_eq!(sink.content(), None);
+    }
+    assert_eq!(p.revoked().len(), 6);
+    assert_eq!(p.s.lock().unwrap().most_revoking, 2);
+    // Three turns of two sets, each revocation a second.
+    let took = Instant::now() - stopped;
+    assert!(took >= S(3) && took < S(4), "{took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_set_waiting_for_a_request_in_flight_takes_no_stop_turn() {
+    // One turn: were it taken by the set whose answer hangs, the other set's token would wait
+    // for that answer's deadline.
+    let p = Mock::new(S(900));
+    p.s.lock().unwrap().turns = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+    let hung = start(set_cfg(0.66, 0.0), &p, 0.0);
+    let other = start(set_cfg(0.66, 0.0), &p, 0.0);
+    tokio::time::sleep(S(1)).await; // both hold a token
+    p.s.lock().unwrap().issue_delay = S(3600);
+    let _ = hung.rotate.send(());
+    tokio::time::sleep(S(2)).await; // its next token asked for; the answer never comes in time
+    assert_eq!(p.issued().len(), 3);
+    let stopped = Instant::now();
+    let hung_stop = tokio::spawn(hung.stop(S(30)));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let (outcome, _) = other.stop(S(30)).await;
+    assert_eq!(outcome.revoked.len(), 1, "{outcome:?}");
+    assert_eq!(Instant::now(), stopped, "the other set waited for a turn");
+    let (outcome, _) = hung_stop.await.unwrap();
+    assert!(outcome.failed.is_empty(), "{outcome:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout_at};
 use tracing::{error, info};
 
@@ -39,11 +40,13 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     }
 
     /// Carry out the stop order: hand everything over, or revoke what must be revoked by the
-    /// deadline.
+    /// deadline. `turn` is the provider's stop turn, given back once the revocations are
+    /// done: the journal's and the file's part go faster with every set in one commit.
     pub(super) async fn finish(
         self: Box<Self>,
         t: Box<Tokens<S>>,
         order: Option<Order<S>>,
+        turn: Option<OwnedSemaphorePermit>,
     ) -> SetOutcome {
         let (deadline, keep_file, release) = match order {
             Some(Order::Revoke {
@@ -57,7 +60,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             // The daemon dropped its end: stop quickly rather than hang.
             None => (Instant::now() + STOP_RETRY_CAP, false, false),
         };
-        Box::pin(self.stop(t, deadline, keep_file, release)).await
+        Box::pin(self.stop(t, deadline, keep_file, release, turn)).await
     }
 
     /// Hand every token over to the successor at a reload, once the request in flight and
@@ -130,6 +133,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         deadline: Instant,
         keep_file: bool,
         release: bool,
+        turn: Option<OwnedSemaphorePermit>,
     ) -> SetOutcome {
         // Kept in its box: moved out, the task would sit in every stopping set's future, and
         // a stop of 10,000 sets would free 10,000 boxes while allocating as many larger
@@ -240,6 +244,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 }
             },
         );
+        drop(turn);
         outcome.revoked.extend(done);
         outcome.expiring.extend(late_expiring);
         if !outcome.expiring.is_empty() {
