@@ -173,26 +173,28 @@ fn main() -> ExitCode {
     }
     let code = match cli.command {
         Command::Check { config, offline } => {
-            with_runtime(|| cli::check::check(&config.config, offline))
+            with_runtime(move || async move { cli::check::check(&config.config, offline).await })
         }
         Command::Status { config, json } => cli::status::show_status(&config.config, json),
-        Command::Run(a) => with_runtime(|| cli::run::run(&a.config)),
+        Command::Run(a) => with_runtime(move || async move { cli::run::run(&a.config).await }),
         Command::Revoke { config, sets } => {
-            with_runtime(|| cli::revoke::revoke(&config.config, sets))
+            with_runtime(move || async move { cli::revoke::revoke(&config.config, sets).await })
         }
         Command::Once {
             config,
             sets,
             min_remaining,
             timeout,
-        } => with_runtime(|| cli::once::once(&config.config, sets, min_remaining, timeout)),
+        } => with_runtime(move || async move {
+            cli::once::once(&config.config, sets, min_remaining, timeout).await
+        }),
         Command::Exec {
             config,
             sets,
             env_token,
             start_timeout,
             command,
-        } => with_runtime(|| {
+        } => with_runtime(move || async move {
             cli::exec::exec(
                 &config.config,
                 sets,
@@ -202,6 +204,7 @@ fn main() -> ExitCode {
                     start_timeout,
                 },
             )
+            .await
         }),
         Command::Demo { dir, lifetime } => with_runtime(|| cli::demo::demo(dir, lifetime)),
         Command::Completions { shell } => cli::generate::completions(Cli::command(), shell),
@@ -242,7 +245,7 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// so only abandoned work is left, and a second is plenty for a write in flight.
 const BLOCKING_THREADS_AT_EXIT: Duration = Duration::from_secs(1);
 
-fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u8 {
+fn with_runtime<F: std::future::Future<Output = u8> + Send + 'static>(f: impl FnOnce() -> F) -> u8 {
     tokenkeeper::memory::tune_allocator();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -251,7 +254,16 @@ fn with_runtime<F: std::future::Future<Output = u8>>(f: impl FnOnce() -> F) -> u
         .build()
     {
         Ok(rt) => {
-            let code = rt.block_on(f());
+            let code = rt.block_on(async move {
+                match tokio::spawn(f()).await {
+                    Ok(code) => code,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => {
+                        say_err!("tokenkeeper: the command was cancelled: {e}");
+                        EXIT_OSERR
+                    }
+                }
+            });
             // A reload abandoned at stop may still be reading on a blocking thread (a secret
             // on a FIFO or a stuck mount); dropping the runtime would wait for it for ever.
             rt.shutdown_timeout(BLOCKING_THREADS_AT_EXIT);

@@ -121,12 +121,22 @@ async fn sigterm_during_the_config_load_never_kills() {
         0o022,
         &[],
     );
-    // Until the kernel says the daemon's main thread (where the config is loaded) waits in the
-    // FIFO's open for a writer: it is then inside the config load for as long as this test
-    // likes.
-    let wchan = format!("/proc/{}/wchan", d.child.id());
+    // Until the kernel says one of the daemon's threads (the runtime worker the config is
+    // loaded on) waits in the FIFO's open for a writer: it is then inside the config load
+    // for as long as this test likes.
+    let tasks = format!("/proc/{}/task", d.child.id());
+    let in_open = || {
+        std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default()
+                    == "wait_for_partner"
+            })
+    };
     let start = Instant::now();
-    while std::fs::read_to_string(&wchan).unwrap_or_default() != "wait_for_partner" {
+    while !in_open() {
         assert!(
             start.elapsed() < PATIENCE,
             "the daemon never blocked opening its secret:\n{}",

@@ -23,7 +23,7 @@ use crate::store::Stores;
 /// Shared, so that it runs on a blocking thread while the daemon goes on taking signals.
 pub type LoadConfig = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
 /// Builds a provider for a new or changed provider config (this reads its secrets).
-pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String> + Send>;
+pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String> + Send + Sync>;
 
 /// What the daemon needs to apply a reload (SIGHUP).
 pub struct Reloader<P> {
