@@ -469,6 +469,11 @@ fn client_builder() -> reqwest::ClientBuilder {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // Token endpoints never redirect; following one could send credentials elsewhere.
         .redirect(reqwest::redirect::Policy::none())
+        // No replays of our own: reqwest's default keeps a copy of every request (headers,
+        // body, credentials included) to resend it after an HTTP/2 refusal, twelve allocations
+        // a token that nothing uses, since each set retries by itself, with backoff and
+        // within its provider's budget, where the retry shows in the logs and the metrics.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
 }
 
 /// Read at most [`MAX_BODY_BYTES`] of a response body. The buffer is zeroed on drop: it may
@@ -505,6 +510,12 @@ pub(crate) async fn read_body(
 /// (and their fuzz targets) take plain text rather than a header map.
 pub(crate) fn retry_after_text(headers: &reqwest::header::HeaderMap) -> Option<&str> {
     headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()
+}
+
+/// The one header an answer is read by, kept past the response: a copy of the whole header
+/// map costs a token request eight allocations, and a copy of `Retry-After` none when absent.
+pub(crate) fn retry_after_of(resp: &reqwest::Response) -> Option<String> {
+    retry_after_text(resp.headers()).map(str::to_owned)
 }
 
 /// `Retry-After` in either of its forms (RFC 9110 section 10.2.3), delta-seconds or an

@@ -11,7 +11,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -21,7 +20,7 @@ use tracing::warn;
 use super::{AuthMethod, OAuth2Endpoints, ProviderConfig, ProviderKind};
 use super::{
     Introspection, Issued, ProviderError, Revocation, TokenProvider, check_bearer, failure,
-    json_error, malformed, read_body, refused_minted, retry_after_text, sane_lifetime, sanitize,
+    json_error, malformed, read_body, refused_minted, sane_lifetime, sanitize,
 };
 use crate::secret::Secret;
 
@@ -248,7 +247,7 @@ impl OAuth2 {
         operation: &'static str,
         url: &Url,
         mut form: Vec<(&str, &str)>,
-    ) -> Result<(StatusCode, HeaderMap, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
+    ) -> Result<(StatusCode, Option<String>, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
         let mut req = self
             .http
             .post(url.clone())
@@ -289,14 +288,14 @@ impl OAuth2 {
             .await
             .map_err(|source| ProviderError::Transport { operation, source })?;
         let status = resp.status();
-        let headers = resp.headers().clone();
+        let retry_after = super::retry_after_of(&resp);
         let mut body = read_body(operation, resp).await?;
         if let Some(a) = &assertion {
             // An answer that echoes the assertion (in an error_description) must not carry
             // it into a log while it is still good.
             body = auth::cut_out(body, a.expose().as_bytes());
         }
-        Ok((status, headers, body))
+        Ok((status, retry_after, body))
     }
 }
 
@@ -422,10 +421,10 @@ impl TokenProvider for OAuth2 {
             form.push((k, v));
         }
         let issued_at = Instant::now();
-        let (status, headers, body) = self.post(OP, &endpoints.token, form).await?;
+        let (status, retry_after, body) = self.post(OP, &endpoints.token, form).await?;
         let answer = parse_token_answer(
             status.as_u16(),
-            retry_after_text(&headers),
+            retry_after.as_deref(),
             &body,
             issued_at,
             &scope,
@@ -446,7 +445,7 @@ impl TokenProvider for OAuth2 {
         let Some(url) = &endpoints.revocation else {
             return Err(ProviderError::Unsupported { operation: OP });
         };
-        let (status, headers, body) = self
+        let (status, retry_after, body) = self
             .post(
                 OP,
                 url,
@@ -456,7 +455,7 @@ impl TokenProvider for OAuth2 {
                 ],
             )
             .await?;
-        parse_revoke_answer(status.as_u16(), retry_after_text(&headers), &body)
+        parse_revoke_answer(status.as_u16(), retry_after.as_deref(), &body)
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -465,7 +464,7 @@ impl TokenProvider for OAuth2 {
         let Some(url) = &endpoints.introspection else {
             return Err(ProviderError::Unsupported { operation: OP });
         };
-        let (status, headers, body) = self
+        let (status, retry_after, body) = self
             .post(
                 OP,
                 url,
@@ -478,7 +477,7 @@ impl TokenProvider for OAuth2 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body, now)
+        parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)
     }
 
     fn revocation(&self) -> Revocation {

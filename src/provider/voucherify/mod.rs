@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     Introspection, Issued, ProviderError, TokenProvider, check_bearer, json_error, malformed,
-    read_body, refused_minted, retry_after_text, sanitize,
+    read_body, refused_minted, sanitize,
 };
 use crate::secret::Secret;
 
@@ -209,11 +209,14 @@ impl Voucherify {
         operation: &'static str,
         url: &Url,
         form: &[(&str, &str)],
-    ) -> Result<(StatusCode, HeaderMap, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
-        let resp = self
-            .http
-            .post(url.clone())
-            .headers(self.auth.clone())
+    ) -> Result<(StatusCode, Option<String>, zeroize::Zeroizing<Vec<u8>>), ProviderError> {
+        let mut req = self.http.post(url.clone());
+        // Header by header: a copy of the map is a new table for each request, while a
+        // header's name and value are shared.
+        for (name, value) in &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        let resp = req
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(self.timeout)
             .form(form)
@@ -221,9 +224,9 @@ impl Voucherify {
             .await
             .map_err(|source| ProviderError::Transport { operation, source })?;
         let status = resp.status();
-        let headers = resp.headers().clone();
+        let retry_after = super::retry_after_of(&resp);
         let body = read_body(operation, resp).await?;
-        Ok((status, headers, body))
+        Ok((status, retry_after, body))
     }
 }
 
@@ -332,34 +335,29 @@ impl TokenProvider for Voucherify {
     async fn issue(&self, scopes: &[String]) -> Result<Issued, ProviderError> {
         let scope = scopes.join(" ");
         let issued_at = Instant::now();
-        let (status, headers, body) = self
+        let (status, retry_after, body) = self
             .post(
                 ISSUE,
                 &self.token_url,
                 &[("grant_type", "client_credentials"), ("scope", &scope)],
             )
             .await?;
-        parse_token_answer(
-            status.as_u16(),
-            retry_after_text(&headers),
-            &body,
-            issued_at,
-        )
+        parse_token_answer(status.as_u16(), retry_after.as_deref(), &body, issued_at)
     }
 
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
-        let (status, headers, body) = self
+        let (status, retry_after, body) = self
             .post(
                 REVOKE,
                 &self.revoke_url,
                 &[("access_token", token.expose())],
             )
             .await?;
-        parse_revoke_answer(status.as_u16(), retry_after_text(&headers), &body)
+        parse_revoke_answer(status.as_u16(), retry_after.as_deref(), &body)
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
-        let (status, headers, body) = self
+        let (status, retry_after, body) = self
             .post(
                 INTROSPECT,
                 &self.introspect_url,
@@ -369,7 +367,7 @@ impl TokenProvider for Voucherify {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        parse_introspect_answer(status.as_u16(), retry_after_text(&headers), &body, now)
+        parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)
     }
 }
 
