@@ -111,7 +111,7 @@ pub async fn revoke_journaled<P: TokenProvider>(
 }
 
 /// A file as it may have been written, for [`sink::remove_if_holds`].
-pub(super) type Written = Vec<zeroize::Zeroizing<Vec<u8>>>;
+pub(super) type Written = Vec<sink::FileDigest>;
 
 /// Files of revoked tokens that no remaining journaled token names, each with what it held
 /// when written for any of those tokens: it is removed only if it still does.
@@ -150,11 +150,12 @@ pub(super) fn written_forms(e: &Entry) -> Written {
     .into_iter()
     // The fixed formats cannot fail to render.
     .filter_map(|format| sink::render(&format, &content).ok())
+    .map(|bytes| sink::FileDigest::of(&bytes))
     .collect()
 }
 
 /// Remove a revoked token's file if it still holds that token, logging what was not removed.
-pub(super) fn remove_token_file(path: &std::path::Path, written: &[zeroize::Zeroizing<Vec<u8>>]) {
+pub(super) fn remove_token_file(path: &std::path::Path, written: &[sink::FileDigest]) {
     match sink::remove_if_holds(path, written) {
         Ok(sink::Removal::Removed | sink::Removal::Gone) => {}
         Ok(sink::Removal::Kept(why)) => {

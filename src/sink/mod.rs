@@ -469,12 +469,26 @@ pub enum Removal {
     Kept(&'static str),
 }
 
+/// The SHA-256 of a token file's bytes as tokenkeeper wrote them: what [`remove_if_holds`]
+/// checks a file against. A digest rather than the bytes: 32 bytes a set instead of the whole
+/// rendering (about 180 bytes a file at 10,000 sets), and one copy of each token fewer in the
+/// process's memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest([u8; 32]);
+
+impl FileDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        FileDigest(sha2::Sha256::digest(bytes).into())
+    }
+}
+
 /// Remove `path` only if it is still a token file tokenkeeper wrote: a regular file (not
 /// followed if a symlink) whose bytes are exactly one of `written`, the renderings of the
-/// token once written there. A path recorded long ago (in the journal, possibly not by this
+/// token once written there (by their digest). A path recorded long ago (in the journal, possibly not by this
 /// process) may name another program's file by now, and deleting whatever is there would
 /// make the journal a way to delete any file.
-pub fn remove_if_holds(path: &Path, written: &[Zeroizing<Vec<u8>>]) -> Result<Removal, SinkError> {
+pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, SinkError> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = match std::fs::OpenOptions::new()
@@ -501,7 +515,7 @@ pub fn remove_if_holds(path: &Path, written: &[Zeroizing<Vec<u8>>]) -> Result<Re
     file.take(MAX_TOKEN_FILE_BYTES + 1)
         .read_to_end(&mut content)
         .map_err(io("read", path))?;
-    if !written.iter().any(|w| **w == *content) {
+    if !written.contains(&FileDigest::of(&content)) {
         return Ok(Removal::Kept("it no longer holds the token written there"));
     }
     // The path must still name the file just read, not one renamed into place meanwhile.
@@ -555,7 +569,7 @@ pub struct FileSink {
     file: FileConfig,
     /// What this sink last wrote there. The file is removed only while it still holds exactly
     /// that: a file someone put in its place since is not the daemon's to delete.
-    written: std::sync::Mutex<Option<zeroize::Zeroizing<Vec<u8>>>>,
+    written: std::sync::Mutex<Option<FileDigest>>,
 }
 
 impl FileSink {
@@ -567,7 +581,7 @@ impl FileSink {
         }
     }
 
-    fn written(&self) -> std::sync::MutexGuard<'_, Option<zeroize::Zeroizing<Vec<u8>>>> {
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<FileDigest>> {
         self.written
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -613,7 +627,7 @@ impl TokenSink for FileSink {
         // Rendered on the blocking pool with the write: compiling and running a template of
         // up to 1 MiB is work that runtime threads, shared by every set, should not do.
         let cheap = !matches!(self.file.format, FileFormat::Template(_));
-        let bytes = blocking(&self.file.path, cheap, move || {
+        let digest = blocking(&self.file.path, cheap, move || {
             let bytes = render(
                 &file.format,
                 &TokenContent {
@@ -625,20 +639,20 @@ impl TokenSink for FileSink {
                 },
             )?;
             ensure_parent(&file.path)?;
-            write_atomic(&file, &bytes).map(|()| bytes)
+            write_atomic(&file, &bytes).map(|()| FileDigest::of(&bytes))
         })
         .await?;
-        *self.written() = Some(bytes);
+        *self.written() = Some(digest);
         Ok(())
     }
 
     async fn remove(&self) -> Result<(), SinkError> {
         let path: PathBuf = self.file.path.clone();
-        let written = self.written().clone();
+        let written = *self.written();
         // Whether the file is gone: only then is what was written forgotten, so that a file
         // kept here stays judged by it at every later removal.
         let gone = blocking(&self.file.path, true, move || match written {
-            Some(w) => match remove_if_holds(&path, std::slice::from_ref(&w))? {
+            Some(w) => match remove_if_holds(&path, &[w])? {
                 Removal::Removed | Removal::Gone => Ok(true),
                 Removal::Kept(why) => {
                     warn!(file = %path.display(), "not removing the token file: {why}");
@@ -731,12 +745,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Secret::new("tok123");
         let c = content(&t);
-        let written = vec![
-            render(&FileFormat::Raw, &c).unwrap(),
-            render(&FileFormat::Json, &c).unwrap(),
+        let json = render(&FileFormat::Json, &c).unwrap();
+        let written = [
+            FileDigest::of(&render(&FileFormat::Raw, &c).unwrap()),
+            FileDigest::of(&json),
         ];
         let path = dir.path().join("t.token");
-        std::fs::write(&path, &*written[1]).unwrap();
+        std::fs::write(&path, &*json).unwrap();
         assert_eq!(remove_if_holds(&path, &written).unwrap(), Removal::Removed);
         assert!(!path.exists());
         assert_eq!(remove_if_holds(&path, &written).unwrap(), Removal::Gone);
@@ -777,7 +792,7 @@ mod tests {
         let body = Zeroizing::new(vec![b'x'; 300 * 1024]);
         std::fs::write(&path, &*body).unwrap();
         assert_eq!(
-            remove_if_holds(&path, std::slice::from_ref(&body)).unwrap(),
+            remove_if_holds(&path, &[FileDigest::of(&body)]).unwrap(),
             Removal::Removed
         );
     }
