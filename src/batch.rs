@@ -118,7 +118,7 @@ impl Session {
                 let why = s
                     .last_error
                     .unwrap_or_else(|| "no token yet (still trying)".into());
-                (s.name, why)
+                (s.name.to_string(), why)
             })
             .collect()
     }

@@ -128,8 +128,8 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
     for s in &snap.sets {
         let dash = || "-".to_string();
         rows.push([
-            s.name.clone(),
-            s.provider.clone(),
+            s.name.to_string(),
+            s.provider.to_string(),
             s.state.as_str().to_string(),
             s.fingerprint.clone().unwrap_or_else(dash),
             s.expires_at

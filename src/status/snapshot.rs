@@ -2,6 +2,7 @@
 //! still runs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -65,8 +66,9 @@ pub struct HaStatus {
 /// One set in `status.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetSnapshot {
-    pub name: String,
-    pub provider: String,
+    /// Shared with the board's record of the set (see `Board::snapshot`).
+    pub name: Arc<str>,
+    pub provider: Arc<str>,
     pub state: SetPhase,
     pub fingerprint: Option<String>,
     #[serde(with = "rfc3339_opt")]
