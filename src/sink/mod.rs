@@ -381,13 +381,34 @@ fn write_atomic_with(
     // fchmod after fchown: chown may clear mode bits, and the umask never touches fchmod.
     f.set_permissions(Permissions::from_mode(file.mode))
         .map_err(io("set the mode of", &tmp_path))?;
-    let durable = durability == Durability::Durable;
-    if durable {
+    let flush = durability == Durability::Durable && can_flush(dir);
+    if flush {
+        flushed();
         f.sync_all().map_err(io("fsync", &tmp_path))?;
     }
     tmp.persist(path)
         .map_err(|e| io("rename a temporary file over", path)(e.error))?;
-    if durable { sync_dir(dir) } else { Ok(()) }
+    if flush { sync_dir(dir) } else { Ok(()) }
+}
+
+/// Whether flushing a file or a rename in `dir` means anything. A tmpfs has no device to
+/// flush to (its `fsync` returns at once) and loses everything in a power cut anyway, so a
+/// token file there (under `/run`, where the unit puts them) skips the `fsync` of the file
+/// and the open, `fsync` and close of its directory: four system calls a write and three a
+/// removal, for nothing.
+fn can_flush(dir: &Path) -> bool {
+    !in_memory(dir)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The flushes this thread made, for the tests that check when they are skipped.
+    static FLUSHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn flushed() {
+    #[cfg(test)]
+    FLUSHES.with(|n| n.set(n.get() + 1));
 }
 
 /// The temporary file a write starts with: next to the target (so the rename is atomic),
@@ -449,8 +470,8 @@ pub fn remove(path: &Path) -> Result<(), SinkError> {
         Err(e) => return Err(io("remove", path)(e)),
     }
     match path.parent() {
-        Some(dir) => sync_dir(dir),
-        None => Ok(()),
+        Some(dir) if can_flush(dir) => sync_dir(dir),
+        _ => Ok(()),
     }
 }
 
@@ -531,6 +552,7 @@ pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, S
 
 /// Flush a directory so a rename or unlink in it survives a power cut.
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    flushed();
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))
@@ -967,5 +989,42 @@ mod tests {
             release.send(()).unwrap();
             busy.await.unwrap().unwrap();
         });
+    }
+
+    #[test]
+    fn a_token_file_is_flushed_on_a_disk_and_not_on_a_tmpfs() {
+        let flushes = || FLUSHES.with(std::cell::Cell::get);
+        let shm = Path::new("/dev/shm");
+        assert!(mounted_tmpfs(shm), "/dev/shm is not a tmpfs here");
+        let memory = tempfile::tempdir_in(shm).unwrap();
+        let mut dirs = vec![(memory.path().to_path_buf(), 0)];
+        // A directory on a disk: the checkout's, or /var/tmp where the checkout is on a tmpfs.
+        let disk = [env!("CARGO_MANIFEST_DIR"), "/var/tmp"]
+            .into_iter()
+            .map(Path::new)
+            .find(|d| d.is_dir() && !in_memory(d))
+            .map(|d| tempfile::tempdir_in(d).unwrap());
+        match &disk {
+            Some(d) => dirs.push((d.path().to_path_buf(), 2)),
+            None => eprintln!("no directory on a disk here: only the tmpfs half is checked"),
+        }
+        for (dir, expected) in &dirs {
+            let (dir, expected) = (dir.as_path(), *expected);
+            let path = dir.join("t.token");
+            let before = flushes();
+            write_atomic(&file_cfg(path.clone(), 0o600), b"tok").unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"tok");
+            // The file and its directory, or nothing.
+            assert_eq!(flushes() - before, expected, "write in {}", dir.display());
+            let before = flushes();
+            remove(&path).unwrap();
+            assert!(!path.exists());
+            assert_eq!(
+                flushes() - before,
+                expected / 2,
+                "removal in {}",
+                dir.display()
+            );
+        }
     }
 }
