@@ -386,6 +386,8 @@ pub async fn run<P: TokenProvider + 'static>(
             End::Unfinished(name) => report.unfinished.push(name),
         }
     }
+    // The stop's removals were appended unflushed; the journal left behind is on the disk.
+    shared.journal.flush().await;
     Ok(report)
 }
 

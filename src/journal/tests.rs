@@ -1,6 +1,6 @@
 use super::disk::COMPACT_SLACK;
 use super::entry::Stored;
-use super::writer::LOCK_CHECK;
+use super::writer::{LOCK_CHECK, REMOVAL_FLUSH};
 use super::*;
 use crate::secret::Secret;
 use std::fs::Permissions;
@@ -336,6 +336,62 @@ async fn a_removed_state_dir_is_locked_again_without_a_commit() {
         lock_state_dir(&dir),
         Err(JournalError::Locked { .. })
     ));
+}
+
+/// Records are flushed before they are acknowledged; removals are not, and get one flush
+/// within REMOVAL_FLUSH, or at once when asked, or with the next record.
+#[tokio::test(start_paused = true)]
+#[allow(clippy::disallowed_methods)] // the writer's blocking thread runs in real time
+async fn removals_are_flushed_together_within_a_second_and_records_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let syncs = || {
+        super::disk::SYNCS
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|m| m.get(&dir).copied())
+            .unwrap_or(0)
+    };
+    let j = Journal::start(dir.clone(), Vec::new());
+    for i in 0..10 {
+        j.record(entry(&format!("r{i}"), 600)).await.unwrap();
+    }
+    // The first commit is a compaction; each record after it is flushed before its ack.
+    assert_eq!(syncs(), 10);
+    for i in 0..10 {
+        j.remove(vec![format!("r{i}")]).await;
+    }
+    assert_eq!(syncs(), 10, "a removal waits for a flush of its own");
+    assert!(fingerprints(&dir).is_empty(), "yet each is written");
+    // One flush for all ten, once REMOVAL_FLUSH has passed.
+    let mut waited = Duration::ZERO;
+    while syncs() == 10 && waited < 100 * REMOVAL_FLUSH {
+        tokio::time::sleep(REMOVAL_FLUSH / 10).await;
+        waited += REMOVAL_FLUSH / 10;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(syncs(), 11);
+    assert!(waited >= REMOVAL_FLUSH, "flushed after {waited:?}");
+    tokio::time::sleep(10 * REMOVAL_FLUSH).await;
+    assert_eq!(syncs(), 11, "nothing left to flush");
+    // Asked for, the flush is made at once; with nothing unflushed, none is.
+    j.record(entry("a", 600)).await.unwrap();
+    j.remove(vec!["a".into()]).await;
+    assert_eq!(syncs(), 12);
+    j.flush().await;
+    assert_eq!(syncs(), 13);
+    j.flush().await;
+    assert_eq!(syncs(), 13);
+    // A record flushes the removals before it too, and no flush of their own follows.
+    j.record(entry("b", 600)).await.unwrap();
+    j.remove(vec!["b".into()]).await;
+    j.record(entry("c", 600)).await.unwrap();
+    assert_eq!(syncs(), 15);
+    tokio::time::sleep(10 * REMOVAL_FLUSH).await;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(syncs(), 15);
+    assert_eq!(fingerprints(&dir), ["c"]);
 }
 
 #[test]
