@@ -8,10 +8,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, SetConfig};
@@ -332,71 +334,141 @@ pub async fn run<P: TokenProvider + 'static>(
         });
     }
     leftover_stop.send_replace(Some(deadline));
-    let mut report = RunReport::default();
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
-    // Every set ends on its own, so that one whose task panicked is cleaned up as soon as
-    // that shows, not after the others.
-    let waiting = live
+    let ending = live
         .into_iter()
-        .map(|l| {
-            let rescue =
-                rescuable(&l.cfg, &shared.providers, handover).map(|p| (Arc::clone(&l.cfg), p));
-            (l.cfg.name.clone(), l.task, rescue)
-        })
-        .chain(retiring.into_iter().map(|(name, task)| (name, task, None)));
-    let ends = join_all(waiting.map(|(name, task, rescue)| {
-        let journal = shared.journal.clone();
-        async move {
-            let abort = task.abort_handle();
-            match timeout_at(grace, task).await {
-                Ok(Ok(outcome)) => End::Done(outcome),
-                Ok(Err(e)) => {
-                    error!(set = %name, error = %e, "a set's task failed");
-                    match rescue {
-                        Some((cfg, provider)) if e.is_panic() => {
-                            // In a task of its own: a provider that panicked once may again.
-                            let rescue = recover_crashed(cfg, provider, journal, deadline);
-                            match tokio::spawn(rescue).await {
-                                Ok(outcome) => End::Crashed(outcome),
-                                Err(e) => {
-                                    error!(set = %name, error = %e, "could not revoke the crashed set's tokens");
-                                    End::Unfinished(name)
-                                }
+        .map(|l| (Ending::Set(l.cfg), l.task))
+        .chain(
+            retiring
+                .into_iter()
+                .map(|(name, task)| (Ending::Retiring(name), task)),
+        );
+    let report = wait_for_sets(
+        ending,
+        &shared.providers,
+        &shared.journal,
+        handover,
+        deadline,
+        grace,
+    )
+    .await;
+    // The stop's removals were appended unflushed; the journal left behind is on the disk.
+    shared.journal.flush().await;
+    Ok(report)
+}
+
+/// A set whose task is ending at stop.
+enum Ending {
+    /// A configured set: one whose task panics is rescued (its journaled tokens revoked).
+    Set(Arc<SetConfig>),
+    /// A set a reload removed, still finishing its own stop.
+    Retiring(String),
+}
+
+impl Ending {
+    fn name(&self) -> &str {
+        match self {
+            Ending::Set(cfg) => &cfg.name,
+            Ending::Retiring(name) => name,
+        }
+    }
+}
+
+/// Where a set's end stands.
+enum End {
+    Waiting,
+    /// It panicked; its journaled tokens are being revoked in its place.
+    Rescuing,
+    Done(SetOutcome),
+    /// It panicked; the outcome is that of revoking its journaled tokens in its place.
+    Crashed(SetOutcome),
+    Unfinished,
+}
+
+/// Wait for every set's task to end, each handled as it comes (a panicked task's tokens are
+/// rescued at once, not after the others), until `grace`, then abort what is left. One set
+/// of handles and one timer for all: a future with a timer of its own for each set, all made
+/// at SIGTERM, held about 400 bytes a set for the whole stop (4 MiB at 10,000 sets).
+async fn wait_for_sets<P: TokenProvider + 'static>(
+    ending: impl Iterator<Item = (Ending, JoinHandle<SetOutcome>)>,
+    providers: &HashMap<String, Arc<P>>,
+    journal: &Journal,
+    handover: bool,
+    deadline: Instant,
+    grace: Instant,
+) -> RunReport {
+    let mut sets: Vec<(Ending, tokio::task::AbortHandle, End)> = Vec::new();
+    let mut tasks = FuturesUnordered::new();
+    for (i, (who, task)) in ending.enumerate() {
+        sets.push((who, task.abort_handle(), End::Waiting));
+        tasks.push(task.map(move |r| (i, r)));
+    }
+    let mut rescues = FuturesUnordered::new();
+    let late = tokio::time::sleep_until(grace);
+    tokio::pin!(late);
+    loop {
+        tokio::select! {
+            Some((i, result)) = tasks.next() => {
+                let (who, _, end) = &mut sets[i];
+                *end = match result {
+                    Ok(outcome) => End::Done(outcome),
+                    Err(e) => {
+                        error!(set = %who.name(), error = %e, "a set's task failed");
+                        let provider = match who {
+                            Ending::Set(cfg) if e.is_panic() => {
+                                rescuable(cfg, providers, handover).map(|p| (Arc::clone(cfg), p))
                             }
+                            _ => None,
+                        };
+                        match provider {
+                            Some((cfg, provider)) => {
+                                // In a task of its own: a provider that panicked once may again.
+                                let rescue = recover_crashed(cfg, provider, journal.clone(), deadline);
+                                rescues.push(tokio::spawn(rescue).map(move |r| (i, r)));
+                                End::Rescuing
+                            }
+                            None => End::Unfinished,
                         }
-                        _ => End::Unfinished(name),
+                    }
+                };
+            }
+            Some((i, result)) = rescues.next() => {
+                let (who, _, end) = &mut sets[i];
+                *end = match result {
+                    Ok(outcome) => End::Crashed(outcome),
+                    Err(e) => {
+                        error!(set = %who.name(), error = %e, "could not revoke the crashed set's tokens");
+                        End::Unfinished
+                    }
+                };
+            }
+            () = &mut late, if !tasks.is_empty() => {
+                for (_, abort, end) in &mut sets {
+                    if matches!(end, End::Waiting) {
+                        abort.abort();
+                        *end = End::Unfinished;
                     }
                 }
-                Err(_) => {
-                    abort.abort();
-                    End::Unfinished(name)
-                }
+                tasks.clear();
             }
+            else => break,
         }
-    }))
-    .await;
-    for end in ends {
+    }
+    let mut report = RunReport::default();
+    for (who, _, end) in sets {
         match end {
             End::Done(outcome) => report.sets.push(outcome),
             End::Crashed(outcome) => {
                 report.crashed.push(outcome.set.clone());
                 report.sets.push(outcome);
             }
-            End::Unfinished(name) => report.unfinished.push(name),
+            End::Waiting | End::Rescuing | End::Unfinished => {
+                report.unfinished.push(who.name().to_string());
+            }
         }
     }
-    // The stop's removals were appended unflushed; the journal left behind is on the disk.
-    shared.journal.flush().await;
-    Ok(report)
-}
-
-/// How a set's task ended at stop.
-enum End {
-    Done(SetOutcome),
-    /// It panicked; the outcome is that of revoking its journaled tokens in its place.
-    Crashed(SetOutcome),
-    Unfinished(String),
+    report
 }
 
 #[cfg(test)]

@@ -813,3 +813,53 @@ async fn a_set_whose_task_panics_at_stop_has_its_tokens_revoked_and_the_others_t
     assert!(!dir.path().join("a.token").exists());
     assert!(!dir.path().join("b.token").exists());
 }
+
+/// At stop, each set's end is taken as it comes; past the grace, what is still running is
+/// aborted and reported unfinished, as is a removed set whose task failed (nothing to rescue
+/// it with), while the others' outcomes are kept in their order.
+#[tokio::test(start_paused = true)]
+async fn sets_still_running_past_the_grace_are_aborted_and_reported_unfinished() {
+    let outcome = |set: &str| SetOutcome {
+        set: set.into(),
+        ..SetOutcome::default()
+    };
+    let (done_early, done_late) = (outcome("early"), outcome("late"));
+    let hung = tokio::spawn(std::future::pending::<SetOutcome>());
+    let hung_abort = hung.abort_handle();
+    let ending = vec![
+        (
+            Ending::Retiring("late".into()),
+            tokio::spawn(async move {
+                tokio::time::sleep(S(5)).await;
+                done_late
+            }),
+        ),
+        (Ending::Retiring("hung".into()), hung),
+        (
+            Ending::Retiring("failed".into()),
+            tokio::spawn(async { panic!("a set's task panicked") }),
+        ),
+        (
+            Ending::Retiring("early".into()),
+            tokio::spawn(async move { done_early }),
+        ),
+    ];
+    let start = Instant::now();
+    let (journal, _view) = Journal::memory();
+    let report = wait_for_sets::<Mock>(
+        ending.into_iter(),
+        &HashMap::new(),
+        &journal,
+        false,
+        start + S(10),
+        start + S(20),
+    )
+    .await;
+    assert_eq!(start.elapsed(), S(20), "waited for the grace, no longer");
+    let sets: Vec<&str> = report.sets.iter().map(|s| s.set.as_str()).collect();
+    assert_eq!(sets, ["late", "early"]);
+    assert_eq!(report.unfinished, ["hung", "failed"]);
+    assert!(report.crashed.is_empty());
+    tokio::task::yield_now().await;
+    assert!(hung_abort.is_finished(), "the hung task was aborted");
+}
