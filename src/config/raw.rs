@@ -6,6 +6,33 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+impl RawConfig {
+    /// Whether the document set none of the keys tokenkeeper knows (an empty document, or
+    /// only unknown keys).
+    pub(super) fn is_blank(&self) -> bool {
+        let RawConfig {
+            state_dir,
+            shutdown_timeout,
+            log_level,
+            metrics,
+            defaults,
+            providers,
+            scope_sets,
+            stores,
+            ha,
+        } = self;
+        state_dir.is_none()
+            && shutdown_timeout.is_none()
+            && log_level.is_none()
+            && metrics.is_none()
+            && defaults.is_none()
+            && providers.is_none()
+            && scope_sets.is_none()
+            && stores.is_none()
+            && ha.is_none()
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawConfig {
     pub(super) state_dir: Option<String>,

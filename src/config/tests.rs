@@ -781,6 +781,13 @@ fn refusals_name_the_rule() {
             &["must be a YAML mapping", "not a list"],
         ),
         (
+            // As long as the config has keys, a state_dir first: read in one pass, a list
+            // must still not pass for a config read by position.
+            "a list shaped like the config",
+            "[/var/lib/x, null, null, null, null, null, null, null, null]\n".to_string(),
+            &["must be a YAML mapping", "not a list"],
+        ),
+        (
             "wrong shape",
             with(&[(
                 "    file:\n      path: /run/tokenkeeper/vouchers.token\n",
