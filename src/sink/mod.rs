@@ -357,7 +357,8 @@ const STREAM_BUFFER_BYTES: usize = 64 * 1024;
 enum Durability {
     /// The file and the rename are flushed before the write returns: tokens, the journal.
     Durable,
-    /// Atomic (a reader sees the old file or the new), but not flushed.
+    /// Atomic (a reader sees the old file or the new), but not flushed: also what a token
+    /// file on a tmpfs gets, where a flush means nothing.
     Advisory,
 }
 
@@ -617,21 +618,31 @@ impl FileSink {
 /// blocking pool and back cost two thread switches a token: the largest single entry in a
 /// profile of a 10,000-set start. Anywhere else an `fsync` may wait for a disk, which a
 /// runtime thread shared by every set must not do.
+/// `f` is told whether a write there must be flushed: the one `statfs` decides both.
 async fn blocking<T: Send + 'static>(
     path: &std::path::Path,
     cheap: bool,
-    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+    f: impl FnOnce(Durability) -> Result<T, SinkError> + Send + 'static,
 ) -> Result<T, SinkError> {
-    if cheap && path.parent().is_some_and(in_memory) {
-        return f();
+    let memory = path.parent().is_some_and(in_memory);
+    // Nothing to flush to on a tmpfs (see `can_flush`).
+    let durability = if memory {
+        Durability::Advisory
+    } else {
+        Durability::Durable
+    };
+    if cheap && memory {
+        return f(durability);
     }
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(SinkError::Io {
-            op: "write (the writer thread failed)",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+    tokio::task::spawn_blocking(move || f(durability))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SinkError::Io {
+                op: "write (the writer thread failed)",
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
         })
-    })
 }
 
 /// Whether `dir` is on a tmpfs, the file system that lives in memory. Asked at each
@@ -649,7 +660,7 @@ impl TokenSink for FileSink {
         // Rendered on the blocking pool with the write: compiling and running a template of
         // up to 1 MiB is work that runtime threads, shared by every set, should not do.
         let cheap = !matches!(self.file.format, FileFormat::Template(_));
-        let digest = blocking(&self.file.path, cheap, move || {
+        let digest = blocking(&self.file.path, cheap, move |durability| {
             let bytes = render(
                 &file.format,
                 &TokenContent {
@@ -661,7 +672,8 @@ impl TokenSink for FileSink {
                 },
             )?;
             ensure_parent(&file.path)?;
-            write_atomic(&file, &bytes).map(|()| FileDigest::of(&bytes))
+            write_atomic_with(&file, durability, |w| w.write_all(&bytes))
+                .map(|()| FileDigest::of(&bytes))
         })
         .await?;
         *self.written() = Some(digest);
@@ -673,7 +685,7 @@ impl TokenSink for FileSink {
         let written = *self.written();
         // Whether the file is gone: only then is what was written forgotten, so that a file
         // kept here stays judged by it at every later removal.
-        let gone = blocking(&self.file.path, true, move || match written {
+        let gone = blocking(&self.file.path, true, move |_| match written {
             Some(w) => match remove_if_holds(&path, &[w])? {
                 Removal::Removed | Removal::Gone => Ok(true),
                 Removal::Kept(why) => {
