@@ -163,8 +163,8 @@ impl Disk {
     /// false (a batch that only removes tokens) they are appended without the `fdatasync`,
     /// which the next flushing commit or [`Disk::flush`] makes: a removal lost in a power cut
     /// leaves a revoked token in the journal, which the next start introspects before reusing
-    /// it, or revokes again, while
-    /// flushing each one made a stop of 10,000 sets wait for some 1,400 `fdatasync`s.
+    /// it, or revokes again, while flushing each one made a stop of 10,000 sets wait for some
+    /// 1,400 `fdatasync`s.
     pub(super) fn commit(
         &mut self,
         lines: &[u8],
@@ -173,15 +173,12 @@ impl Disk {
     ) -> Result<(), JournalError> {
         self.guard()?;
         let fits = self.size + lines.len() as u64 <= 2 * live.bytes as u64 + COMPACT_SLACK;
-        if self.file.is_none() || !fits {
+        let Some(file) = self.file.as_mut().filter(|_| fits) else {
             return self.compact(live);
-        }
+        };
         if lines.is_empty() {
             return if flush { self.flush() } else { Ok(()) };
         }
-        let Some(file) = self.file.as_mut() else {
-            return self.compact(live);
-        };
         // Someone removed or replaced the log under us: appending would write to a file no
         // path names. Rewrite it where it belongs instead (one fstat a commit).
         if file.metadata().map_or(true, |m| m.nlink() == 0) {

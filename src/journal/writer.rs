@@ -113,9 +113,10 @@ impl Journal {
             // When removals appended without a flush get one.
             let mut flush_at: Option<Instant> = None;
             loop {
-                let first = tokio::select! {
+                // The first operation, and whether the removals' flush is due.
+                let (first, due) = tokio::select! {
                     op = rx.recv() => match op {
-                        Some(op) => Some(op),
+                        Some(op) => (Some(op), false),
                         None => break,
                     },
                     _ = tick.tick(), if has_lock => {
@@ -123,13 +124,10 @@ impl Journal {
                             continue;
                         }
                         // Lost: a commit of nothing takes it again and rewrites the journal.
-                        None
+                        (None, false)
                     }
-                    () = sleep_until_some(flush_at), if flush_at.is_some() => {
-                        flush_at = None;
-                        flush_removals(&state).await;
-                        continue;
-                    }
+                    // A flushing commit of nothing.
+                    () = sleep_until_some(flush_at), if flush_at.is_some() => (None, true),
                 };
                 // Group commit: everything queued while the last write ran goes in this one.
                 let mut batch: Vec<_> = first.into_iter().collect();
@@ -137,9 +135,10 @@ impl Journal {
                     batch.push(more);
                 }
                 // Only a new token must be on the disk before it is acknowledged.
-                let flush = batch
-                    .iter()
-                    .any(|(op, _)| matches!(op, Op::Record(_) | Op::Flush));
+                let flush = due
+                    || batch
+                        .iter()
+                        .any(|(op, _)| matches!(op, Op::Record(_) | Op::Flush));
                 let mut acks = Vec::with_capacity(batch.len());
                 let mut lines = Zeroizing::new(Vec::new());
                 let mut readers = Vec::new();
@@ -175,22 +174,7 @@ impl Journal {
                         push_remove(&mut lines, &fps);
                     }
                 }
-                let result = if locked(&state).disk.is_some() {
-                    let st = state.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let mut st = locked(&st);
-                        let State { live, disk } = &mut *st;
-                        match disk {
-                            Some(d) => d.commit(&lines, live, flush),
-                            None => Ok(()),
-                        }
-                    })
-                    .await
-                    .map_err(|e| format!("journal writer thread failed: {e}"))
-                    .and_then(|r| r.map_err(|e| crate::error_chain(&e)))
-                } else {
-                    Ok(())
-                };
+                let result = commit(&state, lines, flush).await;
                 gave_up = result.is_err() && locked(&state).disk.as_ref().is_some_and(Disk::lost);
                 if locked(&state).disk.as_ref().is_some_and(Disk::unflushed) {
                     flush_at.get_or_insert_with(|| Instant::now() + REMOVAL_FLUSH);
@@ -222,8 +206,10 @@ impl Journal {
                 }
             }
             // Every handle is gone (the process is ending): what waits for a flush gets it now.
-            if flush_at.is_some() {
-                flush_removals(&state).await;
+            if flush_at.is_some()
+                && let Err(e) = commit(&state, Zeroizing::new(Vec::new()), true).await
+            {
+                error!(error = %e, "could not write the state journal");
             }
         });
         (Journal { tx }, view_rx)
@@ -288,19 +274,26 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Flush the removals appended without a flush, on the blocking pool (an `fdatasync` may wait
-/// for the disk).
-async fn flush_removals(state: &Arc<Mutex<State>>) {
+/// Commit `lines` to the disk, if the journal has one, on the blocking pool (an `fdatasync`
+/// may wait for the disk); see [`Disk::commit`] for `flush`.
+async fn commit(
+    state: &Arc<Mutex<State>>,
+    lines: Zeroizing<Vec<u8>>,
+    flush: bool,
+) -> Result<(), String> {
+    if locked(state).disk.is_none() {
+        return Ok(());
+    }
     let st = Arc::clone(state);
-    let result = tokio::task::spawn_blocking(move || match &mut locked(&st).disk {
-        Some(d) => d.flush().map_err(|e| crate::error_chain(&e)),
-        None => Ok(()),
+    tokio::task::spawn_blocking(move || {
+        let mut st = locked(&st);
+        let State { live, disk } = &mut *st;
+        match disk {
+            Some(d) => d.commit(&lines, live, flush),
+            None => Ok(()),
+        }
     })
     .await
     .map_err(|e| format!("journal writer thread failed: {e}"))
-    .and_then(|r| r);
-    if let Err(e) = result {
-        // The next change rewrites the log whole.
-        error!(error = %e, "could not flush the state journal");
-    }
+    .and_then(|r| r.map_err(|e| crate::error_chain(&e)))
 }
