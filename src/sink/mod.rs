@@ -384,7 +384,7 @@ fn write_atomic_with(
         .map_err(io("set the mode of", &tmp_path))?;
     let flush = durability == Durability::Durable && can_flush(dir);
     if flush {
-        flushed();
+        flushed(dir);
         f.sync_all().map_err(io("fsync", &tmp_path))?;
     }
     tmp.persist(path)
@@ -401,26 +401,62 @@ fn can_flush(dir: &Path) -> bool {
     !in_memory(dir)
 }
 
+/// The flushes made in each directory, for the tests that check when they are skipped: by
+/// directory, since a write may run on any thread of the blocking pool.
 #[cfg(test)]
-thread_local! {
-    /// The flushes this thread made, for the tests that check when they are skipped.
-    static FLUSHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
+static FLUSHES: std::sync::Mutex<Option<HashMap<PathBuf, usize>>> = std::sync::Mutex::new(None);
 
-fn flushed() {
+fn flushed(_dir: &Path) {
     #[cfg(test)]
-    FLUSHES.with(|n| n.set(n.get() + 1));
+    {
+        let mut counts = FLUSHES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts
+            .get_or_insert_with(HashMap::new)
+            .entry(_dir.to_path_buf())
+            .or_default() += 1;
+    }
 }
 
 /// The temporary file a write starts with: next to the target (so the rename is atomic),
 /// with a random name opened exclusively (so nobody can plant it), readable by the owner only.
+/// What a failure to make the temporary file beside a target is called in its error.
+const CREATE_TEMP: &str = "create a temporary file in";
+
 fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> Result<tempfile::NamedTempFile, SinkError> {
     tempfile::Builder::new()
         .prefix(&format!(".{}.", name.to_string_lossy()))
         .suffix(".tmp")
         .permissions(Permissions::from_mode(TEMP_MODE))
         .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))
+        .map_err(io(CREATE_TEMP, dir))
+}
+
+/// Write a token file. Its directory nearly always exists, so it is made (see
+/// [`ensure_parent`]) only once making the temporary file says it is missing or not a
+/// directory: one `stat` less on every write.
+fn write_token_file(
+    file: &FileConfig,
+    durability: Durability,
+    bytes: &[u8],
+) -> Result<(), SinkError> {
+    let attempt = || write_atomic_with(file, durability, |w| w.write_all(bytes));
+    match attempt() {
+        Err(SinkError::Io {
+            op: CREATE_TEMP,
+            source,
+            ..
+        }) if matches!(
+            source.kind(),
+            ErrorKind::NotFound | ErrorKind::NotADirectory
+        ) =>
+        {
+            ensure_parent(&file.path)?;
+            attempt()
+        }
+        done => done,
+    }
 }
 
 /// Why [`read_small_text`] refused a file; each caller words it for what the file is.
@@ -465,13 +501,19 @@ pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> 
 
 /// Remove a token file; a file that is already gone is fine.
 pub fn remove(path: &Path) -> Result<(), SinkError> {
+    remove_with(path, Durability::Durable)
+}
+
+/// [`remove`], told whether the removal must be flushed: a caller that has just asked
+/// whether the directory is on a tmpfs (`Advisory`) spares the second `statfs`.
+fn remove_with(path: &Path, durability: Durability) -> Result<(), SinkError> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io("remove", path)(e)),
     }
     match path.parent() {
-        Some(dir) if can_flush(dir) => sync_dir(dir),
+        Some(dir) if durability == Durability::Durable && can_flush(dir) => sync_dir(dir),
         _ => Ok(()),
     }
 }
@@ -511,6 +553,15 @@ impl FileDigest {
 /// process) may name another program's file by now, and deleting whatever is there would
 /// make the journal a way to delete any file.
 pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, SinkError> {
+    remove_if_holds_with(path, written, Durability::Durable)
+}
+
+/// [`remove_if_holds`], told whether the removal must be flushed (see [`remove_with`]).
+fn remove_if_holds_with(
+    path: &Path,
+    written: &[FileDigest],
+    durability: Durability,
+) -> Result<Removal, SinkError> {
     use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = match std::fs::OpenOptions::new()
@@ -533,7 +584,9 @@ pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, S
     if meta.len() > MAX_TOKEN_FILE_BYTES {
         return Ok(Removal::Kept("it no longer holds the token written there"));
     }
-    let mut content = Zeroizing::new(Vec::new());
+    // Room for the whole file and the byte that would show it grew: read in one call and
+    // the one that finds its end, instead of growing from a 32-byte first read.
+    let mut content = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
     file.take(MAX_TOKEN_FILE_BYTES + 1)
         .read_to_end(&mut content)
         .map_err(io("read", path))?;
@@ -547,13 +600,13 @@ pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, S
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Gone),
         Err(e) => return Err(io("stat", path)(e)),
     }
-    remove(path)?;
+    remove_with(path, durability)?;
     Ok(Removal::Removed)
 }
 
 /// Flush a directory so a rename or unlink in it survives a power cut.
 fn sync_dir(dir: &Path) -> Result<(), SinkError> {
-    flushed();
+    flushed(dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))
@@ -671,9 +724,7 @@ impl TokenSink for FileSink {
                     scope: &meta.scope,
                 },
             )?;
-            ensure_parent(&file.path)?;
-            write_atomic_with(&file, durability, |w| w.write_all(&bytes))
-                .map(|()| FileDigest::of(&bytes))
+            write_token_file(&file, durability, &bytes).map(|()| FileDigest::of(&bytes))
         })
         .await?;
         *self.written() = Some(digest);
@@ -685,8 +736,8 @@ impl TokenSink for FileSink {
         let written = *self.written();
         // Whether the file is gone: only then is what was written forgotten, so that a file
         // kept here stays judged by it at every later removal.
-        let gone = blocking(&self.file.path, true, move |_| match written {
-            Some(w) => match remove_if_holds(&path, &[w])? {
+        let gone = blocking(&self.file.path, true, move |durability| match written {
+            Some(w) => match remove_if_holds_with(&path, &[w], durability)? {
                 Removal::Removed | Removal::Gone => Ok(true),
                 Removal::Kept(why) => {
                     warn!(file = %path.display(), "not removing the token file: {why}");
@@ -696,7 +747,7 @@ impl TokenSink for FileSink {
             // Written by this set's predecessor (a reload that kept the file): still only a
             // regular file, never what a symlink there points to.
             None => match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_file() => remove(&path).map(|()| true),
+                Ok(m) if m.file_type().is_file() => remove_with(&path, durability).map(|()| true),
                 Ok(_) => {
                     warn!(file = %path.display(), "not removing the token file: it is no longer a regular file");
                     Ok(false)
@@ -1003,9 +1054,59 @@ mod tests {
         });
     }
 
+    /// A token file's directory is made (with `DIR_MODE`) once the write finds it missing, and
+    /// a file in its place is refused by name and left alone.
+    #[tokio::test]
+    async fn a_write_makes_a_missing_directory_and_refuses_a_file_in_its_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let meta = IssuedMeta {
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_738_945_086),
+        };
+        let path = tmp.path().join("a/b/t.token");
+        let sink = FileSink::new("s", &file_cfg(path.clone(), 0o640));
+        sink.write(&Secret::new("tok-made"), &meta).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "tok-made");
+        assert_eq!(mode(&tmp.path().join("a")), DIR_MODE);
+        assert_eq!(mode(&tmp.path().join("a/b")), DIR_MODE);
+
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let sink = FileSink::new("s", &file_cfg(file.join("t.token"), 0o640));
+        let err = sink
+            .write(&Secret::new("tok-blocked"), &meta)
+            .await
+            .unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(
+            text.contains("neither a directory nor a symlink to one"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    }
+
     #[test]
     fn a_token_file_is_flushed_on_a_disk_and_not_on_a_tmpfs() {
-        let flushes = || FLUSHES.with(std::cell::Cell::get);
+        let flushes = |dir: &Path| {
+            FLUSHES
+                .lock()
+                .unwrap()
+                .as_ref()
+                .and_then(|m| m.get(dir).copied())
+                .unwrap_or(0)
+        };
+        let meta = IssuedMeta {
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(1_738_945_086),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let shm = Path::new("/dev/shm");
         assert!(mounted_tmpfs(shm), "/dev/shm is not a tmpfs here");
         let memory = tempfile::tempdir_in(shm).unwrap();
@@ -1023,18 +1124,42 @@ mod tests {
         for (dir, expected) in &dirs {
             let (dir, expected) = (dir.as_path(), *expected);
             let path = dir.join("t.token");
-            let before = flushes();
+            let before = flushes(dir);
             write_atomic(&file_cfg(path.clone(), 0o600), b"tok").unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), b"tok");
             // The file and its directory, or nothing.
-            assert_eq!(flushes() - before, expected, "write in {}", dir.display());
-            let before = flushes();
+            assert_eq!(
+                flushes(dir) - before,
+                expected,
+                "write in {}",
+                dir.display()
+            );
+            let before = flushes(dir);
             remove(&path).unwrap();
             assert!(!path.exists());
             assert_eq!(
-                flushes() - before,
+                flushes(dir) - before,
                 expected / 2,
                 "removal in {}",
+                dir.display()
+            );
+            // The same through a set's sink, which asks once whether the directory is a tmpfs.
+            let sink = FileSink::new("s", &file_cfg(path.clone(), 0o600));
+            let before = flushes(dir);
+            rt.block_on(sink.write(&Secret::new("tok"), &meta)).unwrap();
+            assert_eq!(
+                flushes(dir) - before,
+                expected,
+                "sink write in {}",
+                dir.display()
+            );
+            let before = flushes(dir);
+            rt.block_on(sink.remove()).unwrap();
+            assert!(!path.exists());
+            assert_eq!(
+                flushes(dir) - before,
+                expected / 2,
+                "sink removal in {}",
                 dir.display()
             );
         }
