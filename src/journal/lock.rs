@@ -14,8 +14,14 @@ use crate::sink::STATE_DIR_MODE;
 /// Exclusive ownership of a state directory, for as long as this value lives.
 #[derive(Debug)]
 pub struct StateLock {
-    lock: Flock<File>,
+    /// Held for its drop, which releases the lock.
+    _lock: Flock<File>,
     dir: PathBuf,
+    /// The lock file's path, and the device and inode of the file locked: fixed for as long
+    /// as the lock is held, so [`StateLock::still_guards`], asked at every journal commit,
+    /// costs one `stat` of the path.
+    path: PathBuf,
+    held: (u64, u64),
 }
 
 impl StateLock {
@@ -24,13 +30,7 @@ impl StateLock {
     /// on a file nobody can find, and a second process would lock a new one beside it.
     pub fn still_guards(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (
-            std::fs::symlink_metadata(self.dir.join(LOCK_FILE)),
-            self.lock.metadata(),
-        ) {
-            (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
-            _ => false,
-        }
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.held)
     }
 
     /// Take the state directory's lock again if it was lost (see [`StateLock::still_guards`]):
@@ -172,8 +172,15 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
     (&*lock)
         .write_all(pid.as_bytes())
         .map_err(io("write", &path))?;
+    let held = {
+        use std::os::unix::fs::MetadataExt;
+        let m = lock.metadata().map_err(io("stat", &path))?;
+        (m.dev(), m.ino())
+    };
     Ok(StateLock {
-        lock,
+        _lock: lock,
         dir: dir.to_path_buf(),
+        path,
+        held,
     })
 }
