@@ -160,11 +160,9 @@ impl Disk {
 
     /// Make `lines` (the batch just applied to `live`) durable: appended and flushed, or, when
     /// the log has grown past its bound or its state is unknown, by a compaction. With `flush`
-    /// false (a batch that only removes tokens) they are appended without the `fdatasync`,
-    /// which the next flushing commit or [`Disk::flush`] makes: a removal lost in a power cut
-    /// leaves a revoked token in the journal, which the next start introspects before reusing
-    /// it, or revokes again, while flushing each one made a stop of 10,000 sets wait for some
-    /// 1,400 `fdatasync`s.
+    /// false they are appended without the `fdatasync`, which the next flushing commit or
+    /// [`Disk::flush`] makes. The writer keeps removals in memory until a flushing commit
+    /// (see `REMOVAL_FLUSH`), so only a commit that takes a lost lock again appends unflushed.
     pub(super) fn commit(
         &mut self,
         lines: &[u8],

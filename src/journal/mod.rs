@@ -11,9 +11,9 @@
 //! line, so `jq` reads it: a header `{"version":2}`, then `{"record":ENTRY}` for each token
 //! recorded and `{"remove":[FINGERPRINT, ...]}` for tokens forgotten. A record is appended and
 //! flushed before it is acknowledged (one `fdatasync` per group of changes), so its cost does
-//! not grow with the number of tokens held. Removals are appended at once and flushed
-//! together within a second, or with the next record, or when the process stops: one lost in
-//! a power cut only leaves a revoked token in the journal, which the next start introspects
+//! not grow with the number of tokens held. Removals are made in memory at once and
+//! written and flushed together within a second, or with the next record, or when the process
+//! stops: one lost in a crash or a power cut only leaves a revoked token in the journal, which the next start introspects
 //! before reusing it, or revokes again. When the log has grown past twice its live records it
 //! is compacted: rewritten from them alone, atomically, like a token file. A version-1 journal
 //! (`journal.json`, one document rewritten whole on every change) is migrated by the first

@@ -171,6 +171,7 @@ async fn a_version_1_journal_is_read_and_migrated_by_the_first_write() {
     // wins, whatever the document says.
     std::fs::write(&legacy, doc.to_string()).unwrap();
     j.remove(vec!["aa".into()]).await;
+    j.flush().await;
     assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
 }
 
@@ -197,6 +198,8 @@ async fn the_log_stays_within_twice_its_live_records_however_many_changes() {
         }
         largest = largest.max(std::fs::metadata(&path).unwrap().len());
     }
+    // The last round's removals are still in memory.
+    j.flush().await;
     assert_eq!(fingerprints(tmp.path()).len(), 20);
     assert!(
         largest <= 2 * 20 * line + COMPACT_SLACK + 2 * line,
@@ -267,6 +270,7 @@ async fn the_writer_records_removes_and_prunes_expired_tokens() {
     j.record(entry("bb", 600)).await.unwrap();
     assert_eq!(fingerprints(tmp.path()), ["aa", "bb"]);
     j.remove(vec!["aa".into()]).await;
+    j.flush().await;
     assert_eq!(fingerprints(tmp.path()), ["bb"]);
 }
 
@@ -338,8 +342,8 @@ async fn a_removed_state_dir_is_locked_again_without_a_commit() {
     ));
 }
 
-/// Records are flushed before they are acknowledged; removals are not, and get one flush
-/// within REMOVAL_FLUSH, or at once when asked, or with the next record.
+/// Records are flushed before they are acknowledged; removals are not even written, and get
+/// one write and flush within REMOVAL_FLUSH, or at once when asked, or with the next record.
 #[tokio::test(start_paused = true)]
 #[allow(clippy::disallowed_methods)] // the writer's blocking thread runs in real time
 async fn removals_are_flushed_together_within_a_second_and_records_at_once() {
@@ -363,7 +367,12 @@ async fn removals_are_flushed_together_within_a_second_and_records_at_once() {
         j.remove(vec![format!("r{i}")]).await;
     }
     assert_eq!(syncs(), 10, "a removal waits for a flush of its own");
-    assert!(fingerprints(&dir).is_empty(), "yet each is written");
+    assert_eq!(
+        fingerprints(&dir).len(),
+        10,
+        "nor is it written before then: it waits in memory"
+    );
+    assert!(j.entries().await.is_empty(), "yet each is made");
     // One flush for all ten, once REMOVAL_FLUSH has passed.
     let mut waited = Duration::ZERO;
     while syncs() == 10 && waited < 100 * REMOVAL_FLUSH {
@@ -373,6 +382,10 @@ async fn removals_are_flushed_together_within_a_second_and_records_at_once() {
     }
     assert_eq!(syncs(), 11);
     assert!(waited >= REMOVAL_FLUSH, "flushed after {waited:?}");
+    assert!(
+        fingerprints(&dir).is_empty(),
+        "all ten written with the flush"
+    );
     tokio::time::sleep(10 * REMOVAL_FLUSH).await;
     assert_eq!(syncs(), 11, "nothing left to flush");
     // Asked for, the flush is made at once; with nothing unflushed, none is.

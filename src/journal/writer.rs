@@ -27,10 +27,13 @@ const QUEUE: usize = 1024;
 /// Ten seconds still leaves a second process little time to take a removed directory.
 pub(super) const LOCK_CHECK: Duration = Duration::from_secs(10);
 
-/// How long removals appended without a flush (see [`Disk::commit`]) wait for one. A second
-/// covers a whole stop of 10,000 sets with one or two `fdatasync`s instead of one for every
-/// few removals, and keeps a daemon that only revoked a superseded token from leaving the
-/// removal unflushed until its next token.
+/// How long removals wait to be written and flushed. A removal is acknowledged once it is
+/// made in memory: its line waits for the next record's commit, or this long for a commit
+/// of its own. A second covers a whole stop of 10,000 sets with one or two writes and
+/// `fdatasync`s, not a trip to the blocking pool and a `write` for each set, and keeps a
+/// daemon that only revoked a superseded token from leaving the removal unwritten until its
+/// next token. A removal lost to a crash or a power cut only leaves a revoked token in the
+/// journal, which the next start introspects before reusing it, or revokes again.
 pub(super) const REMOVAL_FLUSH: Duration = Duration::from_secs(1);
 
 enum Op {
@@ -110,7 +113,9 @@ impl Journal {
             let mut gave_up = false;
             let mut tick = tokio::time::interval(LOCK_CHECK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // When removals appended without a flush get one.
+            // Removals' lines not written yet, and when they (or removals appended without a
+            // flush) get a flushing commit.
+            let mut pending = Zeroizing::new(Vec::new());
             let mut flush_at: Option<Instant> = None;
             loop {
                 // The first operation, and whether the removals' flush is due.
@@ -134,11 +139,14 @@ impl Journal {
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                // Only a new token must be on the disk before it is acknowledged.
+                // Only a new token must be on the disk before it is acknowledged; a batch of
+                // removals waits in memory (see REMOVAL_FLUSH). A commit of nothing (a lost
+                // lock to take again) is not put off.
                 let flush = due
                     || batch
                         .iter()
                         .any(|(op, _)| matches!(op, Op::Record(_) | Op::Flush));
+                let defer = !flush && !batch.is_empty();
                 let mut acks = Vec::with_capacity(batch.len());
                 let mut lines = Zeroizing::new(Vec::new());
                 let mut readers = Vec::new();
@@ -174,17 +182,27 @@ impl Journal {
                         push_remove(&mut lines, &fps);
                     }
                 }
-                let result = commit(&state, lines, flush).await;
-                gave_up = result.is_err() && locked(&state).disk.as_ref().is_some_and(Disk::lost);
-                if locked(&state).disk.as_ref().is_some_and(Disk::unflushed) {
+                let result = if defer {
+                    pending.extend_from_slice(&lines);
                     flush_at.get_or_insert_with(|| Instant::now() + REMOVAL_FLUSH);
+                    Ok(())
                 } else {
-                    flush_at = None;
-                }
-                if let Err(e) = &result {
-                    // Kept in memory: the next change rewrites the log whole.
-                    error!(error = %e, "could not write the state journal");
-                }
+                    let mut all = std::mem::take(&mut pending);
+                    all.extend_from_slice(&lines);
+                    let result = commit(&state, all, flush).await;
+                    gave_up =
+                        result.is_err() && locked(&state).disk.as_ref().is_some_and(Disk::lost);
+                    if locked(&state).disk.as_ref().is_some_and(Disk::unflushed) {
+                        flush_at.get_or_insert_with(|| Instant::now() + REMOVAL_FLUSH);
+                    } else {
+                        flush_at = None;
+                    }
+                    if let Err(e) = &result {
+                        // Kept in memory: the next change rewrites the log whole.
+                        error!(error = %e, "could not write the state journal");
+                    }
+                    result
+                };
                 // Only the in-memory journal of tests has a reader; a copy for nobody would
                 // cost a full clone per commit.
                 if view_tx.receiver_count() > 0 {
@@ -206,8 +224,8 @@ impl Journal {
                 }
             }
             // Every handle is gone (the process is ending): what waits for a flush gets it now.
-            if flush_at.is_some()
-                && let Err(e) = commit(&state, Zeroizing::new(Vec::new()), true).await
+            if (flush_at.is_some() || !pending.is_empty())
+                && let Err(e) = commit(&state, pending, true).await
             {
                 error!(error = %e, "could not write the state journal");
             }
@@ -215,7 +233,7 @@ impl Journal {
         (Journal { tx }, view_rx)
     }
 
-    /// Flush the removals appended since the last flush, and wait for it to be done: for a
+    /// Write and flush the removals not yet on the disk, and wait for it to be done: for a
     /// process about to end (the stop of the daemon, `once` or `exec`), so that the journal it leaves
     /// behind is on the disk.
     pub async fn flush(&self) {
@@ -255,7 +273,8 @@ impl Journal {
         answer.await.unwrap_or_default()
     }
 
-    /// Forget tokens that were revoked (or expired), by fingerprint.
+    /// Forget tokens that were revoked (or expired), by fingerprint: at once in memory, on the
+    /// disk within [`REMOVAL_FLUSH`].
     pub async fn remove(&self, fingerprints: Vec<String>) {
         if fingerprints.is_empty() {
             return;
