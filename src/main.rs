@@ -17,6 +17,21 @@ use tokenkeeper::{batch, signals};
 
 use cli::EXIT_OSERR;
 
+/// mimalloc, tuned by `tokenkeeper::memory::tune_allocator`: why, measured, is there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator's options are set by a constructor, which runs before anything allocates:
+/// one of them counts only for arenas made after it, and the first allocation makes one.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn tune() {
+        tokenkeeper::memory::tune_allocator();
+    }
+    tune
+};
+
 /// `once`: how long to keep trying for the tokens before giving up: a minute spans the
 /// backoff's first retries (1, 2, 4, … s) without holding a cron slot for long.
 const DEFAULT_ONCE_TIMEOUT: &str = "60s";
@@ -246,7 +261,6 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
 const BLOCKING_THREADS_AT_EXIT: Duration = Duration::from_secs(1);
 
 fn with_runtime<F: std::future::Future<Output = u8> + Send + 'static>(f: impl FnOnce() -> F) -> u8 {
-    tokenkeeper::memory::tune_allocator();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
