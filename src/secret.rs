@@ -53,8 +53,19 @@ impl fmt::Display for Secret {
 
 /// First 8 hex digits of the SHA-256 of `value`.
 pub fn fingerprint(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(value.as_bytes())[..4])
+}
+
+/// `bytes` in lowercase hexadecimal, two digits each, in one allocation: fingerprints and
+/// config hashes are made for every token and set.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// Where a secret comes from, as the config names it.
@@ -272,6 +283,16 @@ mod tests {
         let src = SecretSource::Plain(s);
         assert!(!format!("{src:?}").contains("do_not_print"));
         assert!(!format!("{src}").contains("do_not_print"));
+    }
+
+    /// Journaled fingerprints and config hashes were written with `format!("{b:02x}")`; the
+    /// same bytes must give the same text.
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), expected);
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

@@ -455,16 +455,13 @@ pub fn config_hash(set: &SetConfig, provider: &ProviderConfig) -> String {
             field("client_id", client_id);
         }
     }
-    let mut scopes = set.scopes.clone();
-    scopes.sort();
-    for s in &scopes {
+    let mut scopes: Vec<&str> = set.scopes.iter().map(String::as_str).collect();
+    scopes.sort_unstable();
+    for s in scopes {
         h.update(b"\0scope\0");
         h.update(s.as_bytes());
     }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::secret::hex(&h.finalize()[..8])
 }
 
 #[cfg(test)]

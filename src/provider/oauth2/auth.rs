@@ -176,7 +176,7 @@ impl Signer {
             .as_secs();
         let mut jti = [0u8; JTI_BYTES];
         self.rng.fill(&mut jti).map_err(|_| KeyError::Sign)?;
-        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let jti = crate::secret::hex(&jti);
         let mut header = serde_json::json!({"alg": self.alg().name(), "typ": "JWT"});
         if let Some(kid) = &self.key_id {
             header["kid"] = serde_json::Value::from(kid.as_str());
