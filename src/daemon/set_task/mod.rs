@@ -90,9 +90,12 @@ pub enum Order<S> {
 /// Source of uniform draws in [0, 1) for jitter; tests pin it.
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
-/// The production jitter source.
+/// The production jitter source: one for every set (each draw is from the calling thread's
+/// generator), rather than an allocation per set.
 pub fn random_jitter() -> Jitter {
-    Arc::new(fastrand::f64)
+    static SHARED: std::sync::LazyLock<Jitter> =
+        std::sync::LazyLock::new(|| Arc::new(fastrand::f64));
+    Arc::clone(&SHARED)
 }
 
 /// Everything one set's task needs.
