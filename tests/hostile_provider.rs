@@ -1,7 +1,7 @@
-//! A provider (or a local user) that works against the daemon: answers that leak what they were
-//! sent, expiry that the journal and the provider disagree on, `Retry-After` in its rarer
-//! forms, and a metrics listener held full of idle connections. The built binary, real signals,
-//! the strict development provider and small fakes on 127.0.0.1.
+//! A provider, a secrets store (or a local user) that works against the daemon: answers that
+//! leak what they were sent, expiry that the journal and the provider disagree on,
+//! `Retry-After` in its rarer forms, and a metrics listener held full of idle connections. The
+//! built binary, real signals, the strict development provider and small fakes on 127.0.0.1.
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 
 mod common;
@@ -512,4 +512,130 @@ async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
     );
     stop_clean(&mut d).await;
     assert!(p.live_tokens().is_empty());
+}
+
+/// A KV v2 store on 127.0.0.1 that accepts the token lookup and metadata, holds nothing, and
+/// answers every other request (a token's write) with an error quoting the whole request
+/// (the token header and the body first) and a forged log line. Serves until the test ends.
+async fn echoing_store() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                let text = loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break text;
+                    }
+                };
+                let (status, body) = if text.starts_with("GET /v1/auth/token/lookup-self") {
+                    (
+                        "200 OK",
+                        r#"{"data":{"ttl":0,"renewable":false}}"#.to_string(),
+                    )
+                } else if text.starts_with("GET ") {
+                    ("404 Not Found", r#"{"errors":[]}"#.to_string())
+                } else if text.starts_with("POST /v1/secret/metadata/") {
+                    ("204 No Content", String::new())
+                } else {
+                    // The token header and the body first: the daemon caps what it quotes.
+                    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                    let token = head
+                        .lines()
+                        .find(|l| l.to_ascii_lowercase().starts_with("x-vault-token:"))
+                        .unwrap_or_default();
+                    let echo = format!("echo: {token} {body} {head}\nFORGED line from the store");
+                    (
+                        "400 Bad Request",
+                        serde_json::json!({ "errors": [echo] }).to_string(),
+                    )
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A secrets store that quotes each request in its errors gets neither its own token nor the
+/// access token written into the log or the status, and cannot forge a log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_store_gets_no_secret_into_the_log_or_the_status() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let store_token = format!("hvs.{}", fastrand::u64(..));
+    let token_file = dir.path().join("store-token");
+    std::fs::write(&token_file, &store_token).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let top = format!(
+        "stores:\n  hostile:\n    kind: vault\n    address: {}\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\n",
+        echoing_store().await,
+        token_file.display()
+    );
+    let sets = format!(
+        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: hostile, path: tokenkeeper/s }}\n",
+        f.display()
+    );
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), &top, &sets));
+    // The store's error as the status shows it, once a write has been refused.
+    let failed = || {
+        status_json(&cfg)["stores"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("store hostile: write: refused") && e.contains("echo:"))
+    };
+    assert!(wait_until(PATIENCE, failed).await, "{}", d.output());
+    let issued = p.issued_tokens();
+    assert!(!issued.is_empty(), "{}", d.output());
+    let mut secrets: Vec<&str> = issued.iter().map(String::as_str).collect();
+    secrets.push(&store_token);
+    let status_file = dir.path().join("state/status.json");
+    let v = tokenkeeper(&["status", "-c", cfg.to_str().unwrap(), "--json"]).stdout;
+    assert!(
+        v.contains("[redacted]"),
+        "the echo never reached the status: {v}"
+    );
+    assert_no_secret("status --json", &v, &secrets);
+    assert_no_secret("status.json", &read(&status_file).unwrap(), &secrets);
+    d.signal(Signal::SIGTERM);
+    d.wait(PATIENCE).await;
+    let log = d.output();
+    assert!(log.contains("x-vault-token: [redacted]"), "{log}");
+    assert_no_secret("the log", &log, &secrets);
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "the store forged a log line:\n{log}"
+    );
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::config::{StoreAuth, StoreConfig};
+use crate::provider::Redactor;
 use crate::schedule::RetryClass;
 use crate::secret::{Secret, SecretError};
 
@@ -124,6 +125,28 @@ pub struct Versioned {
     pub data: Value,
     /// Set when the latest version was deleted or destroyed.
     pub deleted: bool,
+}
+
+/// The fields of a request body that hold secrets, at any depth: the token a set's document
+/// carries, and AppRole's login. The rest (a set's name, the metadata, a lease) is not secret,
+/// and cutting ordinary words out of the store's messages would garble them. A new secret
+/// field in any body goes here.
+const SECRET_FIELDS: [&str; 3] = ["access_token", "role_id", "secret_id"];
+
+/// The values of [`SECRET_FIELDS`] in `v`, into `out`.
+fn secrets_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| secrets_in(i, out)),
+        Value::Object(fields) => {
+            for (k, f) in fields {
+                match f.as_str() {
+                    Some(s) if SECRET_FIELDS.contains(&k.as_str()) => out.push(s),
+                    _ => secrets_in(f, out),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Vault {
@@ -240,7 +263,15 @@ impl Vault {
         let detail = if errors.is_empty() {
             String::new()
         } else {
-            format!(": {}", errors.join("; "))
+            // A store, or a proxy before it, may echo the request in its error: the store
+            // token and the body's secrets (a token written, login credentials) must not
+            // reach the log or the status file, and its text must not forge log lines.
+            let mut secrets: Vec<&str> = token.map(Secret::expose).into_iter().collect();
+            if let Some(b) = body {
+                secrets_in(b, &mut secrets);
+            }
+            let text = crate::provider::sanitize(&errors.join("; "));
+            format!(": {}", Redactor::new(secrets).redact(&text))
         };
         let code = status.as_u16();
         if status.is_server_error() || code == 429 {
