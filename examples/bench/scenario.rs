@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokenkeeper::devprovider::{DEV_APP_ID, DEV_APP_TOKEN};
 
@@ -308,18 +308,41 @@ fn patience(sets: usize) -> Duration {
     PATIENCE_PER_10K * (sets.div_ceil(10_000).max(1) as u32)
 }
 
-/// Wait until `n` token files exist in `dir`; returns when the first appeared and when the last
-/// did, both from now.
+/// Between two listings of the token directory, the harness waits at least this many times as
+/// long as the last listing took. Listing 100,000 files takes tens of milliseconds of CPU on
+/// the cores the daemon runs on: listed every 5 ms, the harness took a core from the daemon at
+/// 100,000 sets (its cost growing with the square of the sets) and not at 10,000.
+const LISTING_DUTY: u32 = 20;
+
+/// The shortest wait between two listings: the first file of 1,000 sets comes within tens of
+/// milliseconds.
+const MIN_LISTING_GAP: Duration = Duration::from_millis(5);
+
+/// When the first and the last `.token` file in `dir` were written (their modification
+/// times), from `since`.
+fn written_span(dir: &Path, since: SystemTime) -> Option<(Duration, Duration)> {
+    let times: Vec<SystemTime> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".token"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .collect();
+    let from = |t: &SystemTime| t.duration_since(since).unwrap_or(Duration::ZERO);
+    Some((from(times.iter().min()?), from(times.iter().max()?)))
+}
+
+/// Wait until `n` token files exist in `dir`; returns when the first was written and when the
+/// last was, both from now, by the files' modification times: a listing shows them late by up
+/// to its gap (see [`LISTING_DUTY`]).
 fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) {
     let start = Instant::now();
-    let mut first = None;
+    let since = SystemTime::now();
     loop {
+        let listed = Instant::now();
         let have = tokens_in(dir);
-        if have > 0 && first.is_none() {
-            first = Some(start.elapsed());
-        }
         if have >= n {
-            break;
+            let all = start.elapsed();
+            return written_span(dir, since).unwrap_or((all, all));
         }
         if let Some(st) = d.child().try_wait().unwrap() {
             panic!("daemon exited early ({st}); see its daemon.log beside the config");
@@ -329,10 +352,8 @@ fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) 
             "tokens never all appeared in {}",
             dir.display()
         );
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(MIN_LISTING_GAP.max(listed.elapsed() * LISTING_DUTY));
     }
-    let all = start.elapsed();
-    (first.unwrap_or(all), all)
 }
 
 fn sigterm(d: &Guard) {
