@@ -17,20 +17,8 @@ use tokenkeeper::{batch, signals};
 
 use cli::EXIT_OSERR;
 
-/// mimalloc, tuned by `tokenkeeper::memory::tune_allocator`: why, measured, is there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The allocator's options are set by a constructor, which runs before anything allocates:
-/// one of them counts only for arenas made after it, and the first allocation makes one.
-#[used]
-#[unsafe(link_section = ".init_array")]
-static TUNE_ALLOCATOR: extern "C" fn() = {
-    extern "C" fn tune() {
-        tokenkeeper::memory::tune_allocator();
-    }
-    tune
-};
+// mimalloc, tuned: src/memory.rs says why, measured.
+tokenkeeper::use_tuned_mimalloc!();
 
 /// `once`: how long to keep trying for the tokens before giving up: a minute spans the
 /// backoff's first retries (1, 2, 4, … s) without holding a cron slot for long.

@@ -13,6 +13,29 @@
 use std::ffi::CStr;
 use std::os::raw::{c_int, c_long};
 
+pub use mimalloc::MiMalloc;
+
+/// Make mimalloc the program's allocator, with [`tune_allocator`] run by a constructor: that
+/// runs before anything allocates, and one of the options counts only for arenas made after
+/// it is set, while the first allocation makes one. For a binary's crate root: the daemon's,
+/// and the benchmark's, whose bare client must allocate as the daemon does.
+#[macro_export]
+macro_rules! use_tuned_mimalloc {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::memory::MiMalloc = $crate::memory::MiMalloc;
+
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static TUNE_ALLOCATOR: extern "C" fn() = {
+            extern "C" fn tune() {
+                $crate::memory::tune_allocator();
+            }
+            tune
+        };
+    };
+}
+
 /// mimalloc's option numbers: `mi_option_t` in its `mimalloc.h` (v3), which libmimalloc-sys
 /// names only for v2. `the_option_numbers_name_the_options_meant` checks them by their
 /// documented defaults.

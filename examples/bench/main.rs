@@ -25,19 +25,9 @@ use std::time::{Duration, Instant};
 
 use tokenkeeper::devprovider::{DEV_APP_ID, DEV_APP_TOKEN, DevProvider, DevProviderOptions};
 
-/// The daemon's allocator, tuned the same way (by a constructor, as in `src/main.rs`), so
-/// that the bare client it is compared with allocates as it does.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[used]
-#[unsafe(link_section = ".init_array")]
-static TUNE_ALLOCATOR: extern "C" fn() = {
-    extern "C" fn tune() {
-        tokenkeeper::memory::tune_allocator();
-    }
-    tune
-};
+// The daemon's allocator, tuned the same way, so that the bare client it is compared with
+// allocates as it does.
+tokenkeeper::use_tuned_mimalloc!();
 
 /// Token lifetime the fake grants: long, so nothing is refreshed during a scenario and the
 /// idle scenario is truly idle between refreshes.
