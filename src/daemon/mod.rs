@@ -353,7 +353,7 @@ pub async fn run<P: TokenProvider + 'static>(
         grace,
     )
     .await;
-    // The stop's removals were appended unflushed; the journal left behind is on the disk.
+    // The stop's removals wait in the writer's memory; the journal left behind is on the disk.
     shared.journal.flush().await;
     Ok(report)
 }

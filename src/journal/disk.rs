@@ -138,8 +138,6 @@ pub(super) struct Disk {
     size: u64,
     /// Whether a version-1 document may still lie beside the log.
     legacy: bool,
-    /// Lines appended without a flush yet (removals only; see [`Disk::commit`]).
-    unflushed: bool,
 }
 
 impl Disk {
@@ -150,7 +148,6 @@ impl Disk {
             file: None,
             size: 0,
             legacy: true,
-            unflushed: false,
         }
     }
 
@@ -159,23 +156,17 @@ impl Disk {
     }
 
     /// Make `lines` (the batch just applied to `live`) durable: appended and flushed, or, when
-    /// the log has grown past its bound or its state is unknown, by a compaction. With `flush`
-    /// false they are appended without the `fdatasync`, which the next flushing commit or
-    /// [`Disk::flush`] makes. The writer keeps removals in memory until a flushing commit
-    /// (see `REMOVAL_FLUSH`), so only a commit that takes a lost lock again appends unflushed.
-    pub(super) fn commit(
-        &mut self,
-        lines: &[u8],
-        live: &Live<Stored>,
-        flush: bool,
-    ) -> Result<(), JournalError> {
+    /// the log has grown past its bound or its state is unknown, by a compaction. Every
+    /// commit flushes: removals wait in the writer's memory rather than on the disk unflushed
+    /// (see `REMOVAL_FLUSH`), so a commit of nothing has nothing to flush.
+    pub(super) fn commit(&mut self, lines: &[u8], live: &Live<Stored>) -> Result<(), JournalError> {
         self.guard()?;
         let fits = self.size + lines.len() as u64 <= 2 * live.bytes as u64 + COMPACT_SLACK;
         let Some(file) = self.file.as_mut().filter(|_| fits) else {
             return self.compact(live);
         };
         if lines.is_empty() {
-            return if flush { self.flush() } else { Ok(()) };
+            return Ok(());
         }
         // Someone removed or replaced the log under us: appending would write to a file no
         // path names. Rewrite it where it belongs instead (one fstat a commit).
@@ -183,45 +174,15 @@ impl Disk {
             return self.compact(live);
         }
         let written = file.write_all(lines).and_then(|()| {
-            if flush {
-                synced(&self.dir);
-                file.sync_data()
-            } else {
-                Ok(())
-            }
+            synced(&self.dir);
+            file.sync_data()
         });
         if let Err(e) = written {
+            // What reached the disk is unknown: the next commit rewrites the log whole.
             self.file = None;
             return Err(io("append to", &self.path())(e));
         }
         self.size += lines.len() as u64;
-        self.unflushed = !flush;
-        Ok(())
-    }
-
-    /// Whether lines were appended since the last flush.
-    pub(super) fn unflushed(&self) -> bool {
-        self.unflushed
-    }
-
-    /// Flush what was appended without a flush.
-    pub(super) fn flush(&mut self) -> Result<(), JournalError> {
-        if !self.unflushed {
-            return Ok(());
-        }
-        let path = self.path();
-        let Some(file) = self.file.as_mut() else {
-            // Closed after a failed write: the next commit rewrites the log whole, flushed.
-            self.unflushed = false;
-            return Ok(());
-        };
-        synced(&self.dir);
-        if let Err(e) = file.sync_data() {
-            // What reached the disk is unknown: the next commit rewrites the log whole.
-            self.file = None;
-            return Err(io("flush", &path)(e));
-        }
-        self.unflushed = false;
         Ok(())
     }
 
@@ -291,7 +252,6 @@ impl Disk {
             .map_err(io("open", &path))?;
         self.file = Some(file);
         self.size = bytes.len() as u64;
-        self.unflushed = false;
         Ok(())
     }
 }

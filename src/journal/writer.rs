@@ -41,7 +41,7 @@ enum Op {
     Remove(Vec<String>),
     /// What the journal holds once the changes queued before this one are in.
     Entries(oneshot::Sender<Vec<Entry>>),
-    /// Flush what was appended without a flush, now.
+    /// Write and flush the removals waiting in memory, now.
     Flush,
 }
 
@@ -113,8 +113,7 @@ impl Journal {
             let mut gave_up = false;
             let mut tick = tokio::time::interval(LOCK_CHECK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // Removals' lines not written yet, and when they (or removals appended without a
-            // flush) get a flushing commit.
+            // Removals' lines not written yet, and when they get a commit of their own.
             let mut pending = Zeroizing::new(Vec::new());
             let mut flush_at: Option<Instant> = None;
             loop {
@@ -141,12 +140,12 @@ impl Journal {
                 }
                 // Only a new token must be on the disk before it is acknowledged; a batch of
                 // removals waits in memory (see REMOVAL_FLUSH). A commit of nothing (a lost
-                // lock to take again) is not put off.
-                let flush = due
-                    || batch
+                // lock to take again, or the removals' flush come due) is not put off.
+                let defer = !due
+                    && !batch.is_empty()
+                    && !batch
                         .iter()
                         .any(|(op, _)| matches!(op, Op::Record(_) | Op::Flush));
-                let defer = !flush && !batch.is_empty();
                 let mut acks = Vec::with_capacity(batch.len());
                 let mut lines = Zeroizing::new(Vec::new());
                 let mut readers = Vec::new();
@@ -189,14 +188,10 @@ impl Journal {
                 } else {
                     let mut all = std::mem::take(&mut pending);
                     all.extend_from_slice(&lines);
-                    let result = commit(&state, all, flush).await;
+                    let result = commit(&state, all).await;
                     gave_up =
                         result.is_err() && locked(&state).disk.as_ref().is_some_and(Disk::lost);
-                    if locked(&state).disk.as_ref().is_some_and(Disk::unflushed) {
-                        flush_at.get_or_insert_with(|| Instant::now() + REMOVAL_FLUSH);
-                    } else {
-                        flush_at = None;
-                    }
+                    flush_at = None;
                     if let Err(e) = &result {
                         // Kept in memory: the next change rewrites the log whole.
                         error!(error = %e, "could not write the state journal");
@@ -225,7 +220,7 @@ impl Journal {
             }
             // Every handle is gone (the process is ending): what waits for a flush gets it now.
             if (flush_at.is_some() || !pending.is_empty())
-                && let Err(e) = commit(&state, pending, true).await
+                && let Err(e) = commit(&state, pending).await
             {
                 error!(error = %e, "could not write the state journal");
             }
@@ -294,12 +289,8 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 /// Commit `lines` to the disk, if the journal has one, on the blocking pool (an `fdatasync`
-/// may wait for the disk); see [`Disk::commit`] for `flush`.
-async fn commit(
-    state: &Arc<Mutex<State>>,
-    lines: Zeroizing<Vec<u8>>,
-    flush: bool,
-) -> Result<(), String> {
+/// may wait for the disk).
+async fn commit(state: &Arc<Mutex<State>>, lines: Zeroizing<Vec<u8>>) -> Result<(), String> {
     if locked(state).disk.is_none() {
         return Ok(());
     }
@@ -308,7 +299,7 @@ async fn commit(
         let mut st = locked(&st);
         let State { live, disk } = &mut *st;
         match disk {
-            Some(d) => d.commit(&lines, live, flush),
+            Some(d) => d.commit(&lines, live),
             None => Ok(()),
         }
     })
