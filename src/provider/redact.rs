@@ -5,7 +5,7 @@
 //! 100,000, at a cost that does not grow with their number.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
@@ -17,12 +17,9 @@ use crate::secret::Secret;
 /// Each way a secret may appear in a provider's text: as sent (raw, form-encoded) and as our
 /// error text would quote it (Rust and JSON escapes).
 fn forms(secret: &str) -> Vec<String> {
-    // The usual token (letters, digits, `-`, `.`, `_`) reads the same in every form: one copy,
-    // not four made and three thrown away for each token held and again when it is let go.
-    if secret
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    // The usual token reads the same in every form: one copy, not four made and three thrown
+    // away.
+    if is_plain(secret) {
         return if secret.is_empty() {
             Vec::new()
         } else {
@@ -30,6 +27,14 @@ fn forms(secret: &str) -> Vec<String> {
         };
     }
     all_forms(secret)
+}
+
+/// Whether `secret` reads the same in every one of its [`forms`]: letters, digits, `-`, `.`
+/// and `_` only, as the usual token is.
+fn is_plain(secret: &str) -> bool {
+    secret
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 fn all_forms(secret: &str) -> Vec<String> {
@@ -175,10 +180,14 @@ pub(crate) struct HeldTokens {
 
 #[derive(Default)]
 struct Held {
-    by_fingerprint: HashMap<String, (Secret, Instant)>,
-    /// Every form of every held token, with how many held tokens share it.
-    forms: BTreeMap<Form, u32>,
-    /// The byte lengths of those forms, with how many forms have each.
+    /// Every held token, keyed by itself (its raw form), with when it can no longer matter.
+    /// The token is its own key, not its fingerprint: one copy of it a set instead of two, no
+    /// digest to compute at each hold and release, and nothing to hash.
+    tokens: BTreeMap<Form, Instant>,
+    /// The forms of held tokens other than the tokens themselves (form-encoded, escaped), with
+    /// how many held tokens have each. The usual token (see [`forms`]) has none.
+    escaped: BTreeMap<Form, u32>,
+    /// The byte lengths of the keys of both maps, with how many keys have each.
     lengths: BTreeMap<usize, u32>,
     /// How many tokens were held after the last sweep of the expired ones.
     swept_at: usize,
@@ -191,65 +200,96 @@ const SWEEP_FLOOR: usize = 64;
 impl std::fmt::Debug for HeldTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Counts only: the tokens are secrets.
-        write!(f, "HeldTokens({})", self.lock().by_fingerprint.len())
+        write!(f, "HeldTokens({})", self.lock().tokens.len())
+    }
+}
+
+/// Count a key of `len` bytes in or out of `lengths`.
+fn count_length(lengths: &mut BTreeMap<usize, u32>, len: usize, added: bool) {
+    if added {
+        *lengths.entry(len).or_insert(0) += 1;
+    } else if let Some(n) = lengths.get_mut(&len) {
+        *n -= 1;
+        if *n == 0 {
+            lengths.remove(&len);
+        }
+    }
+}
+
+/// The forms of `token` other than itself; none, and no allocation, for the usual token.
+fn escaped_forms(token: &str) -> Vec<Zeroizing<String>> {
+    if is_plain(token) {
+        return Vec::new();
+    }
+    all_forms(token)
+        .into_iter()
+        .map(Zeroizing::new)
+        .filter(|f| f.as_str() != token)
+        .collect()
+}
+
+/// Index `token`'s other forms, counting those another held token shares.
+fn add_escaped(escaped: &mut BTreeMap<Form, u32>, lengths: &mut BTreeMap<usize, u32>, token: &str) {
+    for f in escaped_forms(token) {
+        let len = f.len();
+        let n = escaped.entry(Form(f)).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            count_length(lengths, len, true);
+        }
+    }
+}
+
+/// Undo [`add_escaped`] for `token`.
+fn remove_escaped(
+    escaped: &mut BTreeMap<Form, u32>,
+    lengths: &mut BTreeMap<usize, u32>,
+    token: &str,
+) {
+    for f in escaped_forms(token) {
+        let Some(n) = escaped.get_mut(f.as_str()) else {
+            continue;
+        };
+        *n -= 1;
+        if *n == 0 {
+            escaped.remove(f.as_str());
+            count_length(lengths, f.len(), false);
+        }
     }
 }
 
 impl Held {
-    fn add_forms(&mut self, token: &str) {
-        for f in forms(token) {
-            let len = f.len();
-            let n = self.forms.entry(Form(Zeroizing::new(f))).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                *self.lengths.entry(len).or_insert(0) += 1;
-            }
-        }
-    }
-
-    fn remove_forms(&mut self, token: &str) {
-        for f in forms(token) {
-            let Some(n) = self.forms.get_mut(f.as_str()) else {
-                continue;
-            };
-            *n -= 1;
-            if *n > 0 {
-                continue;
-            }
-            self.forms.remove(f.as_str());
-            if let Some(l) = self.lengths.get_mut(&f.len()) {
-                *l -= 1;
-                if *l == 0 {
-                    self.lengths.remove(&f.len());
-                }
-            }
-        }
-    }
-
     fn sweep(&mut self, now: Instant) {
-        let expired: Vec<String> = self
-            .by_fingerprint
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(fp, _)| fp.clone())
-            .collect();
-        for fp in expired {
-            if let Some((token, _)) = self.by_fingerprint.remove(&fp) {
-                self.remove_forms(token.expose());
+        let Held {
+            tokens,
+            escaped,
+            lengths,
+            ..
+        } = self;
+        tokens.retain(|token, until| {
+            let live = *until > now;
+            if !live {
+                count_length(lengths, token.0.len(), false);
+                remove_escaped(escaped, lengths, &token.0);
             }
-        }
-        self.swept_at = self.by_fingerprint.len();
+            live
+        });
+        self.swept_at = self.tokens.len();
+    }
+
+    fn contains(&self, text: &str) -> bool {
+        self.tokens.contains_key(text) || self.escaped.contains_key(text)
     }
 
     /// Whether some form starts with `prefix`.
     fn has_prefix(&self, prefix: &str) -> bool {
-        self.forms
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .next()
-            .is_some_and(|(f, _)| f.0.starts_with(prefix))
+        let starts = |keys: Option<&Form>| keys.is_some_and(|f| f.0.starts_with(prefix));
+        let from = (
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        );
+        starts(self.tokens.range::<str, _>(from).next().map(|(f, _)| f))
+            || starts(self.escaped.range::<str, _>(from).next().map(|(f, _)| f))
     }
 }
 
@@ -260,36 +300,51 @@ impl HeldTokens {
 
     /// Note a token the daemon now holds, until `until`.
     pub(crate) fn hold(&self, token: &Secret, until: Instant) {
+        let token = token.expose();
+        // Nothing to cut out (and no answer carries an empty token).
+        if token.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let mut held = self.lock();
-        if held.by_fingerprint.len() >= 2 * held.swept_at.max(SWEEP_FLOOR) {
+        if held.tokens.len() >= 2 * held.swept_at.max(SWEEP_FLOOR) {
             held.sweep(now);
         }
-        let fp = crate::secret::fingerprint(token.expose());
-        match held.by_fingerprint.get_mut(&fp) {
-            Some(entry) => entry.1 = until,
-            None => {
-                held.add_forms(token.expose());
-                held.by_fingerprint.insert(fp, (token.clone(), until));
-            }
+        if let Some(at) = held.tokens.get_mut(token) {
+            *at = until;
+            return;
         }
+        let Held {
+            tokens,
+            escaped,
+            lengths,
+            ..
+        } = &mut *held;
+        tokens.insert(Form(Zeroizing::new(token.to_owned())), until);
+        count_length(lengths, token.len(), true);
+        add_escaped(escaped, lengths, token);
     }
 
     /// Forget a token: it was revoked, or the provider says it is no longer active.
     pub(crate) fn release(&self, token: &Secret) {
+        let token = token.expose();
         let mut held = self.lock();
-        if let Some((t, _)) = held
-            .by_fingerprint
-            .remove(&crate::secret::fingerprint(token.expose()))
-        {
-            held.remove_forms(t.expose());
+        let Held {
+            tokens,
+            escaped,
+            lengths,
+            ..
+        } = &mut *held;
+        if tokens.remove(token).is_some() {
+            count_length(lengths, token.len(), false);
+            remove_escaped(escaped, lengths, token);
         }
     }
 
     /// How many tokens are on the list (expired ones not yet swept included).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().by_fingerprint.len()
+        self.lock().tokens.len()
     }
 
     /// `text` with every form of every held token replaced by [`REDACTED`], and the start of
@@ -298,7 +353,7 @@ impl HeldTokens {
     /// searching the text for each of 100,000 tokens is not.
     pub(crate) fn redact(&self, text: &str) -> String {
         let held = self.lock();
-        if held.forms.is_empty() {
+        if held.lengths.is_empty() {
             return text.to_owned();
         }
         let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
@@ -312,7 +367,7 @@ impl HeldTokens {
                 if j > text.len() {
                     break;
                 }
-                if text.is_char_boundary(j) && held.forms.contains_key(&text[i..j]) {
+                if text.is_char_boundary(j) && held.contains(&text[i..j]) {
                     cuts.push((i, j));
                 }
             }
@@ -402,6 +457,39 @@ mod tests {
     }
 
     #[test]
+    fn a_token_that_is_another_tokens_encoded_form_stays_cut_out_until_both_are_let_go() {
+        let held = HeldTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let spaced = "ab cd/ef";
+        let encoded = oauth2::form_encode(spaced);
+        assert_ne!(encoded, spaced);
+        held.hold(&secret(spaced), later);
+        held.hold(&secret(&encoded), later);
+        let text = format!("echo {encoded} end");
+        assert_eq!(held.redact(&text), "echo [redacted] end");
+        held.release(&secret(spaced));
+        assert_eq!(
+            held.redact(&text),
+            "echo [redacted] end",
+            "still held itself"
+        );
+        held.hold(&secret(spaced), later);
+        held.release(&secret(&encoded));
+        assert_eq!(
+            held.redact(&text),
+            "echo [redacted] end",
+            "still a held form"
+        );
+        held.release(&secret(spaced));
+        assert_eq!(held.redact(&text), text);
+        assert_eq!(held.len(), 0);
+        assert!(
+            held.lock().lengths.is_empty(),
+            "every length let go with its key"
+        );
+    }
+
+    #[test]
     fn expired_tokens_are_swept_once_the_list_has_doubled() {
         let held = HeldTokens::default();
         let past = Instant::now() - Duration::from_secs(1);
@@ -417,6 +505,11 @@ mod tests {
             "x expired-token-0001 y"
         );
         assert_eq!(held.redact("x live-token-0001 y"), "x [redacted] y");
+        assert_eq!(
+            held.lock().lengths.len(),
+            1,
+            "the expired tokens' lengths went with them"
+        );
     }
 
     #[test]
