@@ -101,6 +101,7 @@ pub fn render(snap: &Snapshot) -> String {
     let mut next = Vec::new();
     let mut refresh = Vec::new();
     let mut revoke = Vec::new();
+    let mut refused = Vec::new();
     let mut last_error = Vec::new();
     let mut live: BTreeMap<&str, u64> = BTreeMap::new();
     for s in &snap.sets {
@@ -128,6 +129,10 @@ pub fn render(snap: &Snapshot) -> String {
             let extra = format!(",result=\"{result}\"");
             revoke.push((set_labels(&s.name, &s.provider, &extra), n as f64));
         }
+        refused.push((
+            set_labels(&s.name, &s.provider, ""),
+            s.tokens_refused as f64,
+        ));
         if let Some(t) = s.last_error_at {
             last_error.push((set_labels(&s.name, &s.provider, ""), unix(t)));
         }
@@ -162,6 +167,12 @@ pub fn render(snap: &Snapshot) -> String {
         "counter",
         "Token revocations by result.",
         &revoke,
+    );
+    family(
+        "tokenkeeper_refused_total",
+        "counter",
+        "Tokens minted in answers refused for their token_type or lifetime; each was revoked at once.",
+        &refused,
     );
     let live: Vec<(String, f64)> = live
         .into_iter()
@@ -291,7 +302,7 @@ mod tests {
             issue_failures: 1,
             tokens_revoked: 2,
             revoke_failures: 0,
-            tokens_refused: 0,
+            tokens_refused: 4,
             live_tokens: 2,
         };
         Snapshot {
@@ -332,6 +343,7 @@ mod tests {
             "tokenkeeper_refresh_total{set=\"orders-sync\",provider=\"voucherify-eu\",result=\"success\"} 3",
             "tokenkeeper_refresh_total{set=\"orders-sync\",provider=\"voucherify-eu\",result=\"failure\"} 1",
             "tokenkeeper_revoke_total{set=\"orders-sync\",provider=\"voucherify-eu\",result=\"success\"} 2",
+            "tokenkeeper_refused_total{set=\"orders-sync\",provider=\"voucherify-eu\"} 4",
             "tokenkeeper_live_tokens{provider=\"voucherify-eu\"} 2",
             "tokenkeeper_last_error_timestamp_seconds{set=\"reports\",provider=\"voucherify-eu\"} 1900000000.25",
             "# TYPE tokenkeeper_refresh_total counter",

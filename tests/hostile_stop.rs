@@ -407,12 +407,16 @@ async fn tokens_minted_in_refused_answers_are_journaled_revoked_and_counted() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
+    let prom = dir.path().join("tokenkeeper.prom");
     let cfg = write_config(
         dir.path(),
         &config(
             &p,
             dir.path(),
-            "defaults:\n  refresh: { min_interval: 10ms }",
+            &format!(
+                "defaults:\n  refresh: {{ min_interval: 10ms }}\nmetrics: {{ textfile: {} }}",
+                prom.display()
+            ),
             &set("s", "api", &f, ""),
         ),
     );
@@ -489,6 +493,15 @@ async fn tokens_minted_in_refused_answers_are_journaled_revoked_and_counted() {
         .await,
         "{}",
         status_json(&cfg)
+    );
+    // And for Prometheus: an alert on a provider whose answers changed.
+    let refused = "tokenkeeper_refused_total{set=\"s\",provider=\"dev\"} 3";
+    assert!(
+        wait_until(PATIENCE, || read(&prom)
+            .is_some_and(|t| t.lines().any(|l| l == refused)))
+        .await,
+        "{:?}",
+        read(&prom)
     );
     stop_clean(&mut d).await;
     assert!(p.live_tokens().is_empty(), "{}", d.output());
