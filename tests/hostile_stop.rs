@@ -1,6 +1,7 @@
-//! Stop under hostile conditions: a dead log reader, a signal in the first milliseconds, a
-//! provider that hangs, repeats itself, or mints tokens it answers for wrongly. The built
-//! binary against the strict development provider on 127.0.0.1, with real signals.
+//! Stop under hostile conditions: a dead log reader, closed standard streams, a signal in the
+//! first milliseconds, a provider that hangs, repeats itself, or mints tokens it answers for
+//! wrongly. The built binary against the strict development provider on 127.0.0.1, with real
+//! signals.
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 
 mod common;
@@ -90,6 +91,61 @@ async fn a_full_log_disk_neither_kills_the_daemon_nor_stops_revocation() {
         .open("/dev/full")
         .unwrap();
     survives_a_failing_log(full.into()).await;
+}
+
+/// Started with its standard streams closed (`2>&-` in a script, a careless supervisor): the
+/// first files the daemon opens must not take descriptors 0 to 2, or its log lines would land
+/// in a token file or the journal. It keeps, writes and revokes its tokens as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_standard_streams_never_carry_the_log_into_a_token_file_or_the_journal() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(&p, dir.path(), "log_level: debug", &set("a", "api", &a, "")),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET");
+    // SAFETY: only close(2), which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon {
+        child: cmd.spawn().unwrap(),
+        log: "/nonexistent/tokenkeeper-test.log".into(),
+    };
+    assert!(wait_until(PATIENCE, || a.exists()).await, "no token file");
+    // A rotation logs at every level; each line must go nowhere, not into a file.
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || p.issued_tokens().len() >= 2
+            && read(&a).is_some_and(|t| t.trim() == p.issued_tokens()[1]))
+        .await,
+        "the rotated token is not (alone) in its file: {:?}",
+        read(&a)
+    );
+    let journal = read(&dir.path().join("state/journal.log")).unwrap();
+    for line in journal.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a journal line: {line:?}"
+        );
+    }
+    d.signal(Signal::SIGTERM);
+    let status = d.wait(PATIENCE).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(p.live_tokens().is_empty(), "{:?}", p.live_tokens());
+    assert!(!a.exists(), "token file left behind");
 }
 
 /// SIGTERM while the config is being read: the daemon blocks opening a FIFO that the config
