@@ -141,8 +141,6 @@ struct Tokens<S> {
     superseded: Vec<(Held, Instant)>,
     /// Revocations of superseded tokens under way.
     revoking: Revoking,
-    /// Tokens obtained but never written (stop came first).
-    orphans: Vec<Held>,
     /// Journaled tokens that no longer fit (see [`SetTask::begin`]).
     stale: Vec<Held>,
     /// The token request a stop order interrupted, with its budget slot.
@@ -345,7 +343,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             current_meta: None,
             superseded: Vec::new(),
             revoking: Revoking::default(),
-            orphans: Vec::new(),
             stale: Vec::new(),
             in_flight: None,
             previous: None,

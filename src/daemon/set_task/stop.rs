@@ -77,7 +77,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             current_meta,
             mut superseded,
             mut revoking,
-            mut orphans,
             stale,
             in_flight,
             next_issue,
@@ -106,8 +105,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         revoking.abort_all();
         let now = Instant::now();
         superseded.extend(back.into_iter().map(|h| (h, now)));
-        orphans.extend(late);
-        superseded.extend(orphans.into_iter().chain(stale).map(|h| (h, now)));
+        // A token that came in answer to the request under way was never written: the
+        // successor revokes it with the superseded ones, due now.
+        superseded.extend(late.into_iter().chain(stale).map(|h| (h, now)));
         let report = this.report;
         let start = Start {
             current: current.zip(current_meta).map(|(h, m)| (h, m, next_issue)),
@@ -143,7 +143,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             current,
             superseded,
             mut revoking,
-            orphans,
             stale,
             in_flight,
             ..
@@ -159,8 +158,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             set: name.clone(),
             ..SetOutcome::default()
         };
-        let mut to_revoke: Vec<Held> = orphans;
-        to_revoke.extend(stale);
+        let mut to_revoke: Vec<Held> = stale;
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
         let mut current_revoked = false;
         let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
