@@ -91,7 +91,7 @@ impl<P: TokenProvider + 'static> Shared<P> {
             ),
             journal: self.journal.clone(),
             budget: Arc::clone(budget),
-            config_hash,
+            config_hash: config_hash.into_boxed_str(),
             start: start.boxed(),
             report,
             ready: Some(self.changed.clone()),

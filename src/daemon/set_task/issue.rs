@@ -73,7 +73,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 // Stop arrived mid-issue. The provider may already have minted the token: the
                 // stop waits for the answer (up to its deadline) while it revokes what the set
                 // holds, rather than before.
-                t.in_flight = Some((issue, slot));
+                t.in_flight = Some(Box::new((issue, slot)));
                 return Flow::Stop(order.ok());
             }
         };

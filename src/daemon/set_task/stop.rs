@@ -85,7 +85,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let name = this.cfg.name.clone();
         let wait = Instant::now() + HANDOVER_WAIT;
         let late = async {
-            match in_flight {
+            match in_flight.map(|b| *b) {
                 Some((issue, slot)) => this.settle(issue, slot, wait).await,
                 None => None,
             }
@@ -216,7 +216,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 (done, me.revoke_each(back, deadline).await)
             })
         });
-        let late = in_flight.map(|(issue, slot)| {
+        let late = in_flight.map(|b| *b).map(|(issue, slot)| {
             Box::pin(async move {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let until = deadline - IN_FLIGHT_ROOM.min(left / 4);
