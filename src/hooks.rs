@@ -76,11 +76,10 @@ static WATCHERS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Follow `stats` of `set` and run its `on_rotate` hooks after each new token; nothing if the
 /// set has none. The watcher ends once the set's task has ended (and its last hooks ran).
 pub fn watch(set: &SetConfig, report: &SetReport) {
-    if set.on_rotate.is_empty() {
+    let Some(hooks) = set.on_rotate.as_deref().cloned() else {
         return;
-    }
+    };
     let mut stats = report.subscribe_stats();
-    let hooks = set.on_rotate.clone();
     let name = set.name.clone();
     // A store-only set has no file: its hooks see TOKENKEEPER_FILE empty.
     let file = set

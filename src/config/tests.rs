@@ -134,8 +134,8 @@ fn rotate_and_on_rotate_parse() {
     let s = &loaded.config.sets[0];
     assert_eq!(s.rotate.as_ref().map(|r| r.as_str()), Some("0 55 1 * * *"));
     assert_eq!(
-        s.on_rotate,
-        OnRotate {
+        s.on_rotate.as_deref(),
+        Some(&OnRotate {
             exec: Some(vec!["/usr/bin/app-reload".into(), "--soft".into()]),
             timeout: Duration::from_secs(5),
             signal: Some(SignalHook {
@@ -143,21 +143,18 @@ fn rotate_and_on_rotate_parse() {
                 signal: nix::sys::signal::Signal::SIGUSR1,
             }),
             reload_unit: Some("app.service".into()),
-        }
+        })
     );
     let other = &loaded.config.sets[1];
-    assert!(other.rotate.is_none() && other.on_rotate.is_empty());
+    assert!(other.rotate.is_none() && other.on_rotate.is_none());
     let hup = accepted(&with(&[(
         "      mode: \"0600\"",
         "      mode: \"0600\"\n    on_rotate: { signal: { pidfile: /run/app.pid } }",
     )]));
-    assert_eq!(hup.config.sets[0].on_rotate.timeout, DEFAULT_HOOK_TIMEOUT);
+    let hup = hup.config.sets[0].on_rotate.as_deref().unwrap();
+    assert_eq!(hup.timeout, DEFAULT_HOOK_TIMEOUT);
     assert_eq!(
-        hup.config.sets[0]
-            .on_rotate
-            .signal
-            .as_ref()
-            .map(|s| s.signal),
+        hup.signal.as_ref().map(|s| s.signal),
         Some(nix::sys::signal::Signal::SIGHUP)
     );
 }

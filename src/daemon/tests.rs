@@ -211,7 +211,7 @@ fn set_cfg(at: f64, jitter: f64) -> SetConfig {
         on_shutdown: OnShutdown::Revoke,
         revoke_superseded_after: Duration::from_secs(60),
         rotate: None,
-        on_rotate: crate::config::OnRotate::default(),
+        on_rotate: None,
         never_revoke: false,
         store: None,
     }

@@ -132,8 +132,10 @@ impl Checker<'_> {
         );
         let rotate = self.rotate(&at, raw.rotate.as_ref());
         let on_rotate = match &raw.on_rotate {
-            None => Ok(OnRotate::default()),
-            Some(hooks) => self.on_rotate(&format!("{at}.on_rotate"), hooks),
+            None => Ok(None),
+            Some(hooks) => self
+                .on_rotate(&format!("{at}.on_rotate"), hooks)
+                .map(|h| (!h.is_empty()).then(|| Box::new(h))),
         };
         let store = match &raw.store {
             None => Ok(None),
