@@ -158,8 +158,9 @@ pub struct SetConfig {
     /// Revoke nothing, superseded tokens included. Not a config key: `tokenkeeper once` sets it,
     /// because a job run from cron must leave every token it made for the next run.
     pub never_revoke: bool,
-    /// `store:`: a secrets store path the token is also written to.
-    pub store: Option<SetStore>,
+    /// `store:`: a secrets store path the token is also written to. Boxed, like the hooks:
+    /// most sets have none.
+    pub store: Option<Box<SetStore>>,
 }
 
 /// What to do after a set's new token is written. Every part is optional; all that are given

@@ -141,7 +141,7 @@ impl Checker<'_> {
             None => Ok(None),
             Some(s) => self
                 .set_store(&format!("{at}.store"), s, stores)
-                .map(Some)
+                .map(|s| Some(Box::new(s)))
                 .ok_or(()),
         };
 
