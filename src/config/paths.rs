@@ -9,9 +9,13 @@ use super::{Config, Problem};
 /// Lexical normalization: `//` and `.` go, `..` stays (resolving it could be wrong across
 /// a symlink), so that two spellings of one file compare equal.
 pub(super) fn normalize(path: &Path) -> PathBuf {
-    path.components()
+    let mut normal: PathBuf = path
+        .components()
         .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
+        .collect();
+    // Built by pushes, which leave room to grow; every set keeps its path for the daemon's life.
+    normal.shrink_to_fit();
+    normal
 }
 
 /// What only the file system can tell about the token paths: whether a directory on the way

@@ -225,6 +225,7 @@ pub async fn run<P: TokenProvider + 'static>(
         adopting.iter().map(|a| a.0).zip(adopted).collect();
     drop(adopting);
     let mut live: Vec<Live> = Vec::with_capacity(sets.len());
+    shared.board.reserve(sets.len());
     for (i, set) in sets.iter().enumerate() {
         let pcfg = config
             .providers
