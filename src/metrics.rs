@@ -171,7 +171,7 @@ pub fn render(snap: &Snapshot) -> String {
     family(
         "tokenkeeper_refused_total",
         "counter",
-        "Tokens minted in answers refused for their token_type or lifetime; each was revoked at once.",
+        "Tokens minted in answers refused for their token_type or lifetime; each is revoked at once where the set revokes.",
         &refused,
     );
     let live: Vec<(String, f64)> = live

@@ -93,9 +93,11 @@ async fn a_full_log_disk_neither_kills_the_daemon_nor_stops_revocation() {
     survives_a_failing_log(full.into()).await;
 }
 
-/// Started with its standard streams closed (`2>&-` in a script, a careless supervisor): the
-/// first files the daemon opens must not take descriptors 0 to 2, or its log lines would land
-/// in a token file or the journal. It keeps, writes and revokes its tokens as usual.
+/// Started with its standard streams closed (`2>&-` in a script, a careless supervisor): were
+/// the first files the daemon opens to take descriptors 0 to 2, its log lines would land in a
+/// token file or the journal. Rust's start-up code opens `/dev/null` on them before `main`;
+/// this pins that the daemon keeps that guarantee (no entry point or start-up step of its own
+/// that closes them), and that it keeps, writes and revokes its tokens as usual.
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_standard_streams_never_carry_the_log_into_a_token_file_or_the_journal() {
     let p = provider(Duration::from_secs(900)).await;
@@ -110,7 +112,8 @@ async fn closed_standard_streams_never_carry_the_log_into_a_token_file_or_the_jo
         .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
         .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
         .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET");
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY");
     // SAFETY: only close(2), which is async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -134,16 +137,21 @@ async fn closed_standard_streams_never_carry_the_log_into_a_token_file_or_the_jo
         "the rotated token is not (alone) in its file: {:?}",
         read(&a)
     );
-    let journal = read(&dir.path().join("state/journal.log")).unwrap();
-    for line in journal.lines() {
-        assert!(
-            serde_json::from_str::<serde_json::Value>(line).is_ok(),
-            "not a journal line: {line:?}"
-        );
-    }
+    let journal_is_json = || {
+        let journal = read(&dir.path().join("state/journal.log")).unwrap();
+        for line in journal.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "not a journal line: {line:?}"
+            );
+        }
+    };
+    journal_is_json();
     d.signal(Signal::SIGTERM);
     let status = d.wait(PATIENCE).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
+    // The stop logs the most, and writes its removals last.
+    journal_is_json();
     assert!(p.live_tokens().is_empty(), "{:?}", p.live_tokens());
     assert!(!a.exists(), "token file left behind");
 }

@@ -45,8 +45,9 @@ enum Op {
     Flush,
 }
 
-/// A cheap handle on the journal writer task. Every change is acknowledged only once it is
-/// on disk (or, for [`Journal::memory`], in memory).
+/// A cheap handle on the journal writer task. A record is acknowledged only once it is on
+/// the disk (or, for [`Journal::memory`], in memory); a removal once it is made in memory, to
+/// reach the disk within [`REMOVAL_FLUSH`].
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<(Op, oneshot::Sender<Result<(), String>>)>,

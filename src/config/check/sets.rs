@@ -214,7 +214,7 @@ impl Checker<'_> {
             return None;
         }
         let before = self.problems.len();
-        // Exactly as many as given: grown by pushes, one scope took room for four (96 bytes),
+        // Room for as many as given: grown by pushes, one scope took room for four (96 bytes),
         // kept for the daemon's life by every set.
         let mut scopes: Vec<String> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {

@@ -113,8 +113,8 @@ pub struct SetTask<P, S> {
     pub journal: Journal,
     pub budget: Arc<Budget>,
     /// [`crate::config::config_hash`] of this set, recorded with each token. A boxed `str`,
-    /// not a `String`: the 8 bytes of capacity it never uses put every set's task in a larger
-    /// allocation class.
+    /// not a `String`: the capacity field of a string that never grows was the 8 bytes that
+    /// put every set's task in a larger allocation class.
     pub config_hash: Box<str>,
     /// What the set begins with; `None` for nothing (most sets at a first start), which
     /// spares each of them the room a `Start` takes.
