@@ -15,14 +15,22 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
-/// `tokenkeeper ARGS` with stdout and stderr on `out` (no log file to read back).
-fn spawn_with_output(args: &[&str], out: std::os::fd::OwnedFd) -> Daemon {
-    let child = Command::new(BIN)
-        .args(args)
+/// `tokenkeeper ARGS` with the test provider's keys and none of the environment that would
+/// change what it does (log level, systemd's sockets and credentials).
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
         .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
         .env_remove("RUST_LOG")
         .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    cmd
+}
+
+/// `tokenkeeper ARGS` with stdout and stderr on `out` (no log file to read back).
+fn spawn_with_output(args: &[&str], out: std::os::fd::OwnedFd) -> Daemon {
+    let child = command(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
@@ -107,13 +115,7 @@ async fn closed_standard_streams_never_carry_the_log_into_a_token_file_or_the_jo
         dir.path(),
         &config(&p, dir.path(), "log_level: debug", &set("a", "api", &a, "")),
     );
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "-c", cfg.to_str().unwrap()])
-        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
-        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY");
+    let mut cmd = command(&["run", "-c", cfg.to_str().unwrap()]);
     // SAFETY: only close(2), which is async-signal-safe, between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -230,13 +232,8 @@ async fn sigterm_during_the_config_load_never_kills() {
 /// exec), and send it SIGTERM at once: the signal waits for the daemon instead of racing the
 /// dynamic loader, so it lands before the daemon's first line of its own, every time.
 fn spawn_and_sigterm(args: &[&str]) -> std::process::Child {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
-        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
+    let mut cmd = command(args);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: sigprocmask(2) is async-signal-safe and touches only the child's mask.
