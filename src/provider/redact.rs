@@ -228,8 +228,10 @@ fn escaped_forms(token: &str) -> Vec<Zeroizing<String>> {
         .collect()
 }
 
-/// Index `token`'s other forms, counting those another held token shares.
-fn add_escaped(escaped: &mut BTreeMap<Form, u32>, lengths: &mut BTreeMap<usize, u32>, token: &str) {
+/// Count a token just added to [`Held::tokens`] in `lengths`, and index its other forms,
+/// counting those another held token shares.
+fn index(escaped: &mut BTreeMap<Form, u32>, lengths: &mut BTreeMap<usize, u32>, token: &str) {
+    count_length(lengths, token.len(), true);
     for f in escaped_forms(token) {
         let len = f.len();
         let n = escaped.entry(Form(f)).or_insert(0);
@@ -240,12 +242,9 @@ fn add_escaped(escaped: &mut BTreeMap<Form, u32>, lengths: &mut BTreeMap<usize, 
     }
 }
 
-/// Undo [`add_escaped`] for `token`.
-fn remove_escaped(
-    escaped: &mut BTreeMap<Form, u32>,
-    lengths: &mut BTreeMap<usize, u32>,
-    token: &str,
-) {
+/// Undo [`index`] for a token just taken out of [`Held::tokens`].
+fn unindex(escaped: &mut BTreeMap<Form, u32>, lengths: &mut BTreeMap<usize, u32>, token: &str) {
+    count_length(lengths, token.len(), false);
     for f in escaped_forms(token) {
         let Some(n) = escaped.get_mut(f.as_str()) else {
             continue;
@@ -269,8 +268,7 @@ impl Held {
         tokens.retain(|token, until| {
             let live = *until > now;
             if !live {
-                count_length(lengths, token.0.len(), false);
-                remove_escaped(escaped, lengths, &token.0);
+                unindex(escaped, lengths, &token.0);
             }
             live
         });
@@ -321,8 +319,7 @@ impl HeldTokens {
             ..
         } = &mut *held;
         tokens.insert(Form(Zeroizing::new(token.to_owned())), until);
-        count_length(lengths, token.len(), true);
-        add_escaped(escaped, lengths, token);
+        index(escaped, lengths, token);
     }
 
     /// Forget a token: it was revoked, or the provider says it is no longer active.
@@ -336,8 +333,7 @@ impl HeldTokens {
             ..
         } = &mut *held;
         if tokens.remove(token).is_some() {
-            count_length(lengths, token.len(), false);
-            remove_escaped(escaped, lengths, token);
+            unindex(escaped, lengths, token);
         }
     }
 
