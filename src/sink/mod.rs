@@ -70,6 +70,15 @@ pub enum SinkError {
     Template(#[from] TemplateError),
 }
 
+impl SinkError {
+    /// Whether retrying soon can help. A template that failed to render fails the same way
+    /// with the next token: issuing one a second only to revoke it would churn the
+    /// provider's tokens, so it waits like a refused key, for the operator to fix it.
+    pub fn lasts(&self) -> bool {
+        matches!(self, SinkError::Template(_))
+    }
+}
+
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
     move |source| SinkError::Io {
         op,
@@ -475,13 +484,18 @@ pub enum SmallTextError {
 /// non-blocking, so that a FIFO nobody writes returns instead of waiting; a regular file
 /// reads the same either way.
 pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(SmallTextError::Io)?;
+    read_opened_text(file, max)
+}
+
+/// [`read_small_text`] of a file its caller opened (non-blocking), with rules of its own.
+pub(crate) fn read_opened_text(file: std::fs::File, max: u64) -> Result<String, SmallTextError> {
+    use std::io::Read;
     let meta = file.metadata().map_err(SmallTextError::Io)?;
     if !meta.is_file() {
         return Err(SmallTextError::NotAFile);

@@ -7,6 +7,7 @@ use serde_yaml::Value;
 use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID};
 use crate::config::paths::normalize;
 use crate::config::raw::RawFile;
+use crate::secret::SecretSource;
 use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
 use super::values::{describe, join};
@@ -111,6 +112,9 @@ impl Checker<'_> {
             );
             return None;
         }
+        if !self.template_source_is_safe(at, path) {
+            return None;
+        }
         let template = match FileTemplate::read(Path::new(path), provider) {
             Ok(t) => t,
             Err(e) => {
@@ -128,6 +132,76 @@ impl Checker<'_> {
             );
         }
         problems.is_empty().then_some(template)
+    }
+
+    /// Refuse, before it is read, a template that is one of the daemon's own secrets: the
+    /// file rendered from it is readable by the application's group, so a template naming
+    /// the journal, a key file, a credential or the process's environment would publish it.
+    /// Checked on the path as written and as its symlinks resolve; who may write the file and
+    /// its directories is [`FileTemplate::read`]'s to check, at every read.
+    fn template_source_is_safe(&mut self, at: &str, path: &str) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let normal = normalize(Path::new(path));
+        let real = std::fs::canonicalize(&normal).ok();
+        let same_file = |other: &Path| {
+            let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+            normal == normalize(other) || id(&normal).is_some_and(|a| Some(a) == id(other))
+        };
+        let places = [Some(&normal), real.as_ref()];
+        let mut why: Vec<String> = Vec::new();
+        if normal.components().any(|c| c == Component::ParentDir) {
+            why.push("contains `..`; write it without".into());
+        }
+        if let Some(kernel) = KERNEL_TREES
+            .iter()
+            .find(|k| places.iter().flatten().any(|p| p.starts_with(k)))
+        {
+            why.push(format!(
+                "is under {kernel}, the kernel's files (`/proc/self/environ` holds the daemon's environment)"
+            ));
+        }
+        let state_dir = std::fs::canonicalize(&self.state_dir).unwrap_or(self.state_dir.clone());
+        if places
+            .iter()
+            .flatten()
+            .any(|p| p.starts_with(&self.state_dir) || p.starts_with(&state_dir))
+        {
+            why.push(format!(
+                "is inside state_dir {}, whose journal holds every live token",
+                self.state_dir.display()
+            ));
+        }
+        if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let creds = std::fs::canonicalize(&creds).unwrap_or_else(|_| creds.into());
+            if places.iter().flatten().any(|p| p.starts_with(&creds)) {
+                why.push(format!(
+                    "is inside $CREDENTIALS_DIRECTORY {}, which holds the daemon's credentials",
+                    creds.display()
+                ));
+            }
+        }
+        for (file, what) in &self.reserved {
+            if same_file(file) {
+                why.push(format!("is {what}"));
+            }
+        }
+        for (key, source) in &self.secrets {
+            if let SecretSource::File(file) = source
+                && same_file(file)
+            {
+                why.push(format!("is the secret file {key} reads"));
+            }
+        }
+        for reason in &why {
+            self.bad(
+                at,
+                "template",
+                format!(
+                    "template `{path}` {reason}: the file rendered from it is readable by the application's group, so a template must be a file of its own"
+                ),
+            );
+        }
+        why.is_empty()
     }
 
     /// Refuse a token path that names something else than a file of its own: a token is

@@ -15,12 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use minijinja::value::ValueKind;
-use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use minijinja::{ErrorKind, Value};
 use zeroize::Zeroizing;
 
 use super::{TokenContent, rfc3339_range};
 use crate::secret::Secret;
+
+mod language;
+mod source;
+
+use language::{environment, refused_construct, with_budget};
 
 /// The largest template read. A legacy application's config file runs to a few KiB; 1 MiB
 /// leaves room for the largest while bounding what a mistaken path (a log, an image) costs.
@@ -30,11 +34,6 @@ pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 /// values put into it. [`super::remove_if_holds`] reads up to this much, so that every file
 /// written can be recognised, and removed, at stop.
 pub const MAX_RENDERED_BYTES: u64 = 2 * MAX_TEMPLATE_BYTES;
-
-/// Instructions one render may execute. A template of [`MAX_TEMPLATE_BYTES`] that is all
-/// expressions runs to a few hundred thousand; ten million stops a runaway loop (nested
-/// `range`s) within a fraction of a second instead of holding a runtime thread for hours.
-const RENDER_FUEL: u64 = 10_000_000;
 
 /// The names a template may use, as the docs list them.
 pub const VARIABLES: &[&str] = &[
@@ -104,7 +103,8 @@ pub struct TemplateProblem {
 
 impl FileTemplate {
     /// Read the template at `path`: a regular file (a FIFO would block, a device be read
-    /// forever), at most [`MAX_TEMPLATE_BYTES`], UTF-8.
+    /// forever) only root or the daemon's user could have written (see [`source::open`]),
+    /// at most [`MAX_TEMPLATE_BYTES`], UTF-8.
     pub fn read(path: &Path, provider: &str) -> Result<Self, TemplateError> {
         use super::SmallTextError as E;
         use std::io::{Error, ErrorKind};
@@ -113,7 +113,8 @@ impl FileTemplate {
             source,
         };
         let refuse = |kind, why: &str| fail(Error::new(kind, why.to_string()));
-        let source = super::read_small_text(path, MAX_TEMPLATE_BYTES).map_err(|e| match e {
+        let file = source::open(path).map_err(fail)?;
+        let source = super::read_opened_text(file, MAX_TEMPLATE_BYTES).map_err(|e| match e {
             E::Io(e) => fail(e),
             E::NotAFile => refuse(
                 ErrorKind::InvalidInput,
@@ -140,9 +141,10 @@ impl FileTemplate {
         self.path.display().to_string()
     }
 
-    /// Everything wrong that can be found without a token: a syntax error, a name that is
-    /// no variable (even in a branch a render would not take), and what a render of `set`'s
-    /// file with a stand-in token hits. Messages hold no secret: there is none here.
+    /// Everything wrong that can be found without a token: a syntax error, a construct
+    /// outside the language, a name that is no variable (even in a branch a render would not
+    /// take), and what a render of `set`'s file with a stand-in token hits. Messages hold no
+    /// secret: there is none here.
     pub fn check(&self, set: &str, scope: &str) -> Vec<TemplateProblem> {
         let env = environment();
         let name = self.name();
@@ -155,11 +157,16 @@ impl FileTemplate {
                 }];
             }
         };
-        let globals: Vec<&str> = env.globals().map(|(n, _)| n).collect();
+        if let Some(f) = outside_the_language(&template) {
+            return vec![TemplateProblem {
+                line: f.line,
+                message: f.what,
+            }];
+        }
         let mut unknown: Vec<String> = template
             .undeclared_variables(false)
             .into_iter()
-            .filter(|n| !VARIABLES.contains(&n.as_str()) && !globals.contains(&n.as_str()))
+            .filter(|n| !VARIABLES.contains(&n.as_str()))
             .collect();
         unknown.sort();
         let mut problems: Vec<TemplateProblem> = unknown
@@ -181,15 +188,11 @@ impl FileTemplate {
                 expires_at: SystemTime::now() + STAND_IN_LIFETIME,
                 scope,
             };
-            match template.render(self.context(&content)) {
-                Err(e) => problems.push(TemplateProblem {
-                    line: e.line(),
-                    message: describe(&e, true),
-                }),
-                Ok(out) => problems.extend(too_large(out.len()).map(|message| TemplateProblem {
-                    line: None,
-                    message,
-                })),
+            if let Err(f) = self.run(&template, &content, true) {
+                problems.push(TemplateProblem {
+                    line: f.line,
+                    message: f.what,
+                });
             }
         }
         problems
@@ -200,24 +203,50 @@ impl FileTemplate {
     pub fn render(&self, c: &TokenContent<'_>) -> Result<Zeroizing<Vec<u8>>, TemplateError> {
         let env = environment();
         let name = self.name();
-        let fail = |e: &minijinja::Error| TemplateError::Render {
+        let fail = |f: Failure| TemplateError::Render {
             path: self.path.clone(),
-            line: e.line(),
-            what: describe(e, false),
+            line: f.line,
+            what: f.what,
         };
         let template = env
             .template_from_named_str(&name, &self.source)
-            .map_err(|e| fail(&e))?;
-        let mut out = Zeroizing::new(template.render(self.context(c)).map_err(|e| fail(&e))?);
-        if let Some(what) = too_large(out.len()) {
-            return Err(TemplateError::Render {
-                path: self.path.clone(),
-                line: None,
-                what,
-            });
+            .map_err(|e| fail(Failure::of(&e, false)))?;
+        // Checked at every render, not only at `check`: a template made with `new` has had none.
+        if let Some(f) = outside_the_language(&template) {
+            return Err(fail(f));
         }
-        // The same buffer, not a copy: only one place to zero.
-        Ok(Zeroizing::new(std::mem::take(&mut *out).into_bytes()))
+        self.run(&template, c, false).map_err(fail)
+    }
+
+    /// Render `template` into a buffer that refuses to grow past a token file's bound, with
+    /// the filters' budget, so that what one render allocates is bounded.
+    fn run(
+        &self,
+        template: &minijinja::Template<'_, '_>,
+        c: &TokenContent<'_>,
+        with_detail: bool,
+    ) -> Result<Zeroizing<Vec<u8>>, Failure> {
+        let mut sink = language::Capped {
+            out: Zeroizing::new(Vec::new()),
+            // A usize on every target tokenkeeper builds for.
+            max: usize::try_from(MAX_RENDERED_BYTES).unwrap_or(usize::MAX),
+            overflowed: false,
+        };
+        let rendered = with_budget(|| {
+            template
+                .render_captured_to(self.context(c), &mut sink)
+                .map(drop)
+        });
+        match rendered {
+            Ok(()) => Ok(sink.out),
+            Err(_) if sink.overflowed => Err(Failure {
+                line: None,
+                what: format!(
+                    "renders to more than the {MAX_RENDERED_BYTES} bytes a token file may hold"
+                ),
+            }),
+            Err(e) => Err(Failure::of(&e, with_detail)),
+        }
     }
 
     fn context(&self, c: &TokenContent<'_>) -> Value {
@@ -238,35 +267,31 @@ impl FileTemplate {
     }
 }
 
-/// The environment every template renders in: strict about undefined names, escaping
-/// nothing unless a filter says so (minijinja would otherwise pick HTML escaping for a
-/// `.xml` name, and escape a `json` filter's output twice), bounded in work, ending as the
-/// template does.
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.set_fuel(Some(RENDER_FUEL));
-    // The file as written: Jinja's default drops a template's last newline, which a config
-    // file (and a tool comparing it) would miss.
-    // Building fails only for clashing custom delimiters, and these are the defaults.
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .keep_trailing_newline(true)
-        .build()
-    {
-        env.set_syntax(syntax);
-    }
-    env.add_filter("json", json);
-    env.add_filter("xml", xml);
-    env.add_filter("shell", shell);
-    env
+/// Why a render did not finish: where, and what, in words that hold no value.
+struct Failure {
+    line: Option<usize>,
+    what: String,
 }
 
-/// Why a rendering of `len` bytes is refused, if it is.
-fn too_large(len: usize) -> Option<String> {
-    (len as u64 > MAX_RENDERED_BYTES).then(|| {
-        format!("renders to {len} bytes, more than the {MAX_RENDERED_BYTES} a token file may hold")
-    })
+impl Failure {
+    fn of(e: &minijinja::Error, with_detail: bool) -> Self {
+        Failure {
+            line: e.line(),
+            what: describe(e, with_detail),
+        }
+    }
+}
+
+/// The first construct of `template` outside the language a token file's template may use.
+fn outside_the_language(template: &minijinja::Template<'_, '_>) -> Option<Failure> {
+    let compiled = minijinja::machinery::get_compiled_template(template);
+    std::iter::once(&compiled.instructions)
+        .chain(compiled.blocks.values())
+        .find_map(refused_construct)
+        .map(|(line, what)| Failure {
+            line,
+            what: format!("{what}: not part of the template language a token file may use"),
+        })
 }
 
 /// What went wrong, for a message. `with_detail` only where no secret was rendered
@@ -295,66 +320,6 @@ fn first_line_naming(source: &str, name: &str) -> Option<usize> {
             })
         })
         .map(|i| i + 1)
-}
-
-/// The text of a scalar value; anything else is refused, not quoted in some form of its own.
-fn scalar(filter: &str, v: &Value) -> Result<String, minijinja::Error> {
-    match v.kind() {
-        ValueKind::String | ValueKind::Number | ValueKind::Bool => Ok(v.to_string()),
-        other => Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("the {filter} filter quotes strings, numbers and booleans, not {other}"),
-        )),
-    }
-}
-
-/// `| json`: a JSON value (a string in quotes, a number, a boolean), also right for YAML.
-fn json(v: &Value) -> Result<String, minijinja::Error> {
-    if let Some(s) = v.as_str() {
-        return serde_json::to_string(s).map_err(|_| {
-            minijinja::Error::new(ErrorKind::InvalidOperation, "cannot write a JSON string")
-        });
-    }
-    if v.kind() == ValueKind::None {
-        return Ok("null".into());
-    }
-    scalar("json", v)
-}
-
-/// `| xml`: text for an XML element or an attribute in either kind of quotes.
-fn xml(v: &Value) -> Result<String, minijinja::Error> {
-    let text = scalar("xml", v)?;
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if c.is_control() => {
-                return Err(minijinja::Error::new(
-                    ErrorKind::InvalidOperation,
-                    "the xml filter met a control character, which XML 1.0 cannot hold",
-                ));
-            }
-            c => out.push(c),
-        }
-    }
-    Ok(out)
-}
-
-/// `| shell`: one word for a POSIX shell, in single quotes (inside which nothing is special).
-fn shell(v: &Value) -> Result<String, minijinja::Error> {
-    let text = scalar("shell", v)?;
-    if text.contains('\0') {
-        return Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            "the shell filter met a NUL byte, which no shell word can hold",
-        ));
-    }
-    Ok(format!("'{}'", text.replace('\'', r"'\''")))
 }
 
 #[cfg(test)]
@@ -416,10 +381,10 @@ mod tests {
     fn run_time_errors_name_the_line_and_never_the_token() {
         let token = "tok-SECRET-9f8e7d";
         for source in [
-            "ok\n{{ access_token | int }}",
+            "ok\n{{ access_token | json | length / 0 }}",
             "ok\n{{ access_token.nope }}",
-            "ok\n{{ access_token ~ 1 / 0 }}",
-            "ok\n{{ access_token(1) }}",
+            "ok\n{{ access_token - 1 }}",
+            "ok\n{{ access_token | length(1) }}",
         ] {
             let err = render(source, token).unwrap_err();
             let text = crate::error_chain(&err);
@@ -428,7 +393,7 @@ mod tests {
         }
         // Not even minijinja's detail, which says things about values ("value of type string
         // is not callable") and could one day quote one.
-        let err = render("ok\n{{ access_token(1) }}", token).unwrap_err();
+        let err = render("ok\n{{ access_token - 1 }}", token).unwrap_err();
         assert_eq!(
             crate::error_chain(&err),
             "template /t/app.ini.tmpl, line 2: invalid operation"
@@ -441,7 +406,7 @@ mod tests {
             FileTemplate::new(Path::new("/t/a.tmpl"), source, "p").check("legacy", "orders")
         };
         assert_eq!(
-            check("{{ access_token | json }} {{ range(3) | length }}"),
+            check("{{ access_token | json }} {{ scope | upper | length - 1 }}"),
             vec![]
         );
         let p = check("a\n{% if false %}{{ acess_token }}{% endif %}");
@@ -459,16 +424,94 @@ mod tests {
         let p = check("\n{{ set.nope }}");
         assert_eq!(p[0].line, Some(2), "{p:?}");
         // Bounded in work and in output, whatever the template asks for.
-        let p = check(
-            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-        );
+        let long = "x".repeat(10_000);
+        let p = check(&format!(
+            "{{% for i in \"{long}\" %}}{{% for j in \"{long}\" %}}{{% endfor %}}{{% endfor %}}"
+        ));
         assert!(p[0].message.contains("fuel"), "{p:?}");
-        let p = check("{{ \"x\" * 3000000 }}");
+        let p = check(&format!("{{% for i in \"{long}\" %}}{long}{{% endfor %}}"));
         assert!(
             p[0].message
-                .contains("more than the 2097152 a token file may hold"),
+                .contains("renders to more than the 2097152 bytes a token file may hold"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn nothing_that_builds_text_without_bound_is_in_the_language() {
+        let check = |source: &str| {
+            FileTemplate::new(Path::new("/t/a.tmpl"), source, "p").check("legacy", "orders")
+        };
+        for (source, what) in [
+            ("{% set s = \"x\" * 100000000 %}{{ s }}{{ s }}", "`*`"),
+            ("a\n{{ access_token ~ access_token }}", "`~`"),
+            ("{{ access_token + access_token }}", "`+`"),
+            ("{{ expires_at_unix ** 2 }}", "`**`"),
+            ("{{ access_token[1:] }}", "slices"),
+            (
+                "{% set s %}{{ access_token }}{% endset %}",
+                "captures output",
+            ),
+            (
+                "{% filter upper %}{{ access_token }}{% endfilter %}",
+                "captures output",
+            ),
+            ("{{ range(3) }}", "function calls"),
+            ("{{ scope.upper() }}", "method calls"),
+        ] {
+            let p = check(source);
+            assert_eq!(p.len(), 1, "{source}: {p:?}");
+            assert!(p[0].message.contains(what), "{source}: {p:?}");
+            assert!(
+                p[0].message.contains("not part of the template language"),
+                "{p:?}"
+            );
+            assert!(p[0].line.is_some(), "{source}: {p:?}");
+            // Refused at a render too, for a template that never went through `check`.
+            assert!(render(source, "tok").is_err(), "{source}");
+        }
+        assert_eq!(check("a\n{{ access_token ~ 1 }}")[0].line, Some(2));
+        // Filters that make text are charged to one budget per render: a loop re-making a
+        // value stops there, even though it emits nothing.
+        let long = "x".repeat(100_000);
+        let p = check(&format!(
+            "{{% for c in \"{long}\" %}}{{% set u = \"{long}\" | upper %}}{{% endfor %}}"
+        ));
+        assert!(p[0].message.contains("invalid operation"), "{p:?}");
+        assert!(p[0].message.contains("the upper filter went past"), "{p:?}");
+        // The budget is the render's: the next render starts afresh.
+        assert_eq!(check("{{ access_token | upper }}"), vec![]);
+    }
+
+    #[test]
+    fn filter_output_parses_in_its_format_or_is_refused() {
+        // U+FFFE, U+FFFF, C1 controls, DEL, line and paragraph separators, NEL and a BOM:
+        // valid in a JSON string, yet not in YAML's printable set, or read as a line break.
+        let hostile =
+            "a\u{fffe}b\u{ffff}c\u{85}d\u{9f}e\u{7f}f\u{2028}g\u{2029}h\u{feff}i\"j\\k\u{1}l";
+        let t = FileTemplate::new(Path::new("/t/a.yaml"), "scope: {{ scope | json }}\n", "p");
+        let token = Secret::new("tok");
+        let c = TokenContent {
+            scope: hostile,
+            ..content(&token)
+        };
+        let out = String::from_utf8(t.render(&c).unwrap().to_vec()).unwrap();
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        assert_eq!(yaml["scope"].as_str(), Some(hostile), "{out:?}");
+        let json: String =
+            serde_json::from_str(out.trim_start_matches("scope: ").trim_end()).unwrap();
+        assert_eq!(json, hostile);
+        assert!(out.is_ascii(), "{out:?}");
+        // XML 1.0 cannot hold U+FFFE or U+FFFF at all, not even as a character reference.
+        for bad in ["a\u{fffe}", "a\u{ffff}", "a\u{1}", "a\u{85}"] {
+            let t = FileTemplate::new(Path::new("/t/a.xml"), "<t v=\"{{ scope | xml }}\"/>", "p");
+            let c = TokenContent {
+                scope: bad,
+                ..content(&token)
+            };
+            let err = crate::error_chain(&t.render(&c).unwrap_err());
+            assert!(err.contains("invalid operation"), "{err}");
+        }
     }
 
     #[test]
