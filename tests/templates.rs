@@ -12,6 +12,9 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
+/// Valid, and fine with check's stand-in token; a division by zero on line 2 with any other.
+const FAILS_WITH_A_REAL_TOKEN: &str = "[auth]\n{% if access_token != \"tokenkeeper-check-stand-in-token\" %}token = {{ access_token | length / 0 }}{% endif %}\n";
+
 const INI: &str = "[auth]\ntoken = {{ access_token }}\nexpires = {{ expires_at }}\nset = {{ set }}/{{ provider }}/{{ scope }}\n";
 
 fn template_set(name: &str, path: &Path, template: &Path) -> String {
@@ -216,12 +219,7 @@ async fn a_template_that_fails_only_with_a_real_token_fails_its_set_without_quot
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("app.ini");
-    // Valid, and fine with check's stand-in token; a division by zero with any other.
-    let t = write(
-        dir.path(),
-        "app.ini.tmpl",
-        "[auth]\n{% if access_token != \"tokenkeeper-check-stand-in-token\" %}token = {{ access_token ~ (1 / 0) }}{% endif %}\n",
-    );
+    let t = write(dir.path(), "app.ini.tmpl", FAILS_WITH_A_REAL_TOKEN);
     let cfg = write(
         dir.path(),
         "config.yaml",
@@ -253,4 +251,285 @@ async fn a_template_that_fails_only_with_a_real_token_fails_its_set_without_quot
             "the token is in the output:\n{out}"
         );
     }
+}
+
+/// How many times `needle` is in the daemon's output so far.
+fn count(d: &Daemon, needle: &str) -> usize {
+    d.output().matches(needle).count()
+}
+
+/// Sends SIGHUP and waits for the reload to be refused, returning the output.
+async fn refused_reload(d: &Daemon) -> String {
+    let before = count(d, "reload refused");
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(PATIENCE, || count(d, "reload refused") > before).await,
+        "{}",
+        d.output()
+    );
+    d.output()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_sources_an_outsider_could_control_are_refused() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = d.join("app.ini");
+    let good = write(d, "app.ini.tmpl", INI);
+    // With the key read from `key` when asked.
+    let with_template = |t: &Path, key: Option<&Path>| {
+        let mut text = config(&p, d, "", &template_set("legacy", &f, t));
+        if let Some(key) = key {
+            text = text.replace(
+                "app_id: { env: TK_TEST_APP_ID }",
+                &format!("app_id: {{ file: {} }}", key.display()),
+            );
+        }
+        write(d, "config.yaml", &text)
+    };
+    let cfg = with_template(&good, None);
+    assert_eq!(check(&cfg).0, Some(0), "{}", check(&cfg).1);
+
+    // The daemon's own secrets, named directly or through a link.
+    let state = d.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let journal = write(&state, "journal.log", "");
+    let key = write(d, "app_token", "key-SECRET\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_link = d.join("key-link.tmpl");
+    symlink(&key, &key_link).unwrap();
+    let env_link_dir = d.join("proc-link");
+    symlink("/proc/self", &env_link_dir).unwrap();
+    let cases: Vec<(&str, PathBuf, Option<&Path>, &str)> = vec![
+        (
+            "the journal",
+            journal.clone(),
+            None,
+            "whose journal holds every live token",
+        ),
+        (
+            "the config itself",
+            d.join("config.yaml"),
+            None,
+            "is the configuration file",
+        ),
+        ("a key file", key.clone(), Some(&key), "is the secret file"),
+        (
+            "a key file through a link",
+            key_link.clone(),
+            Some(&key),
+            "is the secret file",
+        ),
+        (
+            "the environment",
+            PathBuf::from("/proc/self/environ"),
+            None,
+            "is under /proc",
+        ),
+        (
+            "the environment through a link",
+            env_link_dir.join("environ"),
+            None,
+            "is under /proc",
+        ),
+    ];
+    for (what, t, key, want) in &cases {
+        let cfg = with_template(t, *key);
+        let (code, err) = check(&cfg);
+        assert_eq!(code, Some(78), "{what}: {err}");
+        assert!(err.contains(want), "{what}: want {want:?} in:\n{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    // Files and directories another user owns or may write: `nobody` stands for them.
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let theirs = d.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let in_theirs = write(&theirs, "app.ini.tmpl", INI);
+    std::os::unix::fs::chown(&theirs, Some(nobody.as_raw()), None).unwrap();
+    let open = d.join("open");
+    std::fs::create_dir(&open).unwrap();
+    let in_open = write(&open, "app.ini.tmpl", INI);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let group = d.join("group");
+    std::fs::create_dir(&group).unwrap();
+    let in_group = write(&group, "app.ini.tmpl", INI);
+    std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let their_file = write(d, "their.tmpl", INI);
+    std::os::unix::fs::chown(&their_file, Some(nobody.as_raw()), None).unwrap();
+    let writable = write(d, "writable.tmpl", INI);
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let link = d.join("link.tmpl");
+    symlink(&good, &link).unwrap();
+    let cases = [
+        (
+            "a directory another user owns",
+            in_theirs,
+            "is owned by uid 65534",
+        ),
+        (
+            "a directory others may write",
+            in_open,
+            "is writable by group or others without the sticky bit",
+        ),
+        (
+            "a directory the group may write",
+            in_group,
+            "is writable by group or others without the sticky bit",
+        ),
+        (
+            "a file another user owns",
+            their_file,
+            "is owned by uid 65534",
+        ),
+        (
+            "a file others may write",
+            writable,
+            "is writable by group or others (mode 0666)",
+        ),
+        ("a symlink", link, "is a symlink"),
+    ];
+    for (what, t, want) in &cases {
+        let cfg = with_template(t, None);
+        let (code, err) = check(&cfg);
+        assert_eq!(code, Some(78), "{what}: {err}");
+        assert!(err.contains(want), "{what}: want {want:?} in:\n{err}");
+        let mut run = Daemon::spawn(d, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+        assert_eq!(
+            run.wait(PATIENCE).await.code(),
+            Some(78),
+            "{what}: {}",
+            run.output()
+        );
+        assert!(run.output().contains(want), "{what}: {}", run.output());
+    }
+    std::fs::remove_file(&journal).unwrap();
+
+    // At every read, not only at `check`: a template swapped for a link to a secret before a
+    // reload is refused, and the file keeps what it held.
+    let cfg = with_template(&good, None);
+    let mut run = Daemon::spawn(d, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+    run.wait_for_log("ready").await;
+    let before = read(&f).unwrap();
+    std::fs::remove_file(&good).unwrap();
+    symlink(&key, &good).unwrap();
+    let out = refused_reload(&run).await;
+    assert!(out.contains("is a symlink"), "{out}");
+    std::fs::remove_file(&good).unwrap();
+    write(d, "app.ini.tmpl", INI);
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let out = refused_reload(&run).await;
+    assert!(
+        out.contains("is writable by group or others (mode 0664)"),
+        "{out}"
+    );
+    assert_eq!(read(&f).unwrap(), before);
+    stop_clean(&mut run).await;
+    assert!(!run.output().contains("SECRET"), "{}", run.output());
+}
+
+/// The largest resident set any child of this test process reached, in KiB.
+fn children_peak_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss
+}
+
+/// A process's peak resident set (VmHWM), in KiB.
+fn peak_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// What no template may make the daemon or `check` hold: a few times a template's bound.
+const MEMORY_CEILING_KIB: i64 = 200 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_cannot_exhaust_memory_at_check_or_reload() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = d.join("app.ini");
+    let t = write(d, "app.ini.tmpl", INI);
+    let cfg = write(
+        d,
+        "config.yaml",
+        &config(&p, d, "", &template_set("legacy", &f, &t)),
+    );
+    let doubling: String = std::iter::once("{% set a0 = access_token %}".to_string())
+        .chain((1..=26).map(|i| format!("{{% set a{i} = a{} ~ a{} %}}", i - 1, i - 1)))
+        .chain(std::iter::once("{{ a26 | length }}".to_string()))
+        .collect();
+    let lists: String = std::iter::once("{% set l0 = [access_token, access_token] %}".to_string())
+        .chain((1..=26).map(|i| format!("{{% set l{i} = [l{}, l{}] %}}", i - 1, i - 1)))
+        .chain(std::iter::once("{{ l26 }}".to_string()))
+        .collect();
+    let outside = "not part of the template language";
+    let hostile = [
+        // 85 bytes: a 100 MB string, printed eight times.
+        ("{% set s = \"x\" * 100000000 %}{{ s }}{{ s }}{{ s }}{{ s }}{{ s }}{{ s }}{{ s }}{{ s }}".to_string(), outside),
+        // A string doubled line by line: 32 bytes to 2 GB in 26 lines.
+        (doubling, outside),
+        // Lists of lists cost nothing to build, but printed they are the doubled text.
+        (lists, "renders to more than the 2097152 bytes a token file may hold"),
+    ];
+    for (text, want) in &hostile {
+        std::fs::write(&t, text).unwrap();
+        let (code, err) = check(&cfg);
+        assert_eq!(code, Some(78), "{text}: {err}");
+        assert!(err.contains(want), "{err}");
+    }
+    let peak = children_peak_kib();
+    assert!(peak < MEMORY_CEILING_KIB, "check peaked at {peak} KiB");
+
+    std::fs::write(&t, INI).unwrap();
+    let mut run = Daemon::spawn(d, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+    run.wait_for_log("ready").await;
+    let before = read(&f).unwrap();
+    for (text, want) in &hostile {
+        std::fs::write(&t, text).unwrap();
+        let out = refused_reload(&run).await;
+        assert!(out.contains(want), "{out}");
+    }
+    let peak = peak_kib(run.child.id());
+    assert!(peak < MEMORY_CEILING_KIB, "the daemon peaked at {peak} KiB");
+    assert_eq!(read(&f).unwrap(), before);
+    stop_clean(&mut run).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_failing_only_with_a_real_token_does_not_churn_tokens() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = d.join("app.ini");
+    let t = write(d, "app.ini.tmpl", FAILS_WITH_A_REAL_TOKEN);
+    let cfg = write(
+        d,
+        "config.yaml",
+        &config(&p, d, "", &template_set("legacy", &f, &t)),
+    );
+    let mut run = Daemon::spawn(d, &["run", "-c", cfg.to_str().unwrap()], 0o022, &[]);
+    run.wait_for_log("could not write the token").await;
+    // Long enough for a transient backoff (1 s, then up to 2 s and 4 s) to have issued three
+    // more: a template fails the same way with the next token, so none is asked for.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let out = run.output();
+    assert_eq!(p.issued_tokens().len(), 1, "{out}");
+    assert!(
+        p.live_tokens().is_empty(),
+        "the unused token was not revoked:\n{out}"
+    );
+    assert!(!f.exists());
+    stop_clean(&mut run).await;
 }

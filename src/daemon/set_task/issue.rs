@@ -147,8 +147,12 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     Err(e) => {
                         // The file still holds the previous token (or nothing); the new token
                         // was never seen by anyone, so revoke it now.
-                        let delay =
-                            retry_after(RetryClass::Transient, t.attempt, None, (self.jitter)());
+                        let class = if e.lasts() {
+                            RetryClass::Slow
+                        } else {
+                            RetryClass::Transient
+                        };
+                        let delay = retry_after(class, t.attempt, None, (self.jitter)());
                         t.attempt = t.attempt.saturating_add(1);
                         t.next_issue = self.retry_at(delay, t.last_issue);
                         error!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
