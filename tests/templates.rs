@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 
 mod common;
+mod fakes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -541,4 +542,72 @@ async fn a_template_failing_only_with_a_real_token_does_not_churn_tokens() {
     );
     assert!(!f.exists());
     stop_clean(&mut run).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filter_output_parses_in_its_format_or_the_value_is_refused() {
+    let idp = fakes::oauth2::OAuth2Fake::start("client_secret_post", "tk", "pw").await;
+    // What a provider may put in `scope`: valid JSON, yet not YAML's printable set (U+FFFE,
+    // U+FFFF, DEL), read by YAML 1.1 as line breaks (U+2028, U+2029), or a BOM; and XML 1.0
+    // can hold neither U+FFFE nor U+FFFF at all.
+    let hostile = "orders\u{fffe}a\u{ffff}b\u{7f}c\u{2028}d\u{2029}e\u{feff}f\"g";
+    idp.state().answer_scope = Some(hostile.into());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (yaml, xml) = (d.join("app.yaml"), d.join("app.xml"));
+    let yaml_t = write(
+        d,
+        "app.yaml.tmpl",
+        "token: {{ access_token | json }}\nscope: {{ scope | json }}\n",
+    );
+    let xml_t = write(
+        d,
+        "app.xml.tmpl",
+        "<auth token=\"{{ access_token | xml }}\" scope=\"{{ scope | xml }}\"/>\n",
+    );
+    let set = |name: &str, path: &Path, t: &Path| {
+        format!(
+            "  - name: {name}\n    provider: idp\n    scopes: [orders]\n    file: {{ path: {}, template: {} }}\n",
+            path.display(),
+            t.display()
+        )
+    };
+    let cfg = format!(
+        "state_dir: {}/state\nproviders:\n  idp:\n    kind: oauth2\n    issuer: {}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n    auth_method: client_secret_post\nscope_sets:\n{}{}",
+        d.display(),
+        idp.issuer(),
+        set("yaml", &yaml, &yaml_t),
+        set("xml", &xml, &xml_t)
+    );
+    let cfg = write(d, "config.yaml", &cfg);
+    let mut run = Daemon::spawn(
+        d,
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[("TK_IDP_SECRET", "pw")],
+    );
+    assert!(
+        wait_until(PATIENCE, || yaml.exists()
+            && run.output().contains("set=xml"))
+        .await,
+        "{}",
+        run.output()
+    );
+    let text = read(&yaml).unwrap();
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("the YAML file does not parse ({e}):\n{text:?}"));
+    // Every character as the provider sent it (the DEL between b and c is its to drop, as
+    // a control character in provider text).
+    let scope = parsed["scope"].as_str().unwrap();
+    assert!(scope.starts_with("orders\u{fffe}a\u{ffff}b"), "{scope:?}");
+    assert!(
+        scope.ends_with("c\u{2028}d\u{2029}e\u{feff}f\"g"),
+        "{scope:?}"
+    );
+    // The XML set refuses the value rather than write a file no parser reads.
+    assert!(!xml.exists(), "{:?}", read(&xml));
+    let out = run.output();
+    assert!(out.contains("xml filter"), "{out}");
+    stop_clean(&mut run).await;
+    assert!(idp.live().is_empty(), "{}", run.output());
 }

@@ -38,6 +38,8 @@ pub struct State {
     pub extra: Vec<(String, String)>,
     /// The next token request is refused with (status, error, description).
     pub refuse_next: Option<(u16, &'static str, &'static str)>,
+    /// Answer with this `scope` instead of the one asked for (a provider's own text).
+    pub answer_scope: Option<String>,
     /// (token, scope, revoked)
     pub tokens: Vec<(String, String, bool)>,
     pub violations: Vec<String>,
@@ -95,6 +97,7 @@ impl OAuth2Fake {
             expires_in: Some(3600),
             extra: Vec::new(),
             refuse_next: None,
+            answer_scope: None,
             tokens: Vec::new(),
             violations: Vec::new(),
             requests: Vec::new(),
@@ -397,6 +400,7 @@ fn issue(s: &mut State, req: &Req) -> Resp {
     let scope = get("scope").unwrap_or_default();
     let t = token("at-");
     s.tokens.push((t.clone(), scope.clone(), false));
+    let scope = s.answer_scope.clone().unwrap_or(scope);
     let mut answer = json!({"access_token": t, "token_type": "Bearer", "scope": scope});
     if let Some(e) = s.expires_in {
         answer["expires_in"] = json!(e);

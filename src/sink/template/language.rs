@@ -174,6 +174,20 @@ fn refusal(instr: &Instruction<'_>) -> Option<&'static str> {
     })
 }
 
+/// The filters defined here: each says what went wrong in fixed words, `the NAME filter …`,
+/// never quoting a value, so that even a render with a real token may say it.
+const OWN_FILTERS: &[&str] = &["json", "xml", "shell", "lower", "upper", "trim"];
+
+/// Whether `detail` is the message of one of [`OWN_FILTERS`].
+pub(super) fn own_words(detail: &str) -> bool {
+    OWN_FILTERS.iter().any(|f| {
+        detail
+            .strip_prefix("the ")
+            .and_then(|d| d.strip_prefix(f))
+            .is_some_and(|d| d.starts_with(" filter "))
+    })
+}
+
 /// The text of a scalar value; anything else is refused, not quoted in some form of its own.
 fn scalar(filter: &str, v: &Value) -> Result<String, minijinja::Error> {
     match v.kind() {

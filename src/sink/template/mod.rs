@@ -300,6 +300,8 @@ fn describe(e: &minijinja::Error, with_detail: bool) -> String {
     let kind = e.kind().to_string();
     match (with_detail, e.detail()) {
         (true, Some(detail)) => format!("{kind}: {detail}"),
+        // Our own filters' words, which are fixed text and never quote a value.
+        (false, Some(detail)) if language::own_words(detail) => format!("{kind}: {detail}"),
         _ if e.kind() == ErrorKind::UndefinedError => {
             format!("{kind} (a name that is not a variable, or a missing attribute or item)")
         }
