@@ -4,8 +4,11 @@
 //! A watcher per set follows the set's stats (where every newly written token appears by
 //! fingerprint) and runs the hooks on a task of its own, one run at a time: a slow or hung
 //! hook never delays the set's refresh, nor any other set. A command that outlives its
-//! timeout is killed with its whole process group. Failures are logged and counted, and never
-//! stop anything.
+//! timeout is killed with its whole process group. A signal goes only where a pidfile the
+//! daemon may believe points ([`pidfile`]). Failures are logged and counted, and never stop
+//! anything.
+
+pub mod pidfile;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,14 +47,8 @@ pub enum HookError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read pidfile {path}", path = path.display())]
-    Pidfile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("pidfile {path} does not hold a process id above 1", path = path.display())]
-    BadPid { path: PathBuf },
+    #[error(transparent)]
+    Pidfile(#[from] pidfile::PidfileError),
     #[error("cannot send {signal} to pid {pid} (from {path})", path = path.display())]
     Signal {
         signal: Signal,
@@ -209,23 +206,9 @@ async fn run_command(
 }
 
 /// Send `signal` to the pid `pidfile` holds now (an application restarted since the last
-/// token has a new pid).
+/// token has a new pid), if the file and the process pass [`pidfile::target`]'s checks.
 async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
-    let text = tokio::fs::read_to_string(pidfile)
-        .await
-        .map_err(|source| HookError::Pidfile {
-            path: pidfile.to_path_buf(),
-            source,
-        })?;
-    // 0, 1 and negatives would signal a group, init, or everyone: never.
-    let pid = text
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 1)
-        .ok_or_else(|| HookError::BadPid {
-            path: pidfile.to_path_buf(),
-        })?;
+    let pid = pidfile::target(pidfile).await?;
     kill(Pid::from_raw(pid), signal).map_err(|source| HookError::Signal {
         signal,
         pid,
@@ -322,7 +305,13 @@ mod tests {
         let err = send_signal(&dir.path().join("missing.pid"), Signal::SIGHUP)
             .await
             .unwrap_err();
-        assert!(matches!(err, HookError::BadPid { .. }));
+        assert!(
+            matches!(
+                err,
+                HookError::Pidfile(pidfile::PidfileError::BadPid { .. })
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,220 @@
+//! The processes the daemon starts or signals, under hostile conditions: a pidfile another
+//! user could write, one naming the daemon or another user's process. The built binary against
+//! the strict development provider on 127.0.0.1, with real signals. The tests run as root
+//! (as the daemon may): "another user" is `nobody` (65534).
+#![allow(clippy::disallowed_methods)] // integration tests live in real time
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// `nobody`: a user other than the daemon's, on every Linux.
+const OTHER_USER: u32 = 65534;
+
+/// A process that waits to be signalled (or killed when the test ends).
+struct Victim(Child);
+
+impl Victim {
+    fn start(uid: Option<u32>) -> Victim {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("300").stdin(Stdio::null());
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        Victim(cmd.spawn().unwrap())
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Write `pid` into `path` with `mode`.
+fn pidfile(path: &Path, pid: u32, mode: u32) {
+    std::fs::write(path, format!("{pid}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A set whose `on_rotate` sends `signal` to the pid in `pidfile`.
+fn signal_set(name: &str, dir: &Path, pidfile: &Path, signal: &str) -> String {
+    set(
+        name,
+        "api",
+        &dir.join(format!("{name}.token")),
+        &format!(
+            " }}\n    on_rotate: {{ signal: {{ pidfile: {}, signal: {signal} }}",
+            pidfile.display()
+        ),
+    )
+}
+
+/// The log lines that say a hook failed and name `pidfile`.
+fn refusal<'a>(log: &'a str, pidfile: &Path) -> Option<&'a str> {
+    let name = pidfile.display().to_string();
+    log.lines()
+        .find(|l| l.contains("on_rotate failed") && l.contains(&name))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pidfile_another_user_could_write_or_naming_the_daemon_is_refused() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Root's processes, named by pidfiles root should never believe.
+    let mut open_victim = Victim::start(None);
+    let open = d.join("open.pid");
+    pidfile(&open, open_victim.pid(), 0o666);
+    let mut foreign_file_victim = Victim::start(None);
+    let foreign_file = d.join("foreign-file.pid");
+    pidfile(&foreign_file, foreign_file_victim.pid(), 0o644);
+    std::os::unix::fs::chown(&foreign_file, Some(OTHER_USER), Some(OTHER_USER)).unwrap();
+    let mut linked_victim = Victim::start(None);
+    let linked_target = d.join("linked-target.pid");
+    pidfile(&linked_target, linked_victim.pid(), 0o644);
+    let linked = d.join("linked.pid");
+    std::os::unix::fs::symlink(&linked_target, &linked).unwrap();
+    // Another user's process, named by a pidfile root wrote.
+    let mut foreign_victim = Victim::start(Some(OTHER_USER));
+    let foreign = d.join("foreign.pid");
+    pidfile(&foreign, foreign_victim.pid(), 0o644);
+    // A FIFO: reading it would block the hook for ever.
+    let fifo = d.join("fifo.pid");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The daemon's own pid: SIGUSR1 would make it rotate every set, and so on for ever.
+    let own = d.join("own.pid");
+    // Root's own child, named by root's own 0644 pidfile: this one is signalled.
+    let mut good_victim = Victim::start(None);
+    let good = d.join("good.pid");
+    pidfile(&good, good_victim.pid(), 0o644);
+
+    let refused = [
+        ("open", &open, "SIGTERM", "writable by group or others"),
+        (
+            "foreign-file",
+            &foreign_file,
+            "SIGTERM",
+            "owned by uid 65534",
+        ),
+        ("linked", &linked, "SIGTERM", "symbolic link"),
+        ("foreign", &foreign, "SIGTERM", "another user"),
+        ("fifo", &fifo, "SIGTERM", "not a regular file"),
+        ("own", &own, "SIGUSR1", "this daemon"),
+    ];
+    let mut sets: String = refused
+        .iter()
+        .map(|(name, path, sig, _)| signal_set(name, d, path, sig))
+        .collect();
+    sets += &signal_set("good", d, &good, "SIGTERM");
+    let cfg = write_config(d, &config(&p, d, "", &sets));
+    // The shell writes its pid, then becomes the daemon: the pidfile names the daemon from
+    // before its first token.
+    let log = d.join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new("/bin/sh")
+        .args(["-c", r#"echo $$ > "$1"; exec "$0" run -c "$2""#, BIN])
+        .arg(&own)
+        .arg(&cfg)
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+
+    let status = good_victim.0.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGTERM as i32),
+        "the good pidfile's process was not signalled:\n{}",
+        daemon.output()
+    );
+    for (name, path, _, why) in &refused {
+        let seen = wait_until(PATIENCE, || refusal(&daemon.output(), path).is_some()).await;
+        assert!(seen, "set {name}: no refusal logged:\n{}", daemon.output());
+        let out = daemon.output();
+        let line = refusal(&out, path).unwrap();
+        assert!(
+            line.contains(why),
+            "set {name}: not refused for {why:?}: {line}"
+        );
+    }
+    assert!(
+        open_victim.alive(),
+        "signalled through a world-writable pidfile"
+    );
+    assert!(
+        foreign_file_victim.alive(),
+        "signalled through another user's pidfile"
+    );
+    assert!(linked_victim.alive(), "signalled through a symbolic link");
+    assert!(foreign_victim.alive(), "signalled another user's process");
+    assert_eq!(
+        daemon.child.try_wait().unwrap(),
+        None,
+        "{}",
+        daemon.output()
+    );
+    stop_clean(&mut daemon).await;
+    // One token per set: the daemon never made itself rotate.
+    assert_eq!(
+        p.issued_tokens().len(),
+        refused.len() + 1,
+        "{}",
+        daemon.output()
+    );
+
+    // What `check` can see without running: a pidfile in the kernel's trees, or whose name
+    // holds a control character.
+    for bad in [
+        "/proc/self/stat",
+        "/sys/kernel/x.pid",
+        "/dev/null",
+        "/run/a\\nb.pid",
+    ] {
+        let sets = set(
+            "s",
+            "api",
+            &d.join("s.token"),
+            &format!(" }}\n    on_rotate: {{ signal: {{ pidfile: \"{bad}\" }}"),
+        );
+        let cfg = write_config(d, &config(&p, d, "", &sets));
+        let out = Command::new(BIN)
+            .args(["check", "--offline", "-c", cfg.to_str().unwrap()])
+            .env("TK_TEST_APP_ID", "id")
+            .env("TK_TEST_APP_TOKEN", "token")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "pidfile {bad} passed check: {err}"
+        );
+        assert!(err.contains("pidfile"), "{err}");
+    }
+}
