@@ -363,6 +363,10 @@ async fn run_child(
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
+    // The command gets its sets' tokens, never the keys they were issued with.
+    for name in crate::secret::hidden_env() {
+        cmd.env_remove(name);
+    }
     for s in sets {
         let prefix = env_prefix(&s.name);
         let Some(file) = &s.file else {

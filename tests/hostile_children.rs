@@ -1,5 +1,6 @@
 //! The processes the daemon starts or signals, under hostile conditions: a pidfile another
-//! user could write, one naming the daemon or another user's process. The built binary against
+//! user could write, one naming the daemon or another user's process, secrets in the
+//! environment children would inherit. The built binary against
 //! the strict development provider on 127.0.0.1, with real signals. The tests run as root
 //! (as the daemon may): "another user" is `nobody` (65534).
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
@@ -216,5 +217,70 @@ async fn a_pidfile_another_user_could_write_or_naming_the_daemon_is_refused() {
             "pidfile {bad} passed check: {err}"
         );
         assert!(err.contains("pidfile"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_inherit_no_secret_from_the_environment() {
+    // Keys that look real: a dev constant could hide a leak behind a common word.
+    let app_id = format!("tkId{}", fastrand::u64(..));
+    let app_token = format!("tkLive{}", fastrand::u64(..));
+    let p = tokenkeeper::devprovider::DevProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        tokenkeeper::devprovider::DevProviderOptions {
+            app_id: app_id.clone(),
+            app_token: app_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let creds = d.join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let hook_env = d.join("hook.env");
+    let exec_env = d.join("exec.env");
+    let sets = set(
+        "s",
+        "api",
+        &d.join("s.token"),
+        &format!(
+            " }}\n    on_rotate: {{ exec: [/bin/sh, -c, 'env > {}']",
+            hook_env.display(),
+        ),
+    );
+    let cfg = write_config(d, &config(&p, d, "", &sets));
+    let script = format!("env > {}", exec_env.display());
+    let env = [
+        ("TK_TEST_APP_ID", app_id.as_str()),
+        ("TK_TEST_APP_TOKEN", app_token.as_str()),
+        ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+    ];
+    let args = [
+        "exec",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ];
+    let mut daemon = Daemon::spawn(d, &args, 0o022, &env);
+    let status = daemon.wait(PATIENCE * 2).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.output());
+    for (who, path) in [("the exec command", &exec_env), ("the hook", &hook_env)] {
+        let env = read(path).unwrap_or_else(|| panic!("{who} left no environment dump"));
+        assert!(env.contains("TOKENKEEPER_"), "{who}: {env}");
+        for secret in [&app_id, &app_token] {
+            assert!(!env.contains(secret.as_str()), "{who} got a key:\n{env}");
+        }
+        for name in [
+            "TK_TEST_APP_ID",
+            "TK_TEST_APP_TOKEN",
+            "CREDENTIALS_DIRECTORY",
+        ] {
+            assert!(!env.contains(name), "{who} got {name}:\n{env}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! fingerprint) and runs the hooks on a task of its own, one run at a time: a slow or hung
 //! hook never delays the set's refresh, nor any other set. A command that outlives its
 //! timeout is killed with its whole process group. A signal goes only where a pidfile the
-//! daemon may believe points ([`pidfile`]). Failures are logged and counted, and never stop
-//! anything.
+//! daemon may believe points ([`pidfile`]). No hook inherits a secret of the daemon's
+//! environment ([`crate::secret::hidden_env`]). Failures are logged and counted, and never
+//! stop anything.
 
 pub mod pidfile;
 
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Config, OnRotate, SetConfig};
-use crate::secret::{hide_env_of, secret_env};
+use crate::secret::{hidden_env, hide_env_of};
 use crate::status::SetReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +177,17 @@ async fn run_command(
 ) -> Result<(), HookError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = tokio::process::Command::new(&program);
-    for name in secret_env() {
+    for name in hidden_env() {
         cmd.env_remove(name);
+    }
+    // A token exported by a `tokenkeeper exec` this daemon runs under: hooks never get one.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("TOKENKEEPER_") && n.ends_with("_TOKEN"))
+        {
+            cmd.env_remove(name);
+        }
     }
     let mut child = cmd
         .args(argv.iter().skip(1))
