@@ -1,20 +1,22 @@
 //! The processes the daemon starts or signals, under hostile conditions: a pidfile another
 //! user could write, one naming the daemon or another user's process, secrets in the
-//! environment children would inherit. The built binary against
+//! environment children would inherit, a hook still running at stop. The built binary against
 //! the strict development provider on 127.0.0.1, with real signals. The tests run as root
 //! (as the daemon may): "another user" is `nobody` (65534).
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 
 mod common;
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 /// `nobody`: a user other than the daemon's, on every Linux.
 const OTHER_USER: u32 = 65534;
@@ -283,4 +285,122 @@ async fn children_inherit_no_secret_from_the_environment() {
             assert!(!env.contains(name), "{who} got {name}:\n{env}");
         }
     }
+}
+
+/// Live (not yet dead) processes in process group `pgid`.
+fn live_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so count from its ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills, when the test ends, the hook processes it read from `files` (one pid per line).
+struct Leftovers(Vec<PathBuf>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            for pid in read(f).unwrap_or_default().split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_running_at_stop_has_its_whole_process_group_ended() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Set `waits`: the hook waits for its background child. Set `left`: the hook exits and
+    // leaves the child behind in its group. Both children hold the daemon's stderr.
+    let pids = |name: &str| d.join(format!("{name}.pids"));
+    let hook = |name: &str, tail: &str| {
+        set(
+            name,
+            "api",
+            &d.join(format!("{name}.token")),
+            &format!(
+                " }}\n    on_rotate: {{ timeout: 10m, exec: [/bin/sh, -c, 'sleep 300 & echo $$ $! > {}; {tail}']",
+                pids(name).display(),
+            ),
+        )
+    };
+    let sets = hook("waits", "wait") + &hook("left", "exit 0");
+    let cfg = write_config(d, &config(&p, d, "shutdown_timeout: 10s", &sets));
+    let _leftovers = Leftovers(vec![pids("waits"), pids("left")]);
+
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end.try_clone().unwrap()))
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon {
+        child,
+        log: "/nonexistent/tokenkeeper-test.log".into(),
+    };
+    // The pipe's reader: what the daemon and its children wrote, once every writer is gone.
+    let (eof_tx, eof_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::from(read_end).read_to_string(&mut text);
+        let _ = eof_tx.send(text);
+    });
+
+    let started = |name: &str| read(&pids(name)).is_some_and(|t| t.ends_with('\n'));
+    let up = wait_until(PATIENCE, || started("waits") && started("left")).await;
+    assert!(up, "the hooks never started");
+    let groups: Vec<i32> = ["waits", "left"]
+        .iter()
+        .map(|n| {
+            read(&pids(n))
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    for g in &groups {
+        assert!(!live_members(*g).is_empty(), "group {g} is not running");
+    }
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait(PATIENCE).await;
+    let output = eof_rx.recv_timeout(PATIENCE);
+    for g in &groups {
+        let left = live_members(*g);
+        assert!(left.is_empty(), "group {g} outlived the daemon: {left:?}");
+    }
+    let output = output.expect("the daemon's stderr is still held open after it exited");
+    assert_eq!(status.code(), Some(0), "{output}");
 }

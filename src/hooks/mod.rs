@@ -4,12 +4,15 @@
 //! A watcher per set follows the set's stats (where every newly written token appears by
 //! fingerprint) and runs the hooks on a task of its own, one run at a time: a slow or hung
 //! hook never delays the set's refresh, nor any other set. A command that outlives its
-//! timeout is killed with its whole process group. A signal goes only where a pidfile the
-//! daemon may believe points ([`pidfile`]). No hook inherits a secret of the daemon's
-//! environment ([`crate::secret::hidden_env`]). Failures are logged and counted, and never
-//! stop anything.
+//! timeout is killed with its whole process group, and at stop every group still alive is
+//! ended ([`end_all`]). A signal goes only where a pidfile the daemon may believe points
+//! ([`pidfile`]). No hook inherits a secret of the daemon's environment
+//! ([`crate::secret::hidden_env`]). Failures are logged and counted, and never stop anything.
 
+mod group;
 pub mod pidfile;
+
+pub use group::end_all;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,6 +53,8 @@ pub enum HookError {
     },
     #[error(transparent)]
     Pidfile(#[from] pidfile::PidfileError),
+    #[error("not starting {program}: the daemon is stopping")]
+    Stopping { program: String },
     #[error("cannot send {signal} to pid {pid} (from {path})", path = path.display())]
     Signal {
         signal: Signal,
@@ -168,14 +173,17 @@ pub async fn run_all(
     }
 }
 
-/// Run `argv` (no shell) with `env`, in a process group of its own so that a timeout kills
-/// whatever it started too.
+/// Run `argv` (no shell) with `env`, in a process group of its own so that a timeout, or
+/// the stop, kills whatever it started too.
 async fn run_command(
     argv: &[String],
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<(), HookError> {
     let program = argv.first().cloned().unwrap_or_default();
+    if group::stopping() {
+        return Err(HookError::Stopping { program });
+    }
     let mut cmd = tokio::process::Command::new(&program);
     for name in hidden_env() {
         cmd.env_remove(name);
@@ -200,19 +208,30 @@ async fn run_command(
             program: program.clone(),
             source,
         })?;
-    match tokio::time::timeout(timeout, child.wait()).await {
+    // The group's id is the leader's pid (process_group(0) above).
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    if let Some(pgid) = pgid
+        && !group::register(pgid)
+    {
+        let _ = child.wait().await;
+        return Err(HookError::Stopping { program });
+    }
+    let result = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(HookError::Status { program, status }),
         Ok(Err(source)) => Err(HookError::Wait { program, source }),
         Err(_) => {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // The group's id is the leader's pid (process_group(0) above).
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            if let Some(pgid) = pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
             let _ = child.kill().await;
             Err(HookError::Timeout { program, timeout })
         }
+    };
+    if let Some(pgid) = pgid {
+        group::settle(pgid);
     }
+    result
 }
 
 /// Send `signal` to the pid `pidfile` holds now (an application restarted since the last
