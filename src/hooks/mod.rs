@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -237,10 +237,10 @@ async fn run_command(
 /// Send `signal` to the pid `pidfile` holds now (an application restarted since the last
 /// token has a new pid), if the file and the process pass [`pidfile::target`]'s checks.
 async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
-    let pid = pidfile::target(pidfile).await?;
-    kill(Pid::from_raw(pid), signal).map_err(|source| HookError::Signal {
+    let target = pidfile::target(pidfile).await?;
+    target.send(signal).map_err(|source| HookError::Signal {
         signal,
-        pid,
+        pid: target.pid,
         path: pidfile.to_path_buf(),
         source,
     })
@@ -250,6 +250,7 @@ async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
 mod tests {
     use super::*;
     use crate::config::SignalHook;
+    use nix::sys::signal::kill;
 
     fn hooks(exec: &[&str], timeout: Duration) -> OnRotate {
         OnRotate {

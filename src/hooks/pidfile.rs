@@ -3,13 +3,18 @@
 //! file is believed only as systemd's `PIDFile=` believes one: a regular file (not a link, not
 //! a FIFO that would block the read), owned by root or the daemon's user and writable by
 //! nobody else. And whatever it says, the daemon never signals itself (a SIGUSR1 to itself
-//! would rotate every set, the hook again, for ever), init, or another user's process.
+//! would rotate every set, the hook again, for ever), init, or another user's process. The
+//! signal goes through a pidfd opened before the process is checked, so a pid that ends and is
+//! reused in between is never signalled in its place.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::Uid;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, Uid};
 use tokio::io::AsyncReadExt;
 
 /// A pid is at most 7 digits (the kernel's `pid_max` is at most 2^22); with blanks and a
@@ -68,12 +73,69 @@ pub enum PidfileError {
     },
 }
 
-/// The pid `path` holds, if the file is one the daemon may believe and the process it names
-/// one the daemon may signal.
-pub async fn target(path: &Path) -> Result<i32, PidfileError> {
+/// A process a pidfile named, checked and held: it can be signalled, and nothing else can
+/// take its place.
+#[derive(Debug)]
+pub struct Target {
+    pub pid: i32,
+    /// None on kernels before 5.3, which have no pidfd: then the pid itself is signalled.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Target {
+    /// Send `signal` to the process checked, or fail with ESRCH if it has ended since.
+    pub fn send(&self, signal: Signal) -> Result<(), Errno> {
+        let Some(fd) = &self.pidfd else {
+            return kill(Pid::from_raw(self.pid), signal);
+        };
+        let null_info: *const libc::siginfo_t = std::ptr::null();
+        // SAFETY: pidfd_send_signal(2) on a descriptor we own, with no siginfo (a null
+        // pointer the kernel reads as "as kill(2) would") and no flags; it touches no memory.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal as libc::c_int,
+                null_info,
+                0 as libc::c_uint,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(Errno::last()) }
+    }
+}
+
+/// The process `path` names, if the file is one the daemon may believe and the process one
+/// the daemon may signal.
+pub async fn target(path: &Path) -> Result<Target, PidfileError> {
     let pid = read(path).await?;
+    // Held before the checks: were the process to end and its pid go to another after them,
+    // the signal would find this one gone rather than reach the other.
+    let pidfd = pidfd_open(pid).map_err(|_| PidfileError::NotRunning {
+        path: path.to_path_buf(),
+        pid,
+    })?;
     check_process(path, pid)?;
-    Ok(pid)
+    Ok(Target { pid, pidfd })
+}
+
+/// A pidfd for `pid`; `Ok(None)` where the kernel has none to give (before 5.3), `Err` when
+/// no such process runs.
+fn pidfd_open(pid: i32) -> Result<Option<OwnedFd>, Errno> {
+    // SAFETY: pidfd_open(2) takes a pid and flags, and returns a new descriptor or -1; it
+    // touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    match i32::try_from(fd) {
+        Ok(fd) if fd >= 0 => {
+            // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
+            Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        _ => match Errno::last() {
+            Errno::ESRCH => Err(Errno::ESRCH),
+            // ENOSYS (an old kernel) or a seccomp filter that refuses the call: the checks
+            // still hold, with the pid itself signalled.
+            _ => Ok(None),
+        },
+    }
 }
 
 /// Read the pid from `path`, refusing a file another user could have written.
@@ -213,9 +275,16 @@ mod tests {
             .spawn()
             .unwrap();
         let path = write(dir.path(), "p", &format!(" {}\n", child.id()), 0o600);
-        assert_eq!(target(&path).await.unwrap(), child.id() as i32);
+        let t = target(&path).await.unwrap();
+        assert_eq!(t.pid, child.id() as i32);
+        assert!(
+            t.pidfd.is_some(),
+            "this kernel has pidfds: they must be used"
+        );
+        // Once the process has ended, its pidfd says so, whatever the pid became.
         child.kill().unwrap();
         child.wait().unwrap();
+        assert_eq!(t.send(Signal::SIGTERM), Err(Errno::ESRCH));
     }
 
     #[tokio::test]
