@@ -33,6 +33,16 @@ use crate::status::Board;
 /// the hooks' own timeout (30 s by default) bounds each run; this bounds the wait for all.
 const HOOKS_GRACE: Duration = Duration::from_secs(35);
 
+/// After that, how long what the hooks left behind (a child in a hook's process group) gets
+/// between SIGTERM and SIGKILL: the hooks had their time already.
+const HOOKS_LEFTOVER_GRACE: Duration = Duration::from_secs(2);
+
+/// Let the hooks of the last tokens finish, then end what is left of their process groups.
+async fn finish_hooks() {
+    crate::hooks::finish(Instant::now() + HOOKS_GRACE).await;
+    crate::hooks::end_all(HOOKS_LEFTOVER_GRACE).await;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     #[error("no scope set named {name}; configured sets: {known}")]
@@ -202,7 +212,7 @@ pub async fn once<P: TokenProvider + 'static>(
         }
     })
     .await?;
-    crate::hooks::finish(Instant::now() + HOOKS_GRACE).await;
+    finish_hooks().await;
     let mut outcome = OnceOutcome::default();
     for name in names {
         let kept = report
@@ -338,7 +348,7 @@ pub async fn exec<P: TokenProvider + 'static>(
     })
     .await?;
     handle.close();
-    crate::hooks::finish(Instant::now() + HOOKS_GRACE).await;
+    finish_hooks().await;
     Ok(match outcome {
         ExecOutcome::Ran { code, .. } => ExecOutcome::Ran {
             code,
@@ -363,6 +373,10 @@ async fn run_child(
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args);
+    // The command gets its sets' tokens, never the keys they were issued with.
+    for name in crate::secret::hidden_env() {
+        cmd.env_remove(name);
+    }
     for s in sets {
         let prefix = env_prefix(&s.name);
         let Some(file) = &s.file else {

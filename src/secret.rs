@@ -163,7 +163,7 @@ impl SecretSource {
             },
             SecretSource::File(path) => read_secret_file(path, true),
             SecretSource::Credential(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                let dir = std::env::var_os(CREDENTIALS_DIRECTORY)
                     .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
                 let dir = Path::new(&dir);
                 // A credential of its own name first (a unit with LoadCredential=NAME:...),
@@ -196,7 +196,7 @@ impl SecretSource {
     /// Check that the secret can be read, without keeping it.
     pub fn check(&self) -> Result<Availability, SecretError> {
         if let SecretSource::Credential(name) = self
-            && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+            && std::env::var_os(CREDENTIALS_DIRECTORY).is_none()
         {
             return Ok(Availability::Unknowable(format!(
                 "systemd credential {name} was not checked: $CREDENTIALS_DIRECTORY is not set outside the service"
@@ -241,14 +241,19 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
     Ok(Secret::new(text))
 }
 
-/// Environment variables the config reads secrets from (`{ env: NAME }`). Hooks would inherit
-/// them with the rest of the daemon's environment, and a hook that logs or passes on its
-/// environment would pass on the API key: every hook runs without them. Names are only ever
-/// added (a reload may drop a provider, but its key is still in our environment).
+/// Environment variables the config reads secrets from (`{ env: NAME }`). Children (hooks,
+/// the command `exec` runs) would inherit them with the rest of the daemon's environment, and
+/// one that logs or passes on its environment would pass on the API key: every child runs
+/// without them. Names are only ever added (a reload may drop a provider, but its key is still
+/// in our environment).
 static SECRET_ENV: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Keep the environment variables of `sources` out of every hook's environment from now on
-/// (a provider added by a reload calls this as it is built).
+/// Where systemd puts the service's credentials (the API keys themselves): no child needs to
+/// know, and one that hands its environment on would hand on where the keys are.
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Keep the environment variables of `sources` out of every child's environment from now on
+/// (a provider or store added by a reload calls this as it is built).
 pub fn hide_env_of<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
     let mut hidden = SECRET_ENV
         .lock()
@@ -262,12 +267,15 @@ pub fn hide_env_of<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
     }
 }
 
-/// The names [`hide_env_of`] has been given so far.
-pub fn secret_env() -> Vec<String> {
-    SECRET_ENV
+/// The variables no child of the daemon gets: those [`hide_env_of`] has been given so far,
+/// and `CREDENTIALS_DIRECTORY`.
+pub fn hidden_env() -> Vec<String> {
+    let mut names = SECRET_ENV
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
+        .clone();
+    names.push(CREDENTIALS_DIRECTORY.to_string());
+    names
 }
 
 #[cfg(test)]

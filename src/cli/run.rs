@@ -25,6 +25,11 @@ use tokenkeeper::status::plural;
 /// without it: a write is milliseconds, and stop must not hang on a stuck disk.
 const FINAL_REPORT_LIMIT: Duration = Duration::from_secs(2);
 
+/// At stop, how long a hook's process group gets between SIGTERM and SIGKILL: a hook asked to
+/// stop ends in milliseconds, and the whole stop must fit systemd's TimeoutStopSec (30 s in the
+/// shipped unit) after up to `shutdown_timeout` (20 s by default) of revocation.
+const HOOKS_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Exit at once on a second stop signal: the operator has chosen speed over revocation.
 fn exit_now() {
     std::process::exit(i32::from(EXIT_FAILED));
@@ -144,6 +149,7 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
         }
     };
     let reload = path.map(reloader);
+    let shutdown_timeout = config.shutdown_timeout;
     // With `ha:`, stand by until this instance holds the lease; then lead with a control
     // channel that turns a stop into a handover when a standby can carry on.
     let mut control = control;
@@ -185,6 +191,9 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
         },
         None => (lead(control).await, false),
     };
+    // The tokens are revoked: a hook still running (or what one left behind) has nothing
+    // left to do, and must not outlive the daemon holding its stderr.
+    tokenkeeper::hooks::end_all(HOOKS_STOP_GRACE.min(shutdown_timeout)).await;
     board.set_phase(Phase::Stopped);
     let _ = tokio::time::timeout(FINAL_REPORT_LIMIT, reporter).await;
     if let Some(server) = metrics_server {

@@ -152,6 +152,8 @@ fn secrets_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 impl Vault {
     pub fn new(cfg: &StoreConfig) -> Result<Vault, StoreError> {
         crate::init_tls();
+        // A store a reload adds brings its own: no child may inherit them either.
+        crate::secret::hide_env_of(cfg.auth.secret_sources().into_iter().map(|(_, s)| s));
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(crate::provider::CONNECT_TIMEOUT)

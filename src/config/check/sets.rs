@@ -6,8 +6,8 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use crate::config::defaults::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, ON_SHUTDOWN,
-    SCOPE_HINT,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, KERNEL_TREES,
+    ON_SHUTDOWN, SCOPE_HINT,
 };
 use crate::config::paths::normalize;
 use crate::config::raw::{RawOnRotate, RawProvider, RawSet, RawStore};
@@ -359,15 +359,13 @@ impl Checker<'_> {
                         self.missing(&sig_at, "pidfile", "the file holding the pid to signal");
                         None
                     }
-                    Some(p) if !Path::new(p).is_absolute() => {
-                        self.bad(
-                            &sig_at,
-                            "pidfile",
-                            format!("pidfile `{p}` must be an absolute path"),
-                        );
-                        None
-                    }
-                    Some(p) => Some(normalize(Path::new(p))),
+                    Some(p) => match pidfile_problem(p) {
+                        Some(why) => {
+                            self.bad(&sig_at, "pidfile", why);
+                            None
+                        }
+                        None => Some(normalize(Path::new(p))),
+                    },
                 };
                 let name = sig
                     .signal
@@ -441,4 +439,23 @@ pub(crate) fn valid_set_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Why `path` cannot be an `on_rotate` pidfile, as far as the config alone tells: the file
+/// itself is checked at each use (`hooks::pidfile`).
+fn pidfile_problem(path: &str) -> Option<String> {
+    if path.chars().any(char::is_control) {
+        return Some(format!(
+            "pidfile `{}` holds a control character",
+            path.escape_default()
+        ));
+    }
+    if !Path::new(path).is_absolute() {
+        return Some(format!("pidfile `{path}` must be an absolute path"));
+    }
+    let normal = normalize(Path::new(path));
+    KERNEL_TREES
+        .iter()
+        .find(|k| normal.starts_with(k))
+        .map(|k| format!("pidfile `{path}` is under {k}, the kernel's files, not a pidfile"))
 }

@@ -4,8 +4,15 @@
 //! A watcher per set follows the set's stats (where every newly written token appears by
 //! fingerprint) and runs the hooks on a task of its own, one run at a time: a slow or hung
 //! hook never delays the set's refresh, nor any other set. A command that outlives its
-//! timeout is killed with its whole process group. Failures are logged and counted, and never
-//! stop anything.
+//! timeout is killed with its whole process group, and at stop every group still alive is
+//! ended ([`end_all`]). A signal goes only where a pidfile the daemon may believe points
+//! ([`pidfile`]). No hook inherits a secret of the daemon's environment
+//! ([`crate::secret::hidden_env`]). Failures are logged and counted, and never stop anything.
+
+mod group;
+pub mod pidfile;
+
+pub use group::end_all;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,14 +20,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{Config, OnRotate, SetConfig};
-use crate::secret::{hide_env_of, secret_env};
+use crate::secret::{hidden_env, hide_env_of};
 use crate::status::SetReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +51,10 @@ pub enum HookError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read pidfile {path}", path = path.display())]
-    Pidfile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("pidfile {path} does not hold a process id above 1", path = path.display())]
-    BadPid { path: PathBuf },
+    #[error(transparent)]
+    Pidfile(#[from] pidfile::PidfileError),
+    #[error("not starting {program}: the daemon is stopping")]
+    Stopping { program: String },
     #[error("cannot send {signal} to pid {pid} (from {path})", path = path.display())]
     Signal {
         signal: Signal,
@@ -170,17 +173,29 @@ pub async fn run_all(
     }
 }
 
-/// Run `argv` (no shell) with `env`, in a process group of its own so that a timeout kills
-/// whatever it started too.
+/// Run `argv` (no shell) with `env`, in a process group of its own so that a timeout, or
+/// the stop, kills whatever it started too.
 async fn run_command(
     argv: &[String],
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<(), HookError> {
     let program = argv.first().cloned().unwrap_or_default();
+    if group::stopping() {
+        return Err(HookError::Stopping { program });
+    }
     let mut cmd = tokio::process::Command::new(&program);
-    for name in secret_env() {
+    for name in hidden_env() {
         cmd.env_remove(name);
+    }
+    // A token exported by a `tokenkeeper exec` this daemon runs under: hooks never get one.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("TOKENKEEPER_") && n.ends_with("_TOKEN"))
+        {
+            cmd.env_remove(name);
+        }
     }
     let mut child = cmd
         .args(argv.iter().skip(1))
@@ -193,42 +208,39 @@ async fn run_command(
             program: program.clone(),
             source,
         })?;
-    match tokio::time::timeout(timeout, child.wait()).await {
+    // The group's id is the leader's pid (process_group(0) above).
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    if let Some(pgid) = pgid
+        && !group::register(pgid)
+    {
+        let _ = child.wait().await;
+        return Err(HookError::Stopping { program });
+    }
+    let result = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(HookError::Status { program, status }),
         Ok(Err(source)) => Err(HookError::Wait { program, source }),
         Err(_) => {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // The group's id is the leader's pid (process_group(0) above).
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            if let Some(pgid) = pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             }
             let _ = child.kill().await;
             Err(HookError::Timeout { program, timeout })
         }
+    };
+    if let Some(pgid) = pgid {
+        group::settle(pgid);
     }
+    result
 }
 
 /// Send `signal` to the pid `pidfile` holds now (an application restarted since the last
-/// token has a new pid).
+/// token has a new pid), if the file and the process pass [`pidfile::target`]'s checks.
 async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
-    let text = tokio::fs::read_to_string(pidfile)
-        .await
-        .map_err(|source| HookError::Pidfile {
-            path: pidfile.to_path_buf(),
-            source,
-        })?;
-    // 0, 1 and negatives would signal a group, init, or everyone: never.
-    let pid = text
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 1)
-        .ok_or_else(|| HookError::BadPid {
-            path: pidfile.to_path_buf(),
-        })?;
-    kill(Pid::from_raw(pid), signal).map_err(|source| HookError::Signal {
+    let target = pidfile::target(pidfile).await?;
+    target.send(signal).map_err(|source| HookError::Signal {
         signal,
-        pid,
+        pid: target.pid,
         path: pidfile.to_path_buf(),
         source,
     })
@@ -238,6 +250,7 @@ async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
 mod tests {
     use super::*;
     use crate::config::SignalHook;
+    use nix::sys::signal::kill;
 
     fn hooks(exec: &[&str], timeout: Duration) -> OnRotate {
         OnRotate {
@@ -322,7 +335,13 @@ mod tests {
         let err = send_signal(&dir.path().join("missing.pid"), Signal::SIGHUP)
             .await
             .unwrap_err();
-        assert!(matches!(err, HookError::BadPid { .. }));
+        assert!(
+            matches!(
+                err,
+                HookError::Pidfile(pidfile::PidfileError::BadPid { .. })
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]
