@@ -173,13 +173,33 @@ pub fn write_status_file(path: &Path, snap: &Snapshot) -> Result<(), StatusError
     .map_err(StatusError::Write)
 }
 
-/// Read a status file.
+/// The largest status file `tokenkeeper status` reads. Each set takes a few hundred bytes of
+/// pretty JSON, so 100,000 sets write some 40 MiB; 256 MiB is ample room for that, while a
+/// file that grows without end (the daemon's user may be another than the one calling
+/// `status`) stops there.
+const MAX_STATUS_BYTES: u64 = 256 << 20;
+
+/// Read a status file: a regular file (a FIFO would block `status`, a link to a device feed
+/// it without end), at most [`MAX_STATUS_BYTES`].
 pub fn read_status_file(path: &Path) -> Result<Snapshot, StatusError> {
-    let text = std::fs::read(path).map_err(|source| StatusError::Read {
+    use crate::sink::SmallTextError as E;
+    use std::io::{Error, ErrorKind};
+    let text = sink::read_small_text(path, MAX_STATUS_BYTES).map_err(|e| StatusError::Read {
         path: path.to_path_buf(),
-        source,
+        source: match e {
+            E::Io(e) => e,
+            E::NotAFile => Error::new(
+                ErrorKind::InvalidInput,
+                "not a regular file (a device, FIFO, socket or directory)",
+            ),
+            E::TooLarge => Error::new(
+                ErrorKind::InvalidInput,
+                format!("larger than {} MiB", MAX_STATUS_BYTES >> 20),
+            ),
+            E::NotUtf8 => Error::new(ErrorKind::InvalidData, "not UTF-8 text"),
+        },
     })?;
-    serde_json::from_slice(&text).map_err(|source| StatusError::Parse {
+    serde_json::from_str(&text).map_err(|source| StatusError::Parse {
         path: path.to_path_buf(),
         source,
     })

@@ -161,6 +161,22 @@ fn a_file_that_is_not_ours_is_refused_by_name() {
 }
 
 #[test]
+fn a_status_file_that_is_a_fifo_or_a_device_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("status.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Neither blocks (nobody writes the FIFO) nor reads without end (`/dev/zero`).
+    let zero = dir.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for path in [fifo, zero] {
+        let e = read_status_file(&path).unwrap_err();
+        let text = crate::error_chain(&e);
+        assert!(text.contains("not a regular file"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+}
+
+#[test]
 fn liveness_needs_both_the_pid_and_a_recent_heartbeat() {
     let now = SystemTime::now();
     let mut s = snap_at(now);
