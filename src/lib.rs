@@ -26,6 +26,7 @@ pub mod sink;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod trust;
 
 /// Install rustls' ring crypto provider as the process default. reqwest is built without a
 /// provider of its own (ring builds faster and smaller than aws-lc); every client needs one.

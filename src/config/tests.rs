@@ -189,8 +189,26 @@ fn rotate_and_on_rotate_refusals() {
             &["on_rotate.exec", "no shell"],
         ),
         (
-            add("    on_rotate: { exec: [a], timeout: 0s }"),
+            add("    on_rotate: { exec: [/bin/true], timeout: 0s }"),
             &["on_rotate.timeout", "more than 0s"],
+        ),
+        (
+            add("    on_rotate: { exec: [app-reload, --soft] }"),
+            &[
+                "on_rotate.exec",
+                "`app-reload` must be an absolute path",
+                "PATH is not searched",
+            ],
+        ),
+        (
+            // /tmp is writable by everyone: sticky keeps others from swapping a file of
+            // root's, but not from putting a program of theirs at a name nobody has taken.
+            add("    on_rotate: { exec: [/tmp/tk-no-such-dir/app-reload] }"),
+            &[
+                "on_rotate.exec",
+                "its directory /tmp (mode 1777) lets group or others make it",
+                "who could choose what runs",
+            ],
         ),
         (
             add("    on_rotate: { signal: { pidfile: app.pid, signal: KILL } }"),

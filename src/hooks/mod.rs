@@ -157,7 +157,7 @@ pub async fn run_all(
         results.push(("signal", send_signal(&sig.pidfile, sig.signal).await));
     }
     if let Some(unit) = &hooks.reload_unit {
-        let argv = ["systemctl".to_string(), "reload".to_string(), unit.clone()];
+        let argv = [systemctl(), "reload".to_string(), unit.clone()];
         results.push(("reload_unit", run_command(&argv, &env, hooks.timeout).await));
     }
     for (hook, r) in results {
@@ -175,6 +175,18 @@ pub async fn run_all(
 
 /// Run `argv` (no shell) with `env`, in a process group of its own so that a timeout, or
 /// the stop, kills whatever it started too.
+/// Where `systemctl` is: by its absolute path, never found through PATH, so that whoever may
+/// put a program earlier on PATH cannot run as the daemon's user. `/usr/bin` on a merged-/usr
+/// system (every current distribution), `/bin` on an older one.
+fn systemctl() -> String {
+    const PLACES: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
+    PLACES
+        .iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap_or(&PLACES[0])
+        .to_string()
+}
+
 async fn run_command(
     argv: &[String],
     env: &[(&str, String)],

@@ -333,6 +333,20 @@ impl Checker<'_> {
                 if argv.len() != items.len() || argv[0].is_empty() {
                     self.bad(at, "exec", "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
                     ok = false;
+                } else if !std::path::Path::new(&argv[0]).is_absolute() {
+                    self.bad(at, "exec", format!(
+                        "exec's program `{}` must be an absolute path, e.g. [\"/usr/bin/app-reload\"]: PATH is not searched, so that whoever may put a program earlier on it cannot choose what runs",
+                        argv[0].escape_debug()
+                    ));
+                    ok = false;
+                } else if let Some(why) =
+                    crate::trust::program_open_to_others(std::path::Path::new(&argv[0]))
+                {
+                    self.bad(at, "exec", format!(
+                        "exec's program `{}`: {why}, who could choose what runs as tokenkeeper's user",
+                        argv[0].escape_debug()
+                    ));
+                    ok = false;
                 }
                 Some(argv)
             }
