@@ -45,58 +45,87 @@ impl StateLock {
     }
 }
 
-/// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
-/// and writable by nobody else. This is sshd's StrictModes rule for `~/.ssh`.
-fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let unsafe_because = |why: String| JournalError::Unsafe {
-        path: path.to_path_buf(),
-        why,
-    };
-    if meta.uid() != me {
-        return Err(unsafe_because(format!(
-            "is owned by uid {}, not by tokenkeeper's user (uid {me})",
-            meta.uid()
-        )));
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(unsafe_because(format!(
-            "is writable by group or others (mode {mode:04o})"
-        )));
-    }
-    Ok(())
+/// Who may own a file that only trusted users may have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners {
+    /// The daemon's user alone: what the daemon made itself (the state directory).
+    Daemon,
+    /// The daemon's user or root: what an operator installs (the config).
+    DaemonOrRoot,
 }
 
-/// The directories above `state_dir` must not let another user swap it for one of theirs:
-/// each is owned by the daemon's user or root, and not writable by others unless sticky.
-fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
+/// Why another user than `owners` could have written the file or directory of `meta`, if
+/// one could: it is owned by someone else, or writable by group or others. This is sshd's
+/// StrictModes rule for `~/.ssh`.
+pub fn open_to_others(meta: &std::fs::Metadata, owners: Owners) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
-    for a in dir.ancestors().skip(1) {
+    let uid = meta.uid();
+    match owners {
+        Owners::Daemon if uid != me => {
+            return Some(format!(
+                "is owned by uid {uid}, not by tokenkeeper's user (uid {me})"
+            ));
+        }
+        Owners::DaemonOrRoot if uid != me && uid != 0 => {
+            return Some(format!(
+                "is owned by uid {uid}, neither tokenkeeper's user (uid {me}) nor root"
+            ));
+        }
+        _ => {}
+    }
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o022 != 0).then(|| format!("is writable by group or others (mode {mode:04o})"))
+}
+
+/// The first directory above `path` that lets another user swap what it holds, and why:
+/// owned by someone other than the daemon's user or root, or writable by others without the
+/// sticky bit. Directories that cannot be looked at are passed over: what does not exist
+/// yet is made by the daemon.
+pub fn swappable_ancestor(path: &Path) -> Option<(PathBuf, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for a in path.ancestors().skip(1) {
         let Ok(meta) = std::fs::metadata(a) else {
             continue;
         };
         let mode = meta.mode() & 0o7777;
         let why = if meta.uid() != me && meta.uid() != 0 {
             format!(
-                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root, and holds the state directory",
+                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root",
                 meta.uid()
             )
         } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            format!(
-                "is writable by others without the sticky bit (mode {mode:04o}), and holds the state directory"
-            )
+            format!("is writable by others without the sticky bit (mode {mode:04o})")
         } else {
             continue;
         };
-        return Err(JournalError::Unsafe {
-            path: a.to_path_buf(),
-            why,
-        });
+        return Some((a.to_path_buf(), why));
     }
-    Ok(())
+    None
+}
+
+/// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
+/// and writable by nobody else.
+fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
+    match open_to_others(meta, Owners::Daemon) {
+        Some(why) => Err(JournalError::Unsafe {
+            path: path.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The directories above `state_dir` must not let another user swap it for one of theirs.
+fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
+    match swappable_ancestor(dir) {
+        Some((path, why)) => Err(JournalError::Unsafe {
+            path,
+            why: format!("{why}, and holds the state directory"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Open a state file (journal or lock) without following a symlink, and refuse it unless it
