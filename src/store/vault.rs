@@ -76,6 +76,12 @@ pub enum StoreError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("store {store}: cannot build the HTTP client")]
+    Proxy {
+        store: String,
+        #[source]
+        source: crate::provider::ProxyError,
+    },
     #[error("store {store}: cannot read ca_file {path}")]
     CaFile {
         store: String,
@@ -168,12 +174,18 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, std::io::Error> {
 impl Vault {
     pub fn new(cfg: &StoreConfig) -> Result<Vault, StoreError> {
         crate::init_tls();
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(crate::provider::CONNECT_TIMEOUT)
             .timeout(cfg.timeout)
             // A store never redirects an API call; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none());
+        // The store token crosses to the store in every request: the provider's proxy rule.
+        let mut builder =
+            crate::provider::with_proxy_policy(builder).map_err(|source| StoreError::Proxy {
+                store: cfg.name.clone(),
+                source,
+            })?;
         if let Some(path) = &cfg.ca_file {
             let pem = read_ca_file(path).map_err(|source| StoreError::CaFile {
                 store: cfg.name.clone(),
