@@ -207,15 +207,15 @@ impl SecretSource {
 }
 
 fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError> {
-    let read_err = |source| SecretError::Read {
-        path: path.to_path_buf(),
-        source,
+    let refused = |e| match e {
+        SmallFileError::Io(source) => SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        SmallFileError::NotAFile => SecretError::NotAFile(path.to_path_buf()),
+        SmallFileError::TooLarge => SecretError::TooLarge(path.to_path_buf()),
     };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(SecretError::NotAFile(path.to_path_buf()));
-    }
+    let (file, meta) = open_small_file(path, MAX_SECRET_FILE_BYTES).map_err(refused)?;
     let mode = meta.mode() & 0o7777;
     if check_mode && mode & 0o077 != 0 {
         return Err(SecretError::TooOpen {
@@ -223,16 +223,7 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
             mode,
         });
     }
-    if meta.len() > MAX_SECRET_FILE_BYTES {
-        return Err(SecretError::TooLarge(path.to_path_buf()));
-    }
-    let mut buf = Zeroizing::new(Vec::new());
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(read_err)?;
-    if buf.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(SecretError::TooLarge(path.to_path_buf()));
-    }
+    let buf = read_capped(file, &meta, MAX_SECRET_FILE_BYTES).map_err(refused)?;
     let text = std::str::from_utf8(&buf).map_err(|_| SecretError::Invalid(path.to_path_buf()))?;
     let text = text.trim_end_matches(['\n', '\r']);
     if text.is_empty() {
@@ -241,6 +232,71 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
     Ok(Secret::new(text))
 }
 
+/// Why [`open_small_file`] or [`read_small_file`] refused a file; each caller words it for
+/// what the file is.
+#[derive(Debug)]
+pub enum SmallFileError {
+    Io(std::io::Error),
+    /// A device, FIFO, socket or directory.
+    NotAFile,
+    /// Over the caller's bound, at open or while read.
+    TooLarge,
+}
+
+/// Open a small file the operator names (the config, a template, a secret) for reading: a
+/// regular file only, at most `max` bytes now. Opened non-blocking, so that a FIFO nobody
+/// writes returns at once instead of hanging `check`, a start or a reload (a regular file
+/// reads the same either way), and without becoming our controlling terminal.
+pub fn open_small_file(
+    path: &Path,
+    max: u64,
+) -> Result<(std::fs::File, std::fs::Metadata), SmallFileError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(SmallFileError::Io)?;
+    let meta = file.metadata().map_err(SmallFileError::Io)?;
+    if !meta.is_file() {
+        return Err(SmallFileError::NotAFile);
+    }
+    if meta.len() > max {
+        return Err(SmallFileError::TooLarge);
+    }
+    Ok((file, meta))
+}
+
+/// The whole of a file [`open_small_file`] opened, at most `max` bytes even if it grew since;
+/// zeroed when dropped, since it may be a secret.
+pub fn read_capped(
+    file: std::fs::File,
+    meta: &std::fs::Metadata,
+    max: u64,
+) -> Result<Zeroizing<Vec<u8>>, SmallFileError> {
+    // Room for the whole file and the byte that would show it grew, so the buffer never
+    // reallocates (which would leave a copy of a secret behind, unzeroed).
+    let room = usize::try_from(meta.len().min(max) + 1).unwrap_or(0);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(room));
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(SmallFileError::Io)?;
+    if bytes.len() as u64 > max {
+        return Err(SmallFileError::TooLarge);
+    }
+    Ok(bytes)
+}
+
+/// [`open_small_file`] and [`read_capped`] at once.
+pub fn read_small_file(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, SmallFileError> {
+    let (file, meta) = open_small_file(path, max)?;
+    read_capped(file, &meta, max)
+}
+
+/// Environment variables the config reads secrets from (`{ env: NAME }`). Hooks would inherit
+/// them with the rest of the daemon's environment, and a hook that logs or passes on its
+/// environment would pass on the API key: every hook runs without them. Names are only ever
+/// added (a reload may drop a provider, but its key is still in our environment).
 /// Environment variables the config reads secrets from (`{ env: NAME }`). Children (hooks,
 /// the command `exec` runs) would inherit them with the rest of the daemon's environment, and
 /// one that logs or passes on its environment would pass on the API key: every child runs
@@ -324,6 +380,24 @@ mod tests {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(src.load().unwrap().expose(), "k3y");
+    }
+
+    /// A FIFO nobody writes would block a plain open for ever: refused at once instead, and a
+    /// credential (read by the same reader) too.
+    #[test]
+    fn a_fifo_is_not_a_file_and_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("key");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = SecretSource::File(fifo.clone()).load().unwrap_err();
+        assert!(
+            matches!(err, SecretError::NotAFile(ref p) if *p == fifo),
+            "{err}"
+        );
+        assert!(matches!(
+            read_secret_file(&fifo, false),
+            Err(SecretError::NotAFile(_))
+        ));
     }
 
     #[test]

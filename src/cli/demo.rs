@@ -78,7 +78,13 @@ pub(crate) async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
         }
     };
     let cfg_path = dir.join("demo-config.yaml");
-    if let Err(e) = std::fs::write(&cfg_path, demo_config(&dir, &provider.base_url())) {
+    // Owner-only whatever the umask: a config others may write is refused.
+    let written =
+        std::fs::write(&cfg_path, demo_config(&dir, &provider.base_url())).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600))
+        });
+    if let Err(e) = written {
         error!(path = %cfg_path.display(), error = %e, "cannot write the demo config");
         return EXIT_OSERR;
     }

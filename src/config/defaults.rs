@@ -12,6 +12,15 @@ use super::OnShutdown;
 /// written into, or deleted from, the kernel's interfaces.
 pub(super) const KERNEL_TREES: &[&str] = &["/proc", "/sys", "/dev"];
 
+/// The system's own files (FHS): its configuration, programs, libraries and boot loader. A
+/// file the daemon writes there would overwrite one of them (`/etc/passwd`, a library,
+/// `/etc/cron.d/...`), and the token file is deleted at stop. Only the package manager and
+/// the administrator write there; `/run`, `/var` (apart from these), `/srv`, `/opt` and
+/// `/tmp` stay open to token files.
+pub(super) const SYSTEM_TREES: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+];
+
 /// The FHS place for a daemon's persistent state.
 pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
 /// Well inside systemd's default 90 s stop timeout, with room for a few revocation retries.

@@ -239,6 +239,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The config, or a directory above it, is open to another user, who could rewrite the
+    /// commands `on_rotate` runs as the daemon's user.
+    #[error(
+        "{what} {why}: another user could rewrite the configuration {path}, which chooses the commands on_rotate runs; refusing it (fix the owner and mode)",
+        what = what.display(),
+        path = path.display()
+    )]
+    Unsafe {
+        path: PathBuf,
+        what: PathBuf,
+        why: String,
+    },
     #[error(
         "{path}: {n} problem(s) in the configuration",
         path = path.display(),
@@ -255,7 +267,9 @@ pub enum ConfigError {
 /// Read, parse, validate, and check every secret the config names. Collects all problems,
 /// including those of secrets of providers that are valid while other parts are not.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    // Read first, so that what is not a file at all is named as such.
     let text = read_text(path)?;
+    only_trusted_could_write(path)?;
     let mut parsed = parse_text(&text, path);
     drop(text);
     let (problems, warnings) = check_sources(&parsed.secrets);
@@ -266,6 +280,36 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         parsed.problems.extend(check_client_keys(config));
     }
     parsed.finish(path)
+}
+
+/// Refuse a config that another user than the daemon's (or root) could have written: the
+/// file itself owned by someone else or writable by group or others, or a directory above
+/// it, or above the file a symlink leads to, that lets someone else replace it. The state
+/// directory's rule ([`crate::trust::open_to_others`], sshd's StrictModes), with root
+/// allowed as owner since an operator installs the config. A path that cannot be looked at
+/// is left to [`read_text`] to report.
+fn only_trusted_could_write(path: &Path) -> Result<(), ConfigError> {
+    use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
+    let refuse = |what: PathBuf, why: String| ConfigError::Unsafe {
+        path: path.to_path_buf(),
+        what,
+        why,
+    };
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return Ok(());
+    };
+    for spelled in [path, real.as_path()] {
+        if let Some((dir, why)) = swappable_ancestor(spelled, Writers::Others) {
+            return Err(refuse(dir, why));
+        }
+    }
+    match std::fs::metadata(&real) {
+        Ok(meta) => match open_to_others(&meta, Owners::DaemonOrRoot) {
+            Some(why) => Err(refuse(real, why)),
+            None => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
 }
 
 fn too_large_message() -> String {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use super::defaults::KERNEL_TREES;
+use super::defaults::{KERNEL_TREES, SYSTEM_TREES};
 use super::{Config, Problem};
 
 /// Lexical normalization: `//` and `.` go, `..` stays (resolving it could be wrong across
@@ -58,6 +58,11 @@ pub(super) fn check_token_dirs(config: &Config, origin: &Path) -> Vec<Problem> {
             if let Some(kernel) = KERNEL_TREES.iter().find(|k| real.starts_with(k)) {
                 found.push(shown(&format!(
                     "under {kernel}, the kernel's own files, not a place for a token file"
+                )));
+            }
+            if let Some(system) = SYSTEM_TREES.iter().find(|s| real.starts_with(s)) {
+                found.push(shown(&format!(
+                    "under {system}, the system's own files, not a place for a token file"
                 )));
             }
             if state_dir.as_ref().is_some_and(|s| real.starts_with(s)) {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
+
 use super::{JOURNAL_MODE, JournalError, LOCK_FILE, io};
 use crate::sink::STATE_DIR_MODE;
 
@@ -46,57 +48,26 @@ impl StateLock {
 }
 
 /// Whether `meta` (of `path`) is what only the daemon's user can have written: owned by it
-/// and writable by nobody else. This is sshd's StrictModes rule for `~/.ssh`.
+/// and writable by nobody else.
 fn ours_alone(path: &Path, meta: &std::fs::Metadata) -> Result<(), JournalError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let unsafe_because = |why: String| JournalError::Unsafe {
-        path: path.to_path_buf(),
-        why,
-    };
-    if meta.uid() != me {
-        return Err(unsafe_because(format!(
-            "is owned by uid {}, not by tokenkeeper's user (uid {me})",
-            meta.uid()
-        )));
+    match open_to_others(meta, Owners::Daemon) {
+        Some(why) => Err(JournalError::Unsafe {
+            path: path.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
     }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(unsafe_because(format!(
-            "is writable by group or others (mode {mode:04o})"
-        )));
-    }
-    Ok(())
 }
 
-/// The directories above `state_dir` must not let another user swap it for one of theirs:
-/// each is owned by the daemon's user or root, and not writable by others unless sticky.
+/// The directories above `state_dir` must not let another user swap it for one of theirs.
 fn ancestors_safe(dir: &Path) -> Result<(), JournalError> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    for a in dir.ancestors().skip(1) {
-        let Ok(meta) = std::fs::metadata(a) else {
-            continue;
-        };
-        let mode = meta.mode() & 0o7777;
-        let why = if meta.uid() != me && meta.uid() != 0 {
-            format!(
-                "is owned by uid {}, neither tokenkeeper's user (uid {me}) nor root, and holds the state directory",
-                meta.uid()
-            )
-        } else if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            format!(
-                "is writable by others without the sticky bit (mode {mode:04o}), and holds the state directory"
-            )
-        } else {
-            continue;
-        };
-        return Err(JournalError::Unsafe {
-            path: a.to_path_buf(),
-            why,
-        });
+    match swappable_ancestor(dir, Writers::Others) {
+        Some((path, why)) => Err(JournalError::Unsafe {
+            path,
+            why: format!("{why}, and holds the state directory"),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Open a state file (journal or lock) without following a symlink, and refuse it unless it

@@ -4,6 +4,7 @@
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
 pub mod oauth2;
+mod proxy;
 mod redact;
 pub mod refresh_store;
 pub mod settings;
@@ -18,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
+pub use proxy::{HTTPS_PROXY_VARS, ProxyError, with_proxy_policy};
 use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
 pub use settings::{
@@ -126,6 +128,8 @@ pub enum ProviderError {
     },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client")]
+    Proxy(#[source] ProxyError),
     #[error("cannot read {what}")]
     Secret {
         what: &'static str,
@@ -456,14 +460,14 @@ pub async fn probe_metadata(
 
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.
 pub fn http_client() -> Result<reqwest::Client, ProviderError> {
-    client_builder().build().map_err(ProviderError::Client)
+    client_builder()?.build().map_err(ProviderError::Client)
 }
 
 /// What every client of the process shares; a provider with a client certificate builds
 /// its own from it.
-fn client_builder() -> reqwest::ClientBuilder {
+fn client_builder() -> Result<reqwest::ClientBuilder, ProviderError> {
     crate::init_tls();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -473,7 +477,8 @@ fn client_builder() -> reqwest::ClientBuilder {
         // body, credentials included) to resend it after an HTTP/2 refusal, twelve allocations
         // a token that nothing uses, since each set retries by itself, with backoff and
         // within its provider's budget, where the retry shows in the logs and the metrics.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
+        .retry(reqwest::retry::never().max_retries_per_request(0));
+    with_proxy_policy(builder).map_err(ProviderError::Proxy)
 }
 
 /// Read at most [`MAX_BODY_BYTES`] of a response body. The buffer is zeroed on drop: it may

@@ -484,18 +484,12 @@ pub enum SmallTextError {
 /// non-blocking, so that a FIFO nobody writes returns instead of waiting; a regular file
 /// reads the same either way.
 pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(SmallTextError::Io)?;
+    let (file, _) = crate::secret::open_small_file(path, max).map_err(small_text_error)?;
     read_opened_text(file, max)
 }
 
 /// [`read_small_text`] of a file its caller opened (non-blocking), with rules of its own.
 pub(crate) fn read_opened_text(file: std::fs::File, max: u64) -> Result<String, SmallTextError> {
-    use std::io::Read;
     let meta = file.metadata().map_err(SmallTextError::Io)?;
     if !meta.is_file() {
         return Err(SmallTextError::NotAFile);
@@ -503,14 +497,18 @@ pub(crate) fn read_opened_text(file: std::fs::File, max: u64) -> Result<String, 
     if meta.len() > max {
         return Err(SmallTextError::TooLarge);
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(SmallTextError::Io)?;
-    if bytes.len() as u64 > max {
-        return Err(SmallTextError::TooLarge);
+    let mut bytes = crate::secret::read_capped(file, &meta, max).map_err(small_text_error)?;
+    // Not a secret: the text moves out of the zeroing buffer rather than being copied.
+    String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| SmallTextError::NotUtf8)
+}
+
+fn small_text_error(e: crate::secret::SmallFileError) -> SmallTextError {
+    use crate::secret::SmallFileError as E;
+    match e {
+        E::Io(e) => SmallTextError::Io(e),
+        E::NotAFile => SmallTextError::NotAFile,
+        E::TooLarge => SmallTextError::TooLarge,
     }
-    String::from_utf8(bytes).map_err(|_| SmallTextError::NotUtf8)
 }
 
 /// Remove a token file; a file that is already gone is fine.

@@ -76,6 +76,12 @@ pub enum StoreError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("store {store}: cannot build the HTTP client")]
+    Proxy {
+        store: String,
+        #[source]
+        source: crate::provider::ProxyError,
+    },
     #[error("store {store}: cannot read ca_file {path}")]
     CaFile {
         store: String,
@@ -149,19 +155,41 @@ fn secrets_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// The largest `ca_file` read: Mozilla's whole root bundle is about 220 KB.
+const MAX_CA_FILE_BYTES: u64 = 1 << 20;
+
+/// `ca_file`'s PEM, with the bounds of every file the config names: a regular file (a FIFO
+/// would hang the start), at most [`MAX_CA_FILE_BYTES`].
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, std::io::Error> {
+    use crate::secret::SmallFileError as E;
+    let refused = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    match crate::secret::read_small_file(path, MAX_CA_FILE_BYTES) {
+        Ok(mut pem) => Ok(std::mem::take(&mut *pem)),
+        Err(E::Io(e)) => Err(e),
+        Err(E::NotAFile) => Err(refused("not a regular file")),
+        Err(E::TooLarge) => Err(refused("larger than 1 MiB, which no CA bundle is")),
+    }
+}
+
 impl Vault {
     pub fn new(cfg: &StoreConfig) -> Result<Vault, StoreError> {
         crate::init_tls();
         // A store a reload adds brings its own: no child may inherit them either.
         crate::secret::hide_env_of(cfg.auth.secret_sources().into_iter().map(|(_, s)| s));
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(crate::provider::CONNECT_TIMEOUT)
             .timeout(cfg.timeout)
             // A store never redirects an API call; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none());
+        // The store token crosses to the store in every request: the provider's proxy rule.
+        let mut builder =
+            crate::provider::with_proxy_policy(builder).map_err(|source| StoreError::Proxy {
+                store: cfg.name.clone(),
+                source,
+            })?;
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|source| StoreError::CaFile {
+            let pem = read_ca_file(path).map_err(|source| StoreError::CaFile {
                 store: cfg.name.clone(),
                 path: path.display().to_string(),
                 source,

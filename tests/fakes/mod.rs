@@ -165,6 +165,9 @@ pub struct TestPki {
     pub stranger_cert_pem: String,
     pub stranger_key_pem: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The same server certificate with no client certificate asked for: a plain https
+    /// server, such as an issuer that authenticates its clients by secret.
+    pub open_server_config: Arc<rustls::ServerConfig>,
 }
 
 impl TestPki {
@@ -203,10 +206,16 @@ impl TestPki {
         .build()
         .unwrap();
         let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
-        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.der().clone()], key.clone_key())
+            .unwrap();
+        let open_server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
             .with_single_cert(vec![server_cert.der().clone()], key)
             .unwrap();
         TestPki {
@@ -216,6 +225,7 @@ impl TestPki {
             stranger_cert_pem,
             stranger_key_pem,
             server_config: Arc::new(server_config),
+            open_server_config: Arc::new(open_server_config),
         }
     }
 }

@@ -75,6 +75,17 @@ impl OAuth2Fake {
         Self::start_with("tls_client_auth", client_id, "", Some(config)).await
     }
 
+    /// A server that authenticates its client by `method` with a secret, on https://127.0.0.1
+    /// with TLS `config` (which need not ask for a client certificate).
+    pub async fn start_https(
+        method: &'static str,
+        client_id: &str,
+        client_secret: &str,
+        config: Arc<rustls::ServerConfig>,
+    ) -> OAuth2Fake {
+        Self::start_with(method, client_id, client_secret, Some(config)).await
+    }
+
     async fn start_with(
         method: &'static str,
         client_id: &str,

@@ -4,7 +4,7 @@ use std::path::{Component, Path};
 
 use serde_yaml::Value;
 
-use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID};
+use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID, SYSTEM_TREES};
 use crate::config::paths::normalize;
 use crate::config::raw::RawFile;
 use crate::secret::SecretSource;
@@ -236,6 +236,17 @@ impl Checker<'_> {
                     "path",
                     format!(
                         "path `{path}` is under {kernel}, the kernel's own files, not a place for a token file"
+                    ),
+                );
+            }
+        }
+        for system in SYSTEM_TREES {
+            if normal.starts_with(system) {
+                self.bad(
+                    at,
+                    "path",
+                    format!(
+                        "path `{path}` is under {system}, the system's own files, not a place for a token file"
                     ),
                 );
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::config::defaults::{
     DEFAULT_FILE_MODE, DEFAULT_MIN_INTERVAL, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER,
     DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR, FORMATS,
-    ON_SHUTDOWN,
+    KERNEL_TREES, ON_SHUTDOWN, SYSTEM_TREES,
 };
 use crate::config::paths::normalize;
 use crate::config::raw::{
@@ -163,6 +163,18 @@ impl Checker<'_> {
                     "textfile",
                     format!(
                         "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
+                    ),
+                );
+            } else if let Some(tree) = KERNEL_TREES
+                .iter()
+                .chain(SYSTEM_TREES)
+                .find(|t| normalize(path).starts_with(t))
+            {
+                self.bad(
+                    "metrics",
+                    "textfile",
+                    format!(
+                        "textfile `{text}` is under {tree}, the kernel's or the system's own files: it is rewritten every few seconds, so it belongs in node_exporter's textfile directory"
                     ),
                 );
             } else {

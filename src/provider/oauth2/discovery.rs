@@ -47,9 +47,13 @@ pub(super) fn same_issuer(configured: &Url, announced: &str) -> bool {
 }
 
 /// An endpoint from a discovery document: https, or http on a loopback host like the config
-/// allows.
+/// allows, and then only for an http issuer. An https issuer's document naming an http
+/// endpoint, even on this host, would have the client's credentials sent in clear where the
+/// configured scheme promised TLS: a document (or whoever altered it) does not get to
+/// weaken what the operator chose.
 pub(super) fn endpoint_url(
     operation: &'static str,
+    issuer: &Url,
     key: &str,
     text: &str,
 ) -> Result<Url, ProviderError> {
@@ -65,6 +69,12 @@ pub(super) fn endpoint_url(
     }
     if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
         return Err(bad("has a user name, password or fragment"));
+    }
+    if url.scheme() == "http" && issuer.scheme() != "http" {
+        return Err(bad(&format!(
+            "{} is plain http while the issuer is https: refusing an endpoint whose scheme is weaker than the issuer's, which would carry the client's credentials in clear",
+            sanitize(url.as_str())
+        )));
     }
     Ok(url)
 }
@@ -194,16 +204,16 @@ pub fn parse_discovery_answer(
             what: format!("{document} has no token_endpoint"),
         })?;
     let endpoints = Endpoints {
-        token: endpoint_url(OP, "token_endpoint", token_text)?,
+        token: endpoint_url(OP, issuer, "token_endpoint", token_text)?,
         revocation: meta
             .revocation_endpoint
             .as_deref()
-            .map(|u| endpoint_url(OP, "revocation_endpoint", u))
+            .map(|u| endpoint_url(OP, issuer, "revocation_endpoint", u))
             .transpose()?,
         introspection: meta
             .introspection_endpoint
             .as_deref()
-            .map(|u| endpoint_url(OP, "introspection_endpoint", u))
+            .map(|u| endpoint_url(OP, issuer, "introspection_endpoint", u))
             .transpose()?,
     };
     let method = auth_method.name();

@@ -176,7 +176,7 @@ impl OAuth2 {
         // A client certificate goes to this provider only: its own client, its own
         // connection pool.
         let http = match identity {
-            Some(identity) => super::client_builder()
+            Some(identity) => super::client_builder()?
                 .identity(identity)
                 .build()
                 .map_err(ProviderError::Client)?,

@@ -240,20 +240,59 @@ fn discovery_needs_a_token_endpoint() {
     assert!(text.ends_with("has no token_endpoint"), "{text}");
 }
 
-/// Endpoints are https, or http on a loopback host like the config allows, and carry no
-/// credentials or fragment.
+/// Endpoints are https, or http on a loopback host like the config allows (for an http
+/// issuer only: never weaker than the issuer), and carry no credentials or fragment.
 #[test]
 fn discovered_endpoints_are_https_or_loopback() {
     for ok in [
         "https://idp.example/t",
         "https://idp.example:8443/oauth/token?tenant=a",
+    ] {
+        let d = discovered(&metadata(ok));
+        assert!(d.is_ok(), "{ok}: {d:?}");
+    }
+    let loopback_issuer = Url::parse("http://127.0.0.1:8080/realms/ops").unwrap();
+    let loopback_doc =
+        Url::parse("http://127.0.0.1:8080/.well-known/oauth-authorization-server/realms/ops")
+            .unwrap();
+    for ok in [
+        "https://idp.example/t",
         "http://127.0.0.1:8080/t",
         "http://localhost/t",
         "http://LOCALHOST:9/t",
         "http://[::1]:8080/t",
     ] {
-        let d = discovered(&metadata(ok));
+        let body = format!(r#"{{"issuer":"{loopback_issuer}","token_endpoint":"{ok}"}}"#);
+        let d = parse_discovery_answer(
+            &loopback_doc,
+            &loopback_issuer,
+            AuthMethod::ClientSecretBasic,
+            body.as_bytes(),
+        );
         assert!(d.is_ok(), "{ok}: {d:?}");
+    }
+    // An https issuer's document that names plain http, even on this host: a downgrade.
+    for key in [
+        "token_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+    ] {
+        for downgraded in ["http://127.0.0.1:8080/t", "http://localhost/t"] {
+            let body = if key == "token_endpoint" {
+                metadata(downgraded)
+            } else {
+                format!(
+                    r#"{{"issuer":"{ISSUER}","token_endpoint":"https://idp.example/t","{key}":"{downgraded}"}}"#
+                )
+            };
+            let text = discovery_error(body.as_bytes());
+            assert_eq!(
+                text,
+                format!(
+                    "discovery: {key} {downgraded} is plain http while the issuer is https: refusing an endpoint whose scheme is weaker than the issuer's, which would carry the client's credentials in clear"
+                )
+            );
+        }
     }
     for (bad, why) in [
         (

@@ -18,9 +18,10 @@ use crate::trust;
 pub(super) fn open(path: &Path) -> Result<File, std::io::Error> {
     use std::io::{Error, ErrorKind};
     let refuse = |why: String| Error::new(ErrorKind::PermissionDenied, why);
-    if let Some(why) = trust::dirs_open_to_others(path)? {
+    if let Some((dir, why)) = trust::swappable_ancestor(path, trust::Writers::GroupOrOthers) {
         return Err(refuse(format!(
-            "{why}: another user could put a template of theirs there"
+            "its directory {} {why}: another user could put a template of theirs there",
+            dir.display()
         )));
     }
     let file = std::fs::OpenOptions::new()
@@ -34,7 +35,7 @@ pub(super) fn open(path: &Path) -> Result<File, std::io::Error> {
             _ => e,
         })?;
     let meta = file.metadata()?;
-    if let Some(why) = trust::file_open_to_others(&meta) {
+    if let Some(why) = trust::open_to_others(&meta, trust::Owners::DaemonOrRoot) {
         return Err(refuse(format!(
             "{why}: another user could choose what the token file holds"
         )));
