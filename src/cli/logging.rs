@@ -37,6 +37,7 @@ pub(crate) fn init_logging(level: Option<&str>) {
         }
     }
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(escaped_fields())
         .with_env_filter(filter())
         .with_writer(|| LossyStderr)
         // Its report of a failed write is an `eprintln!`, which panics on the same dead stderr.
@@ -44,6 +45,24 @@ pub(crate) fn init_logging(level: Option<&str>) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// Log fields as the default formatter writes them (the message bare, the others as
+/// `name=value`, space-separated), with every value escaped ([`tokenkeeper::shown`]): a value
+/// may quote a provider, a store or a lease holder, and a newline in it would forge a log
+/// line, an ESC drive the terminal that shows the log.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = tokenkeeper::shown(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// The log's stderr, with write errors dropped. A log line that cannot be written (the `| tee`
