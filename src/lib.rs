@@ -35,7 +35,9 @@ pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// An error and its sources on one line, `outer: inner: cause`, for logs and messages.
+/// An error and its sources on one line, `outer: inner: cause`, for logs and messages, with
+/// anything not printable escaped ([`shown`]): an error may quote what a provider, a store or
+/// a file said, and the line goes to a terminal or the journal as it is.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -44,7 +46,10 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         s.push_str(&c.to_string());
         cur = c.source();
     }
-    s
+    match shown(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
 }
 
 /// `text` as it may go to a terminal, a log line or the status: every character that is not
