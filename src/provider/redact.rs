@@ -513,11 +513,9 @@ fn unescape(text: &str) -> Option<(char, usize)> {
     match b.first()? {
         b'\\' => match b.get(1)? {
             b'u' if b.get(2) == Some(&b'{') => {
-                let end = text[3..].find('}')?;
-                let code = (1..=6)
-                    .contains(&end)
-                    .then(|| u32::from_str_radix(&text[3..3 + end], 16).ok())??;
-                Some((char::from_u32(code)?, end + 4))
+                // Up to six digits: U+10FFFF is `\u{10ffff}`.
+                let end = text[3..].find('}').filter(|&e| e <= 6)?;
+                Some((char::from_u32(hex(&text[3..3 + end])?)?, end + 4))
             }
             b'u' => {
                 let unit = hex(text.get(2..6)?)?;
