@@ -17,7 +17,7 @@ const ISSUER: &str = "https://idp.example/realms/ops";
 /// Where its RFC 8414 document lives.
 const DOCUMENT: &str = "https://idp.example/.well-known/oauth-authorization-server/realms/ops";
 /// Longest error text allowed. oauth2.rs quotes at most 300 characters of the document
-/// (sanitized, then Debug-escaped, at most 10 bytes each) besides its own words and the two
+/// (escaped, then Debug-escaped, at most 11 bytes each) besides its own words and the two
 /// URLs above; anything longer means document text got out uncut.
 const MAX_ERROR_LEN: usize = 4096;
 

@@ -37,6 +37,7 @@ pub(crate) fn init_logging(level: Option<&str>) {
         }
     }
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(EscapedFields)
         .with_env_filter(filter())
         .with_writer(|| LossyStderr)
         // Its report of a failed write is an `eprintln!`, which panics on the same dead stderr.
@@ -44,6 +45,64 @@ pub(crate) fn init_logging(level: Option<&str>) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// Log fields as the default formatter writes them (the message bare, the others as
+/// `name=value`, space-separated, the `log.` fields of a `log` record left out), with every
+/// value escaped ([`tokenkeeper::shown`]): a value may quote a provider, a store or a lease
+/// holder, and a newline in it would forge a log line, an ESC drive the terminal that shows
+/// the log.
+struct EscapedFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer: &mut writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'w> {
+    writer: &'a mut tracing_subscriber::fmt::format::Writer<'w>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        // A message is written bare, any other string quoted, as the default formatter does.
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let text = format!("{value:?}");
+        let text = tokenkeeper::shown(&text);
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{sep}{text}")
+        } else {
+            write!(self.writer, "{sep}{}={text}", field.name())
+        };
+    }
 }
 
 /// The log's stderr, with write errors dropped. A log line that cannot be written (the `| tee`

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
 pub use proxy::{HTTPS_PROXY_VARS, ProxyError, with_proxy_policy};
-use redact::HeldTokens;
+pub(crate) use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
 pub use settings::{
     AuthMethod, ClientCredential, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant,
@@ -542,16 +542,15 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     )
 }
 
-/// Text from a provider, made safe for one log line: control characters replaced, length
-/// capped (a server may echo input; it must not forge log lines or flood them).
+/// Text from a provider, made safe for one log line and a terminal: length capped, then every
+/// control, bidi or invisible character written as a visible escape ([`crate::shown`]). A
+/// server may echo input; it must not forge log lines, drive the operator's terminal, make
+/// its text read other than it is, or flood the log.
 pub(crate) fn sanitize(text: &str) -> String {
     /// Enough for any real error message.
     const MAX: usize = 300;
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX)
-        .collect();
+    let capped: String = text.chars().take(MAX).collect();
+    let mut out = crate::shown(&capped).into_owned();
     if text.chars().count() > MAX {
         out.push('…');
     }
@@ -874,7 +873,7 @@ mod tests {
 
     #[test]
     fn sanitize_strips_control_and_caps() {
-        assert_eq!(sanitize("a\nb\tc"), "a b c");
+        assert_eq!(sanitize("a\nb\tc\u{202e}"), r"a\x0ab\x09c\u{202e}");
         let long = "x".repeat(1000);
         assert_eq!(sanitize(&long).chars().count(), 301);
     }

@@ -94,12 +94,45 @@ impl Redactor {
     }
 
     /// `text` with every secret replaced by [`REDACTED`], including the start of one that
-    /// [`super::sanitize`] cut short at its `…`.
+    /// [`super::sanitize`] cut short at its `…`, and one written in any mix of escapes
+    /// ([`decoded_layers`]).
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
+        self.redact_as(text, REDACTED)
+    }
+
+    /// [`Redactor::redact`], with `label` where a secret was.
+    pub fn redact_as(&self, text: &str, label: &str) -> String {
+        let out = self.cut_forms(text, label);
+        // What the forms missed: a secret written with escapes of its own choosing.
+        let mut cuts = Vec::new();
+        for (layer, from) in decoded_layers(&out) {
+            for n in &self.needles {
+                for (i, _) in layer.match_indices(n.as_str()) {
+                    cuts.push((from[i], from[i + n.len()]));
+                }
+            }
+            for (at, _) in layer.match_indices('…') {
+                let cut = self
+                    .needles
+                    .iter()
+                    .filter_map(|n| partial_tail(&layer[..at], n))
+                    .max();
+                if let Some(k) = cut {
+                    cuts.push((from[at - k], from[at]));
+                }
+            }
+        }
+        cut_out(&out, cuts, label)
+    }
+
+    /// `text` with each of the secrets' [`forms`] replaced by `label`, and the start of one
+    /// cut short at a `…`.
+    fn cut_forms(&self, text: &str, label: &str) -> Zeroizing<String> {
+        // Zeroed on drop, as every copy of a text that may hold a token.
+        let mut out = Zeroizing::new(text.to_owned());
         for n in &self.needles {
             if out.contains(n.as_str()) {
-                out = out.replace(n.as_str(), REDACTED);
+                out = Zeroizing::new(out.replace(n.as_str(), label));
             }
         }
         if !out.contains('…') {
@@ -108,7 +141,7 @@ impl Redactor {
         // Only a piece followed by `…` can end inside a secret.
         let pieces: Vec<&str> = out.split('…').collect();
         let last = pieces.len() - 1;
-        let mut result = String::with_capacity(out.len());
+        let mut result = Zeroizing::new(String::with_capacity(out.len()));
         for (i, piece) in pieces.into_iter().enumerate() {
             let cut = if i < last {
                 self.needles
@@ -121,7 +154,7 @@ impl Redactor {
             };
             result.push_str(&piece[..piece.len() - cut]);
             if cut > 0 {
-                result.push_str(REDACTED);
+                result.push_str(label);
             }
             if i < last {
                 result.push('…');
@@ -352,6 +385,25 @@ impl HeldTokens {
         if held.lengths.is_empty() {
             return text.to_owned();
         }
+        let mut cuts = held.cuts(text);
+        // A token written in any mix of escapes is cut out as well.
+        for (layer, from) in decoded_layers(text) {
+            cuts.extend(
+                held.cuts(&layer)
+                    .into_iter()
+                    .map(|(i, j)| (from[i], from[j])),
+            );
+        }
+        drop(held);
+        cut_out(text, cuts, REDACTED)
+    }
+}
+
+impl Held {
+    /// Where `text` holds a form of a held token, or the start of one cut short at a `…`: one
+    /// lookup per place in the text and distinct length.
+    fn cuts(&self, text: &str) -> Vec<(usize, usize)> {
+        let held = self;
         let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         for &len in held.lengths.keys().rev() {
@@ -380,26 +432,158 @@ impl HeldTokens {
                 cuts.push((i, at));
             }
         }
-        drop(held);
-        if cuts.is_empty() {
-            return text.to_owned();
-        }
-        cuts.sort_unstable();
-        let mut out = String::with_capacity(text.len());
-        let mut done = 0;
-        for (i, j) in cuts {
-            if j <= done {
-                continue;
-            }
-            if i >= done {
-                out.push_str(&text[done..i]);
-                out.push_str(REDACTED);
-            }
-            done = j;
-        }
-        out.push_str(&text[done..]);
-        out
+        cuts
     }
+}
+
+/// `text` with each of the byte ranges `cuts` replaced by `label`; ranges that overlap are
+/// cut as one.
+fn cut_out(text: &str, mut cuts: Vec<(usize, usize)>, label: &str) -> String {
+    if cuts.is_empty() {
+        return text.to_owned();
+    }
+    cuts.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    for (i, j) in cuts {
+        if j <= done {
+            continue;
+        }
+        if i >= done {
+            out.push_str(&text[done..i]);
+            out.push_str(label);
+        }
+        done = j;
+    }
+    out.push_str(&text[done..]);
+    out
+}
+
+/// How many layers of escapes are taken off a text before secrets are looked for in it: a
+/// secret percent-encoded in a JSON string that our error text quotes with Rust's escapes
+/// is three layers deep; a fourth costs nothing when there is none.
+const DECODE_LAYERS: usize = 4;
+
+/// `text` with one layer of escapes taken off, then another, up to [`DECODE_LAYERS`], for
+/// as long as one changes something: each layer with, for each of its byte offsets (and its
+/// end), the offset in `text` its character came from. A secret found in a layer is cut from
+/// `text` whole, however it was written: a server that echoes it may write each character
+/// in an escape of its choosing (`\u002e`, `\u002E`, `%2e`, `\/`, `&#46;`), and whoever
+/// reads the text reads it decoded.
+fn decoded_layers(text: &str) -> Vec<(Zeroizing<String>, Vec<usize>)> {
+    let mut layers: Vec<(Zeroizing<String>, Vec<usize>)> = Vec::new();
+    for _ in 0..DECODE_LAYERS {
+        let source = layers.last().map_or(text, |(t, _)| t.as_str());
+        let Some((layer, from)) = decode_once(source) else {
+            break;
+        };
+        let from = match layers.last() {
+            Some((_, back)) => from.into_iter().map(|i| back[i]).collect(),
+            None => from,
+        };
+        layers.push((layer, from));
+    }
+    layers
+}
+
+/// `text` with one layer of escapes taken off, and for each byte offset of the result (and
+/// its end) the offset in `text` it came from; `None` if there was no escape to take off.
+fn decode_once(text: &str) -> Option<(Zeroizing<String>, Vec<usize>)> {
+    if !text.contains(['\\', '%', '&']) {
+        return None;
+    }
+    let mut out = Zeroizing::new(String::with_capacity(text.len()));
+    let mut from = Vec::with_capacity(text.len() + 1);
+    let mut changed = false;
+    let mut i = 0;
+    while let Some(c) = text[i..].chars().next() {
+        let (decoded, len) = unescape(&text[i..]).unwrap_or((c, c.len_utf8()));
+        changed |= len != c.len_utf8();
+        from.extend(std::iter::repeat_n(i, decoded.len_utf8()));
+        out.push(decoded);
+        i += len;
+    }
+    from.push(text.len());
+    changed.then_some((out, from))
+}
+
+/// The character the escape at the start of `text` stands for, and the escape's length.
+fn unescape(text: &str) -> Option<(char, usize)> {
+    let b = text.as_bytes();
+    match b.first()? {
+        b'\\' => match b.get(1)? {
+            b'u' if b.get(2) == Some(&b'{') => {
+                // Up to six digits: U+10FFFF is `\u{10ffff}`.
+                let end = text[3..].find('}').filter(|&e| e <= 6)?;
+                Some((char::from_u32(hex(&text[3..3 + end])?)?, end + 4))
+            }
+            b'u' => {
+                let unit = hex(text.get(2..6)?)?;
+                if (0xD800..0xDC00).contains(&unit) {
+                    // A UTF-16 surrogate pair, as JSON writes a character beyond U+FFFF.
+                    let low = text.get(6..8).filter(|p| *p == "\\u").and(text.get(8..12));
+                    let low = hex(low?)?;
+                    let code = 0x10000 + ((unit - 0xD800) << 10) + low.checked_sub(0xDC00)?;
+                    return Some((char::from_u32(code)?, 12));
+                }
+                Some((char::from_u32(unit)?, 6))
+            }
+            b'x' => Some((
+                char::from_u32(hex(text.get(2..4)?)?).filter(char::is_ascii)?,
+                4,
+            )),
+            b'n' => Some(('\n', 2)),
+            b'r' => Some(('\r', 2)),
+            b't' => Some(('\t', 2)),
+            b'b' => Some(('\u{8}', 2)),
+            b'f' => Some(('\u{c}', 2)),
+            b'0' => Some(('\0', 2)),
+            &c if matches!(c, b'"' | b'\'' | b'\\' | b'/') => Some((char::from(c), 2)),
+            _ => None,
+        },
+        b'%' => {
+            // One character's UTF-8 bytes, each written `%XX`.
+            let lead = hex(text.get(1..3)?)?;
+            let n = match lead {
+                0x00..=0x7F => 1,
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let mut bytes = Vec::with_capacity(n);
+            for k in 0..n {
+                let at = 3 * k;
+                (text.get(at..=at)? == "%").then_some(())?;
+                bytes.push(u8::try_from(hex(text.get(at + 1..at + 3)?)?).ok()?);
+            }
+            let c = std::str::from_utf8(&bytes).ok()?.chars().next()?;
+            Some((c, 3 * n))
+        }
+        b'&' => {
+            // An HTML numeric character reference.
+            let rest = text.strip_prefix("&#")?;
+            // `x` and up to eight digits: U+10FFFF is `&#1114111;`, `&#x10FFFF;`.
+            let end = rest.bytes().take(10).position(|c| c == b';')?;
+            let digits = &rest[..end];
+            let code = match digits.strip_prefix(['x', 'X']) {
+                Some(h) if !h.is_empty() => hex(h)?,
+                _ if !digits.is_empty() && digits.bytes().all(|d| d.is_ascii_digit()) => {
+                    digits.parse().ok()?
+                }
+                _ => return None,
+            };
+            Some((char::from_u32(code)?, end + 3))
+        }
+        _ => None,
+    }
+}
+
+/// `digits` as a hexadecimal number, in either case; `None` for anything but hex digits.
+fn hex(digits: &str) -> Option<u32> {
+    if digits.is_empty() || !digits.bytes().all(|d| d.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(digits, 16).ok()
 }
 
 #[cfg(test)]
@@ -423,6 +607,51 @@ mod tests {
             assert!(all_forms(t).len() > 1, "{t}");
             assert_eq!(forms(t), all_forms(t), "{t}");
         }
+    }
+
+    #[test]
+    fn a_secret_in_any_mix_of_escapes_is_cut_out() {
+        let jwt = "eyJhbGciOi.eyJzdWIi.c2ln-Zx9_Qw";
+        let r = Redactor::new([jwt]);
+        for written in [
+            r"eyJhbGciOi\u002eeyJzdWIi\u002Ec2ln-Zx9_Qw",
+            r"\u0065yJhbGciOi\u002EeyJzdWIi.c2ln\u002dZx9\u005fQw",
+            r"eyJhbGciOi\u{2e}eyJzdWIi\x2ec2ln-Zx9_Qw",
+            "eyJhbGciOi%2EeyJzdWIi%2ec2ln-Zx9_Qw",
+            "eyJhbGciOi&#46;eyJzdWIi&#x2E;c2ln-Zx9_Qw",
+            // Escaped twice: a JSON escape quoted with Rust's.
+            r"eyJhbGciOi\\u002eeyJzdWIi\\u002ec2ln-Zx9_Qw",
+            r"eyJhbGciOi%5Cu002eeyJzdWIi.c2ln-Zx9_Qw",
+        ] {
+            let text = format!("error: bad assertion {written} (sent)");
+            assert_eq!(
+                r.redact(&text),
+                "error: bad assertion [redacted] (sent)",
+                "{written}"
+            );
+        }
+        // Cut short at a `…` while escaped.
+        assert_eq!(r.redact(r"bad eyJhbGciOi\u002eeyJz…"), "bad [redacted]…");
+        let slashed = Redactor::new(["a/b+c/d=="]);
+        assert_eq!(
+            slashed.redact(r#"{"k":"a\/b+c\/d=="}"#),
+            r#"{"k":"[redacted]"}"#
+        );
+        // Escapes that decode to no secret are left as they are.
+        let plain = r"a\u002eb %zz &#;\u{110000} \uD800 end\";
+        assert_eq!(r.redact(plain), plain);
+    }
+
+    #[test]
+    fn a_held_token_in_escapes_is_cut_out() {
+        let held = HeldTokens::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        held.hold(&secret("tok.en-Zx9QwErTy"), later);
+        assert_eq!(
+            held.redact(r#"{"echo":"tok\u002Een\u002dZx9Qw\u0045rTy", "n": 1}"#),
+            r#"{"echo":"[redacted]", "n": 1}"#
+        );
+        assert_eq!(held.redact("x tok%2een-Zx9…"), "x [redacted]…");
     }
 
     #[test]

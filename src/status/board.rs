@@ -179,7 +179,7 @@ impl Board {
                     fingerprint: stats.fingerprint.as_ref().filter(|_| token).cloned(),
                     expires_at: stats.expires_at.filter(|_| token),
                     next_refresh_at: stats.next_refresh.filter(|_| phase != SetPhase::Stopped),
-                    last_error: stats.last_error.clone(),
+                    last_error: stats.last_error.as_deref().map(shown),
                     last_error_at: stats.last_error_at,
                     tokens_issued: stats.issued,
                     issue_failures: stats.issue_failures,
@@ -198,10 +198,32 @@ impl Board {
             heartbeat_at: now,
             heartbeat_every_secs: HEARTBEAT.as_secs(),
             sets,
-            ha: inner.ha.clone(),
-            stores: inner.stores.iter().map(|r| r.borrow().clone()).collect(),
+            ha: inner.ha.as_ref().map(|ha| HaStatus {
+                instance: shown(&ha.instance),
+                role: shown(&ha.role),
+                leader: ha.leader.as_deref().map(shown),
+            }),
+            stores: inner
+                .stores
+                .iter()
+                .map(|r| {
+                    let st = r.borrow();
+                    StoreHealth {
+                        set: shown(&st.set),
+                        location: shown(&st.location),
+                        error: st.error.as_deref().map(shown),
+                    }
+                })
+                .collect(),
         }
     }
+}
+
+/// Text for the status file, `STATUS=` and the metrics: errors quote providers and stores,
+/// and a lease names whatever its writer chose, so every string an outsider may have written
+/// is escaped ([`crate::shown`]) before anything shows it.
+fn shown(text: &str) -> String {
+    crate::shown(text).into_owned()
 }
 
 /// A set's state and counters as its task last reported them, and the channels of those who

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use crate::shown;
+
 use super::snapshot::{Liveness, Snapshot};
 use super::state::{Phase, SetPhase};
 
@@ -33,7 +35,7 @@ pub fn summary(snap: &Snapshot, now: SystemTime) -> String {
         .sets
         .iter()
         .filter(|s| matches!(s.state, SetPhase::Failing | SetPhase::Expired))
-        .map(|s| format!("{} {}", s.name, s.state.as_str()))
+        .map(|s| format!("{} {}", shown(&s.name), s.state.as_str()))
         .collect();
     let next = snap
         .sets
@@ -68,7 +70,9 @@ pub fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// `tokenkeeper status`'s table.
+/// `tokenkeeper status`'s table. The status file is the daemon's, which escapes what it
+/// quotes; every text is escaped here again ([`crate::shown`]), so that a file written by
+/// another version or by hand cannot drive the terminal either.
 pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String {
     let mut out = String::new();
     let up = now.duration_since(snap.started_at).unwrap_or_default();
@@ -98,20 +102,23 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
         let _ = writeln!(
             out,
             "store: {} -> {}: {}",
-            st.set,
-            st.location,
+            shown(&st.set),
+            shown(&st.location),
             st.error
                 .as_deref()
-                .map_or("up to date".to_string(), |e| format!("failing: {e}"))
+                .map_or("up to date".to_string(), |e| format!(
+                    "failing: {}",
+                    shown(e)
+                ))
         );
     }
     if let Some(ha) = &snap.ha {
         let _ = writeln!(
             out,
             "ha: this instance ({}) is {}; leader: {}",
-            ha.instance,
-            ha.role,
-            ha.leader.as_deref().unwrap_or("none")
+            shown(&ha.instance),
+            shown(&ha.role),
+            shown(ha.leader.as_deref().unwrap_or("none"))
         );
     }
     let header = [
@@ -128,8 +135,8 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
     for s in &snap.sets {
         let dash = || "-".to_string();
         rows.push([
-            s.name.to_string(),
-            s.provider.to_string(),
+            shown(&s.name).into_owned(),
+            shown(&s.provider).into_owned(),
             s.state.as_str().to_string(),
             s.fingerprint.clone().unwrap_or_else(dash),
             s.expires_at
@@ -141,10 +148,11 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             s.tokens_issued.to_string(),
             match (&s.last_error, s.last_error_at) {
                 (Some(e), Some(at)) => format!(
-                    "{} ago: {e}",
-                    short(now.duration_since(at).unwrap_or_default())
+                    "{} ago: {}",
+                    short(now.duration_since(at).unwrap_or_default()),
+                    shown(e)
                 ),
-                (Some(e), None) => e.clone(),
+                (Some(e), None) => shown(e).into_owned(),
                 _ => dash(),
             },
         ]);
@@ -222,6 +230,9 @@ pub fn render_json(snap: &Snapshot, live: &Liveness, now: SystemTime) -> serde_j
             );
         }
         obj.insert("summary".into(), summary(snap, now).into());
+        for field in obj.values_mut() {
+            escape_strings(field);
+        }
         if let Some(sets) = obj.get_mut("sets").and_then(|s| s.as_array_mut()) {
             for (s, set) in sets.iter_mut().zip(&snap.sets) {
                 if let Some(o) = s.as_object_mut() {
@@ -235,4 +246,19 @@ pub fn render_json(snap: &Snapshot, live: &Liveness, now: SystemTime) -> serde_j
         }
     }
     v
+}
+
+/// Every string in `v` escaped ([`crate::shown`]): JSON escapes the C0 controls only, and a
+/// terminal that prints `status --json` obeys a C1 control or a bidi override as it comes.
+fn escape_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(escaped) = shown(s) {
+                *s = escaped;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(escape_strings),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(escape_strings),
+        _ => {}
+    }
 }

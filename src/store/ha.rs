@@ -186,7 +186,10 @@ impl Lease {
             match self.acquire().await {
                 Ok(true) => return,
                 Ok(false) => {
-                    let leader = self.read().await.ok().and_then(|(_, h)| h).map(|h| h.name);
+                    // Anyone who can write the lease names its holder: escaped before the
+                    // log and the status show it.
+                    let leader = self.read().await.ok().and_then(|(_, h)| h);
+                    let leader = leader.map(|h| crate::shown(&h.name).into_owned());
                     if leader != last_leader {
                         info!(leader = leader.as_deref().unwrap_or("-"), "standing by");
                         on_leader(leader.clone());

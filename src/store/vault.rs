@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::config::{StoreAuth, StoreConfig};
-use crate::provider::Redactor;
+use crate::provider::{HeldTokens, Redactor};
 use crate::schedule::RetryClass;
 use crate::secret::{Secret, SecretError};
 
@@ -123,6 +123,10 @@ pub struct Vault {
     /// Per-request deadline: a request under way ends within it.
     timeout: Duration,
     session: Mutex<Option<Session>>,
+    /// Every secret this store was sent or answered (the tokens written and read, the login
+    /// and its credentials), cut out of whatever the store says later: a store that knows a
+    /// token can quote it in the error to any request, not only the one that carried it.
+    held: HeldTokens,
 }
 
 /// A KV v2 secret as read: its data and version.
@@ -138,6 +142,38 @@ pub struct Versioned {
 /// and cutting ordinary words out of the store's messages would garble them. A new secret
 /// field in any body goes here.
 const SECRET_FIELDS: [&str; 3] = ["access_token", "role_id", "secret_id"];
+
+/// Longest a secret from the store is cut out of its text: the longest token lifetime a
+/// provider may grant (a year, see the providers' `MAX_LIFETIME`), so that an absurd
+/// `expires_at` in a document cannot hold memory, or overflow the clock, for longer.
+const MAX_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Note every secret in `v` (see [`SECRET_FIELDS`]) in `held`: a token until its document's
+/// `expires_at` and a clock's doubt after it, anything undated for a clock's doubt from now.
+fn hold_secrets(held: &HeldTokens, v: &Value) {
+    let doubt = crate::journal::CLOCK_DOUBT_WINDOW;
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| hold_secrets(held, i)),
+        Value::Object(fields) => {
+            let left = fields
+                .get("expires_at")
+                .and_then(Value::as_str)
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+                .unwrap_or_default()
+                .min(MAX_HOLD);
+            for (k, f) in fields {
+                match f.as_str() {
+                    Some(s) if SECRET_FIELDS.contains(&k.as_str()) => {
+                        held.hold(&Secret::new(s.to_owned()), Instant::now() + left + doubt);
+                    }
+                    _ => hold_secrets(held, f),
+                }
+            }
+        }
+        _ => {}
+    }
+}
 
 /// The values of [`SECRET_FIELDS`] in `v`, into `out`.
 fn secrets_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -215,6 +251,7 @@ impl Vault {
             max_versions: cfg.max_versions,
             timeout: cfg.timeout,
             session: Mutex::new(None),
+            held: HeldTokens::default(),
         })
     }
 
@@ -242,7 +279,12 @@ impl Vault {
     ) -> Result<Option<Value>, StoreError> {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
+            self.held
+                .hold(t, Instant::now() + crate::journal::CLOCK_DOUBT_WINDOW);
             req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(b) = body {
+            hold_secrets(&self.held, b);
         }
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
@@ -273,6 +315,7 @@ impl Vault {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status.is_success() {
+            hold_secrets(&self.held, &json);
             return Ok(Some(json));
         }
         // KV v2 answers 404 for a missing secret, with no errors, and also for a deleted
@@ -301,7 +344,8 @@ impl Vault {
                 secrets_in(b, &mut secrets);
             }
             let text = crate::provider::sanitize(&errors.join("; "));
-            format!(": {}", Redactor::new(secrets).redact(&text))
+            let text = Redactor::new(secrets).redact(&text);
+            format!(": {}", self.held.redact(&text))
         };
         let code = status.as_u16();
         if status.is_server_error() || code == 429 {

@@ -252,12 +252,30 @@ impl Checker<'_> {
             Some(found) if found.len() == 1 => (Some(found[0].0), Some(found[0].1)),
             _ => (None, None),
         };
+        // A key or value may quote a name with a control character in it: `check` prints
+        // every problem on the operator's terminal.
         self.problems.push(Problem {
             line,
             column,
-            at,
-            message: message.into(),
+            at: crate::shown(&at).into_owned(),
+            message: crate::shown(&message.into()).into_owned(),
         });
+    }
+
+    /// Whether `name`, a provider's or a store's, is printable text; a problem at
+    /// `section.name` if not. The name goes into every log line and status row about what it
+    /// names: a newline there forges a log line, an ESC or a bidi override drives or garbles
+    /// the terminal that shows it.
+    pub(super) fn printable_name(&mut self, section: &str, name: &str) -> bool {
+        if name.chars().all(crate::is_shown_as_is) {
+            return true;
+        }
+        self.problem(
+            format!("{section}.{name}"),
+            None,
+            "the name must be printable text, with no control, bidi or invisible character: it goes into every log line and status row about what it names",
+        );
+        false
     }
 
     /// A problem with the value of `key` in the mapping at `parent`.
@@ -276,11 +294,12 @@ impl Checker<'_> {
     }
 
     pub(super) fn warn(&mut self, at: &str, message: impl fmt::Display) {
-        self.warnings.push(if at.is_empty() {
+        let text = if at.is_empty() {
             message.to_string()
         } else {
             format!("{at}: {message}")
-        });
+        };
+        self.warnings.push(crate::shown(&text).into_owned());
     }
 
     pub(super) fn set_at(&self, index: usize) -> String {

@@ -62,6 +62,9 @@ impl Checker<'_> {
         let raw_stores = raw.stores.unwrap_or_default();
         let mut stores = BTreeMap::new();
         for (name, store) in &raw_stores {
+            if !self.printable_name("stores", name) {
+                continue;
+            }
             let default = RawStore::default();
             if let Some(checked) = self.store(name, store.as_ref().unwrap_or(&default)) {
                 stores.insert(name.clone(), checked);
@@ -70,6 +73,9 @@ impl Checker<'_> {
         let ha = raw.ha.as_ref().and_then(|h| self.ha(h, &raw_stores));
         let mut providers = BTreeMap::new();
         for (name, provider) in &raw_providers {
+            if !self.printable_name("providers", name) {
+                continue;
+            }
             let default = RawProvider::default();
             if let Some(checked) =
                 self.provider(name, provider.as_ref().unwrap_or(&default), &state_dir)

@@ -334,8 +334,16 @@ impl ClientAuth {
     }
 }
 
-/// `body` with every occurrence of `needle` replaced by `[client assertion]`.
+/// `body` with every occurrence of `needle` replaced by `[client assertion]`, however the
+/// body writes it: a JSON error may spell the assertion's dots `\u002e`, or any character
+/// in an escape, and the description shown is the decoded text.
 pub(super) fn cut_out(body: Zeroizing<Vec<u8>>, needle: &[u8]) -> Zeroizing<Vec<u8>> {
+    if let (Ok(text), Ok(secret)) = (std::str::from_utf8(&body), std::str::from_utf8(needle)) {
+        let cut = crate::provider::Redactor::new([secret]).redact_as(text, "[client assertion]");
+        // The body may be a token answer: its copy is zeroed on drop too.
+        return Zeroizing::new(cut.into_bytes());
+    }
+    // Not UTF-8: no JSON parser reads it, so only the raw bytes can show.
     if needle.is_empty() || !body.windows(needle.len()).any(|w| w == needle) {
         return body;
     }

@@ -148,7 +148,8 @@ fn discovery_error(body: &[u8]) -> String {
     let e = discovered_as(AuthMethod::ClientSecretBasic, body).unwrap_err();
     let text = e.to_string();
     assert!(!text.chars().any(char::is_control), "{text:?}");
-    // 300 sanitized characters, each at most 10 once Debug-escaped, plus our own words.
+    // 300 sanitized characters, each at most 11 once escaped and Debug-escaped, plus our own
+    // words.
     assert!(text.len() < 4096, "{} bytes", text.len());
     text
 }
@@ -220,7 +221,7 @@ fn discovery_refuses_another_issuer() {
             br#"{"issuer":"https://evil.example\n2025-01-01 INFO forged","token_endpoint":"https://evil.example/t"}"#,
         );
     assert!(
-        text.contains(r#"names issuer "https://evil.example 2025-01-01 INFO forged""#),
+        text.contains(r#"names issuer "https://evil.example\\x0a2025-01-01 INFO forged""#),
         "{text}"
     );
     let long = "x".repeat(100_000);
@@ -546,7 +547,7 @@ async fn rfc6749_errors_are_surfaced_and_classified() {
     let text = e.to_string();
     assert!(
         text.contains(
-            "error=invalid_scope error_description=\"scope \\\"x\\\" unknown FAKE LOG LINE\""
+            r#"error=invalid_scope error_description="scope \"x\" unknown\\x0aFAKE LOG LINE""#
         ),
         "{text}"
     );
