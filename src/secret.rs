@@ -122,6 +122,10 @@ pub enum SecretError {
         path = path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    /// Another user could have chosen the key: the file is theirs, or a directory on its way
+    /// lets them swap it. `why` names which and how.
+    #[error("{path} {why}: another user could choose the key tokenkeeper sends", path = path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
     #[error("{0} is larger than 64 KiB, which no API key is")]
@@ -223,6 +227,12 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
             mode,
         });
     }
+    if check_mode && let Some(why) = untrusted(path, &meta) {
+        return Err(SecretError::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        });
+    }
     let buf = read_capped(file, &meta, MAX_SECRET_FILE_BYTES).map_err(refused)?;
     let text = std::str::from_utf8(&buf).map_err(|_| SecretError::Invalid(path.to_path_buf()))?;
     let text = text.trim_end_matches(['\n', '\r']);
@@ -230,6 +240,22 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
         return Err(SecretError::Invalid(path.to_path_buf()));
     }
     Ok(Secret::new(text))
+}
+
+/// Why another user could have chosen what the opened file at `path` (of `meta`) holds, if
+/// one could: it is owned by someone other than root or the daemon's user, or a directory
+/// above it, as written or as its links lead, lets someone else swap it. A key file is often
+/// a link (to a secrets mount, say), so links are followed, and judged where they lead.
+pub fn untrusted(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
+    use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
+    if let Some(why) = open_to_others(meta, Owners::DaemonOrRoot) {
+        return Some(why);
+    }
+    let real = std::fs::canonicalize(path).ok();
+    std::iter::once(path)
+        .chain(real.as_deref())
+        .find_map(|p| swappable_ancestor(p, Writers::Others))
+        .map(|(dir, why)| format!("is in {}, which {why}", dir.display()))
 }
 
 /// Why [`open_small_file`] or [`read_small_file`] refused a file; each caller words it for
@@ -364,6 +390,37 @@ mod tests {
         // sha256("abc") = ba7816bf...
         assert_eq!(fingerprint("abc"), "ba7816bf");
         assert_eq!(Secret::new("abc").fingerprint(), "ba7816bf");
+    }
+
+    #[test]
+    fn a_key_file_another_user_could_choose_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "k3y\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let src = SecretSource::File(path.clone());
+        assert_eq!(src.load().unwrap().expose(), "k3y");
+        // Theirs, even if only they may read it: they would choose the key (the tests run
+        // as root, who reads it all the same).
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let err = src.load().unwrap_err().to_string();
+        assert!(err.contains("is owned by uid 65534"), "{err}");
+        assert!(err.contains("another user could choose the key"), "{err}");
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        // In a directory others may write, and through a link into one.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = src.load().unwrap_err().to_string();
+        assert!(
+            err.contains("which is writable by others without the sticky bit"),
+            "{err}"
+        );
+        let safe = tempfile::tempdir().unwrap();
+        let link = safe.path().join("key");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = SecretSource::File(link).load().unwrap_err().to_string();
+        assert!(err.contains("which is writable by others"), "{err}");
+        assert!(!err.contains("k3y"), "{err}");
     }
 
     #[test]

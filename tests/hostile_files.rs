@@ -223,3 +223,21 @@ fn a_token_path_in_a_system_directory_is_refused() {
     assert!(o.stderr.contains("/etc"), "{}", o.stderr);
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_never_writes_through_a_link_planted_at_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let demo = d.join("demo");
+    std::fs::create_dir(&demo).unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    std::os::unix::fs::symlink(&victim, demo.join("demo-config.yaml")).unwrap();
+    let mut run = Daemon::spawn(d, &["demo", "--dir", demo.to_str().unwrap()], 0o022, &[]);
+    run.wait_for_log("ready").await;
+    stop_clean(&mut run).await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    let cfg = demo.join("demo-config.yaml");
+    assert!(!cfg.is_symlink(), "the link is still there");
+    assert_eq!(mode(&cfg), 0o600);
+}

@@ -78,14 +78,14 @@ pub(crate) async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
         }
     };
     let cfg_path = dir.join("demo-config.yaml");
-    // Owner-only whatever the umask: a config others may write is refused.
+    // Owner-only whatever the umask (a config others may write is refused), and written as
+    // token files are, by a rename over the path: a symlink planted there is replaced, never
+    // followed to write over what it names.
+    let text = demo_config(&dir, &provider.base_url());
     let written =
-        std::fs::write(&cfg_path, demo_config(&dir, &provider.base_url())).and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600))
-        });
+        tokenkeeper::sink::write_advisory_file(&cfg_path, 0o600, |w| w.write_all(text.as_bytes()));
     if let Err(e) = written {
-        error!(path = %cfg_path.display(), error = %e, "cannot write the demo config");
+        error!(path = %cfg_path.display(), error = %tokenkeeper::error_chain(&e), "cannot write the demo config");
         return EXIT_OSERR;
     }
     let config = match config::load(&cfg_path) {

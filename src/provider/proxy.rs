@@ -28,8 +28,18 @@ pub struct ProxyError {
 /// `builder` with the process's proxy policy: no proxy of reqwest's own choosing, and the
 /// proxy of [`HTTPS_PROXY_VARS`] (if one is set) for https destinations only, except hosts
 /// that `NO_PROXY`/`no_proxy` exclude.
+///
+/// And `localhost` pinned to the loopback addresses: `http://` is allowed only to loopback
+/// hosts, judged on the URL's text, so `localhost` must not connect wherever a resolver
+/// (a container without `/etc/hosts`, a hostile DNS) says it is, keys in clear.
 pub fn with_proxy_policy(builder: ClientBuilder) -> Result<ClientBuilder, ProxyError> {
-    let builder = builder.no_proxy();
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    // Port 0: the URL's port is used, as reqwest documents.
+    let loopback = [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+    ];
+    let builder = builder.no_proxy().resolve_to_addrs("localhost", &loopback);
     match https_proxy(|name| std::env::var(name).ok())? {
         None => Ok(builder),
         Some((var, url)) => {

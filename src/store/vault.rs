@@ -199,12 +199,22 @@ const MAX_CA_FILE_BYTES: u64 = 1 << 20;
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, std::io::Error> {
     use crate::secret::SmallFileError as E;
     let refused = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    match crate::secret::read_small_file(path, MAX_CA_FILE_BYTES) {
-        Ok(mut pem) => Ok(std::mem::take(&mut *pem)),
-        Err(E::Io(e)) => Err(e),
-        Err(E::NotAFile) => Err(refused("not a regular file")),
-        Err(E::TooLarge) => Err(refused("larger than 1 MiB, which no CA bundle is")),
+    let small = |e| match e {
+        E::Io(e) => e,
+        E::NotAFile => refused("not a regular file"),
+        E::TooLarge => refused("larger than 1 MiB, which no CA bundle is"),
+    };
+    let (file, meta) = crate::secret::open_small_file(path, MAX_CA_FILE_BYTES).map_err(small)?;
+    // The CA chooses who is believed to be the store: another user who could write it could
+    // stand in for the store and read the store token and every token written there.
+    if let Some(why) = crate::secret::untrusted(path, &meta) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("it {why}: another user could choose the CA the store is checked against"),
+        ));
     }
+    let mut pem = crate::secret::read_capped(file, &meta, MAX_CA_FILE_BYTES).map_err(small)?;
+    Ok(std::mem::take(&mut *pem))
 }
 
 impl Vault {
