@@ -7,10 +7,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -18,51 +16,10 @@ use nix::sys::signal::Signal;
 /// The uid and gid of `nobody`: a user other than the daemon's (the tests run as root).
 const OTHER: u32 = 65534;
 
-/// `tokenkeeper ARGS` to completion with the test credentials, killed (and the test failed)
-/// if it takes longer than [`PATIENCE`]: a command blocked on a FIFO never returns by itself.
-fn run_bounded(args: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
-        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("TOKENKEEPER_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        // Its own process group, so that a hung run is killed with all it started.
-        .process_group(0);
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "tokenkeeper {args:?} did not finish within {PATIENCE:?}; stderr:\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        code: status.code(),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-    }
-}
-
 /// `check` and `run` on `cfg` both exit 78, and each says `needle`.
 fn both_refuse(cfg: &Path, needle: &str, what: &str) {
     for command in ["check", "run"] {
-        let o = run_bounded(&[command, "-c", cfg.to_str().unwrap()]);
+        let o = run_bounded(&[command, "-c", cfg.to_str().unwrap()], None);
         assert_eq!(o.code, Some(78), "{what}: {command}: {}", o.stderr);
         assert!(
             o.stderr.contains(needle),
@@ -201,7 +158,7 @@ fn a_token_path_in_a_system_directory_is_refused() {
             set("s", "api", Path::new(path), "")
         );
         let cfg = write_config(d, &yaml);
-        let o = run_bounded(&["check", "-c", cfg.to_str().unwrap()]);
+        let o = run_bounded(&["check", "-c", cfg.to_str().unwrap()], None);
         assert_eq!(o.code, Some(78), "{path}: {}", o.stderr);
         assert!(
             o.stderr.contains(path) && o.stderr.contains("system"),
@@ -218,7 +175,7 @@ fn a_token_path_in_a_system_directory_is_refused() {
         set("s", "api", &through, "")
     );
     let cfg = write_config(d, &yaml);
-    let o = run_bounded(&["check", "-c", cfg.to_str().unwrap()]);
+    let o = run_bounded(&["check", "-c", cfg.to_str().unwrap()], None);
     assert_eq!(o.code, Some(78), "through a symlink: {}", o.stderr);
     assert!(o.stderr.contains("/etc"), "{}", o.stderr);
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), before);

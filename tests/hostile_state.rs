@@ -7,10 +7,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -36,69 +34,15 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Run `tokenkeeper ARGS` to completion with the test credentials, killing it (and failing)
-/// if it takes longer than [`PATIENCE`]; its address space is capped at `memory` bytes so a
-/// runaway read fails the test instead of the machine.
-fn run_bounded(args: &[&str], memory: u64) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
-        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("TOKENKEEPER_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap());
-    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: memory,
-                rlim_max: memory,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "tokenkeeper {args:?} did not finish within {PATIENCE:?}; stderr:\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        code: status.code(),
-        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
-    }
-}
-
 /// Enough for the daemon with a large config; far below what an unbounded read reaches.
 const MEMORY_CAP: u64 = 2 << 30;
 
 fn check(cfg: &Path) -> Output {
-    run_bounded(&["check", "-c", cfg.to_str().unwrap()], MEMORY_CAP)
+    run_bounded(&["check", "-c", cfg.to_str().unwrap()], Some(MEMORY_CAP))
 }
 
 fn revoke(cfg: &Path) -> Output {
-    run_bounded(&["revoke", "-c", cfg.to_str().unwrap()], MEMORY_CAP)
+    run_bounded(&["revoke", "-c", cfg.to_str().unwrap()], Some(MEMORY_CAP))
 }
 
 fn start(dir: &Path, cfg: &Path) -> Daemon {

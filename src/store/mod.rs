@@ -6,6 +6,7 @@
 //! file back. The writer only ever applies the latest wish (write this token, hold, remove):
 //! a token replaced or revoked meanwhile is never written afterwards.
 
+mod ca;
 pub mod ha;
 pub mod standby;
 pub mod vault;

@@ -191,32 +191,6 @@ fn secrets_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-/// The largest `ca_file` read: Mozilla's whole root bundle is about 220 KB.
-const MAX_CA_FILE_BYTES: u64 = 1 << 20;
-
-/// `ca_file`'s PEM, with the bounds of every file the config names: a regular file (a FIFO
-/// would hang the start), at most [`MAX_CA_FILE_BYTES`].
-fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, std::io::Error> {
-    use crate::secret::SmallFileError as E;
-    let refused = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
-    let small = |e| match e {
-        E::Io(e) => e,
-        E::NotAFile => refused("not a regular file"),
-        E::TooLarge => refused("larger than 1 MiB, which no CA bundle is"),
-    };
-    let (file, meta) = crate::secret::open_small_file(path, MAX_CA_FILE_BYTES).map_err(small)?;
-    // The CA chooses who is believed to be the store: another user who could write it could
-    // stand in for the store and read the store token and every token written there.
-    if let Some(why) = crate::secret::untrusted(path, &meta) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("it {why}: another user could choose the CA the store is checked against"),
-        ));
-    }
-    let mut pem = crate::secret::read_capped(file, &meta, MAX_CA_FILE_BYTES).map_err(small)?;
-    Ok(std::mem::take(&mut *pem))
-}
-
 impl Vault {
     pub fn new(cfg: &StoreConfig) -> Result<Vault, StoreError> {
         crate::init_tls();
@@ -235,7 +209,7 @@ impl Vault {
                 source,
             })?;
         if let Some(path) = &cfg.ca_file {
-            let pem = read_ca_file(path).map_err(|source| StoreError::CaFile {
+            let pem = super::ca::read_ca_file(path).map_err(|source| StoreError::CaFile {
                 store: cfg.name.clone(),
                 path: path.display().to_string(),
                 source,

@@ -211,6 +211,65 @@ pub fn tokenkeeper(args: &[&str]) -> Output {
     }
 }
 
+/// Run `tokenkeeper ARGS` to completion with the test credentials, killing it (and failing)
+/// if it takes longer than [`PATIENCE`]: a command blocked on a FIFO never returns by itself.
+/// Its address space is capped at `memory` bytes, if given, so that a runaway read fails the
+/// test instead of the machine; it runs in a process group of its own, so that a hung run is
+/// killed with all it started.
+pub fn run_bounded(args: &[&str], memory: Option<u64>) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("TK_TEST_APP_ID", tokenkeeper::devprovider::DEV_APP_ID)
+        .env("TK_TEST_APP_TOKEN", tokenkeeper::devprovider::DEV_APP_TOKEN)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("TOKENKEEPER_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .process_group(0);
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only the child.
+    if let Some(memory) = memory {
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: memory,
+                    rlim_max: memory,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tokenkeeper {args:?} did not finish within {PATIENCE:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
 /// A stand-in for systemd's notification socket: collects what the daemon sends.
 pub struct NotifySocket {
     pub path: PathBuf,
