@@ -32,7 +32,9 @@ fn problems(text: &str) -> Vec<String> {
                     assert!(!problems.is_empty(), "refused without a problem");
                     problems.iter().map(|p| p.to_string()).collect()
                 }
-                ConfigError::Read { .. } => unreachable!("parse reads no file"),
+                ConfigError::Read { .. } | ConfigError::Unsafe { .. } => {
+                    unreachable!("parse reads no file and judges no file's owner")
+                }
             }
         }
     }
