@@ -219,3 +219,60 @@ async fn three_instances_survive_a_sigkill_and_a_sigterm_with_one_issuer_per_set
     assert_eq!(store_tokens(&b).await, vec![None, None]);
     assert_eq!(p.issued_tokens().len(), 2, "at most one issue per set");
 }
+
+/// How long a standby may take to lead once a lease claimed far ahead is in the store: the
+/// lease believed for at most one lease period, then a quarter-lease poll, with a generous
+/// margin for a loaded machine; the hostile lease itself would hold for years.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(4 * 2);
+
+/// A lease written by another client of the store, expiring years from now, holds an instance
+/// off for at most about one lease: it is believed only as far as a lease reaches. A member
+/// record claiming years is no standby to hand over to: the daemon revokes at stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_claimed_far_ahead_is_believed_only_for_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ten_years_ms = 10 * 365 * 24 * 3600 * 1000_u64;
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let (status, v) = b
+        .call(
+            "POST",
+            "secret/data/tokenkeeper/lease",
+            Some(serde_json::json!({ "data": {
+                "holder": "squatter\u{1b}]0;owned\u{7}",
+                "expires_ms": now_ms + ten_years_ms,
+                "lease_ms": 2000,
+            } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // And a standby that says it is here for years: at stop the daemon would hand over to it
+    // and leave its tokens live.
+    let (status, v) = b
+        .call(
+            "POST",
+            "secret/data/tokenkeeper/lease-members/phantom",
+            Some(serde_json::json!({ "data": { "expires_ms": now_ms + ten_years_ms } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut d = start(&instance_config(&p, &b, dir.path(), 0));
+    d.wait_for_log("standing by").await;
+    assert!(
+        wait_until(TAKEOVER_LIMIT, || d.output().contains(LEADING)).await,
+        "still standing by for the squatter:\n{}",
+        d.output()
+    );
+    d.wait_for_log("ready: every set has a valid token").await;
+    assert!(!d.output().contains('\u{1b}'), "{}", d.output());
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(PATIENCE).await.success(), "{}", d.output());
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}

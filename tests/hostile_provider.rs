@@ -514,41 +514,47 @@ async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
     assert!(p.live_tokens().is_empty());
 }
 
+/// One HTTP/1.1 request from `s`, head and body as text; `None` if the peer went away first.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        req.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&req).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if req.len() >= end + 4 + len {
+            return Some(text);
+        }
+    }
+}
+
 /// A KV v2 store on 127.0.0.1 that accepts the token lookup and metadata, holds nothing, and
 /// answers every other request (a token's write) with an error quoting the whole request
 /// (the token header and the body first) and a forged log line. Serves until the test ends.
 async fn echoing_store() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                let text = loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if req.len() >= end + 4 + len {
-                        break text;
-                    }
+                let Some(text) = read_request(&mut s).await else {
+                    return;
                 };
                 let (status, body) = if text.starts_with("GET /v1/auth/token/lookup-self") {
                     (
@@ -637,5 +643,111 @@ async fn an_echoing_store_gets_no_secret_into_the_log_or_the_status() {
         !log.lines().any(|l| l.starts_with("FORGED")),
         "the store forged a log line:\n{log}"
     );
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
+/// How much an endless store sends at most before it ends the body: far more than any answer
+/// may be (256 KiB), and than [`ENDLESS_PEAK`], yet a bound, so that a daemon that reads it
+/// all cannot take the test machine's memory with it.
+const ENDLESS_BYTES: usize = 512 << 20;
+
+/// The daemon's highest resident size allowed while an endless store answers it: a debug
+/// build idles near 20 MiB; reading [`ENDLESS_BYTES`] whole would take them all.
+const ENDLESS_PEAK_KIB: u64 = 96 << 10;
+
+/// A KV v2 store on 127.0.0.1 that accepts the token lookup, then answers every other request
+/// 200 with a chunked body that goes on (up to [`ENDLESS_BYTES`]) until the client hangs up.
+async fn endless_store() -> String {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Some(text) = read_request(&mut s).await else {
+                    return;
+                };
+                if text.starts_with("GET /v1/auth/token/lookup-self") {
+                    let body = r#"{"data":{"ttl":0,"renewable":false}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let data = vec![b' '; 64 << 10];
+                let chunk = [format!("{:x}\r\n", data.len()).as_bytes(), &data, b"\r\n"].concat();
+                let mut sent = 0;
+                while sent < ENDLESS_BYTES {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += data.len();
+                }
+                let _ = s.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+/// The daemon's peak resident size so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A store answering with a body that never ends is cut off at the answer cap: the daemon's
+/// memory stays small, and the set still writes its token file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_answer_without_end_is_cut_off_at_the_cap() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let token_file = dir.path().join("store-token");
+    std::fs::write(&token_file, "hvs.endless").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let top = format!(
+        "stores:\n  endless:\n    kind: vault\n    address: {}\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\n",
+        endless_store().await,
+        token_file.display()
+    );
+    let sets = format!(
+        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: endless, path: tokenkeeper/s }}\n",
+        f.display()
+    );
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), &top, &sets));
+    // The read at start and a write after it have both met the endless body.
+    let refused = || {
+        status_json(&cfg)["stores"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("store endless"))
+    };
+    assert!(
+        wait_until(PATIENCE, || read(&f).is_some() && refused()).await,
+        "{}",
+        d.output()
+    );
+    let peak = peak_rss_kib(d.child.id());
+    eprintln!("PEAK RSS with an endless store: {peak} KiB");
+    assert!(
+        peak < ENDLESS_PEAK_KIB,
+        "the daemon grew to {peak} KiB on an endless store answer:\n{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }

@@ -4,12 +4,14 @@
 #![allow(clippy::disallowed_methods)] // integration tests live in real time
 
 mod common;
+mod fakes;
 
 use std::path::Path;
 use std::time::Duration;
 
 use common::bao::{self, Bao};
 use common::*;
+use fakes::oauth2::OAuth2Fake;
 use nix::sys::signal::Signal;
 
 fn set(name: &str, dir: &Path) -> String {
@@ -337,4 +339,109 @@ async fn a_store_only_set_writes_no_file() {
     assert!(d.wait(PATIENCE).await.success(), "{}", d.output());
     assert!(b.read("tokenkeeper/fleet").await.is_none());
     assert!(p.live_tokens().is_empty());
+}
+
+/// A config for instance `n` of one set, `api`, of an OAuth 2.0 provider at `idp`, writing an
+/// `env` file of its own and the store path `tokenkeeper/api`. Only `state_dir` and the file
+/// differ between instances, as on separate machines.
+fn api_config(
+    idp: &OAuth2Fake,
+    b: &Bao,
+    dir: &Path,
+    n: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let own = dir.join(format!("i{n}"));
+    std::fs::create_dir_all(&own).unwrap();
+    let token = bao::secret_file(dir, "bao-token", bao::ROOT);
+    let stores = bao::stores_yaml(
+        b,
+        &format!("{{ token: {{ file: {} }} }}", token.display()),
+        "",
+    );
+    let file = own.join("api.env");
+    let yaml = format!(
+        "state_dir: {own}/state\nshutdown_timeout: 10s\n{stores}defaults:\n  refresh: {{ at: 50%, jitter: 0%, min_interval: 3s }}\nproviders:\n  idp:\n    kind: oauth2\n    issuer: {issuer}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n    auth_method: client_secret_post\nscope_sets:\n  - name: api\n    provider: idp\n    scopes: [orders]\n    file: {{ path: {file}, format: env }}\n    store: {{ name: bao, path: tokenkeeper/api }}\n",
+        own = own.display(),
+        issuer = idp.issuer(),
+        file = file.display(),
+    );
+    (write_config(&own, &yaml), file)
+}
+
+/// A set's document in the store, rewritten by another client of the store with a token that
+/// is no bearer token (it would add a line to an `env` file) and an expiry past any bound, is
+/// not adopted: the set issues a token of its own, and the file holds only that.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_document_failing_the_answer_checks_is_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    // Without introspection, a document that matches is served until its replacement is in.
+    let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
+    idp.state().introspection = false;
+    let env = [("TK_IDP_SECRET", "pw")];
+    let (first_cfg, _) = api_config(&idp, &b, dir.path(), 0);
+    let mut first = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", first_cfg.to_str().unwrap()],
+        0o022,
+        &env,
+    );
+    assert!(
+        wait_until(PATIENCE, || !idp.live().is_empty()).await,
+        "{}",
+        first.output()
+    );
+    let written = idp.live()[0].clone();
+    assert!(
+        wait_store(&b, "tokenkeeper/api", &written).await,
+        "{}",
+        first.output()
+    );
+    // Killed, so its document stays, with the set's name and config hash.
+    first.signal(Signal::SIGKILL);
+    first.wait(PATIENCE).await;
+    let (_, mut doc) = b.read("tokenkeeper/api").await.unwrap();
+    doc["access_token"] = serde_json::json!("x\nFOO=$(id)");
+    doc["expires_at"] = serde_json::json!("9999-12-31T23:59:59Z");
+    let (status, v) = b
+        .call(
+            "POST",
+            "secret/data/tokenkeeper/api",
+            Some(serde_json::json!({ "data": doc })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // The first issue fails, so the next comes `min_interval` later: a document served meanwhile
+    // would be in the file first.
+    idp.state().refuse_next = Some((503, "temporarily_unavailable", "try again"));
+    let (second_cfg, file) = api_config(&idp, &b, dir.path(), 1);
+    let mut second = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", second_cfg.to_str().unwrap()],
+        0o022,
+        &env,
+    );
+    assert!(
+        wait_until(PATIENCE, || read(&file).is_some()).await,
+        "{}",
+        second.output()
+    );
+    let text = read(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    let token = lines[0].strip_prefix("API_TOKEN=").unwrap_or_default();
+    assert!(
+        token != written && idp.live().iter().any(|t| t == token),
+        "the file holds no fresh token: {text:?}\n{}",
+        second.output()
+    );
+    assert!(lines[1].starts_with("API_TOKEN_EXPIRES_AT="), "{text:?}");
+    second.signal(Signal::SIGTERM);
+    second.wait(PATIENCE).await;
+    assert!(!second.output().contains("FOO="), "{}", second.output());
+    assert!(
+        idp.state().violations.is_empty(),
+        "{:?}",
+        idp.state().violations
+    );
 }

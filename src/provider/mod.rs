@@ -3,6 +3,7 @@
 //! A provider turns config into HTTP requests and answers into [`Issued`] tokens or
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
+mod body;
 pub mod oauth2;
 mod proxy;
 mod redact;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
+pub(crate) use body::{BodyError, read_body, read_capped};
 pub use proxy::{HTTPS_PROXY_VARS, ProxyError, with_proxy_policy};
 pub(crate) use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
@@ -479,36 +481,6 @@ fn client_builder() -> Result<reqwest::ClientBuilder, ProviderError> {
         // within its provider's budget, where the retry shows in the logs and the metrics.
         .retry(reqwest::retry::never().max_retries_per_request(0));
     with_proxy_policy(builder).map_err(ProviderError::Proxy)
-}
-
-/// Read at most [`MAX_BODY_BYTES`] of a response body. The buffer is zeroed on drop: it may
-/// hold a token.
-pub(crate) async fn read_body(
-    operation: &'static str,
-    mut resp: reqwest::Response,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, ProviderError> {
-    let too_large = || ProviderError::Malformed {
-        operation,
-        what: format!("body larger than {MAX_BODY_BYTES} bytes"),
-    };
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|source| ProviderError::Transport { operation, source })?
-    {
-        if buf.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 /// The `Retry-After` header as text, apart from its parsing so that the pure answer parsers

@@ -29,7 +29,22 @@ pub struct Lease {
     members: String,
     pub id: String,
     pub lease: Duration,
+    /// What this instance believes of a lease record claimed further ahead than a lease.
+    doubted: std::sync::Mutex<Doubted>,
     _keeper: tokio::task::JoinHandle<()>,
+}
+
+/// A lease record that claimed to last longer than a lease, as this instance believes it:
+/// anyone who may write `ha.path` can write any `expires_ms`, and believing years would keep
+/// every instance standing by for years.
+#[derive(Default)]
+struct Doubted {
+    /// The record's version and the time it is believed to end: one lease after it was first
+    /// read. A holder that renews writes a new version, so a live leader keeps the lease.
+    until: Option<(u64, u64)>,
+    /// The last holder warned about, so a holder renewing with a clock ahead of ours is
+    /// reported once, not at every renewal.
+    warned: Option<String>,
 }
 
 impl Drop for Lease {
@@ -37,6 +52,10 @@ impl Drop for Lease {
         self._keeper.abort();
     }
 }
+
+/// How many leases ahead a member record may claim and be believed: a heartbeat says one
+/// lease; the second allows for clocks a little apart, far short of a stranger's "forever".
+const MEMBER_BELIEF_LEASES: u64 = 2;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -70,6 +89,7 @@ impl Lease {
             members: format!("{}-members", ha.path),
             id: ha.instance.clone().unwrap_or_else(default_id),
             lease: ha.lease,
+            doubted: std::sync::Mutex::default(),
             _keeper: keeper,
         }))
     }
@@ -86,11 +106,38 @@ impl Lease {
                     .unwrap_or(0);
                 let holder = (!name.is_empty()).then(|| Holder {
                     name: name.to_string(),
-                    expires_ms,
+                    expires_ms: self.believed(doc.version, name, expires_ms, now_ms()),
                 });
                 Ok((doc.version, holder))
             }
             _ => Ok((self.vault.current_version(&self.path).await?, None)),
+        }
+    }
+
+    /// When lease record `version`, held by `holder` until `expires_ms`, is taken to end: as it
+    /// says, unless that lies more than a lease after `now`; then one lease after the first
+    /// time this version was read. Clocks in step (see the module) never claim more than that.
+    fn believed(&self, version: u64, holder: &str, expires_ms: u64, now: u64) -> u64 {
+        let bound = now.saturating_add(ms(self.lease));
+        if expires_ms <= bound {
+            return expires_ms;
+        }
+        let mut doubted = self
+            .doubted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if doubted.warned.as_deref() != Some(holder) {
+            warn!(holder = %crate::shown(holder), lease_ms = ms(self.lease),
+                ahead_ms = expires_ms - now,
+                "the lease record claims to last longer than a lease; believing it for one lease");
+            doubted.warned = Some(holder.to_string());
+        }
+        match doubted.until {
+            Some((v, until)) if v == version => until.min(expires_ms),
+            _ => {
+                doubted.until = Some((version, bound));
+                bound
+            }
         }
     }
 
@@ -151,9 +198,13 @@ impl Lease {
         }
     }
 
-    /// Whether another instance heartbeated recently (a standby that can take over).
+    /// Whether another instance heartbeated recently (a standby that can take over). A member
+    /// record is believed live until its `expires_ms`, but not one claiming more than
+    /// [`MEMBER_BELIEF_LEASES`] leases ahead: a stranger's record would otherwise turn every
+    /// stop into a handover to no one, leaving the tokens live.
     pub async fn live_standby(&self) -> Result<Option<String>, StoreError> {
         let now = now_ms();
+        let bound = now.saturating_add(ms(self.lease).saturating_mul(MEMBER_BELIEF_LEASES));
         for key in self.vault.list(&self.members).await? {
             if key == self.id || key.ends_with('/') {
                 continue;
@@ -161,14 +212,13 @@ impl Lease {
             let path = format!("{}/{key}", self.members);
             if let Some(doc) = self.vault.read(&path).await?
                 && !doc.deleted
-                && doc
-                    .data
-                    .get("expires_ms")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-                    > now
+                && let Some(expires_ms) = doc.data.get("expires_ms").and_then(Value::as_u64)
+                && expires_ms > now
             {
-                return Ok(Some(key));
+                if expires_ms <= bound {
+                    return Ok(Some(key));
+                }
+                warn!(member = %crate::shown(&key), "a member record claims to last longer than a heartbeat reaches; not counting it as a standby");
             }
         }
         Ok(None)

@@ -108,11 +108,14 @@ impl Stores {
                 continue;
             };
             match v.read(&s.path).await {
-                Ok(Some(doc)) if !doc.deleted => {
-                    if let Some(e) = entry_from_doc(set, &doc.data) {
-                        out.push(e);
-                    }
-                }
+                Ok(Some(doc)) if !doc.deleted => match entry_from_doc(set, &doc.data) {
+                    Ok(Some(e)) => out.push(e),
+                    Ok(None) => {}
+                    // The fingerprint and the field only: the values are a stranger's text.
+                    Err(Unfit { fingerprint, why }) => warn!(set = %set.name,
+                        %fingerprint, why,
+                        "the set's token document in the store fails the checks a provider's answer passes; not adopting it, issuing a new token"),
+                },
                 Ok(_) => {}
                 Err(e) => warn!(set = %set.name, error = %chain(&e),
                     "could not read the set's token from the store; issuing a new one"),
@@ -139,32 +142,88 @@ fn document(set: &str, config_hash: &str, token: &Secret, meta: &IssuedMeta) -> 
     })
 }
 
-/// A store document read back as a journal entry; `None` if it is not one of ours.
-fn entry_from_doc(set: &SetConfig, data: &Value) -> Option<Entry> {
+/// Longest `token_type` adopted: the types in use (`Bearer`, `DPoP`, `N_A`) are a few letters.
+const MAX_TOKEN_TYPE_LEN: usize = 64;
+
+/// Longest `scope` adopted. What the daemon writes there is a provider's scope, escaped and
+/// capped at 300 characters (under 4 KiB once escaped), or the configured scopes; 16 KiB holds
+/// either with room, and keeps a stranger's document from making every token file huge.
+const MAX_SCOPE_BYTES: usize = 16 * 1024;
+
+/// Why a set's document was not adopted: which check it failed, never its values.
+#[derive(Debug, PartialEq, Eq)]
+struct Unfit {
+    /// Of its `access_token`: a hash, whatever the token holds.
+    fingerprint: String,
+    why: &'static str,
+}
+
+/// A store document read back as a journal entry; `Ok(None)` if it is not one of ours.
+///
+/// Anyone allowed to write the path can write it, and an adopted token goes into the set's
+/// file and to its consumers: it is held to the checks a provider's answer passes (a
+/// `b64token`, a one-word `token_type`, a `scope` that is plain text, an expiry after it was
+/// written and within [`crate::config::MAX_DURATION`]), or not adopted at all.
+fn entry_from_doc(set: &SetConfig, data: &Value) -> Result<Option<Entry>, Unfit> {
     let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
     let time = |k: &str| text(k).and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
     if text("set").as_deref() != Some(set.name.as_str()) {
-        return None;
+        return Ok(None);
     }
-    let token = Secret::new(text("access_token")?);
-    let expires_at = time("expires_at")?;
-    let written_at = time("written_at")?;
-    let lifetime = expires_at
-        .duration_since(written_at)
-        .unwrap_or(Duration::ZERO);
-    Some(Entry {
+    let Some(token) = text("access_token") else {
+        return Ok(None);
+    };
+    let token = Secret::new(token);
+    let unfit = |why| Unfit {
+        fingerprint: token.fingerprint(),
+        why,
+    };
+    if !crate::provider::is_b64token(token.expose()) {
+        return Err(unfit(
+            "access_token is not a bearer token (RFC 6750 b64token)",
+        ));
+    }
+    let token_type = text("token_type").unwrap_or_else(|| "Bearer".into());
+    if token_type.is_empty()
+        || token_type.len() > MAX_TOKEN_TYPE_LEN
+        || !token_type.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(unfit("token_type is not one printable ASCII word"));
+    }
+    let scope = text("scope").unwrap_or_default();
+    if scope.len() > MAX_SCOPE_BYTES || !scope.chars().all(crate::is_shown_as_is) {
+        return Err(unfit(
+            "scope is too long or has a control, bidi or invisible character",
+        ));
+    }
+    let (Some(expires_at), Some(written_at)) = (time("expires_at"), time("written_at")) else {
+        return Err(unfit("expires_at or written_at is not an RFC 3339 time"));
+    };
+    let Ok(lifetime) = expires_at.duration_since(written_at) else {
+        return Err(unfit("expires_at is not after written_at"));
+    };
+    if lifetime.is_zero()
+        || expires_at
+            .duration_since(SystemTime::now())
+            .is_ok_and(|ahead| ahead > crate::config::MAX_DURATION)
+    {
+        return Err(unfit(
+            "expires_at is not after written_at, or is too far ahead",
+        ));
+    }
+    Ok(Some(Entry {
         set: set.name.clone(),
         provider: set.provider.clone(),
         fingerprint: token.fingerprint(),
         token,
-        token_type: text("token_type").unwrap_or_else(|| "Bearer".into()),
-        scope: text("scope").unwrap_or_default(),
+        token_type,
+        scope,
         issued_at: written_at,
         expires_at,
         refresh_at: written_at + lifetime.mul_f64(set.refresh.at),
         config_hash: text("config_hash").unwrap_or_default(),
         file: set.file.as_ref().map(|f| f.path.clone()),
-    })
+    }))
 }
 
 /// Where a set's store writer reports for `tokenkeeper status`.
@@ -431,5 +490,70 @@ impl TokenSink for SetSink {
             .flatten()
             .collect::<Vec<_>>()
             .join("|")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> SetConfig {
+        let text = "providers:\n  p: { kind: voucherify, app_id: a, app_token: b }\nscope_sets:\n  - { name: s, provider: p, scopes: [api], file: { path: /t/s } }\n";
+        crate::config::parse(text, std::path::Path::new("t"))
+            .unwrap()
+            .config
+            .sets
+            .remove(0)
+    }
+
+    /// A document as the daemon writes it, for a token that lives an hour from now.
+    fn doc() -> Value {
+        let meta = IssuedMeta {
+            token_type: "Bearer".into(),
+            scope: "api".into(),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+        };
+        document("s", "h", &Secret::new("tok.en-1~+/="), &meta)
+    }
+
+    #[test]
+    fn a_document_is_adopted_only_if_it_passes_a_providers_answer_checks() {
+        let set = set();
+        let e = entry_from_doc(&set, &doc()).unwrap().unwrap();
+        assert_eq!(e.token.expose(), "tok.en-1~+/=");
+        assert_eq!((e.token_type.as_str(), e.scope.as_str()), ("Bearer", "api"));
+        let mut other = doc();
+        other["set"] = json!("t");
+        assert_eq!(entry_from_doc(&set, &other), Ok(None));
+        let far = humantime::format_rfc3339_seconds(
+            SystemTime::now() + crate::config::MAX_DURATION + Duration::from_secs(86400),
+        )
+        .to_string();
+        for (field, value) in [
+            ("access_token", json!("x\nFOO=$(id)")),
+            ("access_token", json!("a b")),
+            (
+                "access_token",
+                json!("a".repeat(crate::provider::MAX_TOKEN_LEN + 1)),
+            ),
+            ("token_type", json!("Bearer\nX")),
+            ("token_type", json!("")),
+            ("token_type", json!("B".repeat(MAX_TOKEN_TYPE_LEN + 1))),
+            ("scope", json!("api\u{1b}[2J")),
+            ("scope", json!("api\u{202e}")),
+            ("scope", json!("a".repeat(MAX_SCOPE_BYTES + 1))),
+            ("expires_at", json!(far)),
+            ("expires_at", json!("2000-01-01T00:00:00Z")),
+            ("expires_at", json!("soon")),
+            ("written_at", json!("9999-01-01T00:00:00Z")),
+        ] {
+            let mut d = doc();
+            d[field] = value.clone();
+            let refused = entry_from_doc(&set, &d);
+            assert!(refused.is_err(), "{field} = {value} was adopted");
+            // The reason names the check, never the value.
+            let why = format!("{refused:?}");
+            assert!(!why.contains("FOO") && !why.contains("\\u{1b}"), "{why}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::config::{StoreAuth, StoreConfig};
-use crate::provider::{HeldTokens, Redactor};
+use crate::provider::{BodyError, HeldTokens, Redactor};
 use crate::schedule::RetryClass;
 use crate::secret::{Secret, SecretError};
 
@@ -285,14 +285,19 @@ impl Vault {
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
-        if bytes.len() > MAX_ANSWER_BYTES {
-            return Err(StoreError::Malformed {
-                store: self.name.clone(),
-                op,
-                what: format!("body larger than {MAX_ANSWER_BYTES} bytes"),
-            });
-        }
+        // Read with the cap, not whole then measured: a store sending without end must not
+        // fill memory before the cap is looked at.
+        let bytes = match crate::provider::read_capped(resp, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::Transport(source)) => return Err(transport(source)),
+            Err(BodyError::TooLarge) => {
+                return Err(StoreError::Malformed {
+                    store: self.name.clone(),
+                    op,
+                    what: format!("body larger than {MAX_ANSWER_BYTES} bytes"),
+                });
+            }
+        };
         let json: Value = if bytes.is_empty() {
             Value::Null
         } else {
