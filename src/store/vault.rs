@@ -683,6 +683,22 @@ impl Vault {
 /// How often an idle login looks whether it is due, and the pause after a failed renewal.
 const LOGIN_RECHECK: Duration = Duration::from_secs(5);
 
+/// The longest token lifetime a store's answer is believed for: the bound of every duration in
+/// the config. A larger one, from a broken or hostile store, would overflow the clock.
+const MAX_TTL: Duration = crate::config::MAX_DURATION;
+
 fn renew_at(ttl_secs: u64) -> Option<Instant> {
-    (ttl_secs > 0).then(|| Instant::now() + Duration::from_secs(ttl_secs).mul_f64(RENEW_AT))
+    let ttl = Duration::from_secs(ttl_secs).min(MAX_TTL);
+    (ttl_secs > 0).then(|| Instant::now() + ttl.mul_f64(RENEW_AT))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_lifetime_past_the_clock_s_reach_is_bounded_not_a_panic() {
+        // A store answering `lease_duration: 18446744073709551615` panicked the daemon at
+        // start (an Instant overflow).
+        assert!(super::renew_at(u64::MAX).is_some());
+        assert!(super::renew_at(0).is_none());
+    }
 }
