@@ -751,4 +751,59 @@ mod tests {
         );
         assert_eq!(held.redact("error: no token here"), "error: no token here");
     }
+
+    #[test]
+    fn any_mix_of_escape_pieces_is_redacted_without_a_panic() {
+        // Pieces of every escape the decoder reads, cut at every point, beside multi-byte
+        // characters and the secret's own pieces: what a fuzzer would try against the index
+        // arithmetic that maps decoded text back onto the original.
+        const PIECES: &[&str] = &[
+            "\\u",
+            "\\u{",
+            "}",
+            "00",
+            "2e",
+            "2E",
+            "d83d",
+            "\\ude00",
+            "%",
+            "%2",
+            "%2e",
+            "%e2%80",
+            "\\",
+            "\\x",
+            "1b",
+            "&#",
+            "&#x",
+            ";",
+            "46",
+            "é",
+            "…",
+            "€",
+            "\u{10348}",
+            "a",
+            "b.c",
+            "s3cr",
+            "et",
+            ".",
+            "\\/",
+            "\\\"",
+            "\"",
+            "{",
+            "\n",
+        ];
+        let secret = "s3cr.et";
+        let redactor = Redactor::new([secret]);
+        let held = HeldTokens::default();
+        let token = Secret::new("tok.en");
+        held.hold(&token, Instant::now() + std::time::Duration::from_secs(60));
+        let mut rng = fastrand::Rng::with_seed(26);
+        for _ in 0..20_000 {
+            let n = rng.usize(1..12);
+            let text: String = (0..n).map(|_| PIECES[rng.usize(..PIECES.len())]).collect();
+            let out = redactor.redact(&text);
+            let _ = held.redact(&out);
+            let _ = held.redact(&text);
+        }
+    }
 }
