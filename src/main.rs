@@ -249,7 +249,18 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
 const BLOCKING_THREADS_AT_EXIT: Duration = Duration::from_secs(1);
 
 fn with_runtime<F: std::future::Future<Output = u8> + Send + 'static>(f: impl FnOnce() -> F) -> u8 {
-    match tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match cli::worker_threads() {
+        Ok(Some(n)) => {
+            builder.worker_threads(n);
+        }
+        Ok(None) => {}
+        Err(why) => {
+            say_err!("tokenkeeper: {why}");
+            return cli::EXIT_CONFIG;
+        }
+    }
+    match builder
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)

@@ -302,3 +302,27 @@ async fn an_https_proxy_is_used_only_through_a_tunnel() {
     }
     assert!(idp.live().is_empty(), "a token outlived the daemon");
 }
+
+#[test]
+fn a_malformed_runtime_variable_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "scope_sets: []\n");
+    for value in ["abc", "0", "-1", "\u{1b}[2J"] {
+        let o = std::process::Command::new(BIN)
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .env("TOKIO_WORKER_THREADS", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Tokio panicked (exit 101) on each before.
+        assert_eq!(o.status.code(), Some(78), "{value:?}: {err}");
+        assert!(err.contains("TOKIO_WORKER_THREADS is set to"), "{err}");
+        assert!(!err.contains("panicked") && !err.contains('\u{1b}'), "{err}");
+    }
+    let o = std::process::Command::new(BIN)
+        .args(["check", "-c", cfg.to_str().unwrap()])
+        .env("TOKIO_WORKER_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("TOKIO_WORKER_THREADS"));
+}

@@ -30,6 +30,23 @@ pub(crate) const EXIT_OK: u8 = 0;
 /// Some tokens could not be revoked, or some sets failed.
 pub(crate) const EXIT_FAILED: u8 = 1;
 pub(crate) const EXIT_CONFIG: u8 = 78;
+/// The runtime's worker threads as `TOKIO_WORKER_THREADS` asks, if it is set. Tokio reads the
+/// variable itself and panics on a value that is not a positive number; read here first, such
+/// a value is an error that says so, not a panic.
+pub(crate) fn worker_threads() -> Result<Option<usize>, String> {
+    const VAR: &str = "TOKIO_WORKER_THREADS";
+    match std::env::var_os(VAR) {
+        None => Ok(None),
+        Some(value) => match value.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!(
+                "{VAR} is set to {}, which is not a positive number of threads; unset it or give one",
+                tokenkeeper::shown(&value.to_string_lossy())
+            )),
+        },
+    }
+}
+
 /// `EX_DATAERR`: the state journal cannot be read, so which tokens are live is unknown.
 pub(crate) const EXIT_DATAERR: u8 = 65;
 /// `EX_CANTCREAT`: the state directory or journal cannot be created or written.
