@@ -317,7 +317,10 @@ fn a_malformed_runtime_variable_is_an_error_not_a_panic() {
         // Tokio panicked (exit 101) on each before.
         assert_eq!(o.status.code(), Some(78), "{value:?}: {err}");
         assert!(err.contains("TOKIO_WORKER_THREADS is set to"), "{err}");
-        assert!(!err.contains("panicked") && !err.contains('\u{1b}'), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains('\u{1b}'),
+            "{err}"
+        );
     }
     let o = std::process::Command::new(BIN)
         .args(["check", "-c", cfg.to_str().unwrap()])

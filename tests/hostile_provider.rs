@@ -592,27 +592,45 @@ async fn echoing_store() -> String {
 
 /// A secrets store that quotes each request in its errors gets neither its own token nor the
 /// access token written into the log or the status, and cannot forge a log line.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_echoing_store_gets_no_secret_into_the_log_or_the_status() {
-    let p = provider(Duration::from_secs(900)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("t.token");
-    let store_token = format!("hvs.{}", fastrand::u64(..));
-    let token_file = dir.path().join("store-token");
-    std::fs::write(&token_file, &store_token).unwrap();
+/// The top-level `stores:` lines for a store `name` at `address`, logged into with
+/// `store_token` from an owner-only file in `dir`, and one set `s` writing `file` and the store.
+fn store_set(
+    dir: &Path,
+    name: &str,
+    address: &str,
+    store_token: &str,
+    file: &Path,
+) -> (String, String) {
+    let token_file = dir.join("store-token");
+    std::fs::write(&token_file, store_token).unwrap();
     std::fs::set_permissions(
         &token_file,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
     let top = format!(
-        "stores:\n  hostile:\n    kind: vault\n    address: {}\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\n",
-        echoing_store().await,
+        "stores:\n  {name}:\n    kind: vault\n    address: {address}\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\n",
         token_file.display()
     );
     let sets = format!(
-        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: hostile, path: tokenkeeper/s }}\n",
-        f.display()
+        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: {name}, path: tokenkeeper/s }}\n",
+        file.display()
+    );
+    (top, sets)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_store_gets_no_secret_into_the_log_or_the_status() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let store_token = format!("hvs.{}", fastrand::u64(..));
+    let (top, sets) = store_set(
+        dir.path(),
+        "hostile",
+        &echoing_store().await,
+        &store_token,
+        &f,
     );
     let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), &top, &sets));
     // The store's error as the status shows it, once a write has been refused.
@@ -696,16 +714,6 @@ async fn endless_store() -> String {
     addr
 }
 
-/// The daemon's peak resident size so far, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A store answering with a body that never ends is cut off at the answer cap: the daemon's
 /// memory stays small, and the set still writes its token file.
 #[tokio::test(flavor = "multi_thread")]
@@ -713,21 +721,12 @@ async fn a_store_answer_without_end_is_cut_off_at_the_cap() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
-    let token_file = dir.path().join("store-token");
-    std::fs::write(&token_file, "hvs.endless").unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let top = format!(
-        "stores:\n  endless:\n    kind: vault\n    address: {}\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\n",
-        endless_store().await,
-        token_file.display()
-    );
-    let sets = format!(
-        "  - name: s\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: endless, path: tokenkeeper/s }}\n",
-        f.display()
+    let (top, sets) = store_set(
+        dir.path(),
+        "endless",
+        &endless_store().await,
+        "hvs.endless",
+        &f,
     );
     let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), &top, &sets));
     // The read at start and a write after it have both met the endless body.

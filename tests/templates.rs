@@ -433,27 +433,17 @@ async fn template_sources_an_outsider_could_control_are_refused() {
 }
 
 /// The largest resident set any child of this test process reached, in KiB.
-fn children_peak_kib() -> i64 {
+fn children_peak_kib() -> u64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     assert_eq!(
         unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
         0
     );
-    usage.ru_maxrss
-}
-
-/// A process's peak resident set (VmHWM), in KiB.
-fn peak_kib(pid: u32) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    u64::try_from(usage.ru_maxrss).unwrap()
 }
 
 /// What no template may make the daemon or `check` hold: a few times a template's bound.
-const MEMORY_CEILING_KIB: i64 = 200 * 1024;
+const MEMORY_CEILING_KIB: u64 = 200 * 1024;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_template_cannot_exhaust_memory_at_check_or_reload() {
@@ -507,7 +497,7 @@ async fn a_template_cannot_exhaust_memory_at_check_or_reload() {
         std::fs::write(&t, text).unwrap();
         refused_reload(&run).await;
     }
-    let peak = peak_kib(run.child.id());
+    let peak = peak_rss_kib(run.child.id());
     assert!(peak < MEMORY_CEILING_KIB, "the daemon peaked at {peak} KiB");
     let out = run.output();
     for (_, want) in &hostile {

@@ -270,6 +270,16 @@ pub fn run_bounded(args: &[&str], memory: Option<u64>) -> Output {
     }
 }
 
+/// A process's peak resident set so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// A stand-in for systemd's notification socket: collects what the daemon sends.
 pub struct NotifySocket {
     pub path: PathBuf,
