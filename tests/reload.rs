@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
+use tokenkeeper::devprovider::DevProvider;
 
 /// Short grace so superseded tokens are revoked within the test.
 const TOP: &str = "defaults:\n  revoke_superseded_after: 200ms";
@@ -215,4 +216,206 @@ async fn removing_the_set_that_held_readiness_back_makes_the_daemon_ready() {
     d.wait_for_log("ready: every set has a valid token").await;
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
+}
+
+/// How many sets move to another provider in the tests below: enough that revoking them one
+/// after the other takes far longer than revoking them together.
+const MOVING_SETS: usize = 20;
+
+/// A config with two providers, `a` and `b` (each a dev provider), and [`MOVING_SETS`] sets
+/// on `on`, their files in `dir`.
+fn two_providers(
+    a: &DevProvider,
+    b: &DevProvider,
+    dir: &std::path::Path,
+    top: &str,
+    on: &str,
+) -> String {
+    let provider = |name: &str, p: &DevProvider| {
+        format!(
+            "  {name}:\n    kind: voucherify\n    base_url: {}\n    app_id: {{ env: TK_TEST_APP_ID }}\n    app_token: {{ env: TK_TEST_APP_TOKEN }}\n    issue_rate: 10000/s\n    issue_burst: 10000\n",
+            p.base_url()
+        )
+    };
+    let sets: String = (0..MOVING_SETS)
+        .map(|i| {
+            format!(
+                "  - name: s{i}\n    provider: {on}\n    scopes: [api]\n    file: {{ path: {} }}\n",
+                dir.join(format!("s{i}.token")).display()
+            )
+        })
+        .collect();
+    format!(
+        "state_dir: {}/state\n{top}\nproviders:\n{}{}scope_sets:\n{sets}",
+        dir.display(),
+        provider("a", a),
+        provider("b", b)
+    )
+}
+
+/// Start the daemon on `yaml` (sets on `a`) and wait until every set has its file.
+async fn start_on_a(dir: &std::path::Path, cfg_path: &std::path::Path, yaml: &str) -> Daemon {
+    std::fs::write(cfg_path, yaml).unwrap();
+    let d = Daemon::spawn(dir, &["run", "-c", cfg_path.to_str().unwrap()], 0o022, &[]);
+    let files: Vec<_> = (0..MOVING_SETS)
+        .map(|i| dir.join(format!("s{i}.token")))
+        .collect();
+    assert!(
+        wait_until(PATIENCE, || files.iter().all(|f| f.exists())).await,
+        "{}",
+        d.output()
+    );
+    d
+}
+
+/// A stop that comes while a reload waits for the sets moving to another provider to revoke
+/// their tokens (a slow provider) is not queued behind it: it keeps its own `shutdown_timeout`,
+/// counted from the signal, and what it could not revoke stays in the journal for `revoke`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_a_reload_keeps_its_own_deadline() {
+    let (a, b) = (
+        provider(Duration::from_secs(900)).await,
+        provider(Duration::from_secs(900)).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d_ = dir.path();
+    let cfg_path = d_.join("config.yaml");
+    let top = "shutdown_timeout: 4s";
+    let mut d = start_on_a(d_, &cfg_path, &two_providers(&a, &b, d_, top, "a")).await;
+    let minted = a.issued_tokens();
+    assert_eq!(minted.len(), MOVING_SETS);
+
+    // Both slow: queued behind the reload, the stop would also wait for the new sets, which
+    // would revoke on `b` what they had just been issued.
+    a.set_revoke_delay(Duration::from_secs(8));
+    b.set_revoke_delay(Duration::from_secs(8));
+    std::fs::write(&cfg_path, two_providers(&a, &b, d_, top, "b")).unwrap();
+    d.signal(Signal::SIGHUP);
+    // Let the reload get to the revocations (a config this small loads in milliseconds); the
+    // stop below must not wait for them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.signal(Signal::SIGTERM);
+    let stopped = std::time::Instant::now();
+    let status = d.wait(PATIENCE).await;
+    let took = stopped.elapsed();
+    // `shutdown_timeout` (4 s) from the signal, and a margin for a loaded machine; queued
+    // behind the reload, the stop took 7 s and more.
+    assert!(
+        took < Duration::from_secs(6),
+        "the stop took {took:?}:\n{}",
+        d.output()
+    );
+    assert!(status.code().is_some(), "{status:?}\n{}", d.output());
+
+    // Nothing lost: every token still live at either provider is in the journal.
+    let journaled: Vec<String> = tokenkeeper::journal::load(&d_.join("state"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.token.expose().to_string())
+        .collect();
+    let live: Vec<String> = a.live_tokens().into_iter().chain(b.live_tokens()).collect();
+    assert!(!live.is_empty(), "an 8 s revoke cannot have finished");
+    for t in &live {
+        assert!(
+            journaled.contains(t),
+            "a live token left the journal\n{}",
+            d.output()
+        );
+    }
+    // And `tokenkeeper revoke` revokes them.
+    a.set_revoke_delay(Duration::ZERO);
+    b.set_revoke_delay(Duration::ZERO);
+    let out = run_bounded(&["revoke", "-c", cfg_path.to_str().unwrap()], None);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(a.live_tokens().is_empty(), "{}{}", out.stdout, out.stderr);
+    assert!(b.live_tokens().is_empty(), "{}", d.output());
+    assert!(a.violations().is_empty(), "{:?}", a.violations());
+    assert!(b.violations().is_empty(), "{:?}", b.violations());
+}
+
+/// The sets a reload moves to another provider revoke their old tokens all at once (within the
+/// provider's `max_concurrent_requests`), not one after another, each waiting for the last.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_revokes_the_sets_it_moves_concurrently() {
+    let (a, b) = (
+        provider(Duration::from_secs(900)).await,
+        provider(Duration::from_secs(900)).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d_ = dir.path();
+    let cfg_path = d_.join("config.yaml");
+    let mut d = start_on_a(d_, &cfg_path, &two_providers(&a, &b, d_, "", "a")).await;
+    let minted = a.issued_tokens();
+
+    a.set_revoke_delay(Duration::from_secs(1));
+    std::fs::write(&cfg_path, two_providers(&a, &b, d_, "", "b")).unwrap();
+    d.signal(Signal::SIGHUP);
+    let hup = std::time::Instant::now();
+    d.wait_for_log("reloaded the configuration").await;
+    let took = hup.elapsed();
+    // One after another, 20 revocations of 1 s each took 20 s; together, about 2 s (16 at a
+    // time by default). Far from both, so a loaded machine does not make it flake.
+    assert!(
+        took < Duration::from_secs(10),
+        "the reload took {took:?}:\n{}",
+        d.output()
+    );
+    for t in &minted {
+        assert!(!a.is_live(t), "{}", d.output());
+    }
+    let files: Vec<_> = (0..MOVING_SETS)
+        .map(|i| d_.join(format!("s{i}.token")))
+        .collect();
+    assert!(
+        wait_until(PATIENCE, || files
+            .iter()
+            .all(|f| read(f).is_some_and(|t| b.is_live(&t))))
+        .await,
+        "{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(a.live_tokens().is_empty() && b.live_tokens().is_empty());
+}
+
+/// A stop that cuts short a reload still waiting for a set to hand its tokens over (it waits
+/// for its token request under way) revokes them all the same: the successor is started with
+/// what it is handed, and stopped with the others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_a_handover_still_revokes_what_is_handed_over() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d_ = dir.path();
+    let (before, after) = (d_.join("before.token"), d_.join("after.token"));
+    let cfg_path = d_.join("config.yaml");
+    let top = "shutdown_timeout: 10s";
+    std::fs::write(
+        &cfg_path,
+        config(&p, d_, top, &set("s", "api", &before, "")),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn(d_, &["run", "-c", cfg_path.to_str().unwrap()], 0o022, &[]);
+    assert!(
+        wait_until(PATIENCE, || before.exists()).await,
+        "{}",
+        d.output()
+    );
+    // A rotation whose answer takes 3 s: the token is minted at once, and the set, told to
+    // hand over, waits for the answer first.
+    p.set_issue_delay(Duration::from_secs(3));
+    d.signal(Signal::SIGUSR1);
+    assert!(wait_until(PATIENCE, || p.issued_tokens().len() == 2).await);
+    std::fs::write(&cfg_path, config(&p, d_, top, &set("s", "api", &after, ""))).unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("applying the new configuration").await;
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
+    assert!(
+        d.output().contains("the reload is cut short"),
+        "{}",
+        d.output()
+    );
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert!(!before.exists() && !after.exists(), "{}", d.output());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
 }

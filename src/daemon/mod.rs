@@ -35,8 +35,8 @@ pub use adopt::REMOVED_SETS;
 use adopt::{adopt, revoke_leftovers};
 pub use held::Held;
 use live::{Live, Shared, budgets_for};
+use reload::{Applied, Loading, finish_handovers, load_or_stop, reload};
 pub use reload::{BuildProvider, LoadConfig, Reloader};
-use reload::{Loading, load_or_stop, reload};
 use rescue::{recover_crashed, rescuable};
 use revoke::STOP_RETRY_BASE;
 pub use revoke::{Revoked, revoke_journaled};
@@ -265,6 +265,8 @@ pub async fn run<P: TokenProvider + 'static>(
     // instead of scanning every set each time, which at 10,000 sets made start-up quadratic.
     let mut seen_fresh = 0usize;
     let mut handover = false;
+    // What a reload cut short by the stop still waited for.
+    let mut cut_short = None;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -275,15 +277,28 @@ pub async fn run<P: TokenProvider + 'static>(
                 Some(Control::Reload) => match &reloader {
                     Some(r) => {
                         let _reloading = crate::systemd::reloading();
-                        let new = match load_or_stop(&r.load, &mut control, &shared.rotate).await {
-                            Loading::Done(new) => new,
-                            Loading::Stopped(c) => {
-                                warn!("stop requested while the new configuration was being read; the reload is abandoned");
-                                handover = c == Control::Handover;
-                                break;
+                        // Again while SIGHUPs come during the reload: the file may have
+                        // changed since it was read.
+                        let stopped = loop {
+                            let new = match load_or_stop(&r.load, &mut control, &shared.rotate).await {
+                                Loading::Done(new) => new,
+                                Loading::Stopped(c) => {
+                                    warn!("stop requested while the new configuration was being read; the reload is abandoned");
+                                    break Some((c, None));
+                                }
+                            };
+                            let (live, retiring) = (&mut live, &mut retiring);
+                            match reload(r, *new, &mut config, &mut shared, live, retiring, &mut control).await {
+                                Applied::Done { again: true } => {}
+                                Applied::Done { again: false } => break None,
+                                Applied::Stopped(c, rest) => break Some((c, Some(rest))),
                             }
                         };
-                        reload(r, *new, &mut config, &mut shared, &mut live, &mut retiring).await;
+                        if let Some((c, rest)) = stopped {
+                            handover = c == Control::Handover;
+                            cut_short = rest;
+                            break;
+                        }
                         seen_fresh = 0;
                         // Look again even if no set pings: a reload that only removed the
                         // sets still waiting for a token leaves every remaining one fresh.
@@ -324,17 +339,27 @@ pub async fn run<P: TokenProvider + 'static>(
             "stopping: revoking every token"
         );
     }
-    for l in &mut live {
-        l.order(if handover {
+    let order = || {
+        if handover {
             Order::Release { deadline }
         } else {
             Order::Revoke {
                 deadline,
                 keep_file: false,
             }
-        });
+        }
+    };
+    for l in &mut live {
+        l.order(order());
     }
     leftover_stop.send_replace(Some(deadline));
+    if let Some(mut rest) = cut_short {
+        retiring.append(&mut rest.retiring);
+        // Half the stop's time for the sets still handing over, half for their successors
+        // to revoke what they were handed.
+        let until = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+        live.extend(finish_handovers(rest, &config, &shared, order, until).await);
+    }
     // A little grace past the deadline for tasks to report what they could not do.
     let grace = deadline + STOP_RETRY_BASE;
     let ending = live

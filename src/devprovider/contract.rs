@@ -131,7 +131,15 @@ pub(super) async fn process(
     match endpoint {
         Endpoint::Token => issue(shared, &fields, credentials_ok).await,
         Endpoint::Introspect => Ok(introspect(shared, &fields, credentials_ok)),
-        Endpoint::Revoke => Ok(revoke(shared, &fields, credentials_ok)),
+        Endpoint::Revoke => {
+            let delay = shared.lock().revoke_delay;
+            if !delay.is_zero() {
+                // Nothing is revoked until the wait is over: a client that gives up first
+                // leaves the token live, as with a slow real server.
+                tokio::time::sleep(delay).await;
+            }
+            Ok(revoke(shared, &fields, credentials_ok))
+        }
     }
 }
 

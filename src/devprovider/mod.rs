@@ -21,7 +21,9 @@
 //!    violation is caught whatever else is injected.
 //! 3. Credential values, then the injected failures of one endpoint
 //!    ([`DevProvider::set_hang_issues`], [`DevProvider::fail_next_issues`],
-//!    [`DevProvider::set_revoke_status`]), which replace the answer to a well-formed request.
+//!    [`DevProvider::set_revoke_status`]), which replace the answer to a well-formed request,
+//!    and [`DevProvider::set_revoke_delay`], which holds a revoke request back before it is
+//!    taken up.
 //! 4. The provider's own logic (unknown scopes, the token quota, minting, revoking), with the
 //!    hostile answers a test asks for ([`DevProvider::set_repeat_tokens`],
 //!    [`DevProvider::set_answer_token_type`], [`DevProvider::set_answer_expires_in`]).
@@ -216,6 +218,12 @@ impl DevProvider {
     /// anything (a 204 then lies; a 404 has an empty body, like the real one).
     pub fn set_revoke_status(&self, status: Option<u16>) {
         self.shared.lock().revoke_status = status;
+    }
+
+    /// Revoke requests wait `d` before they are taken up, like a slow server: the token is
+    /// revoked only then, so a client that gives up first leaves it live.
+    pub fn set_revoke_delay(&self, d: Duration) {
+        self.shared.lock().revoke_delay = d;
     }
 
     /// While on, well-formed token requests are never answered and mint nothing, like a

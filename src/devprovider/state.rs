@@ -62,6 +62,8 @@ pub(super) struct State {
     pub(super) issue_delay: Duration,
     /// Injected answer to revoke requests.
     pub(super) revoke_status: Option<u16>,
+    /// Wait before taking up a revoke request.
+    pub(super) revoke_delay: Duration,
     /// Never answer token requests.
     pub(super) hang_issues: bool,
     /// Answer token requests with a live token of the same scopes, if there is one.
@@ -106,6 +108,7 @@ impl State {
             fail_issues: FailIssues::default(),
             issue_delay: Duration::ZERO,
             revoke_status: None,
+            revoke_delay: Duration::ZERO,
             hang_issues: false,
             repeat_tokens: false,
             answer_token_type: None,

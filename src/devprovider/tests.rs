@@ -549,6 +549,37 @@ async fn revoke_status_keeps_the_token() {
 }
 
 #[tokio::test]
+async fn revoke_delay_revokes_only_once_it_is_over() {
+    let (p, client) = start(DevProviderOptions::default()).await;
+    let token = issue_ok(&client, &p, "api").await;
+    p.set_revoke_delay(Duration::from_millis(500));
+    let (q, t) = (p.base_url(), token.clone());
+    let pending = tokio::spawn(async move {
+        client
+            .post(format!("{q}/v1/oauth/token/revoke"))
+            .header("X-App-Id", DEV_APP_ID)
+            .header("X-App-Token", DEV_APP_TOKEN)
+            .form(&[("access_token", t.as_str())])
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    });
+    let started = Instant::now();
+    while p.requests().revoke == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no revoke request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(p.is_live(&token), "revoked before the delay");
+    assert_eq!(pending.await.expect("join"), 204);
+    assert!(!p.is_live(&token));
+}
+
+#[tokio::test]
 async fn token_budget_is_enforced() {
     let opts = DevProviderOptions {
         max_live_tokens: 2,
