@@ -4,41 +4,96 @@
 //! Outside systemd (no `NOTIFY_SOCKET`, no `JOURNAL_STREAM`) every function here does nothing
 //! or says "no", so the daemon behaves the same in a terminal, a container or a test.
 
+use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Send `state` (for example `READY=1`) to systemd, if it is listening. Failures are ignored
-/// on purpose: a notification is advice to the service manager, never a reason to stop.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = path.as_encoded_bytes();
-    let _ = if let Some(name) = bytes.strip_prefix(b"@") {
-        // Abstract socket: the name after '@', with no NUL terminator.
-        use std::os::linux::net::SocketAddrExt;
-        match std::os::unix::net::SocketAddr::from_abstract_name(name) {
-            Ok(addr) => sock.send_to_addr(state.as_bytes(), &addr),
-            Err(e) => Err(e),
+/// Where notifications go: the socket `NOTIFY_SOCKET` names, or nowhere. The free functions
+/// below read the environment at each call; a test names its own socket with
+/// [`Notifier::to`] instead of setting the variable, which other tests' daemons in the same
+/// process read (a `setenv` racing a `getenv` is undefined behaviour with glibc).
+#[derive(Clone, Debug, Default)]
+pub struct Notifier {
+    socket: Option<OsString>,
+}
+
+impl Notifier {
+    /// The socket the environment names now, if any.
+    pub fn from_env() -> Notifier {
+        Notifier {
+            socket: std::env::var_os("NOTIFY_SOCKET"),
         }
-    } else {
-        sock.send_to(state.as_bytes(), &path)
-    };
+    }
+
+    /// Notifications to `socket` (a path, or `@NAME` for an abstract socket), whatever the
+    /// environment says.
+    pub fn to(socket: impl Into<OsString>) -> Notifier {
+        Notifier {
+            socket: Some(socket.into()),
+        }
+    }
+
+    /// Send `state` (for example `READY=1`), if anyone is listening. Failures are ignored on
+    /// purpose: a notification is advice to the service manager, never a reason to stop.
+    pub fn notify(&self, state: &str) {
+        let Some(path) = &self.socket else {
+            return;
+        };
+        let Ok(sock) = UnixDatagram::unbound() else {
+            return;
+        };
+        let bytes = path.as_encoded_bytes();
+        let _ = if let Some(name) = bytes.strip_prefix(b"@") {
+            // Abstract socket: the name after '@', with no NUL terminator.
+            use std::os::linux::net::SocketAddrExt;
+            match std::os::unix::net::SocketAddr::from_abstract_name(name) {
+                Ok(addr) => sock.send_to_addr(state.as_bytes(), &addr),
+                Err(e) => Err(e),
+            }
+        } else {
+            sock.send_to(state.as_bytes(), path)
+        };
+    }
+
+    /// See [`ready`].
+    pub fn ready(&self) {
+        self.notify("READY=1");
+    }
+
+    /// See [`status`].
+    pub fn status(&self, line: &str) {
+        self.notify(&format!("STATUS={}", line.replace('\n', " ")));
+    }
+
+    /// See [`reloading`]: the guard sends its `READY=1` to the same socket.
+    pub fn reloading(&self) -> Reloading {
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            Ok(ts) => {
+                let usec = ts.tv_sec() * 1_000_000 + ts.tv_nsec() / 1_000;
+                self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+            }
+            Err(_) => self.notify("RELOADING=1"),
+        }
+        Reloading(self.clone())
+    }
+}
+
+/// Send `state` (for example `READY=1`) to systemd, if it is listening (see
+/// [`Notifier::notify`]).
+pub fn notify(state: &str) {
+    Notifier::from_env().notify(state);
 }
 
 /// `READY=1`: every scope set has a valid token in place (start-up), or a reload is over.
 pub fn ready() {
-    notify("READY=1");
+    Notifier::from_env().ready();
 }
 
 /// `STATUS=`: the one line `systemctl status` shows. Newlines would end the assignment, so
 /// they become spaces.
 pub fn status(line: &str) {
-    notify(&format!("STATUS={}", line.replace('\n', " ")));
+    Notifier::from_env().status(line);
 }
 
 /// `STOPPING=1`: stop has begun; revocation may take up to `shutdown_timeout`.
@@ -56,25 +111,18 @@ pub fn watchdog_ping() {
 /// new config is in force or refused: dropping it sends `READY=1`, since on every path out the
 /// daemon is serving again, on the new config or the old one.
 #[must_use = "READY=1 is sent when the guard drops; dropping it at once ends the reload at once"]
-pub struct Reloading(());
+pub struct Reloading(Notifier);
 
 /// Tell systemd a reload has begun: `RELOADING=1` with `MONOTONIC_USEC`, which systemd 253+
 /// requires for `Type=notify-reload` to match the notification to its `ExecReload=` and older
 /// versions ignore. `systemctl reload` returns once the guard drops.
 pub fn reloading() -> Reloading {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => {
-            let usec = ts.tv_sec() * 1_000_000 + ts.tv_nsec() / 1_000;
-            notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
-        }
-        Err(_) => notify("RELOADING=1"),
-    }
-    Reloading(())
+    Notifier::from_env().reloading()
 }
 
 impl Drop for Reloading {
     fn drop(&mut self) {
-        ready();
+        self.0.ready();
     }
 }
 
@@ -124,20 +172,14 @@ fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
 mod tests {
     use super::*;
 
-    /// Every test that touches `NOTIFY_SOCKET` runs under this lock: the environment is
-    /// process-wide and the test harness runs tests on several threads.
-    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn received(f: impl FnOnce()) -> Vec<String> {
-        let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    /// What `f` sends to a socket of its own, named to it, not through the environment
+    /// (see [`Notifier`]).
+    fn received(f: impl FnOnce(Notifier)) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
         listener.set_nonblocking(true).unwrap();
-        // SAFETY: tests that touch NOTIFY_SOCKET hold ENV, and nothing else reads it.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        f();
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        f(Notifier::to(&path));
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
         while let Ok(n) = listener.recv(&mut buf) {
@@ -147,15 +189,17 @@ mod tests {
     }
 
     #[test]
-    fn sends_to_the_socket_named_in_the_environment() {
-        assert_eq!(received(|| notify("READY=1")), vec!["READY=1"]);
+    fn sends_to_the_socket_named() {
+        assert_eq!(received(|n| n.ready()), vec!["READY=1"]);
+        // Nobody listening: nothing is sent, and nothing fails.
+        Notifier::default().ready();
     }
 
     #[test]
     fn a_reload_is_bracketed_by_reloading_and_ready() {
-        let got = received(|| {
-            let _reload = reloading();
-            status("reloading");
+        let got = received(|n| {
+            let _reload = n.reloading();
+            n.status("reloading");
         });
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(
@@ -170,7 +214,10 @@ mod tests {
 
     #[test]
     fn status_is_one_line() {
-        assert_eq!(received(|| status("a\nb")), vec!["STATUS=a b".to_string()]);
+        assert_eq!(
+            received(|n| n.status("a\nb")),
+            vec!["STATUS=a b".to_string()]
+        );
     }
 
     #[test]

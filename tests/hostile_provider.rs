@@ -169,6 +169,74 @@ async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_the_journal_calls_expired_are_revoked_at_start() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Four sets, and the default grace for superseded tokens (60 s): a token the journal calls
+    // expired must not wait for it, nor for the stop.
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| dir.path().join(format!("t{i}.token")))
+        .collect();
+    let sets: String = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| set(&format!("s{i}"), f))
+        .collect();
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), "", &sets));
+    assert!(
+        wait_until(PATIENCE, || files.iter().all(|f| f.exists())).await,
+        "{}",
+        d.output()
+    );
+    let first: Vec<String> = files.iter().map(|f| read(f).unwrap()).collect();
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+    // The wall clock jumped an hour ahead while the daemon was down: the journal says every
+    // token expired, the provider (whose clock is right) still honours them.
+    let state = dir.path().join("state");
+    let mut entries = tokenkeeper::journal::load(&state).unwrap();
+    assert_eq!(entries.len(), 4);
+    let past = |h: u64| SystemTime::now() - Duration::from_secs(h * 3600);
+    for e in &mut entries {
+        e.issued_at = past(3);
+        e.refresh_at = past(2);
+        e.expires_at = past(1);
+    }
+    tokenkeeper::journal::save(&state, &entries).unwrap();
+    assert!(first.iter().all(|t| p.is_live(t)));
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    // Well within the 60 s grace of a superseded token.
+    assert!(
+        wait_until(Duration::from_secs(10), || first
+            .iter()
+            .all(|t| p.revoked_tokens().contains(t)))
+        .await,
+        "tokens the journal calls expired are still live at the provider:\n{}",
+        d.output()
+    );
+    // The provider counts a revocation before its answer reaches the daemon's log.
+    let logged = |out: &str| {
+        entries.iter().all(|e| {
+            out.lines()
+                .any(|l| l.contains("revoked") && l.contains(&e.fingerprint))
+        })
+    };
+    assert!(
+        wait_until(PATIENCE, || logged(&d.output())).await,
+        "a revocation is not logged:\n{}",
+        d.output()
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert!(p.violations().is_empty(), "{:?}", p.violations());
+}
+
 /// Every form in which `secret` could show: as sent, and form-encoded.
 fn forms(secret: &str) -> Vec<String> {
     let encoded: String = url_encode(secret);

@@ -250,6 +250,72 @@ async fn a_journaled_file_is_removed_only_while_it_holds_the_token_written_there
     assert!(p.live_tokens().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn leftover_journal_copies_are_swept_at_start() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let tok = dir.path().join("t.token");
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), "", &set("s", &tok)));
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || tok.exists()).await,
+        "{}",
+        d.output()
+    );
+    d.signal(Signal::SIGKILL);
+    d.wait(PATIENCE).await;
+    // What a SIGKILL during a compaction leaves: a copy of the journal, token records and all,
+    // under the name the compaction writes it as (`.journal.log.`, six random characters,
+    // `.tmp`).
+    let journal = std::fs::read(state.join("journal.log")).unwrap();
+    let token = read(&tok).unwrap();
+    assert!(String::from_utf8_lossy(&journal).contains(&token));
+    let copies = [".journal.log.a1B2c3.tmp", ".journal.log.Zz9Yy8.tmp"];
+    for c in copies {
+        std::fs::write(state.join(c), &journal).unwrap();
+        chmod(&state.join(c), 0o600);
+    }
+    // Not the journal's leftovers, or not files: left alone.
+    let others = [
+        ".status.json.a1B2c3.tmp",
+        "journal.log.a1B2c3.tmp",
+        ".journal.log.a1B2c3.tmp.keep",
+        "notes",
+    ];
+    for o in others {
+        std::fs::write(state.join(o), "keep").unwrap();
+    }
+    let subdir = state.join(".journal.log.dir123.tmp");
+    std::fs::create_dir(&subdir).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, "keep").unwrap();
+    let link = state.join(".journal.log.lnk123.tmp");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || d.output().contains("ready")).await,
+        "{}",
+        d.output()
+    );
+    for c in copies {
+        assert!(
+            !state.join(c).exists(),
+            "{c} is still there:\n{}",
+            d.output()
+        );
+    }
+    for o in others {
+        assert_eq!(read(&state.join(o)).as_deref(), Some("keep"), "{o}");
+    }
+    assert!(subdir.is_dir());
+    assert!(std::fs::symlink_metadata(&link).is_ok(), "the symlink went");
+    assert_eq!(read(&outside).as_deref(), Some("keep"));
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. One process per state directory, even when the directory is removed under it.
 // ---------------------------------------------------------------------------------------------

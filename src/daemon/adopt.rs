@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::revoke::{STOP_RETRY_CAP, remove_token_file, revoke_until, written_forms};
-use super::set_task::REFUSED_TOKEN_TYPE;
+use super::set_task::{REFUSED_TOKEN_TYPE, revokes};
 use super::{Held, SetOutcome, Start};
 use crate::budget::Budget;
 use crate::config::SetConfig;
@@ -39,14 +39,13 @@ pub(super) async fn adopt<P: TokenProvider, S>(
     mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
     let mut start = Start::default();
     let mut gone = Vec::new();
+    let revokes = revokes(set, provider.revocation());
     for e in mine {
         let remaining = journal::remaining(&e, now);
         if remaining.is_zero() {
             // Expired by our clock, which may have jumped while we were down: the provider
             // can still count it live, so revoke it rather than take the clock's word.
-            start
-                .stale
-                .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+            expired_now(&mut start, &e, revokes, budget);
             continue;
         }
         // Minted in an answer that was refused, then a crash: it was never in any file.
@@ -77,9 +76,7 @@ pub(super) async fn adopt<P: TokenProvider, S>(
                 // the provider may go on honouring it, so it is revoked, not just dropped.
                 info!(set = %set.name, fingerprint = %e.fingerprint,
                     "the provider says the journaled token has expired; issuing a new one");
-                start
-                    .stale
-                    .push(Held::adopted(&e, CLOCK_DOUBT_WINDOW, budget.adopt()));
+                expired_now(&mut start, &e, revokes, budget);
             }
             Ok(Introspection::Active { remaining: r }) => {
                 let left = r.map_or(remaining, |r| r.min(remaining));
@@ -102,6 +99,21 @@ pub(super) async fn adopt<P: TokenProvider, S>(
     }
     journal.remove(gone).await;
     start
+}
+
+/// Queue journaled token `e`, which the wall clock or the provider calls expired, for
+/// revocation for [`CLOCK_DOUBT_WINDOW`]. When the set revokes, that is at once, not once a
+/// replacement is written plus the superseded tokens' grace: no reader should count on a
+/// token already called expired, and waiting would leave one the provider still honours live
+/// for as long as no replacement can be had (a single request settles it either way).
+fn expired_now<S>(start: &mut Start<S>, e: &Entry, revokes: bool, budget: &Arc<Budget>) {
+    let held = Held::adopted(e, CLOCK_DOUBT_WINDOW, budget.adopt());
+    if revokes {
+        start.superseded.push((held, Instant::now()));
+    } else {
+        // Reported as not revoked once the replacement is written, as any stale token.
+        start.stale.push(held);
+    }
 }
 
 /// How long to try revoking journaled token `e`: until it expires, or for

@@ -579,17 +579,30 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     )
     .await;
     assert!(start.current.is_none());
-    let mut stale: Vec<_> = start.stale.iter().map(|h| h.fingerprint.clone()).collect();
-    stale.sort();
-    assert_eq!(stale, ["by-clock", "by-provider"]);
+    // Revoked at once, not once a replacement is written and its grace has passed.
+    assert!(start.stale.is_empty());
+    let mut due: Vec<_> = start
+        .superseded
+        .iter()
+        .map(|(h, at)| (h.fingerprint.clone(), *at))
+        .collect();
+    due.sort();
+    assert_eq!(due, [("by-clock".into(), t0), ("by-provider".into(), t0)]);
     // Revocable for the window, not just until an expiry already past.
     assert!(
         start
-            .stale
+            .superseded
             .iter()
-            .all(|h| h.expires_at >= t0 + CLOCK_DOUBT_WINDOW)
+            .all(|(h, _)| h.expires_at >= t0 + CLOCK_DOUBT_WINDOW)
     );
     assert_eq!(budget.live(), 2);
+    // A set that never revokes only drops them, once its replacement is written.
+    let mut keeps = set_cfg(0.66, 0.0);
+    keeps.never_revoke = true;
+    let mine = vec![entry("by-clock", now - S(60), now - S(300))];
+    let start: Start<MemSink> = adopt(&keeps, "h", p.as_ref(), &budget, mine, &journal).await;
+    assert!(start.superseded.is_empty());
+    assert_eq!(start.stale.len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -119,6 +119,42 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
     Disk::new(dir.to_path_buf(), None).compact(&live)
 }
 
+/// Remove the copies of the log that compactions left in `dir` when they were killed before
+/// their rename: each holds token records, and nothing else would ever remove them. Only
+/// regular files named as a compaction names its temporary file (see
+/// [`crate::sink::write_file`]); called with the directory's lock held, so no compaction of
+/// another process is under way.
+pub(super) fn remove_leftover_copies(dir: &Path) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warn!(state_dir = %dir.display(), error = %e, "could not look for copies of the journal a crash left behind");
+            return;
+        }
+    };
+    let journal = std::ffi::OsStr::new(JOURNAL_FILE);
+    let mut removed = 0_usize;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        // `file_type` does not follow a symlink: one named like a copy is left alone.
+        if !crate::sink::is_temp_of(&name, journal) || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(state_dir = %dir.display(), error = %e, "could not remove a copy of the journal a crash left behind");
+            }
+        }
+    }
+    if removed > 0 {
+        warn!(state_dir = %dir.display(), copies = removed,
+            "removed copies of the journal that a crash during its compaction left behind");
+    }
+}
+
 /// A log may hold this much besides twice its live records before it is compacted: a
 /// compaction rewrites every live record, so spacing them by at least the live size (and this
 /// slack, for small journals) keeps the bytes written per change constant on average, and

@@ -148,6 +148,8 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
         let m = lock.metadata().map_err(io("stat", &path))?;
         (m.dev(), m.ino())
     };
+    // Only now that no other process can be compacting the journal here.
+    super::disk::remove_leftover_copies(dir);
     Ok(StateLock {
         _lock: lock,
         dir: dir.to_path_buf(),

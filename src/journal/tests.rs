@@ -58,6 +58,48 @@ fn state_dir_is_0700_and_locked_once() {
     assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o700);
 }
 
+#[test]
+fn copies_a_killed_compaction_left_are_swept_when_the_lock_is_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let held = lock_state_dir(&dir).unwrap();
+    save(&dir, &[entry("a", 900)]).unwrap();
+    // Named as the compaction's temporary file is (`sink::create_temp`), and kept as a kill
+    // before the rename keeps it.
+    let copy = tempfile::Builder::new()
+        .prefix(&format!(".{JOURNAL_FILE}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .unwrap()
+        .into_temp_path()
+        .keep()
+        .unwrap();
+    std::fs::copy(dir.join(JOURNAL_FILE), &copy).unwrap();
+    let others = [
+        ".status.json.abc123.tmp",
+        ".journal.log.abc123.tmp.x",
+        "x.tmp",
+    ];
+    for o in others {
+        std::fs::write(dir.join(o), "keep").unwrap();
+    }
+    std::fs::create_dir(dir.join(".journal.log.dir123.tmp")).unwrap();
+    std::os::unix::fs::symlink(dir.join(JOURNAL_FILE), dir.join(".journal.log.lnk123.tmp"))
+        .unwrap();
+    // Held by another process, which may be compacting: nothing is touched.
+    assert!(lock_state_dir(&dir).is_err());
+    assert!(copy.exists());
+    drop(held);
+    let _lock = lock_state_dir(&dir).unwrap();
+    assert!(!copy.exists());
+    for o in others {
+        assert!(dir.join(o).exists(), "{o}");
+    }
+    assert!(dir.join(".journal.log.dir123.tmp").is_dir());
+    assert!(std::fs::symlink_metadata(dir.join(".journal.log.lnk123.tmp")).is_ok());
+    assert_eq!(fingerprints(&dir), ["a"]);
+}
+
 fn fingerprints(dir: &Path) -> Vec<String> {
     load(dir)
         .unwrap()

@@ -274,7 +274,7 @@ pub fn stale_temps_pending(path: &Path) -> bool {
 }
 
 /// `.NAME.RANDOM.tmp`: a temporary file [`write_atomic`] makes for `NAME`.
-fn is_temp_of(candidate: &std::ffi::OsStr, name: &std::ffi::OsStr) -> bool {
+pub fn is_temp_of(candidate: &std::ffi::OsStr, name: &std::ffi::OsStr) -> bool {
     let c = candidate.to_string_lossy();
     let prefix = format!(".{}.", name.to_string_lossy());
     c.starts_with(&prefix) && c.ends_with(".tmp")

@@ -35,6 +35,19 @@ const SUPERSEDED_RETRY: Duration = Duration::from_secs(5);
 /// such a token at once instead of treating it like one that may be in a file.
 pub(super) const REFUSED_TOKEN_TYPE: &str = "(refused)";
 
+/// Whether set `cfg` revokes the tokens it drops, with a provider that revokes as `revocation`
+/// says.
+pub(super) fn revokes(cfg: &SetConfig, revocation: Revocation) -> bool {
+    if cfg.never_revoke {
+        return false;
+    }
+    match revocation {
+        Revocation::Always => true,
+        Revocation::OptIn => cfg.on_shutdown == OnShutdown::Revoke,
+        Revocation::Unsupported => false,
+    }
+}
+
 /// What a set begins with: from the journal at start, or from its predecessor at a reload.
 pub struct Start<S> {
     /// A token to go on using, its file content, and when to replace it.
@@ -298,14 +311,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     /// Whether this set's tokens are revoked at all: a provider may be unable to (no
     /// revocation endpoint), or revoke only for sets that ask for it (Square).
     fn revokes(&self) -> bool {
-        if self.cfg.never_revoke {
-            return false;
-        }
-        match self.provider.revocation() {
-            Revocation::Always => true,
-            Revocation::OptIn => self.cfg.on_shutdown == OnShutdown::Revoke,
-            Revocation::Unsupported => false,
-        }
+        revokes(&self.cfg, self.provider.revocation())
     }
 
     /// Why [`Self::revokes`] says no, for the log.
