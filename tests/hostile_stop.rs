@@ -557,3 +557,79 @@ async fn tokens_minted_in_refused_answers_are_journaled_revoked_and_counted() {
     stop_clean(&mut d).await;
     assert!(p.live_tokens().is_empty(), "{}", d.output());
 }
+
+/// A 200 answer that carries a well-formed token but cannot be read whole (a field missing,
+/// of the wrong type, out of range) still minted that token. Each is taken out of the answer,
+/// revoked at once, and counted as refused, while the good token stays in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_token_in_a_malformed_answer_is_revoked_and_counted() {
+    use serde_json::json;
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "defaults:\n  refresh: { min_interval: 10ms }",
+            &set("s", "api", &f, ""),
+        ),
+    );
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    let good = read(&f).unwrap();
+    let answers: Vec<Vec<(&str, Option<serde_json::Value>)>> = vec![
+        vec![("expires_in", None)],
+        vec![("expires_in", Some(json!("900")))],
+        vec![("expires_in", Some(serde_json::Value::Null))],
+        vec![("expires_in", Some(json!(900.5)))],
+        vec![("expires_in", Some(json!(true)))],
+        vec![("expires_in", Some(json!(1e30)))],
+        vec![("expires_in", Some(json!(u64::MAX)))],
+        vec![("expires_in", Some(json!([900])))],
+        vec![("token_type", None)],
+        vec![("token_type", Some(json!(1)))],
+        vec![("scope", None)],
+        vec![("client_id", Some(json!({"id": 1})))],
+        vec![("expires_at", Some(json!("soon")))],
+    ];
+    let mut minted = Vec::new();
+    for fields in &answers {
+        p.set_answer_fields(fields);
+        let before = p.issued_tokens().len();
+        rotate(&d, &p).await;
+        assert!(
+            wait_until(PATIENCE, || p.issued_tokens().len() > before).await,
+            "{}",
+            d.output()
+        );
+        let token = p.issued_tokens().last().unwrap().clone();
+        assert!(
+            wait_until(PATIENCE, || !p.is_live(&token)).await,
+            "the token in an answer with {fields:?} was left live:\n{}",
+            d.output()
+        );
+        d.wait_for_log(&tokenkeeper::secret::fingerprint(&token))
+            .await;
+        assert_eq!(read(&f).as_deref(), Some(good.as_str()));
+        minted.push(token);
+    }
+    p.set_answer_fields(&[]);
+    let refused = answers.len();
+    assert!(
+        wait_until(PATIENCE, || status_json(&cfg)["sets"][0]["tokens_refused"]
+            == refused)
+        .await,
+        "{}",
+        status_json(&cfg)
+    );
+    stop_clean(&mut d).await;
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    assert!(minted.iter().all(|t| !p.is_live(t)));
+}

@@ -252,6 +252,16 @@ impl DevProvider {
         self.shared.lock().answer_expires_in = secs;
     }
 
+    /// Token answers carry each of `fields` as given: `Some(value)` replaces (or adds) the
+    /// field, `None` leaves it out; an empty list restores the usual answer. The token is
+    /// minted and live all the same, as with a server whose answers a client cannot read.
+    pub fn set_answer_fields(&self, fields: &[(&str, Option<serde_json::Value>)]) {
+        self.shared.lock().answer_fields = fields
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect();
+    }
+
     /// `Some(status)`: answer every well-formed request with `status` and an error body that
     /// echoes the request, its form body in `message` and its headers (the app token too) in
     /// `details`, like a careless proxy or debug endpoint. Nothing is issued or revoked.

@@ -69,7 +69,7 @@ pub(super) async fn issue(
         debug!("dev provider: leaving a token request unanswered (injected)");
         return std::future::pending().await;
     }
-    let (record, delay, expires_in, token_type) = {
+    let (record, delay, expires_in, token_type, fields_set) = {
         let mut state = shared.lock();
         if state.fail_issues.remaining > 0 {
             state.fail_issues.remaining -= 1;
@@ -128,6 +128,7 @@ pub(super) async fn issue(
             state.issue_delay,
             expires_in,
             state.answer_token_type.clone(),
+            state.answer_fields.clone(),
         )
     };
     debug!(token = %fingerprint(&record.token), scope, "dev provider: token issued");
@@ -140,6 +141,14 @@ pub(super) async fn issue(
     body["expires_in"] = json!(expires_in);
     if let Some(t) = token_type {
         body["token_type"] = json!(t);
+    }
+    if let Some(fields) = body.as_object_mut() {
+        for (name, value) in fields_set {
+            match value {
+                Some(v) => fields.insert(name, v),
+                None => fields.remove(&name),
+            };
+        }
     }
     Ok(Reply::json(StatusCode::OK, body).with_token(&record.token))
 }

@@ -72,6 +72,8 @@ pub(super) struct State {
     pub(super) answer_token_type: Option<String>,
     /// `expires_in` in token answers instead of the lifetime.
     pub(super) answer_expires_in: Option<i64>,
+    /// Fields of token answers replaced (`Some`) or left out (`None`), applied last.
+    pub(super) answer_fields: Vec<(String, Option<serde_json::Value>)>,
     /// Seconds taken off `expires_at` in introspection answers.
     pub(super) introspect_early_secs: u64,
     /// Answer with an error that echoes the request.
@@ -113,6 +115,7 @@ impl State {
             repeat_tokens: false,
             answer_token_type: None,
             answer_expires_in: None,
+            answer_fields: Vec::new(),
             introspect_early_secs: 0,
             echo_requests: None,
             echo_live_tokens: false,

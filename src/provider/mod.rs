@@ -184,7 +184,9 @@ impl ProviderError {
             ProviderError::Refused { detail, .. } | ProviderError::Unavailable { detail, .. } => {
                 *detail = redact(detail);
             }
-            ProviderError::Malformed { what, .. } | ProviderError::Discovery { what, .. } => {
+            ProviderError::Malformed { what, .. }
+            | ProviderError::Discovery { what, .. }
+            | ProviderError::MintedRefused { what, .. } => {
                 *what = redact(what);
             }
             _ => {}
@@ -637,6 +639,52 @@ pub(crate) fn refused_minted(refusal: ProviderError, access_token: &str) -> Prov
                 token,
             }
         }
+        other => other,
+    }
+}
+
+/// The `access_token` of a 200 token answer, read apart from every other field: an answer
+/// refused for any of them (missing, of the wrong type, out of range) still carried a token
+/// the provider minted, which is live until revoked.
+#[derive(serde::Deserialize)]
+struct Carried {
+    access_token: Option<String>,
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        if let Some(t) = &mut self.access_token {
+            zeroize::Zeroize::zeroize(t);
+        }
+    }
+}
+
+/// `refusal` of a 200 token answer's `body`, carrying the token the body holds when it holds
+/// a well-formed one and the refusal does not carry it yet: whatever else in the answer is
+/// wrong, the provider minted that token, and only a refusal that carries it gets it revoked.
+/// An answer whose JSON does not parse at all, or whose `access_token` is not a string, has
+/// no token to salvage.
+pub(crate) fn salvage_minted(refusal: ProviderError, body: &[u8]) -> ProviderError {
+    if refusal.minted().is_some() {
+        return refusal;
+    }
+    let Ok(mut carried) = serde_json::from_slice::<Carried>(body) else {
+        return refusal;
+    };
+    let Some(token) = carried.access_token.take().map(Secret::new) else {
+        return refusal;
+    };
+    match refusal {
+        ProviderError::Malformed { .. } => refused_minted(refusal, token.expose()),
+        // A 200 answer with an error list and a token (Square's envelope allows both).
+        ProviderError::Refused {
+            operation, detail, ..
+        } if is_b64token(token.expose()) => ProviderError::MintedRefused {
+            operation,
+            what: format!("the answer also reports errors: {detail}"),
+            fingerprint: token.fingerprint(),
+            token,
+        },
         other => other,
     }
 }

@@ -327,6 +327,20 @@ pub fn parse_token_answer(
     if status != StatusCode::OK.as_u16() {
         return Err(failure(OP, status, retry_after, describe_error(body)));
     }
+    // Whatever is wrong with a 200 answer, a token it carries was minted: it goes with the
+    // refusal, to be revoked.
+    parse_issued(body, issued_at, requested_scope, default_lifetime)
+        .map_err(|e| super::salvage_minted(e, body))
+}
+
+/// The 200 half of [`parse_token_answer`].
+fn parse_issued(
+    body: &[u8],
+    issued_at: Instant,
+    requested_scope: &str,
+    default_lifetime: Duration,
+) -> Result<TokenAnswer, ProviderError> {
+    const OP: &str = "token request";
     let mut r: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| malformed(OP, format!("not an OAuth token: {}", json_error(&e))))?;
     check_bearer(OP, &r.access_token, &r.token_type)?;

@@ -48,6 +48,50 @@ fn refused_answers_with_a_minted_token_carry_it() {
     }
 }
 
+/// A 200 answer with a well-formed token that cannot be read whole (a field missing, of the
+/// wrong type, out of range) still minted it: the refusal carries it.
+#[test]
+fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
+    for body in [
+        r#"{"access_token":"tokXYZ","expires_in":60}"#,
+        r#"{"access_token":"tokXYZ","token_type":null}"#,
+        r#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":60.5}"#,
+        r#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":true}"#,
+        r#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":1e30}"#,
+        r#"{"access_token":"tokXYZ","token_type":"bearer","expires_in":"soon"}"#,
+        r#"{"access_token":"tokXYZ","token_type":"bearer","scope":["read"]}"#,
+    ] {
+        let e = parse_token_answer(
+            200,
+            None,
+            body.as_bytes(),
+            Instant::now(),
+            "read",
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.minted().map(Secret::expose),
+            Some("tokXYZ"),
+            "{body}: {e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains("tokXYZ"), "{e:?}");
+    }
+    // Not a bearer token, not a string, not JSON: nothing to carry.
+    for body in [r#"{"access_token":"a b"}"#, r#"{"access_token":1}"#, "{"] {
+        let e = parse_token_answer(
+            200,
+            None,
+            body.as_bytes(),
+            Instant::now(),
+            "read",
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(e.minted().is_none(), "{body}: {e:?}");
+    }
+}
+
 fn settings(endpoints: OAuth2Endpoints, auth: AuthMethod) -> Settings {
     Settings {
         http: crate::provider::http_client().unwrap(),

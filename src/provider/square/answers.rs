@@ -158,6 +158,19 @@ pub fn parse_token_answer(
     if status != StatusCode::OK.as_u16() {
         return Err(failure(op, status, retry_after, describe_error(body)));
     }
+    // Whatever is wrong with a 200 answer, an access token it carries was minted: it goes
+    // with the refusal, to be revoked.
+    parse_answer(op, status, body, date, now).map_err(|e| crate::provider::salvage_minted(e, body))
+}
+
+/// The 200 half of [`parse_token_answer`].
+fn parse_answer(
+    op: &'static str,
+    status: u16,
+    body: &[u8],
+    date: Option<&str>,
+    now: SystemTime,
+) -> Result<TokenAnswer, ProviderError> {
     let mut r: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| malformed(op, format!("not a token answer: {}", json_error(&e))))?;
     if !r.errors.is_empty() {

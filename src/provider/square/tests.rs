@@ -427,10 +427,13 @@ fn a_refresh_token_square_would_not_issue_fails_the_answer() {
         let Err(e) = answer(bad) else {
             panic!("{bad:?} accepted");
         };
-        assert!(matches!(e, ProviderError::Malformed { .. }), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            "ObtainToken: malformed answer: refresh_token is not a token Square issues (2 to 1024 token characters)"
+        // The access token beside it was minted all the same: the refusal carries it.
+        assert_eq!(e.minted().map(Secret::expose), Some("EAAAone"), "{e:?}");
+        assert!(
+            e.to_string().ends_with(
+                "refresh_token is not a token Square issues (2 to 1024 token characters)"
+            ),
+            "{e}"
         );
     }
     // No refresh token at all is fine: RenewToken answers carry none.
@@ -489,5 +492,61 @@ fn refused_access_tokens_are_carried_for_revocation() {
         let e = a.access.unwrap_err();
         assert_eq!(e.minted().map(Secret::expose), Some("EAAAone"), "{e}");
         assert!(!format!("{e} {e:?}").contains("EAAAone"), "{e:?}");
+    }
+}
+
+/// A 200 answer with a well-formed access token that cannot be read whole (a field of the
+/// wrong type, an error list beside the token) still minted it: the refusal carries it.
+#[test]
+fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
+    for body in [
+        r#"{"access_token":"EAAAmint","token_type":"bearer","expires_at":17}"#,
+        r#"{"access_token":"EAAAmint","token_type":7,"expires_at":"2025-05-03T18:31:06Z"}"#,
+        r#"{"access_token":"EAAAmint","errors":[{"code":"X","category":"API_ERROR"}]}"#,
+        r#"{"access_token":"EAAAmint","errors":"none"}"#,
+        r#"{"access_token":"EAAAmint","refresh_token":5}"#,
+    ] {
+        let e = parse_token_answer(
+            "ObtainToken",
+            200,
+            None,
+            body.as_bytes(),
+            None,
+            SystemTime::now(),
+        )
+        .err()
+        .or_else(|| {
+            parse_token_answer(
+                "ObtainToken",
+                200,
+                None,
+                body.as_bytes(),
+                None,
+                SystemTime::now(),
+            )
+            .ok()
+            .and_then(|a| a.access.err())
+        })
+        .unwrap_or_else(|| panic!("{body} accepted"));
+        assert_eq!(
+            e.minted().map(Secret::expose),
+            Some("EAAAmint"),
+            "{body}: {e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains("EAAAmint"), "{e:?}");
+    }
+    // No token, or not a string: nothing to carry.
+    for body in [r#"{"access_token":7}"#, r#"{"errors":[{"code":"X"}]}"#, "{"] {
+        let e = parse_token_answer(
+            "ObtainToken",
+            200,
+            None,
+            body.as_bytes(),
+            None,
+            SystemTime::now(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{body} accepted"));
+        assert!(e.minted().is_none(), "{body}: {e:?}");
     }
 }

@@ -256,6 +256,13 @@ pub fn parse_token_answer(
     if status != StatusCode::OK.as_u16() {
         return Err(failure(ISSUE, status, retry_after, body));
     }
+    // Whatever is wrong with a 200 answer, a token it carries was minted: it goes with the
+    // refusal, to be revoked.
+    parse_issued(body, issued_at).map_err(|e| super::salvage_minted(e, body))
+}
+
+/// The 200 half of [`parse_token_answer`].
+fn parse_issued(body: &[u8], issued_at: Instant) -> Result<Issued, ProviderError> {
     // serde_json's messages name the field and position, never the value of a string.
     let mut r: TokenResponse = serde_json::from_slice(body)
         .map_err(|e| malformed(ISSUE, format!("not an OAuth token: {}", json_error(&e))))?;

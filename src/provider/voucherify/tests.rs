@@ -117,6 +117,46 @@ fn refused_answers_with_a_minted_token_carry_it() {
     assert!(e.minted().is_none(), "{e:?}");
 }
 
+/// A 200 answer with a well-formed token that cannot be read whole (a field missing, of the
+/// wrong type, out of range) still minted it: the refusal carries it.
+#[test]
+fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
+    let whole = serde_json::json!({"access_token":"1MintedTok","client_id":"c","expires_at":1,
+        "expires_in":900,"scope":"api","token_type":"Bearer"});
+    let cases: [(&str, Option<serde_json::Value>); 9] = [
+        ("expires_in", None),
+        ("expires_in", Some(serde_json::json!("900"))),
+        ("expires_in", Some(serde_json::Value::Null)),
+        ("expires_in", Some(serde_json::json!(900.5))),
+        ("expires_in", Some(serde_json::json!(true))),
+        ("expires_in", Some(serde_json::json!(u64::MAX))),
+        ("token_type", None),
+        ("scope", Some(serde_json::json!(3))),
+        ("client_id", None),
+    ];
+    for (field, value) in cases {
+        let mut body = whole.clone();
+        match &value {
+            Some(v) => body[field] = v.clone(),
+            None => {
+                body.as_object_mut().unwrap().remove(field);
+            }
+        }
+        let body = body.to_string();
+        let e = parse_token_answer(200, None, body.as_bytes(), Instant::now()).unwrap_err();
+        assert_eq!(
+            e.minted().map(Secret::expose),
+            Some("1MintedTok"),
+            "{body}: {e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains("1MintedTok"), "{e:?}");
+    }
+    // Not a 200: no token was minted, whatever the body says.
+    let body = whole.to_string();
+    let e = parse_token_answer(500, None, body.as_bytes(), Instant::now()).unwrap_err();
+    assert!(e.minted().is_none(), "{e:?}");
+}
+
 #[tokio::test]
 async fn bad_answers_are_errors_never_panics() {
     let huge = format!(
