@@ -102,6 +102,7 @@ pub fn render(snap: &Snapshot) -> String {
     let mut refresh = Vec::new();
     let mut revoke = Vec::new();
     let mut refused = Vec::new();
+    let mut journal_failures = Vec::new();
     let mut last_error = Vec::new();
     let mut live: BTreeMap<&str, u64> = BTreeMap::new();
     for s in &snap.sets {
@@ -132,6 +133,10 @@ pub fn render(snap: &Snapshot) -> String {
         refused.push((
             set_labels(&s.name, &s.provider, ""),
             s.tokens_refused as f64,
+        ));
+        journal_failures.push((
+            set_labels(&s.name, &s.provider, ""),
+            s.journal_failures as f64,
         ));
         if let Some(t) = s.last_error_at {
             last_error.push((set_labels(&s.name, &s.provider, ""), unix(t)));
@@ -173,6 +178,12 @@ pub fn render(snap: &Snapshot) -> String {
         "counter",
         "Tokens minted in answers refused for their token_type or lifetime; each is revoked at once where the set revokes.",
         &refused,
+    );
+    family(
+        "tokenkeeper_journal_failures_total",
+        "counter",
+        "Journal records that failed; a token not in use is revoked at once, one in use stays until replaced.",
+        &journal_failures,
     );
     let live: Vec<(String, f64)> = live
         .into_iter()
@@ -303,6 +314,7 @@ mod tests {
             tokens_revoked: 2,
             revoke_failures: 0,
             tokens_refused: 4,
+            journal_failures: 5,
             live_tokens: 2,
         };
         Snapshot {
@@ -344,6 +356,7 @@ mod tests {
             "tokenkeeper_refresh_total{set=\"orders-sync\",provider=\"voucherify-eu\",result=\"failure\"} 1",
             "tokenkeeper_revoke_total{set=\"orders-sync\",provider=\"voucherify-eu\",result=\"success\"} 2",
             "tokenkeeper_refused_total{set=\"orders-sync\",provider=\"voucherify-eu\"} 4",
+            "tokenkeeper_journal_failures_total{set=\"orders-sync\",provider=\"voucherify-eu\"} 5",
             "tokenkeeper_live_tokens{provider=\"voucherify-eu\"} 2",
             "tokenkeeper_last_error_timestamp_seconds{set=\"reports\",provider=\"voucherify-eu\"} 1900000000.25",
             "# TYPE tokenkeeper_refresh_total counter",

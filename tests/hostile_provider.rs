@@ -582,6 +582,50 @@ async fn a_set_that_cannot_journal_its_token_shows_as_failing() {
     assert!(p.live_tokens().is_empty());
 }
 
+/// A token whose answer comes in while the daemon stops, with the journal failing: the failed
+/// record is logged by the token's fingerprint and counted, and the token revoked at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_cannot_be_journaled_while_settling_is_revoked_and_logged() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let top = "defaults:\n  refresh: { min_interval: 10ms }\nshutdown_timeout: 20s";
+    let (mut d, cfg) = start(dir.path(), &config(&p, dir.path(), top, &set("s", &f)));
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    // The journal's place is taken by a directory with something in it, as in
+    // `a_set_that_cannot_journal_its_token_shows_as_failing`.
+    let journal = dir.path().join("state/journal.log");
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    std::fs::write(journal.join("keep"), "x").unwrap();
+    // The next token is minted at once and answered two seconds later: after the stop.
+    p.set_issue_delay(Duration::from_secs(2));
+    let before = p.issued_tokens().len();
+    d.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || p.issued_tokens().len() > before).await,
+        "{}",
+        d.output()
+    );
+    let late = p.issued_tokens().last().unwrap().clone();
+    let late_fp = tokenkeeper::secret::fingerprint(&late);
+    stop_clean(&mut d).await;
+    assert!(!p.is_live(&late), "{}", d.output());
+    assert!(p.live_tokens().is_empty(), "{}", d.output());
+    let out = d.output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&late_fp) && l.contains("not journaled")),
+        "the failed record of the token issued while stopping was not logged:\n{out}"
+    );
+    assert_eq!(
+        status_json(&cfg)["sets"][0]["journal_failures"],
+        1,
+        "{}",
+        status_json(&cfg)
+    );
+}
+
 /// One HTTP/1.1 request from `s`, head and body as text; `None` if the peer went away first.
 async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
     use tokio::io::AsyncReadExt;

@@ -229,6 +229,18 @@ fn start(cfg: SetConfig, p: &Arc<Mock>, u: f64) -> Harness {
 }
 
 fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> Harness {
+    start_with(cfg, p, u, begin, Journal::memory().0, SetReport::detached())
+}
+
+/// [`start_from`] with the set's journal and report given.
+fn start_with(
+    cfg: SetConfig,
+    p: &Arc<Mock>,
+    u: f64,
+    begin: Start<MemSink>,
+    journal: Journal,
+    report: SetReport,
+) -> Harness {
     let (stop, stop_rx) = oneshot::channel();
     let (rotate, rotate_rx) = broadcast::channel(4);
     let sink = MemSink::default();
@@ -239,7 +251,7 @@ fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> H
         jitter: Arc::new(move || u),
         stop: stop_rx,
         rotate: rotate_rx,
-        journal: Journal::memory().0,
+        journal,
         budget: Budget::new(
             "p",
             1000,
@@ -250,7 +262,7 @@ fn start_from(cfg: SetConfig, p: &Arc<Mock>, u: f64, begin: Start<MemSink>) -> H
         ),
         config_hash: "h".into(),
         start: Some(Box::new(begin)),
-        report: SetReport::detached(),
+        report,
         ready: None,
     };
     let task = tokio::spawn(task.run());
@@ -501,6 +513,44 @@ async fn a_failed_revocation_keeps_the_file_and_is_reported() {
     let (outcome, sink) = h.stop(S(5)).await;
     assert_eq!(outcome.failed.len(), 1);
     assert_eq!(sink.content().as_deref(), Some("tok1"));
+}
+
+/// A token whose answer came in while the set stopped, with the journal failing: its
+/// failed record is counted (as the first token's was) and the token revoked at once.
+#[tokio::test(start_paused = true)]
+async fn a_token_that_cannot_be_journaled_while_settling_is_revoked_and_logged() {
+    let p = Mock::new(S(900));
+    let report = SetReport::detached();
+    let stats = report.subscribe_stats();
+    let h = start_with(
+        set_cfg(0.66, 0.0),
+        &p,
+        0.0,
+        Start::default(),
+        Journal::failing(),
+        report,
+    );
+    tokio::time::sleep(S(1)).await; // tok1 written, not journaled
+    assert_eq!(h.sink.content().as_deref(), Some("tok1"));
+    assert_eq!(stats.borrow().journal_failures, 1);
+    p.s.lock().unwrap().issue_delay = S(3);
+    let _ = h.rotate.send(());
+    tokio::time::sleep(S(2)).await; // tok2 minted, its answer pending
+    assert_eq!(p.issued().len(), 2);
+    let (outcome, _) = h.stop(S(10)).await;
+    let mut revoked: Vec<String> = p.revoked().into_iter().map(|(t, _)| t).collect();
+    revoked.sort();
+    assert_eq!(revoked, ["tok1", "tok2"]);
+    assert!(outcome.failed.is_empty());
+    let stats = stats.borrow();
+    assert_eq!(stats.journal_failures, 2, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("issued while stopping not journaled")),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

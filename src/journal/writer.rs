@@ -81,6 +81,14 @@ impl Journal {
         Self::spawn(Some(dir), entries, Some(lock)).0
     }
 
+    /// A journal whose every record fails (its writer is gone), for tests of what the
+    /// callers do then.
+    #[cfg(test)]
+    pub fn failing() -> Journal {
+        let (tx, _) = mpsc::channel(1);
+        Journal { tx }
+    }
+
     /// A journal that lives in memory only, for tests; the returned watch shows its content.
     pub fn memory() -> (Journal, tokio::sync::watch::Receiver<Vec<Entry>>) {
         Self::spawn(None, Vec::new(), None)

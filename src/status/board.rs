@@ -186,6 +186,7 @@ impl Board {
                     tokens_revoked: stats.revoked,
                     revoke_failures: stats.revoke_failures,
                     tokens_refused: stats.refused,
+                    journal_failures: stats.journal_failures,
                     live_tokens: stats.live_tokens as u64,
                 }
             })

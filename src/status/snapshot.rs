@@ -86,6 +86,10 @@ pub struct SetSnapshot {
     /// before it existed.
     #[serde(default)]
     pub tokens_refused: u64,
+    /// See [`SetStats::journal_failures`](super::SetStats::journal_failures). Absent from
+    /// status files written before it existed.
+    #[serde(default)]
+    pub journal_failures: u64,
     pub live_tokens: u64,
 }
 

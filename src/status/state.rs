@@ -41,6 +41,9 @@ pub struct SetStats {
     /// Tokens the provider minted in answers refused for their other fields (token_type,
     /// lifetime), each revoked at once.
     pub refused: u64,
+    /// Journal records that failed: each token concerned was logged by fingerprint, and one
+    /// not in use was revoked at once.
+    pub journal_failures: u64,
     /// A token request is under way.
     pub refreshing: bool,
     /// Tokens this set holds that the provider still counts as live: the current one,
@@ -84,9 +87,10 @@ impl SetStats {
         self.next_refresh = Some(wall(retry_at));
     }
 
-    /// Something the set must write (its journal entry) could not be written; nothing was
-    /// retried for it, so no issue failure is counted.
-    pub fn write_failed(&mut self, error: String) {
+    /// A token's journal record could not be written; nothing was retried for it, so no
+    /// issue failure is counted.
+    pub fn journal_failed(&mut self, error: String) {
+        self.journal_failures += 1;
         self.last_error = Some(error);
         self.last_error_at = Some(SystemTime::now());
     }

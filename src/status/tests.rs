@@ -107,6 +107,7 @@ fn snap_at(now: SystemTime) -> Snapshot {
                 tokens_revoked: 2,
                 revoke_failures: 0,
                 tokens_refused: 0,
+                journal_failures: 0,
                 live_tokens: 1,
             },
             SetSnapshot {
@@ -123,6 +124,7 @@ fn snap_at(now: SystemTime) -> Snapshot {
                 tokens_revoked: 0,
                 revoke_failures: 0,
                 tokens_refused: 0,
+                journal_failures: 0,
                 live_tokens: 1,
             },
         ],

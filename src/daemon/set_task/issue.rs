@@ -135,7 +135,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         // well: say so until a token is journaled again.
                         if let Some(e) = unjournaled {
                             let error = format!("token not journaled: {e}");
-                            self.report.stats(|s| s.write_failed(error.clone()));
+                            self.report.stats(|s| s.journal_failed(error.clone()));
                             self.set_state(SetState::Failing {
                                 has_token: true,
                                 error,
@@ -217,7 +217,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         entry.file = None;
         if let Err(e) = Box::pin(self.journal.record(entry)).await {
             error!(set = %self.cfg.name, fingerprint = %held.fingerprint, error = %e,
-                "refused token not journaled; if tokenkeeper is killed now it stays live until it expires");
+                "refused token not journaled; revoking it now, but if tokenkeeper is killed first it stays live until it expires");
+            self.report
+                .stats(|s| s.journal_failed(format!("refused token not journaled: {e}")));
         }
         self.report.stats(SetStats::token_refused);
         error!(set = %self.cfg.name, provider = %self.cfg.provider, fingerprint = %held.fingerprint,
@@ -235,7 +237,15 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 info!(set = %name, fingerprint = %held.fingerprint,
                     "token issued while stopping; revoking it");
                 let entry = self.journal_entry(&held, &meta, Instant::now());
-                let _ = Box::pin(self.journal.record(entry)).await;
+                // The caller revokes it at once either way; a failed record is said and
+                // counted like any other, for a kill before that revocation loses it.
+                if let Err(e) = Box::pin(self.journal.record(entry)).await {
+                    error!(set = %name, fingerprint = %held.fingerprint, error = %e,
+                        "token issued while stopping not journaled; revoking it now, but if tokenkeeper is killed first it stays live until it expires");
+                    self.report.stats(|s| {
+                        s.journal_failed(format!("token issued while stopping not journaled: {e}"));
+                    });
+                }
                 Some(held)
             }
             Ok(Err(e)) => match e.minted() {
