@@ -472,6 +472,7 @@ mod tests {
             refresh_at: issued_at + Duration::from_secs(lifetime * 2 / 3),
             config_hash: "h".into(),
             file: None,
+            lifetime_assumed: false,
         }
     }
 

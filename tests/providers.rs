@@ -215,6 +215,57 @@ async fn oauth2_post_auth_openid_fallback_no_expiry_and_no_revocation_endpoint()
     assert!(!s.requests.iter().any(|r| r.contains("revoke")));
 }
 
+/// Answers without `expires_in` live `default_lifetime` by assumption only: superseded
+/// tokens are revoked at the provider even when their revocation comes after the assumed
+/// expiry, and nothing is left live at stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_with_an_assumed_lifetime_are_revoked_not_forgotten() {
+    let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
+    idp.state().expires_in = None;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    // Refreshed every second, a superseded token is revoked two seconds later: a second past
+    // its assumed expiry.
+    let cfg = format!(
+        "defaults:\n  refresh: {{ at: 50%, jitter: 0%, min_interval: 100ms }}\n  revoke_superseded_after: 2s\nproviders:\n  idp:\n    kind: oauth2\n    issuer: {}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n    auth_method: client_secret_post\n    default_lifetime: 2s\nscope_sets:\n{}",
+        idp.issuer(),
+        set("s", "idp", "api", &f, "")
+    );
+    let cfg = write_config(dir.path(), &cfg);
+    let mut daemon = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", &cfg],
+        0o022,
+        &[("TK_IDP_SECRET", "pw")],
+    );
+    assert!(
+        wait_until(PATIENCE, || idp.state().tokens.len() >= 3).await,
+        "{}",
+        daemon.output()
+    );
+    let first = idp.state().tokens[0].0.clone();
+    assert!(
+        wait_until(PATIENCE, || !idp.live().contains(&first)).await,
+        "a superseded token of assumed lifetime was left live:\n{}",
+        daemon.output()
+    );
+    daemon.signal(Signal::SIGTERM);
+    assert_eq!(
+        daemon.wait(PATIENCE).await.code(),
+        Some(0),
+        "{}",
+        daemon.output()
+    );
+    assert!(
+        idp.live().is_empty(),
+        "{:?}\n{}",
+        idp.live(),
+        daemon.output()
+    );
+    let s = idp.state();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth2_refusals_and_a_foreign_issuer_are_logged_not_fatal() {
     let mixup = OAuth2Fake::start("client_secret_basic", "tk", "pw").await;

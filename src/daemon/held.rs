@@ -13,8 +13,11 @@ use crate::sink::IssuedMeta;
 /// A token a set holds, with its place in the provider's budget.
 pub struct Held {
     pub(super) token: Secret,
-    pub(super) fingerprint: String,
+    pub(super) fingerprint: Box<str>,
     pub(super) expires_at: Instant,
+    /// `expires_at` is an assumption (the provider gave no lifetime): the token may be live
+    /// past it, so it is revoked rather than dropped as expired.
+    pub(super) assumed: bool,
     /// Given back when the token is dropped: revoked, expired, or abandoned at exit.
     pub(super) _slot: Slot,
 }
@@ -27,8 +30,9 @@ impl Held {
             scope: issued.scope.clone(),
         };
         let held = Held {
-            fingerprint: issued.token.fingerprint(),
+            fingerprint: issued.token.fingerprint().into(),
             expires_at: issued.expires_at(),
+            assumed: issued.lifetime_assumed,
             token: issued.token,
             _slot: slot,
         };
@@ -39,10 +43,16 @@ impl Held {
     pub fn adopted(entry: &Entry, remaining: Duration, slot: Slot) -> Held {
         Held {
             token: entry.token.clone(),
-            fingerprint: entry.fingerprint.clone(),
+            fingerprint: entry.fingerprint.as_str().into(),
             expires_at: Instant::now() + remaining,
+            assumed: entry.lifetime_assumed,
             _slot: slot,
         }
+    }
+
+    /// Whether it can be left to expire by `now`: its expiry is known, not assumed, and past.
+    pub(super) fn surely_expired(&self, now: Instant) -> bool {
+        !self.assumed && self.expires_at <= now
     }
 
     pub fn fingerprint(&self) -> &str {

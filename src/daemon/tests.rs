@@ -37,6 +37,8 @@ struct MockState {
     policy: Option<Revocation>,
     /// Answer with the last token issued again instead of a new one.
     repeat: bool,
+    /// Answers give no lifetime: `lifetime` is the default assumed for them.
+    assumed: bool,
     /// What `introspect()` answers; `None` is Inactive.
     introspection: Option<Introspection>,
     /// What `stop_turns()` answers.
@@ -99,14 +101,14 @@ impl TokenProvider for Mock {
         if let Some(status) = fail {
             return Err(failure(status));
         }
-        let (token, lifetime) = {
+        let (token, lifetime, assumed) = {
             let mut s = self.s.lock().unwrap();
             if !s.repeat || s.next == 0 {
                 s.next += 1;
             }
             let token = format!("tok{}", s.next);
             s.issued.push((token.clone(), issued_at));
-            (token, s.lifetime)
+            (token, s.lifetime, s.assumed)
         };
         // Minted first, answered later: like a slow server.
         tokio::time::sleep(delay).await;
@@ -116,6 +118,7 @@ impl TokenProvider for Mock {
             scope: "api".into(),
             issued_at,
             lifetime,
+            lifetime_assumed: assumed,
         })
     }
     async fn revoke(&self, token: &Secret) -> Result<(), ProviderError> {
@@ -553,6 +556,61 @@ async fn a_token_that_cannot_be_journaled_while_settling_is_revoked_and_logged()
     );
 }
 
+/// Tokens whose lifetime was assumed (the answers gave none) are revoked when superseded
+/// even past the assumed expiry, and revoked, not forgotten, when that expiry comes with no
+/// replacement: the provider may honour them far longer.
+#[tokio::test(start_paused = true)]
+async fn tokens_with_an_assumed_lifetime_are_revoked_not_forgotten() {
+    let t0 = Instant::now();
+    let p = Mock::new(S(900));
+    p.s.lock().unwrap().assumed = true;
+    let mut cfg = set_cfg(0.66, 0.0);
+    // Longer than a superseded token has left by the assumption (900 - 594 s).
+    cfg.revoke_superseded_after = S(600);
+    let h = start(cfg, &p, 0.0);
+    // tok2 at 594, tok3 at 1188; then every request fails, so tok3 reaches its assumed
+    // expiry (2088) with no replacement.
+    tokio::time::sleep(S(1190)).await;
+    p.s.lock().unwrap().fail_all = Some(503);
+    tokio::time::sleep(S(1000)).await;
+    let revoked: Vec<(String, Duration)> = p
+        .revoked()
+        .iter()
+        .map(|(t, at)| (t.clone(), *at - t0))
+        .collect();
+    assert_eq!(
+        revoked,
+        [
+            ("tok1".to_string(), S(1194)),
+            ("tok2".to_string(), S(1788)),
+            ("tok3".to_string(), S(2088)),
+        ]
+    );
+    assert_eq!(h.sink.content(), None);
+    let (outcome, _) = h.stop(S(5)).await;
+    assert!(outcome.failed.is_empty());
+}
+
+/// A superseded token of assumed lifetime whose revocation keeps failing is tried again past
+/// its assumed expiry, ever less often, until the revocation goes through.
+#[tokio::test(start_paused = true)]
+async fn a_failing_revocation_of_an_assumed_lifetime_is_retried_past_it() {
+    let p = Mock::new(S(900));
+    {
+        let mut s = p.s.lock().unwrap();
+        s.assumed = true;
+        s.fail_revoke = true;
+    }
+    let h = start(set_cfg(0.66, 0.0), &p, 0.0);
+    // tok1 superseded at 594, due at 654; its assumed expiry is 900.
+    tokio::time::sleep(S(1100)).await;
+    p.s.lock().unwrap().fail_revoke = false;
+    tokio::time::sleep(S(600)).await;
+    let revoked: Vec<String> = p.revoked().into_iter().map(|(t, _)| t).collect();
+    assert!(revoked.contains(&"tok1".to_string()), "{revoked:?}");
+    let _ = h.stop(S(5)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn keep_leaves_the_current_token_in_place() {
     let p = Mock::new(S(900));
@@ -579,6 +637,7 @@ fn journaled(fp: &str, secs: u64) -> Held {
         token: Secret::new(fp),
         fingerprint: fp.into(),
         expires_at: Instant::now() + S(secs),
+        assumed: false,
         _slot: b.adopt(),
     }
 }
@@ -612,6 +671,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         refresh_at,
         config_hash: "h".into(),
         file: None,
+        lifetime_assumed: false,
     };
     let mine = vec![
         // Past its expiry by our clock, which may have jumped.
@@ -634,7 +694,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     let mut due: Vec<_> = start
         .superseded
         .iter()
-        .map(|(h, at)| (h.fingerprint.clone(), *at))
+        .map(|(h, at)| (h.fingerprint.to_string(), *at))
         .collect();
     due.sort();
     assert_eq!(due, [("by-clock".into(), t0), ("by-provider".into(), t0)]);

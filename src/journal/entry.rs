@@ -33,6 +33,11 @@ pub struct Entry {
     pub config_hash: String,
     /// The file the token was written to, so `revoke` can remove it.
     pub file: Option<PathBuf>,
+    /// `expires_at` is an assumption (the provider's answer gave no lifetime): the journal
+    /// keeps the token past it, until it is revoked. Absent (false) from journals written
+    /// before it existed, and left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lifetime_assumed: bool,
 }
 
 mod secret_serde {
@@ -107,6 +112,12 @@ pub(super) struct Stored {
     json: Zeroizing<Box<[u8]>>,
 }
 
+/// How long the journal keeps a token whose expiry was assumed, unless it is revoked first.
+/// The provider said nothing of its lifetime, so only a revocation settles it; a year is the
+/// longest lifetime tokenkeeper believes any provider grants (the OAuth 2.0 and Voucherify
+/// parsers refuse longer ones), so past it the token is surely gone.
+pub const ASSUMED_LIFETIME_KEPT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Room for an entry's JSON before it is copied to its place: an entry is about 300 bytes
 /// with a short token. Growing the buffer would free the shorter copies without wiping them,
 /// so it starts large enough for most tokens (a larger JWT grows it once or twice).
@@ -121,11 +132,17 @@ impl Stored {
         Self::kept_for(e, remaining(e, SystemTime::now()))
     }
 
-    /// A journaled token kept at least `for_at_least` whatever its expiry says.
+    /// A journaled token kept at least `for_at_least` whatever its expiry says, and one whose
+    /// expiry is an assumption at least [`ASSUMED_LIFETIME_KEPT`].
     pub(super) fn kept_for(e: &Entry, for_at_least: Duration) -> Result<Stored, serde_json::Error> {
+        let floor = if e.lifetime_assumed {
+            for_at_least.max(ASSUMED_LIFETIME_KEPT)
+        } else {
+            for_at_least
+        };
         Ok(Stored {
             fingerprint: e.fingerprint.clone(),
-            deadline: Instant::now() + remaining(e, SystemTime::now()).max(for_at_least),
+            deadline: Instant::now() + remaining(e, SystemTime::now()).max(floor),
             json: {
                 let mut scratch = Zeroizing::new(Vec::with_capacity(ENTRY_JSON_ROOM));
                 serde_json::to_writer(&mut *scratch, e)?;

@@ -20,6 +20,7 @@ fn entry(fp: &str, expires_in: u64) -> Entry {
         refresh_at: now + Duration::from_secs(expires_in / 2),
         config_hash: "h".into(),
         file: Some("/run/x".into()),
+        lifetime_assumed: false,
     }
 }
 
@@ -331,6 +332,42 @@ async fn tokens_expired_by_the_wall_clock_stay_until_the_doubt_window_ends() {
     tokio::time::advance(CLOCK_DOUBT_WINDOW).await;
     j.record(entry("cc", 6000)).await.unwrap();
     assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
+}
+
+/// A token whose expiry was assumed stays journaled past it, until it is revoked (removed),
+/// whether recorded while running or found at start; one whose expiry is known goes.
+#[tokio::test(start_paused = true)]
+async fn tokens_of_assumed_lifetime_stay_past_it_until_removed() {
+    let assumed = |fp: &str, secs: u64| Entry {
+        lifetime_assumed: true,
+        ..entry(fp, secs)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Journal::start(tmp.path().to_path_buf(), vec![assumed("old", 0)]);
+    j.record(assumed("aa", 60)).await.unwrap();
+    j.record(entry("bb", 60)).await.unwrap();
+    tokio::time::advance(CLOCK_DOUBT_WINDOW + Duration::from_secs(61)).await;
+    j.record(entry("cc", 6000)).await.unwrap();
+    assert_eq!(fingerprints(tmp.path()), ["old", "aa", "cc"]);
+    j.remove(vec!["old".into(), "aa".into()]).await;
+    j.flush().await;
+    assert_eq!(fingerprints(tmp.path()), ["cc"]);
+    // The flag survives the disk, and is left out where it is false.
+    let text = std::fs::read_to_string(tmp.path().join("journal.log")).unwrap();
+    assert!(!text.contains("lifetime_assumed\":false"), "{text}");
+    let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
+    j.record(assumed("dd", 60)).await.unwrap();
+    let loaded = load(tmp.path()).unwrap();
+    assert!(
+        loaded
+            .iter()
+            .any(|e| e.fingerprint == "dd" && e.lifetime_assumed)
+    );
+    assert!(
+        loaded
+            .iter()
+            .all(|e| e.fingerprint == "dd" || !e.lifetime_assumed)
+    );
 }
 
 #[tokio::test]

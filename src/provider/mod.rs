@@ -57,6 +57,9 @@ pub struct Issued {
     pub issued_at: Instant,
     /// Lifetime the provider granted, measured on our monotonic clock from `issued_at`.
     pub lifetime: Duration,
+    /// The answer gave no lifetime and `lifetime` is the configured default: an assumption,
+    /// which the provider may outlive, so the token is never dropped unrevoked for it.
+    pub lifetime_assumed: bool,
 }
 
 impl Issued {

@@ -223,6 +223,8 @@ fn entry_from_doc(set: &SetConfig, data: &Value) -> Result<Option<Entry>, Unfit>
         refresh_at: written_at + lifetime.mul_f64(set.refresh.at),
         config_hash: text("config_hash").unwrap_or_default(),
         file: set.file.as_ref().map(|f| f.path.clone()),
+        // A store's token says when it expires.
+        lifetime_assumed: false,
     }))
 }
 

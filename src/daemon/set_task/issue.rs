@@ -202,8 +202,9 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
     async fn refused(&self, token: Secret, slot: Slot, why: &ProviderError) -> Held {
         let now = Instant::now();
         let held = Held {
-            fingerprint: token.fingerprint(),
+            fingerprint: token.fingerprint().into(),
             expires_at: now + REFUSED_TOKEN_TRACKED,
+            assumed: false,
             token,
             _slot: slot,
         };

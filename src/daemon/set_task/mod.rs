@@ -269,7 +269,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         Entry {
             set: self.cfg.name.clone(),
             provider: self.cfg.provider.clone(),
-            fingerprint: held.fingerprint.clone(),
+            fingerprint: held.fingerprint.to_string(),
             token: held.token.clone(),
             token_type: meta.token_type.clone(),
             scope: meta.scope.clone(),
@@ -278,6 +278,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             refresh_at: wall(refresh_at),
             config_hash: self.config_hash.to_string(),
             file: self.cfg.file.as_ref().map(|f| f.path.clone()),
+            lifetime_assumed: held.assumed,
         }
     }
 
@@ -298,7 +299,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
 
     fn fresh(&self, held: &Held, next_refresh: Instant) {
         self.set_state(SetState::Fresh {
-            fingerprint: held.fingerprint.clone(),
+            fingerprint: held.fingerprint.to_string(),
             expires_at: held.expires_at,
             next_refresh,
         });
@@ -336,6 +337,13 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         } else {
             info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
                 "not revoking the superseded token: {}", self.why_not_revoked());
+            if held.assumed {
+                // The journal keeps a token of assumed lifetime until it is revoked, and
+                // nothing will revoke this one: without this it would stay a year.
+                let journal = self.journal.clone();
+                let fingerprint = held.fingerprint.to_string();
+                tokio::spawn(async move { journal.remove(vec![fingerprint]).await });
+            }
         }
     }
 
@@ -477,15 +485,22 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             }
             Ok((held, Ok(()))) => {
                 info!(set = %name, fingerprint = %held.fingerprint, "revoked superseded token");
-                self.journal.remove(vec![held.fingerprint.clone()]).await;
+                self.journal
+                    .remove(vec![held.fingerprint.to_string()])
+                    .await;
             }
-            Ok((held, Err(e))) if held.expires_at > Instant::now() => {
+            Ok((held, Err(e))) if !held.surely_expired(Instant::now()) => {
                 warn!(set = %name, fingerprint = %held.fingerprint, error = %chain(&e),
                     "could not revoke superseded token; will retry");
-                let again = Instant::now() + SUPERSEDED_RETRY.mul_f64(1.0 + (self.jitter)());
+                // Past an assumed expiry the token may be gone or live for long: the wait
+                // grows with the time overdue, so a revocation that keeps failing costs a
+                // request now and then, not one every few seconds for good.
+                let overdue = Instant::now().saturating_duration_since(held.expires_at);
+                let wait = SUPERSEDED_RETRY.max(overdue / 2);
+                let again = Instant::now() + wait.mul_f64(1.0 + (self.jitter)());
                 t.superseded.push((held, again));
             }
-            // Expired meanwhile: nothing left to revoke; the journal prunes it.
+            // Surely expired meanwhile: nothing left to revoke; the journal prunes it.
             Ok((_, Err(_))) => {}
             Err(e) => error!(set = %name, error = %e, "a revocation task failed"),
         }
@@ -514,7 +529,13 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             if let Err(e) = self.sink.remove().await {
                 error!(set = %name, error = %chain(&e), "could not remove expired token");
             }
-            self.journal.remove(vec![h.fingerprint.clone()]).await;
+            if h.assumed {
+                // Expired by an assumption only: the provider may still honour it, so it is
+                // revoked (and stays journaled until then), not forgotten.
+                self.supersede(&mut t.superseded, h, Instant::now());
+            } else {
+                self.journal.remove(vec![h.fingerprint.to_string()]).await;
+            }
             self.report.stats(SetStats::token_expired);
             self.set_state(SetState::Failing {
                 has_token: false,
@@ -527,7 +548,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let (due, later): (Vec<_>, Vec<_>) = t.superseded.drain(..).partition(|(_, at)| *at <= now);
         t.superseded = later;
         for (held, _) in due {
-            if held.expires_at <= now {
+            // An assumed expiry proves nothing: such a token is revoked all the same.
+            if held.surely_expired(now) {
                 info!(set = %self.cfg.name, fingerprint = %held.fingerprint,
                     "superseded token expired before its revocation; nothing to revoke");
                 continue;
@@ -555,6 +577,7 @@ mod tests {
             token: crate::secret::Secret::new(token),
             fingerprint: token.into(),
             expires_at: Instant::now() + Duration::from_secs(60),
+            assumed: false,
             _slot: budget.adopt(),
         }
     }
@@ -594,7 +617,7 @@ mod tests {
         assert_eq!(r.len(), 2);
         let mut joined: Vec<String> = Vec::new();
         while let Some(j) = r.join_next().await {
-            joined.push(j.unwrap().0.fingerprint);
+            joined.push(j.unwrap().0.fingerprint.into());
         }
         joined.sort();
         assert_eq!(joined, ["a", "b"]);

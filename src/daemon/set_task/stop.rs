@@ -94,7 +94,11 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             let mut back = Vec::new();
             while let Ok(Some(joined)) = timeout_at(wait, revoking.join_next()).await {
                 match joined {
-                    Ok((held, Ok(()))) => this.journal.remove(vec![held.fingerprint.clone()]).await,
+                    Ok((held, Ok(()))) => {
+                        this.journal
+                            .remove(vec![held.fingerprint.to_string()])
+                            .await
+                    }
                     Ok((held, Err(_))) => back.push(held),
                     Err(_) => {}
                 }
@@ -166,20 +170,20 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
             (Some(h), OnShutdown::Keep) => {
                 info!(set = %name, fingerprint = %h.fingerprint, "keeping the token at stop (on_shutdown: keep, or handed over)");
-                outcome.kept = Some(h.fingerprint.clone());
+                outcome.kept = Some(h.fingerprint.to_string());
             }
             (None, _) => {}
         }
         let now = Instant::now();
         let (mut live, expired): (Vec<_>, Vec<_>) =
-            to_revoke.into_iter().partition(|h| h.expires_at > now);
+            to_revoke.into_iter().partition(|h| !h.surely_expired(now));
         drop(expired);
         let mut current_expiring = false;
         let revokes = this.revokes();
         if !revokes {
             for h in live.drain(..) {
                 current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
-                outcome.expiring.push(h.fingerprint.clone());
+                outcome.expiring.push(h.fingerprint.to_string());
             }
         }
         if live
@@ -243,8 +247,8 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             },
         );
         drop(turn);
-        outcome.revoked.extend(done);
-        outcome.expiring.extend(late_expiring);
+        outcome.revoked.extend(done.into_iter().map(String::from));
+        outcome.expiring.extend(late_expiring.map(String::from));
         if !outcome.expiring.is_empty() {
             info!(set = %name, fingerprints = %outcome.expiring.join(","),
                 "not revoked: {}", this.why_not_revoked());
@@ -256,12 +260,12 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     if current_fp.as_deref() == Some(&h.fingerprint) {
                         current_revoked = true;
                     }
-                    outcome.revoked.push(h.fingerprint.clone());
+                    outcome.revoked.push(h.fingerprint.to_string());
                 }
                 Err(e) => {
                     error!(set = %name, fingerprint = %h.fingerprint, error = %e,
                         "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
-                    outcome.failed.push((h.fingerprint.clone(), e));
+                    outcome.failed.push((h.fingerprint.to_string(), e));
                 }
             }
         }

@@ -375,6 +375,7 @@ fn parse_issued(
             scope: granted,
             issued_at,
             lifetime,
+            lifetime_assumed: default_lifetime_used,
         },
         default_lifetime_used,
     })

@@ -313,6 +313,7 @@ impl TokenProvider for Square {
             scope: scopes.join(" "),
             issued_at,
             lifetime,
+            lifetime_assumed: false,
         })
     }
 

@@ -287,6 +287,7 @@ fn parse_issued(body: &[u8], issued_at: Instant) -> Result<Issued, ProviderError
         scope: sanitize(&r.scope),
         issued_at,
         lifetime,
+        lifetime_assumed: false,
     })
 }
 
