@@ -665,13 +665,17 @@ impl Drop for Carried {
 /// `refusal` of a 200 token answer's `body`, carrying the token the body holds when it holds
 /// a well-formed one and the refusal does not carry it yet: whatever else in the answer is
 /// wrong, the provider minted that token, and only a refusal that carries it gets it revoked.
-/// An answer whose JSON does not parse at all, or whose `access_token` is not a string, has
-/// no token to salvage.
+/// The first JSON value of the body is read, so text after it does not hide the token; an
+/// answer with no whole JSON object first, or whose `access_token` is not a string, has no
+/// token to salvage.
 pub(crate) fn salvage_minted(refusal: ProviderError, body: &[u8]) -> ProviderError {
     if refusal.minted().is_some() {
         return refusal;
     }
-    let Ok(mut carried) = serde_json::from_slice::<Carried>(body) else {
+    let first = serde_json::Deserializer::from_slice(body)
+        .into_iter::<Carried>()
+        .next();
+    let Some(Ok(mut carried)) = first else {
         return refusal;
     };
     let Some(token) = carried.access_token.take().map(Secret::new) else {

@@ -151,6 +151,10 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
         );
         assert!(!format!("{e} {e:?}").contains("1MintedTok"), "{e:?}");
     }
+    // Text after the answer's JSON does not hide its token.
+    let body = format!("{whole} trailing");
+    let e = parse_token_answer(200, None, body.as_bytes(), Instant::now()).unwrap_err();
+    assert_eq!(e.minted().map(Secret::expose), Some("1MintedTok"), "{e:?}");
     // Not a 200: no token was minted, whatever the body says.
     let body = whole.to_string();
     let e = parse_token_answer(500, None, body.as_bytes(), Instant::now()).unwrap_err();
