@@ -120,10 +120,10 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
 }
 
 /// Remove the copies of the log that compactions left in `dir` when they were killed before
-/// their rename: each holds token records, and nothing else would ever remove them. Only
-/// regular files named as a compaction names its temporary file (see
-/// [`crate::sink::write_file`]); called with the directory's lock held, so no compaction of
-/// another process is under way.
+/// their rename: each holds token records, and nothing else would ever remove them; and the
+/// copies of a Square provider's refresh-token file, which hold a refresh token. Only regular
+/// files named as a writer names its temporary file (see [`crate::sink::write_file`]); called
+/// with the directory's lock held, so no writer of another process is under way.
 pub(super) fn remove_leftover_copies(dir: &Path) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -132,27 +132,41 @@ pub(super) fn remove_leftover_copies(dir: &Path) {
             return;
         }
     };
-    let journal = std::ffi::OsStr::new(JOURNAL_FILE);
     let mut removed = 0_usize;
     for entry in entries.flatten() {
         let name = entry.file_name();
         // `file_type` does not follow a symlink: one named like a copy is left alone.
-        if !crate::sink::is_temp_of(&name, journal) || !entry.file_type().is_ok_and(|t| t.is_file())
-        {
+        if !holds_secrets_left_behind(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         match std::fs::remove_file(entry.path()) {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => {
-                warn!(state_dir = %dir.display(), error = %e, "could not remove a copy of the journal a crash left behind");
+                warn!(state_dir = %dir.display(), error = %e, "could not remove a copy of a state file a crash left behind");
             }
         }
     }
     if removed > 0 {
         warn!(state_dir = %dir.display(), copies = removed,
-            "removed copies of the journal that a crash during its compaction left behind");
+            "removed copies of the journal or a refresh-token file that a crash while writing left behind");
     }
+}
+
+/// Whether `name` is the temporary copy of a state file that holds secrets, as a killed
+/// writer leaves it: the journal's (token records) or a Square provider's
+/// (`square-NAME.json`, its rotated refresh token). The status file's copies hold no secret
+/// and are left to the status writer.
+fn holds_secrets_left_behind(name: &std::ffi::OsStr) -> bool {
+    if crate::sink::is_temp_of(name, std::ffi::OsStr::new(JOURNAL_FILE)) {
+        return true;
+    }
+    // `.square-NAME.json.RANDOM.tmp`: the random part has no dot.
+    let name = name.to_string_lossy();
+    name.strip_suffix(".tmp")
+        .and_then(|n| n.rsplit_once('.'))
+        .and_then(|(target, _random)| target.strip_prefix(".square-"))
+        .is_some_and(|provider| provider.ends_with(".json") && provider.len() > ".json".len())
 }
 
 /// A log may hold this much besides twice its live records before it is compacted: a

@@ -76,10 +76,16 @@ fn copies_a_killed_compaction_left_are_swept_when_the_lock_is_taken() {
         .keep()
         .unwrap();
     std::fs::copy(dir.join(JOURNAL_FILE), &copy).unwrap();
+    // A Square provider's refresh-token copy holds a refresh token: swept too.
+    let square = dir.join(".square-shop.json.Xy12z9.tmp");
+    std::fs::write(&square, "{\"token\":\"refresh\"}").unwrap();
     let others = [
         ".status.json.abc123.tmp",
         ".journal.log.abc123.tmp.x",
         "x.tmp",
+        ".square-.json.abc123.tmp",
+        ".square-shop.json",
+        "square-shop.json.abc123.tmp",
     ];
     for o in others {
         std::fs::write(dir.join(o), "keep").unwrap();
@@ -90,9 +96,11 @@ fn copies_a_killed_compaction_left_are_swept_when_the_lock_is_taken() {
     // Held by another process, which may be compacting: nothing is touched.
     assert!(lock_state_dir(&dir).is_err());
     assert!(copy.exists());
+    assert!(square.exists());
     drop(held);
     let _lock = lock_state_dir(&dir).unwrap();
     assert!(!copy.exists());
+    assert!(!square.exists());
     for o in others {
         assert!(dir.join(o).exists(), "{o}");
     }
