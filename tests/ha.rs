@@ -276,3 +276,75 @@ async fn a_lease_claimed_far_ahead_is_believed_only_for_a_lease() {
     assert!(d.wait(PATIENCE).await.success(), "{}", d.output());
     assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
 }
+
+/// The member records in the store, by name.
+async fn members(b: &Bao) -> Vec<String> {
+    let (status, v) = b
+        .call("LIST", "secret/metadata/tokenkeeper/lease-members", None)
+        .await;
+    assert!(status == 200 || status == 404, "list: {status} {v}");
+    serde_json::from_value(v["data"]["keys"].clone()).unwrap_or_default()
+}
+
+/// How long a killed instance's member record may stay: its last expiry (one lease after its
+/// last heartbeat) plus the two leases it is kept past it, plus the leader's once-a-lease
+/// sweep, with a lease's margin for a loaded machine. Before the fix it stayed for good.
+const MEMBER_GONE_LIMIT: Duration = Duration::from_secs(5 * 2);
+
+/// A SIGKILLed instance cannot remove its member record; the leader removes it once it has
+/// not heartbeated for a few leases, and keeps its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_members_record_is_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let mut a = start(&instance_config(&p, &b, dir.path(), 0));
+    a.wait_for_log(LEADING).await;
+    let deadline = Instant::now() + PATIENCE;
+    let dead = loop {
+        let now = members(&b).await;
+        if now.len() == 1 || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1, "the first instance's record: {dead:?}");
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    assert_eq!(
+        members(&b).await,
+        dead,
+        "the killed instance's record stays"
+    );
+
+    let mut live = start(&instance_config(&p, &b, dir.path(), 1));
+    new_leader(&[&live], t0).await;
+    let deadline = t0 + MEMBER_GONE_LIMIT;
+    let left = loop {
+        let now = members(&b).await;
+        if !now.contains(&dead[0]) || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !left.contains(&dead[0]),
+        "{:?} still holds the dead member's record after {:?}:\n{}",
+        left,
+        t0.elapsed(),
+        live.output()
+    );
+    eprintln!(
+        "EXPIRED dead member record: {} ms after SIGKILL",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(left.len(), 1, "the live leader's own record went: {left:?}");
+    assert!(
+        live.output().contains("removed the record of a member"),
+        "{}",
+        live.output()
+    );
+    live.signal(Signal::SIGTERM);
+    assert!(live.wait(PATIENCE).await.success(), "{}", live.output());
+}

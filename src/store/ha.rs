@@ -57,6 +57,13 @@ impl Drop for Lease {
 /// lease; the second allows for clocks a little apart, far short of a stranger's "forever".
 const MEMBER_BELIEF_LEASES: u64 = 2;
 
+/// How many leases past its expiry a member record is kept: a heartbeat writes an expiry one
+/// lease ahead and is renewed every quarter (standby) or third (leader) of a lease, so a record
+/// two leases past its expiry (last written three leases ago) means nine or more heartbeats
+/// missed in a row: the instance is dead, not slow. Fewer would remove the record of an
+/// instance merely stalled by a slow store; more leaves dead records about longer for nothing.
+const MEMBER_EXPIRY_LEASES: u64 = 2;
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -224,6 +231,47 @@ impl Lease {
         Ok(None)
     }
 
+    /// Delete the member records of instances that stopped heartbeating
+    /// [`MEMBER_EXPIRY_LEASES`] leases ago (killed ones never remove their own). The delete is
+    /// idempotent, so two leaders in a hand-over racing at it is harmless; an instance whose
+    /// record went only because it stalled that long writes it again at its next heartbeat.
+    /// Records without a readable expiry are left alone: they are no heartbeat of ours.
+    pub async fn expire_dead_members(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let grace = ms(self.lease).saturating_mul(MEMBER_EXPIRY_LEASES);
+        for key in self.vault.list(&self.members).await? {
+            if key == self.id || key.ends_with('/') {
+                continue;
+            }
+            let path = format!("{}/{key}", self.members);
+            let Some(doc) = self.vault.read(&path).await? else {
+                continue;
+            };
+            let expires_ms = doc.data.get("expires_ms").and_then(Value::as_u64);
+            let dead = !doc.deleted && expires_ms.is_some_and(|e| e.saturating_add(grace) < now);
+            if !dead {
+                continue;
+            }
+            self.vault.delete_all(&path).await?;
+            info!(member = %crate::shown(&key), "removed the record of a member that stopped heartbeating");
+        }
+        Ok(())
+    }
+
+    /// [`Lease::expire_dead_members`], given up after `limit`: a slow store must not hold off
+    /// the next renewal.
+    async fn expire_dead_members_within(&self, limit: Duration) {
+        match tokio::time::timeout(limit, self.expire_dead_members()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %chain(&e), "leader: could not expire dead members' records");
+            }
+            Err(_) => {
+                warn!("leader: expiring dead members' records took too long; trying again later")
+            }
+        }
+    }
+
     /// Stand by until this instance holds the lease, heartbeating meanwhile. Polls every
     /// quarter lease: a dead leader's lease is taken within about 1.25 leases of its last
     /// renewal, a released one within a quarter lease.
@@ -256,17 +304,22 @@ impl Lease {
 impl Lease {
     /// As leader: renew every third of a lease until the lease is lost (another instance
     /// holds it) or could not be renewed before it ran out; then return, and the caller must
-    /// stop acting as leader at once.
+    /// stop acting as leader at once. Once a lease, also expire dead members' records.
     pub async fn keep(&self) {
         let mut valid_until = tokio::time::Instant::now() + self.lease;
-        loop {
+        for tick in 0_u64.. {
             tokio::time::sleep(self.lease / 3).await;
             if let Err(e) = self.heartbeat().await {
                 warn!(error = %chain(&e), "leader: could not heartbeat to the store");
             }
             let asked = tokio::time::Instant::now();
             match self.acquire().await {
-                Ok(true) => valid_until = asked + self.lease,
+                Ok(true) => {
+                    valid_until = asked + self.lease;
+                    if tick % 3 == 0 {
+                        self.expire_dead_members_within(self.lease / 3).await;
+                    }
+                }
                 Ok(false) => {
                     warn!("leader: another instance holds the lease now");
                     return;
