@@ -862,3 +862,84 @@ async fn a_store_answer_without_end_is_cut_off_at_the_cap() {
     stop_clean(&mut d).await;
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
+
+/// A store that accepts connections and never answers a byte: every request waits out the
+/// store's timeout. Connections are held open (never read to the end) until the test ends.
+async fn silent_store() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// How long after spawn every token file must exist with a store that never answers: far
+/// below one store timeout (2 s here) and below the 14 s five sequential reads took, yet
+/// generous for a loaded machine (files only write in well under 0.1 s).
+const SILENT_STORE_FILES_WITHIN: Duration = Duration::from_millis(1500);
+
+/// A store that never answers holds no token file back: the reads at start are bounded, the
+/// sets issue their own tokens, the store's failure shows in the status, and stop revokes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_never_answers_delays_no_token_file() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("store-token");
+    std::fs::write(&token_file, "hvs.silent").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let top = format!(
+        "stores:\n  silent:\n    kind: vault\n    address: {}\n    mount: secret\n    timeout: 2s\n    auth: {{ token: {{ file: {} }} }}\n",
+        silent_store().await,
+        token_file.display()
+    );
+    let files: Vec<PathBuf> = (0..5)
+        .map(|i| dir.path().join(format!("t{i}.token")))
+        .collect();
+    let sets: String = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "  - name: s{i}\n    provider: dev\n    scopes: [api]\n    file: {{ path: {} }}\n    store: {{ name: silent, path: tokenkeeper/s{i} }}\n",
+                f.display()
+            )
+        })
+        .collect();
+    let cfg = write_config(dir.path(), &config(&p, dir.path(), &top, &sets));
+    let spawned = Instant::now();
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[],
+    );
+    let all_written = || files.iter().all(|f| read(f).is_some());
+    assert!(wait_until(PATIENCE, all_written).await, "{}", d.output());
+    let took = spawned.elapsed();
+    assert!(
+        took <= SILENT_STORE_FILES_WITHIN,
+        "every token file took {took:?} with a store that never answers:\n{}",
+        d.output()
+    );
+    let failing = || {
+        let v = status_json(&cfg);
+        let stores = v["stores"].as_array().cloned().unwrap_or_default();
+        stores.len() == 5 && stores.iter().all(|s| s["error"].as_str().is_some())
+    };
+    assert!(wait_until(PATIENCE, failing).await, "{}", d.output());
+    let issued = p.issued_tokens();
+    assert_eq!(issued.len(), 5, "{}", d.output());
+    stop_clean(&mut d).await;
+    let revoked = p.revoked_tokens();
+    for t in &issued {
+        assert!(revoked.contains(t), "{t} not revoked:\n{}", d.output());
+    }
+}

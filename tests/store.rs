@@ -445,3 +445,110 @@ async fn a_token_document_failing_the_answer_checks_is_not_adopted() {
         idp.state().violations
     );
 }
+
+/// A gate in front of the store at `to`: while shut, it accepts connections and never answers
+/// (holding them open); once `open` is set, it forwards new ones.
+async fn gate(to: String, open: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let to = to.trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            if !open.load(Ordering::SeqCst) {
+                held.push(s);
+                continue;
+            }
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A token another instance left in the store, which the start could not read in time (the
+/// store did not answer), is not left live behind the set's own: once the store answers, the
+/// set's writer reads the path before writing over it, and the token found there is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_in_a_store_that_answered_late_is_revoked_not_left_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
+    let env = [("TK_IDP_SECRET", "pw")];
+    let (first_cfg, _) = api_config(&idp, &b, dir.path(), 0);
+    let mut first = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", first_cfg.to_str().unwrap()],
+        0o022,
+        &env,
+    );
+    assert!(
+        wait_until(PATIENCE, || !idp.live().is_empty()).await,
+        "{}",
+        first.output()
+    );
+    let left = idp.live()[0].clone();
+    assert!(
+        wait_store(&b, "tokenkeeper/api", &left).await,
+        "{}",
+        first.output()
+    );
+    // Killed, so its token stays live and its document in the store.
+    first.signal(Signal::SIGKILL);
+    first.wait(PATIENCE).await;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gated = gate(b.addr(), std::sync::Arc::clone(&open)).await;
+    let (second_cfg, file) = api_config(&idp, &b, dir.path(), 1);
+    let yaml = std::fs::read_to_string(&second_cfg)
+        .unwrap()
+        .replace(&b.addr(), &gated)
+        .replace("mount: secret\n", "mount: secret\n    timeout: 2s\n");
+    std::fs::write(&second_cfg, yaml).unwrap();
+    let mut second = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", second_cfg.to_str().unwrap()],
+        0o022,
+        &env,
+    );
+    let own = || {
+        read(&file).and_then(|t| {
+            let first = t.lines().next()?.strip_prefix("API_TOKEN=")?.to_string();
+            (first != left).then_some(first)
+        })
+    };
+    assert!(
+        wait_until(PATIENCE, || own().is_some()).await,
+        "{}",
+        second.output()
+    );
+    let own = own().unwrap();
+    assert!(
+        idp.live().contains(&left),
+        "revoked before the store answered?\n{}",
+        second.output()
+    );
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wait_store(&b, "tokenkeeper/api", &own).await,
+        "{}",
+        second.output()
+    );
+    assert!(
+        wait_until(PATIENCE, || !idp.live().contains(&left)).await,
+        "the token the store held is still live:\n{}",
+        second.output()
+    );
+    assert!(idp.live().contains(&own), "{}", second.output());
+    stop_clean(&mut second).await;
+    assert!(
+        idp.live().is_empty(),
+        "{:?}\n{}",
+        idp.live(),
+        second.output()
+    );
+}

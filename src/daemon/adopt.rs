@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -196,4 +196,50 @@ pub(super) async fn revoke_leftovers<P: TokenProvider>(
 fn stop_deadline(stop: &watch::Receiver<Option<Instant>>) -> Instant {
     stop.borrow()
         .unwrap_or_else(|| Instant::now() + STOP_RETRY_CAP)
+}
+
+/// Revoke the tokens the store writers found in paths the start could not read in time
+/// (another instance's, written over and adopted by nobody), as they come, until stop.
+/// One this daemon journals is its own and is left alone.
+pub(super) async fn revoke_displaced<P: TokenProvider + 'static>(
+    mut found: mpsc::UnboundedReceiver<Entry>,
+    providers: HashMap<String, Arc<P>>,
+    journal: Journal,
+    in_use: Vec<std::path::PathBuf>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) -> SetOutcome {
+    let mut revoking = Vec::new();
+    while stop.borrow().is_none() {
+        tokio::select! {
+            e = found.recv() => {
+                let Some(e) = e else { break };
+                if journal.entries().await.iter().any(|j| j.fingerprint == e.fingerprint) {
+                    continue;
+                }
+                revoking.push(tokio::spawn(revoke_leftovers(
+                    vec![e],
+                    providers.clone(),
+                    journal.clone(),
+                    in_use.clone(),
+                    stop.clone(),
+                )));
+            }
+            changed = stop.changed() => if changed.is_err() { break },
+        }
+    }
+    let mut outcome = SetOutcome {
+        set: REMOVED_SETS.into(),
+        ..SetOutcome::default()
+    };
+    for r in join_all(revoking).await.into_iter().flatten() {
+        outcome.revoked.extend(r.revoked);
+        outcome.failed.extend(r.failed);
+    }
+    // Wait for stop, so the report is complete however early this finished.
+    while stop.borrow().is_none() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    outcome
 }

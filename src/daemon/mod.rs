@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::join_all;
@@ -128,6 +129,12 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>
     Ok(out)
 }
 
+/// How long the start waits for the stores to say which tokens they hold, all sets together.
+/// A store that answers does so in milliseconds (a local OpenBao answered 1,000 reads one
+/// after another in 0.41 s), so adoption loses nothing; a store that hangs holds the token
+/// files back by this much at most instead of one store timeout per set, one after another.
+const STORE_READ_BUDGET: Duration = Duration::from_secs(1);
+
 /// Run the daemon until `control` says stop; revoke everything; report.
 ///
 /// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
@@ -161,7 +168,10 @@ pub async fn run<P: TokenProvider + 'static>(
     // journaled ones: reused if they fit, so a takeover or a new machine issues nothing early.
     let mut entries = entries;
     let journaled: HashSet<String> = entries.iter().map(|e| e.fingerprint.clone()).collect();
-    for e in shared.stores.entries(&config).await {
+    let (stored, unread) = shared.stores.entries(&config, STORE_READ_BUDGET).await;
+    // Their writers read the path before writing over it, and report the token found there.
+    let displaced = (!unread.is_empty()).then(|| shared.stores.watch_unread(unread));
+    for e in stored {
         if !journaled.contains(&e.fingerprint) {
             entries.push(e);
         }
@@ -254,6 +264,22 @@ pub async fn run<P: TokenProvider + 'static>(
                 shared.journal.clone(),
                 in_use,
                 leftover_stop_rx,
+            )),
+        ));
+    }
+    if let Some(found) = displaced {
+        let in_use = sets
+            .iter()
+            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
+            .collect();
+        retiring.push((
+            REMOVED_SETS.into(),
+            tokio::spawn(adopt::revoke_displaced(
+                found,
+                shared.providers.clone(),
+                shared.journal.clone(),
+                in_use,
+                leftover_stop.subscribe(),
             )),
         ));
     }

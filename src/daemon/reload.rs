@@ -154,7 +154,7 @@ pub(super) async fn reload<P: TokenProvider + 'static>(
     }
     if new.stores != config.stores {
         match Stores::build(&new) {
-            Ok(s) => shared.stores = s,
+            Ok(s) => shared.stores = s.watching_as(&shared.stores),
             Err(e) => {
                 error!(
                     "reload refused, running on with the current configuration: {}",

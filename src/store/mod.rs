@@ -11,12 +11,14 @@ pub mod ha;
 pub mod standby;
 pub mod vault;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -36,6 +38,25 @@ pub struct Stores {
     by_name: HashMap<String, Arc<Vault>>,
     /// Background logins, ended with the last clone.
     _keepers: Arc<KeeperGuard>,
+    /// The sets whose paths the start did not read in time, and where their writers report
+    /// the token they find there before writing over it.
+    late: Option<Late>,
+}
+
+#[derive(Clone)]
+struct Late {
+    sets: Arc<HashSet<String>>,
+    found: mpsc::UnboundedSender<Entry>,
+}
+
+/// What a writer of a path the start did not read must do before its first write: read the
+/// document there and report the token it holds, which the write would otherwise hide while
+/// it stays live (another instance's, adopted by nobody).
+struct Unread {
+    set: SetConfig,
+    found: mpsc::UnboundedSender<Entry>,
+    /// The fingerprint last reported, so a write retried after a conflict reports it once.
+    reported: Option<String>,
 }
 
 #[derive(Default)]
@@ -63,7 +84,26 @@ impl Stores {
         Ok(Stores {
             by_name,
             _keepers: Arc::new(KeeperGuard(keepers)),
+            late: None,
         })
+    }
+
+    /// From now on, the writers of `sets` (which the start did not read in time, see
+    /// [`entries`](Self::entries)) read their path before their first write and send the
+    /// token they find there on the returned channel, to be revoked.
+    pub fn watch_unread(&mut self, sets: HashSet<String>) -> mpsc::UnboundedReceiver<Entry> {
+        let (found, rx) = mpsc::unbounded_channel();
+        self.late = Some(Late {
+            sets: Arc::new(sets),
+            found,
+        });
+        rx
+    }
+
+    /// `self`, still watching the sets `old` watched: a reload's new stores.
+    pub fn watching_as(mut self, old: &Stores) -> Stores {
+        self.late = old.late.clone();
+        self
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Vault>> {
@@ -79,12 +119,22 @@ impl Stores {
                     tx: health,
                     board: Arc::clone(board),
                 };
+                let unread = self
+                    .late
+                    .as_ref()
+                    .filter(|l| l.sets.contains(&set.name))
+                    .map(|l| Unread {
+                        set: set.clone(),
+                        found: l.found.clone(),
+                        reported: None,
+                    });
                 Some(Box::new(StoreSink::start(
                     Arc::clone(v),
                     set,
                     &s.path,
                     config_hash,
                     health,
+                    unread,
                 )))
             }
             None => {
@@ -100,14 +150,39 @@ impl Stores {
 
     /// Tokens the stores hold for the configured sets, as journal entries, so that an
     /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
-    pub async fn entries(&self, config: &Config) -> Vec<Entry> {
+    ///
+    /// Every path is read at once, and the start waits at most `budget` for them all: a set
+    /// whose read has not answered by then is left out and issues its own token, so a store
+    /// that hangs delays no token file by more than `budget` (never a store timeout per set).
+    /// Returns the entries, and the names of the sets left out.
+    pub async fn entries(
+        &self,
+        config: &Config,
+        budget: Duration,
+    ) -> (Vec<Entry>, HashSet<String>) {
+        let mut pending: FuturesUnordered<_> = config
+            .sets
+            .iter()
+            .filter_map(|set| {
+                let s = set.store.as_ref()?;
+                let v = self.by_name.get(&s.name)?;
+                Some(async move { (set, v.read(&s.path).await) })
+            })
+            .collect();
         let mut out = Vec::new();
-        for set in &config.sets {
-            let Some(s) = &set.store else { continue };
-            let Some(v) = self.by_name.get(&s.name) else {
-                continue;
+        let mut answered = HashSet::new();
+        let late = tokio::time::sleep(budget);
+        tokio::pin!(late);
+        loop {
+            let (set, read) = tokio::select! {
+                next = pending.next() => match next {
+                    Some(answer) => answer,
+                    None => return (out, HashSet::new()),
+                },
+                () = &mut late => break,
             };
-            match v.read(&s.path).await {
+            answered.insert(set.name.as_str());
+            match read {
                 Ok(Some(doc)) if !doc.deleted => match entry_from_doc(set, &doc.data) {
                     Ok(Some(e)) => out.push(e),
                     Ok(None) => {}
@@ -121,7 +196,16 @@ impl Stores {
                     "could not read the set's token from the store; issuing a new one"),
             }
         }
-        out
+        drop(pending);
+        let unread: HashSet<String> = config
+            .sets
+            .iter()
+            .filter(|s| s.store.is_some() && !answered.contains(s.name.as_str()))
+            .map(|s| s.name.clone())
+            .collect();
+        warn!(sets = unread.len(), budget = %humantime::format_duration(budget),
+            "the store did not say in time which tokens it holds; these sets issue their own (the store catches up in the background), and a token the store holds for them is revoked once read");
+        (out, unread)
     }
 }
 
@@ -293,6 +377,7 @@ impl StoreSink {
         path: &str,
         config_hash: &str,
         health: Health,
+        unread: Option<Unread>,
     ) -> StoreSink {
         let (wish, wish_rx) = watch::channel(Wish {
             generation: 0,
@@ -307,6 +392,7 @@ impl StoreSink {
             wish_rx,
             done_tx,
             health,
+            unread,
         ));
         StoreSink {
             // A request in flight ends within the store's own timeout; a second more covers
@@ -345,6 +431,7 @@ impl StoreSink {
 
 /// The writer: apply the latest wish, retrying with backoff; a newer wish replaces one that
 /// keeps failing at once.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 async fn writer(
     vault: Arc<Vault>,
     path: String,
@@ -353,6 +440,7 @@ async fn writer(
     mut wishes: watch::Receiver<Wish>,
     done: watch::Sender<u64>,
     health: Health,
+    mut unread: Option<Unread>,
 ) {
     // The version we last wrote or read: the check-and-set value of the next write.
     let mut version: Option<u64> = None;
@@ -365,8 +453,12 @@ async fn writer(
                 Want::Nothing | Want::Hold => Ok(()),
                 Want::Write(w) => {
                     let doc = document(&set, &config_hash, &w.0, &w.1);
-                    write_once(&vault, &path, &set, &doc, &mut version, &mut metadata_set).await
+                    let written = (&mut version, &mut metadata_set, &mut unread);
+                    write_once(&vault, &path, &set, &doc, &w.0, written).await
                 }
+                // Never written over, the path holds no token of this set's but perhaps
+                // another instance's, not yet read: left for the next start to find.
+                Want::Remove if unread.is_some() => Ok(()),
                 Want::Remove => vault.remove(&path).await.map(|()| version = None),
             };
             match result {
@@ -417,26 +509,59 @@ async fn write_once(
     path: &str,
     set: &str,
     doc: &Value,
-    version: &mut Option<u64>,
-    metadata_set: &mut bool,
+    token: &Secret,
+    (version, metadata_set, unread): (&mut Option<u64>, &mut bool, &mut Option<Unread>),
 ) -> Result<(), StoreError> {
     if !*metadata_set {
         let custom = json!({ "managed-by": "tokenkeeper", "set": set });
         vault.set_metadata(path, &custom).await?;
         *metadata_set = true;
     }
-    let cas = match *version {
-        Some(v) => v,
-        None => vault.current_version(path).await?,
+    let cas = match (*version, unread.as_mut()) {
+        (Some(v), _) => v,
+        (None, Some(u)) => match vault.read(path).await? {
+            // The write checks-and-sets against this very version: nothing written between
+            // the read and the write is hidden unseen.
+            Some(doc) if !doc.deleted => {
+                u.report(&doc.data, token);
+                doc.version
+            }
+            // Deleted (revoked at a stop) or never written: no token to report.
+            _ => vault.current_version(path).await?,
+        },
+        (None, None) => vault.current_version(path).await?,
     };
     match vault.write_cas(path, doc, cas).await {
         Ok(v) => {
             *version = Some(v);
+            // Written over: what this path held before is reported, and is this set's own
+            // from now on.
+            *unread = None;
             Ok(())
         }
         Err(e) => {
             *version = None;
             Err(e)
+        }
+    }
+}
+
+impl Unread {
+    /// Report the token `data` holds unless it is `ours` or was reported already.
+    fn report(&mut self, data: &Value, ours: &Secret) {
+        match entry_from_doc(&self.set, data) {
+            Ok(Some(e)) if e.fingerprint != ours.fingerprint() => {
+                if self.reported.as_deref() != Some(e.fingerprint.as_str()) {
+                    self.reported = Some(e.fingerprint.clone());
+                    info!(set = %self.set.name, fingerprint = %e.fingerprint,
+                        "the store held a token for the set that the start could not read in time; writing over it and revoking it");
+                    let _ = self.found.send(e);
+                }
+            }
+            Ok(_) => {}
+            // Not a token this set could have issued: nothing of ours to revoke.
+            Err(Unfit { fingerprint, why }) => warn!(set = %self.set.name, %fingerprint, why,
+                "the set's token document in the store fails the checks a provider's answer passes; writing over it, not revoking it"),
         }
     }
 }
