@@ -227,7 +227,7 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
             mode,
         });
     }
-    if check_mode && let Some(why) = untrusted(path, &meta) {
+    if check_mode && let Some(why) = crate::trust::chosen_by_others(path, &meta) {
         return Err(SecretError::Untrusted {
             path: path.to_path_buf(),
             why,
@@ -240,22 +240,6 @@ fn read_secret_file(path: &Path, check_mode: bool) -> Result<Secret, SecretError
         return Err(SecretError::Invalid(path.to_path_buf()));
     }
     Ok(Secret::new(text))
-}
-
-/// Why another user could have chosen what the opened file at `path` (of `meta`) holds, if
-/// one could: it is owned by someone other than root or the daemon's user, or a directory
-/// above it, as written or as its links lead, lets someone else swap it. A key file is often
-/// a link (to a secrets mount, say), so links are followed, and judged where they lead.
-pub fn untrusted(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
-    use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
-    if let Some(why) = open_to_others(meta, Owners::DaemonOrRoot) {
-        return Some(why);
-    }
-    let real = std::fs::canonicalize(path).ok();
-    std::iter::once(path)
-        .chain(real.as_deref())
-        .find_map(|p| swappable_ancestor(p, Writers::Others))
-        .map(|(dir, why)| format!("is in {}, which {why}", dir.display()))
 }
 
 /// Why [`open_small_file`] or [`read_small_file`] refused a file; each caller words it for
@@ -284,13 +268,20 @@ pub fn open_small_file(
         .open(path)
         .map_err(SmallFileError::Io)?;
     let meta = file.metadata().map_err(SmallFileError::Io)?;
+    small_file(&meta, max)?;
+    Ok((file, meta))
+}
+
+/// Refuse a file `meta` says is no regular file of at most `max` bytes: the check of
+/// [`open_small_file`], for a caller that opened the file with rules of its own.
+pub fn small_file(meta: &std::fs::Metadata, max: u64) -> Result<(), SmallFileError> {
     if !meta.is_file() {
         return Err(SmallFileError::NotAFile);
     }
     if meta.len() > max {
         return Err(SmallFileError::TooLarge);
     }
-    Ok((file, meta))
+    Ok(())
 }
 
 /// The whole of a file [`open_small_file`] opened, at most `max` bytes even if it grew since;

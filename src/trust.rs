@@ -94,16 +94,37 @@ pub fn swappable_ancestor(path: &Path, writers: Writers) -> Option<(PathBuf, Str
     })
 }
 
+/// [`swappable_ancestor`] of `path` as written, then as its symlinks lead: a link is judged
+/// where it leads too, so a safe-looking path cannot borrow a directory another user holds.
+pub fn swappable_ancestor_through_links(
+    path: &Path,
+    writers: Writers,
+) -> Option<(PathBuf, String)> {
+    let real = std::fs::canonicalize(path).ok();
+    std::iter::once(path)
+        .chain(real.as_deref())
+        .find_map(|p| swappable_ancestor(p, writers))
+}
+
+/// Why another user could have chosen what the opened file at `path` (of `meta`) holds, if
+/// one could: it is owned by someone other than root or the daemon's user, or a directory
+/// above it, as written or as its links lead, lets someone else swap it. A key file is often
+/// a link (to a secrets mount, say), so links are followed, and judged where they lead.
+pub fn chosen_by_others(path: &Path, meta: &Metadata) -> Option<String> {
+    if let Some(why) = open_to_others(meta, Owners::DaemonOrRoot) {
+        return Some(why);
+    }
+    swappable_ancestor_through_links(path, Writers::Others)
+        .map(|(dir, why)| format!("is in {}, which {why}", dir.display()))
+}
+
 /// Why another user could choose what the program at `path` is, if one could: the file (as
 /// its symlinks lead) or a directory above it, as written or as resolved, is open to them.
 /// A program that does not exist yet is judged by its directories: whoever may write them
 /// could put one there.
 pub fn program_open_to_others(path: &Path) -> Option<String> {
-    let real = std::fs::canonicalize(path).ok();
-    for spelled in std::iter::once(path).chain(real.as_deref()) {
-        if let Some((dir, why)) = swappable_ancestor(spelled, Writers::GroupOrOthers) {
-            return Some(format!("its directory {} {why}", dir.display()));
-        }
+    if let Some((dir, why)) = swappable_ancestor_through_links(path, Writers::GroupOrOthers) {
+        return Some(format!("its directory {} {why}", dir.display()));
     }
     match std::fs::metadata(path) {
         Ok(meta) => open_to_others(&meta, Owners::DaemonOrRoot).map(|why| format!("it {why}")),

@@ -7,6 +7,7 @@
 mod common;
 mod fakes;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -199,16 +200,7 @@ async fn a_discovery_document_that_downgrades_to_http_is_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = d.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let f = d.join("t.token");
-    let cfg = write_config(
-        d,
-        &format!(
-            "providers:\n  idp:\n    kind: oauth2\n    issuer: {issuer}\n    client_id: tokenkeeper\n    client_secret: {{ env: TK_CS }}\nscope_sets:\n  - name: s\n    provider: idp\n    scopes: [read]\n    file: {{ path: {} }}\n",
-            f.display()
-        ),
-    );
+    let (ca, f, cfg) = tls_issuer_config(d, &pki.ca_pem, &issuer);
     let env = [("TK_CS", secret), ("SSL_CERT_FILE", ca.to_str().unwrap())];
 
     let check = std::process::Command::new(BIN)
@@ -255,17 +247,7 @@ async fn an_https_proxy_is_used_only_through_a_tunnel() {
     let proxy = FakeProxy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = d.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let f = d.join("t.token");
-    let cfg = write_config(
-        d,
-        &format!(
-            "providers:\n  idp:\n    kind: oauth2\n    issuer: {}\n    client_id: tokenkeeper\n    client_secret: {{ env: TK_CS }}\nscope_sets:\n  - name: s\n    provider: idp\n    scopes: [read]\n    file: {{ path: {} }}\n",
-            idp.issuer(),
-            f.display()
-        ),
-    );
+    let (ca, f, cfg) = tls_issuer_config(d, &pki.ca_pem, &idp.issuer());
     let host = idp.server.addr.to_string();
     for (no_proxy, through) in [("", true), ("127.0.0.1", false)] {
         proxy.clear();
@@ -328,4 +310,20 @@ fn a_malformed_runtime_variable_is_an_error_not_a_panic() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&o.stderr).contains("TOKIO_WORKER_THREADS"));
+}
+
+/// In `d`: the test CA as `ca.pem` (for `SSL_CERT_FILE`), and a config with one `oauth2`
+/// provider at `issuer` (its secret from `TK_CS`) and one set writing `t.token`; their paths.
+fn tls_issuer_config(d: &Path, ca_pem: &str, issuer: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca = d.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let f = d.join("t.token");
+    let cfg = write_config(
+        d,
+        &format!(
+            "providers:\n  idp:\n    kind: oauth2\n    issuer: {issuer}\n    client_id: tokenkeeper\n    client_secret: {{ env: TK_CS }}\nscope_sets:\n  - name: s\n    provider: idp\n    scopes: [read]\n    file: {{ path: {} }}\n",
+            f.display()
+        ),
+    );
+    (ca, f, cfg)
 }

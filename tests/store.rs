@@ -368,6 +368,32 @@ fn api_config(
     (write_config(&own, &yaml), file)
 }
 
+/// Run a first instance (`api_config`'s number 0) until its token is in the store, then
+/// SIGKILL it, so that its token stays live and its document in the store; the token.
+async fn write_store_then_die(
+    idp: &OAuth2Fake,
+    b: &Bao,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> String {
+    let (first_cfg, _) = api_config(idp, b, dir, 0);
+    let mut first = Daemon::spawn(dir, &["run", "-c", first_cfg.to_str().unwrap()], 0o022, env);
+    assert!(
+        wait_until(PATIENCE, || !idp.live().is_empty()).await,
+        "{}",
+        first.output()
+    );
+    let written = idp.live()[0].clone();
+    assert!(
+        wait_store(b, "tokenkeeper/api", &written).await,
+        "{}",
+        first.output()
+    );
+    first.signal(Signal::SIGKILL);
+    first.wait(PATIENCE).await;
+    written
+}
+
 /// A set's document in the store, rewritten by another client of the store with a token that
 /// is no bearer token (it would add a line to an `env` file) and an expiry past any bound, is
 /// not adopted: the set issues a token of its own, and the file holds only that.
@@ -379,27 +405,8 @@ async fn a_token_document_failing_the_answer_checks_is_not_adopted() {
     let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
     idp.state().introspection = false;
     let env = [("TK_IDP_SECRET", "pw")];
-    let (first_cfg, _) = api_config(&idp, &b, dir.path(), 0);
-    let mut first = Daemon::spawn(
-        dir.path(),
-        &["run", "-c", first_cfg.to_str().unwrap()],
-        0o022,
-        &env,
-    );
-    assert!(
-        wait_until(PATIENCE, || !idp.live().is_empty()).await,
-        "{}",
-        first.output()
-    );
-    let written = idp.live()[0].clone();
-    assert!(
-        wait_store(&b, "tokenkeeper/api", &written).await,
-        "{}",
-        first.output()
-    );
     // Killed, so its document stays, with the set's name and config hash.
-    first.signal(Signal::SIGKILL);
-    first.wait(PATIENCE).await;
+    let written = write_store_then_die(&idp, &b, dir.path(), &env).await;
     let (_, mut doc) = b.read("tokenkeeper/api").await.unwrap();
     doc["access_token"] = serde_json::json!("x\nFOO=$(id)");
     doc["expires_at"] = serde_json::json!("9999-12-31T23:59:59Z");
@@ -480,27 +487,8 @@ async fn a_token_in_a_store_that_answered_late_is_revoked_not_left_live() {
     let b = Bao::start(dir.path()).await;
     let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
     let env = [("TK_IDP_SECRET", "pw")];
-    let (first_cfg, _) = api_config(&idp, &b, dir.path(), 0);
-    let mut first = Daemon::spawn(
-        dir.path(),
-        &["run", "-c", first_cfg.to_str().unwrap()],
-        0o022,
-        &env,
-    );
-    assert!(
-        wait_until(PATIENCE, || !idp.live().is_empty()).await,
-        "{}",
-        first.output()
-    );
-    let left = idp.live()[0].clone();
-    assert!(
-        wait_store(&b, "tokenkeeper/api", &left).await,
-        "{}",
-        first.output()
-    );
     // Killed, so its token stays live and its document in the store.
-    first.signal(Signal::SIGKILL);
-    first.wait(PATIENCE).await;
+    let left = write_store_then_die(&idp, &b, dir.path(), &env).await;
     let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gated = gate(b.addr(), std::sync::Arc::clone(&open)).await;
     let (second_cfg, file) = api_config(&idp, &b, dir.path(), 1);

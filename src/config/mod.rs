@@ -289,20 +289,18 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// allowed as owner since an operator installs the config. A path that cannot be looked at
 /// is left to [`read_text`] to report.
 fn only_trusted_could_write(path: &Path) -> Result<(), ConfigError> {
-    use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
+    use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor_through_links};
     let refuse = |what: PathBuf, why: String| ConfigError::Unsafe {
         path: path.to_path_buf(),
         what,
         why,
     };
+    if let Some((dir, why)) = swappable_ancestor_through_links(path, Writers::Others) {
+        return Err(refuse(dir, why));
+    }
     let Ok(real) = std::fs::canonicalize(path) else {
         return Ok(());
     };
-    for spelled in [path, real.as_path()] {
-        if let Some((dir, why)) = swappable_ancestor(spelled, Writers::Others) {
-            return Err(refuse(dir, why));
-        }
-    }
     match std::fs::metadata(&real) {
         Ok(meta) => match open_to_others(&meta, Owners::DaemonOrRoot) {
             Some(why) => Err(refuse(real, why)),

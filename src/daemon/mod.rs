@@ -247,31 +247,36 @@ pub async fn run<P: TokenProvider + 'static>(
     // Sets stopped by a reload, still revoking: the final stop waits for them too.
     let mut retiring: Vec<(String, JoinHandle<SetOutcome>)> = Vec::new();
     let (leftover_stop, leftover_stop_rx) = watch::channel(None);
+    // The files the configured sets write (a leftover token's file there is theirs now), for
+    // the tasks below, if there are any: at 100,000 sets the list is not free.
+    let mut in_use: Vec<std::path::PathBuf> = if leftovers.is_empty() && displaced.is_none() {
+        Vec::new()
+    } else {
+        sets.iter()
+            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
+            .collect()
+    };
     if !leftovers.is_empty() {
         info!(
             tokens = leftovers.len(),
             "revoking journaled tokens of sets that are no longer configured"
         );
-        let in_use = sets
-            .iter()
-            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
-            .collect();
         retiring.push((
             REMOVED_SETS.into(),
             tokio::spawn(revoke_leftovers(
                 leftovers,
                 shared.providers.clone(),
                 shared.journal.clone(),
-                in_use,
+                if displaced.is_some() {
+                    in_use.clone()
+                } else {
+                    std::mem::take(&mut in_use)
+                },
                 leftover_stop_rx,
             )),
         ));
     }
     if let Some(found) = displaced {
-        let in_use = sets
-            .iter()
-            .filter_map(|s| s.file.as_ref().map(|f| f.path.clone()))
-            .collect();
         retiring.push((
             REMOVED_SETS.into(),
             tokio::spawn(adopt::revoke_displaced(

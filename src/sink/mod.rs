@@ -484,20 +484,28 @@ pub enum SmallTextError {
 /// non-blocking, so that a FIFO nobody writes returns instead of waiting; a regular file
 /// reads the same either way.
 pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> {
-    let (file, _) = crate::secret::open_small_file(path, max).map_err(small_text_error)?;
-    read_opened_text(file, max)
+    let (file, meta) = crate::secret::open_small_file(path, max).map_err(small_text_error)?;
+    text_of(file, &meta, max)
 }
 
-/// [`read_small_text`] of a file its caller opened (non-blocking), with rules of its own.
-pub(crate) fn read_opened_text(file: std::fs::File, max: u64) -> Result<String, SmallTextError> {
-    let meta = file.metadata().map_err(SmallTextError::Io)?;
-    if !meta.is_file() {
-        return Err(SmallTextError::NotAFile);
-    }
-    if meta.len() > max {
-        return Err(SmallTextError::TooLarge);
-    }
-    let mut bytes = crate::secret::read_capped(file, &meta, max).map_err(small_text_error)?;
+/// [`read_small_text`] of a file its caller opened (non-blocking) and looked at (`meta`), with
+/// rules of its own.
+pub(crate) fn read_opened_text(
+    file: std::fs::File,
+    meta: &std::fs::Metadata,
+    max: u64,
+) -> Result<String, SmallTextError> {
+    crate::secret::small_file(meta, max).map_err(small_text_error)?;
+    text_of(file, meta, max)
+}
+
+/// The UTF-8 text of a small file already judged, at most `max` bytes even if it grew since.
+fn text_of(
+    file: std::fs::File,
+    meta: &std::fs::Metadata,
+    max: u64,
+) -> Result<String, SmallTextError> {
+    let mut bytes = crate::secret::read_capped(file, meta, max).map_err(small_text_error)?;
     // Not a secret: the text moves out of the zeroing buffer rather than being copied.
     String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| SmallTextError::NotUtf8)
 }

@@ -17,7 +17,7 @@ pub(super) fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, std::io::E
     let (file, meta) = crate::secret::open_small_file(path, MAX_CA_FILE_BYTES).map_err(small)?;
     // The CA chooses who is believed to be the store: another user who could write it could
     // stand in for the store and read the store token and every token written there.
-    if let Some(why) = crate::secret::untrusted(path, &meta) {
+    if let Some(why) = crate::trust::chosen_by_others(path, &meta) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!("it {why}: another user could choose the CA the store is checked against"),

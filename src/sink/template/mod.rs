@@ -113,19 +113,20 @@ impl FileTemplate {
             source,
         };
         let refuse = |kind, why: &str| fail(Error::new(kind, why.to_string()));
-        let file = source::open(path).map_err(fail)?;
-        let source = super::read_opened_text(file, MAX_TEMPLATE_BYTES).map_err(|e| match e {
-            E::Io(e) => fail(e),
-            E::NotAFile => refuse(
-                ErrorKind::InvalidInput,
-                "not a regular file (a device, FIFO, socket or directory)",
-            ),
-            E::TooLarge => refuse(
-                ErrorKind::InvalidInput,
-                "larger than 1 MiB, the most a template may be",
-            ),
-            E::NotUtf8 => refuse(ErrorKind::InvalidData, "not valid UTF-8 text"),
-        })?;
+        let (file, meta) = source::open(path).map_err(fail)?;
+        let source =
+            super::read_opened_text(file, &meta, MAX_TEMPLATE_BYTES).map_err(|e| match e {
+                E::Io(e) => fail(e),
+                E::NotAFile => refuse(
+                    ErrorKind::InvalidInput,
+                    "not a regular file (a device, FIFO, socket or directory)",
+                ),
+                E::TooLarge => refuse(
+                    ErrorKind::InvalidInput,
+                    "larger than 1 MiB, the most a template may be",
+                ),
+                E::NotUtf8 => refuse(ErrorKind::InvalidData, "not valid UTF-8 text"),
+            })?;
         Ok(Self::new(path, source, provider))
     }
 

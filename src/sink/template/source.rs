@@ -15,7 +15,7 @@ use crate::trust;
 /// could have written or swapped: a symlink at the path itself, a file not owned by root or
 /// the daemon's user or writable by others, a directory above it that another user owns or
 /// may write. Non-blocking, so that a FIFO swapped in returns instead of waiting.
-pub(super) fn open(path: &Path) -> Result<File, std::io::Error> {
+pub(super) fn open(path: &Path) -> Result<(File, std::fs::Metadata), std::io::Error> {
     use std::io::{Error, ErrorKind};
     let refuse = |why: String| Error::new(ErrorKind::PermissionDenied, why);
     if let Some((dir, why)) = trust::swappable_ancestor(path, trust::Writers::GroupOrOthers) {
@@ -40,5 +40,5 @@ pub(super) fn open(path: &Path) -> Result<File, std::io::Error> {
             "{why}: another user could choose what the token file holds"
         )));
     }
-    Ok(file)
+    Ok((file, meta))
 }
