@@ -281,3 +281,26 @@ fn run_refuses_a_bad_config_before_doing_anything() {
     assert!(stderr(&o).contains("scopes is empty"));
     assert!(!target.exists());
 }
+
+#[test]
+fn a_metrics_textfile_in_a_folder_that_does_not_exist_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("textfile_collector");
+    let yaml = format!(
+        "metrics: {{ textfile: {}/tokenkeeper.prom }}\n{GOOD}",
+        missing.display()
+    );
+    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let want = format!(
+        "metrics.textfile: the textfile's folder {} does not exist",
+        missing.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // `run` refuses it too, before doing anything.
+    let o = tokenkeeper("run", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    std::fs::create_dir(&missing).unwrap();
+    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

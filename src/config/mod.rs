@@ -27,7 +27,7 @@ use crate::secret::{Availability, SecretSource};
 use crate::sink::FileConfig;
 
 use check::parse_text;
-use paths::check_token_dirs;
+use paths::{check_textfile_dir, check_token_dirs};
 
 mod check;
 mod defaults;
@@ -283,6 +283,7 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
     parsed.warnings.extend(warnings);
     if let Some(config) = &parsed.config {
         parsed.problems.extend(check_token_dirs(config, path));
+        parsed.problems.extend(check_textfile_dir(config));
         parsed.problems.extend(check_client_keys(config));
     }
     parsed.finish(path)
