@@ -184,6 +184,18 @@ async fn revoke_cleans_up_after_a_crash_and_refuses_while_the_daemon_runs() {
     assert_eq!(p.live_tokens().len(), 2);
 
     kill(&mut d).await;
+    // A name neither configured nor journaled is a mistake, not "nothing to do": nothing is
+    // revoked, not even the sets named beside it.
+    let o = revoke_cmd(&cfg, &["b", "nosuchset"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(
+            "no scope set named nosuchset, configured or journaled; configured sets: a, b"
+        ),
+        "{err}"
+    );
+    assert_eq!(p.live_tokens().len(), 2);
     let o = revoke_cmd(&cfg, &["b"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(
