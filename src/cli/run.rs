@@ -221,7 +221,8 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
 fn summarize(report: &RunReport) -> u8 {
     let failed = report.failed_sets();
     let kept: usize = report.sets.iter().filter(|s| s.kept.is_some()).count();
-    let sets = report.sets.len();
+    // The sets this stop revoked tokens of, as its log lines name them.
+    let sets = report.sets.iter().filter(|s| !s.revoked.is_empty()).count();
     let expiring: usize = report.sets.iter().map(|s| s.expiring.len()).sum();
     let expiring_note = if expiring > 0 {
         format!(
