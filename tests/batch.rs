@@ -204,9 +204,15 @@ async fn once_leaves_its_tokens_live_and_reuses_them_and_runs_on_rotate() {
     assert_eq!(read(&f).unwrap(), first);
     assert_eq!(p.issued_tokens().len(), 1);
 
-    // Demanding more than a token's whole life: a new one, and the old one is not revoked.
+    // Demanding more than a token's whole life: a new one is tried (and kept), the old one
+    // is not revoked, and since no token lasts that long, once says so and exits 69.
     let mut d = spawn(dir.path(), &cfg, &["once", "--min-remaining", "1000s"]);
-    assert_eq!(finish(&mut d).await, Some(0), "{}", d.output());
+    assert_eq!(finish(&mut d).await, Some(69), "{}", d.output());
+    assert!(
+        d.output().contains("less than --min-remaining 16m 40s"),
+        "{}",
+        d.output()
+    );
     assert_ne!(read(&f).unwrap(), first);
     assert_eq!(p.live_tokens().len(), 2);
     assert!(p.revoked_tokens().is_empty());
