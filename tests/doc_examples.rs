@@ -212,3 +212,40 @@ fn the_references_mode_comment_holds() {
     assert!(mode_of("640").is_err());
     assert!(mode_of("0o640").is_err());
 }
+
+/// docs/operator.md's command table: every subcommand it lists exists, and every flag it
+/// shows for one is a flag the binary's `--help` for it names, so a renamed or dropped flag
+/// fails here.
+#[test]
+fn every_command_and_flag_in_the_operator_table_exists() {
+    let text = fs::read_to_string(root().join("docs/operator.md")).unwrap();
+    let mut checked = 0;
+    for row in text.lines().filter(|l| l.starts_with("| `tokenkeeper ")) {
+        let usage = row
+            .trim_start_matches("| `")
+            .split('`')
+            .next()
+            .unwrap()
+            .to_string();
+        let words: Vec<&str> = usage.split_whitespace().collect();
+        let sub = words[1];
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokenkeeper"));
+        if !sub.starts_with('-') {
+            cmd.arg(sub);
+        }
+        let help = cmd.arg("--help").output().unwrap();
+        assert!(help.status.success(), "{usage}: {help:?}");
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
+        for flag in usage
+            .split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+            .filter(|w| w.starts_with('-') && *w != "--")
+        {
+            assert!(
+                help.contains(flag),
+                "docs/operator.md shows `{flag}` for `{usage}`, which --help does not name:\n{help}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} flags found");
+}
