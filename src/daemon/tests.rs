@@ -508,14 +508,15 @@ async fn a_token_handed_out_again_is_kept_not_revoked() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_revocation_keeps_the_file_and_is_reported() {
+async fn a_failed_revocation_is_reported_and_its_file_removed() {
     let p = Mock::new(S(900));
     let h = start(set_cfg(0.66, 0.0), &p, 0.0);
     tokio::time::sleep(S(1)).await;
     p.s.lock().unwrap().fail_revoke = true;
     let (outcome, sink) = h.stop(S(5)).await;
     assert_eq!(outcome.failed.len(), 1);
-    assert_eq!(sink.content().as_deref(), Some("tok1"));
+    // Given up on, so in no file: the provider may yet revoke it under its reader.
+    assert_eq!(sink.content(), None);
 }
 
 /// A token whose answer came in while the set stopped, with the journal failing: its
