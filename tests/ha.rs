@@ -348,3 +348,150 @@ async fn a_dead_members_record_is_expired() {
     live.signal(Signal::SIGTERM);
     assert!(live.wait(PATIENCE).await.success(), "{}", live.output());
 }
+
+/// `tokenkeeper revoke` run in the background with test credentials, bounded by PATIENCE.
+async fn revoke_with(cfg: &Path) -> Output {
+    let cfg = cfg.to_str().unwrap().to_string();
+    tokio::task::spawn_blocking(move || run_bounded(&["revoke", "-c", &cfg], None))
+        .await
+        .unwrap()
+}
+
+/// The store's tokens once every set has one.
+async fn stored_tokens(b: &Bao, d: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = store_tokens(b).await;
+        if now.iter().all(Option::is_some) {
+            return now.into_iter().flatten().collect();
+        }
+        assert!(Instant::now() < deadline, "{}", d.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After a SIGKILLed leader is replaced, `tokenkeeper revoke` with its config (what the docs
+/// advise after a crash) leaves alone the tokens the new leader adopted and serves, and the
+/// files it writes. Once the whole group is gone, the same command with the last leader's
+/// config revokes them: the new leader journaled what it adopted, so nobody's crash leaves
+/// them to nobody.
+/// Before the fix it revoked the new leader's tokens and removed its files.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let cb = instance_config(&p, &b, dir.path(), 1);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    let mut bd = start(&cb);
+    bd.wait_for_log("standing by").await;
+
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    new_leader(&[&bd], t0).await;
+    assert!(
+        wait_until(PATIENCE, || bd
+            .output()
+            .matches("reusing the token it already holds")
+            .count()
+            == SETS.len())
+        .await,
+        "{}",
+        bd.output()
+    );
+
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for (set, token) in SETS.iter().zip(&served) {
+        assert!(
+            p.is_live(token),
+            "{set}: the new leader's token was revoked:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        let file = dir.path().join(format!("out/{set}.token"));
+        assert_eq!(
+            read(&file).as_deref().map(str::trim),
+            Some(token.as_str()),
+            "{set}: the new leader's file"
+        );
+        assert!(
+            out.stdout.contains(&format!("{set}: left live")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    assert_eq!(
+        store_tokens(&b).await,
+        served.iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+    // Still the new leader's: asked again, the dead instance's journal leaves them again.
+    let again = revoke_with(&ca).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(
+        again.stdout.contains("0 revoked, 0 failed, 2 left live"),
+        "{}",
+        again.stdout
+    );
+    assert!(bd.output().contains(LEADING) && bd.child.try_wait().unwrap().is_none());
+
+    // The whole group is gone: nobody serves them, and the last leader's revoke revokes them.
+    bd.signal(Signal::SIGKILL);
+    let _ = bd.wait(PATIENCE).await;
+    let out = revoke_with(&cb).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        p.live_tokens().is_empty(),
+        "leaked: {:?}\n{}",
+        p.live_tokens(),
+        out.stdout
+    );
+    assert_eq!(
+        p.issued_tokens().len(),
+        SETS.len(),
+        "a set was issued twice"
+    );
+}
+
+/// When the store cannot say whether another member serves a crashed leader's tokens,
+/// `tokenkeeper revoke` revokes none of them (one a live leader serves would be cut off from
+/// every reader of the store) and fails, keeping them journaled; run again once the store
+/// answers and no member serves them, it revokes them. Before the fix it revoked them blind.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_keeps_what_a_silent_store_cannot_vouch_for_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+
+    b.seal().await;
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    for (set, token) in SETS.iter().zip(&served) {
+        assert!(p.is_live(token), "{set}: revoked blind:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("{set}: NOT revoked")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+
+    b.unseal().await;
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("2 revoked, 0 failed"), "{}", out.stdout);
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}
