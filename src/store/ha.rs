@@ -414,23 +414,34 @@ pub async fn served_by_the_group(
     let Some(ha) = &config.ha else {
         return Ok(HashMap::new());
     };
+    let mut by_set: HashMap<&str, Vec<String>> = HashMap::new();
+    for e in entries {
+        by_set
+            .entry(e.set.as_str())
+            .or_default()
+            .push(e.fingerprint.clone());
+    }
+    // Each path to read, with what to look for there.
+    let paths: Vec<(&str, &str, &str, Vec<String>)> = config
+        .sets
+        .iter()
+        .filter_map(|set| {
+            let s = set.store.as_ref()?;
+            let mine = by_set.remove(set.name.as_str())?;
+            Some((s.name.as_str(), s.path.as_str(), set.name.as_str(), mine))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Ok(HashMap::new());
+    }
     let stores = Stores::build(config)?;
-    // Owned, each path's read with what to look for there: the futures below borrow nothing.
+    // Owned: the futures below borrow nothing.
     let mut wanted: Vec<(Arc<Vault>, String, String, Vec<String>)> = Vec::new();
-    for set in &config.sets {
-        let Some(s) = &set.store else { continue };
-        let mine: Vec<String> = entries
-            .iter()
-            .filter(|e| e.set == set.name)
-            .map(|e| e.fingerprint.clone())
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
+    for (store, path, set, mine) in paths {
         let vault = stores
-            .get(&s.name)
-            .ok_or_else(|| GroupError::Config(format!("store {} is not configured", s.name)))?;
-        wanted.push((Arc::clone(vault), s.path.clone(), set.name.clone(), mine));
+            .get(store)
+            .ok_or_else(|| GroupError::Config(format!("store {store} is not configured")))?;
+        wanted.push((Arc::clone(vault), path.into(), set.into(), mine));
     }
     let reads = wanted
         .into_iter()
