@@ -671,3 +671,56 @@ async fn repeated_take_overs_keep_the_refresh_schedule() {
     );
     stop_clean(&mut leader).await;
 }
+
+/// A crashed member restarted with its journal (the other path that acts on journaled tokens)
+/// stands by while another member serves them, and once it leads again reuses them from the
+/// store: nothing is revoked or issued on the way, and its last stop revokes them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_member_revokes_nothing_another_member_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let cb = instance_config(&p, &b, dir.path(), 1);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    let mut bd = start(&cb);
+    bd.wait_for_log("standing by").await;
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    new_leader(&[&bd], t0).await;
+    store_settled(&bd).await;
+
+    // Restarted on its journal, it stands by and revokes nothing the leader serves.
+    let mut again = start(&ca);
+    again.wait_for_log("standing by").await;
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    let t1 = Instant::now();
+    bd.signal(Signal::SIGTERM);
+    assert!(bd.wait(PATIENCE).await.success(), "{}", bd.output());
+    new_leader(&[&again], t1).await;
+    assert!(
+        wait_until(PATIENCE, || again
+            .output()
+            .matches("reusing the token it already holds")
+            .count()
+            == SETS.len())
+        .await,
+        "{}",
+        again.output()
+    );
+    for token in &served {
+        assert!(p.is_live(token), "{}", again.output());
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    assert_eq!(
+        p.issued_tokens().len(),
+        SETS.len(),
+        "a set was issued again"
+    );
+    stop_clean(&mut again).await;
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}
