@@ -724,3 +724,59 @@ async fn a_restarted_member_revokes_nothing_another_member_served() {
     stop_clean(&mut again).await;
     assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
 }
+
+/// The leader `revoke` names is whatever a writer of the lease put there: it reaches the
+/// terminal escaped. Here a client of the store keeps renewing a lease under a name with an
+/// escape sequence while the crashed leader's config is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_names_a_leader_with_escape_sequences_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let squatter = {
+        let (addr, renewing) = (b.addr(), std::sync::Arc::clone(&renewing));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                let now_ms = u64::try_from(
+                    SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis(),
+                )
+                .unwrap();
+                let body = serde_json::json!({ "data": {
+                    "holder": "evil\u{1b}]0;owned\u{7}",
+                    "expires_ms": now_ms + 2000,
+                    "lease_ms": 2000,
+                } });
+                let _ = http
+                    .post(format!("{addr}/v1/secret/data/tokenkeeper/lease"))
+                    .header("X-Vault-Token", bao::ROOT)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let out = revoke_with(&ca).await;
+    renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = squatter.await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("left live"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    assert!(!out.stdout.contains('\u{7}'), "{:?}", out.stdout);
+    for token in &served {
+        assert!(p.is_live(token));
+    }
+}

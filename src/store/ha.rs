@@ -374,7 +374,7 @@ impl Lease {
     /// the first read, its lease still running): a dead one cannot. The group has no leader
     /// once the lease is free or run out and no member record is live: nobody takes over.
     /// While the lease is free and a standby is live, that standby is waited for: it takes
-    /// the lease within a quarter lease.
+    /// the lease within a quarter lease. The leader's name comes back escaped for display.
     pub async fn live_leader(&self) -> Result<Option<String>, GroupError> {
         let (first, mut seen) = self.read().await?;
         let waited = self.lease * LIVENESS_LEASES;
@@ -382,7 +382,8 @@ impl Lease {
         loop {
             let (version, holder) = self.read().await?;
             match holder.filter(|h| h.expires_ms > now_ms()) {
-                Some(h) if version != first => return Ok(Some(h.name)),
+                // Anyone who can write the lease names its holder: escaped before it is shown.
+                Some(h) if version != first => return Ok(Some(crate::shown(&h.name).into_owned())),
                 Some(h) => seen = Some(h),
                 None if self.live_standby().await?.is_none() => return Ok(None),
                 None => {}
