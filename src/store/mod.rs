@@ -534,16 +534,10 @@ async fn write_once(
                 if let Some(u) = unread.as_mut() {
                     u.report(&held.data, token);
                 }
-                if held.data.get("access_token").and_then(Value::as_str) == Some(token.expose()) {
-                    if let (Some(at), Some(d)) = (held.data.get("written_at"), doc.as_object_mut())
-                    {
-                        d.insert("written_at".into(), at.clone());
-                    }
-                    if held.data == *doc {
-                        *version = Some(held.version);
-                        *unread = None;
-                        return Ok(false);
-                    }
+                if already_holds(&held.data, doc, token) {
+                    *version = Some(held.version);
+                    *unread = None;
+                    return Ok(false);
                 }
                 held.version
             }
@@ -569,6 +563,20 @@ async fn write_once(
             Err(e)
         }
     }
+}
+
+/// Whether `held`, a set's document as read from the store, is `doc`, the document of `token`
+/// about to be written, in all but `written_at`. A document of the same token lends `doc` its
+/// `written_at` either way: that is the token's issue time, from which a member taking over
+/// schedules the refresh, and a rewrite must not move it.
+fn already_holds(held: &Value, doc: &mut Value, token: &Secret) -> bool {
+    if held.get("access_token").and_then(Value::as_str) != Some(token.expose()) {
+        return false;
+    }
+    if let (Some(at), Some(d)) = (held.get("written_at"), doc.as_object_mut()) {
+        d.insert("written_at".into(), at.clone());
+    }
+    *held == *doc
 }
 
 impl Unread {
@@ -666,6 +674,27 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(3600),
         };
         document("s", "h", &Secret::new("tok.en-1~+/="), &meta)
+    }
+
+    #[test]
+    fn a_document_of_the_same_token_keeps_its_written_at_and_is_not_rewritten() {
+        let token = Secret::new("tok.en-1~+/=");
+        let mut held = doc();
+        held["written_at"] = json!("2026-01-01T00:00:00Z");
+        let mut again = doc();
+        assert!(already_holds(&held, &mut again, &token));
+        assert_eq!(again["written_at"], held["written_at"]);
+        // The same token with something else changed: written, at its first written time.
+        let mut changed = doc();
+        changed["config_hash"] = json!("other");
+        assert!(!already_holds(&held, &mut changed, &token));
+        assert_eq!(changed["written_at"], held["written_at"]);
+        // Another token: written as it is.
+        let mut other = doc();
+        other["access_token"] = json!("other");
+        let before = other.clone();
+        assert!(!already_holds(&held, &mut other, &Secret::new("other")));
+        assert_eq!(other, before);
     }
 
     #[test]
