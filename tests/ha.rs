@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::bao::{self, Bao};
 use common::*;
@@ -22,6 +22,17 @@ const SETS: [&str; 2] = ["orders", "vouchers"];
 
 /// The shared config for instance `n` (only `state_dir` differs, as on separate machines).
 fn instance_config(p: &DevProvider, b: &Bao, dir: &Path, n: usize) -> std::path::PathBuf {
+    instance_config_with(p, b, dir, n, "")
+}
+
+/// [`instance_config`] with `set_keys` (a line of YAML, indented by four spaces) in each set.
+fn instance_config_with(
+    p: &DevProvider,
+    b: &Bao,
+    dir: &Path,
+    n: usize,
+    set_keys: &str,
+) -> std::path::PathBuf {
     let token = bao::secret_file(dir, "bao-token", bao::ROOT);
     let top = format!(
         "shutdown_timeout: 15s\n{}ha: {{ store: bao, lease: {LEASE} }}\n",
@@ -35,7 +46,7 @@ fn instance_config(p: &DevProvider, b: &Bao, dir: &Path, n: usize) -> std::path:
         .iter()
         .map(|name| {
             format!(
-                "  - name: {name}\n    provider: dev\n    scopes: [{name}]\n    file: {{ path: {}/out/{name}.token }}\n    store: {{ name: bao, path: tokenkeeper/{name} }}\n",
+                "  - name: {name}\n    provider: dev\n    scopes: [{name}]\n    file: {{ path: {}/out/{name}.token }}\n    store: {{ name: bao, path: tokenkeeper/{name} }}\n{set_keys}",
                 dir.display()
             )
         })
@@ -347,4 +358,425 @@ async fn a_dead_members_record_is_expired() {
     );
     live.signal(Signal::SIGTERM);
     assert!(live.wait(PATIENCE).await.success(), "{}", live.output());
+}
+
+/// `tokenkeeper revoke` run in the background with test credentials, bounded by PATIENCE.
+async fn revoke_with(cfg: &Path) -> Output {
+    let cfg = cfg.to_str().unwrap().to_string();
+    tokio::task::spawn_blocking(move || run_bounded(&["revoke", "-c", &cfg], None))
+        .await
+        .unwrap()
+}
+
+/// The store's tokens once every set has one.
+async fn stored_tokens(b: &Bao, d: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = store_tokens(b).await;
+        if now.iter().all(Option::is_some) {
+            return now.into_iter().flatten().collect();
+        }
+        assert!(Instant::now() < deadline, "{}", d.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After a SIGKILLed leader is replaced, `tokenkeeper revoke` with its config (what the docs
+/// advise after a crash) leaves alone the tokens the new leader adopted and serves, and the
+/// files it writes. Once the whole group is gone, the same command with the last leader's
+/// config revokes them: the new leader journaled what it adopted, so nobody's crash leaves
+/// them to nobody.
+/// Before the fix it revoked the new leader's tokens and removed its files.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let cb = instance_config(&p, &b, dir.path(), 1);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    let mut bd = start(&cb);
+    bd.wait_for_log("standing by").await;
+
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    new_leader(&[&bd], t0).await;
+    assert!(
+        wait_until(PATIENCE, || bd
+            .output()
+            .matches("reusing the token it already holds")
+            .count()
+            == SETS.len())
+        .await,
+        "{}",
+        bd.output()
+    );
+
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for (set, token) in SETS.iter().zip(&served) {
+        assert!(
+            p.is_live(token),
+            "{set}: the new leader's token was revoked:\n{}{}",
+            out.stdout,
+            out.stderr
+        );
+        let file = dir.path().join(format!("out/{set}.token"));
+        assert_eq!(
+            read(&file).as_deref().map(str::trim),
+            Some(token.as_str()),
+            "{set}: the new leader's file"
+        );
+        assert!(
+            out.stdout.contains(&format!("{set}: left live")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    assert_eq!(
+        store_tokens(&b).await,
+        served.iter().cloned().map(Some).collect::<Vec<_>>()
+    );
+    // Still the new leader's: asked again, the dead instance's journal leaves them again.
+    let again = revoke_with(&ca).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(
+        again.stdout.contains("0 revoked, 0 failed, 2 left live"),
+        "{}",
+        again.stdout
+    );
+    assert!(bd.output().contains(LEADING) && bd.child.try_wait().unwrap().is_none());
+
+    // The whole group is gone: nobody serves them, and the last leader's revoke revokes them.
+    bd.signal(Signal::SIGKILL);
+    let _ = bd.wait(PATIENCE).await;
+    let out = revoke_with(&cb).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        p.live_tokens().is_empty(),
+        "leaked: {:?}\n{}",
+        p.live_tokens(),
+        out.stdout
+    );
+    assert_eq!(
+        p.issued_tokens().len(),
+        SETS.len(),
+        "a set was issued twice"
+    );
+}
+
+/// When the store cannot say whether another member serves a crashed leader's tokens,
+/// `tokenkeeper revoke` revokes none of them (one a live leader serves would be cut off from
+/// every reader of the store) and fails, keeping them journaled; run again once the store
+/// answers and no member serves them, it revokes them. Before the fix it revoked them blind.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_keeps_what_a_silent_store_cannot_vouch_for_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+
+    b.seal().await;
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    for (set, token) in SETS.iter().zip(&served) {
+        assert!(p.is_live(token), "{set}: revoked blind:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("{set}: NOT revoked")),
+            "{}",
+            out.stdout
+        );
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+
+    b.unseal().await;
+    let out = revoke_with(&ca).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("2 revoked, 0 failed"), "{}", out.stdout);
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}
+
+/// Each set's store metadata (its versions and when they changed): any write changes it.
+async fn store_metadata(b: &Bao) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for s in SETS {
+        let m = b.metadata(&format!("tokenkeeper/{s}")).await;
+        out.push(serde_json::json!({
+            "current_version": m["current_version"],
+            "updated_time": m["updated_time"],
+        }));
+    }
+    out
+}
+
+/// What a leader logs as its store writer deals with an adopted token: a write, or none.
+const WRITTEN: &str = "token written to the store";
+const UNCHANGED: &str = "the store already holds the token";
+
+/// Wait until `d`'s store writers have dealt with every set's adopted token.
+async fn store_settled(d: &Daemon) {
+    assert!(
+        wait_until(PATIENCE, || {
+            let out = d.output();
+            out.matches(WRITTEN).count() + out.matches(UNCHANGED).count() >= SETS.len()
+        })
+        .await,
+        "{}",
+        d.output()
+    );
+}
+
+/// A take-over reuses the tokens the store holds and writes none of them back: the entries
+/// are what the new leader would write (same token, same times), so their versions and
+/// metadata stay as they were. Before the fix each entry was written again, with a new
+/// `written_at`: four requests a set, and the refresh schedule moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_take_over_writes_no_unchanged_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let mut a = start(&instance_config(&p, &b, dir.path(), 0));
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    store_settled(&a).await;
+    let before = store_metadata(&b).await;
+    let mut bd = start(&instance_config(&p, &b, dir.path(), 1));
+    bd.wait_for_log("standing by").await;
+
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    new_leader(&[&bd], t0).await;
+    store_settled(&bd).await;
+    assert_eq!(
+        bd.output().matches(WRITTEN).count(),
+        0,
+        "the new leader wrote unchanged entries:\n{}",
+        bd.output()
+    );
+    assert_eq!(store_metadata(&b).await, before, "the entries were written");
+    assert_eq!(
+        store_tokens(&b).await,
+        served.into_iter().map(Some).collect::<Vec<_>>()
+    );
+    assert_eq!(p.issued_tokens().len(), SETS.len());
+    stop_clean(&mut bd).await;
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}
+
+/// How far apart two leaders' refresh times for one token may be: the store keeps times to
+/// the second, and the first leader's own time is not rounded. Before the fix each take-over
+/// moved it by nine tenths of the time since the last (with `at: 10%`), over 2 s a take-over.
+const SCHEDULE_TOLERANCE: Duration = Duration::from_millis(1500);
+
+/// Each set's next refresh as `d`'s status shows it, once it shows one for every set.
+async fn next_refreshes(cfg: &Path) -> Vec<SystemTime> {
+    let mut found = Vec::new();
+    let shown = wait_until(PATIENCE, || {
+        let v = status_json(cfg);
+        found = SETS
+            .iter()
+            .filter_map(|s| {
+                let set = v["sets"].as_array()?.iter().find(|x| x["name"] == *s)?;
+                humantime::parse_rfc3339_weak(set["next_refresh_at"].as_str()?).ok()
+            })
+            .collect();
+        found.len() == SETS.len()
+    })
+    .await;
+    assert!(
+        shown,
+        "{}",
+        tokenkeeper(&["status", "--json", "-c", cfg.to_str().unwrap()]).stdout
+    );
+    found
+}
+
+fn apart(a: SystemTime, b: SystemTime) -> Duration {
+    a.duration_since(b)
+        .or_else(|_| b.duration_since(a).map_err(|_| ()))
+        .unwrap_or_default()
+}
+
+/// Three take-overs in a row (each leader SIGKILLed): every new leader schedules each
+/// token's refresh when the first leader did, from the issue time the store keeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_take_overs_keep_the_refresh_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    // Early in the lifetime and without jitter: a moved written time moves the refresh by nine
+    // tenths of it, and the first leader's schedule is exactly what the store implies.
+    let keys = "    refresh: { at: 10%, jitter: 0% }\n";
+    let cfgs: Vec<_> = (0..4)
+        .map(|n| instance_config_with(&p, &b, dir.path(), n, keys))
+        .collect();
+    let mut leader = start(&cfgs[0]);
+    leader.wait_for_log(LEADING).await;
+    leader
+        .wait_for_log("ready: every set has a valid token")
+        .await;
+    stored_tokens(&b, &leader).await;
+    store_settled(&leader).await;
+    let first = next_refreshes(&cfgs[0]).await;
+    let mut standbys: Vec<(Daemon, usize)> = (1..4).map(|n| (start(&cfgs[n]), n)).collect();
+    for (d, _) in &standbys {
+        d.wait_for_log("standing by").await;
+    }
+    for round in 1..=3 {
+        let t0 = Instant::now();
+        leader.signal(Signal::SIGKILL);
+        let _ = leader.wait(PATIENCE).await;
+        let ds: Vec<&Daemon> = standbys.iter().map(|(d, _)| d).collect();
+        let (i, _) = new_leader(&ds, t0).await;
+        let (next, n) = standbys.remove(i);
+        leader = next;
+        assert!(
+            wait_until(PATIENCE, || leader
+                .output()
+                .matches("reusing the token it already holds")
+                .count()
+                == SETS.len())
+            .await,
+            "{}",
+            leader.output()
+        );
+        store_settled(&leader).await;
+        let now = next_refreshes(&cfgs[n]).await;
+        for ((set, a), b) in SETS.iter().zip(&first).zip(&now) {
+            assert!(
+                apart(*a, *b) <= SCHEDULE_TOLERANCE,
+                "take-over {round}, {set}: the first leader refreshes at {}, this one at {}",
+                humantime::format_rfc3339_millis(*a),
+                humantime::format_rfc3339_millis(*b)
+            );
+        }
+    }
+    assert_eq!(
+        p.issued_tokens().len(),
+        SETS.len(),
+        "a set was issued again"
+    );
+    stop_clean(&mut leader).await;
+}
+
+/// A crashed member restarted with its journal (the other path that acts on journaled tokens)
+/// stands by while another member serves them, and once it leads again reuses them from the
+/// store: nothing is revoked or issued on the way, and its last stop revokes them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_member_revokes_nothing_another_member_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let cb = instance_config(&p, &b, dir.path(), 1);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    let mut bd = start(&cb);
+    bd.wait_for_log("standing by").await;
+    let t0 = Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+    new_leader(&[&bd], t0).await;
+    store_settled(&bd).await;
+
+    // Restarted on its journal, it stands by and revokes nothing the leader serves.
+    let mut again = start(&ca);
+    again.wait_for_log("standing by").await;
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    let t1 = Instant::now();
+    bd.signal(Signal::SIGTERM);
+    assert!(bd.wait(PATIENCE).await.success(), "{}", bd.output());
+    new_leader(&[&again], t1).await;
+    assert!(
+        wait_until(PATIENCE, || again
+            .output()
+            .matches("reusing the token it already holds")
+            .count()
+            == SETS.len())
+        .await,
+        "{}",
+        again.output()
+    );
+    for token in &served {
+        assert!(p.is_live(token), "{}", again.output());
+    }
+    assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
+    assert_eq!(
+        p.issued_tokens().len(),
+        SETS.len(),
+        "a set was issued again"
+    );
+    stop_clean(&mut again).await;
+    assert!(p.live_tokens().is_empty(), "leaked: {:?}", p.live_tokens());
+}
+
+/// The leader `revoke` names is whatever a writer of the lease put there: it reaches the
+/// terminal escaped. Here a client of the store keeps renewing a lease under a name with an
+/// escape sequence while the crashed leader's config is revoked.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_names_a_leader_with_escape_sequences_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let ca = instance_config(&p, &b, dir.path(), 0);
+    let mut a = start(&ca);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(&b, &a).await;
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait(PATIENCE).await;
+
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let squatter = {
+        let (addr, renewing) = (b.addr(), std::sync::Arc::clone(&renewing));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while renewing.load(std::sync::atomic::Ordering::SeqCst) {
+                let now_ms = u64::try_from(
+                    SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis(),
+                )
+                .unwrap();
+                let body = serde_json::json!({ "data": {
+                    "holder": "evil\u{1b}]0;owned\u{7}",
+                    "expires_ms": now_ms + 2000,
+                    "lease_ms": 2000,
+                } });
+                let _ = http
+                    .post(format!("{addr}/v1/secret/data/tokenkeeper/lease"))
+                    .header("X-Vault-Token", bao::ROOT)
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let out = revoke_with(&ca).await;
+    renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = squatter.await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("left live"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    assert!(!out.stdout.contains('\u{7}'), "{:?}", out.stdout);
+    for token in &served {
+        assert!(p.is_live(token));
+    }
 }

@@ -1,5 +1,6 @@
 //! `tokenkeeper revoke`: revoke the journaled tokens after a crash or before decommissioning.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use tracing::error;
@@ -8,6 +9,7 @@ use tokenkeeper::config::{self, Loaded};
 use tokenkeeper::daemon;
 use tokenkeeper::error_chain as chain;
 use tokenkeeper::journal;
+use tokenkeeper::store::ha;
 
 use super::config_error::print_config_error;
 use super::logging::init_logging;
@@ -65,8 +67,42 @@ pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
             say!("{s}: no journaled token");
         }
     }
+    let chosen = |e: &journal::Entry| sets.is_empty() || sets.contains(&e.set);
+    // In an HA group, a token the store still holds may be served by the member that took
+    // over: asked before anything is revoked, so that the deadline is the revocations' own.
+    let group = Group::ask(&config, &entries, chosen).await;
+    let handed: Vec<&journal::Entry> = entries
+        .iter()
+        .filter(|e| chosen(e) && group.served.contains_key(&e.fingerprint))
+        .collect();
+    for e in &handed {
+        let leader = group.served.get(&e.fingerprint).map_or("-", String::as_str);
+        say!(
+            "{}: left live {}: {leader} leads the group and serves it from the store; kept in the journal for a later revoke",
+            e.set,
+            e.fingerprint
+        );
+    }
+    let mut undecided = 0;
+    if let Some(why) = &group.unknown {
+        for e in entries.iter().filter(|e| chosen(e) && group.may_serve(e)) {
+            undecided += 1;
+            say!(
+                "{}: NOT revoked {}: cannot tell whether another member of the group serves it ({why}); kept in the journal: run `tokenkeeper revoke` again once the store answers",
+                e.set,
+                e.fingerprint
+            );
+        }
+    }
+    // Left live ones stay journaled: should their leader die with nobody to take over, a
+    // later revoke here revokes them.
+    let selected = |e: &journal::Entry| {
+        chosen(e)
+            && !group.served.contains_key(&e.fingerprint)
+            && !(group.unknown.is_some() && group.may_serve(e))
+    };
+    let handed = handed.len();
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
-    let selected = |e: &journal::Entry| sets.is_empty() || sets.contains(&e.set);
     let report =
         match daemon::revoke_journaled(&config.state_dir, entries, selected, &providers, deadline)
             .await
@@ -87,6 +123,54 @@ pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
             }
         }
     }
-    say!("{} revoked, {failed} failed", report.len() - failed);
+    let left = if handed == 0 {
+        String::new()
+    } else {
+        format!(", {handed} left live for the group's leader")
+    };
+    let failed = failed + undecided;
+    say!(
+        "{} revoked, {failed} failed{left}",
+        report.len() + undecided - failed
+    );
     if failed == 0 { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// What the HA group says of the journaled tokens, before `revoke` touches any.
+struct Group<'c> {
+    config: &'c config::Config,
+    /// Tokens another member serves now (fingerprint: leader): left live.
+    served: HashMap<String, String>,
+    /// Why the group could not be asked: then no token the store may hold is revoked.
+    unknown: Option<String>,
+}
+
+impl<'c> Group<'c> {
+    async fn ask(
+        config: &'c config::Config,
+        entries: &[journal::Entry],
+        chosen: impl Fn(&journal::Entry) -> bool,
+    ) -> Group<'c> {
+        let chosen: Vec<&journal::Entry> = entries.iter().filter(|e| chosen(e)).collect();
+        let (served, unknown) = match ha::served_by_the_group(config, &chosen).await {
+            Ok(served) => (served, None),
+            Err(e) => (HashMap::new(), Some(chain(&e))),
+        };
+        Group {
+            config,
+            served,
+            unknown,
+        }
+    }
+
+    /// Whether another member could serve `e`: with `ha:`, when its set writes a store path
+    /// the member taking over adopts from.
+    fn may_serve(&self, e: &journal::Entry) -> bool {
+        self.config.ha.is_some()
+            && self
+                .config
+                .sets
+                .iter()
+                .any(|s| s.name == e.set && s.store.is_some())
+    }
 }

@@ -101,6 +101,19 @@ pub(super) async fn adopt<P: TokenProvider, S>(
     start
 }
 
+/// Journal the tokens a store holds for this instance's sets (another member's, or this one's
+/// from before a lost journal), all at once so the journal writer commits them together. One
+/// that fails to be journaled is still adopted: it is served, and its set's stop revokes it.
+pub(super) async fn journal_adopted(journal: &Journal, from_store: &[Entry]) {
+    let recorded = join_all(from_store.iter().map(|e| journal.record(e.clone()))).await;
+    for (e, r) in from_store.iter().zip(recorded) {
+        if let Err(why) = r {
+            warn!(set = %e.set, fingerprint = %e.fingerprint, error = %why,
+                "could not journal the token the store holds; a crash now would leave it to expire on its own");
+        }
+    }
+}
+
 /// Queue journaled token `e`, which the wall clock or the provider calls expired, for
 /// revocation for [`CLOCK_DOUBT_WINDOW`]. When the set revokes, that is at once, not once a
 /// replacement is written plus the superseded tokens' grace: no reader should count on a

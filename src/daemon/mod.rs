@@ -171,11 +171,14 @@ pub async fn run<P: TokenProvider + 'static>(
     let (stored, unread) = shared.stores.entries(&config, STORE_READ_BUDGET).await;
     // Their writers read the path before writing over it, and report the token found there.
     let displaced = (!unread.is_empty()).then(|| shared.stores.watch_unread(unread));
-    for e in stored {
-        if !journaled.contains(&e.fingerprint) {
-            entries.push(e);
-        }
-    }
+    let from_store: Vec<Entry> = stored
+        .into_iter()
+        .filter(|e| !journaled.contains(&e.fingerprint))
+        .collect();
+    // Journaled before they are adopted: this instance answers for them from now on, and
+    // should it crash in turn, `tokenkeeper revoke` with its config must find them.
+    adopt::journal_adopted(&shared.journal, &from_store).await;
+    entries.extend(from_store);
     // The daemon keeps one shared copy of each set's config; `config.sets` is emptied.
     let sets: Vec<Arc<SetConfig>> = std::mem::take(&mut config.sets)
         .into_iter()

@@ -5,14 +5,19 @@
 //! The lease holds the holder's name and an expiry in wall-clock milliseconds: instances on
 //! different machines must keep their clocks in step (NTP), well within a lease.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::config::{Config, HaConfig};
 use crate::error_chain as chain;
+use crate::journal::Entry;
+use crate::secret::fingerprint;
+use crate::store::Stores;
 use crate::store::vault::{StoreError, Vault};
 
 /// Who holds the lease, as last read.
@@ -334,4 +339,140 @@ impl Lease {
             }
         }
     }
+}
+
+/// How many leases [`Lease::live_leader`] watches the lease before it gives up telling: a live
+/// holder renews every third of a lease and a dead one's lease is believed one lease at most,
+/// after which a live standby takes it within a quarter lease; three leases cover both with
+/// room for a slow store, and bound how long `tokenkeeper revoke` can wait.
+const LIVENESS_LEASES: u32 = 3;
+
+/// How often [`Lease::live_leader`] reads the lease: ten times a lease sees a renewal (every
+/// third of a lease) within a tenth of a lease, at a few requests a second for a 2 s lease.
+const LIVENESS_POLLS_PER_LEASE: u32 = 10;
+
+/// How many store paths [`served_by_the_group`] reads at once: a crashed leader's journal can
+/// name thousands of sets, and the store must not see thousands of connections for it.
+const PATH_READS_AT_ONCE: usize = 16;
+
+/// Why [`served_by_the_group`] could not tell which tokens another member serves.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("could not ask the store")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "the lease (held by {holder}) was neither renewed nor given up within {waited}: cannot tell whether it leads"
+    )]
+    Undecided { holder: String, waited: String },
+}
+
+impl Lease {
+    /// The group's live leader, if there is one, as seen by an instance that does not hold
+    /// the lease. A holder is live once it is seen writing the lease (a version newer than
+    /// the first read, its lease still running): a dead one cannot. The group has no leader
+    /// once the lease is free or run out and no member record is live: nobody takes over.
+    /// While the lease is free and a standby is live, that standby is waited for: it takes
+    /// the lease within a quarter lease. The leader's name comes back escaped for display.
+    pub async fn live_leader(&self) -> Result<Option<String>, GroupError> {
+        let (first, mut seen) = self.read().await?;
+        let waited = self.lease * LIVENESS_LEASES;
+        let give_up = tokio::time::Instant::now() + waited;
+        loop {
+            let (version, holder) = self.read().await?;
+            match holder.filter(|h| h.expires_ms > now_ms()) {
+                // Anyone who can write the lease names its holder: escaped before it is shown.
+                Some(h) if version != first => return Ok(Some(crate::shown(&h.name).into_owned())),
+                Some(h) => seen = Some(h),
+                None if self.live_standby().await?.is_none() => return Ok(None),
+                None => {}
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(GroupError::Undecided {
+                    holder: seen.map_or_else(|| "-".into(), |h| crate::shown(&h.name).into_owned()),
+                    waited: humantime::format_duration(waited).to_string(),
+                });
+            }
+            tokio::time::sleep(self.lease / LIVENESS_POLLS_PER_LEASE).await;
+        }
+    }
+}
+
+/// Of the journaled `entries` of a member of `config`'s HA group that is not running, the
+/// ones another member serves now, by fingerprint, each with the leader's name: those the
+/// store entry at their set's path holds while a live member leads the group (it adopted
+/// that entry, or adopts it as it takes over). Revoking one would cut every reader of the
+/// store off a token the leader goes on handing out. Empty without `ha:`, or when no store
+/// path holds a journaled token (nothing to ask the lease then).
+///
+/// An error when the store does not answer: the caller must then revoke none of the tokens
+/// the store may hold (see `tokenkeeper revoke`).
+pub async fn served_by_the_group(
+    config: &Config,
+    entries: &[&Entry],
+) -> Result<HashMap<String, String>, GroupError> {
+    let Some(ha) = &config.ha else {
+        return Ok(HashMap::new());
+    };
+    let mut by_set: HashMap<&str, Vec<String>> = HashMap::new();
+    for e in entries {
+        by_set
+            .entry(e.set.as_str())
+            .or_default()
+            .push(e.fingerprint.clone());
+    }
+    // Each path to read, with what to look for there.
+    let paths: Vec<(&str, &str, &str, Vec<String>)> = config
+        .sets
+        .iter()
+        .filter_map(|set| {
+            let s = set.store.as_ref()?;
+            let mine = by_set.remove(set.name.as_str())?;
+            Some((s.name.as_str(), s.path.as_str(), set.name.as_str(), mine))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stores = Stores::build(config)?;
+    // Owned: the futures below borrow nothing.
+    let mut wanted: Vec<(Arc<Vault>, String, String, Vec<String>)> = Vec::new();
+    for (store, path, set, mine) in paths {
+        let vault = stores
+            .get(store)
+            .ok_or_else(|| GroupError::Config(format!("store {store} is not configured")))?;
+        wanted.push((Arc::clone(vault), path.into(), set.into(), mine));
+    }
+    let reads = wanted
+        .into_iter()
+        .map(|(vault, path, set, mine)| async move {
+            let held = vault
+                .read(&path)
+                .await?
+                .filter(|d| !d.deleted)
+                .and_then(|d| {
+                    let token = d.data.get("access_token")?.as_str()?;
+                    let ours = d.data.get("set").and_then(Value::as_str) == Some(set.as_str());
+                    ours.then(|| fingerprint(token))
+                });
+            Ok::<_, GroupError>(held.filter(|f| mine.contains(f)))
+        });
+    let held: Vec<Result<Option<String>, GroupError>> = futures_util::stream::iter(reads)
+        .buffer_unordered(PATH_READS_AT_ONCE)
+        .collect()
+        .await;
+    let mut adopted = Vec::new();
+    for h in held {
+        adopted.extend(h?);
+    }
+    if adopted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let lease = Lease::new(config, ha)?
+        .ok_or_else(|| GroupError::Config(format!("ha.store {} is not configured", ha.store)))?;
+    Ok(match lease.live_leader().await? {
+        Some(leader) => adopted.into_iter().map(|f| (f, leader.clone())).collect(),
+        None => HashMap::new(),
+    })
 }

@@ -450,25 +450,33 @@ async fn writer(
         let mut attempt: u32 = 0;
         loop {
             let result = match &want {
-                Want::Nothing | Want::Hold => Ok(()),
+                Want::Nothing | Want::Hold => Ok(false),
                 Want::Write(w) => {
-                    let doc = document(&set, &config_hash, &w.0, &w.1);
+                    let mut doc = document(&set, &config_hash, &w.0, &w.1);
                     let written = (&mut version, &mut metadata_set, &mut unread);
-                    write_once(&vault, &path, &set, &doc, &w.0, written).await
+                    write_once(&vault, &path, &set, &mut doc, &w.0, written).await
                 }
                 // Never written over, the path holds no token of this set's but perhaps
                 // another instance's, not yet read: left for the next start to find.
-                Want::Remove if unread.is_some() => Ok(()),
-                Want::Remove => vault.remove(&path).await.map(|()| version = None),
+                Want::Remove if unread.is_some() => Ok(false),
+                Want::Remove => vault.remove(&path).await.map(|()| {
+                    version = None;
+                    true
+                }),
             };
             match result {
-                Ok(()) => {
+                Ok(wrote) => {
                     if attempt > 0 {
                         info!(set = %set, store = %vault.name(), path = %path, "the store took the write again");
                     }
-                    if let Want::Write(w) = &want {
-                        info!(set = %set, store = %vault.name(), path = %path,
-                            fingerprint = %w.0.fingerprint(), version = ?version, "token written to the store");
+                    match &want {
+                        Want::Write(w) if wrote => {
+                            info!(set = %set, store = %vault.name(), path = %path,
+                            fingerprint = %w.0.fingerprint(), version = ?version, "token written to the store")
+                        }
+                        Want::Write(w) => info!(set = %set, store = %vault.name(), path = %path,
+                            fingerprint = %w.0.fingerprint(), version = ?version, "the store already holds the token; nothing written"),
+                        _ => {}
                     }
                     health.report(None);
                     done.send_replace(generation);
@@ -504,46 +512,71 @@ async fn writer(
     }
 }
 
+/// Write `doc` (the document of `token`) at `path`; `Ok(false)` when the path holds it
+/// already. Before a write whose version is not known (the first, or one after a conflict),
+/// the path is read: a document of the same token keeps its `written_at` (its issue time,
+/// from which a member taking over schedules the refresh), and one that is otherwise what
+/// would be written is not written at all: a take-over writes nothing it adopted unchanged.
 async fn write_once(
     vault: &Vault,
     path: &str,
     set: &str,
-    doc: &Value,
+    doc: &mut Value,
     token: &Secret,
     (version, metadata_set, unread): (&mut Option<u64>, &mut bool, &mut Option<Unread>),
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let cas = match *version {
+        Some(v) => v,
+        None => match vault.read(path).await? {
+            // The write checks-and-sets against this very version: nothing written between
+            // the read and the write is hidden unseen.
+            Some(held) if !held.deleted => {
+                if let Some(u) = unread.as_mut() {
+                    u.report(&held.data, token);
+                }
+                if already_holds(&held.data, doc, token) {
+                    *version = Some(held.version);
+                    *unread = None;
+                    return Ok(false);
+                }
+                held.version
+            }
+            // Deleted (revoked at a stop) or never written: no token to report.
+            _ => vault.current_version(path).await?,
+        },
+    };
     if !*metadata_set {
         let custom = json!({ "managed-by": "tokenkeeper", "set": set });
         vault.set_metadata(path, &custom).await?;
         *metadata_set = true;
     }
-    let cas = match (*version, unread.as_mut()) {
-        (Some(v), _) => v,
-        (None, Some(u)) => match vault.read(path).await? {
-            // The write checks-and-sets against this very version: nothing written between
-            // the read and the write is hidden unseen.
-            Some(doc) if !doc.deleted => {
-                u.report(&doc.data, token);
-                doc.version
-            }
-            // Deleted (revoked at a stop) or never written: no token to report.
-            _ => vault.current_version(path).await?,
-        },
-        (None, None) => vault.current_version(path).await?,
-    };
     match vault.write_cas(path, doc, cas).await {
         Ok(v) => {
             *version = Some(v);
             // Written over: what this path held before is reported, and is this set's own
             // from now on.
             *unread = None;
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
             *version = None;
             Err(e)
         }
     }
+}
+
+/// Whether `held`, a set's document as read from the store, is `doc`, the document of `token`
+/// about to be written, in all but `written_at`. A document of the same token lends `doc` its
+/// `written_at` either way: that is the token's issue time, from which a member taking over
+/// schedules the refresh, and a rewrite must not move it.
+fn already_holds(held: &Value, doc: &mut Value, token: &Secret) -> bool {
+    if held.get("access_token").and_then(Value::as_str) != Some(token.expose()) {
+        return false;
+    }
+    if let (Some(at), Some(d)) = (held.get("written_at"), doc.as_object_mut()) {
+        d.insert("written_at".into(), at.clone());
+    }
+    *held == *doc
 }
 
 impl Unread {
@@ -641,6 +674,27 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(3600),
         };
         document("s", "h", &Secret::new("tok.en-1~+/="), &meta)
+    }
+
+    #[test]
+    fn a_document_of_the_same_token_keeps_its_written_at_and_is_not_rewritten() {
+        let token = Secret::new("tok.en-1~+/=");
+        let mut held = doc();
+        held["written_at"] = json!("2026-01-01T00:00:00Z");
+        let mut again = doc();
+        assert!(already_holds(&held, &mut again, &token));
+        assert_eq!(again["written_at"], held["written_at"]);
+        // The same token with something else changed: written, at its first written time.
+        let mut changed = doc();
+        changed["config_hash"] = json!("other");
+        assert!(!already_holds(&held, &mut changed, &token));
+        assert_eq!(changed["written_at"], held["written_at"]);
+        // Another token: written as it is.
+        let mut other = doc();
+        other["access_token"] = json!("other");
+        let before = other.clone();
+        assert!(!already_holds(&held, &mut other, &Secret::new("other")));
+        assert_eq!(other, before);
     }
 
     #[test]

@@ -438,9 +438,12 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                         refresh_in = %humantime::format_duration(whole_secs(refresh_at.saturating_duration_since(Instant::now()))),
                         "reusing the token it already holds");
                     t.next_issue = refresh_at;
-                    // Counted before it is reported fresh (see `issue`).
+                    // Counted before it is reported fresh (see `issue`). The status shows the
+                    // reused token's expiry and refresh as it does an issued one's.
                     let live = 1 + t.live();
                     self.report.stats_if(|s| s.set_live(live));
+                    self.report
+                        .stats(|s| s.written(&held.fingerprint, meta.expires_at, refresh_at));
                     self.fresh(&held, t.next_issue);
                     self.forget_previous(&mut t.previous).await;
                 }
