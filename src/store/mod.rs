@@ -8,6 +8,7 @@
 
 mod ca;
 pub mod ha;
+mod kv2;
 pub mod standby;
 pub mod vault;
 
@@ -41,6 +42,17 @@ pub struct Stores {
     /// The sets whose paths the start did not read in time, and where their writers report
     /// the token they find there before writing over it.
     late: Option<Late>,
+    /// What the start's reads found at each set's path, by set, until its writer takes it.
+    seen: Arc<std::sync::Mutex<HashMap<String, Seen>>>,
+}
+
+/// What the start's read of a set's path tells its writer, sparing it a request or two: the
+/// version there (the check-and-set value of its first write), and whether the path's
+/// metadata is already what the writer would write.
+#[derive(Clone, Copy, Default)]
+struct Seen {
+    version: u64,
+    metadata: bool,
 }
 
 #[derive(Clone)]
@@ -85,6 +97,7 @@ impl Stores {
             by_name,
             _keepers: Arc::new(KeeperGuard(keepers)),
             late: None,
+            seen: Arc::default(),
         })
     }
 
@@ -119,6 +132,11 @@ impl Stores {
                     tx: health,
                     board: Arc::clone(board),
                 };
+                let seen = self
+                    .seen
+                    .lock()
+                    .ok()
+                    .and_then(|mut seen| seen.remove(&set.name));
                 let unread = self
                     .late
                     .as_ref()
@@ -135,6 +153,7 @@ impl Stores {
                     config_hash,
                     health,
                     unread,
+                    seen,
                 )))
             }
             None => {
@@ -151,10 +170,11 @@ impl Stores {
     /// Tokens the stores hold for the configured sets, as journal entries, so that an
     /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
     ///
-    /// Every path is read at once, and the start waits at most `budget` for them all: a set
-    /// whose read has not answered by then is left out and issues its own token, so a store
-    /// that hangs delays no token file by more than `budget` (never a store timeout per set).
-    /// Returns the entries, and the names of the sets left out.
+    /// Every path is read at once (within each store's `max_concurrent_requests`), and the
+    /// start waits at most `budget` for them all: a set whose read has not answered by then
+    /// is left out and issues its own token, so a store that hangs delays no token file by
+    /// more than `budget` (never a store timeout per set). What each read found is kept for
+    /// the set's writer. Returns the entries, and the names of the sets left out.
     pub async fn entries(
         &self,
         config: &Config,
@@ -166,7 +186,21 @@ impl Stores {
             .filter_map(|set| {
                 let s = set.store.as_ref()?;
                 let v = self.by_name.get(&s.name)?;
-                Some(async move { (set, v.read(&s.path).await) })
+                Some(async move {
+                    let permit = v.permit().await;
+                    let read = v.read(&s.path).await;
+                    vault::release(permit).await;
+                    if let Ok(doc) = &read {
+                        let seen = doc.as_ref().map_or(Seen::default(), |d| Seen {
+                            version: d.version,
+                            metadata: d.custom == v.custom_metadata(&set.name),
+                        });
+                        if let Ok(mut all) = self.seen.lock() {
+                            all.insert(set.name.clone(), seen);
+                        }
+                    }
+                    (set, read)
+                })
             })
             .collect();
         let mut out = Vec::new();
@@ -319,13 +353,26 @@ struct Health {
 }
 
 impl Health {
-    fn report(&self, error: Option<String>) {
+    /// Whether the store is behind the set's file (`catching_up`), and the store's last
+    /// error while it fails.
+    fn report(&self, catching_up: bool, error: Option<String>) {
         let changed = self.tx.send_if_modified(|h| {
-            let differs = h.error != error;
+            let differs = h.error != error || h.catching_up != catching_up;
             h.error = error;
+            h.catching_up = catching_up;
             differs
         });
         if changed {
+            self.board.poke();
+        }
+    }
+
+    /// The store is behind the file from now on, whatever it last said.
+    fn behind(&self) {
+        if self
+            .tx
+            .send_if_modified(|h| !std::mem::replace(&mut h.catching_up, true))
+        {
             self.board.poke();
         }
     }
@@ -358,6 +405,8 @@ pub struct StoreSink {
     writer: JoinHandle<()>,
     /// The store's request timeout, plus a little: how long `hold` waits for a write in flight.
     settle: Duration,
+    /// Shared with the writer, which reports how the store stands.
+    health: Arc<Health>,
 }
 
 impl Drop for StoreSink {
@@ -378,12 +427,14 @@ impl StoreSink {
         config_hash: &str,
         health: Health,
         unread: Option<Unread>,
+        seen: Option<Seen>,
     ) -> StoreSink {
         let (wish, wish_rx) = watch::channel(Wish {
             generation: 0,
             want: Want::Nothing,
         });
         let (done_tx, done) = watch::channel(0);
+        let health = Arc::new(health);
         let writer = tokio::spawn(writer(
             Arc::clone(&vault),
             path.to_string(),
@@ -391,8 +442,9 @@ impl StoreSink {
             config_hash.to_string(),
             wish_rx,
             done_tx,
-            health,
+            Arc::clone(&health),
             unread,
+            seen,
         ));
         StoreSink {
             // A request in flight ends within the store's own timeout; a second more covers
@@ -403,10 +455,15 @@ impl StoreSink {
             wish,
             done,
             writer,
+            health,
         }
     }
 
     fn ask(&self, want: Want) -> u64 {
+        if matches!(want, Want::Write(_)) {
+            // Until the write goes through, status says so, not "up to date".
+            self.health.behind();
+        }
         let mut generation = 0;
         self.wish.send_modify(|w| {
             w.generation += 1;
@@ -439,16 +496,30 @@ async fn writer(
     config_hash: String,
     mut wishes: watch::Receiver<Wish>,
     done: watch::Sender<u64>,
-    health: Health,
+    health: Arc<Health>,
     mut unread: Option<Unread>,
+    seen: Option<Seen>,
 ) {
     // The version we last wrote or read: the check-and-set value of the next write.
-    let mut version: Option<u64> = None;
-    let mut metadata_set = false;
+    let mut version: Option<u64> = seen.map(|s| s.version);
+    let mut metadata_set = seen.is_some_and(|s| s.metadata);
     'wishes: loop {
         let Wish { generation, want } = wishes.borrow_and_update().clone();
         let mut attempt: u32 = 0;
         loop {
+            // A newer wish while waiting for a permit replaces this one: a token queued
+            // behind other sets' requests is never written after it was revoked.
+            let permit = match &want {
+                Want::Nothing | Want::Hold => None,
+                _ => tokio::select! {
+                    permit = vault.permit() => permit,
+                    changed = wishes.changed() => {
+                        if changed.is_err() { return; }
+                        done.send_replace(generation);
+                        continue 'wishes;
+                    }
+                },
+            };
             let result = match &want {
                 Want::Nothing | Want::Hold => Ok(()),
                 Want::Write(w) => {
@@ -459,8 +530,13 @@ async fn writer(
                 // Never written over, the path holds no token of this set's but perhaps
                 // another instance's, not yet read: left for the next start to find.
                 Want::Remove if unread.is_some() => Ok(()),
-                Want::Remove => vault.remove(&path).await.map(|()| version = None),
+                // Removed whole: the path starts again from version 0, without metadata.
+                Want::Remove => vault.remove(&path).await.map(|()| {
+                    version = Some(0);
+                    metadata_set = false;
+                }),
             };
+            vault::release(permit).await;
             match result {
                 Ok(()) => {
                     if attempt > 0 {
@@ -470,12 +546,14 @@ async fn writer(
                         info!(set = %set, store = %vault.name(), path = %path,
                             fingerprint = %w.0.fingerprint(), version = ?version, "token written to the store");
                     }
-                    health.report(None);
+                    if matches!(want, Want::Write(_) | Want::Remove) {
+                        health.report(false, None);
+                    }
                     done.send_replace(generation);
                     break;
                 }
                 Err(e) => {
-                    health.report(Some(chain(&e)));
+                    health.report(true, Some(chain(&e)));
                     if matches!(e, StoreError::Conflict { .. }) {
                         // Someone else wrote the path: read its version again and write over
                         // it, since this set is the path's owner.
@@ -513,8 +591,9 @@ async fn write_once(
     (version, metadata_set, unread): (&mut Option<u64>, &mut bool, &mut Option<Unread>),
 ) -> Result<(), StoreError> {
     if !*metadata_set {
-        let custom = json!({ "managed-by": "tokenkeeper", "set": set });
-        vault.set_metadata(path, &custom).await?;
+        vault
+            .set_metadata(path, &vault.custom_metadata(set))
+            .await?;
         *metadata_set = true;
     }
     let cas = match (*version, unread.as_mut()) {
