@@ -556,8 +556,10 @@ async fn writer(
                     health.report(true, Some(chain(&e)));
                     if matches!(e, StoreError::Conflict { .. }) {
                         // Someone else wrote the path: read its version again and write over
-                        // it, since this set is the path's owner.
+                        // it, since this set is the path's owner; whoever wrote it may have
+                        // removed it whole, metadata and all, so that is written again too.
                         version = None;
+                        metadata_set = false;
                     }
                     let delay = retry_after(e.retry_class(), attempt, None, fastrand::f64());
                     attempt = attempt.saturating_add(1);
@@ -605,8 +607,10 @@ async fn write_once(
                 u.report(&doc.data, token);
                 doc.version
             }
-            // Deleted (revoked at a stop) or never written: no token to report.
-            _ => vault.current_version(path).await?,
+            // Its latest version deleted: no token to report, and the read said the version.
+            Some(doc) => doc.version,
+            // Never written, or removed whole at a stop: version 0.
+            None => 0,
         },
         (None, None) => vault.current_version(path).await?,
     };
