@@ -112,10 +112,11 @@ async fn file_and_store_hold_the_token_and_stop_removes_and_destroys_it() {
         b.read("tokenkeeper/orders").await.is_none(),
         "the store still serves a token"
     );
-    let meta = b.metadata("tokenkeeper/orders").await;
-    for (v, info) in meta["versions"].as_object().unwrap() {
-        assert_eq!(info["destroyed"], true, "version {v} not destroyed: {meta}");
-    }
+    // Removed whole: no version of it, destroyed or not, nor its metadata, is left.
+    let (status, meta) = b
+        .call("GET", "secret/metadata/tokenkeeper/orders", None)
+        .await;
+    assert_eq!(status, 404, "left in the store: {meta}");
     assert!(
         p.live_tokens().is_empty(),
         "live after stop: {:?}",
@@ -539,4 +540,165 @@ async fn a_token_in_a_store_that_answered_late_is_revoked_not_left_live() {
         idp.live(),
         second.output()
     );
+}
+
+/// A config of `sets` sets `s0`, `s1`… writing files and paths `tokenkeeper/sN`, whose store,
+/// OpenBao behind `relay`, logs in with the root token and gets `extra` (indented keys).
+fn relayed_config(
+    p: &tokenkeeper::devprovider::DevProvider,
+    b: &Bao,
+    relay: &common::relay::Relay,
+    dir: &Path,
+    sets: usize,
+    extra: &str,
+) -> String {
+    let token = bao::secret_file(dir, "bao-token", bao::ROOT);
+    let top = bao::stores_yaml(
+        b,
+        &format!("{{ token: {{ file: {} }} }}", token.display()),
+        extra,
+    )
+    .replace(&b.addr(), &relay.addr);
+    let sets: String = (0..sets).map(|i| set(&format!("s{i}"), dir)).collect();
+    config(p, dir, &format!("shutdown_timeout: 20s\n{top}"), &sets)
+}
+
+/// Every set's file and store path hold the same token.
+async fn all_in_store(b: &Bao, dir: &Path, sets: usize) -> bool {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut i = 0;
+    while i < sets && std::time::Instant::now() < deadline {
+        let file = read(&dir.join(format!("s{i}.token")));
+        if file.is_some() && b.token(&format!("tokenkeeper/s{i}")).await == file {
+            i += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    i == sets
+}
+
+/// At 200 sets, the store sees at most `max_concurrent_requests` connections at once, and
+/// once every token is written the daemon holds no more sockets to it than that (before the
+/// cap, every set's writer opened its own: about 200 at once, all kept).
+#[tokio::test(flavor = "multi_thread")]
+async fn store_requests_and_sockets_are_bounded() {
+    const SETS: usize = 200;
+    const CAP: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let relay = common::relay::Relay::start(&b.addr(), true).await;
+    let yaml = relayed_config(
+        &p,
+        &b,
+        &relay,
+        dir.path(),
+        SETS,
+        &format!("    max_concurrent_requests: {CAP}\n"),
+    );
+    let mut d = Daemon::run(dir.path(), &yaml, 0o022);
+    assert!(all_in_store(&b, dir.path(), SETS).await, "{}", d.output());
+    // At most CAP requests are in flight; a finished request's connection goes back to the
+    // pool a moment after its answer, and a request starting meanwhile opens another: never
+    // more than one such per permit.
+    let peak = relay.peak();
+    eprintln!("peak {peak} connections at once");
+    assert!(peak <= 2 * CAP, "{peak} connections at once to the store");
+    // The pool keeps no more idle sockets than there are permits.
+    assert!(
+        wait_until(PATIENCE, || relay.connections() <= CAP).await,
+        "{} sockets held once every token is written",
+        relay.connections()
+    );
+    stop_clean(&mut d).await;
+}
+
+/// A set's first token costs at most 4 requests at the store over its whole life (the start's
+/// read, the path's metadata, the write, one delete at stop) and each later token 1 (its
+/// write), where each token cost 7 (read, metadata write, metadata read and write at issue;
+/// metadata read, delete and destroy at stop). Every entry is still gone after the stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_costs_at_most_4_store_requests() {
+    const SETS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let relay = common::relay::Relay::start(&b.addr(), true).await;
+    let yaml = relayed_config(&p, &b, &relay, dir.path(), SETS, "");
+    let mut d = Daemon::run(dir.path(), &yaml, 0o022);
+    assert!(all_in_store(&b, dir.path(), SETS).await, "{}", d.output());
+    let first: Vec<Option<String>> = (0..SETS)
+        .map(|i| read(&dir.path().join(format!("s{i}.token"))))
+        .collect();
+    d.signal(Signal::SIGUSR1);
+    let rotated = || {
+        (0..SETS).all(|i| {
+            let now = read(&dir.path().join(format!("s{i}.token")));
+            now.is_some() && now != first[i]
+        })
+    };
+    assert!(wait_until(PATIENCE, rotated).await, "{}", d.output());
+    assert!(all_in_store(&b, dir.path(), SETS).await, "{}", d.output());
+    stop_clean(&mut d).await;
+    let kv: Vec<String> = relay
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains(" /v1/secret/"))
+        .collect();
+    assert!(
+        kv.len() <= 4 * SETS + SETS,
+        "{} store requests for {} tokens:\n{}",
+        kv.len(),
+        2 * SETS,
+        kv.join("\n")
+    );
+    for i in 0..SETS {
+        let (status, v) = b
+            .call("GET", &format!("secret/metadata/tokenkeeper/s{i}"), None)
+            .await;
+        assert_eq!(status, 404, "s{i} is still in the store: {v}");
+    }
+}
+
+/// Until a set's token is in the store, `status` says its store copy is catching up, never
+/// that it is up to date: here the store holds every request unanswered (well within its
+/// timeout), then answers, and status turns to up to date on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_store_catching_up() {
+    const SETS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    let relay = common::relay::Relay::start(&b.addr(), false).await;
+    let yaml = relayed_config(&p, &b, &relay, dir.path(), SETS, "    timeout: 60s\n");
+    let mut d = Daemon::run(dir.path(), &yaml, 0o022);
+    let cfg = status_config(dir.path());
+    let files = || (0..SETS).all(|i| read(&dir.path().join(format!("s{i}.token"))).is_some());
+    assert!(wait_until(PATIENCE, files).await, "{}", d.output());
+    let stores = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        let v = status_json(&cfg);
+        let stores = v["stores"].as_array().cloned().unwrap_or_default();
+        stores.len() == SETS && stores.iter().all(want)
+    };
+    let catching_up = |s: &serde_json::Value| s["catching_up"] == true && s["error"].is_null();
+    assert!(
+        wait_until(PATIENCE, || stores(&catching_up)).await,
+        "status: {}\n{}",
+        status_json(&cfg),
+        d.output()
+    );
+    let text = tokenkeeper(&["status", "-c", cfg.to_str().unwrap()]).stdout;
+    assert!(text.contains("catching up"), "{text}");
+    assert!(!text.contains("up to date"), "{text}");
+    relay.open();
+    assert!(all_in_store(&b, dir.path(), SETS).await, "{}", d.output());
+    let up_to_date = |s: &serde_json::Value| s["catching_up"] != true && s["error"].is_null();
+    assert!(
+        wait_until(PATIENCE, || stores(&up_to_date)).await,
+        "status: {}\n{}",
+        status_json(&cfg),
+        d.output()
+    );
+    stop_clean(&mut d).await;
 }

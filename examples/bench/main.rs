@@ -7,6 +7,7 @@
 //!   counted as the daemon's. Prints its base URL, serves until killed.
 //! - `bench client URL N C`: the bare keep-alive HTTP client baseline: N token requests with C
 //!   in flight, through one reqwest client built like the daemon's. Prints seconds taken.
+//! - `bench store`: files only beside files + OpenBao at 1,000 sets ([`store`]).
 //! - `bench [run]`: the driver ([`scenario`]). Starts the fake, measures its ceiling, runs the
 //!   idle scenario and the scaling scenarios in the production layout (token files on a tmpfs,
 //!   the state directory on a real disk) and prints the figures beside their targets
@@ -19,6 +20,7 @@
 mod procfs;
 mod report;
 mod scenario;
+mod store;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -39,8 +41,11 @@ fn main() {
         Some("fake") => fake(),
         Some("client") => client(&args[1], args[2].parse().unwrap(), args[3].parse().unwrap()),
         None | Some("run") => scenario::driver(),
+        Some("store") => store::driver(),
         Some(other) => {
-            eprintln!("usage: bench [run | fake | client URL N CONCURRENCY] (got {other:?})");
+            eprintln!(
+                "usage: bench [run | store | fake | client URL N CONCURRENCY] (got {other:?})"
+            );
             std::process::exit(2);
         }
     }

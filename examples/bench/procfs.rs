@@ -30,6 +30,18 @@ pub fn voluntary_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Sockets the process holds open (of every kind: TCP, Unix, netlink).
+pub fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// User plus system CPU seconds the process has used so far (all its threads).
 pub fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

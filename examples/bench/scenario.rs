@@ -31,17 +31,17 @@ const PATIENCE_PER_10K: Duration = Duration::from_secs(120);
 
 /// A child process that is killed (by its own PID) if the harness panics, so a failed run
 /// leaves no fake provider or daemon behind.
-pub struct Guard(Option<Child>);
+pub struct Guard(pub Option<Child>);
 
 impl Guard {
-    fn child(&mut self) -> &mut Child {
+    pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().unwrap()
     }
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.0.as_ref().unwrap().id()
     }
     /// Reap it, with its lifetime's resource use; the guard then has nothing left to kill.
-    fn wait_with_usage(mut self) -> Ended {
+    pub fn wait_with_usage(mut self) -> Ended {
         procfs::wait_with_usage(self.0.take().unwrap())
     }
 }
@@ -79,7 +79,7 @@ impl Layout {
     /// with long paths make a config past the 16 MiB cap; tokenkeeper refuses token paths
     /// under /dev, so /dev/shm will not do); else to `XDG_RUNTIME_DIR`, a tmpfs on systemd
     /// machines.
-    fn new(state_root: &Path) -> Layout {
+    pub fn new(state_root: &Path) -> Layout {
         let mut mounted = None;
         let tokens_root = match std::env::var_os("BENCH_TOKENS_DIR") {
             Some(d) => PathBuf::from(d),
@@ -134,7 +134,7 @@ pub struct Build {
     pub bin: PathBuf,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -257,12 +257,25 @@ fn ceiling(me: &Path, url: &str, n: usize, fake_pid: u32) -> Ceiling {
 }
 
 fn config(layout: &Layout, name: &str, url: &str, sets: usize) -> PathBuf {
+    config_with(layout, name, url, sets, "", &|_| String::new())
+}
+
+/// The scaling scenarios' config, with `top` (top-level keys) added and `per_set(i)` added to
+/// set `i`'s flow mapping (`, key: value`).
+pub fn config_with(
+    layout: &Layout,
+    name: &str,
+    url: &str,
+    sets: usize,
+    top: &str,
+    per_set: &dyn Fn(usize) -> String,
+) -> PathBuf {
     let dir = layout.state.join(name);
     let tokens = layout.tokens.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::create_dir_all(&tokens).unwrap();
     let mut y = format!(
-        "state_dir: {d}/state\nshutdown_timeout: 60s\nlog_level: warn\n\
+        "state_dir: {d}/state\nshutdown_timeout: 60s\nlog_level: warn\n{top}\
          providers:\n  dev:\n    kind: voucherify\n    base_url: {url}\n    \
          app_id: {DEV_APP_ID}\n    app_token: {DEV_APP_TOKEN}\n    \
          max_live_tokens: 10000000\n    issue_rate: 10000000/s\n    issue_burst: 10000000\n    \
@@ -271,8 +284,9 @@ fn config(layout: &Layout, name: &str, url: &str, sets: usize) -> PathBuf {
     );
     for i in 0..sets {
         y.push_str(&format!(
-            "  - {{ name: s{i}, provider: dev, scopes: [api], file: {{ path: {d}/s{i}.token }} }}\n",
-            d = tokens.display()
+            "  - {{ name: s{i}, provider: dev, scopes: [api], file: {{ path: {d}/s{i}.token }}{extra} }}\n",
+            d = tokens.display(),
+            extra = per_set(i)
         ));
     }
     let path = dir.join("config.yaml");
@@ -280,7 +294,7 @@ fn config(layout: &Layout, name: &str, url: &str, sets: usize) -> PathBuf {
     path
 }
 
-fn tokens_in(dir: &Path) -> usize {
+pub fn tokens_in(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -290,7 +304,7 @@ fn tokens_in(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn start_daemon(b: &Build, config: &Path) -> Guard {
+pub fn start_daemon(b: &Build, config: &Path) -> Guard {
     let log = std::fs::File::create(config.with_file_name("daemon.log")).unwrap();
     Guard(Some(
         Command::new(&b.bin)
@@ -334,7 +348,7 @@ fn written_span(dir: &Path, since: SystemTime) -> Option<(Duration, Duration)> {
 /// Wait until `n` token files exist in `dir`; returns when the first was written and when the
 /// last was, both from now, by the files' modification times: a listing shows them late by up
 /// to its gap (see [`LISTING_DUTY`]).
-fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) {
+pub fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) {
     let start = Instant::now();
     let since = SystemTime::now();
     loop {
@@ -356,7 +370,7 @@ fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) 
     }
 }
 
-fn sigterm(d: &Guard) {
+pub fn sigterm(d: &Guard) {
     let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
 }

@@ -156,6 +156,11 @@ pub(super) const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The current token and the one it replaced (still valid for `revoke_superseded_after`):
 /// older versions only pile up revoked tokens in the store's history.
 pub(super) const DEFAULT_STORE_MAX_VERSIONS: u64 = 2;
+/// Requests in flight to one store at once, across sets: a KV write takes about a millisecond
+/// on a LAN, so 16 move thousands of tokens a second over 16 keep-alive connections, while a
+/// start or a rotation of thousands of sets neither opens a socket per set (about 1,000 at
+/// 1,000 sets before the cap) nor floods the store's request quotas.
+pub(super) const DEFAULT_STORE_MAX_CONCURRENT_REQUESTS: u64 = 16;
 /// Where AppRole is mounted unless `auth.approle.mount` says otherwise (Vault's default).
 pub(super) const DEFAULT_APPROLE_MOUNT: &str = "approle";
 /// A few seconds: a standby takes over within about one lease of the leader's death, and the

@@ -77,6 +77,8 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Versions KV v2 keeps per token path: the current token and the one it replaced.
     pub max_versions: u32,
+    /// Most requests of the sets (reads, writes, removals) in flight to this store at once.
+    pub max_concurrent_requests: usize,
 }
 
 /// How tokenkeeper logs in to a store.

@@ -58,6 +58,7 @@ pub(super) struct RawStore {
     pub(super) auth: Option<RawStoreAuth>,
     pub(super) timeout: Option<Value>,
     pub(super) max_versions: Option<Value>,
+    pub(super) max_concurrent_requests: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]

@@ -479,6 +479,11 @@ fn refusals_name_the_rule() {
             &["auth gives both token and approle"],
         ),
         (
+            "a store allowed no request at once",
+            format!("{BASE}stores:\n  s:\n    kind: vault\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n    max_concurrent_requests: 0\n"),
+            &["stores.s.max_concurrent_requests: max_concurrent_requests must be a whole number above 0"],
+        ),
+        (
             "duplicate set names",
             with(&[("name: vouchers", "name: orders-sync")]),
             &[
@@ -1468,4 +1473,17 @@ fn helpers() {
 fn a_sets_config_fits_in_256_bytes_with_its_arc() {
     let size = std::mem::size_of::<SetConfig>() + 2 * std::mem::size_of::<usize>();
     assert!(size <= 256, "{size}");
+}
+
+/// A store's `max_concurrent_requests` is taken as given, and is 16 when not given.
+#[test]
+fn a_store_s_request_cap_is_read_with_its_default() {
+    let store = |extra: &str| {
+        let text = format!(
+            "{BASE}stores:\n  s:\n    kind: vault\n    address: http://127.0.0.1:1\n    auth: {{ token: {{ env: T }} }}\n{extra}"
+        );
+        parse(&text, Path::new("t")).unwrap().config.stores["s"].max_concurrent_requests
+    };
+    assert_eq!(store(""), 16);
+    assert_eq!(store("    max_concurrent_requests: 8\n"), 8);
 }

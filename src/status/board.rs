@@ -139,6 +139,7 @@ impl Board {
             set: set.to_string(),
             location: location.to_string(),
             error: None,
+            catching_up: false,
         });
         let mut inner = self.lock();
         inner.stores.retain(|r| r.borrow().set != set);
@@ -223,6 +224,7 @@ impl Board {
                         set: shown(&st.set),
                         location: shown(&st.location),
                         error: st.error.as_deref().map(shown),
+                        catching_up: st.catching_up,
                     }
                 })
                 .collect(),

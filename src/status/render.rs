@@ -110,12 +110,11 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             "store: {} -> {}: {}",
             shown(&st.set),
             shown(&st.location),
-            st.error
-                .as_deref()
-                .map_or("up to date".to_string(), |e| format!(
-                    "failing: {}",
-                    shown(e)
-                ))
+            match (&st.error, st.catching_up) {
+                (Some(e), _) => format!("failing: {}", shown(e)),
+                (None, true) => "catching up".to_string(),
+                (None, false) => "up to date".to_string(),
+            }
         );
     }
     if let Some(ha) = &snap.ha {

@@ -53,6 +53,10 @@ pub struct StoreHealth {
     pub location: String,
     /// The store's last error while it is failing; `None` once a write went through.
     pub error: Option<String>,
+    /// The store does not hold the set's latest token yet (its write is queued, under way or
+    /// failing): what `status` shows as catching up, never as up to date.
+    #[serde(default)]
+    pub catching_up: bool,
 }
 
 /// This instance's place in an HA group.

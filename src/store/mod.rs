@@ -7,17 +7,19 @@
 //! a token replaced or revoked meanwhile is never written afterwards.
 
 mod ca;
+mod document;
 pub mod ha;
+mod kv2;
 pub mod standby;
 pub mod vault;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -32,6 +34,8 @@ use crate::status::{Board, StoreHealth};
 
 pub use vault::{StoreError, Vault};
 
+use document::{Unfit, already_holds, document, entry_from_doc};
+
 /// Every configured store, logged in lazily, by name.
 #[derive(Clone, Default)]
 pub struct Stores {
@@ -41,6 +45,19 @@ pub struct Stores {
     /// The sets whose paths the start did not read in time, and where their writers report
     /// the token they find there before writing over it.
     late: Option<Late>,
+    /// What the start's reads found at each set's path, by set, until its writer takes it.
+    seen: Arc<std::sync::Mutex<HashMap<String, Seen>>>,
+}
+
+/// What the start's read of a set's path tells its writer, sparing it a request or two: the
+/// version there (the check-and-set value of its first write), and whether the path's
+/// metadata is already what the writer would write, and the document there (a token not yet
+/// deleted), which a first write of the same token leaves as it is.
+#[derive(Clone, Default)]
+struct Seen {
+    version: u64,
+    metadata: bool,
+    held: Option<Value>,
 }
 
 #[derive(Clone)]
@@ -85,6 +102,7 @@ impl Stores {
             by_name,
             _keepers: Arc::new(KeeperGuard(keepers)),
             late: None,
+            seen: Arc::default(),
         })
     }
 
@@ -119,6 +137,11 @@ impl Stores {
                     tx: health,
                     board: Arc::clone(board),
                 };
+                let seen = self
+                    .seen
+                    .lock()
+                    .ok()
+                    .and_then(|mut seen| seen.remove(&set.name));
                 let unread = self
                     .late
                     .as_ref()
@@ -135,6 +158,7 @@ impl Stores {
                     config_hash,
                     health,
                     unread,
+                    seen,
                 )))
             }
             None => {
@@ -151,10 +175,11 @@ impl Stores {
     /// Tokens the stores hold for the configured sets, as journal entries, so that an
     /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
     ///
-    /// Every path is read at once, and the start waits at most `budget` for them all: a set
-    /// whose read has not answered by then is left out and issues its own token, so a store
-    /// that hangs delays no token file by more than `budget` (never a store timeout per set).
-    /// Returns the entries, and the names of the sets left out.
+    /// Every path is read at once (within each store's `max_concurrent_requests`), and the
+    /// start waits at most `budget` for them all: a set whose read has not answered by then
+    /// is left out and issues its own token, so a store that hangs delays no token file by
+    /// more than `budget` (never a store timeout per set). What each read found is kept for
+    /// the set's writer. Returns the entries, and the names of the sets left out.
     pub async fn entries(
         &self,
         config: &Config,
@@ -166,7 +191,22 @@ impl Stores {
             .filter_map(|set| {
                 let s = set.store.as_ref()?;
                 let v = self.by_name.get(&s.name)?;
-                Some(async move { (set, v.read(&s.path).await) })
+                Some(async move {
+                    let permit = v.permit().await;
+                    let read = v.read(&s.path).await;
+                    vault::release(permit).await;
+                    if let Ok(doc) = &read {
+                        let seen = doc.as_ref().map_or(Seen::default(), |d| Seen {
+                            version: d.version,
+                            metadata: d.custom == v.custom_metadata(&set.name),
+                            held: (!d.deleted).then(|| d.data.clone()),
+                        });
+                        if let Ok(mut all) = self.seen.lock() {
+                            all.insert(set.name.clone(), seen);
+                        }
+                    }
+                    (set, read)
+                })
             })
             .collect();
         let mut out = Vec::new();
@@ -209,109 +249,6 @@ impl Stores {
     }
 }
 
-/// The document a set's token becomes in the store. `written_at` lets another instance work
-/// out when the token is due for refresh.
-fn document(set: &str, config_hash: &str, token: &Secret, meta: &IssuedMeta) -> Value {
-    let scopes: Vec<&str> = meta.scope.split_whitespace().collect();
-    json!({
-        "access_token": token.expose(),
-        "token_type": meta.token_type,
-        "expires_at": humantime::format_rfc3339_seconds(meta.expires_at).to_string(),
-        "scope": meta.scope,
-        "scopes": scopes,
-        "set": set,
-        "fingerprint": token.fingerprint(),
-        "written_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        "config_hash": config_hash,
-    })
-}
-
-/// Longest `token_type` adopted: the types in use (`Bearer`, `DPoP`, `N_A`) are a few letters.
-const MAX_TOKEN_TYPE_LEN: usize = 64;
-
-/// Longest `scope` adopted. What the daemon writes there is a provider's scope, escaped and
-/// capped at 300 characters (under 4 KiB once escaped), or the configured scopes; 16 KiB holds
-/// either with room, and keeps a stranger's document from making every token file huge.
-const MAX_SCOPE_BYTES: usize = 16 * 1024;
-
-/// Why a set's document was not adopted: which check it failed, never its values.
-#[derive(Debug, PartialEq, Eq)]
-struct Unfit {
-    /// Of its `access_token`: a hash, whatever the token holds.
-    fingerprint: String,
-    why: &'static str,
-}
-
-/// A store document read back as a journal entry; `Ok(None)` if it is not one of ours.
-///
-/// Anyone allowed to write the path can write it, and an adopted token goes into the set's
-/// file and to its consumers: it is held to the checks a provider's answer passes (a
-/// `b64token`, a one-word `token_type`, a `scope` that is plain text, an expiry after it was
-/// written and within [`crate::config::MAX_DURATION`]), or not adopted at all.
-fn entry_from_doc(set: &SetConfig, data: &Value) -> Result<Option<Entry>, Unfit> {
-    let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
-    let time = |k: &str| text(k).and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
-    if text("set").as_deref() != Some(set.name.as_str()) {
-        return Ok(None);
-    }
-    let Some(token) = text("access_token") else {
-        return Ok(None);
-    };
-    let token = Secret::new(token);
-    let unfit = |why| Unfit {
-        fingerprint: token.fingerprint(),
-        why,
-    };
-    if !crate::provider::is_b64token(token.expose()) {
-        return Err(unfit(
-            "access_token is not a bearer token (RFC 6750 b64token)",
-        ));
-    }
-    let token_type = text("token_type").unwrap_or_else(|| "Bearer".into());
-    if token_type.is_empty()
-        || token_type.len() > MAX_TOKEN_TYPE_LEN
-        || !token_type.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(unfit("token_type is not one printable ASCII word"));
-    }
-    let scope = text("scope").unwrap_or_default();
-    if scope.len() > MAX_SCOPE_BYTES || !scope.chars().all(crate::is_shown_as_is) {
-        return Err(unfit(
-            "scope is too long or has a control, bidi or invisible character",
-        ));
-    }
-    let (Some(expires_at), Some(written_at)) = (time("expires_at"), time("written_at")) else {
-        return Err(unfit("expires_at or written_at is not an RFC 3339 time"));
-    };
-    let Ok(lifetime) = expires_at.duration_since(written_at) else {
-        return Err(unfit("expires_at is not after written_at"));
-    };
-    if lifetime.is_zero()
-        || expires_at
-            .duration_since(SystemTime::now())
-            .is_ok_and(|ahead| ahead > crate::config::MAX_DURATION)
-    {
-        return Err(unfit(
-            "expires_at is not after written_at, or is too far ahead",
-        ));
-    }
-    Ok(Some(Entry {
-        set: set.name.clone(),
-        provider: set.provider.clone(),
-        fingerprint: token.fingerprint(),
-        token,
-        token_type,
-        scope,
-        issued_at: written_at,
-        expires_at,
-        refresh_at: written_at + lifetime.mul_f64(set.refresh.at),
-        config_hash: text("config_hash").unwrap_or_default(),
-        file: set.file.as_ref().map(|f| f.path.clone()),
-        // A store's token says when it expires.
-        lifetime_assumed: false,
-    }))
-}
-
 /// Where a set's store writer reports for `tokenkeeper status`.
 struct Health {
     tx: watch::Sender<StoreHealth>,
@@ -319,13 +256,26 @@ struct Health {
 }
 
 impl Health {
-    fn report(&self, error: Option<String>) {
+    /// Whether the store is behind the set's file (`catching_up`), and the store's last
+    /// error while it fails.
+    fn report(&self, catching_up: bool, error: Option<String>) {
         let changed = self.tx.send_if_modified(|h| {
-            let differs = h.error != error;
+            let differs = h.error != error || h.catching_up != catching_up;
             h.error = error;
+            h.catching_up = catching_up;
             differs
         });
         if changed {
+            self.board.poke();
+        }
+    }
+
+    /// The store is behind the file from now on, whatever it last said.
+    fn behind(&self) {
+        if self
+            .tx
+            .send_if_modified(|h| !std::mem::replace(&mut h.catching_up, true))
+        {
             self.board.poke();
         }
     }
@@ -358,6 +308,8 @@ pub struct StoreSink {
     writer: JoinHandle<()>,
     /// The store's request timeout, plus a little: how long `hold` waits for a write in flight.
     settle: Duration,
+    /// Shared with the writer, which reports how the store stands.
+    health: Arc<Health>,
 }
 
 impl Drop for StoreSink {
@@ -378,12 +330,14 @@ impl StoreSink {
         config_hash: &str,
         health: Health,
         unread: Option<Unread>,
+        seen: Option<Seen>,
     ) -> StoreSink {
         let (wish, wish_rx) = watch::channel(Wish {
             generation: 0,
             want: Want::Nothing,
         });
         let (done_tx, done) = watch::channel(0);
+        let health = Arc::new(health);
         let writer = tokio::spawn(writer(
             Arc::clone(&vault),
             path.to_string(),
@@ -391,8 +345,9 @@ impl StoreSink {
             config_hash.to_string(),
             wish_rx,
             done_tx,
-            health,
+            Arc::clone(&health),
             unread,
+            seen,
         ));
         StoreSink {
             // A request in flight ends within the store's own timeout; a second more covers
@@ -403,10 +358,15 @@ impl StoreSink {
             wish,
             done,
             writer,
+            health,
         }
     }
 
     fn ask(&self, want: Want) -> u64 {
+        if matches!(want, Want::Write(_)) {
+            // Until the write goes through, status says so, not "up to date".
+            self.health.behind();
+        }
         let mut generation = 0;
         self.wish.send_modify(|w| {
             w.generation += 1;
@@ -439,31 +399,50 @@ async fn writer(
     config_hash: String,
     mut wishes: watch::Receiver<Wish>,
     done: watch::Sender<u64>,
-    health: Health,
+    health: Arc<Health>,
     mut unread: Option<Unread>,
+    seen: Option<Seen>,
 ) {
     // The version we last wrote or read: the check-and-set value of the next write.
-    let mut version: Option<u64> = None;
-    let mut metadata_set = false;
+    let mut version: Option<u64> = seen.as_ref().map(|s| s.version);
+    let mut metadata_set = seen.as_ref().is_some_and(|s| s.metadata);
+    let mut seen_doc = seen.and_then(|s| s.held);
     'wishes: loop {
         let Wish { generation, want } = wishes.borrow_and_update().clone();
         let mut attempt: u32 = 0;
         loop {
+            // A newer wish while waiting for a permit replaces this one: a token queued
+            // behind other sets' requests is never written after it was revoked.
+            let permit = match &want {
+                Want::Nothing | Want::Hold => None,
+                _ => tokio::select! {
+                    permit = vault.permit() => permit,
+                    changed = wishes.changed() => {
+                        if changed.is_err() { return; }
+                        done.send_replace(generation);
+                        continue 'wishes;
+                    }
+                },
+            };
             let result = match &want {
                 Want::Nothing | Want::Hold => Ok(false),
                 Want::Write(w) => {
                     let mut doc = document(&set, &config_hash, &w.0, &w.1);
                     let written = (&mut version, &mut metadata_set, &mut unread);
-                    write_once(&vault, &path, &set, &mut doc, &w.0, written).await
+                    write_once(&vault, &path, &set, &mut doc, &w.0, written, &mut seen_doc).await
                 }
                 // Never written over, the path holds no token of this set's but perhaps
                 // another instance's, not yet read: left for the next start to find.
                 Want::Remove if unread.is_some() => Ok(false),
+                // Removed whole: the path starts again from version 0, without metadata.
                 Want::Remove => vault.remove(&path).await.map(|()| {
-                    version = None;
+                    version = Some(0);
+                    metadata_set = false;
+                    seen_doc = None;
                     true
                 }),
             };
+            vault::release(permit).await;
             match result {
                 Ok(wrote) => {
                     if attempt > 0 {
@@ -478,16 +457,20 @@ async fn writer(
                             fingerprint = %w.0.fingerprint(), version = ?version, "the store already holds the token; nothing written"),
                         _ => {}
                     }
-                    health.report(None);
+                    if matches!(want, Want::Write(_) | Want::Remove) {
+                        health.report(false, None);
+                    }
                     done.send_replace(generation);
                     break;
                 }
                 Err(e) => {
-                    health.report(Some(chain(&e)));
+                    health.report(true, Some(chain(&e)));
                     if matches!(e, StoreError::Conflict { .. }) {
                         // Someone else wrote the path: read its version again and write over
-                        // it, since this set is the path's owner.
+                        // it, since this set is the path's owner; whoever wrote it may have
+                        // removed it whole, metadata and all, so that is written again too.
                         version = None;
+                        metadata_set = false;
                     }
                     let delay = retry_after(e.retry_class(), attempt, None, fastrand::f64());
                     attempt = attempt.saturating_add(1);
@@ -524,7 +507,16 @@ async fn write_once(
     doc: &mut Value,
     token: &Secret,
     (version, metadata_set, unread): (&mut Option<u64>, &mut bool, &mut Option<Unread>),
+    seen_doc: &mut Option<Value>,
 ) -> Result<bool, StoreError> {
+    // The start's read of this path, if it found a document of the same token: nothing to
+    // write (a take-over adopting what the store holds), or at least its `written_at` kept.
+    if let Some(held) = seen_doc.take()
+        && already_holds(&held, doc, token)
+    {
+        *unread = None;
+        return Ok(false);
+    }
     let cas = match *version {
         Some(v) => v,
         None => match vault.read(path).await? {
@@ -541,13 +533,16 @@ async fn write_once(
                 }
                 held.version
             }
-            // Deleted (revoked at a stop) or never written: no token to report.
-            _ => vault.current_version(path).await?,
+            // Its latest version deleted: no token to report, and the read said the version.
+            Some(held) => held.version,
+            // Never written, or removed whole at a stop: version 0.
+            None => 0,
         },
     };
     if !*metadata_set {
-        let custom = json!({ "managed-by": "tokenkeeper", "set": set });
-        vault.set_metadata(path, &custom).await?;
+        vault
+            .set_metadata(path, &vault.custom_metadata(set))
+            .await?;
         *metadata_set = true;
     }
     match vault.write_cas(path, doc, cas).await {
@@ -563,20 +558,6 @@ async fn write_once(
             Err(e)
         }
     }
-}
-
-/// Whether `held`, a set's document as read from the store, is `doc`, the document of `token`
-/// about to be written, in all but `written_at`. A document of the same token lends `doc` its
-/// `written_at` either way: that is the token's issue time, from which a member taking over
-/// schedules the refresh, and a rewrite must not move it.
-fn already_holds(held: &Value, doc: &mut Value, token: &Secret) -> bool {
-    if held.get("access_token").and_then(Value::as_str) != Some(token.expose()) {
-        return false;
-    }
-    if let (Some(at), Some(d)) = (held.get("written_at"), doc.as_object_mut()) {
-        d.insert("written_at".into(), at.clone());
-    }
-    *held == *doc
 }
 
 impl Unread {
@@ -656,6 +637,9 @@ impl TokenSink for SetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use document::{MAX_SCOPE_BYTES, MAX_TOKEN_TYPE_LEN};
+    use serde_json::json;
+    use std::time::SystemTime;
 
     fn set() -> SetConfig {
         let text = "providers:\n  p: { kind: voucherify, app_id: a, app_token: b }\nscope_sets:\n  - { name: s, provider: p, scopes: [api], file: { path: /t/s } }\n";

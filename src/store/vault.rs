@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -123,6 +123,8 @@ pub struct Vault {
     /// Per-request deadline: a request under way ends within it.
     timeout: Duration,
     session: Mutex<Option<Session>>,
+    /// `max_concurrent_requests` permits, taken by the sets' requests (see [`Vault::permit`]).
+    permits: Semaphore,
     /// Every secret this store was sent or answered (the tokens written and read, the login
     /// and its credentials), cut out of whatever the store says later: a store that knows a
     /// token can quote it in the error to any request, not only the one that carried it.
@@ -135,6 +137,22 @@ pub struct Versioned {
     pub data: Value,
     /// Set when the latest version was deleted or destroyed.
     pub deleted: bool,
+    /// The path's custom metadata (`Null` when it has none).
+    pub custom: Value,
+}
+
+/// A store's answer to a request that did not fail: its JSON body (`Null` when empty), and
+/// whether what it names was there. KV v2 answers 404 for a path never written, and also for
+/// one whose latest version was deleted, then with its metadata in the body.
+pub(super) struct Answer {
+    pub(super) found: bool,
+    pub(super) body: Value,
+}
+
+impl Answer {
+    pub(super) fn found(self) -> Option<Value> {
+        self.found.then_some(self.body)
+    }
 }
 
 /// The fields of a request body that hold secrets, at any depth: the token a set's document
@@ -200,6 +218,12 @@ impl Vault {
             .user_agent(concat!("tokenkeeper/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(crate::provider::CONNECT_TIMEOUT)
             .timeout(cfg.timeout)
+            // Requests are bounded by the permits; idle sockets beyond them would only be
+            // kept open for nothing (a start of 1,000 sets left 1,104 held before the bound).
+            .pool_max_idle_per_host(cfg.max_concurrent_requests.max(1))
+            // No replays of our own (the provider client's reason): each writer retries by
+            // itself, with backoff, where the retry shows in the logs.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             // A store never redirects an API call; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none());
         // The store token crosses to the store in every request: the provider's proxy rule.
@@ -235,8 +259,26 @@ impl Vault {
             max_versions: cfg.max_versions,
             timeout: cfg.timeout,
             session: Mutex::new(None),
+            permits: Semaphore::new(cfg.max_concurrent_requests.max(1)),
             held: HeldTokens::default(),
         })
+    }
+
+    /// A permit for one of the sets' requests, held while it is in flight, so that thousands
+    /// of sets share `max_concurrent_requests` connections. The lease and member records (a
+    /// few requests a lease period) take none: a queue of writes must never delay a lease
+    /// renewal past the lease. The semaphore is never closed; should that change, a closed one
+    /// lets requests through rather than failing them.
+    pub async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        self.permits.acquire().await.ok()
+    }
+
+    pub(super) fn mount(&self) -> &str {
+        &self.mount
+    }
+
+    pub(super) fn max_versions(&self) -> u32 {
+        self.max_versions
     }
 
     pub fn name(&self) -> &str {
@@ -260,7 +302,7 @@ impl Vault {
         path: &str,
         token: Option<&Secret>,
         body: Option<&Value>,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Answer, StoreError> {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             self.held
@@ -305,12 +347,18 @@ impl Vault {
         };
         if status.is_success() {
             hold_secrets(&self.held, &json);
-            return Ok(Some(json));
+            return Ok(Answer {
+                found: true,
+                body: json,
+            });
         }
         // KV v2 answers 404 for a missing secret, with no errors, and also for a deleted
         // latest version (with the metadata in `data`); both are "nothing to read".
         if status == StatusCode::NOT_FOUND {
-            return Ok(None);
+            return Ok(Answer {
+                found: false,
+                body: json,
+            });
         }
         let errors: Vec<String> = json
             .get("errors")
@@ -410,6 +458,7 @@ impl Vault {
                         Some(&body),
                     )
                     .await?
+                    .found()
                     .ok_or_else(|| self.malformed("AppRole login", "404: no such auth mount"))?;
                 let auth = answer.get("auth").cloned().unwrap_or(Value::Null);
                 let token = auth
@@ -444,6 +493,7 @@ impl Vault {
                 let answer = self
                     .send(op, method, path, Some(&token), None)
                     .await?
+                    .found()
                     .ok_or_else(|| self.malformed(op, "404"))?;
                 let (ttl, renewable) =
                     if let Some(auth) = answer.get("auth").filter(|a| !a.is_null()) {
@@ -478,7 +528,7 @@ impl Vault {
         }
     }
 
-    fn malformed(&self, op: &'static str, what: &str) -> StoreError {
+    pub(super) fn malformed(&self, op: &'static str, what: &str) -> StoreError {
         StoreError::Malformed {
             store: self.name.clone(),
             op,
@@ -487,13 +537,13 @@ impl Vault {
     }
 
     /// A request with the session's token; a 403 under AppRole logs in again once.
-    async fn call(
+    pub(super) async fn call(
         &self,
         op: &'static str,
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Answer, StoreError> {
         let token = self.token().await?;
         match self
             .send(op, method.clone(), path, Some(&token), body)
@@ -515,8 +565,12 @@ impl Vault {
     pub async fn keep_logged_in(self: std::sync::Arc<Self>) {
         loop {
             // Log in at once (a bad credential shows at start, not at the first write), then
-            // again whenever the session is due.
-            if let Err(e) = self.token().await {
+            // again whenever the session is due; a request like the sets' (no more sockets
+            // than their cap, even while they all read at start).
+            let permit = self.permit().await;
+            let login = self.token().await;
+            release(permit).await;
+            if let Err(e) = login {
                 tracing::warn!(store = %self.name, error = %crate::error_chain(&e), "could not renew the store login; retrying");
                 tokio::time::sleep(LOGIN_RECHECK).await;
                 continue;
@@ -529,154 +583,15 @@ impl Vault {
             }
         }
     }
+}
 
-    /// Read the latest version of `path`; `None` if there is none (or it was deleted).
-    pub async fn read(&self, path: &str) -> Result<Option<Versioned>, StoreError> {
-        let op = "read";
-        let Some(answer) = self
-            .call(
-                op,
-                Method::GET,
-                &format!("{}/data/{path}", self.mount),
-                None,
-            )
-            .await?
-        else {
-            return Ok(None);
-        };
-        let data = answer.get("data").cloned().unwrap_or(Value::Null);
-        let meta = data.get("metadata").cloned().unwrap_or(Value::Null);
-        let version = meta
-            .get("version")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| self.malformed(op, "no data.metadata.version"))?;
-        let deleted = meta
-            .get("deletion_time")
-            .and_then(Value::as_str)
-            .is_some_and(|t| !t.is_empty())
-            || meta.get("destroyed").and_then(Value::as_bool) == Some(true);
-        Ok(Some(Versioned {
-            version,
-            data: data.get("data").cloned().unwrap_or(Value::Null),
-            deleted,
-        }))
-    }
-
-    /// The current version number of `path` (0 when it has never been written).
-    pub async fn current_version(&self, path: &str) -> Result<u64, StoreError> {
-        let answer = self
-            .call(
-                "read metadata",
-                Method::GET,
-                &format!("{}/metadata/{path}", self.mount),
-                None,
-            )
-            .await?;
-        Ok(answer
-            .and_then(|a| a.get("data")?.get("current_version")?.as_u64())
-            .unwrap_or(0))
-    }
-
-    /// Write `data` at `path` only if its current version is `cas` (0: only if absent).
-    /// Returns the new version.
-    pub async fn write_cas(&self, path: &str, data: &Value, cas: u64) -> Result<u64, StoreError> {
-        let op = "write";
-        let body = json!({ "options": { "cas": cas }, "data": data });
-        let answer = self
-            .call(
-                op,
-                Method::POST,
-                &format!("{}/data/{path}", self.mount),
-                Some(&body),
-            )
-            .await;
-        match answer {
-            Ok(Some(a)) => a
-                .get("data")
-                .and_then(|d| d.get("version"))
-                .and_then(Value::as_u64)
-                .ok_or_else(|| self.malformed(op, "no data.version")),
-            Ok(None) => Err(self.malformed(op, "404: is the mount a KV version 2 engine?")),
-            Err(StoreError::Refused {
-                status: 400,
-                detail,
-                ..
-            }) if detail.contains("check-and-set") => Err(StoreError::Conflict {
-                store: self.name.clone(),
-                op,
-                path: path.into(),
-                expected: cas,
-            }),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Set `max_versions` and the custom metadata (who wrote it, for whom) on `path`.
-    pub async fn set_metadata(&self, path: &str, custom: &Value) -> Result<(), StoreError> {
-        let body = json!({ "max_versions": self.max_versions, "custom_metadata": custom });
-        self.call(
-            "write metadata",
-            Method::POST,
-            &format!("{}/metadata/{path}", self.mount),
-            Some(&body),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Remove what `path` holds: delete the latest version (readers get 404) and destroy every
-    /// version (the data is gone from the store's history). The metadata stays, so the version
-    /// counter goes on and a late check-and-set write with an old version is refused.
-    pub async fn remove(&self, path: &str) -> Result<(), StoreError> {
-        let current = self.current_version(path).await?;
-        if current == 0 {
-            return Ok(());
-        }
-        self.call(
-            "delete",
-            Method::DELETE,
-            &format!("{}/data/{path}", self.mount),
-            None,
-        )
-        .await?;
-        let versions: Vec<u64> = (1..=current).collect();
-        self.call(
-            "destroy",
-            Method::POST,
-            &format!("{}/destroy/{path}", self.mount),
-            Some(&json!({ "versions": versions })),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Delete `path` with all its versions and metadata (member heartbeats at stop).
-    pub async fn delete_all(&self, path: &str) -> Result<(), StoreError> {
-        self.call(
-            "delete metadata",
-            Method::DELETE,
-            &format!("{}/metadata/{path}", self.mount),
-            None,
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// The keys under `path/` (empty when there are none).
-    pub async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
-        let method = Method::from_bytes(b"LIST").unwrap_or(Method::GET);
-        let answer = self
-            .call(
-                "list",
-                method,
-                &format!("{}/metadata/{path}", self.mount),
-                None,
-            )
-            .await?;
-        Ok(answer
-            .and_then(|a| a.get("data")?.get("keys").cloned())
-            .and_then(|k| serde_json::from_value(k).ok())
-            .unwrap_or_default())
+/// Give a permit back once its request's connection is back in the pool. The pool takes a
+/// connection back in a task of its own, woken when the answer ends; a yield lets that task
+/// run first. Without it the next request, finding no idle connection, opened one more: 9 or
+/// 10 connections at once under a cap of 8, where with it there were 8.
+pub async fn release(permit: Option<SemaphorePermit<'_>>) {
+    if permit.is_some() {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::defaults::{
-    DEFAULT_APPROLE_MOUNT, DEFAULT_HA_LEASE, DEFAULT_HA_PATH, DEFAULT_STORE_MAX_VERSIONS,
-    DEFAULT_STORE_TIMEOUT, MIN_HA_LEASE, STORE_KINDS,
+    DEFAULT_APPROLE_MOUNT, DEFAULT_HA_LEASE, DEFAULT_HA_PATH,
+    DEFAULT_STORE_MAX_CONCURRENT_REQUESTS, DEFAULT_STORE_MAX_VERSIONS, DEFAULT_STORE_TIMEOUT,
+    MIN_HA_LEASE, STORE_KINDS,
 };
 use crate::config::raw::{RawHa, RawSetStore, RawStore, RawStoreAuth};
 use crate::config::{HaConfig, SetStore, StoreAuth, StoreConfig};
@@ -112,6 +113,14 @@ impl Checker<'_> {
             .positive_integer(&at, "max_versions", raw.max_versions.as_ref())
             .ok()?
             .unwrap_or(DEFAULT_STORE_MAX_VERSIONS);
+        let concurrency = self
+            .positive_integer(
+                &at,
+                "max_concurrent_requests",
+                raw.max_concurrent_requests.as_ref(),
+            )
+            .ok()?
+            .unwrap_or(DEFAULT_STORE_MAX_CONCURRENT_REQUESTS);
         raw.kind.as_deref().filter(|k| STORE_KINDS.contains(k))?;
         Some(StoreConfig {
             name: name.to_string(),
@@ -122,6 +131,7 @@ impl Checker<'_> {
             auth: auth?,
             timeout,
             max_versions: u32::try_from(max_versions).unwrap_or(u32::MAX),
+            max_concurrent_requests: usize::try_from(concurrency).unwrap_or(usize::MAX),
         })
     }
 
