@@ -55,7 +55,13 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground until SIGTERM or SIGINT.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Given by a restart in place to the new binary (docs/operator.md), never by hand.
+        #[arg(long, hide = true)]
+        handover: Option<String>,
+    },
     /// Validate the configuration and the secrets it names; exit 0 or 78. Warns when a
     /// provider's discovery metadata does not list its auth_method.
     Check {
@@ -168,7 +174,7 @@ fn main() -> ExitCode {
     // load, the runtime): a SIGTERM in their first milliseconds must not kill them.
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Exec { .. } | Command::Demo { .. }
+        Command::Run { .. } | Command::Exec { .. } | Command::Demo { .. }
     ) && let Err(e) = signals::install_early()
     {
         say_err!("tokenkeeper: cannot install signal handlers: {e}");
@@ -179,7 +185,9 @@ fn main() -> ExitCode {
             with_runtime(move || async move { cli::check::check(&config.config, offline).await })
         }
         Command::Status { config, json } => cli::status::show_status(&config.config, json),
-        Command::Run(a) => with_runtime(move || async move { cli::run::run(&a.config).await }),
+        Command::Run { config, handover } => {
+            with_runtime(move || async move { cli::run::run(&config.config, handover).await })
+        }
         Command::Revoke { config, sets } => {
             with_runtime(move || async move { cli::revoke::revoke(&config.config, sets).await })
         }

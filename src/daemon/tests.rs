@@ -686,6 +686,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         &budget,
         mine,
         &journal,
+        &Default::default(),
     )
     .await;
     assert!(start.current.is_none());
@@ -710,7 +711,16 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     let mut keeps = set_cfg(0.66, 0.0);
     keeps.never_revoke = true;
     let mine = vec![entry("by-clock", now - S(60), now - S(300))];
-    let start: Start<MemSink> = adopt(&keeps, "h", p.as_ref(), &budget, mine, &journal).await;
+    let start: Start<MemSink> = adopt(
+        &keeps,
+        "h",
+        p.as_ref(),
+        &budget,
+        mine,
+        &journal,
+        &Default::default(),
+    )
+    .await;
     assert!(start.superseded.is_empty());
     assert_eq!(start.stale.len(), 1);
 }
@@ -908,6 +918,7 @@ async fn a_set_whose_task_panics_at_stop_has_its_tokens_revoked_and_the_others_t
         providers,
         journal,
         Vec::new(),
+        None,
         rx,
         None,
         Board::new(),
