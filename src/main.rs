@@ -55,13 +55,7 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground until SIGTERM or SIGINT.
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Given by a restart in place to the new binary (docs/operator.md), never by hand.
-        #[arg(long, hide = true)]
-        handover: Option<String>,
-    },
+    Run(ConfigArg),
     /// Validate the configuration and the secrets it names; exit 0 or 78. Warns when a
     /// provider's discovery metadata does not list its auth_method.
     Check {
@@ -169,12 +163,13 @@ fn bounded_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (args, handover) = cli::run::take_handover(std::env::args_os());
+    let cli = Cli::parse_from(args);
     // The commands that hold tokens take the stop signals before anything else (the config
     // load, the runtime): a SIGTERM in their first milliseconds must not kill them.
     if matches!(
         cli.command,
-        Command::Run { .. } | Command::Exec { .. } | Command::Demo { .. }
+        Command::Run(_) | Command::Exec { .. } | Command::Demo { .. }
     ) && let Err(e) = signals::install_early()
     {
         say_err!("tokenkeeper: cannot install signal handlers: {e}");
@@ -185,8 +180,8 @@ fn main() -> ExitCode {
             with_runtime(move || async move { cli::check::check(&config.config, offline).await })
         }
         Command::Status { config, json } => cli::status::show_status(&config.config, json),
-        Command::Run { config, handover } => {
-            with_runtime(move || async move { cli::run::run(&config.config, handover).await })
+        Command::Run(a) => {
+            with_runtime(move || async move { cli::run::run(&a.config, handover).await })
         }
         Command::Revoke { config, sets } => {
             with_runtime(move || async move { cli::revoke::revoke(&config.config, sets).await })

@@ -44,6 +44,26 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The arguments without a restart in place's marker (`--handover=VALUE`, added last by the
+/// predecessor), and the marker's value. Taken out before the arguments are parsed: it is
+/// not an option anyone types, and the completions and man pages must not offer it.
+pub(crate) fn take_handover(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Option<String>) {
+    let prefix = format!("{}=", daemon::HANDOVER_ARG);
+    let mut marker = None;
+    let rest = args
+        .filter(|a| match a.to_str().and_then(|a| a.strip_prefix(&prefix)) {
+            Some(value) => {
+                marker = Some(value.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (rest, marker)
+}
+
 /// What a predecessor handed over at a restart in place (see `daemon::Restart`).
 pub(crate) struct Handover {
     lock: Option<std::os::fd::RawFd>,

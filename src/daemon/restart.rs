@@ -32,10 +32,10 @@ use crate::clock::wall;
 use crate::control::Control;
 use crate::store::SetSink;
 
-/// The hidden argument of `run` that tells the successor it is taking over: its value is
-/// `LOCK_FD:PLAN_FD` (`-` for a descriptor not passed). An argument, not an environment
-/// variable: the environment goes on to every hook the daemon runs, and the daemon never
-/// changes its own (other threads read it).
+/// The argument (`--handover=VALUE`, last) that tells the successor it is taking over: its
+/// value is `LOCK_FD:PLAN_FD` (`-` for a descriptor not passed). Taken out before the
+/// arguments are parsed. An argument, not an environment variable: the environment goes on to
+/// every hook the daemon runs, and the daemon never changes its own (other threads read it).
 pub const HANDOVER_ARG: &str = "--handover";
 
 /// How long the new binary's `check` may take before the restart is abandoned: it reads the
@@ -215,25 +215,12 @@ impl Restart {
 /// `run` subcommand's arguments come last), joined to its name so that a value starting
 /// with `-` is not taken for an option.
 fn handover_argv(argv: Vec<OsString>, marker: &str) -> Vec<OsString> {
-    let mut out = Vec::with_capacity(argv.len() + 2);
-    let mut skip = false;
-    for a in argv {
-        if skip {
-            skip = false;
-            continue;
-        }
-        if a == HANDOVER_ARG {
-            skip = true;
-            continue;
-        }
-        if a.as_bytes()
-            .starts_with(format!("{HANDOVER_ARG}=").as_bytes())
-        {
-            continue;
-        }
-        out.push(a);
-    }
-    out.push(format!("{HANDOVER_ARG}={marker}").into());
+    let prefix = format!("{HANDOVER_ARG}=");
+    let mut out: Vec<OsString> = argv
+        .into_iter()
+        .filter(|a| !a.as_bytes().starts_with(prefix.as_bytes()))
+        .collect();
+    out.push(format!("{prefix}{marker}").into());
     out
 }
 
@@ -387,7 +374,7 @@ mod tests {
     fn the_marker_replaces_an_earlier_one_and_goes_last() {
         let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let got = handover_argv(
-            argv(&["tk", "run", "-c", "x.yaml", "--handover", "5:6"]),
+            argv(&["tk", "run", "-c", "x.yaml", "--handover=5:6"]),
             "7:8",
         );
         assert_eq!(got, argv(&["tk", "run", "-c", "x.yaml", "--handover=7:8"]));
