@@ -44,24 +44,25 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The marker a predecessor passed at a restart in place, kept by [`take_handover`] for
+/// [`run`].
+static HANDOVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The arguments without a restart in place's marker (`--handover=VALUE`, added last by the
-/// predecessor), and the marker's value. Taken out before the arguments are parsed: it is
+/// predecessor), which is kept for [`run`]. Taken out before the arguments are parsed: it is
 /// not an option anyone types, and the completions and man pages must not offer it.
 pub(crate) fn take_handover(
     args: impl Iterator<Item = std::ffi::OsString>,
-) -> (Vec<std::ffi::OsString>, Option<String>) {
+) -> Vec<std::ffi::OsString> {
     let prefix = format!("{}=", daemon::HANDOVER_ARG);
-    let mut marker = None;
-    let rest = args
-        .filter(|a| match a.to_str().and_then(|a| a.strip_prefix(&prefix)) {
-            Some(value) => {
-                marker = Some(value.to_string());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    (rest, marker)
+    args.filter(|a| match a.to_str().and_then(|a| a.strip_prefix(&prefix)) {
+        Some(value) => {
+            let _ = HANDOVER.set(value.to_string());
+            false
+        }
+        None => true,
+    })
+    .collect()
 }
 
 /// What a predecessor handed over at a restart in place (see `daemon::Restart`).
@@ -70,7 +71,7 @@ pub(crate) struct Handover {
     plan: Option<daemon::Plan>,
 }
 
-pub(crate) async fn run(path: &Path, handover: Option<String>) -> u8 {
+pub(crate) async fn run(path: &Path) -> u8 {
     let Loaded { config, warnings } = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -85,8 +86,8 @@ pub(crate) async fn run(path: &Path, handover: Option<String>) -> u8 {
     }
     // The YAML parser's events for a large config are garbage now.
     tokenkeeper::memory::release_free();
-    let handover = handover.map(|marker| {
-        let (lock, plan) = daemon::inherited(&marker);
+    let handover = HANDOVER.get().map(|marker| {
+        let (lock, plan) = daemon::inherited(marker);
         info!(
             tokens = plan
                 .as_ref()
@@ -180,12 +181,16 @@ pub(crate) async fn run_daemon(
             watchdog: systemd::watchdog_interval(),
         },
     ));
-    // Metrics are advice: a taken port is logged loudly, and tokens are kept fresh regardless.
+    // Metrics are advice, the token files are what applications need: a taken port does not
+    // stop the daemon (a start refused for it would leave every application without a token,
+    // and systemd would retry it every few seconds). It is logged loudly and stays in view, in
+    // `status`, `status.json` and `systemctl status`, for as long as the daemon runs.
     let metrics_server = match config.metrics.listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(listener) => Some(tokio::spawn(metrics::serve(listener, Arc::clone(&board)))),
             Err(e) => {
                 error!("{}; running on without it", chain(&e));
+                board.set_metrics_error(chain(&e));
                 None
             }
         },
@@ -300,7 +305,8 @@ pub(crate) async fn run_daemon(
 fn summarize(report: &RunReport) -> u8 {
     let failed = report.failed_sets();
     let kept: usize = report.sets.iter().filter(|s| s.kept.is_some()).count();
-    let sets = report.sets.len();
+    // The sets this stop revoked tokens of, as its log lines name them.
+    let sets = report.sets.iter().filter(|s| !s.revoked.is_empty()).count();
     let expiring: usize = report.sets.iter().map(|s| s.expiring.len()).sum();
     let expiring_note = if expiring > 0 {
         format!(
