@@ -97,7 +97,7 @@ pub(crate) async fn run(path: &Path) -> u8 {
         );
         Handover { lock, plan }
     });
-    run_daemon(config, Some(path.to_path_buf()), handover).await
+    run_daemon(config, Some(path.to_path_buf()), true, handover).await
 }
 
 /// SIGHUP re-reads `path` with the same checks as a start (every problem is logged, and the
@@ -136,6 +136,7 @@ fn reloader(
 pub(crate) async fn run_daemon(
     config: config::Config,
     path: Option<PathBuf>,
+    restartable: bool,
     handover: Option<Handover>,
 ) -> u8 {
     // Handlers first: from here on, a stop signal means "revoke", never "die".
@@ -206,15 +207,18 @@ pub(crate) async fn run_daemon(
             tokenkeeper::memory::release_free();
         }
     };
-    // Not with `ha:`: the lease names this instance, and a successor would stand by for it.
+    // Only for `run`, whose arguments the successor is started with. Not with `ha:`: the
+    // lease names this instance, and a successor would stand by for it.
     let restart = match &path {
-        Some(p) if config.ha.is_none() => match daemon::Restart::current(p, Some(lock_fd)) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                warn!(error = %e, "cannot tell which binary runs; a reload will not restart in place");
-                None
+        Some(p) if restartable && config.ha.is_none() => {
+            match daemon::Restart::current(p, Some(lock_fd)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %e, "cannot tell which binary runs; a reload will not restart in place");
+                    None
+                }
             }
-        },
+        }
         _ => None,
     };
     let plan = handover.and_then(|h| h.plan);
