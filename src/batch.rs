@@ -169,6 +169,7 @@ where
         providers,
         journal,
         entries,
+        None,
         control_rx,
         None,
         Arc::clone(&board),

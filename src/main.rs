@@ -167,7 +167,7 @@ fn bounded_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::run::take_handover(std::env::args_os()));
     // The commands that hold tokens take the stop signals before anything else (the config
     // load, the runtime): a SIGTERM in their first milliseconds must not kill them.
     if matches!(

@@ -21,6 +21,10 @@ const CONTROL_QUEUE: usize = 16;
 static STOPS: AtomicUsize = AtomicUsize::new(0);
 /// The first stop signal's number, 0 for none yet.
 static FIRST_STOP: AtomicI32 = AtomicI32::new(0);
+/// While the daemon execs its successor ([`hold_for_exec`]): the thread that execs, to which
+/// a stop signal that lands on another thread is sent on, to stay pending across the exec.
+static FORWARD_TO: AtomicUsize = AtomicUsize::new(0);
+static FORWARDING: AtomicBool = AtomicBool::new(false);
 /// Whether [`install_early`] has succeeded (it runs on the main thread, then in [`listen`]).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -50,12 +54,16 @@ pub fn install_early() -> std::io::Result<()> {
 
 fn register_early(ids: &mut Vec<signal_hook::SigId>) -> std::io::Result<()> {
     for sig in [SIGTERM, SIGINT] {
-        // SAFETY: the action does two atomic operations and nothing else, which is
-        // async-signal-safe.
+        // SAFETY: the action does atomic operations and, during an exec (see
+        // `hold_for_exec`), a pthread_kill to a thread that blocks `sig`, so it only stays
+        // pending there: all async-signal-safe.
         ids.push(unsafe {
             signal_hook::low_level::register(sig, move || {
                 let _ = FIRST_STOP.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
                 STOPS.fetch_add(1, Ordering::SeqCst);
+                if FORWARDING.load(Ordering::SeqCst) {
+                    libc::pthread_kill(FORWARD_TO.load(Ordering::SeqCst) as libc::pthread_t, sig);
+                }
             })
         }?);
     }
@@ -65,18 +73,13 @@ fn register_early(ids: &mut Vec<signal_hook::SigId>) -> std::io::Result<()> {
             Arc::new(AtomicBool::new(false)),
         )?);
     }
-    let mut ours = nix::sys::signal::SigSet::empty();
-    for sig in [
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGHUP,
-        nix::sys::signal::Signal::SIGUSR1,
-    ] {
-        ours.add(sig);
-    }
     // Threads started from here on (the runtime's) inherit the mask.
-    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK, Some(&ours), None)
-        .map_err(std::io::Error::from)
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&ours()),
+        None,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// The first stop signal, if one has arrived since [`install_early`].
@@ -85,6 +88,60 @@ pub fn stop_requested() -> Option<i32> {
         return None;
     }
     Some(FIRST_STOP.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// The stop signals, SIGHUP and SIGUSR1, as a set.
+fn ours() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGUSR1,
+    ] {
+        set.add(sig);
+    }
+    set
+}
+
+/// The calling thread's signal mask before [`hold_for_exec`].
+pub struct Held(nix::sys::signal::SigSet);
+
+/// Make ready to exec a successor: an exec resets every handler to the default action (death
+/// without revoking), but keeps the mask and the pending signals. So the calling thread
+/// blocks the daemon's signals, a stop signal that another thread catches from now on is sent
+/// on to this one, and a stop that came since the start (during the handover) is made pending
+/// here again. The successor's [`install_early`] unblocks them once its handlers are in
+/// place, and the stop revokes every token it has adopted.
+pub fn hold_for_exec() -> std::io::Result<Held> {
+    let mut old = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&ours()),
+        Some(&mut old),
+    )
+    .map_err(std::io::Error::from)?;
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    FORWARD_TO.store(me as usize, Ordering::SeqCst);
+    FORWARDING.store(true, Ordering::SeqCst);
+    if let Some(sig) = stop_requested() {
+        // SAFETY: a signal to this very thread, which blocks it: it is only made pending.
+        unsafe { libc::pthread_kill(me, sig) };
+    }
+    Ok(Held(old))
+}
+
+/// Undo [`hold_for_exec`] after an exec that failed. A stop made pending meanwhile is
+/// delivered now and counts as a second one (the daemon exits at once): the sets have already
+/// handed their tokens over, and the journal keeps them for the next start.
+pub fn release_after_exec(held: Held) {
+    FORWARDING.store(false, Ordering::SeqCst);
+    let _ = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&held.0),
+        None,
+    );
 }
 
 fn stops() -> usize {

@@ -120,6 +120,14 @@ pub fn reloading() -> Reloading {
     Notifier::from_env().reloading()
 }
 
+impl Reloading {
+    /// End the guard without `READY=1`: the process is about to exec its successor, which
+    /// sends it once it serves.
+    pub fn handed_on(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Reloading {
     fn drop(&mut self) {
         self.0.ready();

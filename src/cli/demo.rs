@@ -102,7 +102,7 @@ pub(crate) async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
         d = dir.display(),
         cfg = cfg_path.display(),
     );
-    let code = run_daemon(config, Some(cfg_path.clone())).await;
+    let code = run_daemon(config, Some(cfg_path.clone()), false, None).await;
     let live = provider.live_tokens().len();
     let issued = provider.issued_tokens().len();
     say_err!(

@@ -73,6 +73,15 @@ pub(crate) const EXIT_STATUS_UNKNOWN: u8 = 4;
 /// Take the state directory and read its journal. The lock is held as long as the returned
 /// value lives.
 pub(crate) fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>), u8> {
+    open_state_from(dir, None)
+}
+
+/// [`open_state`], with the lock a predecessor kept open across a restart in place when
+/// `inherited` names its descriptor.
+pub(crate) fn open_state_from(
+    dir: &Path,
+    inherited: Option<std::os::fd::RawFd>,
+) -> Result<(StateLock, Vec<journal::Entry>), u8> {
     let code = |e: &JournalError| match e {
         JournalError::Locked { .. } => EXIT_TEMPFAIL,
         // Like a bad config: restarting cannot help until an operator fixes owner or mode.
@@ -80,7 +89,11 @@ pub(crate) fn open_state(dir: &Path) -> Result<(StateLock, Vec<journal::Entry>),
         JournalError::Corrupt { .. } | JournalError::Version { .. } => EXIT_DATAERR,
         JournalError::Io { .. } | JournalError::Write(_) | JournalError::Closed => EXIT_CANTCREAT,
     };
-    let lock = journal::lock_state_dir(dir).map_err(|e| {
+    let lock = match inherited {
+        Some(fd) => journal::lock_inherited(dir, fd),
+        None => journal::lock_state_dir(dir),
+    };
+    let lock = lock.map_err(|e| {
         error!("{}", chain(&e));
         code(&e)
     })?;

@@ -18,7 +18,7 @@ use tokenkeeper::{metrics, signals, systemd};
 
 use super::config_error::print_config_error;
 use super::logging::init_logging;
-use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_OSERR, open_state};
+use super::{EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_OSERR, open_state_from};
 use tokenkeeper::status::plural;
 
 /// At stop, how long the last status and metrics write may take before the process exits
@@ -44,6 +44,33 @@ fn raise_nofile_limit() {
     }
 }
 
+/// The marker a predecessor passed at a restart in place, kept by [`take_handover`] for
+/// [`run`].
+static HANDOVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The arguments without a restart in place's marker (`--handover=VALUE`, added last by the
+/// predecessor), which is kept for [`run`]. Taken out before the arguments are parsed: it is
+/// not an option anyone types, and the completions and man pages must not offer it.
+pub(crate) fn take_handover(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let prefix = format!("{}=", daemon::HANDOVER_ARG);
+    args.filter(|a| match a.to_str().and_then(|a| a.strip_prefix(&prefix)) {
+        Some(value) => {
+            let _ = HANDOVER.set(value.to_string());
+            false
+        }
+        None => true,
+    })
+    .collect()
+}
+
+/// What a predecessor handed over at a restart in place (see `daemon::Restart`).
+pub(crate) struct Handover {
+    lock: Option<std::os::fd::RawFd>,
+    plan: Option<daemon::Plan>,
+}
+
 pub(crate) async fn run(path: &Path) -> u8 {
     let Loaded { config, warnings } = match config::load(path) {
         Ok(l) => l,
@@ -59,12 +86,27 @@ pub(crate) async fn run(path: &Path) -> u8 {
     }
     // The YAML parser's events for a large config are garbage now.
     tokenkeeper::memory::release_free();
-    run_daemon(config, Some(path.to_path_buf())).await
+    let handover = HANDOVER.get().map(|marker| {
+        let (lock, plan) = daemon::inherited(marker);
+        info!(
+            tokens = plan
+                .as_ref()
+                .map_or(0, |p| p.current.len() + p.superseded.len()),
+            lock_kept = lock.is_some(),
+            "taking over from the previous binary (restart in place)"
+        );
+        Handover { lock, plan }
+    });
+    run_daemon(config, Some(path.to_path_buf()), true, handover).await
 }
 
 /// SIGHUP re-reads `path` with the same checks as a start (every problem is logged, and the
-/// daemon runs on with the old config), and builds providers for new or changed ones.
-fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> {
+/// daemon runs on with the old config), and builds providers for new or changed ones; after
+/// the binary was replaced, it execs the new one instead (`restart`).
+fn reloader(
+    path: PathBuf,
+    restart: Option<daemon::Restart>,
+) -> daemon::Reloader<tokenkeeper::provider::Provider> {
     let http = tokenkeeper::provider::http_client();
     daemon::Reloader {
         load: Arc::new(move || match config::load(&path) {
@@ -87,10 +129,16 @@ fn reloader(path: PathBuf) -> daemon::Reloader<tokenkeeper::provider::Provider> 
                 .map(std::sync::Arc::new)
                 .map_err(|e| chain(&e))
         }),
+        restart,
     }
 }
 
-pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) -> u8 {
+pub(crate) async fn run_daemon(
+    config: config::Config,
+    path: Option<PathBuf>,
+    restartable: bool,
+    handover: Option<Handover>,
+) -> u8 {
     // Handlers first: from here on, a stop signal means "revoke", never "die".
     let control = match signals::listen(exit_now) {
         Ok(c) => c,
@@ -101,7 +149,9 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
     };
     // Stopped while the config was read: nothing is issued yet, and the journal's tokens
     // (if any) wait for the next start.
-    if signals::stop_requested().is_some() {
+    // Not when taking over: the predecessor's tokens are live and in their files, and a stop
+    // during the handover revokes them (the daemon sees the stop as soon as it listens).
+    if handover.is_none() && signals::stop_requested().is_some() {
         info!("stop signal received before the start; exiting without issuing anything");
         return EXIT_OK;
     }
@@ -112,12 +162,17 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
             return EXIT_CONFIG;
         }
     };
-    let (lock, entries) = match open_state(&config.state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let (lock, entries) =
+        match open_state_from(&config.state_dir, handover.as_ref().and_then(|h| h.lock)) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+    let lock_fd = lock.raw_fd();
     // The writer holds the lock, and takes it again should the directory be removed.
     let journal = journal::Journal::start_locked(config.state_dir.clone(), entries.clone(), lock);
+    // Keeps the writer, and with it the lock, until a restart in place has exec'd: the sets'
+    // handles are gone by then, and the lock must not be let go in between.
+    let lock_kept = journal.clone();
     let board = Board::new();
     let reporter = tokio::spawn(tokenkeeper::reporter::run(
         Arc::clone(&board),
@@ -152,7 +207,22 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
             tokenkeeper::memory::release_free();
         }
     };
-    let reload = path.map(reloader);
+    // Only for `run`, whose arguments the successor is started with. Not with `ha:`: the
+    // lease names this instance, and a successor would stand by for it.
+    let restart = match &path {
+        Some(p) if restartable && config.ha.is_none() => {
+            match daemon::Restart::current(p, Some(lock_fd)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %e, "cannot tell which binary runs; a reload will not restart in place");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let plan = handover.and_then(|h| h.plan);
+    let reload = path.map(|p| reloader(p, restart.clone()));
     let shutdown_timeout = config.shutdown_timeout;
     // With `ha:`, stand by until this instance holds the lease; then lead with a control
     // channel that turns a stop into a handover when a standby can carry on.
@@ -177,6 +247,7 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
             providers,
             journal,
             entries,
+            plan,
             control,
             reload,
             Arc::clone(&board),
@@ -195,6 +266,23 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
         },
         None => (lead(control).await, false),
     };
+    if let (
+        Ok(RunReport {
+            restart: Some(plan),
+            ..
+        }),
+        Some(restart),
+    ) = (&result, &restart)
+    {
+        // Hooks are children of this process image: they would outlive it unwatched.
+        tokenkeeper::hooks::end_all(HOOKS_STOP_GRACE.min(shutdown_timeout)).await;
+        let e = restart.exec(plan);
+        // Every token is still in the journal and in its file: the next start (systemd's
+        // Restart=on-failure) takes them over.
+        error!(error = %e, "cannot exec the new binary; exiting for a restart, which takes the tokens over from the journal");
+        return EXIT_FAILED;
+    }
+    drop(lock_kept);
     // The tokens are revoked: a hook still running (or what one left behind) has nothing
     // left to do, and must not outlive the daemon holding its stderr.
     tokenkeeper::hooks::end_all(HOOKS_STOP_GRACE.min(shutdown_timeout)).await;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::restart::{Inherited, Role};
 use super::revoke::{STOP_RETRY_CAP, remove_token_file, revoke_until, written_forms};
 use super::set_task::{REFUSED_TOKEN_TYPE, revokes};
 use super::{Held, SetOutcome, Start};
@@ -26,7 +27,9 @@ pub const REMOVED_SETS: &str = "(sets no longer configured)";
 
 /// Decide, for one set, what to do with its journaled tokens: reuse the best one that still
 /// fits (same provider and scopes, not yet due for refresh, and active when introspected),
-/// and mark the rest for revocation.
+/// and mark the rest for revocation. Tokens a predecessor handed over (`inherited`, at a
+/// restart in place) are taken back as they were, without asking the provider: the
+/// predecessor held them until a moment ago.
 pub(super) async fn adopt<P: TokenProvider, S>(
     set: &SetConfig,
     hash: &str,
@@ -34,9 +37,14 @@ pub(super) async fn adopt<P: TokenProvider, S>(
     budget: &Arc<Budget>,
     mut mine: Vec<Entry>,
     journal: &Journal,
+    inherited: &Inherited,
 ) -> Start<S> {
     let now = SystemTime::now();
-    mine.sort_by_key(|e| std::cmp::Reverse(e.expires_at));
+    // The handed-over current token first: it is the one the file holds.
+    mine.sort_by_key(|e| {
+        let role = inherited.get(&e.fingerprint).map(|(r, _)| *r);
+        (role != Some(Role::Current), std::cmp::Reverse(e.expires_at))
+    });
     let mut start = Start::default();
     let mut gone = Vec::new();
     let revokes = revokes(set, provider.revocation());
@@ -47,6 +55,26 @@ pub(super) async fn adopt<P: TokenProvider, S>(
             // can still count it live, so revoke it rather than take the clock's word.
             expired_now(&mut start, &e, revokes, budget);
             continue;
+        }
+        let meta = || IssuedMeta {
+            token_type: e.token_type.clone(),
+            scope: e.scope.clone(),
+            expires_at: e.expires_at,
+        };
+        match inherited.get(&e.fingerprint) {
+            Some((Role::Superseded, at)) => {
+                let held = Held::adopted(&e, remaining, budget.adopt());
+                start.superseded.push((held, *at));
+                continue;
+            }
+            Some((Role::Current, at)) if start.current.is_none() && e.config_hash == hash => {
+                let held = Held::adopted(&e, remaining, budget.adopt());
+                let refresh = (*at).min(Instant::now() + remaining);
+                start.current = Some((held, meta(), refresh));
+                continue;
+            }
+            // Handed over, but the config changed meanwhile: like any journaled token.
+            _ => {}
         }
         // Minted in an answer that was refused, then a crash: it was never in any file.
         if e.token_type == REFUSED_TOKEN_TYPE
@@ -64,11 +92,7 @@ pub(super) async fn adopt<P: TokenProvider, S>(
                 .push(Held::adopted(&e, remaining, budget.adopt()));
             continue;
         }
-        let meta = IssuedMeta {
-            token_type: e.token_type.clone(),
-            scope: e.scope.clone(),
-            expires_at: e.expires_at,
-        };
+        let meta = meta();
         let refresh_in = e.refresh_at.duration_since(now).unwrap_or(Duration::ZERO);
         match provider.introspect(&e.token).await {
             Ok(Introspection::Active { remaining: Some(r) }) if r.is_zero() => {

@@ -29,6 +29,7 @@ mod held;
 mod live;
 mod reload;
 mod rescue;
+mod restart;
 mod revoke;
 mod set_task;
 
@@ -39,6 +40,7 @@ use live::{Live, Shared, budgets_for};
 use reload::{Applied, Loading, finish_handovers, load_or_stop, reload};
 pub use reload::{BuildProvider, LoadConfig, Reloader};
 use rescue::{recover_crashed, rescuable};
+pub use restart::{HANDOVER_ARG, Plan, Restart, inherited};
 use revoke::STOP_RETRY_BASE;
 pub use revoke::{Revoked, revoke_journaled};
 pub use set_task::{Handover, Jitter, Order, SetTask, Start, random_jitter};
@@ -81,6 +83,9 @@ pub struct RunReport {
     /// Sets whose task panicked; what the journal held for them was revoked in their place
     /// (see `sets`), but the daemon did not run as it should.
     pub crashed: Vec<String>,
+    /// The daemon stopped to exec its new binary, which takes over these tokens: nothing was
+    /// revoked (see [`Restart`]).
+    pub restart: Option<Plan>,
 }
 
 impl RunReport {
@@ -138,6 +143,8 @@ const STORE_READ_BUDGET: Duration = Duration::from_secs(1);
 /// Run the daemon until `control` says stop; revoke everything; report.
 ///
 /// `entries` is what the journal held at start: fitting tokens are reused, the rest revoked.
+/// `plan` is what a predecessor handed over at a restart in place: those tokens are taken
+/// back as they were (current or superseded, on their schedule), without asking the provider.
 /// `on_ready` is called once, when every set first has a valid token in place. Without a
 /// `reloader`, SIGHUP is logged and ignored. Every set is registered on `board`, which
 /// `tokenkeeper status` and the metrics read.
@@ -147,6 +154,7 @@ pub async fn run<P: TokenProvider + 'static>(
     providers: HashMap<String, Arc<P>>,
     journal: Journal,
     entries: Vec<Entry>,
+    plan: Option<Plan>,
     mut control: mpsc::Receiver<Control>,
     reloader: Option<Reloader<P>>,
     board: Arc<Board>,
@@ -221,6 +229,7 @@ pub async fn run<P: TokenProvider + 'static>(
             journaled.push(mine);
         }
     }
+    let inherited = plan.map(Plan::into_inherited).unwrap_or_default();
     let adopted = join_all(adopting.iter().zip(journaled).map(
         |((i, hash, provider, budget), mine)| {
             adopt(
@@ -230,10 +239,12 @@ pub async fn run<P: TokenProvider + 'static>(
                 budget,
                 mine,
                 &shared.journal,
+                &inherited,
             )
         },
     ))
     .await;
+    drop(inherited);
     let mut starts: HashMap<usize, Start<SetSink>> =
         adopting.iter().map(|a| a.0).zip(adopted).collect();
     drop(adopting);
@@ -301,6 +312,9 @@ pub async fn run<P: TokenProvider + 'static>(
     let mut handover = false;
     // What a reload cut short by the stop still waited for.
     let mut cut_short = None;
+    // A restart in place under way: the reload's RELOADING=1 stands until the successor's
+    // READY=1.
+    let mut restarting = None;
     loop {
         tokio::select! {
             c = control.recv() => match c {
@@ -310,7 +324,22 @@ pub async fn run<P: TokenProvider + 'static>(
                 }
                 Some(Control::Reload) => match &reloader {
                     Some(r) => {
-                        let _reloading = crate::systemd::reloading();
+                        let reloading = crate::systemd::reloading();
+                        if let Some(up) = r.restart.as_ref().filter(|up| up.replaced()) {
+                            match restart::preflight_or_stop(up, &mut control, &shared.rotate).await {
+                                restart::Preflight::Passed => {
+                                    restarting = Some(reloading);
+                                    break;
+                                }
+                                // Logged: the config is reloaded as usual, by this binary.
+                                restart::Preflight::Failed => {}
+                                restart::Preflight::Stopped(c) => {
+                                    handover = c == Control::Handover;
+                                    break;
+                                }
+                            }
+                        }
+                        let _reloading = reloading;
                         // Again while SIGHUPs come during the reload: the file may have
                         // changed since it was read.
                         let stopped = loop {
@@ -362,6 +391,23 @@ pub async fn run<P: TokenProvider + 'static>(
         }
     }
 
+    if let Some(reloading) = restarting {
+        info!(
+            sets = live.len(),
+            "handing every token over to the new binary"
+        );
+        let plan = restart::take_back(&mut live).await;
+        // Sets a reload removed, and tokens of sets no longer configured, are still in the
+        // journal until revoked: the successor finds them there and revokes them.
+        drop(retiring);
+        // The successor reads the journal from the disk.
+        shared.journal.flush().await;
+        reloading.handed_on();
+        return Ok(RunReport {
+            restart: Some(plan),
+            ..RunReport::default()
+        });
+    }
     // Sets a reload (or the start) already finished with: what they revoked was logged then,
     // and is not this stop's doing.
     let before_stop: Vec<bool> = retiring.iter().map(|(_, t)| t.is_finished()).collect();

@@ -29,6 +29,9 @@ pub type BuildProvider<P> = Box<dyn Fn(&ProviderConfig) -> Result<Arc<P>, String
 pub struct Reloader<P> {
     pub load: LoadConfig,
     pub build: BuildProvider<P>,
+    /// How to exec a new binary that has replaced this one (see [`super::Restart`]); `None`
+    /// re-reads the config only.
+    pub restart: Option<super::Restart>,
 }
 
 /// How reading the new config at a reload ended.

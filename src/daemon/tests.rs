@@ -643,6 +643,65 @@ fn journaled(fp: &str, secs: u64) -> Held {
     }
 }
 
+/// At a restart in place the successor takes the tokens back as they were: the current one
+/// without asking the provider (which here would call it inactive), on its schedule, and the
+/// superseded one due when it was due, not at once.
+#[tokio::test(start_paused = true)]
+async fn adopt_takes_handed_over_tokens_back_as_they_were() {
+    let p = Mock::new(S(900));
+    let budget = Budget::new(
+        "p",
+        10,
+        crate::budget::IssueRate {
+            per_second: 1.0,
+            burst: 1,
+        },
+    );
+    let (journal, _view) = Journal::memory();
+    let now = SystemTime::now();
+    let entry = |fp: &str| Entry {
+        set: "s".into(),
+        provider: "p".into(),
+        fingerprint: fp.into(),
+        token: Secret::new(fp),
+        token_type: "Bearer".into(),
+        scope: "api".into(),
+        issued_at: now - S(60),
+        expires_at: now + S(840),
+        refresh_at: now + S(500),
+        config_hash: "h".into(),
+        file: None,
+        lifetime_assumed: false,
+    };
+    let plan = super::Plan {
+        current: vec![("new".into(), now + S(300))],
+        superseded: vec![("old".into(), now + S(20))],
+    };
+    let t0 = Instant::now();
+    let start: Start<MemSink> = adopt(
+        &set_cfg(0.66, 0.0),
+        "h",
+        p.as_ref(),
+        &budget,
+        vec![entry("old"), entry("new")],
+        &journal,
+        &plan.into_inherited(),
+    )
+    .await;
+    // The plan's times are wall-clock ones, and the wall clock runs on while tokio's is paused.
+    let near = |at: Instant, want: Instant| at <= want && want - at < S(1);
+    let (held, _, refresh) = start.current.expect("the current token is kept");
+    assert_eq!(&*held.fingerprint, "new");
+    assert!(near(refresh, t0 + S(300)), "{refresh:?}");
+    let [(old, due)] = &start.superseded[..] else {
+        panic!("one superseded token");
+    };
+    assert_eq!(&*old.fingerprint, "old");
+    assert!(near(*due, t0 + S(20)), "{due:?}");
+    // Not asked: this provider calls every token inactive.
+    assert!(start.stale.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     let p = Mock::new(S(900));
@@ -687,6 +746,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         &budget,
         mine,
         &journal,
+        &Default::default(),
     )
     .await;
     assert!(start.current.is_none());
@@ -711,7 +771,16 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     let mut keeps = set_cfg(0.66, 0.0);
     keeps.never_revoke = true;
     let mine = vec![entry("by-clock", now - S(60), now - S(300))];
-    let start: Start<MemSink> = adopt(&keeps, "h", p.as_ref(), &budget, mine, &journal).await;
+    let start: Start<MemSink> = adopt(
+        &keeps,
+        "h",
+        p.as_ref(),
+        &budget,
+        mine,
+        &journal,
+        &Default::default(),
+    )
+    .await;
     assert!(start.superseded.is_empty());
     assert_eq!(start.stale.len(), 1);
 }
@@ -909,6 +978,7 @@ async fn a_set_whose_task_panics_at_stop_has_its_tokens_revoked_and_the_others_t
         providers,
         journal,
         Vec::new(),
+        None,
         rx,
         None,
         Board::new(),

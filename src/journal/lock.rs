@@ -27,6 +27,12 @@ pub struct StateLock {
 }
 
 impl StateLock {
+    /// The lock's descriptor, for a restart in place to keep it open across the exec.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self._lock.as_raw_fd()
+    }
+
     /// Whether the lock file at the path is still the file this lock holds. A state
     /// directory removed (or its lock file replaced) while the daemon runs leaves the lock
     /// on a file nobody can find, and a second process would lock a new one beside it.
@@ -95,6 +101,67 @@ pub(super) fn open_state_file(
     }
     ours_alone(path, &meta)?;
     Ok(file)
+}
+
+/// Take over the lock a predecessor held on `dir` and kept open across its exec, as `fd`
+/// (see `daemon::Restart`): the lock never leaves this process, so no other can slip in. The
+/// descriptor is believed only if it is open on `dir`'s lock file, checked as
+/// [`lock_state_dir`] checks it; otherwise it is left alone and the error says why.
+pub fn lock_inherited(dir: &Path, fd: std::os::fd::RawFd) -> Result<StateLock, JournalError> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    use std::os::unix::fs::MetadataExt;
+    ancestors_safe(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let not_it = |why: String| JournalError::Unsafe {
+        path: path.clone(),
+        why,
+    };
+    if fd <= 2 {
+        return Err(not_it(format!(
+            "was handed over as descriptor {fd}, a standard stream"
+        )));
+    }
+    // SAFETY: only borrowed, to look at it; closed by nobody here.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(borrowed)
+        .map_err(|e| io("stat the handed-over lock", &path)(std::io::Error::from(e)))?;
+    let on_disk = std::fs::symlink_metadata(&path).map_err(io("stat", &path))?;
+    if (stat.st_dev as u64, stat.st_ino as u64) != (on_disk.dev(), on_disk.ino()) {
+        return Err(not_it(format!(
+            "is not the file handed over as descriptor {fd}"
+        )));
+    }
+    if !on_disk.is_file() {
+        return Err(not_it("is not a regular file".into()));
+    }
+    ours_alone(&path, &on_disk)?;
+    // SAFETY: the descriptor is the lock file, handed to this process alone by its
+    // predecessor, and owned from here on by the lock.
+    let file = unsafe { File::from_raw_fd(fd) };
+    // Closed at any later exec but a restart's own, like every other descriptor.
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| io("fcntl", &path)(std::io::Error::from(e)))?;
+    // The same open file holds the lock already: this only makes it ours to release.
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            return Err(JournalError::Locked {
+                path,
+                pid: String::new(),
+            });
+        }
+        Err((_, e)) => return Err(io("lock", &path)(std::io::Error::from(e))),
+    };
+    super::disk::remove_leftover_copies(dir);
+    Ok(StateLock {
+        _lock: lock,
+        dir: dir.to_path_buf(),
+        path,
+        held: (on_disk.dev(), on_disk.ino()),
+    })
 }
 
 /// Create `state_dir` (exactly 0700) and take its lock, without blocking. A state directory,

@@ -30,7 +30,7 @@ mod writer;
 
 pub use disk::{load, save};
 pub use entry::Entry;
-pub use lock::{StateLock, lock_state_dir};
+pub use lock::{StateLock, lock_inherited, lock_state_dir};
 pub use writer::Journal;
 
 /// The journal's file name inside `state_dir`.

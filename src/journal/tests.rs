@@ -60,6 +60,29 @@ fn state_dir_is_0700_and_locked_once() {
 }
 
 #[test]
+fn a_handed_over_lock_is_taken_only_if_it_is_the_lock_file() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let lock = lock_state_dir(&dir).unwrap();
+    // Another file's descriptor is refused, and left open for its owner.
+    let other = tempfile::tempfile().unwrap();
+    let err = lock_inherited(&dir, other.as_raw_fd()).unwrap_err();
+    assert!(matches!(err, JournalError::Unsafe { .. }), "{err}");
+    assert!(other.metadata().is_ok());
+    assert!(lock_inherited(&dir, 1).is_err(), "a standard stream");
+    // The lock's own descriptor, as an exec leaves it (open, its owner gone): taken over,
+    // still held, and released with the one that took it.
+    let fd = lock.raw_fd();
+    std::mem::forget(lock);
+    let taken = lock_inherited(&dir, fd).unwrap();
+    assert!(taken.still_guards());
+    assert!(lock_state_dir(&dir).is_err(), "still locked");
+    drop(taken);
+    assert!(lock_state_dir(&dir).is_ok());
+}
+
+#[test]
 fn copies_a_killed_compaction_left_are_swept_when_the_lock_is_taken() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs inside the systemd-box container, as root, for tests/systemd-box-deb.sh: installs,
-# runs, removes and purges the Debian package. One PASS/FAIL line per check; exits non-zero
+# runs, upgrades (a newer version over the running service), removes and purges the Debian
+# package. One PASS/FAIL line per check; exits non-zero
 # if any failed.
 set -u
 PORT=$1
@@ -50,6 +51,45 @@ check "systemctl enable --now starts it (exit $rc, $(systemctl is-active $UNIT))
 tok=$(cat /run/tokenkeeper/orders-sync.token 2>/dev/null)
 check "the token file is written" test -n "$tok"
 check "the token is live on the provider" grep -q '"active":true' <<<"$(introspect "$tok")"
+
+# ---- upgrade: a newer package over the running service, a reader polling the file every
+# millisecond as a legacy application that reads its token per request does
+pid=$(systemctl show -P MainPID $UNIT)
+issued_before=$(journalctl -u tk-dev-provider.service -o cat | grep -c "token issued")
+tk_log() { journalctl -u $UNIT -o cat --no-pager; }
+written_before=$(tk_log | grep -c "token written")
+revoked_before=$(tk_log | grep -c "revoked")
+rm -f /tmp/reader.stop /tmp/reader.gaps /tmp/reader.count
+reader() {
+  local t n=0
+  while [ ! -e /tmp/reader.stop ]; do
+    t=""
+    read -r t < /run/tokenkeeper/orders-sync.token 2>/dev/null
+    if [ -z "$t" ]; then echo "missing or empty" >> /tmp/reader.gaps
+    elif [ "$t" != "$tok" ]; then echo "another token: ${t:0:8}" >> /tmp/reader.gaps; fi
+    n=$((n + 1))
+    sleep 0.001
+  done
+  echo $n > /tmp/reader.count
+}
+reader & rpid=$!
+out=$(dpkg -i /root/tokenkeeper-newer.deb 2>&1); rc=$?
+# A little more reading after the takeover, then the reader stops.
+sleep 0.5; touch /tmp/reader.stop; wait $rpid
+check "dpkg -i of a newer version upgrades the package (exit $rc): $(dpkg-query -W -f '${Version}' tokenkeeper)" test $rc = 0
+[ $rc = 0 ] || echo "$out"
+check "the service is still active ($(systemctl is-active $UNIT)), same PID ($(systemctl show -P MainPID $UNIT) = $pid)" \
+  test "$(systemctl is-active $UNIT)" = active -a "$(systemctl show -P MainPID $UNIT)" = "$pid"
+check "the new binary runs ($(readlink /proc/$pid/exe), inode $(stat -Lc %i /proc/$pid/exe) = $(stat -c %i /usr/bin/tokenkeeper))" \
+  test "$(readlink /proc/$pid/exe)" = /usr/bin/tokenkeeper -a "$(stat -Lc %i /proc/$pid/exe)" = "$(stat -c %i /usr/bin/tokenkeeper)"
+check "it took the tokens over ($(tk_log | grep -c 'taking over from the previous binary') takeover)" bash -c 'journalctl -u tokenkeeper.service -o cat | grep -q "taking over from the previous binary"'
+check "the reader read the file $(cat /tmp/reader.count 2>/dev/null) times and never found it missing, empty or changed ($(sort /tmp/reader.gaps 2>/dev/null | uniq -c | tr '\n' ' '))" \
+  test ! -s /tmp/reader.gaps -a "$(cat /tmp/reader.count 2>/dev/null || echo 0)" -gt 100
+check "the token is unchanged and live on the provider" bash -c '[ "$(cat /run/tokenkeeper/orders-sync.token)" = "$1" ] && grep -q "\"active\":true" <<<"$2"' _ "$tok" "$(introspect "$tok")"
+issued_after=$(journalctl -u tk-dev-provider.service -o cat | grep -c "token issued")
+check "the provider issued nothing during the upgrade ($issued_before then $issued_after)" test "$issued_after" = "$issued_before" -a "$issued_before" -gt 0
+check "tokenkeeper wrote no new token and revoked nothing during the upgrade" \
+  test "$(tk_log | grep -c 'token written')" = "$written_before" -a "$(tk_log | grep -c revoked)" = "$revoked_before"
 
 # ---- remove: stops the service, which revokes
 out=$(dpkg -r tokenkeeper 2>&1); rc=$?
