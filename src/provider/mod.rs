@@ -109,7 +109,8 @@ pub enum ProviderError {
         detail: String,
         retry_after: Option<Duration>,
     },
-    #[error("{operation} request failed")]
+    // Not "{operation} request failed": the operation is often "token request" already.
+    #[error("{operation}: no complete answer from the server")]
     Transport {
         operation: &'static str,
         #[source]
@@ -195,6 +196,29 @@ impl ProviderError {
             _ => {}
         }
         self
+    }
+
+    /// What an operator should look at first after a token request failed this way, for the
+    /// log line that reports it: a refusal is about the credentials, a discovery failure
+    /// about the issuer, an unreadable credential about its source.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            ProviderError::Refused { .. } | ProviderError::MintedRefused { .. } => {
+                "provider refused to issue a token; check the credentials and scopes"
+            }
+            ProviderError::Discovery { .. } => {
+                "could not find the provider's endpoints; check the issuer (or give token_url)"
+            }
+            ProviderError::Secret { .. }
+            | ProviderError::ClientKey { .. }
+            | ProviderError::BadHeader { .. } => {
+                "cannot authenticate to the provider: the client credential cannot be used"
+            }
+            ProviderError::Malformed { .. } => {
+                "could not read the provider's answer; is this the right endpoint?"
+            }
+            _ => "could not get a token",
+        }
     }
 
     /// The provider's `Retry-After`, when it sent one.

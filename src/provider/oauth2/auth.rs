@@ -412,6 +412,13 @@ pub(crate) fn form_encode(value: &str) -> String {
     out
 }
 
+/// Whether form-encoding changes the client id or secret, so that a server which skips the
+/// decoding RFC 6749 section 2.3.1 asks for sees other credentials than the configured ones.
+pub(super) fn form_encoding_changes(client_id: &str, secret: &Secret) -> bool {
+    form_encode(client_id) != client_id
+        || *Zeroizing::new(form_encode(secret.expose())) != secret.expose()
+}
+
 /// `Authorization: Basic base64(form(client_id) ":" form(client_secret))`.
 pub fn basic_credentials(client_id: &str, client_secret: &Secret) -> Zeroizing<String> {
     let joined = Zeroizing::new(format!(

@@ -241,6 +241,30 @@ impl OAuth2 {
             .await
     }
 
+    /// `e` with a hint when it is a refusal of Basic credentials that form-encoding changed:
+    /// RFC 6749 section 2.3.1 has the client id and secret form-encoded before Base64, and
+    /// some servers do not decode them, so they see another secret than the one configured.
+    /// Nothing else in the answer tells the two apart.
+    fn hint_basic_encoding(&self, e: ProviderError) -> ProviderError {
+        let ClientAuth::Basic { secret, .. } = &self.auth else {
+            return e;
+        };
+        match e {
+            ProviderError::Refused {
+                operation,
+                status: status @ (400 | 401 | 403),
+                detail,
+            } if auth::form_encoding_changes(&self.client_id, secret) => ProviderError::Refused {
+                operation,
+                status,
+                detail: format!(
+                    "{detail} (the client_id or client_secret has characters that client_secret_basic form-encodes before Base64, as RFC 6749 section 2.3.1 says, and some servers do not decode them; if the credentials are right, try auth_method: client_secret_post)"
+                ),
+            },
+            other => other,
+        }
+    }
+
     /// POST `form` to `url` with the client's authentication.
     async fn post(
         &self,
@@ -444,7 +468,8 @@ impl TokenProvider for OAuth2 {
             issued_at,
             &scope,
             self.default_lifetime,
-        )?;
+        )
+        .map_err(|e| self.hint_basic_encoding(e))?;
         if answer.default_lifetime_used && !self.said_default_lifetime.swap(true, Ordering::Relaxed)
         {
             warn!(provider = %self.name,
@@ -471,6 +496,7 @@ impl TokenProvider for OAuth2 {
             )
             .await?;
         parse_revoke_answer(status.as_u16(), retry_after.as_deref(), &body)
+            .map_err(|e| self.hint_basic_encoding(e))
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -493,6 +519,7 @@ impl TokenProvider for OAuth2 {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)
+            .map_err(|e| self.hint_basic_encoding(e))
     }
 
     fn revocation(&self) -> Revocation {

@@ -892,3 +892,51 @@ async fn introspection_carries_its_own_assertion() {
     );
     assert_eq!(claims["aud"], c.url.join("/introspect").unwrap().as_str());
 }
+
+/// A request that gets no answer names its operation once, not "token request request".
+#[tokio::test]
+async fn a_request_without_an_answer_says_so_without_doubling_a_word() {
+    // Bound then dropped: nothing listens on the port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+    let p = OAuth2::new(settings(
+        explicit(&base, true),
+        AuthMethod::ClientSecretPost,
+    ))
+    .unwrap();
+    let e = p.issue(&["x".to_string()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains("request request"), "{text}");
+    assert_eq!(text, "token request: no complete answer from the server");
+}
+
+/// A refusal of Basic credentials that form-encoding changed hints at servers that do not
+/// decode them; credentials that encode to themselves get no such hint.
+#[tokio::test]
+async fn a_refused_basic_secret_that_encoding_changes_gets_a_hint() {
+    let refusal = || http("401 Unauthorized", "", r#"{"error":"invalid_client"}"#);
+    let c = Canned::start(vec![refusal(), refusal()]).await;
+    let p = OAuth2::new(settings(
+        explicit(&c.url, true),
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    let e = p.issue(&["x".to_string()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("some servers do not decode them"), "{text}");
+    assert!(text.contains("client_secret_post"), "{text}");
+    assert!(!text.contains("s3cr%t"), "{text}");
+    let mut plain = settings(explicit(&c.url, true), AuthMethod::ClientSecretBasic);
+    plain.client_id = "plain".into();
+    plain.auth = ClientAuth::basic("plain", Secret::new("plainsecret")).unwrap();
+    let e = OAuth2::new(plain)
+        .unwrap()
+        .issue(&["x".to_string()])
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains("decode"), "{e}");
+}
