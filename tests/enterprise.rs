@@ -74,3 +74,90 @@ async fn once_says_it_keeps_its_tokens_at_stop() {
     assert!(!out.contains("revoking every token"), "{out}");
     assert!(out.contains("keeping every token"), "{out}");
 }
+
+/// `tokenkeeper check -c CFG` with the test's environment minus any CA variable.
+fn check(cfg: &str) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["check", "-c", cfg])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .env("TK_IDP_SECRET", "pw")
+        .output()
+        .unwrap()
+}
+
+/// A provider whose certificate comes from a private CA: with `ca_file` and no environment
+/// variable, `check`'s discovery, issue, refresh and revocation at stop all work; without it,
+/// the error says the certificate is not trusted and names `ca_file`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_per_provider_serves_discovery_issue_refresh_and_revocation() {
+    let pki = fakes::TestPki::new();
+    let idp = OAuth2Fake::start_https(
+        "client_secret_basic",
+        "tk",
+        "pw",
+        pki.open_server_config.clone(),
+    )
+    .await;
+    idp.state().expires_in = Some(2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = d.join("idp-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let token = d.join("t");
+    let keys = format!(
+        "    issuer: {}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n    default_lifetime: 2s\n",
+        idp.issuer()
+    );
+    let refresh = "    refresh: { at: 50%, jitter: 0%, min_interval: 100ms }\n    revoke_superseded_after: 100ms\n";
+
+    // Without ca_file: refused at the handshake, and the message says what to do.
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, refresh));
+    let out = check(&cfg);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("certificate is not trusted") && text.contains("ca_file"),
+        "{text}"
+    );
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[("TK_IDP_SECRET", "pw")]);
+    daemon
+        .wait_for_log("give that CA as the provider's ca_file")
+        .await;
+    assert!(idp.state().tokens.is_empty());
+    stop_clean(&mut daemon).await;
+
+    let keys = format!("{keys}    ca_file: {}\n", ca.display());
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, refresh));
+    let out = check(&cfg);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("could not be read"), "{text}");
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[("TK_IDP_SECRET", "pw")]);
+    // The first token and at least one refresh.
+    assert!(
+        wait_until(PATIENCE, || idp.state().tokens.len() >= 2).await,
+        "{}",
+        daemon.output()
+    );
+    stop_clean(&mut daemon).await;
+    let state = idp.state();
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    drop(state);
+    assert!(
+        idp.live().is_empty(),
+        "a token outlived the daemon:\n{}",
+        daemon.output()
+    );
+
+    // check reads the bundle: one without a certificate is a config problem (exit 78).
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let out = check(&cfg);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("providers.idp.ca_file") && text.contains("no -----BEGIN CERTIFICATE-----"),
+        "{text}"
+    );
+}

@@ -91,6 +91,7 @@ pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
             "client_key",
             "extra_params",
             "default_lifetime",
+            "ca_file",
         ],
     ),
     (

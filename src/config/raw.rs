@@ -140,6 +140,7 @@ pub(super) struct RawProvider {
     pub(super) client_key: Option<Value>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,
     pub(super) default_lifetime: Option<Value>,
+    pub(super) ca_file: Option<String>,
     pub(super) environment: Option<String>,
     pub(super) refresh_token: Option<Value>,
     pub(super) access_token: Option<Value>,

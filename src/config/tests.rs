@@ -1469,3 +1469,40 @@ fn a_sets_config_fits_in_256_bytes_with_its_arc() {
     let size = std::mem::size_of::<SetConfig>() + 2 * std::mem::size_of::<usize>();
     assert!(size <= 256, "{size}");
 }
+
+/// The keys of issue 30 belong to `kind: oauth2` (and to their auth_method): refused under
+/// another kind, and checked for their form.
+#[test]
+fn enterprise_provider_keys_are_refused_where_they_do_not_apply() {
+    let oauth2 = |keys: &str| {
+        format!(
+            "providers:\n  idp:\n    kind: oauth2\n    issuer: https://idp.example\n    client_id: c\n{keys}scope_sets:\n  - name: a\n    provider: idp\n    scopes: [a]\n    file: {{ path: /run/a }}\n"
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "ca_file under voucherify",
+            with(&[("cluster: eu", "cluster: eu\n    ca_file: /etc/ca.pem")]),
+            "providers.vf.ca_file: `ca_file` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "relative ca_file",
+            oauth2("    client_secret: { env: S }\n    ca_file: ca.pem\n"),
+            "providers.idp.ca_file: ca_file `ca.pem` must be an absolute path",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let found: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{what}: wanted {want:?}, got {found:#?}"
+        );
+    }
+    let loaded = accepted(&oauth2(
+        "    client_secret: { env: S }\n    ca_file: /etc/tk/idp-ca.pem\n",
+    ));
+    let ProviderKind::OAuth2 { ca_file, .. } = &loaded.config.providers["idp"].kind else {
+        panic!("not oauth2")
+    };
+    assert_eq!(ca_file.as_deref(), Some(Path::new("/etc/tk/idp-ca.pem")));
+}

@@ -4,6 +4,7 @@
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
 mod body;
+mod ca;
 pub mod oauth2;
 mod proxy;
 mod redact;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
 pub(crate) use body::{BodyError, read_body, read_capped};
+pub use ca::{CaFileError, ca_certificates, read_ca_file};
 pub use proxy::{HTTPS_PROXY_VARS, ProxyError, with_proxy_policy};
 pub(crate) use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
@@ -116,6 +118,16 @@ pub enum ProviderError {
         #[source]
         source: reqwest::Error,
     },
+    /// A TLS handshake that failed on the server's certificate: the one failure a
+    /// `ca_file` (or a wrong host name) explains, said in those words.
+    #[error(
+        "{operation}: the server's certificate is not trusted; if a private CA issued it, give that CA as the provider's ca_file"
+    )]
+    Untrusted {
+        operation: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{operation}: malformed answer: {what}")]
     Malformed {
         operation: &'static str,
@@ -142,6 +154,12 @@ pub enum ProviderError {
         #[source]
         source: SecretError,
     },
+    #[error("cannot use ca_file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: CaFileError,
+    },
     #[error("{what} cannot be used")]
     ClientKey {
         what: &'static str,
@@ -162,6 +180,18 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A request that got no whole answer: [`ProviderError::Untrusted`] when the server's
+    /// certificate was refused, [`ProviderError::Transport`] otherwise.
+    pub(crate) fn transport(operation: &'static str, source: reqwest::Error) -> ProviderError {
+        // rustls says "invalid peer certificate" for every certificate it refuses; reqwest
+        // keeps it only as text in its error's sources.
+        if crate::error_chain(&source).contains("invalid peer certificate") {
+            ProviderError::Untrusted { operation, source }
+        } else {
+            ProviderError::Transport { operation, source }
+        }
+    }
+
     /// How the daemon should retry after this error.
     pub fn retry_class(&self) -> RetryClass {
         match self {
@@ -208,6 +238,9 @@ impl ProviderError {
             }
             ProviderError::Discovery { .. } => {
                 "could not find the provider's endpoints; check the issuer (or give token_url)"
+            }
+            ProviderError::Untrusted { .. } | ProviderError::CaFile { .. } => {
+                "cannot reach the provider over TLS: its certificate is not trusted"
             }
             ProviderError::Secret { .. }
             | ProviderError::ClientKey { .. }
@@ -472,6 +505,7 @@ pub async fn probe_metadata(
     let ProviderKind::OAuth2 {
         endpoints: OAuth2Endpoints::Discover { issuer },
         auth_method,
+        ca_file,
         ..
     } = &cfg.kind
     else {
@@ -482,8 +516,12 @@ pub async fn probe_metadata(
     {
         return p.probe_metadata().await;
     }
+    let http = match oauth2::client_for(ca_file.as_deref(), None, http) {
+        Ok(http) => http,
+        Err(e) => return Some(Err(e)),
+    };
     Some(
-        oauth2::fetch_metadata(http, cfg.timeout, *auth_method, issuer)
+        oauth2::fetch_metadata(&http, cfg.timeout, *auth_method, issuer)
             .await
             .map(|(_, found)| found),
     )

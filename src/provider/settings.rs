@@ -26,6 +26,9 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
 }
 
+// One per configured provider, a handful per process, built once per start or reload: the
+// size of the largest kind costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderKind {
     Voucherify {
@@ -46,6 +49,9 @@ pub enum ProviderKind {
         extra_params: BTreeMap<String, String>,
         /// Lifetime assumed when a token answer has no `expires_in`.
         default_lifetime: Duration,
+        /// `ca_file`: a PEM bundle of CAs trusted for this provider's server, besides the
+        /// system's roots (an internal CA that the whole process need not trust).
+        ca_file: Option<PathBuf>,
     },
     /// Square OAuth: ObtainToken with the refresh_token grant, or the legacy RenewToken.
     Square {

@@ -80,6 +80,9 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CREDENTIALS_DIRECTORY")
+            // A test's CA is trusted where it says so, never through the environment.
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);

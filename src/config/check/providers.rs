@@ -1,7 +1,7 @@
 //! `providers:`: the settings every kind shares, then each kind's own.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use reqwest::Url;
 use serde_yaml::Value;
@@ -148,6 +148,7 @@ impl Checker<'_> {
             ("client_key", raw.client_key.is_some()),
             ("extra_params", raw.extra_params.is_some()),
             ("default_lifetime", raw.default_lifetime.is_some()),
+            ("ca_file", raw.ca_file.is_some()),
             ("environment", raw.environment.is_some()),
             ("refresh_token", raw.refresh_token.is_some()),
             ("access_token", raw.access_token.is_some()),
@@ -305,6 +306,17 @@ impl Checker<'_> {
         }
         let default_lifetime =
             self.positive_duration(at, "default_lifetime", raw.default_lifetime.as_ref(), "");
+        let ca_file = match raw.ca_file.as_deref() {
+            Some(f) if !Path::new(f).is_absolute() => {
+                self.bad(
+                    at,
+                    "ca_file",
+                    format!("ca_file `{f}` must be an absolute path"),
+                );
+                None
+            }
+            other => Some(other.map(PathBuf::from)),
+        };
         Some(ProviderKind::OAuth2 {
             endpoints: endpoints?,
             client_id: client_id?,
@@ -312,6 +324,7 @@ impl Checker<'_> {
             auth_method,
             extra_params: extra_ok.then_some(extra_params)?,
             default_lifetime: default_lifetime.ok()?.unwrap_or(DEFAULT_OAUTH2_LIFETIME),
+            ca_file: ca_file?,
         })
     }
 

@@ -127,10 +127,7 @@ pub async fn fetch_metadata(
             .timeout(timeout)
             .send()
             .await
-            .map_err(|source| ProviderError::Transport {
-                operation: OP,
-                source,
-            })?;
+            .map_err(|source| ProviderError::transport(OP, source))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = read_body(OP, resp).await?;

@@ -152,6 +152,37 @@ fn describe_error(body: &[u8]) -> String {
     }
 }
 
+/// The HTTP client of a provider: the process's shared one, unless the provider trusts a CA
+/// of its own or presents a client certificate. Either goes to this provider only: its own
+/// client, its own connection pool.
+pub(crate) fn client_for(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<reqwest::Identity>,
+    shared: &reqwest::Client,
+) -> Result<reqwest::Client, ProviderError> {
+    if ca_file.is_none() && identity.is_none() {
+        return Ok(shared.clone());
+    }
+    let mut builder = super::client_builder()?;
+    if let Some(path) = ca_file {
+        let certs = super::ca_certificates(path, "the provider").map_err(|source| {
+            ProviderError::CaFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        // Added to the system's roots, as a store's ca_file is: a provider behind a public
+        // proxy name and an internal one both keep working.
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(ProviderError::Client)
+}
+
 impl OAuth2 {
     /// Build from the checked config, reading the client's credential now.
     pub(crate) fn from_config(
@@ -165,6 +196,7 @@ impl OAuth2 {
             auth_method,
             extra_params,
             default_lifetime,
+            ca_file,
         } = &cfg.kind
         else {
             return Err(ProviderError::ClientKey {
@@ -173,15 +205,7 @@ impl OAuth2 {
             });
         };
         let (auth, identity) = load_credential(client_id, *auth_method, credential)?;
-        // A client certificate goes to this provider only: its own client, its own
-        // connection pool.
-        let http = match identity {
-            Some(identity) => super::client_builder()?
-                .identity(identity)
-                .build()
-                .map_err(ProviderError::Client)?,
-            None => http.clone(),
-        };
+        let http = client_for(ca_file.as_deref(), identity, http)?;
         OAuth2::new(Settings {
             http,
             name: cfg.name.clone(),
@@ -310,7 +334,7 @@ impl OAuth2 {
             .form(&form)
             .send()
             .await
-            .map_err(|source| ProviderError::Transport { operation, source })?;
+            .map_err(|source| ProviderError::transport(operation, source))?;
         let status = resp.status();
         let retry_after = super::retry_after_of(&resp);
         let mut body = read_body(operation, resp).await?;
