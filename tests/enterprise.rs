@@ -161,3 +161,118 @@ async fn a_private_ca_per_provider_serves_discovery_issue_refresh_and_revocation
         "{text}"
     );
 }
+
+/// An issuer with a path whose server keeps its RFC 8414 document appended to the issuer
+/// (django-oauth-toolkit's layout) and an OpenID document without the revocation endpoint:
+/// the appended document is found before the OpenID one, `check` says which it used and
+/// what it names, and nothing is left live after SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_appended_metadata_layout_is_found_before_openid_and_check_shows_it() {
+    let idp = OAuth2Fake::start("client_secret_basic", "tk", "pw").await;
+    {
+        let mut s = idp.state();
+        s.rfc8414 = false;
+        s.appended = true;
+        s.openid_names_revocation = false;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = d.join("t");
+    let keys = format!(
+        "    issuer: {}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n",
+        idp.issuer()
+    );
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, ""));
+    let out = check(&cfg);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let appended = format!("{}/.well-known/oauth-authorization-server", idp.issuer());
+    assert!(
+        text.contains(&format!(
+            "providers.idp: endpoints discovered from {appended} (RFC 8414 suffix appended to the issuer): token_endpoint {base}/token, revocation_endpoint {base}/revoke, introspection_endpoint {base}/introspect",
+            base = idp.server.url()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("no revocation endpoint"), "{text}");
+
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[("TK_IDP_SECRET", "pw")]);
+    assert!(
+        wait_until(PATIENCE, || token.exists()).await,
+        "{}",
+        daemon.output()
+    );
+    stop_clean(&mut daemon).await;
+    assert!(
+        idp.live().is_empty(),
+        "a token outlived the daemon:\n{}",
+        daemon.output()
+    );
+    let s = idp.state();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(
+        !s.requests
+            .iter()
+            .any(|r| r.ends_with("openid-configuration")),
+        "{:?}",
+        s.requests
+    );
+}
+
+/// A server with no revocation endpoint, met by a set that revokes at stop: `check` warns
+/// naming the set, and the daemon says so at WARN as soon as it knows, not only at stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_revocation_endpoint_is_a_warning_from_check_and_at_start() {
+    let idp = OAuth2Fake::start("client_secret_basic", "tk", "pw").await;
+    idp.state().revocation = false;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = d.join("t");
+    let keys = format!(
+        "    issuer: {}\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n",
+        idp.issuer()
+    );
+    let cfg = write_cfg(
+        d,
+        &oauth2_config(&keys, &token, "    on_shutdown: revoke\n"),
+    );
+    let out = check(&cfg);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("revocation_endpoint none"), "{text}");
+    assert!(
+        text.contains("providers.idp: its discovery document names no revocation endpoint, so the tokens of s (on_shutdown: revoke) cannot be revoked at stop"),
+        "{text}"
+    );
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[("TK_IDP_SECRET", "pw")]);
+    daemon.wait_for_log("names no revocation endpoint").await;
+    let out = daemon.output();
+    let line = out
+        .lines()
+        .find(|l| l.contains("names no revocation endpoint"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    stop_clean(&mut daemon).await;
+
+    // Endpoints given without revocation_url: known offline.
+    let keys = format!(
+        "    token_url: {}/token\n    client_id: tk\n    client_secret: {{ env: TK_IDP_SECRET }}\n",
+        idp.server.url()
+    );
+    let cfg = write_cfg(
+        d,
+        &oauth2_config(&keys, &token, "    on_shutdown: revoke\n"),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--offline", "-c", &cfg])
+        .env("TK_IDP_SECRET", "pw")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        text.contains("providers.idp: the config (no revocation_url) names no revocation endpoint"),
+        "{text}"
+    );
+}

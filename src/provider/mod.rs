@@ -501,7 +501,7 @@ impl TokenProvider for Provider {
 pub async fn probe_metadata(
     cfg: &ProviderConfig,
     http: &reqwest::Client,
-) -> Option<Result<oauth2::Discovered, ProviderError>> {
+) -> Option<Result<(reqwest::Url, oauth2::Discovered), ProviderError>> {
     let ProviderKind::OAuth2 {
         endpoints: OAuth2Endpoints::Discover { issuer },
         auth_method,
@@ -520,11 +520,7 @@ pub async fn probe_metadata(
         Ok(http) => http,
         Err(e) => return Some(Err(e)),
     };
-    Some(
-        oauth2::fetch_metadata(&http, cfg.timeout, *auth_method, issuer)
-            .await
-            .map(|(_, found)| found),
-    )
+    Some(oauth2::fetch_metadata(&http, cfg.timeout, *auth_method, issuer).await)
 }
 
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.

@@ -22,7 +22,12 @@ pub struct State {
     /// Announce this issuer instead of the real one (a mix-up attack).
     pub announce_issuer: Option<String>,
     pub rfc8414: bool,
+    /// The RFC 8414 document appended to the issuer (`ISSUER/.well-known/oauth-authorization-server`),
+    /// where django-oauth-toolkit and others serve it.
+    pub appended: bool,
     pub openid: bool,
+    /// The OpenID document names the revocation endpoint (django-oauth-toolkit's does not).
+    pub openid_names_revocation: bool,
     pub revocation: bool,
     pub introspection: bool,
     /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `tls_client_auth`.
@@ -97,7 +102,9 @@ impl OAuth2Fake {
             issuer_path: "/realms/ops".into(),
             announce_issuer: None,
             rfc8414: true,
+            appended: false,
             openid: true,
+            openid_names_revocation: true,
             revocation: true,
             introspection: true,
             method,
@@ -152,9 +159,13 @@ fn handle(shared: &Mutex<State>, req: Req) -> Resp {
     let mut s = shared.lock().unwrap();
     s.requests.push(format!("{} {}", req.method, req.path));
     let rfc8414 = format!("/.well-known/oauth-authorization-server{}", s.issuer_path);
+    let appended = format!("{}/.well-known/oauth-authorization-server", s.issuer_path);
     let openid = format!("{}/.well-known/openid-configuration", s.issuer_path);
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", p) if (p == rfc8414 && s.rfc8414) || (p == openid && s.openid) => metadata(&s),
+        ("GET", p) if (p == rfc8414 && s.rfc8414) || (p == appended && s.appended) => {
+            metadata(&s, true)
+        }
+        ("GET", p) if p == openid && s.openid => metadata(&s, s.openid_names_revocation),
         ("GET", _) => Resp::json(404, json!({})),
         ("POST", "/token") => issue(&mut s, &req),
         ("POST", "/revoke") if s.revocation => revoke(&mut s, &req),
@@ -167,14 +178,14 @@ fn handle(shared: &Mutex<State>, req: Req) -> Resp {
     }
 }
 
-fn metadata(s: &State) -> Resp {
+fn metadata(s: &State, names_revocation: bool) -> Resp {
     let mut m = json!({
         "issuer": s.announce_issuer.clone().unwrap_or(format!("{}{}", s.base, s.issuer_path)),
         "token_endpoint": format!("{}/token", s.base),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": [s.method],
     });
-    if s.revocation {
+    if s.revocation && names_revocation {
         m["revocation_endpoint"] = json!(format!("{}/revoke", s.base));
     }
     if s.introspection {

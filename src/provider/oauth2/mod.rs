@@ -32,7 +32,10 @@ pub use auth::{
     Alg, ClientAuth, JWT_BEARER_ASSERTION, KeyError, Signer, base64url, basic_credentials,
     identity, load_credential,
 };
-pub use discovery::{Discovered, discovery_urls, fetch_metadata, parse_discovery_answer};
+pub use discovery::{
+    Discovered, discovery_documents, discovery_form, discovery_urls, fetch_metadata,
+    parse_discovery_answer,
+};
 
 /// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
 /// a broken answer.
@@ -206,6 +209,13 @@ impl OAuth2 {
         };
         let (auth, identity) = load_credential(client_id, *auth_method, credential)?;
         let http = client_for(ca_file.as_deref(), identity, http)?;
+        if let OAuth2Endpoints::Explicit {
+            revocation_url: None,
+            ..
+        } = endpoints
+        {
+            discovery::warn_no_revocation(&cfg.name, "the config (no revocation_url)");
+        }
         OAuth2::new(Settings {
             http,
             name: cfg.name.clone(),

@@ -141,17 +141,25 @@ fn base64_and_form_encoding_follow_the_rfcs() {
 #[test]
 fn discovery_urls_insert_and_append() {
     let u = |s: &str| Url::parse(s).unwrap();
-    let got: Vec<String> = discovery_urls(&u("https://login.example.com/realms/ops"))
+    let issuer = u("https://login.example.com/realms/ops");
+    let got: Vec<String> = discovery_urls(&issuer)
         .iter()
         .map(|u| u.to_string())
         .collect();
+    // RFC 8414's form, the appended form real servers use, then OpenID's.
     assert_eq!(
         got,
         [
             "https://login.example.com/.well-known/oauth-authorization-server/realms/ops",
+            "https://login.example.com/realms/ops/.well-known/oauth-authorization-server",
             "https://login.example.com/realms/ops/.well-known/openid-configuration"
         ]
     );
+    assert_eq!(
+        discovery_form(&issuer, &u(&got[1])),
+        "RFC 8414 suffix appended to the issuer"
+    );
+    // Without a path the two RFC 8414 forms are one URL, asked once.
     let got: Vec<String> = discovery_urls(&u("https://t.auth0.com/"))
         .iter()
         .map(|u| u.to_string())
@@ -616,12 +624,13 @@ async fn rfc6749_errors_are_surfaced_and_classified() {
 
 #[tokio::test]
 async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
-    // RFC 8414 document missing, OpenID one present.
+    // Both RFC 8414 forms missing, the OpenID document present.
     let c = Canned::start_with(|base| {
             let meta = format!(
                 r#"{{"issuer":"{base}realms/ops","token_endpoint":"{base}t","revocation_endpoint":"{base}r","introspection_endpoint":"{base}i","token_endpoint_auth_methods_supported":["client_secret_basic"]}}"#
             );
             vec![
+                http("404 Not Found", "", ""),
                 http("404 Not Found", "", ""),
                 http("200 OK", "", &meta),
                 http("200 OK", "", OK),
@@ -646,11 +655,12 @@ async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
     ));
     let reqs = c.requests().await;
     assert!(reqs[0].starts_with("GET /.well-known/oauth-authorization-server/realms/ops "));
-    assert!(reqs[1].starts_with("GET /realms/ops/.well-known/openid-configuration "));
-    assert!(reqs[2].starts_with("POST /t "));
-    assert!(reqs[3].starts_with("POST /r "), "{}", reqs[3]);
-    assert!(reqs[3].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
-    assert!(reqs[4].starts_with("POST /i "));
+    assert!(reqs[1].starts_with("GET /realms/ops/.well-known/oauth-authorization-server "));
+    assert!(reqs[2].starts_with("GET /realms/ops/.well-known/openid-configuration "));
+    assert!(reqs[3].starts_with("POST /t "));
+    assert!(reqs[4].starts_with("POST /r "), "{}", reqs[4]);
+    assert!(reqs[4].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
+    assert!(reqs[5].starts_with("POST /i "));
     assert_eq!(p.revocation(), Revocation::Always);
 
     // Another server's metadata is refused, and the failure is retryable.
