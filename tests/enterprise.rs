@@ -276,3 +276,77 @@ async fn no_revocation_endpoint_is_a_warning_from_check_and_at_start() {
         "{text}"
     );
 }
+
+/// A fresh EC P-256 key: its PKCS#8 PEM and the public key ring verifies with.
+fn ec_key() -> (String, Vec<u8>) {
+    use ring::signature::{self, EcdsaKeyPair, KeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let doc =
+        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let public = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        doc.as_ref(),
+        &rng,
+    )
+    .unwrap()
+    .public_key()
+    .as_ref()
+    .to_vec();
+    let pem = rcgen::KeyPair::try_from(doc.as_ref())
+        .unwrap()
+        .serialize_pem();
+    (pem, public)
+}
+
+/// A server that insists on its issuer-derived token URL as the assertion's `aud`, reached
+/// through another spelling of its address: refused by default (the client cannot know the
+/// name), served with `assertion_audience`, revocation at stop included.
+#[tokio::test(flavor = "multi_thread")]
+async fn assertion_audience_names_the_audience_a_server_insists_on() {
+    let (pem, public) = ec_key();
+    let idp = OAuth2Fake::start_jwt(
+        "tk",
+        "ES256",
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        public,
+    )
+    .await;
+    let port = idp.server.addr.port();
+    let insisted = format!("http://localhost:{port}/token");
+    idp.state().required_aud = Some(insisted.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("key.pem");
+    std::fs::write(&key, &pem).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let token = d.join("t");
+    let keys = format!(
+        "    token_url: http://127.0.0.1:{port}/token\n    revocation_url: http://127.0.0.1:{port}/revoke\n    client_id: tk\n    auth_method: private_key_jwt\n    private_key: {{ file: {} }}\n",
+        key.display()
+    );
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, ""));
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[]);
+    daemon.wait_for_log("HTTP 401").await;
+    assert!(idp.state().tokens.is_empty());
+    stop_clean(&mut daemon).await;
+    idp.state().violations.clear();
+
+    let keys = format!("{keys}    assertion_audience: {insisted}\n");
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, ""));
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[]);
+    assert!(
+        wait_until(PATIENCE, || token.exists()).await,
+        "{}",
+        daemon.output()
+    );
+    stop_clean(&mut daemon).await;
+    let s = idp.state();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(
+        s.requests.iter().any(|r| r == "POST /revoke"),
+        "{:?}",
+        s.requests
+    );
+    drop(s);
+    assert!(idp.live().is_empty(), "a token outlived the daemon");
+}

@@ -87,6 +87,7 @@ pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
             "auth_method",
             "private_key",
             "key_id",
+            "assertion_audience",
             "client_certificate",
             "client_key",
             "extra_params",

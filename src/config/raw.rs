@@ -136,6 +136,7 @@ pub(super) struct RawProvider {
     pub(super) auth_method: Option<String>,
     pub(super) private_key: Option<Value>,
     pub(super) key_id: Option<String>,
+    pub(super) assertion_audience: Option<String>,
     pub(super) client_certificate: Option<Value>,
     pub(super) client_key: Option<Value>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,

@@ -1490,6 +1490,26 @@ fn enterprise_provider_keys_are_refused_where_they_do_not_apply() {
             oauth2("    client_secret: { env: S }\n    ca_file: ca.pem\n"),
             "providers.idp.ca_file: ca_file `ca.pem` must be an absolute path",
         ),
+        (
+            "assertion_audience under voucherify",
+            with(&[(
+                "cluster: eu",
+                "cluster: eu\n    assertion_audience: https://a",
+            )]),
+            "providers.vf.assertion_audience: `assertion_audience` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "assertion_audience with a secret",
+            oauth2("    client_secret: { env: S }\n    assertion_audience: https://a\n"),
+            "providers.idp.assertion_audience: `assertion_audience` does not apply to auth_method client_secret_basic",
+        ),
+        (
+            "empty assertion_audience",
+            oauth2(
+                "    auth_method: private_key_jwt\n    private_key: { env: K }\n    assertion_audience: \"\"\n",
+            ),
+            "assertion_audience must be non-empty printable text",
+        ),
     ];
     for (what, text, want) in cases {
         let found: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();

@@ -316,6 +316,9 @@ pub struct Provider {
 const UNDATED_HOLD: Duration = crate::journal::CLOCK_DOUBT_WINDOW;
 
 /// Every provider kind, dispatched without boxing.
+// One per configured provider, shared by all its sets: the size of the largest kind is paid a
+// handful of times per process, never per set, and a box would only add a pointer chase.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     Voucherify(voucherify::Voucherify),

@@ -108,10 +108,12 @@ impl AuthMethod {
 pub enum ClientCredential {
     /// `client_secret_basic`, `client_secret_post`.
     Secret(SecretSource),
-    /// `private_key_jwt`: a PKCS#8 PEM key and the optional `kid` of the JWT header.
+    /// `private_key_jwt`: a PKCS#8 PEM key, the optional `kid` of the JWT header, and the
+    /// `aud` the assertions carry when the config chooses it (`assertion_audience`).
     PrivateKey {
         key: SecretSource,
         key_id: Option<String>,
+        audience: Option<String>,
     },
     /// `tls_client_auth`: a PEM certificate (chain) and its PKCS#8 key. The certificate is
     /// public; it goes through a secret source only for the forms of where it is read.

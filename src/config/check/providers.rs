@@ -144,6 +144,7 @@ impl Checker<'_> {
             ("auth_method", raw.auth_method.is_some()),
             ("private_key", raw.private_key.is_some()),
             ("key_id", raw.key_id.is_some()),
+            ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
             ("extra_params", raw.extra_params.is_some()),
@@ -340,12 +341,13 @@ impl Checker<'_> {
             ("client_secret", raw.client_secret.is_some()),
             ("private_key", raw.private_key.is_some()),
             ("key_id", raw.key_id.is_some()),
+            ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
         ];
         let own: &[&str] = match method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => &["client_secret"],
-            AuthMethod::PrivateKeyJwt => &["private_key", "key_id"],
+            AuthMethod::PrivateKeyJwt => &["private_key", "key_id", "assertion_audience"],
             AuthMethod::TlsClientAuth => &["client_certificate", "client_key"],
         };
         let mut foreign = false;
@@ -386,7 +388,22 @@ impl Checker<'_> {
                     }
                     kid => kid.map(str::to_string),
                 };
-                key.map(|key| ClientCredential::PrivateKey { key, key_id })
+                let audience = match raw.assertion_audience.as_deref() {
+                    Some(aud) if aud.is_empty() || aud.chars().any(char::is_control) => {
+                        self.bad(
+                            at,
+                            "assertion_audience",
+                            "assertion_audience must be non-empty printable text, such as the server's issuer or token URL",
+                        );
+                        return None;
+                    }
+                    aud => aud.map(str::to_string),
+                };
+                key.map(|key| ClientCredential::PrivateKey {
+                    key,
+                    key_id,
+                    audience,
+                })
             }
             AuthMethod::TlsClientAuth => {
                 let certificate = self.public_source(

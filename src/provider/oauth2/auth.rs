@@ -86,6 +86,8 @@ enum SigningKey {
 pub struct Signer {
     key: SigningKey,
     key_id: Option<String>,
+    /// `assertion_audience`: the `aud` of every assertion, whatever the server's metadata.
+    audience: Option<String>,
     rng: SystemRandom,
 }
 
@@ -150,7 +152,24 @@ impl Signer {
                 }
             }
         };
-        Ok(Signer { key, key_id, rng })
+        Ok(Signer {
+            key,
+            key_id,
+            audience: None,
+            rng,
+        })
+    }
+
+    /// This signer with every assertion addressed to `audience` (`assertion_audience:`),
+    /// for a server that wants another `aud` than its issuer or token endpoint.
+    pub fn with_audience(mut self, audience: Option<String>) -> Signer {
+        self.audience = audience;
+        self
+    }
+
+    /// The configured audience, if the config chose one.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
     }
 
     pub fn alg(&self) -> Alg {
@@ -268,10 +287,18 @@ pub fn load_credential(
             ClientAuth::Post(crate::provider::load("client_secret", s)?),
             None,
         )),
-        (AuthMethod::PrivateKeyJwt, ClientCredential::PrivateKey { key, key_id }) => {
+        (
+            AuthMethod::PrivateKeyJwt,
+            ClientCredential::PrivateKey {
+                key,
+                key_id,
+                audience,
+            },
+        ) => {
             let pem = crate::provider::load("private_key", key)?;
-            let signer =
-                Signer::from_pem(&pem, key_id.clone()).map_err(|e| key_error("private_key", e))?;
+            let signer = Signer::from_pem(&pem, key_id.clone())
+                .map_err(|e| key_error("private_key", e))?
+                .with_audience(audience.clone());
             Ok((ClientAuth::Jwt(Box::new(signer)), None))
         }
         (AuthMethod::TlsClientAuth, ClientCredential::Certificate { certificate, key }) => {

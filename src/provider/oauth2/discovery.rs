@@ -255,6 +255,7 @@ pub fn parse_discovery_answer(
             .as_deref()
             .map(|u| endpoint_url(OP, issuer, "introspection_endpoint", u))
             .transpose()?,
+        issuer: Some(meta.issuer.clone()),
     };
     let method = auth_method.name();
     Ok(Discovered {

@@ -61,6 +61,9 @@ pub struct Endpoints {
     pub token: Url,
     pub revocation: Option<Url>,
     pub introspection: Option<Url>,
+    /// The issuer identifier as the server's metadata spells it, when discovered: what a
+    /// `private_key_jwt` assertion is addressed to.
+    pub issuer: Option<String>,
 }
 
 /// An RFC 6749 authorization server.
@@ -242,6 +245,7 @@ impl OAuth2 {
                     token: token_url,
                     revocation: revocation_url,
                     introspection: introspection_url,
+                    issuer: None,
                 })),
             ),
         };
@@ -299,6 +303,22 @@ impl OAuth2 {
         }
     }
 
+    /// The `aud` of a `private_key_jwt` assertion, as the update of RFC 7523 (draft-ietf-
+    /// oauth-rfc7523bis) has it: the configured `assertion_audience`, else the issuer
+    /// identifier where discovery learnt it, else the token endpoint, for every request
+    /// (revocation and introspection included). One value a server can check against its own
+    /// name, where the URL posted to may be spelt otherwise (a proxy name, `localhost`).
+    fn audience<'a>(&'a self, signer: &'a Signer, posted_to: &'a Url) -> &'a str {
+        if let Some(aud) = signer.audience() {
+            return aud;
+        }
+        match self.endpoints.get() {
+            Some(e) => e.issuer.as_deref().unwrap_or(e.token.as_str()),
+            // Never so: every request follows endpoints(). The URL posted to is the old rule.
+            None => posted_to.as_str(),
+        }
+    }
+
     /// POST `form` to `url` with the client's authentication.
     async fn post(
         &self,
@@ -315,7 +335,7 @@ impl OAuth2 {
         let assertion = match &self.auth {
             ClientAuth::Jwt(signer) => Some(
                 signer
-                    .assertion(&self.client_id, url.as_str())
+                    .assertion(&self.client_id, self.audience(signer, url))
                     .map_err(|source| ProviderError::ClientKey {
                         what: "private_key",
                         source,

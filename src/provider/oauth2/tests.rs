@@ -223,6 +223,7 @@ fn discovery_documents_give_their_endpoints() {
                 token: Url::parse("https://idp.example/t").unwrap(),
                 revocation: Some(Url::parse("https://idp.example/r").unwrap()),
                 introspection: Some(Url::parse("https://other.example:8443/i").unwrap()),
+                issuer: Some(ISSUER.into()),
             },
             auth_method_unlisted: false,
             client_credentials_unlisted: false,
@@ -900,7 +901,57 @@ async fn introspection_carries_its_own_assertion() {
         &ring::signature::ECDSA_P256_SHA256_FIXED,
         &public_key,
     );
-    assert_eq!(claims["aud"], c.url.join("/introspect").unwrap().as_str());
+    // No issuer known: the token endpoint, whichever endpoint the request goes to.
+    assert_eq!(claims["aud"], c.url.join("/token").unwrap().as_str());
+}
+
+/// The assertion's `aud` is the issuer as the metadata spells it when discovered, for the
+/// token request and revocation alike; `assertion_audience` overrides it.
+#[tokio::test]
+async fn assertions_are_addressed_to_the_issuer_or_the_configured_audience() {
+    for configured in [None, Some("https://localhost/o/token/")] {
+        let c = Canned::start_with(|base| {
+            let meta = format!(
+                r#"{{"issuer":"{base}realms/ops/","token_endpoint":"{base}t","revocation_endpoint":"{base}r"}}"#
+            );
+            vec![
+                http("200 OK", "", &meta),
+                http("200 OK", "", OK),
+                http("200 OK", "", ""),
+            ]
+        })
+        .await;
+        let signer = Signer::from_pem(&Secret::new(ec_p256_pem()), None)
+            .unwrap()
+            .with_audience(configured.map(str::to_string));
+        let public_key = signer.public_key().to_vec();
+        let mut s = settings(
+            OAuth2Endpoints::Discover {
+                issuer: c.url.join("/realms/ops").unwrap(),
+            },
+            AuthMethod::PrivateKeyJwt,
+        );
+        s.auth = ClientAuth::Jwt(Box::new(signer));
+        let p = OAuth2::new(s).unwrap();
+        p.issue(&["read".into()]).await.unwrap();
+        p.revoke(&Secret::new("tok")).await.unwrap();
+        let want = configured.map_or_else(|| format!("{}realms/ops/", c.url), str::to_string);
+        for req in &c.requests().await[1..] {
+            let body = req.split("\r\n\r\n").nth(1).unwrap();
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+            let assertion = form
+                .iter()
+                .find(|(k, _)| k == "client_assertion")
+                .map(|(_, v)| v.as_str())
+                .unwrap();
+            let (_, claims) = verify_assertion(
+                assertion,
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                &public_key,
+            );
+            assert_eq!(claims["aud"], want.as_str(), "{req}");
+        }
+    }
 }
 
 /// A request that gets no answer names its operation once, not "token request request".
