@@ -350,3 +350,120 @@ async fn assertion_audience_names_the_audience_a_server_insists_on() {
     drop(s);
     assert!(idp.live().is_empty(), "a token outlived the daemon");
 }
+
+/// A JWT with these claims, as a platform would write it (the signature is the platform's
+/// business; the fake knows which JWT it issued last).
+fn platform_jwt(exp: u64, n: u32) -> String {
+    let b64 = |b: &[u8]| tokenkeeper::provider::oauth2::base64url(b);
+    format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"RS256","kid":"platform"}"#),
+        b64(format!(r#"{{"iss":"https://k8s.example","sub":"system:serviceaccount:tk:tk","aud":"idp","exp":{exp},"n":{n}}}"#).as_bytes()),
+        b64(format!("signature-{n}").as_bytes())
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Write `text` where the platform's token file is, replacing it whole (as kubelet does,
+/// through a rename), owner-only like every secret file.
+fn rotate(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `auth_method: client_assertion` reads the platform's JWT before every request: a file
+/// rotated between two requests gives each the content it has then, the server accepts them,
+/// and an expired one is a clear error naming the file, never quoting it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_assertion_file_is_read_afresh_for_every_request() {
+    let idp = OAuth2Fake::start_with_method("client_assertion", "tk").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("idp-token");
+    let first = platform_jwt(unix_now() + 3600, 1);
+    idp.state().accepted_assertion = Some(first.clone());
+    rotate(&file, &first);
+    let token = d.join("t");
+    let keys = format!(
+        "    issuer: {}\n    client_id: tk\n    auth_method: client_assertion\n    client_assertion: {{ file: {} }}\n",
+        idp.issuer(),
+        file.display()
+    );
+    let set = "    refresh: { min_interval: 100ms }\n";
+    let cfg = write_cfg(d, &oauth2_config(&keys, &token, set));
+    let out = check(&cfg);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut daemon = Daemon::spawn(d, &["run", "-c", &cfg], 0o022, &[]);
+    assert!(
+        wait_until(PATIENCE, || token.exists()).await,
+        "{}",
+        daemon.output()
+    );
+
+    // Rotated between two requests: the next one carries the new content.
+    let second = platform_jwt(unix_now() + 3600, 2);
+    idp.state().accepted_assertion = Some(second.clone());
+    rotate(&file, &second);
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    assert!(
+        wait_until(PATIENCE, || idp.state().tokens.len() == 2).await,
+        "{}",
+        daemon.output()
+    );
+    assert_eq!(idp.state().assertions, vec![first.clone(), second.clone()]);
+
+    // Expired: not sent, and the error names the file.
+    let expired = platform_jwt(unix_now() - 120, 3);
+    rotate(&file, &expired);
+    daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+    daemon
+        .wait_for_log(&format!(
+            "client_assertion from file {} cannot be used: the JWT expired",
+            file.display()
+        ))
+        .await;
+    assert_eq!(idp.state().assertions.len(), 2);
+
+    // Rotated again in time for the stop: every token revoked with the current content.
+    let last = platform_jwt(unix_now() + 3600, 4);
+    idp.state().accepted_assertion = Some(last.clone());
+    rotate(&file, &last);
+    stop_clean(&mut daemon).await;
+    let s = idp.state();
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    assert!(
+        s.assertions[2..].iter().all(|a| *a == last),
+        "{:?}",
+        s.assertions.len()
+    );
+    drop(s);
+    assert!(idp.live().is_empty(), "a token outlived the daemon");
+    let out = daemon.output();
+    for jwt in [&first, &second, &expired, &last] {
+        let claims = jwt.split('.').nth(1).unwrap();
+        assert!(
+            !out.contains(claims),
+            "an assertion reached the log:\n{out}"
+        );
+    }
+
+    // Unreadable: the same clear error, naming the file.
+    std::fs::remove_file(&file).unwrap();
+    let out = check(&cfg);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+}

@@ -412,7 +412,8 @@ fn check_client_keys(config: &Config) -> Vec<Problem> {
             continue;
         };
         let sources = match credential {
-            ClientCredential::Secret(_) => continue,
+            // Read before every request, and rotated by another party: its form is judged then.
+            ClientCredential::Secret(_) | ClientCredential::Assertion(_) => continue,
             ClientCredential::PrivateKey { key, .. } => vec![key],
             ClientCredential::Certificate { certificate, key } => vec![certificate, key],
         };

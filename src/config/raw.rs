@@ -139,6 +139,7 @@ pub(super) struct RawProvider {
     pub(super) assertion_audience: Option<String>,
     pub(super) client_certificate: Option<Value>,
     pub(super) client_key: Option<Value>,
+    pub(super) client_assertion: Option<Value>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,
     pub(super) default_lifetime: Option<Value>,
     pub(super) ca_file: Option<String>,

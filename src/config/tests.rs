@@ -1510,6 +1510,31 @@ fn enterprise_provider_keys_are_refused_where_they_do_not_apply() {
             ),
             "assertion_audience must be non-empty printable text",
         ),
+        (
+            "client_assertion under voucherify",
+            with(&[(
+                "cluster: eu",
+                "cluster: eu\n    client_assertion: { file: /run/t }",
+            )]),
+            "providers.vf.client_assertion: `client_assertion` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "client_assertion with a secret method",
+            oauth2("    client_secret: { env: S }\n    client_assertion: { file: /run/t }\n"),
+            "providers.idp.client_assertion: `client_assertion` does not apply to auth_method client_secret_basic",
+        ),
+        (
+            "client_assertion method without one",
+            oauth2("    auth_method: client_assertion\n"),
+            "providers.idp: missing `client_assertion`",
+        ),
+        (
+            "a secret under client_assertion",
+            oauth2(
+                "    auth_method: client_assertion\n    client_assertion: { file: /run/t }\n    client_secret: { env: S }\n",
+            ),
+            "providers.idp.client_secret: `client_secret` does not apply to auth_method client_assertion",
+        ),
     ];
     for (what, text, want) in cases {
         let found: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();

@@ -166,6 +166,14 @@ pub enum ProviderError {
         #[source]
         source: oauth2::KeyError,
     },
+    /// A `client_assertion` that cannot be sent; `from` names where it was read (a file's
+    /// path), never its text.
+    #[error("client_assertion from {from} cannot be used")]
+    ClientAssertion {
+        from: String,
+        #[source]
+        source: oauth2::AssertionError,
+    },
     #[error("{what} is not a valid HTTP header value")]
     BadHeader { what: &'static str },
     #[error("{operation}: the provider offers no endpoint for it")]
@@ -244,6 +252,7 @@ impl ProviderError {
             }
             ProviderError::Secret { .. }
             | ProviderError::ClientKey { .. }
+            | ProviderError::ClientAssertion { .. }
             | ProviderError::BadHeader { .. } => {
                 "cannot authenticate to the provider: the client credential cannot be used"
             }

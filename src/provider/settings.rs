@@ -89,6 +89,9 @@ pub enum AuthMethod {
     PrivateKeyJwt,
     /// RFC 8705 mutual TLS with a CA-issued client certificate.
     TlsClientAuth,
+    /// RFC 7521 `client_assertion`: a JWT someone else writes and rotates (workload identity
+    /// federation), read afresh for every request.
+    ClientAssertion,
 }
 
 impl AuthMethod {
@@ -99,6 +102,16 @@ impl AuthMethod {
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::PrivateKeyJwt => "private_key_jwt",
             AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::ClientAssertion => "client_assertion",
+        }
+    }
+
+    /// The name a server's metadata lists it by: a federated assertion is a JWT client
+    /// assertion to the server, which is what `private_key_jwt` means there.
+    pub fn metadata_name(self) -> &'static str {
+        match self {
+            AuthMethod::ClientAssertion => AuthMethod::PrivateKeyJwt.name(),
+            other => other.name(),
         }
     }
 }
@@ -121,6 +134,8 @@ pub enum ClientCredential {
         certificate: SecretSource,
         key: SecretSource,
     },
+    /// `client_assertion`: where the platform writes the JWT, read before every request.
+    Assertion(SecretSource),
 }
 
 impl ClientCredential {
@@ -130,6 +145,7 @@ impl ClientCredential {
             ClientCredential::Secret(s) => vec![("client_secret", s)],
             ClientCredential::PrivateKey { key, .. } => vec![("private_key", key)],
             ClientCredential::Certificate { key, .. } => vec![("client_key", key)],
+            ClientCredential::Assertion(s) => vec![("client_assertion", s)],
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct State {
     /// The only `aud` accepted, where the server insists on one name of its own (its
     /// issuer-derived token URL, say) instead of its issuer or token endpoint.
     pub required_aud: Option<String>,
+    /// For `client_assertion`: the federated JWT the platform issued last, the only one
+    /// accepted, and every assertion received, in order.
+    pub accepted_assertion: Option<String>,
+    pub assertions: Vec<String>,
     /// Every assertion's `jti` so far: one seen twice is a replay.
     pub jtis: HashSet<String>,
     pub client_id: String,
@@ -63,6 +67,12 @@ pub struct OAuth2Fake {
 impl OAuth2Fake {
     pub async fn start(method: &'static str, client_id: &str, client_secret: &str) -> OAuth2Fake {
         Self::start_with(method, client_id, client_secret, None).await
+    }
+
+    /// A server whose client authenticates by `method` with no secret of the fake's
+    /// (`client_assertion`: the test sets the assertion it accepts).
+    pub async fn start_with_method(method: &'static str, client_id: &str) -> OAuth2Fake {
+        Self::start_with(method, client_id, "", None).await
     }
 
     /// A `private_key_jwt` server that knows the client by its public key.
@@ -113,6 +123,8 @@ impl OAuth2Fake {
             method,
             jwt_key: None,
             required_aud: None,
+            accepted_assertion: None,
+            assertions: Vec::new(),
             jtis: HashSet::new(),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
@@ -187,7 +199,8 @@ fn metadata(s: &State, names_revocation: bool) -> Resp {
         "issuer": s.announce_issuer.clone().unwrap_or(format!("{}{}", s.base, s.issuer_path)),
         "token_endpoint": format!("{}/token", s.base),
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": [s.method],
+        // A federated assertion is a JWT client assertion to the server.
+        "token_endpoint_auth_methods_supported": [if s.method == "client_assertion" { "private_key_jwt" } else { s.method }],
     });
     if s.revocation && names_revocation {
         m["revocation_endpoint"] = json!(format!("{}/revoke", s.base));
@@ -233,7 +246,7 @@ fn authenticate(s: &mut State, req: &Req, op: &str) -> Result<Vec<(String, Strin
         s.violations.push(format!("{op}: body is not a form"));
         return Err(oauth_error(400, "invalid_request", "bad form"));
     };
-    if s.method == "private_key_jwt" || s.method == "tls_client_auth" {
+    if ["private_key_jwt", "tls_client_auth", "client_assertion"].contains(&s.method) {
         return authenticate_by_key(s, req, op, form);
     }
     let basic = req
@@ -333,6 +346,17 @@ fn authenticate_by_key(
     let Some(jwt) = assertion else {
         return refuse(s, "no client_assertion".into());
     };
+    if s.method == "client_assertion" {
+        // The platform signed it; the fake knows what the platform issued last.
+        s.assertions.push(jwt.clone());
+        if s.accepted_assertion.as_deref() != Some(jwt.as_str()) {
+            return refuse(
+                s,
+                "the client_assertion is not the one the platform issued last".into(),
+            );
+        }
+        return Ok(form);
+    }
     let Some((alg, verifier, public_key)) = s.jwt_key.clone() else {
         return refuse(s, "the fake has no key".into());
     };

@@ -147,6 +147,7 @@ impl Checker<'_> {
             ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
+            ("client_assertion", raw.client_assertion.is_some()),
             ("extra_params", raw.extra_params.is_some()),
             ("default_lifetime", raw.default_lifetime.is_some()),
             ("ca_file", raw.ca_file.is_some()),
@@ -344,11 +345,13 @@ impl Checker<'_> {
             ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
+            ("client_assertion", raw.client_assertion.is_some()),
         ];
         let own: &[&str] = match method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => &["client_secret"],
             AuthMethod::PrivateKeyJwt => &["private_key", "key_id", "assertion_audience"],
             AuthMethod::TlsClientAuth => &["client_certificate", "client_key"],
+            AuthMethod::ClientAssertion => &["client_assertion"],
         };
         let mut foreign = false;
         for (key, present) in given {
@@ -423,6 +426,14 @@ impl Checker<'_> {
                     key: key?,
                 })
             }
+            AuthMethod::ClientAssertion => self
+                .secret(
+                    at,
+                    "client_assertion",
+                    raw.client_assertion.as_ref(),
+                    "where the platform writes the JWT, such as { file: /var/run/secrets/tokens/idp-token }",
+                )
+                .map(ClientCredential::Assertion),
         };
         if foreign { None } else { credential }
     }

@@ -313,6 +313,9 @@ pub fn load_credential(
                 identity(&cert, &key).map_err(|e| key_error("client_certificate/client_key", e))?;
             Ok((ClientAuth::Tls, Some(id)))
         }
+        (AuthMethod::ClientAssertion, ClientCredential::Assertion(source)) => {
+            Ok((ClientAuth::Assertion(source.clone()), None))
+        }
         (method, _) => Err(key_error(
             "the client credential",
             KeyError::WrongCredential(method.name()),
@@ -331,6 +334,9 @@ pub enum ClientAuth {
     Jwt(Box<Signer>),
     /// The connection's client certificate; `client_id` in the body (RFC 8705 section 2).
     Tls,
+    /// `client_assertion` in the body, read from where the platform writes it before every
+    /// request.
+    Assertion(crate::secret::SecretSource),
 }
 
 impl ClientAuth {
@@ -356,7 +362,8 @@ impl ClientAuth {
                 out
             }
             ClientAuth::Post(secret) => vec![secret.expose()],
-            ClientAuth::Jwt(_) | ClientAuth::Tls => Vec::new(),
+            // The assertion changes under us: each answer is cut by the one its request sent.
+            ClientAuth::Jwt(_) | ClientAuth::Tls | ClientAuth::Assertion(_) => Vec::new(),
         }
     }
 }

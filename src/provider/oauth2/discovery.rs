@@ -257,7 +257,7 @@ pub fn parse_discovery_answer(
             .transpose()?,
         issuer: Some(meta.issuer.clone()),
     };
-    let method = auth_method.name();
+    let method = auth_method.metadata_name();
     Ok(Discovered {
         endpoints,
         auth_method_unlisted: meta

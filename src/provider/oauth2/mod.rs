@@ -24,9 +24,11 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod assertion;
 mod auth;
 mod discovery;
 
+pub use assertion::{AssertionError, check_assertion};
 pub(crate) use auth::form_encode;
 pub use auth::{
     Alg, ClientAuth, JWT_BEARER_ASSERTION, KeyError, Signer, base64url, basic_credentials,
@@ -341,6 +343,7 @@ impl OAuth2 {
                         source,
                     })?,
             ),
+            ClientAuth::Assertion(source) => Some(assertion::read_assertion(source)?),
             _ => None,
         };
         match &self.auth {
@@ -351,7 +354,7 @@ impl OAuth2 {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_secret", secret.expose()));
             }
-            ClientAuth::Jwt(_) => {
+            ClientAuth::Jwt(_) | ClientAuth::Assertion(_) => {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
                 if let Some(a) = &assertion {
