@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod bao;
+pub mod django;
 pub mod tools;
 
 use std::os::unix::process::CommandExt;
