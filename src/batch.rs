@@ -117,6 +117,16 @@ impl Session {
         matches!(timeout_at(deadline, &mut self.ready).await, Ok(Ok(())))
     }
 
+    /// Each set's token expiry, as the board shows it now.
+    fn expiry(&self) -> Vec<(String, Option<SystemTime>)> {
+        self.board
+            .snapshot(SystemTime::now())
+            .sets
+            .into_iter()
+            .map(|s| (s.name.to_string(), s.expires_at))
+            .collect()
+    }
+
     /// Sets without a token, each with its last error.
     fn failing(&self) -> Vec<(String, String)> {
         self.board
@@ -204,14 +214,17 @@ pub async fn once<P: TokenProvider + 'static>(
     let reuse = reusable(entries, &config.sets, min_remaining, SystemTime::now());
     let names: Vec<String> = config.sets.iter().map(|s| s.name.clone()).collect();
     let deadline = Instant::now() + timeout;
-    let (report, failing) = with_daemon(config, providers, journal, reuse, |mut s| async move {
-        if s.ready_by(deadline).await {
-            Vec::new()
-        } else {
-            s.failing()
-        }
-    })
-    .await?;
+    let (report, (failing, expiry)) =
+        with_daemon(config, providers, journal, reuse, |mut s| async move {
+            let failing = if s.ready_by(deadline).await {
+                Vec::new()
+            } else {
+                s.failing()
+            };
+            (failing, s.expiry())
+        })
+        .await?;
+    let now = SystemTime::now();
     finish_hooks().await;
     let mut outcome = OnceOutcome::default();
     for name in names {
@@ -219,7 +232,14 @@ pub async fn once<P: TokenProvider + 'static>(
             .sets
             .iter()
             .any(|s| s.set == name && s.kept.is_some());
-        if kept {
+        let short = min_remaining.and_then(|need| {
+            let expires = expiry.iter().find(|(n, _)| *n == name)?.1?;
+            let left = expires.duration_since(now).unwrap_or_default();
+            (left < need).then(|| too_short(left, need))
+        });
+        if let (true, Some(why)) = (kept, &short) {
+            outcome.failed.push((name, why.clone()));
+        } else if kept {
             outcome.ok.push(name);
         } else {
             let why = failing
@@ -230,6 +250,17 @@ pub async fn once<P: TokenProvider + 'static>(
         }
     }
     Ok(outcome)
+}
+
+/// Why a token `once` obtained does not meet `--min-remaining`: a freshly issued token is as
+/// long-lived as the provider makes it, so asking again would not help.
+fn too_short(left: Duration, need: Duration) -> String {
+    format!(
+        "the provider's token is valid for {} more, less than --min-remaining {}; \
+         it grants no token that lasts that long (the token stays in the file)",
+        humantime::format_duration(Duration::from_secs(left.as_secs())),
+        humantime::format_duration(need),
+    )
 }
 
 /// How `exec` should run its command.

@@ -64,6 +64,10 @@ enum Command {
         /// Do not fetch the providers' discovery metadata.
         #[arg(long)]
         offline: bool,
+        /// Outside the service, where to look for each `{ credential: NAME }` (the folder the
+        /// unit's LoadCredential= loads).
+        #[arg(long, value_name = "DIR", default_value = tokenkeeper::secret::UNIT_CREDENTIALS_FOLDER)]
+        credentials_dir: PathBuf,
     },
     /// Revoke the tokens recorded in the state journal (all sets, or those named), after a
     /// crash or before decommissioning a machine. Refuses while the daemon runs.
@@ -175,9 +179,13 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_OSERR);
     }
     let code = match cli.command {
-        Command::Check { config, offline } => {
-            with_runtime(move || async move { cli::check::check(&config.config, offline).await })
-        }
+        Command::Check {
+            config,
+            offline,
+            credentials_dir,
+        } => with_runtime(move || async move {
+            cli::check::check(&config.config, offline, &credentials_dir).await
+        }),
         Command::Status { config, json } => cli::status::show_status(&config.config, json),
         Command::Run(a) => with_runtime(move || async move { cli::run::run(&a.config).await }),
         Command::Revoke { config, sets } => {

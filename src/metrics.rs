@@ -326,6 +326,7 @@ mod tests {
             heartbeat_every_secs: 10,
             ha: None,
             stores: Vec::new(),
+            metrics_error: None,
             sets: vec![
                 set.clone(),
                 SetSnapshot {

@@ -136,6 +136,13 @@ pub enum SecretError {
         "systemd credential {0} cannot be read: $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)"
     )]
     NoCredentialsDirectory(String),
+    /// `check` outside the service found no file for a credential where the unit loads them.
+    #[error(
+        "systemd credential {name}: there is no {path}, so the service would not start (the unit loads credentials from {folder}; for a unit that loads them elsewhere, run check with --credentials-dir)",
+        path = folder.join(name).display(),
+        folder = folder.display()
+    )]
+    CredentialMissing { name: String, folder: PathBuf },
 }
 
 /// The ID under which the shipped unit loads the whole credentials folder
@@ -143,6 +150,10 @@ pub enum SecretError {
 /// whatever the providers and their keys are called. systemd names each file of a loaded
 /// folder `ID_FILE`; `{ credential: NAME }` finds the file NAME so too.
 pub const CREDENTIAL_FOLDER_ID: &str = "tokenkeeper";
+
+/// The folder the shipped unit loads its credentials from (its `LoadCredential=` line), which
+/// is where `check`, run outside the service, looks for each `{ credential: NAME }`.
+pub const UNIT_CREDENTIALS_FOLDER: &str = "/etc/tokenkeeper/credentials";
 
 /// What `check` could tell about a secret without using it.
 #[derive(Debug, PartialEq, Eq)]
@@ -199,12 +210,49 @@ impl SecretSource {
 
     /// Check that the secret can be read, without keeping it.
     pub fn check(&self) -> Result<Availability, SecretError> {
+        self.check_in(None)
+    }
+
+    /// [`Self::check`]; outside the service (no `$CREDENTIALS_DIRECTORY`), a credential is
+    /// looked for as the file NAME in `folder`, the folder the unit loads credentials from,
+    /// so that a missing one fails `check` as it would fail the start.
+    pub fn check_in(&self, folder: Option<&Path>) -> Result<Availability, SecretError> {
         if let SecretSource::Credential(name) = self
             && std::env::var_os(CREDENTIALS_DIRECTORY).is_none()
         {
-            return Ok(Availability::Unknowable(format!(
-                "systemd credential {name} was not checked: $CREDENTIALS_DIRECTORY is not set outside the service"
-            )));
+            let Some(folder) = folder else {
+                return Ok(Availability::Unknowable(format!(
+                    "systemd credential {name} was not checked: $CREDENTIALS_DIRECTORY is not set outside the service"
+                )));
+            };
+            let path = folder.join(name);
+            return match path.symlink_metadata() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(SecretError::CredentialMissing {
+                        name: name.clone(),
+                        folder: folder.to_path_buf(),
+                    })
+                }
+                // systemd reads the folder as root; this user may not, which says nothing
+                // about the service.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    Ok(Availability::Unknowable(format!(
+                        "systemd credential {name} was not checked: {} cannot be read by this user (permission denied); run check as root to check it",
+                        path.display()
+                    )))
+                }
+                _ => match read_secret_file(&path, false) {
+                    Err(SecretError::Read { source, .. })
+                        if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        Ok(Availability::Unknowable(format!(
+                            "systemd credential {name} was not checked: {} cannot be read by this user (permission denied); run check as root to check it",
+                            path.display()
+                        )))
+                    }
+                    other => other.map(|_| Availability::Ok),
+                },
+            };
         }
         self.load().map(|_| Availability::Ok)
     }

@@ -204,9 +204,15 @@ async fn once_leaves_its_tokens_live_and_reuses_them_and_runs_on_rotate() {
     assert_eq!(read(&f).unwrap(), first);
     assert_eq!(p.issued_tokens().len(), 1);
 
-    // Demanding more than a token's whole life: a new one, and the old one is not revoked.
+    // Demanding more than a token's whole life: a new one is tried (and kept), the old one
+    // is not revoked, and since no token lasts that long, once says so and exits 69.
     let mut d = spawn(dir.path(), &cfg, &["once", "--min-remaining", "1000s"]);
-    assert_eq!(finish(&mut d).await, Some(0), "{}", d.output());
+    assert_eq!(finish(&mut d).await, Some(69), "{}", d.output());
+    assert!(
+        d.output().contains("less than --min-remaining 16m 40s"),
+        "{}",
+        d.output()
+    );
     assert_ne!(read(&f).unwrap(), first);
     assert_eq!(p.live_tokens().len(), 2);
     assert!(p.revoked_tokens().is_empty());
@@ -239,6 +245,27 @@ async fn a_failing_set_makes_once_exit_69_naming_it() {
         "{}",
         d.output()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_refuses_a_token_shorter_than_min_remaining() {
+    // The provider grants 30 s; the job asked for 40 s: no token it can get would do.
+    let p = provider(Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.token");
+    let cfg = cfg_file(dir.path(), &config(&p, dir.path(), "", &set("s", &f, "")));
+    let mut d = spawn(dir.path(), &cfg, &["once", "--min-remaining", "40s", "s"]);
+    assert_eq!(finish(&mut d).await, Some(69), "{}", d.output());
+    let out = d.output();
+    assert!(out.contains("s: FAILED"), "{out}");
+    assert!(out.contains("less than --min-remaining 40s"), "{out}");
+    assert!(out.contains("no valid token for: s"), "{out}");
+    // Never revokes: the short token stays where it was written.
+    assert!(read(&f).is_some_and(|t| p.is_live(&t)), "{out}");
+    // A request the provider can meet still passes, reusing that token.
+    let mut d = spawn(dir.path(), &cfg, &["once", "--min-remaining", "20s", "s"]);
+    assert_eq!(finish(&mut d).await, Some(0), "{}", d.output());
+    assert_eq!(p.issued_tokens().len(), 1, "{}", d.output());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,10 +27,21 @@ scope_sets:
 "#;
 
 fn tokenkeeper(cmd: &str, dir: &std::path::Path, yaml: &str, env: &[(&str, &str)]) -> Output {
+    tokenkeeper_args(cmd, dir, yaml, env, &[])
+}
+
+fn tokenkeeper_args(
+    cmd: &str,
+    dir: &std::path::Path,
+    yaml: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut c = Command::new(BIN);
     c.args([cmd, "-c", path.to_str().unwrap()])
+        .args(args)
         .env("TK_CHECK_APP_ID", "id")
         .env("TK_CHECK_APP_TOKEN", "token")
         .env_remove("CREDENTIALS_DIRECTORY")
@@ -147,19 +158,38 @@ fn each_bad_config_exits_78_naming_the_problem() {
 }
 
 #[test]
-fn a_missing_credential_is_a_problem_inside_systemd_and_a_warning_outside() {
+fn a_missing_credential_fails_check_inside_systemd_and_outside() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = GOOD.replace(
         "app_id: { env: TK_CHECK_APP_ID }",
         "app_id: { credential: vf-id }",
     );
-    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("credential vf-id was not checked"),
-        "{}",
-        stderr(&o)
+    // Outside the service, check looks where the shipped unit loads credentials from.
+    let unit_folder = dir.path().join("unit-creds");
+    std::fs::create_dir(&unit_folder).unwrap();
+    let folder_arg = ["--credentials-dir", unit_folder.to_str().unwrap()];
+    let o = tokenkeeper_args("check", dir.path(), &yaml, &[], &folder_arg);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let want = format!(
+        "systemd credential vf-id: there is no {}",
+        unit_folder.join("vf-id").display()
     );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(stderr(&o).contains("providers.vf.app_id"), "{}", stderr(&o));
+    std::fs::write(unit_folder.join("vf-id"), "id").unwrap();
+    let o = tokenkeeper_args("check", dir.path(), &yaml, &[], &folder_arg);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("not checked"), "{}", stderr(&o));
+    // By default, the shipped unit's folder.
+    if !std::path::Path::new("/etc/tokenkeeper/credentials/vf-id").exists() {
+        let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+        assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("there is no /etc/tokenkeeper/credentials/vf-id"),
+            "{}",
+            stderr(&o)
+        );
+    }
 
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
@@ -250,4 +280,27 @@ fn run_refuses_a_bad_config_before_doing_anything() {
     assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
     assert!(stderr(&o).contains("scopes is empty"));
     assert!(!target.exists());
+}
+
+#[test]
+fn a_metrics_textfile_in_a_folder_that_does_not_exist_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("textfile_collector");
+    let yaml = format!(
+        "metrics: {{ textfile: {}/tokenkeeper.prom }}\n{GOOD}",
+        missing.display()
+    );
+    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    let want = format!(
+        "metrics.textfile: the textfile's folder {} does not exist",
+        missing.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // `run` refuses it too, before doing anything.
+    let o = tokenkeeper("run", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    std::fs::create_dir(&missing).unwrap();
+    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

@@ -262,7 +262,7 @@ async fn sigterm_revokes_everything_including_tokens_issued_while_it_arrived() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn failed_revocations_exit_1_naming_the_set_and_keep_the_file() {
+async fn failed_revocations_exit_1_naming_the_set_and_leave_no_file() {
     let p = provider(Duration::from_secs(900)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.token");
@@ -283,8 +283,12 @@ async fn failed_revocations_exit_1_naming_the_set_and_keep_the_file() {
         out.contains("could not revoke every token of: billing"),
         "{out}"
     );
-    // Still valid, so still in place for its reader.
-    assert!(f.exists());
+    // Given up on, so in no file: the provider may yet revoke it under its reader. It stays
+    // in the journal, for the next start or `tokenkeeper revoke`.
+    assert!(!f.exists());
+    assert_eq!(p.live_tokens().len(), 1);
+    let journal = tokenkeeper::journal::load(&dir.path().join("state")).unwrap();
+    assert_eq!(journal.len(), 1, "{journal:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

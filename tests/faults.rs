@@ -184,6 +184,18 @@ async fn revoke_cleans_up_after_a_crash_and_refuses_while_the_daemon_runs() {
     assert_eq!(p.live_tokens().len(), 2);
 
     kill(&mut d).await;
+    // A name neither configured nor journaled is a mistake, not "nothing to do": nothing is
+    // revoked, not even the sets named beside it.
+    let o = revoke_cmd(&cfg, &["b", "nosuchset"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(
+            "no scope set named nosuchset, configured or journaled; configured sets: a, b"
+        ),
+        "{err}"
+    );
+    assert_eq!(p.live_tokens().len(), 2);
     let o = revoke_cmd(&cfg, &["b"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(
@@ -236,6 +248,70 @@ async fn revocation_down_at_stop_is_bounded_and_the_tokens_are_revoked_later() {
     );
     assert_eq!(p.live_tokens().len(), 1);
     p.set_revoke_status(None);
+    let o = revoke_cmd(&cfg, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(p.live_tokens().is_empty());
+}
+
+/// A stop that gives up on a revocation (the deadline, or a second signal) leaves no file
+/// holding that token: the provider may still carry the revocation out a moment later, and
+/// an application must not be handed a token that is revoked under it. The token stays in
+/// the journal, and `revoke` finishes the job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_the_stop_gave_up_on_is_in_no_file() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.token"), dir.path().join("b.token"));
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            "shutdown_timeout: 1s",
+            &(set("a", "api", &a, "") + &set("b", "orders", &b, "")),
+        ),
+    );
+    // The deadline runs out while the provider sits on the revocations.
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists()).await,
+        "{}",
+        d.output()
+    );
+    p.set_revoke_delay(Duration::from_secs(30));
+    d.signal(Signal::SIGTERM);
+    // Gone while the daemon still waits on the provider, not only once it exits.
+    assert!(
+        wait_until(PATIENCE, || !a.exists() && !b.exists()).await,
+        "{}",
+        d.output()
+    );
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(1), "{}", d.output());
+    assert!(!a.exists() && !b.exists());
+    assert_eq!(p.live_tokens().len(), 2);
+    p.set_revoke_delay(Duration::ZERO);
+    let o = revoke_cmd(&cfg, &[]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(p.live_tokens().is_empty());
+
+    // A second signal cuts the stop short: the files went at the first.
+    let mut d = start(dir.path(), &cfg);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists()).await,
+        "{}",
+        d.output()
+    );
+    p.set_revoke_delay(Duration::from_secs(30));
+    d.signal(Signal::SIGTERM);
+    assert!(
+        wait_until(PATIENCE, || !a.exists() && !b.exists()).await,
+        "{}",
+        d.output()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(1), "{}", d.output());
+    assert!(!a.exists() && !b.exists());
+    p.set_revoke_delay(Duration::ZERO);
     let o = revoke_cmd(&cfg, &[]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(p.live_tokens().is_empty());

@@ -419,3 +419,48 @@ async fn a_stop_during_a_handover_still_revokes_what_is_handed_over() {
     assert!(!before.exists() && !after.exists(), "{}", d.output());
     assert!(p.violations().is_empty(), "{:?}", p.violations());
 }
+
+/// The stop's summary counts what the stop did: a set a reload removed earlier (its token
+/// revoked and logged then) is not counted again, nor is any set as a set revoked at stop
+/// unless a token of it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stop_summary_counts_only_what_the_stop_revoked() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d_ = dir.path();
+    let (a, b, gone) = (
+        d_.join("a.token"),
+        d_.join("b.token"),
+        d_.join("gone.token"),
+    );
+    let cfg_path = d_.join("config.yaml");
+    let before =
+        set("a", "api", &a, "") + &set("b", "api", &b, "") + &set("gone", "api", &gone, "");
+    std::fs::write(&cfg_path, config(&p, d_, TOP, &before)).unwrap();
+    let mut d = Daemon::spawn(d_, &["run", "-c", cfg_path.to_str().unwrap()], 0o022, &[]);
+    assert!(
+        wait_until(PATIENCE, || a.exists() && b.exists() && gone.exists()).await,
+        "{}",
+        d.output()
+    );
+    let t_gone = read(&gone).unwrap();
+    let after = set("a", "api", &a, "") + &set("b", "api", &b, "");
+    std::fs::write(&cfg_path, config(&p, d_, TOP, &after)).unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("reloaded the configuration").await;
+    assert!(
+        wait_until(PATIENCE, || p.revoked_tokens().contains(&t_gone)
+            && !gone.exists())
+        .await,
+        "{}",
+        d.output()
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
+    let out = d.output();
+    assert!(
+        out.contains("stopped: revoked 2 tokens across 2 sets"),
+        "{out}"
+    );
+    assert!(p.live_tokens().is_empty());
+}

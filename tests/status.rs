@@ -290,6 +290,68 @@ async fn metrics_are_served_on_a_loopback_listener() {
     assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
 }
 
+/// A metrics port another program holds does not stop the tokens: the daemon runs on, and
+/// says so in every place an operator looks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_metrics_port_is_shown_in_status_and_tokens_flow() {
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.token");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &config(
+            &p,
+            dir.path(),
+            &format!("metrics: {{ listen: \"{addr}\" }}"),
+            &set("s", &f),
+        ),
+    );
+    let mut sock = NotifySocket::bind(dir.path());
+    let notify = sock.path.to_str().unwrap().to_string();
+    let mut d = Daemon::spawn(
+        dir.path(),
+        &["run", "-c", cfg.to_str().unwrap()],
+        0o022,
+        &[("NOTIFY_SOCKET", &notify)],
+    );
+    assert!(wait_until(PATIENCE, || f.exists()).await, "{}", d.output());
+    assert!(
+        wait_until(PATIENCE, || {
+            sock.drain();
+            sock.received.iter().any(|m| {
+                m.starts_with("STATUS=1 token fresh") && m.ends_with("; metrics listener down")
+            })
+        })
+        .await,
+        "{:?}\n{}",
+        sock.received,
+        d.output()
+    );
+    let (code, json) = status_json(&cfg);
+    assert_eq!(code, Some(0));
+    let why = json["metrics_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains(&format!("cannot listen for metrics scrapes on {addr}")),
+        "{json}"
+    );
+    let table = status(&cfg, false);
+    assert!(
+        table
+            .stdout
+            .contains("metrics: not serving: cannot listen for metrics scrapes on"),
+        "{}",
+        table.stdout
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait(PATIENCE).await.code(), Some(0), "{}", d.output());
+    drop(taken);
+}
+
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

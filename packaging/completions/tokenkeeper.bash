@@ -103,7 +103,7 @@ _tokenkeeper() {
             return 0
             ;;
         tokenkeeper__subcmd__check)
-            opts="-c -h --config --offline --help"
+            opts="-c -h --config --offline --credentials-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -114,6 +114,10 @@ _tokenkeeper() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --credentials-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

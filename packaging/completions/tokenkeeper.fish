@@ -40,6 +40,7 @@ complete -c tokenkeeper -n "__fish_tokenkeeper_needs_command" -f -a "help" -d 'P
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand run" -s c -l config -d 'Configuration file' -r -F
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand run" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -s c -l config -d 'Configuration file' -r -F
+complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -l credentials-dir -d 'Outside the service, where to look for each `{ credential: NAME }` (the folder the unit\'s LoadCredential= loads)' -r -F
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -l offline -d 'Do not fetch the providers\' discovery metadata'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand check" -s h -l help -d 'Print help'
 complete -c tokenkeeper -n "__fish_tokenkeeper_using_subcommand revoke" -s c -l config -d 'Configuration file' -r -F

@@ -19,8 +19,8 @@ use tokenkeeper::status::plural;
 /// reach the server still ends soon. Each request has the provider's own timeout too.
 const DISCOVERY_DEADLINE: Duration = Duration::from_secs(10);
 
-pub(crate) async fn check(path: &Path, offline: bool) -> u8 {
-    match config::load(path) {
+pub(crate) async fn check(path: &Path, offline: bool, credentials_dir: &Path) -> u8 {
+    match config::load_in(path, Some(credentials_dir)) {
         Ok(Loaded { config, warnings }) => {
             print_warnings(path, &warnings);
             print_warnings(path, &configured_revocation_warnings(&config));

@@ -11,7 +11,9 @@ use tokenkeeper::journal;
 
 use super::config_error::print_config_error;
 use super::logging::init_logging;
-use super::{EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, open_state};
+use super::{
+    EXIT_CANTCREAT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, open_state,
+};
 
 pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
     let Loaded { config, .. } = match config::load(path) {
@@ -40,6 +42,24 @@ pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
         }
         Err(code) => return code,
     };
+    // A set the config no longer names may still have journaled tokens to revoke; a name
+    // in neither is a typo, and revoking nothing for it must not look like success.
+    let unknown: Vec<&str> = sets
+        .iter()
+        .filter(|s| {
+            !config.sets.iter().any(|c| &c.name == *s) && !entries.iter().any(|e| &e.set == *s)
+        })
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = config.sets.iter().map(|s| s.name.as_str()).collect();
+        say_err!(
+            "tokenkeeper: no scope set named {}, configured or journaled; configured sets: {}",
+            unknown.join(", "),
+            known.join(", ")
+        );
+        return EXIT_USAGE;
+    }
     for s in &sets {
         if !entries.iter().any(|e| &e.set == s) {
             say!("{s}: no journaled token");

@@ -127,12 +127,16 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
             watchdog: systemd::watchdog_interval(),
         },
     ));
-    // Metrics are advice: a taken port is logged loudly, and tokens are kept fresh regardless.
+    // Metrics are advice, the token files are what applications need: a taken port does not
+    // stop the daemon (a start refused for it would leave every application without a token,
+    // and systemd would retry it every few seconds). It is logged loudly and stays in view, in
+    // `status`, `status.json` and `systemctl status`, for as long as the daemon runs.
     let metrics_server = match config.metrics.listen {
         Some(addr) => match metrics::bind(addr).await {
             Ok(listener) => Some(tokio::spawn(metrics::serve(listener, Arc::clone(&board)))),
             Err(e) => {
                 error!("{}; running on without it", chain(&e));
+                board.set_metrics_error(chain(&e));
                 None
             }
         },
@@ -217,7 +221,8 @@ pub(crate) async fn run_daemon(config: config::Config, path: Option<PathBuf>) ->
 fn summarize(report: &RunReport) -> u8 {
     let failed = report.failed_sets();
     let kept: usize = report.sets.iter().filter(|s| s.kept.is_some()).count();
-    let sets = report.sets.len();
+    // The sets this stop revoked tokens of, as its log lines name them.
+    let sets = report.sets.iter().filter(|s| !s.revoked.is_empty()).count();
     let expiring: usize = report.sets.iter().map(|s| s.expiring.len()).sum();
     let expiring_note = if expiring > 0 {
         format!(

@@ -27,7 +27,7 @@ use crate::secret::{Availability, SecretSource};
 use crate::sink::FileConfig;
 
 use check::parse_text;
-use paths::check_token_dirs;
+use paths::{check_textfile_dir, check_token_dirs};
 
 mod check;
 mod defaults;
@@ -267,16 +267,23 @@ pub enum ConfigError {
 /// Read, parse, validate, and check every secret the config names. Collects all problems,
 /// including those of secrets of providers that are valid while other parts are not.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_in(path, None)
+}
+
+/// [`load`], checking each systemd credential in `credentials_folder` when run outside the
+/// service (see [`SecretSource::check_in`]): what `check` does.
+pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded, ConfigError> {
     // Read first, so that what is not a file at all is named as such.
     let text = read_text(path)?;
     only_trusted_could_write(path)?;
     let mut parsed = parse_text(&text, path);
     drop(text);
-    let (problems, warnings) = check_sources(&parsed.secrets);
+    let (problems, warnings) = check_sources(&parsed.secrets, credentials_folder);
     parsed.problems.extend(problems);
     parsed.warnings.extend(warnings);
     if let Some(config) = &parsed.config {
         parsed.problems.extend(check_token_dirs(config, path));
+        parsed.problems.extend(check_textfile_dir(config));
         parsed.problems.extend(check_client_keys(config));
         parsed.problems.extend(check_ca_files(config));
     }
@@ -360,7 +367,7 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
             sources.push((format!("stores.{name}.{key}"), source.clone()));
         }
     }
-    let (mut problems, warnings) = check_sources(&sources);
+    let (mut problems, warnings) = check_sources(&sources, None);
     problems.extend(check_client_keys(config));
     problems.extend(check_ca_files(config));
     (problems, warnings)
@@ -447,11 +454,14 @@ fn check_client_keys(config: &Config) -> Vec<Problem> {
     problems
 }
 
-fn check_sources(sources: &[(String, SecretSource)]) -> (Vec<Problem>, Vec<String>) {
+fn check_sources(
+    sources: &[(String, SecretSource)],
+    credentials_folder: Option<&Path>,
+) -> (Vec<Problem>, Vec<String>) {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     for (at, source) in sources {
-        match source.check() {
+        match source.check_in(credentials_folder) {
             Ok(Availability::Ok) => {}
             Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
             // SecretError never carries the value; its sources are io errors about paths.

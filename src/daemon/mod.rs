@@ -359,6 +359,9 @@ pub async fn run<P: TokenProvider + 'static>(
         }
     }
 
+    // Sets a reload (or the start) already finished with: what they revoked was logged then,
+    // and is not this stop's doing.
+    let before_stop: Vec<bool> = retiring.iter().map(|(_, t)| t.is_finished()).collect();
     crate::systemd::stopping();
     board.set_phase(Phase::Stopping);
     let deadline = Instant::now() + config.shutdown_timeout;
@@ -409,7 +412,8 @@ pub async fn run<P: TokenProvider + 'static>(
         .chain(
             retiring
                 .into_iter()
-                .map(|(name, task)| (Ending::Retiring(name), task)),
+                .zip(before_stop.into_iter().chain(std::iter::repeat(false)))
+                .map(|((name, task), earlier)| (Ending::Retiring { name, earlier }, task)),
         );
     let report = wait_for_sets(
         ending,
@@ -429,15 +433,16 @@ pub async fn run<P: TokenProvider + 'static>(
 enum Ending {
     /// A configured set: one whose task panics is rescued (its journaled tokens revoked).
     Set(Arc<SetConfig>),
-    /// A set a reload removed, still finishing its own stop.
-    Retiring(String),
+    /// A set a reload removed, still finishing its own stop; `earlier` when it had finished
+    /// before the stop began.
+    Retiring { name: String, earlier: bool },
 }
 
 impl Ending {
     fn name(&self) -> &str {
         match self {
             Ending::Set(cfg) => &cfg.name,
-            Ending::Retiring(name) => name,
+            Ending::Retiring { name, .. } => name,
         }
     }
 }
@@ -525,6 +530,15 @@ async fn wait_for_sets<P: TokenProvider + 'static>(
     let mut report = RunReport::default();
     for (who, _, end) in sets {
         match end {
+            // Its tokens were revoked (and logged) before the stop; what it could not revoke
+            // is still outstanding, and still reported.
+            End::Done(mut outcome) if matches!(who, Ending::Retiring { earlier: true, .. }) => {
+                outcome.revoked.clear();
+                outcome.expiring.clear();
+                if !outcome.failed.is_empty() {
+                    report.sets.push(outcome);
+                }
+            }
             End::Done(outcome) => report.sets.push(outcome),
             End::Crashed(outcome) => {
                 report.crashed.push(outcome.set.clone());

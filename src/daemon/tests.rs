@@ -951,19 +951,34 @@ async fn sets_still_running_past_the_grace_are_aborted_and_reported_unfinished()
     let hung_abort = hung.abort_handle();
     let ending = vec![
         (
-            Ending::Retiring("late".into()),
+            Ending::Retiring {
+                name: "late".into(),
+                earlier: false,
+            },
             tokio::spawn(async move {
                 tokio::time::sleep(S(5)).await;
                 done_late
             }),
         ),
-        (Ending::Retiring("hung".into()), hung),
         (
-            Ending::Retiring("failed".into()),
+            Ending::Retiring {
+                name: "hung".into(),
+                earlier: false,
+            },
+            hung,
+        ),
+        (
+            Ending::Retiring {
+                name: "failed".into(),
+                earlier: false,
+            },
             tokio::spawn(async { panic!("a set's task panicked") }),
         ),
         (
-            Ending::Retiring("early".into()),
+            Ending::Retiring {
+                name: "early".into(),
+                earlier: false,
+            },
             tokio::spawn(async move { done_early }),
         ),
     ];

@@ -28,6 +28,8 @@ struct Inner {
     phase: Phase,
     ha: Option<HaStatus>,
     stores: Vec<watch::Receiver<StoreHealth>>,
+    /// Why the metrics listener is not serving, when it is not.
+    metrics_error: Option<String>,
 }
 
 /// Every set's reporting channels, shared by the daemon (which registers sets) and the
@@ -51,6 +53,7 @@ impl Board {
                 phase: Phase::Starting,
                 ha: None,
                 stores: Vec::new(),
+                metrics_error: None,
             }),
             changed: Notify::new(),
             phase_changed: Notify::new(),
@@ -120,6 +123,13 @@ impl Board {
 
     pub fn phase(&self) -> Phase {
         self.lock().phase
+    }
+
+    /// The metrics listener could not be set up: shown in `status`, `status.json` and
+    /// systemd's `STATUS=` line for as long as the daemon runs.
+    pub fn set_metrics_error(&self, why: String) {
+        self.lock().metrics_error = Some(why);
+        self.changed.notify_one();
     }
 
     /// Register a set's store copy; its writer reports through the returned sender. A set
@@ -216,6 +226,7 @@ impl Board {
                     }
                 })
                 .collect(),
+            metrics_error: inner.metrics_error.as_deref().map(shown),
         }
     }
 }

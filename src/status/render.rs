@@ -62,6 +62,9 @@ pub fn summary(snap: &Snapshot, now: SystemTime) -> String {
     if let Some(next) = next {
         let _ = write!(line, ", next refresh {next}");
     }
+    if snap.metrics_error.is_some() {
+        line.push_str("; metrics listener down");
+    }
     line
 }
 
@@ -98,6 +101,9 @@ pub fn render_table(snap: &Snapshot, live: &Liveness, now: SystemTime) -> String
             short(beat)
         ),
     };
+    if let Some(why) = &snap.metrics_error {
+        let _ = writeln!(out, "metrics: not serving: {}", shown(why));
+    }
     for st in &snap.stores {
         let _ = writeln!(
             out,

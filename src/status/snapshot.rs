@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// Each set's store copy: up to date, or why not (absent without stores).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stores: Vec<StoreHealth>,
+    /// Why `metrics.listen` is not being served (absent when it is, or is not configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_error: Option<String>,
 }
 
 /// How a set's copy in a secrets store stands.

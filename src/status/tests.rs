@@ -92,6 +92,7 @@ fn snap_at(now: SystemTime) -> Snapshot {
         heartbeat_every_secs: 10,
         ha: None,
         stores: Vec::new(),
+        metrics_error: None,
         sets: vec![
             SetSnapshot {
                 name: "orders-sync".into(),

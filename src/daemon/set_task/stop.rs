@@ -164,7 +164,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         };
         let mut to_revoke: Vec<Held> = stale;
         to_revoke.extend(superseded.into_iter().map(|(h, _)| h));
-        let mut current_revoked = false;
         let current_fp = current.as_ref().map(|h| h.fingerprint.clone());
         match (current, on_shutdown) {
             (Some(h), OnShutdown::Revoke) => to_revoke.push(h),
@@ -178,19 +177,28 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         let (mut live, expired): (Vec<_>, Vec<_>) =
             to_revoke.into_iter().partition(|h| !h.surely_expired(now));
         drop(expired);
-        let mut current_expiring = false;
         let revokes = this.revokes();
         if !revokes {
             for h in live.drain(..) {
-                current_expiring |= current_fp.as_deref() == Some(&h.fingerprint);
                 outcome.expiring.push(h.fingerprint.to_string());
             }
         }
-        if live
-            .iter()
-            .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
+        // The file goes first, before any revocation: from the stop on, a token in a file is
+        // one a consumer may use. A revocation that fails, times out, or is cut short by a
+        // second signal could still be carried out by the provider a moment later, and a
+        // file left holding that token would hand applications a revoked one; what could
+        // not be revoked stays in the journal for the next start or `tokenkeeper revoke`.
+        let removes = outcome.kept.is_none() && !keep_file;
+        if removes
+            || live
+                .iter()
+                .any(|h| current_fp.as_deref() == Some(&h.fingerprint))
         {
+            // A write still under way (a store's) must land before the removal or revocation.
             Box::pin(this.sink.hold()).await;
+        }
+        if removes && let Err(e) = Box::pin(this.sink.remove()).await {
+            error!(set = %name, error = %chain(&e), "could not remove the token file");
         }
         // All at once: what the set holds, the revocations under way when the order came, and
         // the answer to a token request in flight. A request that hangs must not hold back the
@@ -256,12 +264,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         for (h, r) in held.into_iter().chain(retried).chain(late) {
             this.report.stats(|s| s.revoke_result(r.is_ok()));
             match r {
-                Ok(()) => {
-                    if current_fp.as_deref() == Some(&h.fingerprint) {
-                        current_revoked = true;
-                    }
-                    outcome.revoked.push(h.fingerprint.to_string());
-                }
+                Ok(()) => outcome.revoked.push(h.fingerprint.to_string()),
                 Err(e) => {
                     error!(set = %name, fingerprint = %h.fingerprint, error = %e,
                         "could not revoke token; it stays in the journal for the next start or `tokenkeeper revoke`");
@@ -272,15 +275,6 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
         Box::pin(this.journal.remove(outcome.revoked.clone())).await;
         if !outcome.revoked.is_empty() {
             info!(set = %name, provider = %this.cfg.provider, fingerprints = %outcome.revoked.join(","), "revoked");
-        }
-        // The file goes when its token is revoked (or gone); a token that could not be revoked
-        // stays in place, still usable, until it expires.
-        if outcome.kept.is_none()
-            && !keep_file
-            && (current_revoked || current_expiring || current_fp.is_none())
-            && let Err(e) = Box::pin(this.sink.remove()).await
-        {
-            error!(set = %name, error = %chain(&e), "could not remove the token file");
         }
         let still_live = outcome.failed.len() + usize::from(outcome.kept.is_some());
         this.report.stats_if(|s| s.set_live(still_live));
