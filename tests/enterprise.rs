@@ -460,6 +460,20 @@ async fn a_client_assertion_file_is_read_afresh_for_every_request() {
         );
     }
 
+    // check reads it too: an expired one is a warning naming the file.
+    rotate(&file, &expired);
+    let out = check(&cfg);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "providers.idp.client_assertion: file {}: the JWT expired",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(expired.split('.').nth(1).unwrap()), "{text}");
+
     // Unreadable: the same clear error, naming the file.
     std::fs::remove_file(&file).unwrap();
     let out = check(&cfg);

@@ -24,6 +24,7 @@ pub(crate) async fn check(path: &Path, offline: bool, credentials_dir: &Path) ->
         Ok(Loaded { config, warnings }) => {
             print_warnings(path, &warnings);
             print_warnings(path, &configured_revocation_warnings(&config));
+            print_warnings(path, &assertion_warnings(&config));
             if !offline {
                 print_warnings(path, &discovery_warnings(&config).await);
             }
@@ -164,6 +165,33 @@ fn configured_revocation_warnings(config: &Config) -> Vec<String> {
         })
         .filter_map(|p| revocation_warning(config, p, "the config (no revocation_url)"))
         .collect()
+}
+
+/// A federated client assertion that is no JWT, or has expired, now: a warning, not a
+/// problem, since the platform replaces it on its own schedule and the daemon reads it again
+/// before every request. An unreadable one is the config's problem, reported already.
+fn assertion_warnings(config: &Config) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut warnings = Vec::new();
+    for p in config.providers.values() {
+        let ProviderKind::OAuth2 {
+            credential: provider::ClientCredential::Assertion(source),
+            ..
+        } = &p.kind
+        else {
+            continue;
+        };
+        let Ok(jwt) = source.load() else { continue };
+        if let Err(e) = provider::oauth2::check_assertion(jwt.expose(), now) {
+            warnings.push(format!(
+                "providers.{}.client_assertion: {source}: {e}; no request is sent with it until it is replaced",
+                p.name
+            ));
+        }
+    }
+    warnings
 }
 
 fn auth_method(p: &ProviderConfig) -> &'static str {
