@@ -326,8 +326,8 @@ async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
             provider("post", &idp.issuer(), "client_secret_post"),
             provider("basic", &idp.issuer(), "client_secret_basic"),
             provider("gone", &gone, "client_secret_basic"),
-            // A systemd credential cannot be read outside the service: the metadata is
-            // still read, since asking for it needs no credential.
+            // A systemd credential, which check finds where the unit loads it from: the
+            // metadata is read all the same, since asking for it needs no credential.
             provider("unit", &idp.issuer(), "client_secret_post")
                 .replace("{ env: TK_CS }", "{ credential: idp-secret }"),
             set("a", "post", &d.join("a.token")),
@@ -336,13 +336,17 @@ async fn check_warns_when_the_servers_metadata_does_not_list_the_auth_method() {
             set("d", "unit", &d.join("d.token")),
         ),
     );
+    let creds = d.join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("idp-secret"), secret).unwrap();
+    let creds = creds.to_str().unwrap().to_string();
     let check = |extra: &'static [&'static str]| {
-        let cfg = cfg.clone();
+        let (cfg, creds) = (cfg.clone(), creds.clone());
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_tokenkeeper"))
                 .arg("check")
                 .args(extra)
-                .args(["-c", &cfg])
+                .args(["-c", &cfg, "--credentials-dir", &creds])
                 .env("TK_CS", secret)
                 .env_remove("CREDENTIALS_DIRECTORY")
                 .output()

@@ -210,6 +210,10 @@ async fn oauth2_post_auth_openid_fallback_no_expiry_and_no_revocation_endpoint()
     assert!(s.requests[0].starts_with("GET /.well-known/oauth-authorization-server/"));
     assert_eq!(
         s.requests[1],
+        "GET /realms/ops/.well-known/oauth-authorization-server"
+    );
+    assert_eq!(
+        s.requests[2],
         "GET /realms/ops/.well-known/openid-configuration"
     );
     assert!(!s.requests.iter().any(|r| r.contains("revoke")));

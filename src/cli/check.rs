@@ -1,12 +1,14 @@
 //! `tokenkeeper check`: validate the configuration and the secrets it names, then ask each
-//! provider that discovers its endpoints whether it lists the chosen auth_method.
+//! provider that discovers its endpoints where its metadata is, which endpoints it names and
+//! whether it lists the chosen auth_method.
 
 use std::path::Path;
 use std::time::Duration;
 
-use tokenkeeper::config::{self, Config, Loaded};
+use tokenkeeper::config::{self, Config, Loaded, OnShutdown};
 use tokenkeeper::error_chain as chain;
-use tokenkeeper::provider::{self, ProviderConfig, ProviderKind};
+use tokenkeeper::provider::oauth2::{Endpoints, discovery_form};
+use tokenkeeper::provider::{self, OAuth2Endpoints, ProviderConfig, ProviderKind};
 
 use super::config_error::{print_config_error, print_warnings};
 use super::{EXIT_CONFIG, EXIT_OK};
@@ -21,6 +23,8 @@ pub(crate) async fn check(path: &Path, offline: bool, credentials_dir: &Path) ->
     match config::load_in(path, Some(credentials_dir)) {
         Ok(Loaded { config, warnings }) => {
             print_warnings(path, &warnings);
+            print_warnings(path, &configured_revocation_warnings(&config));
+            print_warnings(path, &assertion_warnings(&config));
             if !offline {
                 print_warnings(path, &discovery_warnings(&config).await);
             }
@@ -73,7 +77,21 @@ async fn discovery_warnings(config: &Config) -> Vec<String> {
         let at = format!("providers.{}", p.name);
         match found {
             None => {}
-            Some(Ok(d)) => {
+            Some(Ok((document, d))) => {
+                if let ProviderKind::OAuth2 {
+                    endpoints: OAuth2Endpoints::Discover { issuer },
+                    ..
+                } = &p.kind
+                {
+                    say!(
+                        "{at}: endpoints discovered from {document} ({}): {}",
+                        discovery_form(issuer, &document),
+                        describe_endpoints(&d.endpoints)
+                    );
+                }
+                if d.endpoints.revocation.is_none() {
+                    warnings.extend(revocation_warning(config, p, "its discovery document"));
+                }
                 if d.auth_method_unlisted {
                     warnings.push(format!(
                         "{at}: the server's metadata does not list auth_method {} in token_endpoint_auth_methods_supported; if token requests are refused, choose a method it lists",
@@ -90,6 +108,87 @@ async fn discovery_warnings(config: &Config) -> Vec<String> {
                 "{at}: the discovery metadata could not be read, so auth_method was not checked against it (--offline skips this): {}",
                 chain(&e)
             )),
+        }
+    }
+    warnings
+}
+
+/// The endpoints on one line, an absent one said as such.
+fn describe_endpoints(e: &Endpoints) -> String {
+    let or_none = |u: &Option<reqwest::Url>| {
+        u.as_ref()
+            .map_or_else(|| "none".to_string(), |u| u.to_string())
+    };
+    format!(
+        "token_endpoint {}, revocation_endpoint {}, introspection_endpoint {}",
+        e.token,
+        or_none(&e.revocation),
+        or_none(&e.introspection)
+    )
+}
+
+/// The warning for provider `p`, whose server has no revocation endpoint (`source` says who
+/// says so), when a set of it expects its tokens revoked at stop.
+fn revocation_warning(config: &Config, p: &ProviderConfig, source: &str) -> Option<String> {
+    let revoking: Vec<&str> = config
+        .sets
+        .iter()
+        .filter(|s| s.provider == p.name && s.on_shutdown == OnShutdown::Revoke)
+        .map(|s| s.name.as_str())
+        .collect();
+    (!revoking.is_empty()).then(|| {
+        format!(
+            "providers.{}: {source} names no revocation endpoint, so the tokens of {} (on_shutdown: revoke) cannot be revoked at stop, nor when replaced: they stay live until they expire",
+            p.name,
+            revoking.join(", ")
+        )
+    })
+}
+
+/// The same warning for providers whose endpoints the config gives without revocation_url:
+/// known without asking the server, so said offline too.
+fn configured_revocation_warnings(config: &Config) -> Vec<String> {
+    config
+        .providers
+        .values()
+        .filter(|p| {
+            matches!(
+                &p.kind,
+                ProviderKind::OAuth2 {
+                    endpoints: OAuth2Endpoints::Explicit {
+                        revocation_url: None,
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+        .filter_map(|p| revocation_warning(config, p, "the config (no revocation_url)"))
+        .collect()
+}
+
+/// A federated client assertion that is no JWT, or has expired, now: a warning, not a
+/// problem, since the platform replaces it on its own schedule and the daemon reads it again
+/// before every request. An unreadable one is the config's problem, reported already.
+fn assertion_warnings(config: &Config) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut warnings = Vec::new();
+    for p in config.providers.values() {
+        let ProviderKind::OAuth2 {
+            credential: provider::ClientCredential::Assertion(source),
+            ..
+        } = &p.kind
+        else {
+            continue;
+        };
+        let Ok(jwt) = source.load() else { continue };
+        if let Err(e) = provider::oauth2::check_assertion(jwt.expose(), now) {
+            warnings.push(format!(
+                "providers.{}.client_assertion: {source}: {e}; no request is sent with it until it is replaced",
+                p.name
+            ));
         }
     }
     warnings

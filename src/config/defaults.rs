@@ -87,10 +87,13 @@ pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
             "auth_method",
             "private_key",
             "key_id",
+            "assertion_audience",
             "client_certificate",
             "client_key",
+            "client_assertion",
             "extra_params",
             "default_lifetime",
+            "ca_file",
         ],
     ),
     (
@@ -129,6 +132,7 @@ pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
     ("client_secret_post", AuthMethod::ClientSecretPost),
     ("private_key_jwt", AuthMethod::PrivateKeyJwt),
     ("tls_client_auth", AuthMethod::TlsClientAuth),
+    ("client_assertion", AuthMethod::ClientAssertion),
 ];
 /// The names a Square provider's `mode:` accepts.
 pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];

@@ -287,6 +287,7 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
         parsed.problems.extend(check_token_dirs(config, path));
         parsed.problems.extend(check_textfile_dir(config));
         parsed.problems.extend(check_client_keys(config));
+        parsed.problems.extend(check_ca_files(config));
     }
     parsed.finish(path)
 }
@@ -370,7 +371,36 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
     }
     let (mut problems, warnings) = check_sources(&sources, None);
     problems.extend(check_client_keys(config));
+    problems.extend(check_ca_files(config));
     (problems, warnings)
+}
+
+/// Read every provider's `ca_file` now: readable, safe from other users, well-formed PEM with
+/// at least one certificate. A bundle that fails here would fail every request's handshake.
+fn check_ca_files(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (name, provider) in &config.providers {
+        let ProviderKind::OAuth2 {
+            ca_file: Some(path),
+            ..
+        } = &provider.kind
+        else {
+            continue;
+        };
+        if let Err(e) = crate::provider::ca_certificates(path, "the provider") {
+            problems.push(Problem {
+                line: None,
+                column: None,
+                at: format!("providers.{name}.ca_file"),
+                message: format!(
+                    "cannot use ca_file {}: {}",
+                    path.display(),
+                    crate::error_chain(&e)
+                ),
+            });
+        }
+    }
+    problems
 }
 
 /// Parse every oauth2 client key and certificate now, so that a key of the wrong kind or a
@@ -391,7 +421,8 @@ fn check_client_keys(config: &Config) -> Vec<Problem> {
             continue;
         };
         let sources = match credential {
-            ClientCredential::Secret(_) => continue,
+            // Read before every request, and rotated by another party: its form is judged then.
+            ClientCredential::Secret(_) | ClientCredential::Assertion(_) => continue,
             ClientCredential::PrivateKey { key, .. } => vec![key],
             ClientCredential::Certificate { certificate, key } => vec![certificate, key],
         };

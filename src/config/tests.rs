@@ -1487,3 +1487,85 @@ fn a_store_s_request_cap_is_read_with_its_default() {
     assert_eq!(store(""), 16);
     assert_eq!(store("    max_concurrent_requests: 8\n"), 8);
 }
+
+/// The keys of issue 30 belong to `kind: oauth2` (and to their auth_method): refused under
+/// another kind, and checked for their form.
+#[test]
+fn enterprise_provider_keys_are_refused_where_they_do_not_apply() {
+    let oauth2 = |keys: &str| {
+        format!(
+            "providers:\n  idp:\n    kind: oauth2\n    issuer: https://idp.example\n    client_id: c\n{keys}scope_sets:\n  - name: a\n    provider: idp\n    scopes: [a]\n    file: {{ path: /run/a }}\n"
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "ca_file under voucherify",
+            with(&[("cluster: eu", "cluster: eu\n    ca_file: /etc/ca.pem")]),
+            "providers.vf.ca_file: `ca_file` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "relative ca_file",
+            oauth2("    client_secret: { env: S }\n    ca_file: ca.pem\n"),
+            "providers.idp.ca_file: ca_file `ca.pem` must be an absolute path",
+        ),
+        (
+            "assertion_audience under voucherify",
+            with(&[(
+                "cluster: eu",
+                "cluster: eu\n    assertion_audience: https://a",
+            )]),
+            "providers.vf.assertion_audience: `assertion_audience` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "assertion_audience with a secret",
+            oauth2("    client_secret: { env: S }\n    assertion_audience: https://a\n"),
+            "providers.idp.assertion_audience: `assertion_audience` does not apply to auth_method client_secret_basic",
+        ),
+        (
+            "empty assertion_audience",
+            oauth2(
+                "    auth_method: private_key_jwt\n    private_key: { env: K }\n    assertion_audience: \"\"\n",
+            ),
+            "assertion_audience must be non-empty printable text",
+        ),
+        (
+            "client_assertion under voucherify",
+            with(&[(
+                "cluster: eu",
+                "cluster: eu\n    client_assertion: { file: /run/t }",
+            )]),
+            "providers.vf.client_assertion: `client_assertion` does not apply to kind `voucherify` (it belongs to oauth2)",
+        ),
+        (
+            "client_assertion with a secret method",
+            oauth2("    client_secret: { env: S }\n    client_assertion: { file: /run/t }\n"),
+            "providers.idp.client_assertion: `client_assertion` does not apply to auth_method client_secret_basic",
+        ),
+        (
+            "client_assertion method without one",
+            oauth2("    auth_method: client_assertion\n"),
+            "providers.idp: missing `client_assertion`",
+        ),
+        (
+            "a secret under client_assertion",
+            oauth2(
+                "    auth_method: client_assertion\n    client_assertion: { file: /run/t }\n    client_secret: { env: S }\n",
+            ),
+            "providers.idp.client_secret: `client_secret` does not apply to auth_method client_assertion",
+        ),
+    ];
+    for (what, text, want) in cases {
+        let found: Vec<String> = problems(&text).iter().map(|p| p.to_string()).collect();
+        assert!(
+            found.iter().any(|p| p.contains(want)),
+            "{what}: wanted {want:?}, got {found:#?}"
+        );
+    }
+    let loaded = accepted(&oauth2(
+        "    client_secret: { env: S }\n    ca_file: /etc/tk/idp-ca.pem\n",
+    ));
+    let ProviderKind::OAuth2 { ca_file, .. } = &loaded.config.providers["idp"].kind else {
+        panic!("not oauth2")
+    };
+    assert_eq!(ca_file.as_deref(), Some(Path::new("/etc/tk/idp-ca.pem")));
+}

@@ -417,10 +417,20 @@ pub async fn run<P: TokenProvider + 'static>(
     if handover {
         info!("stopping: handing the current tokens over to another instance");
     } else {
-        info!(
-            timeout = %humantime::format_duration(config.shutdown_timeout),
-            "stopping: revoking every token"
-        );
+        // Said as it will be done: `once` keeps every token, and a set may say keep.
+        let keeping = live
+            .iter()
+            .filter(|l| l.cfg.on_shutdown == crate::config::OnShutdown::Keep)
+            .count();
+        let timeout = humantime::format_duration(config.shutdown_timeout);
+        if keeping == 0 {
+            info!(%timeout, "stopping: revoking every token");
+        } else if keeping == live.len() {
+            info!(%timeout, "stopping: keeping every token (on_shutdown: keep)");
+        } else {
+            info!(%timeout, revoking = live.len() - keeping, keeping,
+                "stopping: revoking the tokens of the sets that do not say on_shutdown: keep");
+        }
     }
     let order = || {
         if handover {

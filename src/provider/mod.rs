@@ -4,6 +4,7 @@
 //! classified [`ProviderError`]s; when and how often to call it is the daemon's business.
 
 mod body;
+mod ca;
 pub mod oauth2;
 mod proxy;
 mod redact;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 use crate::schedule::{RETRY_AFTER_CAP, RetryClass};
 use crate::secret::{Secret, SecretError};
 pub(crate) use body::{BodyError, read_body, read_capped};
+pub use ca::{CaFileError, ca_certificates, read_ca_file};
 pub use proxy::{HTTPS_PROXY_VARS, ProxyError, with_proxy_policy};
 pub(crate) use redact::HeldTokens;
 pub use redact::{REDACTED, Redactor};
@@ -109,8 +111,19 @@ pub enum ProviderError {
         detail: String,
         retry_after: Option<Duration>,
     },
-    #[error("{operation} request failed")]
+    // Not "{operation} request failed": the operation is often "token request" already.
+    #[error("{operation}: no complete answer from the server")]
     Transport {
+        operation: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A TLS handshake that failed on the server's certificate: the one failure a
+    /// `ca_file` (or a wrong host name) explains, said in those words.
+    #[error(
+        "{operation}: the server's certificate is not trusted; if a private CA issued it, give that CA as the provider's ca_file"
+    )]
+    Untrusted {
         operation: &'static str,
         #[source]
         source: reqwest::Error,
@@ -141,11 +154,25 @@ pub enum ProviderError {
         #[source]
         source: SecretError,
     },
+    #[error("cannot use ca_file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: CaFileError,
+    },
     #[error("{what} cannot be used")]
     ClientKey {
         what: &'static str,
         #[source]
         source: oauth2::KeyError,
+    },
+    /// A `client_assertion` that cannot be sent; `from` names where it was read (a file's
+    /// path), never its text.
+    #[error("client_assertion from {from} cannot be used")]
+    ClientAssertion {
+        from: String,
+        #[source]
+        source: oauth2::AssertionError,
     },
     #[error("{what} is not a valid HTTP header value")]
     BadHeader { what: &'static str },
@@ -161,6 +188,18 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A request that got no whole answer: [`ProviderError::Untrusted`] when the server's
+    /// certificate was refused, [`ProviderError::Transport`] otherwise.
+    pub(crate) fn transport(operation: &'static str, source: reqwest::Error) -> ProviderError {
+        // rustls says "invalid peer certificate" for every certificate it refuses; reqwest
+        // keeps it only as text in its error's sources.
+        if crate::error_chain(&source).contains("invalid peer certificate") {
+            ProviderError::Untrusted { operation, source }
+        } else {
+            ProviderError::Transport { operation, source }
+        }
+    }
+
     /// How the daemon should retry after this error.
     pub fn retry_class(&self) -> RetryClass {
         match self {
@@ -195,6 +234,33 @@ impl ProviderError {
             _ => {}
         }
         self
+    }
+
+    /// What an operator should look at first after a token request failed this way, for the
+    /// log line that reports it: a refusal is about the credentials, a discovery failure
+    /// about the issuer, an unreadable credential about its source.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            ProviderError::Refused { .. } | ProviderError::MintedRefused { .. } => {
+                "provider refused to issue a token; check the credentials and scopes"
+            }
+            ProviderError::Discovery { .. } => {
+                "could not find the provider's endpoints; check the issuer (or give token_url)"
+            }
+            ProviderError::Untrusted { .. } | ProviderError::CaFile { .. } => {
+                "cannot reach the provider over TLS: its certificate is not trusted"
+            }
+            ProviderError::Secret { .. }
+            | ProviderError::ClientKey { .. }
+            | ProviderError::ClientAssertion { .. }
+            | ProviderError::BadHeader { .. } => {
+                "cannot authenticate to the provider: the client credential cannot be used"
+            }
+            ProviderError::Malformed { .. } => {
+                "could not read the provider's answer; is this the right endpoint?"
+            }
+            _ => "could not get a token",
+        }
     }
 
     /// The provider's `Retry-After`, when it sent one.
@@ -259,6 +325,9 @@ pub struct Provider {
 const UNDATED_HOLD: Duration = crate::journal::CLOCK_DOUBT_WINDOW;
 
 /// Every provider kind, dispatched without boxing.
+// One per configured provider, shared by all its sets: the size of the largest kind is paid a
+// handful of times per process, never per set, and a box would only add a pointer chase.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     Voucherify(voucherify::Voucherify),
@@ -444,10 +513,11 @@ impl TokenProvider for Provider {
 pub async fn probe_metadata(
     cfg: &ProviderConfig,
     http: &reqwest::Client,
-) -> Option<Result<oauth2::Discovered, ProviderError>> {
+) -> Option<Result<(reqwest::Url, oauth2::Discovered), ProviderError>> {
     let ProviderKind::OAuth2 {
         endpoints: OAuth2Endpoints::Discover { issuer },
         auth_method,
+        ca_file,
         ..
     } = &cfg.kind
     else {
@@ -458,11 +528,11 @@ pub async fn probe_metadata(
     {
         return p.probe_metadata().await;
     }
-    Some(
-        oauth2::fetch_metadata(http, cfg.timeout, *auth_method, issuer)
-            .await
-            .map(|(_, found)| found),
-    )
+    let http = match oauth2::client_for(ca_file.as_deref(), None, http) {
+        Ok(http) => http,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(oauth2::fetch_metadata(&http, cfg.timeout, *auth_method, issuer).await)
 }
 
 /// The one HTTP client the process shares: one connection pool, rustls, our User-Agent.

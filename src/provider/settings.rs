@@ -26,6 +26,9 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
 }
 
+// One per configured provider, a handful per process, built once per start or reload: the
+// size of the largest kind costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderKind {
     Voucherify {
@@ -46,6 +49,9 @@ pub enum ProviderKind {
         extra_params: BTreeMap<String, String>,
         /// Lifetime assumed when a token answer has no `expires_in`.
         default_lifetime: Duration,
+        /// `ca_file`: a PEM bundle of CAs trusted for this provider's server, besides the
+        /// system's roots (an internal CA that the whole process need not trust).
+        ca_file: Option<PathBuf>,
     },
     /// Square OAuth: ObtainToken with the refresh_token grant, or the legacy RenewToken.
     Square {
@@ -83,6 +89,9 @@ pub enum AuthMethod {
     PrivateKeyJwt,
     /// RFC 8705 mutual TLS with a CA-issued client certificate.
     TlsClientAuth,
+    /// RFC 7521 `client_assertion`: a JWT someone else writes and rotates (workload identity
+    /// federation), read afresh for every request.
+    ClientAssertion,
 }
 
 impl AuthMethod {
@@ -93,6 +102,16 @@ impl AuthMethod {
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::PrivateKeyJwt => "private_key_jwt",
             AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::ClientAssertion => "client_assertion",
+        }
+    }
+
+    /// The name a server's metadata lists it by: a federated assertion is a JWT client
+    /// assertion to the server, which is what `private_key_jwt` means there.
+    pub fn metadata_name(self) -> &'static str {
+        match self {
+            AuthMethod::ClientAssertion => AuthMethod::PrivateKeyJwt.name(),
+            other => other.name(),
         }
     }
 }
@@ -102,10 +121,12 @@ impl AuthMethod {
 pub enum ClientCredential {
     /// `client_secret_basic`, `client_secret_post`.
     Secret(SecretSource),
-    /// `private_key_jwt`: a PKCS#8 PEM key and the optional `kid` of the JWT header.
+    /// `private_key_jwt`: a PKCS#8 PEM key, the optional `kid` of the JWT header, and the
+    /// `aud` the assertions carry when the config chooses it (`assertion_audience`).
     PrivateKey {
         key: SecretSource,
         key_id: Option<String>,
+        audience: Option<String>,
     },
     /// `tls_client_auth`: a PEM certificate (chain) and its PKCS#8 key. The certificate is
     /// public; it goes through a secret source only for the forms of where it is read.
@@ -113,6 +134,8 @@ pub enum ClientCredential {
         certificate: SecretSource,
         key: SecretSource,
     },
+    /// `client_assertion`: where the platform writes the JWT, read before every request.
+    Assertion(SecretSource),
 }
 
 impl ClientCredential {
@@ -122,6 +145,7 @@ impl ClientCredential {
             ClientCredential::Secret(s) => vec![("client_secret", s)],
             ClientCredential::PrivateKey { key, .. } => vec![("private_key", key)],
             ClientCredential::Certificate { key, .. } => vec![("client_key", key)],
+            ClientCredential::Assertion(s) => vec![("client_assertion", s)],
         }
     }
 }

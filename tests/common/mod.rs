@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod bao;
+pub mod django;
 pub mod relay;
 pub mod tools;
 
@@ -81,6 +82,9 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CREDENTIALS_DIRECTORY")
+            // A test's CA is trusted where it says so, never through the environment.
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);

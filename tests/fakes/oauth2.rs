@@ -22,13 +22,25 @@ pub struct State {
     /// Announce this issuer instead of the real one (a mix-up attack).
     pub announce_issuer: Option<String>,
     pub rfc8414: bool,
+    /// The RFC 8414 document appended to the issuer (`ISSUER/.well-known/oauth-authorization-server`),
+    /// where django-oauth-toolkit and others serve it.
+    pub appended: bool,
     pub openid: bool,
+    /// The OpenID document names the revocation endpoint (django-oauth-toolkit's does not).
+    pub openid_names_revocation: bool,
     pub revocation: bool,
     pub introspection: bool,
     /// `client_secret_basic`, `client_secret_post`, `private_key_jwt` or `tls_client_auth`.
     pub method: &'static str,
     /// For `private_key_jwt`: the JWS `alg`, its verifier and the client's public key.
     pub jwt_key: Option<(&'static str, &'static dyn VerificationAlgorithm, Vec<u8>)>,
+    /// The only `aud` accepted, where the server insists on one name of its own (its
+    /// issuer-derived token URL, say) instead of its issuer or token endpoint.
+    pub required_aud: Option<String>,
+    /// For `client_assertion`: the federated JWT the platform issued last, the only one
+    /// accepted, and every assertion received, in order.
+    pub accepted_assertion: Option<String>,
+    pub assertions: Vec<String>,
     /// Every assertion's `jti` so far: one seen twice is a replay.
     pub jtis: HashSet<String>,
     pub client_id: String,
@@ -55,6 +67,12 @@ pub struct OAuth2Fake {
 impl OAuth2Fake {
     pub async fn start(method: &'static str, client_id: &str, client_secret: &str) -> OAuth2Fake {
         Self::start_with(method, client_id, client_secret, None).await
+    }
+
+    /// A server whose client authenticates by `method` with no secret of the fake's
+    /// (`client_assertion`: the test sets the assertion it accepts).
+    pub async fn start_with_method(method: &'static str, client_id: &str) -> OAuth2Fake {
+        Self::start_with(method, client_id, "", None).await
     }
 
     /// A `private_key_jwt` server that knows the client by its public key.
@@ -97,11 +115,16 @@ impl OAuth2Fake {
             issuer_path: "/realms/ops".into(),
             announce_issuer: None,
             rfc8414: true,
+            appended: false,
             openid: true,
+            openid_names_revocation: true,
             revocation: true,
             introspection: true,
             method,
             jwt_key: None,
+            required_aud: None,
+            accepted_assertion: None,
+            assertions: Vec::new(),
             jtis: HashSet::new(),
             client_id: client_id.into(),
             client_secret: client_secret.into(),
@@ -152,9 +175,13 @@ fn handle(shared: &Mutex<State>, req: Req) -> Resp {
     let mut s = shared.lock().unwrap();
     s.requests.push(format!("{} {}", req.method, req.path));
     let rfc8414 = format!("/.well-known/oauth-authorization-server{}", s.issuer_path);
+    let appended = format!("{}/.well-known/oauth-authorization-server", s.issuer_path);
     let openid = format!("{}/.well-known/openid-configuration", s.issuer_path);
     match (req.method.as_str(), req.path.as_str()) {
-        ("GET", p) if (p == rfc8414 && s.rfc8414) || (p == openid && s.openid) => metadata(&s),
+        ("GET", p) if (p == rfc8414 && s.rfc8414) || (p == appended && s.appended) => {
+            metadata(&s, true)
+        }
+        ("GET", p) if p == openid && s.openid => metadata(&s, s.openid_names_revocation),
         ("GET", _) => Resp::json(404, json!({})),
         ("POST", "/token") => issue(&mut s, &req),
         ("POST", "/revoke") if s.revocation => revoke(&mut s, &req),
@@ -167,14 +194,15 @@ fn handle(shared: &Mutex<State>, req: Req) -> Resp {
     }
 }
 
-fn metadata(s: &State) -> Resp {
+fn metadata(s: &State, names_revocation: bool) -> Resp {
     let mut m = json!({
         "issuer": s.announce_issuer.clone().unwrap_or(format!("{}{}", s.base, s.issuer_path)),
         "token_endpoint": format!("{}/token", s.base),
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": [s.method],
+        // A federated assertion is a JWT client assertion to the server.
+        "token_endpoint_auth_methods_supported": [if s.method == "client_assertion" { "private_key_jwt" } else { s.method }],
     });
-    if s.revocation {
+    if s.revocation && names_revocation {
         m["revocation_endpoint"] = json!(format!("{}/revoke", s.base));
     }
     if s.introspection {
@@ -218,7 +246,7 @@ fn authenticate(s: &mut State, req: &Req, op: &str) -> Result<Vec<(String, Strin
         s.violations.push(format!("{op}: body is not a form"));
         return Err(oauth_error(400, "invalid_request", "bad form"));
     };
-    if s.method == "private_key_jwt" || s.method == "tls_client_auth" {
+    if ["private_key_jwt", "tls_client_auth", "client_assertion"].contains(&s.method) {
         return authenticate_by_key(s, req, op, form);
     }
     let basic = req
@@ -318,6 +346,17 @@ fn authenticate_by_key(
     let Some(jwt) = assertion else {
         return refuse(s, "no client_assertion".into());
     };
+    if s.method == "client_assertion" {
+        // The platform signed it; the fake knows what the platform issued last.
+        s.assertions.push(jwt.clone());
+        if s.accepted_assertion.as_deref() != Some(jwt.as_str()) {
+            return refuse(
+                s,
+                "the client_assertion is not the one the platform issued last".into(),
+            );
+        }
+        return Ok(form);
+    }
     let Some((alg, verifier, public_key)) = s.jwt_key.clone() else {
         return refuse(s, "the fake has no key".into());
     };
@@ -347,8 +386,14 @@ fn authenticate_by_key(
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let endpoint = format!("{}{}", s.base, req.path);
+    // draft-ietf-oauth-rfc7523bis: the issuer identifier, or the token endpoint where the
+    // client does not know the issuer; the same for every endpoint the assertion goes to.
+    let token_endpoint = format!("{}/token", s.base);
     let issuer = format!("{}{}", s.base, s.issuer_path);
+    let aud_ok = match &s.required_aud {
+        Some(required) => claims["aud"] == required.as_str(),
+        None => claims["aud"] == token_endpoint.as_str() || claims["aud"] == issuer.as_str(),
+    };
     let exp = claims["exp"].as_u64().unwrap_or(0);
     let problems = [
         (
@@ -359,10 +404,7 @@ fn authenticate_by_key(
             claims["sub"] != s.client_id.as_str(),
             "sub is not the client_id",
         ),
-        (
-            claims["aud"] != endpoint.as_str() && claims["aud"] != issuer.as_str(),
-            "aud is neither the endpoint nor the issuer",
-        ),
+        (!aud_ok, "aud is neither the issuer nor the token endpoint"),
         (exp <= now, "the assertion has expired"),
         (exp > now + 60, "exp is more than 60 s ahead"),
         (

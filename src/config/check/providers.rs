@@ -1,7 +1,7 @@
 //! `providers:`: the settings every kind shares, then each kind's own.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use reqwest::Url;
 use serde_yaml::Value;
@@ -144,10 +144,13 @@ impl Checker<'_> {
             ("auth_method", raw.auth_method.is_some()),
             ("private_key", raw.private_key.is_some()),
             ("key_id", raw.key_id.is_some()),
+            ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
+            ("client_assertion", raw.client_assertion.is_some()),
             ("extra_params", raw.extra_params.is_some()),
             ("default_lifetime", raw.default_lifetime.is_some()),
+            ("ca_file", raw.ca_file.is_some()),
             ("environment", raw.environment.is_some()),
             ("refresh_token", raw.refresh_token.is_some()),
             ("access_token", raw.access_token.is_some()),
@@ -305,6 +308,17 @@ impl Checker<'_> {
         }
         let default_lifetime =
             self.positive_duration(at, "default_lifetime", raw.default_lifetime.as_ref(), "");
+        let ca_file = match raw.ca_file.as_deref() {
+            Some(f) if !Path::new(f).is_absolute() => {
+                self.bad(
+                    at,
+                    "ca_file",
+                    format!("ca_file `{f}` must be an absolute path"),
+                );
+                None
+            }
+            other => Some(other.map(PathBuf::from)),
+        };
         Some(ProviderKind::OAuth2 {
             endpoints: endpoints?,
             client_id: client_id?,
@@ -312,6 +326,7 @@ impl Checker<'_> {
             auth_method,
             extra_params: extra_ok.then_some(extra_params)?,
             default_lifetime: default_lifetime.ok()?.unwrap_or(DEFAULT_OAUTH2_LIFETIME),
+            ca_file: ca_file?,
         })
     }
 
@@ -327,13 +342,16 @@ impl Checker<'_> {
             ("client_secret", raw.client_secret.is_some()),
             ("private_key", raw.private_key.is_some()),
             ("key_id", raw.key_id.is_some()),
+            ("assertion_audience", raw.assertion_audience.is_some()),
             ("client_certificate", raw.client_certificate.is_some()),
             ("client_key", raw.client_key.is_some()),
+            ("client_assertion", raw.client_assertion.is_some()),
         ];
         let own: &[&str] = match method {
             AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => &["client_secret"],
-            AuthMethod::PrivateKeyJwt => &["private_key", "key_id"],
+            AuthMethod::PrivateKeyJwt => &["private_key", "key_id", "assertion_audience"],
             AuthMethod::TlsClientAuth => &["client_certificate", "client_key"],
+            AuthMethod::ClientAssertion => &["client_assertion"],
         };
         let mut foreign = false;
         for (key, present) in given {
@@ -373,7 +391,22 @@ impl Checker<'_> {
                     }
                     kid => kid.map(str::to_string),
                 };
-                key.map(|key| ClientCredential::PrivateKey { key, key_id })
+                let audience = match raw.assertion_audience.as_deref() {
+                    Some(aud) if aud.is_empty() || aud.chars().any(char::is_control) => {
+                        self.bad(
+                            at,
+                            "assertion_audience",
+                            "assertion_audience must be non-empty printable text, such as the server's issuer or token URL",
+                        );
+                        return None;
+                    }
+                    aud => aud.map(str::to_string),
+                };
+                key.map(|key| ClientCredential::PrivateKey {
+                    key,
+                    key_id,
+                    audience,
+                })
             }
             AuthMethod::TlsClientAuth => {
                 let certificate = self.public_source(
@@ -393,6 +426,14 @@ impl Checker<'_> {
                     key: key?,
                 })
             }
+            AuthMethod::ClientAssertion => self
+                .secret(
+                    at,
+                    "client_assertion",
+                    raw.client_assertion.as_ref(),
+                    "where the platform writes the JWT, such as { file: /var/run/secrets/tokens/idp-token }",
+                )
+                .map(ClientCredential::Assertion),
         };
         if foreign { None } else { credential }
     }

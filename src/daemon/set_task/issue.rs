@@ -180,8 +180,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                 let retry_in = humantime::format_duration(whole_secs(delay));
                 match e.retry_class() {
                     RetryClass::Slow => error!(set = %name, provider = %self.cfg.provider,
-                        error = %chain(&e), %retry_in,
-                        "provider refused to issue a token; check the credentials and scopes"),
+                        error = %chain(&e), %retry_in, "{}", e.advice()),
                     RetryClass::Transient => warn!(set = %name, provider = %self.cfg.provider,
                         error = %chain(&e), %retry_in, "could not get a token"),
                 }

@@ -86,6 +86,8 @@ enum SigningKey {
 pub struct Signer {
     key: SigningKey,
     key_id: Option<String>,
+    /// `assertion_audience`: the `aud` of every assertion, whatever the server's metadata.
+    audience: Option<String>,
     rng: SystemRandom,
 }
 
@@ -150,7 +152,24 @@ impl Signer {
                 }
             }
         };
-        Ok(Signer { key, key_id, rng })
+        Ok(Signer {
+            key,
+            key_id,
+            audience: None,
+            rng,
+        })
+    }
+
+    /// This signer with every assertion addressed to `audience` (`assertion_audience:`),
+    /// for a server that wants another `aud` than its issuer or token endpoint.
+    pub fn with_audience(mut self, audience: Option<String>) -> Signer {
+        self.audience = audience;
+        self
+    }
+
+    /// The configured audience, if the config chose one.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
     }
 
     pub fn alg(&self) -> Alg {
@@ -268,10 +287,18 @@ pub fn load_credential(
             ClientAuth::Post(crate::provider::load("client_secret", s)?),
             None,
         )),
-        (AuthMethod::PrivateKeyJwt, ClientCredential::PrivateKey { key, key_id }) => {
+        (
+            AuthMethod::PrivateKeyJwt,
+            ClientCredential::PrivateKey {
+                key,
+                key_id,
+                audience,
+            },
+        ) => {
             let pem = crate::provider::load("private_key", key)?;
-            let signer =
-                Signer::from_pem(&pem, key_id.clone()).map_err(|e| key_error("private_key", e))?;
+            let signer = Signer::from_pem(&pem, key_id.clone())
+                .map_err(|e| key_error("private_key", e))?
+                .with_audience(audience.clone());
             Ok((ClientAuth::Jwt(Box::new(signer)), None))
         }
         (AuthMethod::TlsClientAuth, ClientCredential::Certificate { certificate, key }) => {
@@ -285,6 +312,9 @@ pub fn load_credential(
             let id =
                 identity(&cert, &key).map_err(|e| key_error("client_certificate/client_key", e))?;
             Ok((ClientAuth::Tls, Some(id)))
+        }
+        (AuthMethod::ClientAssertion, ClientCredential::Assertion(source)) => {
+            Ok((ClientAuth::Assertion(source.clone()), None))
         }
         (method, _) => Err(key_error(
             "the client credential",
@@ -304,6 +334,9 @@ pub enum ClientAuth {
     Jwt(Box<Signer>),
     /// The connection's client certificate; `client_id` in the body (RFC 8705 section 2).
     Tls,
+    /// `client_assertion` in the body, read from where the platform writes it before every
+    /// request.
+    Assertion(crate::secret::SecretSource),
 }
 
 impl ClientAuth {
@@ -329,7 +362,8 @@ impl ClientAuth {
                 out
             }
             ClientAuth::Post(secret) => vec![secret.expose()],
-            ClientAuth::Jwt(_) | ClientAuth::Tls => Vec::new(),
+            // The assertion changes under us: each answer is cut by the one its request sent.
+            ClientAuth::Jwt(_) | ClientAuth::Tls | ClientAuth::Assertion(_) => Vec::new(),
         }
     }
 }
@@ -410,6 +444,13 @@ pub(crate) fn form_encode(value: &str) -> String {
         }
     }
     out
+}
+
+/// Whether form-encoding changes the client id or secret, so that a server which skips the
+/// decoding RFC 6749 section 2.3.1 asks for sees other credentials than the configured ones.
+pub(super) fn form_encoding_changes(client_id: &str, secret: &Secret) -> bool {
+    form_encode(client_id) != client_id
+        || *Zeroizing::new(form_encode(secret.expose())) != secret.expose()
 }
 
 /// `Authorization: Basic base64(form(client_id) ":" form(client_secret))`.

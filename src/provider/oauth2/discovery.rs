@@ -1,5 +1,6 @@
 //! Where the endpoints come from when only the issuer is given: RFC 8414 authorization
-//! server metadata, then OpenID Connect Discovery, each document checked to name the
+//! server metadata where RFC 8414 puts it, then where many servers put it instead (appended
+//! to the issuer), then OpenID Connect Discovery, each document checked to name the
 //! configured issuer before any endpoint in it is believed.
 
 use reqwest::{StatusCode, Url};
@@ -29,15 +30,45 @@ struct Metadata {
     grant_types_supported: Option<Vec<String>>,
 }
 
-/// The discovery documents to try for `issuer`, in order: RFC 8414's (suffix inserted
-/// before the issuer's path), then OpenID's (suffix appended).
-pub fn discovery_urls(issuer: &Url) -> Vec<Url> {
+/// The discovery documents to try for `issuer`, in order, each with the name of its form:
+/// RFC 8414's (suffix inserted before the issuer's path); the same suffix appended to the
+/// issuer, where servers that predate RFC 8414's rule put it (django-oauth-toolkit, and
+/// others that serve both documents side by side); then OpenID's (suffix appended). For an
+/// issuer without a path the first two are one URL, asked once. The OpenID document comes
+/// last because it may describe only the OpenID side of the server: django-oauth-toolkit's
+/// names no revocation endpoint though the server has one.
+pub fn discovery_documents(issuer: &Url) -> Vec<(Url, &'static str)> {
     let path = issuer.path().trim_end_matches('/');
-    let mut rfc8414 = issuer.clone();
-    rfc8414.set_path(&format!("{RFC8414_WELL_KNOWN}{path}"));
-    let mut oidc = issuer.clone();
-    oidc.set_path(&format!("{path}{OIDC_WELL_KNOWN}"));
-    vec![rfc8414, oidc]
+    let with_path = |p: String| {
+        let mut u = issuer.clone();
+        u.set_path(&p);
+        u
+    };
+    let rfc8414 = with_path(format!("{RFC8414_WELL_KNOWN}{path}"));
+    let appended = with_path(format!("{path}{RFC8414_WELL_KNOWN}"));
+    let oidc = with_path(format!("{path}{OIDC_WELL_KNOWN}"));
+    let mut out = vec![(rfc8414, "RFC 8414")];
+    if appended != out[0].0 {
+        out.push((appended, "RFC 8414 suffix appended to the issuer"));
+    }
+    out.push((oidc, "OpenID Connect Discovery"));
+    out
+}
+
+/// The URLs of [`discovery_documents`], in the order they are tried.
+pub fn discovery_urls(issuer: &Url) -> Vec<Url> {
+    discovery_documents(issuer)
+        .into_iter()
+        .map(|(u, _)| u)
+        .collect()
+}
+
+/// The name of the form of `document`, one of [`discovery_documents`] for `issuer`.
+pub fn discovery_form(issuer: &Url, document: &Url) -> &'static str {
+    discovery_documents(issuer)
+        .into_iter()
+        .find(|(u, _)| u == document)
+        .map_or("unknown", |(_, form)| form)
 }
 
 /// The configured and announced issuers name the same server: identical but for a trailing
@@ -91,23 +122,35 @@ impl OAuth2 {
                 "the server does not list the client_credentials grant as supported");
         }
         let endpoints = found.endpoints;
-        info!(provider = %self.name, document = %url, token_endpoint = %endpoints.token,
+        info!(provider = %self.name, document = %url, form = discovery_form(issuer, &url),
+            token_endpoint = %endpoints.token,
             revocation = endpoints.revocation.is_some(),
             introspection = endpoints.introspection.is_some(),
             "discovered the authorization server's endpoints");
+        if endpoints.revocation.is_none() {
+            warn_no_revocation(&self.name, &format!("its discovery document {url}"));
+        }
         Ok(endpoints)
     }
 
     /// What `check` learns from the server's metadata, without logging it: `None` for a
     /// provider whose endpoints are configured rather than discovered.
-    pub async fn probe_metadata(&self) -> Option<Result<Discovered, ProviderError>> {
+    pub async fn probe_metadata(&self) -> Option<Result<(Url, Discovered), ProviderError>> {
         let issuer = self.issuer.as_ref()?;
-        Some(self.fetch_metadata(issuer).await.map(|(_, found)| found))
+        Some(self.fetch_metadata(issuer).await)
     }
 
     async fn fetch_metadata(&self, issuer: &Url) -> Result<(Url, Discovered), ProviderError> {
         fetch_metadata(&self.http, self.timeout, self.auth_method, issuer).await
     }
+}
+
+/// Said at WARN, once per provider, when its server has no revocation endpoint (`source`
+/// says how we know): every token it issues, superseded or held at stop, stays live until
+/// it expires, which an operator who asked for revocation at stop must hear of.
+pub(super) fn warn_no_revocation(provider: &str, source: &str) {
+    warn!(provider = %provider,
+        "{source} names no revocation endpoint: tokens from this provider cannot be revoked, when replaced or at stop, and stay live until they expire");
 }
 
 /// The first discovery document the server has for `issuer`, and where it was found. Only
@@ -127,10 +170,7 @@ pub async fn fetch_metadata(
             .timeout(timeout)
             .send()
             .await
-            .map_err(|source| ProviderError::Transport {
-                operation: OP,
-                source,
-            })?;
+            .map_err(|source| ProviderError::transport(OP, source))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = read_body(OP, resp).await?;
@@ -215,8 +255,9 @@ pub fn parse_discovery_answer(
             .as_deref()
             .map(|u| endpoint_url(OP, issuer, "introspection_endpoint", u))
             .transpose()?,
+        issuer: Some(meta.issuer.clone()),
     };
-    let method = auth_method.name();
+    let method = auth_method.metadata_name();
     Ok(Discovered {
         endpoints,
         auth_method_unlisted: meta

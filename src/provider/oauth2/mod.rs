@@ -24,15 +24,20 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod assertion;
 mod auth;
 mod discovery;
 
+pub use assertion::{AssertionError, check_assertion};
 pub(crate) use auth::form_encode;
 pub use auth::{
     Alg, ClientAuth, JWT_BEARER_ASSERTION, KeyError, Signer, base64url, basic_credentials,
     identity, load_credential,
 };
-pub use discovery::{Discovered, discovery_urls, fetch_metadata, parse_discovery_answer};
+pub use discovery::{
+    Discovered, discovery_documents, discovery_form, discovery_urls, fetch_metadata,
+    parse_discovery_answer,
+};
 
 /// Longest lifetime we believe. Client-credentials tokens live minutes to hours; a year means
 /// a broken answer.
@@ -58,6 +63,9 @@ pub struct Endpoints {
     pub token: Url,
     pub revocation: Option<Url>,
     pub introspection: Option<Url>,
+    /// The issuer identifier as the server's metadata spells it, when discovered: what a
+    /// `private_key_jwt` assertion is addressed to.
+    pub issuer: Option<String>,
 }
 
 /// An RFC 6749 authorization server.
@@ -152,6 +160,37 @@ fn describe_error(body: &[u8]) -> String {
     }
 }
 
+/// The HTTP client of a provider: the process's shared one, unless the provider trusts a CA
+/// of its own or presents a client certificate. Either goes to this provider only: its own
+/// client, its own connection pool.
+pub(crate) fn client_for(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<reqwest::Identity>,
+    shared: &reqwest::Client,
+) -> Result<reqwest::Client, ProviderError> {
+    if ca_file.is_none() && identity.is_none() {
+        return Ok(shared.clone());
+    }
+    let mut builder = super::client_builder()?;
+    if let Some(path) = ca_file {
+        let certs = super::ca_certificates(path, "the provider").map_err(|source| {
+            ProviderError::CaFile {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        // Added to the system's roots, as a store's ca_file is: a provider behind a public
+        // proxy name and an internal one both keep working.
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(ProviderError::Client)
+}
+
 impl OAuth2 {
     /// Build from the checked config, reading the client's credential now.
     pub(crate) fn from_config(
@@ -165,6 +204,7 @@ impl OAuth2 {
             auth_method,
             extra_params,
             default_lifetime,
+            ca_file,
         } = &cfg.kind
         else {
             return Err(ProviderError::ClientKey {
@@ -173,15 +213,14 @@ impl OAuth2 {
             });
         };
         let (auth, identity) = load_credential(client_id, *auth_method, credential)?;
-        // A client certificate goes to this provider only: its own client, its own
-        // connection pool.
-        let http = match identity {
-            Some(identity) => super::client_builder()?
-                .identity(identity)
-                .build()
-                .map_err(ProviderError::Client)?,
-            None => http.clone(),
-        };
+        let http = client_for(ca_file.as_deref(), identity, http)?;
+        if let OAuth2Endpoints::Explicit {
+            revocation_url: None,
+            ..
+        } = endpoints
+        {
+            discovery::warn_no_revocation(&cfg.name, "the config (no revocation_url)");
+        }
         OAuth2::new(Settings {
             http,
             name: cfg.name.clone(),
@@ -208,6 +247,7 @@ impl OAuth2 {
                     token: token_url,
                     revocation: revocation_url,
                     introspection: introspection_url,
+                    issuer: None,
                 })),
             ),
         };
@@ -241,6 +281,46 @@ impl OAuth2 {
             .await
     }
 
+    /// `e` with a hint when it is a refusal of Basic credentials that form-encoding changed:
+    /// RFC 6749 section 2.3.1 has the client id and secret form-encoded before Base64, and
+    /// some servers do not decode them, so they see another secret than the one configured.
+    /// Nothing else in the answer tells the two apart.
+    fn hint_basic_encoding(&self, e: ProviderError) -> ProviderError {
+        let ClientAuth::Basic { secret, .. } = &self.auth else {
+            return e;
+        };
+        match e {
+            ProviderError::Refused {
+                operation,
+                status: status @ (400 | 401 | 403),
+                detail,
+            } if auth::form_encoding_changes(&self.client_id, secret) => ProviderError::Refused {
+                operation,
+                status,
+                detail: format!(
+                    "{detail} (the client_id or client_secret has characters that client_secret_basic form-encodes before Base64, as RFC 6749 section 2.3.1 says, and some servers do not decode them; if the credentials are right, try auth_method: client_secret_post)"
+                ),
+            },
+            other => other,
+        }
+    }
+
+    /// The `aud` of a `private_key_jwt` assertion, as the update of RFC 7523 (draft-ietf-
+    /// oauth-rfc7523bis) has it: the configured `assertion_audience`, else the issuer
+    /// identifier where discovery learnt it, else the token endpoint, for every request
+    /// (revocation and introspection included). One value a server can check against its own
+    /// name, where the URL posted to may be spelt otherwise (a proxy name, `localhost`).
+    fn audience<'a>(&'a self, signer: &'a Signer, posted_to: &'a Url) -> &'a str {
+        if let Some(aud) = signer.audience() {
+            return aud;
+        }
+        match self.endpoints.get() {
+            Some(e) => e.issuer.as_deref().unwrap_or(e.token.as_str()),
+            // Never so: every request follows endpoints(). The URL posted to is the old rule.
+            None => posted_to.as_str(),
+        }
+    }
+
     /// POST `form` to `url` with the client's authentication.
     async fn post(
         &self,
@@ -257,12 +337,13 @@ impl OAuth2 {
         let assertion = match &self.auth {
             ClientAuth::Jwt(signer) => Some(
                 signer
-                    .assertion(&self.client_id, url.as_str())
+                    .assertion(&self.client_id, self.audience(signer, url))
                     .map_err(|source| ProviderError::ClientKey {
                         what: "private_key",
                         source,
                     })?,
             ),
+            ClientAuth::Assertion(source) => Some(assertion::read_assertion(source)?),
             _ => None,
         };
         match &self.auth {
@@ -273,7 +354,7 @@ impl OAuth2 {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_secret", secret.expose()));
             }
-            ClientAuth::Jwt(_) => {
+            ClientAuth::Jwt(_) | ClientAuth::Assertion(_) => {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
                 if let Some(a) = &assertion {
@@ -286,7 +367,7 @@ impl OAuth2 {
             .form(&form)
             .send()
             .await
-            .map_err(|source| ProviderError::Transport { operation, source })?;
+            .map_err(|source| ProviderError::transport(operation, source))?;
         let status = resp.status();
         let retry_after = super::retry_after_of(&resp);
         let mut body = read_body(operation, resp).await?;
@@ -444,7 +525,8 @@ impl TokenProvider for OAuth2 {
             issued_at,
             &scope,
             self.default_lifetime,
-        )?;
+        )
+        .map_err(|e| self.hint_basic_encoding(e))?;
         if answer.default_lifetime_used && !self.said_default_lifetime.swap(true, Ordering::Relaxed)
         {
             warn!(provider = %self.name,
@@ -471,6 +553,7 @@ impl TokenProvider for OAuth2 {
             )
             .await?;
         parse_revoke_answer(status.as_u16(), retry_after.as_deref(), &body)
+            .map_err(|e| self.hint_basic_encoding(e))
     }
 
     async fn introspect(&self, token: &Secret) -> Result<Introspection, ProviderError> {
@@ -493,6 +576,7 @@ impl TokenProvider for OAuth2 {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)
+            .map_err(|e| self.hint_basic_encoding(e))
     }
 
     fn revocation(&self) -> Revocation {

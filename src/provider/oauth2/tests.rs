@@ -141,17 +141,25 @@ fn base64_and_form_encoding_follow_the_rfcs() {
 #[test]
 fn discovery_urls_insert_and_append() {
     let u = |s: &str| Url::parse(s).unwrap();
-    let got: Vec<String> = discovery_urls(&u("https://login.example.com/realms/ops"))
+    let issuer = u("https://login.example.com/realms/ops");
+    let got: Vec<String> = discovery_urls(&issuer)
         .iter()
         .map(|u| u.to_string())
         .collect();
+    // RFC 8414's form, the appended form real servers use, then OpenID's.
     assert_eq!(
         got,
         [
             "https://login.example.com/.well-known/oauth-authorization-server/realms/ops",
+            "https://login.example.com/realms/ops/.well-known/oauth-authorization-server",
             "https://login.example.com/realms/ops/.well-known/openid-configuration"
         ]
     );
+    assert_eq!(
+        discovery_form(&issuer, &u(&got[1])),
+        "RFC 8414 suffix appended to the issuer"
+    );
+    // Without a path the two RFC 8414 forms are one URL, asked once.
     let got: Vec<String> = discovery_urls(&u("https://t.auth0.com/"))
         .iter()
         .map(|u| u.to_string())
@@ -215,6 +223,7 @@ fn discovery_documents_give_their_endpoints() {
                 token: Url::parse("https://idp.example/t").unwrap(),
                 revocation: Some(Url::parse("https://idp.example/r").unwrap()),
                 introspection: Some(Url::parse("https://other.example:8443/i").unwrap()),
+                issuer: Some(ISSUER.into()),
             },
             auth_method_unlisted: false,
             client_credentials_unlisted: false,
@@ -616,12 +625,13 @@ async fn rfc6749_errors_are_surfaced_and_classified() {
 
 #[tokio::test]
 async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
-    // RFC 8414 document missing, OpenID one present.
+    // Both RFC 8414 forms missing, the OpenID document present.
     let c = Canned::start_with(|base| {
             let meta = format!(
                 r#"{{"issuer":"{base}realms/ops","token_endpoint":"{base}t","revocation_endpoint":"{base}r","introspection_endpoint":"{base}i","token_endpoint_auth_methods_supported":["client_secret_basic"]}}"#
             );
             vec![
+                http("404 Not Found", "", ""),
                 http("404 Not Found", "", ""),
                 http("200 OK", "", &meta),
                 http("200 OK", "", OK),
@@ -646,11 +656,12 @@ async fn discovery_falls_back_to_openid_and_checks_the_issuer() {
     ));
     let reqs = c.requests().await;
     assert!(reqs[0].starts_with("GET /.well-known/oauth-authorization-server/realms/ops "));
-    assert!(reqs[1].starts_with("GET /realms/ops/.well-known/openid-configuration "));
-    assert!(reqs[2].starts_with("POST /t "));
-    assert!(reqs[3].starts_with("POST /r "), "{}", reqs[3]);
-    assert!(reqs[3].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
-    assert!(reqs[4].starts_with("POST /i "));
+    assert!(reqs[1].starts_with("GET /realms/ops/.well-known/oauth-authorization-server "));
+    assert!(reqs[2].starts_with("GET /realms/ops/.well-known/openid-configuration "));
+    assert!(reqs[3].starts_with("POST /t "));
+    assert!(reqs[4].starts_with("POST /r "), "{}", reqs[4]);
+    assert!(reqs[4].ends_with("\r\n\r\ntoken=tok&token_type_hint=access_token"));
+    assert!(reqs[5].starts_with("POST /i "));
     assert_eq!(p.revocation(), Revocation::Always);
 
     // Another server's metadata is refused, and the failure is retryable.
@@ -890,5 +901,103 @@ async fn introspection_carries_its_own_assertion() {
         &ring::signature::ECDSA_P256_SHA256_FIXED,
         &public_key,
     );
-    assert_eq!(claims["aud"], c.url.join("/introspect").unwrap().as_str());
+    // No issuer known: the token endpoint, whichever endpoint the request goes to.
+    assert_eq!(claims["aud"], c.url.join("/token").unwrap().as_str());
+}
+
+/// The assertion's `aud` is the issuer as the metadata spells it when discovered, for the
+/// token request and revocation alike; `assertion_audience` overrides it.
+#[tokio::test]
+async fn assertions_are_addressed_to_the_issuer_or_the_configured_audience() {
+    for configured in [None, Some("https://localhost/o/token/")] {
+        let c = Canned::start_with(|base| {
+            let meta = format!(
+                r#"{{"issuer":"{base}realms/ops/","token_endpoint":"{base}t","revocation_endpoint":"{base}r"}}"#
+            );
+            vec![
+                http("200 OK", "", &meta),
+                http("200 OK", "", OK),
+                http("200 OK", "", ""),
+            ]
+        })
+        .await;
+        let signer = Signer::from_pem(&Secret::new(ec_p256_pem()), None)
+            .unwrap()
+            .with_audience(configured.map(str::to_string));
+        let public_key = signer.public_key().to_vec();
+        let mut s = settings(
+            OAuth2Endpoints::Discover {
+                issuer: c.url.join("/realms/ops").unwrap(),
+            },
+            AuthMethod::PrivateKeyJwt,
+        );
+        s.auth = ClientAuth::Jwt(Box::new(signer));
+        let p = OAuth2::new(s).unwrap();
+        p.issue(&["read".into()]).await.unwrap();
+        p.revoke(&Secret::new("tok")).await.unwrap();
+        let want = configured.map_or_else(|| format!("{}realms/ops/", c.url), str::to_string);
+        for req in &c.requests().await[1..] {
+            let body = req.split("\r\n\r\n").nth(1).unwrap();
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+            let assertion = form
+                .iter()
+                .find(|(k, _)| k == "client_assertion")
+                .map(|(_, v)| v.as_str())
+                .unwrap();
+            let (_, claims) = verify_assertion(
+                assertion,
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                &public_key,
+            );
+            assert_eq!(claims["aud"], want.as_str(), "{req}");
+        }
+    }
+}
+
+/// A request that gets no answer names its operation once, not "token request request".
+#[tokio::test]
+async fn a_request_without_an_answer_says_so_without_doubling_a_word() {
+    // Bound then dropped: nothing listens on the port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+    let p = OAuth2::new(settings(
+        explicit(&base, true),
+        AuthMethod::ClientSecretPost,
+    ))
+    .unwrap();
+    let e = p.issue(&["x".to_string()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains("request request"), "{text}");
+    assert_eq!(text, "token request: no complete answer from the server");
+}
+
+/// A refusal of Basic credentials that form-encoding changed hints at servers that do not
+/// decode them; credentials that encode to themselves get no such hint.
+#[tokio::test]
+async fn a_refused_basic_secret_that_encoding_changes_gets_a_hint() {
+    let refusal = || http("401 Unauthorized", "", r#"{"error":"invalid_client"}"#);
+    let c = Canned::start(vec![refusal(), refusal()]).await;
+    let p = OAuth2::new(settings(
+        explicit(&c.url, true),
+        AuthMethod::ClientSecretBasic,
+    ))
+    .unwrap();
+    let e = p.issue(&["x".to_string()]).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("some servers do not decode them"), "{text}");
+    assert!(text.contains("client_secret_post"), "{text}");
+    assert!(!text.contains("s3cr%t"), "{text}");
+    let mut plain = settings(explicit(&c.url, true), AuthMethod::ClientSecretBasic);
+    plain.client_id = "plain".into();
+    plain.auth = ClientAuth::basic("plain", Secret::new("plainsecret")).unwrap();
+    let e = OAuth2::new(plain)
+        .unwrap()
+        .issue(&["x".to_string()])
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains("decode"), "{e}");
 }

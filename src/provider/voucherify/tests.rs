@@ -177,7 +177,7 @@ async fn bad_answers_are_errors_never_panics() {
             (http("200 OK", "", "<html>"), "not an OAuth token"),
             (http("200 OK", "", &huge), "larger than"),
             // Promises more body than it sends: a truncated answer.
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{\"access_token\":".to_vec(), "request failed"),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{\"access_token\":".to_vec(), "no complete answer"),
         ];
     for (resp, want) in cases {
         let (url, _req) = canned(resp).await;
@@ -186,7 +186,7 @@ async fn bad_answers_are_errors_never_panics() {
         assert!(text.contains(want), "want {want:?} in {text:?}");
         assert_eq!(
             err.retry_class(),
-            if want == "request failed" {
+            if want == "no complete answer" {
                 crate::schedule::RetryClass::Transient
             } else {
                 crate::schedule::RetryClass::Slow
