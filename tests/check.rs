@@ -304,3 +304,27 @@ fn a_metrics_textfile_in_a_folder_that_does_not_exist_is_refused() {
     let o = tokenkeeper("check", dir.path(), &yaml, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn every_key_given_twice_in_one_mapping_is_refused_naming_both_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    // A provider named twice (the second would replace the first), and a mode given twice.
+    let yaml = GOOD
+        .replace(
+            "scope_sets:\n",
+            "  vf:\n    kind: voucherify\n    base_url: http://127.0.0.1:10\n    app_id: { env: TK_CHECK_APP_ID }\n    app_token: { env: TK_CHECK_APP_TOKEN }\nscope_sets:\n",
+        )
+        .replace("mode: \"0640\" }", "mode: \"0640\", mode: \"0600\" }");
+    let o = tokenkeeper("check", dir.path(), &yaml, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("config.yaml:8:3: providers: `vf` is given twice in this mapping, at line 3 and again at line 8: keep one"),
+        "{err}"
+    );
+    assert!(
+        err.contains("scope_sets[0].file: `mode` is given twice in this mapping, at line 17 and again at line 17"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+}

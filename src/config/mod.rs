@@ -31,6 +31,7 @@ use paths::{check_textfile_dir, check_token_dirs};
 
 mod check;
 mod defaults;
+mod located;
 mod paths;
 mod raw;
 mod text;

@@ -12,7 +12,7 @@ use super::defaults::{
     DEFAULT_PROVIDER_TIMEOUT, VOUCHERIFY_DEFAULT_URL,
 };
 use super::raw::{RawProvider, RawSet};
-use super::text::{hide_raw_names, key_positions, nesting_exceeds, strip_marks};
+use super::text::{hide_raw_names, nesting_exceeds, strip_marks};
 use super::unknown::{closest, fields_of};
 
 /// A valid config every refusal test changes in one place.
@@ -102,16 +102,6 @@ scope_sets:",
 scope_sets:",
     )]);
     assert_eq!(accepted(&text).config.shutdown_timeout, MAX_DURATION);
-}
-
-#[test]
-fn key_positions_are_found_on_long_lines_in_linear_time() {
-    let long = format!(
-        "a: {}\n  - b: 1\nc: {{ d: 1, b: 2 }}\n",
-        "9".repeat(1 << 22)
-    );
-    assert_eq!(key_positions(&long, "b"), vec![(2, 5), (3, 12)]);
-    assert_eq!(key_positions(&long, "a"), vec![(1, 1)]);
 }
 
 fn accepted(text: &str) -> Loaded {
@@ -1438,13 +1428,6 @@ fn problem_display_omits_unknown_parts() {
     assert_eq!(p(None, None, "a.b").to_string(), "a.b: m");
     assert_eq!(p(Some(3), Some(7), "").to_string(), "3:7: m");
     assert_eq!(p(None, None, "").to_string(), "m");
-}
-
-#[test]
-fn key_positions_finds_block_and_flow_keys_but_not_comments_or_values() {
-    let text = "a:\n  - mode: x # mode: y\n  b: { mode: 1, c: mode }\nmodes: 2\n'mode': 3\n";
-    assert_eq!(key_positions(text, "mode"), [(2, 5), (3, 8), (5, 1)]);
-    assert_eq!(key_positions(text, "c"), [(3, 17)]);
 }
 
 #[test]

@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_yaml::Value;
 
 use crate::config::defaults::{DEFAULT_STATE_DIR, PROVIDER_KINDS};
+use crate::config::located;
 use crate::config::paths::normalize;
 use crate::config::raw::RawConfig;
-use crate::config::text::{hide_raw_names, key_positions, nesting_exceeds, strip_marks};
+use crate::config::text::{hide_raw_names, nesting_exceeds, strip_marks};
 use crate::config::unknown::{Seg, closest, known_keys, segments};
 use crate::config::{
     Config, ConfigError, Loaded, MAX_CONFIG_BYTES, MAX_NESTING, OnShutdown, Problem,
@@ -89,6 +90,9 @@ struct Checker<'t> {
     /// Every secret source that parsed, by its key path.
     secrets: Vec<(String, SecretSource)>,
     problems: Vec<Problem>,
+    /// For each problem to be given a position: its index, the path it names, and the key
+    /// to fall back on. Resolved together, in one pass over the text, as the check ends.
+    unplaced: Vec<(usize, String, Option<String>)>,
     warnings: Vec<String>,
 }
 
@@ -103,6 +107,7 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
         set_names: Vec::new(),
         secrets: Vec::new(),
         problems: Vec::new(),
+        unplaced: Vec::new(),
         warnings: Vec::new(),
     };
     // `load` refuses a larger file before reading it; this holds for any other text.
@@ -216,6 +221,24 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
     }
 }
 
+/// The path of the node a problem names, as [`located::locate`] spells it: the labels that
+/// name sets (`scope_sets[1] (orders-sync)`) dropped.
+fn node_path(at: &str) -> String {
+    let mut out = String::with_capacity(at.len());
+    let mut rest = at;
+    while let Some(i) = rest.find("] (") {
+        out.push_str(&rest[..=i]);
+        match rest[i..].find(')') {
+            Some(close) => rest = &rest[i + close + 1..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Checker<'_> {
     /// Report the keys serde passed over, except those under a provider of another kind: they
     /// belong to that kind, its own problem says why it is refused, and listing its keys as
@@ -237,7 +260,8 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn into_parsed(self, config: Option<Config>) -> Parsed {
+    pub(super) fn into_parsed(mut self, config: Option<Config>) -> Parsed {
+        self.place_problems();
         Parsed {
             config,
             secrets: self.secrets,
@@ -246,20 +270,54 @@ impl Checker<'_> {
         }
     }
 
-    /// Record a problem; `locate` is a key whose line is given if it appears once in the text.
+    /// Record a problem at `at`; `locate` is the key it is about, whose position it is given
+    /// (see [`Self::place_problems`]).
     pub(super) fn problem(&mut self, at: String, locate: Option<&str>, message: impl Into<String>) {
-        let (line, column) = match locate.map(|key| key_positions(self.text, key)) {
-            Some(found) if found.len() == 1 => (Some(found[0].0), Some(found[0].1)),
-            _ => (None, None),
-        };
+        if let Some(key) = locate {
+            // `at` names the key itself (a bad value), or the mapping it is in (a key that
+            // does not belong there): the key's own node either way.
+            let path = node_path(&at);
+            let last = path.rsplit('.').next().unwrap_or_default();
+            let names_it = last.split('[').next() == Some(key);
+            let path = if names_it { path } else { join(&path, key) };
+            self.unplaced
+                .push((self.problems.len(), path, Some(key.to_string())));
+        }
         // A key or value may quote a name with a control character in it: `check` prints
         // every problem on the operator's terminal.
         self.problems.push(Problem {
-            line,
-            column,
+            line: None,
+            column: None,
             at: crate::shown(&at).into_owned(),
             message: crate::shown(&message.into()).into_owned(),
         });
+    }
+
+    /// Give each problem recorded with a key its line and column, all in one pass over the
+    /// text: the position of the node its path names, else of its key where that key is
+    /// written only once in the whole text.
+    fn place_problems(&mut self) {
+        if self.unplaced.is_empty() {
+            return;
+        }
+        let unplaced = std::mem::take(&mut self.unplaced);
+        let found = located::locate(
+            self.text,
+            unplaced.iter().map(|(_, path, _)| path.as_str()),
+            unplaced.iter().filter_map(|(_, _, key)| key.as_deref()),
+        );
+        for (i, path, key) in unplaced {
+            let by_path = found.at.get(&path).copied();
+            let by_key = key
+                .and_then(|k| found.keys.get(&k).copied())
+                .filter(|(count, _)| *count == 1)
+                .map(|(_, pos)| pos);
+            if let (Some((line, column)), Some(p)) = (by_path.or(by_key), self.problems.get_mut(i))
+            {
+                p.line = Some(line);
+                p.column = Some(column);
+            }
+        }
     }
 
     /// Whether `name`, a provider's or a store's, is printable text; a problem at
@@ -311,6 +369,30 @@ impl Checker<'_> {
 
     fn yaml_error(&mut self, err: &serde_yaml::Error) {
         let text = strip_marks(&err.to_string());
+        // serde_yaml names the first key written twice, and where its mapping starts; every
+        // such key is listed instead, with both of its places.
+        if text.contains("duplicate entry with key") || text.contains("duplicate field") {
+            let found = located::locate(self.text, [], []);
+            if !found.duplicates.is_empty() {
+                for (path, first, again) in found.duplicates {
+                    let (parent, key) = match path.rsplit_once('.') {
+                        Some((parent, key)) => (self.label_sets(parent), key.to_string()),
+                        None => (String::new(), path),
+                    };
+                    self.problems.push(Problem {
+                        line: Some(again.0),
+                        column: Some(again.1),
+                        at: crate::shown(&parent).into_owned(),
+                        message: crate::shown(&format!(
+                            "`{key}` is given twice in this mapping, at line {} and again at line {}: keep one",
+                            first.0, again.0
+                        ))
+                        .into_owned(),
+                    });
+                }
+                return;
+            }
+        }
         // serde_yaml prefixes a path such as `scope_sets[0].file: `; split it off into `at`.
         let (at, message) = match text.split_once(": ") {
             Some((path, rest))
