@@ -216,7 +216,13 @@ async fn once_leaves_its_tokens_live_and_reuses_them_and_runs_on_rotate() {
     assert_ne!(read(&f).unwrap(), first);
     assert_eq!(p.live_tokens().len(), 2);
     assert!(p.revoked_tokens().is_empty());
-    assert_eq!(read(&hooks).unwrap().lines().count(), 2);
+    assert_eq!(
+        read(&hooks).unwrap().lines().count(),
+        2,
+        "{}\n{}",
+        read(&hooks).unwrap(),
+        d.output()
+    );
 
     // While the daemon holds the state directory, once refuses (75) and says why.
     let mut daemon = spawn(dir.path(), &cfg, &["run"]);

@@ -96,8 +96,13 @@ pub fn watch(set: &SetConfig, report: &SetReport) {
         // `changed` reports a value not yet seen even after the set's task is gone, so the
         // last token's hooks run too.
         while stats.changed().await.is_ok() {
-            let fp = stats.borrow_and_update().fingerprint.clone();
-            if fp.is_none() || fp == last {
+            let (fp, adopted) = {
+                let s = stats.borrow_and_update();
+                (s.fingerprint.clone(), s.adopted.clone())
+            };
+            // A token taken back at start was in place before: nothing rotated.
+            if fp.is_none() || fp == last || fp == adopted {
+                last = fp;
                 continue;
             }
             last = fp.clone();

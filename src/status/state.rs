@@ -59,6 +59,10 @@ pub struct SetStats {
     pub last_error_at: Option<SystemTime>,
     /// The token expired with no replacement, and none has come since.
     pub expired: bool,
+    /// The token the set took back at start (from the journal, the store or the binary it
+    /// replaced) rather than wrote anew: its consumers have it already, so no `on_rotate`
+    /// hook runs for it.
+    pub adopted: Option<String>,
 }
 
 impl SetStats {
@@ -101,6 +105,12 @@ impl SetStats {
         self.expires_at = Some(expires_at);
         self.next_refresh = Some(wall(next_refresh));
         self.expired = false;
+    }
+
+    /// A token taken back at start is in place: shown as a written one is, but not a rotation.
+    pub fn adopted(&mut self, fingerprint: &str, expires_at: SystemTime, next_refresh: Instant) {
+        self.written(fingerprint, expires_at, next_refresh);
+        self.adopted = Some(fingerprint.to_string());
     }
 
     /// The token in the file expired with no replacement; the file is gone.

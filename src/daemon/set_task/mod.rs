@@ -443,7 +443,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
                     let live = 1 + t.live();
                     self.report.stats_if(|s| s.set_live(live));
                     self.report
-                        .stats(|s| s.written(&held.fingerprint, meta.expires_at, refresh_at));
+                        .stats(|s| s.adopted(&held.fingerprint, meta.expires_at, refresh_at));
                     self.fresh(&held, t.next_issue);
                     self.forget_previous(&mut t.previous).await;
                 }
