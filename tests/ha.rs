@@ -361,6 +361,33 @@ async fn a_dead_members_record_is_expired() {
 }
 
 /// `tokenkeeper revoke` run in the background with test credentials, bounded by PATIENCE.
+/// Start the instance of `cfg` and wait until it leads with every set's token written; the
+/// tokens it serves, as the store holds them.
+async fn first_leader(b: &Bao, cfg: &Path) -> (Daemon, Vec<String>) {
+    let a = start(cfg);
+    a.wait_for_log(LEADING).await;
+    a.wait_for_log("ready: every set has a valid token").await;
+    let served = stored_tokens(b, &a).await;
+    (a, served)
+}
+
+/// Start the instance of `cfg` and wait until it stands by with its first heartbeat written
+/// (it names the leader only after that): a leader stopping from then on sees a standby to
+/// hand over to.
+async fn standing_by(cfg: &Path) -> Daemon {
+    let d = start(cfg);
+    d.wait_for_log("standing by leader=").await;
+    d
+}
+
+/// SIGKILL `leader` and wait until one of `standbys` leads in its place.
+async fn kill_and_replace(leader: &mut Daemon, standbys: &[&Daemon]) {
+    let t0 = Instant::now();
+    leader.signal(Signal::SIGKILL);
+    let _ = leader.wait(PATIENCE).await;
+    new_leader(standbys, t0).await;
+}
+
 async fn revoke_with(cfg: &Path) -> Output {
     let cfg = cfg.to_str().unwrap().to_string();
     tokio::task::spawn_blocking(move || run_bounded(&["revoke", "-c", &cfg], None))
@@ -394,17 +421,10 @@ async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
     let p = provider(Duration::from_secs(900)).await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
-    let mut a = start(&ca);
-    a.wait_for_log(LEADING).await;
-    a.wait_for_log("ready: every set has a valid token").await;
-    let served = stored_tokens(&b, &a).await;
-    let mut bd = start(&cb);
-    bd.wait_for_log("standing by").await;
+    let (mut a, served) = first_leader(&b, &ca).await;
+    let mut bd = standing_by(&cb).await;
 
-    let t0 = Instant::now();
-    a.signal(Signal::SIGKILL);
-    let _ = a.wait(PATIENCE).await;
-    new_leader(&[&bd], t0).await;
+    kill_and_replace(&mut a, &[&bd]).await;
     assert!(
         wait_until(PATIENCE, || bd
             .output()
@@ -480,10 +500,7 @@ async fn revoke_keeps_what_a_silent_store_cannot_vouch_for_until_it_answers() {
     let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let ca = instance_config(&p, &b, dir.path(), 0);
-    let mut a = start(&ca);
-    a.wait_for_log(LEADING).await;
-    a.wait_for_log("ready: every set has a valid token").await;
-    let served = stored_tokens(&b, &a).await;
+    let (mut a, served) = first_leader(&b, &ca).await;
     a.signal(Signal::SIGKILL);
     let _ = a.wait(PATIENCE).await;
 
@@ -546,19 +563,12 @@ async fn a_take_over_writes_no_unchanged_entry() {
     let dir = tempfile::tempdir().unwrap();
     let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
-    let mut a = start(&instance_config(&p, &b, dir.path(), 0));
-    a.wait_for_log(LEADING).await;
-    a.wait_for_log("ready: every set has a valid token").await;
-    let served = stored_tokens(&b, &a).await;
+    let (mut a, served) = first_leader(&b, &instance_config(&p, &b, dir.path(), 0)).await;
     store_settled(&a).await;
     let before = store_metadata(&b).await;
-    let mut bd = start(&instance_config(&p, &b, dir.path(), 1));
-    bd.wait_for_log("standing by").await;
+    let mut bd = standing_by(&instance_config(&p, &b, dir.path(), 1)).await;
 
-    let t0 = Instant::now();
-    a.signal(Signal::SIGKILL);
-    let _ = a.wait(PATIENCE).await;
-    new_leader(&[&bd], t0).await;
+    kill_and_replace(&mut a, &[&bd]).await;
     store_settled(&bd).await;
     assert_eq!(
         bd.output().matches(WRITTEN).count(),
@@ -682,21 +692,13 @@ async fn a_restarted_member_revokes_nothing_another_member_served() {
     let p = provider(Duration::from_secs(900)).await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
-    let mut a = start(&ca);
-    a.wait_for_log(LEADING).await;
-    a.wait_for_log("ready: every set has a valid token").await;
-    let served = stored_tokens(&b, &a).await;
-    let mut bd = start(&cb);
-    bd.wait_for_log("standing by").await;
-    let t0 = Instant::now();
-    a.signal(Signal::SIGKILL);
-    let _ = a.wait(PATIENCE).await;
-    new_leader(&[&bd], t0).await;
+    let (mut a, served) = first_leader(&b, &ca).await;
+    let mut bd = standing_by(&cb).await;
+    kill_and_replace(&mut a, &[&bd]).await;
     store_settled(&bd).await;
 
     // Restarted on its journal, it stands by and revokes nothing the leader serves.
-    let mut again = start(&ca);
-    again.wait_for_log("standing by").await;
+    let mut again = standing_by(&ca).await;
     assert!(p.revoked_tokens().is_empty(), "{:?}", p.revoked_tokens());
     let t1 = Instant::now();
     bd.signal(Signal::SIGTERM);
@@ -709,8 +711,9 @@ async fn a_restarted_member_revokes_nothing_another_member_served() {
             .count()
             == SETS.len())
         .await,
-        "{}",
-        again.output()
+        "{}\n--- the leader it took over from:\n{}",
+        again.output(),
+        bd.output()
     );
     for token in &served {
         assert!(p.is_live(token), "{}", again.output());
@@ -734,10 +737,7 @@ async fn revoke_names_a_leader_with_escape_sequences_escaped() {
     let b = Bao::start(dir.path()).await;
     let p = provider(Duration::from_secs(900)).await;
     let ca = instance_config(&p, &b, dir.path(), 0);
-    let mut a = start(&ca);
-    a.wait_for_log(LEADING).await;
-    a.wait_for_log("ready: every set has a valid token").await;
-    let served = stored_tokens(&b, &a).await;
+    let (mut a, served) = first_leader(&b, &ca).await;
     a.signal(Signal::SIGKILL);
     let _ = a.wait(PATIENCE).await;
 
