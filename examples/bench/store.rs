@@ -80,6 +80,26 @@ fn bao_call(rt: &tokio::runtime::Runtime, addr: &str, method: &str, path: &str) 
     })
 }
 
+/// Give the dev server's `secret/` mount `max_versions` (`BENCH_MOUNT_MAX_VERSIONS`, 2 by
+/// default: the daemon's default, as docs/files-and-stores.md advises, so a new path needs no
+/// metadata write; 0 leaves the dev mount keeping every version, as it starts).
+fn set_mount_max_versions(rt: &tokio::runtime::Runtime, addr: &str) -> u64 {
+    let m: u64 = scenario::env_or("BENCH_MOUNT_MAX_VERSIONS", 2);
+    if m > 0 {
+        let status = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{addr}/v1/secret/config"))
+                .header("X-Vault-Token", ROOT)
+                .body(serde_json::json!({ "max_versions": m }).to_string())
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        assert!(matches!(status, Ok(200 | 204)), "mount config: {status:?}");
+    }
+    m
+}
+
 fn start_bao(dir: &Path, rt: &tokio::runtime::Runtime) -> (Guard, String) {
     let port = free_port();
     let log = std::fs::File::create(dir.join("bao.log")).unwrap();
@@ -283,6 +303,7 @@ pub fn driver() {
     tokenkeeper::init_tls();
     let (fake, url) = start_fake(&me);
     let (bao, addr) = start_bao(work.path(), &rt);
+    let mount_max_versions = set_mount_max_versions(&rt, &addr);
     let token_file = work.path().join("bao-token");
     std::fs::write(&token_file, ROOT).unwrap();
     std::fs::set_permissions(
@@ -295,7 +316,9 @@ pub fn driver() {
         token_file: &token_file,
         rt: &rt,
     };
-    eprintln!("fake provider at {url}, OpenBao dev server at {addr}; {runs} run(s) of {n} sets");
+    eprintln!(
+        "fake provider at {url}, OpenBao dev server at {addr} (secret/ keeps {mount_max_versions} versions, 0: all); {runs} run(s) of {n} sets"
+    );
     let files: Vec<Run> = (0..runs)
         .map(|r| run_once(&b, &layout, &url, n, None, r))
         .collect();

@@ -28,6 +28,9 @@ struct Inner {
     phase: Phase,
     ha: Option<HaStatus>,
     stores: Vec<watch::Receiver<StoreHealth>>,
+    /// The sets in `stores`: a set registered for the first time (every one at a start)
+    /// need not be looked for among all the others, which made a start quadratic.
+    store_sets: std::collections::HashSet<String>,
     /// Why the metrics listener is not serving, when it is not.
     metrics_error: Option<String>,
 }
@@ -53,6 +56,7 @@ impl Board {
                 phase: Phase::Starting,
                 ha: None,
                 stores: Vec::new(),
+                store_sets: std::collections::HashSet::new(),
                 metrics_error: None,
             }),
             changed: Notify::new(),
@@ -110,7 +114,9 @@ impl Board {
         let mut inner = self.lock();
         inner.names.remove(name);
         inner.sets.retain(|e| &*e.name != name);
-        inner.stores.retain(|r| r.borrow().set != name);
+        if inner.store_sets.remove(name) {
+            inner.stores.retain(|r| r.borrow().set != name);
+        }
         drop(inner);
         self.changed.notify_one();
     }
@@ -142,7 +148,9 @@ impl Board {
             catching_up: false,
         });
         let mut inner = self.lock();
-        inner.stores.retain(|r| r.borrow().set != set);
+        if !inner.store_sets.insert(set.to_string()) {
+            inner.stores.retain(|r| r.borrow().set != set);
+        }
         inner.stores.push(rx);
         drop(inner);
         self.changed.notify_one();
@@ -347,5 +355,42 @@ impl SetReport {
         g.stats_tx
             .get_or_insert_with(|| watch::Sender::new(current))
             .subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stores(board: &Board) -> Vec<(String, String)> {
+        board
+            .snapshot(SystemTime::now())
+            .stores
+            .into_iter()
+            .map(|s| (s.set, s.location))
+            .collect()
+    }
+
+    #[test]
+    fn a_set_registered_again_or_removed_keeps_one_store_entry_or_none() {
+        let board = Board::new();
+        let _a = board.register_store("a", "bao:tokenkeeper/a");
+        let _b = board.register_store("b", "bao:tokenkeeper/b");
+        // A reload registers a set again: its new location replaces the old one.
+        let _a2 = board.register_store("a", "bao:other/a");
+        let mut now = stores(&board);
+        now.sort();
+        assert_eq!(
+            now,
+            [
+                ("a".to_string(), "bao:other/a".to_string()),
+                ("b".to_string(), "bao:tokenkeeper/b".to_string())
+            ]
+        );
+        board.remove("b");
+        board.remove("b");
+        assert_eq!(stores(&board), [("a".into(), "bao:other/a".into())]);
+        let _b2 = board.register_store("b", "bao:tokenkeeper/b");
+        assert_eq!(stores(&board).len(), 2);
     }
 }

@@ -143,6 +143,19 @@ impl Vault {
         .map(|_| ())
     }
 
+    /// The mount's own `max_versions` (`GET MOUNT/config`; 0 means the store's default, no
+    /// limit). A token's policy may not allow it: the caller then writes each path's own.
+    pub async fn mount_max_versions(&self) -> Result<u64, StoreError> {
+        let op = "read the mount's config";
+        let answer = self
+            .call(op, Method::GET, &format!("{}/config", self.mount()), None)
+            .await?;
+        answer
+            .found()
+            .and_then(|a| a.get("data")?.get("max_versions")?.as_u64())
+            .ok_or_else(|| self.malformed(op, "no data.max_versions"))
+    }
+
     /// The keys under `path/` (empty when there are none).
     pub async fn list(&self, path: &str) -> Result<Vec<String>, StoreError> {
         let method = Method::from_bytes(b"LIST").unwrap_or(Method::GET);

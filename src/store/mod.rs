@@ -11,14 +11,13 @@ mod document;
 pub mod ha;
 mod kv2;
 pub mod standby;
+mod start;
 pub mod vault;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -49,15 +48,17 @@ pub struct Stores {
     seen: Arc<std::sync::Mutex<HashMap<String, Seen>>>,
 }
 
-/// What the start's read of a set's path tells its writer, sparing it a request or two: the
-/// version there (the check-and-set value of its first write), and whether the path's
-/// metadata is already what the writer would write, and the document there (a token not yet
-/// deleted), which a first write of the same token leaves as it is.
+/// What the start's look at a set's path tells its writer, sparing it a request or two: the
+/// version there (the check-and-set value of its first write), whether the path's metadata
+/// is already what the writer would write, the document there (a token not yet deleted),
+/// which a first write of the same token leaves as it is, and whether the path held nothing
+/// at all (a new path, whose metadata the mount's own may make needless).
 #[derive(Clone, Default)]
 struct Seen {
     version: u64,
     metadata: bool,
     held: Option<Value>,
+    fresh: bool,
 }
 
 #[derive(Clone)]
@@ -170,82 +171,6 @@ impl Stores {
             file: set.file.as_ref().map(|f| FileSink::new(&set.name, f)),
             store,
         }
-    }
-
-    /// Tokens the stores hold for the configured sets, as journal entries, so that an
-    /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
-    ///
-    /// Every path is read at once (within each store's `max_concurrent_requests`), and the
-    /// start waits at most `budget` for them all: a set whose read has not answered by then
-    /// is left out and issues its own token, so a store that hangs delays no token file by
-    /// more than `budget` (never a store timeout per set). What each read found is kept for
-    /// the set's writer. Returns the entries, and the names of the sets left out.
-    pub async fn entries(
-        &self,
-        config: &Config,
-        budget: Duration,
-    ) -> (Vec<Entry>, HashSet<String>) {
-        let mut pending: FuturesUnordered<_> = config
-            .sets
-            .iter()
-            .filter_map(|set| {
-                let s = set.store.as_ref()?;
-                let v = self.by_name.get(&s.name)?;
-                Some(async move {
-                    let permit = v.permit().await;
-                    let read = v.read(&s.path).await;
-                    vault::release(permit).await;
-                    if let Ok(doc) = &read {
-                        let seen = doc.as_ref().map_or(Seen::default(), |d| Seen {
-                            version: d.version,
-                            metadata: d.custom == v.custom_metadata(&set.name),
-                            held: (!d.deleted).then(|| d.data.clone()),
-                        });
-                        if let Ok(mut all) = self.seen.lock() {
-                            all.insert(set.name.clone(), seen);
-                        }
-                    }
-                    (set, read)
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        let mut answered = HashSet::new();
-        let late = tokio::time::sleep(budget);
-        tokio::pin!(late);
-        loop {
-            let (set, read) = tokio::select! {
-                next = pending.next() => match next {
-                    Some(answer) => answer,
-                    None => return (out, HashSet::new()),
-                },
-                () = &mut late => break,
-            };
-            answered.insert(set.name.as_str());
-            match read {
-                Ok(Some(doc)) if !doc.deleted => match entry_from_doc(set, &doc.data) {
-                    Ok(Some(e)) => out.push(e),
-                    Ok(None) => {}
-                    // The fingerprint and the field only: the values are a stranger's text.
-                    Err(Unfit { fingerprint, why }) => warn!(set = %set.name,
-                        %fingerprint, why,
-                        "the set's token document in the store fails the checks a provider's answer passes; not adopting it, issuing a new token"),
-                },
-                Ok(_) => {}
-                Err(e) => warn!(set = %set.name, error = %chain(&e),
-                    "could not read the set's token from the store; issuing a new one"),
-            }
-        }
-        drop(pending);
-        let unread: HashSet<String> = config
-            .sets
-            .iter()
-            .filter(|s| s.store.is_some() && !answered.contains(s.name.as_str()))
-            .map(|s| s.name.clone())
-            .collect();
-        warn!(sets = unread.len(), budget = %humantime::format_duration(budget),
-            "the store did not say in time which tokens it holds; these sets issue their own (the store catches up in the background), and a token the store holds for them is revoked once read");
-        (out, unread)
     }
 }
 
@@ -405,7 +330,12 @@ async fn writer(
 ) {
     // The version we last wrote or read: the check-and-set value of the next write.
     let mut version: Option<u64> = seen.as_ref().map(|s| s.version);
-    let mut metadata_set = seen.as_ref().is_some_and(|s| s.metadata);
+    // A path of the daemon's own making needs no metadata where the mount keeps as many
+    // versions; one that held something may carry someone else's, and gets ours.
+    let new_path_done = !vault.new_path_needs_metadata();
+    let mut metadata_set = seen
+        .as_ref()
+        .is_some_and(|s| s.metadata || (s.fresh && new_path_done));
     let mut seen_doc = seen.and_then(|s| s.held);
     'wishes: loop {
         let Wish { generation, want } = wishes.borrow_and_update().clone();
@@ -437,7 +367,7 @@ async fn writer(
                 // Removed whole: the path starts again from version 0, without metadata.
                 Want::Remove => vault.remove(&path).await.map(|()| {
                     version = Some(0);
-                    metadata_set = false;
+                    metadata_set = new_path_done;
                     seen_doc = None;
                     true
                 }),

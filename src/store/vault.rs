@@ -2,6 +2,7 @@
 //! needs (read, check-and-set write, metadata, delete and destroy, list) and two ways to log in
 //! (a token, renewed while it is renewable; AppRole, logged in again before its TTL runs out).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
@@ -120,6 +121,10 @@ pub struct Vault {
     namespace: Option<String>,
     auth: StoreAuth,
     max_versions: u32,
+    /// Set once the start read the mount's own `max_versions` and found it equal to
+    /// `max_versions`: a path the daemon creates then keeps that many versions without a
+    /// metadata write of its own (one request a token fewer).
+    mount_keeps: AtomicBool,
     /// Per-request deadline: a request under way ends within it.
     timeout: Duration,
     session: Mutex<Option<Session>>,
@@ -257,6 +262,7 @@ impl Vault {
             namespace: cfg.namespace.clone(),
             auth: cfg.auth.clone(),
             max_versions: cfg.max_versions,
+            mount_keeps: AtomicBool::new(false),
             timeout: cfg.timeout,
             session: Mutex::new(None),
             permits: Semaphore::new(cfg.max_concurrent_requests.max(1)),
@@ -279,6 +285,18 @@ impl Vault {
 
     pub(super) fn max_versions(&self) -> u32 {
         self.max_versions
+    }
+
+    /// Note the mount's own `max_versions`, as the start read it.
+    pub(super) fn note_mount_max_versions(&self, mount: u64) {
+        let keeps = mount == u64::from(self.max_versions);
+        self.mount_keeps.store(keeps, Ordering::Relaxed);
+    }
+
+    /// Whether a path the daemon creates needs a metadata write for its `max_versions`: not
+    /// when the mount already keeps that many versions of every path.
+    pub(super) fn new_path_needs_metadata(&self) -> bool {
+        !self.mount_keeps.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {

@@ -161,6 +161,7 @@ impl Bao {
 path "secret/data/tokenkeeper/*"     { capabilities = ["create", "read", "update", "delete"] }
 path "secret/metadata/tokenkeeper/*" { capabilities = ["create", "read", "update", "delete", "list"] }
 path "secret/destroy/tokenkeeper/*"  { capabilities = ["update"] }
+path "secret/config"                 { capabilities = ["read"] }
 "#;
         let (s, v) = self
             .call(
