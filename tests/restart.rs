@@ -21,8 +21,28 @@ use tokenkeeper::devprovider::DevProvider;
 /// handover's doing, not the schedule's.
 const TOP: &str = "defaults:\n  revoke_superseded_after: 8s";
 
+/// Held while this test binary writes an executable and while it starts a process. The tests
+/// run on threads of one process: a child forked by one thread inherits, until its exec, the
+/// descriptor another thread is writing an executable through, and an exec of that file then
+/// fails with "Text file busy" (ETXTBSY), ours or the daemon's own of its new binary.
+static EXEC_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exec_lock() -> std::sync::MutexGuard<'static, ()> {
+    EXEC_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Copy the executable `from` to `to`, with no other thread of this process forking meanwhile.
+fn copy_executable(from: &Path, to: &Path) {
+    let _held = exec_lock();
+    std::fs::copy(from, to).unwrap();
+}
+
 /// The daemon run from `exe` (a copy of the real binary, or a stand-in), its output in a file.
 fn spawn_from(exe: &Path, dir: &Path, cfg: &Path) -> Daemon {
+    // Through the exec: `spawn` returns once the child has exec'd, so it holds nothing then.
+    let _held = exec_lock();
     let log = dir.join("daemon.log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(exe)
@@ -44,13 +64,14 @@ fn spawn_from(exe: &Path, dir: &Path, cfg: &Path) -> Daemon {
 /// beside it, then renamed over it.
 fn replace_binary(from: &Path, to: &Path) {
     let tmp = to.with_extension("new");
-    std::fs::copy(from, &tmp).unwrap();
+    copy_executable(from, &tmp);
     std::fs::rename(&tmp, to).unwrap();
 }
 
 fn write_script(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("new");
+    let _held = exec_lock();
     std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
@@ -113,7 +134,7 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let exe = d.join("tokenkeeper");
-    std::fs::copy(BIN, &exe).unwrap();
+    copy_executable(Path::new(BIN), &exe);
     let files = vec![d.join("a.token"), d.join("b.token")];
     let sets = set("a", "api", &files[0], "") + &set("b", "orders", &files[1], "");
     let cfg = write_config(d, &config(&p, d, TOP, &sets));
