@@ -167,7 +167,7 @@ impl Lease {
             "expires_ms": now + ms(self.lease),
             "lease_ms": ms(self.lease),
         });
-        match self.vault.write_cas(&self.path, &doc, version).await {
+        match self.vault.write_cas(&self.path, doc, version).await {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -179,7 +179,7 @@ impl Lease {
         let (version, holder) = self.read().await?;
         if holder.is_some_and(|h| h.name == self.id) {
             let doc = json!({ "holder": "", "expires_ms": 0 });
-            match self.vault.write_cas(&self.path, &doc, version).await {
+            match self.vault.write_cas(&self.path, doc, version).await {
                 Ok(_) | Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -197,7 +197,7 @@ impl Lease {
         let path = self.member_path();
         let version = self.vault.current_version(&path).await?;
         let doc = json!({ "expires_ms": now_ms() + ms(self.lease) });
-        match self.vault.write_cas(&path, &doc, version).await {
+        match self.vault.write_cas(&path, doc, version).await {
             Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(e),
         }

@@ -67,9 +67,13 @@ impl Vault {
 
     /// Write `data` at `path` only if its current version is `cas` (0: only if absent).
     /// Returns the new version.
-    pub async fn write_cas(&self, path: &str, data: &Value, cas: u64) -> Result<u64, StoreError> {
+    /// `data` moves into the body: `json!` would copy it, string by string, at every write.
+    pub async fn write_cas(&self, path: &str, data: Value, cas: u64) -> Result<u64, StoreError> {
         let op = "write";
-        let body = json!({ "options": { "cas": cas }, "data": data });
+        let mut body = serde_json::Map::new();
+        body.insert("options".into(), json!({ "cas": cas }));
+        body.insert("data".into(), data);
+        let body = Value::Object(body);
         let answer = self
             .call(
                 op,

@@ -475,7 +475,8 @@ async fn write_once(
             .await?;
         *metadata_set = true;
     }
-    match vault.write_cas(path, doc, cas).await {
+    // The document is not used after its write: moved into the body, not copied.
+    match vault.write_cas(path, std::mem::take(doc), cas).await {
         Ok(v) => {
             *version = Some(v);
             // Written over: what this path held before is reported, and is this set's own

@@ -334,9 +334,15 @@ impl Vault {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(b) = body {
+            // Straight to bytes: `to_string` goes through `fmt` and checks the UTF-8 again.
+            let bytes = serde_json::to_vec(b).map_err(|_| StoreError::Malformed {
+                store: self.name.clone(),
+                op,
+                what: "cannot encode the request body".into(),
+            })?;
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(b.to_string());
+                .body(bytes);
         }
         let transport = |source| StoreError::Transport {
             store: self.name.clone(),
