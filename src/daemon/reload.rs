@@ -44,8 +44,7 @@ pub(super) enum Loading {
 
 /// Read the new config on a blocking thread while still taking control messages: a stop is
 /// never held up by a slow read or parse (a config built to cost, a secret on a stuck
-/// filesystem), which systemd would end with SIGKILL while tokens are live. Rotations asked
-/// meanwhile go through; a second SIGHUP is folded into this reload.
+/// filesystem), which systemd would end with SIGKILL while tokens are live.
 pub(super) async fn load_or_stop(
     load: &LoadConfig,
     control: &mut mpsc::Receiver<Control>,
@@ -54,14 +53,27 @@ pub(super) async fn load_or_stop(
     let load = Arc::clone(load);
     // Left running if a stop comes first: a blocking thread cannot be cancelled, and what it
     // returns is dropped.
-    let mut reading = tokio::task::spawn_blocking(move || load());
+    let reading = tokio::task::spawn_blocking(move || load());
+    match unless_stopped(reading, control, rotate).await {
+        Ok(r) => Loading::Done(Box::new(
+            r.unwrap_or_else(|e| Err(format!("the config reader failed: {e}"))),
+        )),
+        Err(c) => Loading::Stopped(c),
+    }
+}
+
+/// Run `work`, part of a reload, while still taking control messages, so that a stop is never
+/// held up by it: rotations asked meanwhile go through, and a second SIGHUP is folded into
+/// this reload. `Err` with the stop (or handover) if one comes first; `work` is dropped then.
+pub(super) async fn unless_stopped<T>(
+    work: impl std::future::Future<Output = T>,
+    control: &mut mpsc::Receiver<Control>,
+    rotate: &broadcast::Sender<()>,
+) -> Result<T, Control> {
+    tokio::pin!(work);
     loop {
         tokio::select! {
-            r = &mut reading => {
-                return Loading::Done(Box::new(
-                    r.unwrap_or_else(|e| Err(format!("the config reader failed: {e}"))),
-                ));
-            }
+            r = &mut work => return Ok(r),
             c = control.recv() => match c {
                 Some(Control::Rotate) => {
                     info!("rotating every set");
@@ -70,8 +82,8 @@ pub(super) async fn load_or_stop(
                 Some(Control::Reload) => {
                     info!("SIGHUP while a reload is under way; it is the same reload");
                 }
-                Some(c @ (Control::Shutdown | Control::Handover)) => return Loading::Stopped(c),
-                None => return Loading::Stopped(Control::Shutdown),
+                Some(c @ (Control::Shutdown | Control::Handover)) => return Err(c),
+                None => return Err(Control::Shutdown),
             }
         }
     }

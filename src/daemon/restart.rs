@@ -308,26 +308,13 @@ pub(super) async fn preflight_or_stop(
     rotate: &broadcast::Sender<()>,
 ) -> Preflight {
     info!(binary = %restart.exe.display(), "the binary has been replaced: checking the new one before handing the tokens to it");
-    let check = restart.preflight();
-    tokio::pin!(check);
-    loop {
-        tokio::select! {
-            r = &mut check => return match r {
-                Ok(()) => Preflight::Passed,
-                Err(why) => {
-                    warn!(error = %why, "the new binary cannot take over; this one keeps serving");
-                    Preflight::Failed
-                }
-            },
-            c = control.recv() => match c {
-                Some(Control::Rotate) => {
-                    let _ = rotate.send(());
-                }
-                Some(Control::Reload) => {}
-                Some(c @ (Control::Shutdown | Control::Handover)) => return Preflight::Stopped(c),
-                None => return Preflight::Stopped(Control::Shutdown),
-            }
+    match super::reload::unless_stopped(restart.preflight(), control, rotate).await {
+        Ok(Ok(())) => Preflight::Passed,
+        Ok(Err(why)) => {
+            warn!(error = %why, "the new binary cannot take over; this one keeps serving");
+            Preflight::Failed
         }
+        Err(c) => Preflight::Stopped(c),
     }
 }
 
