@@ -488,6 +488,21 @@ async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
         SETS.len(),
         "a set was issued twice"
     );
+    // Nor does the store go on handing them out: each path that held a revoked token is gone.
+    assert_eq!(
+        store_tokens(&b).await,
+        vec![None; SETS.len()],
+        "{}",
+        out.stdout
+    );
+    for set in SETS {
+        assert!(
+            out.stdout
+                .contains(&format!("{set}: removed it from the store")),
+            "{}",
+            out.stdout
+        );
+    }
 }
 
 /// When the store cannot say whether another member serves a crashed leader's tokens,

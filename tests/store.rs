@@ -397,6 +397,59 @@ async fn write_store_then_die(
     written
 }
 
+/// `tokenkeeper revoke` after a crash revokes the dead daemon's token and removes the store's
+/// copy of it, so that readers of the store are not handed a revoked token; a path that holds
+/// another token by then (another writer's) is left alone. Before the fix the revoked token
+/// stayed in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_after_a_crash_removes_the_revoked_token_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let idp = OAuth2Fake::start("client_secret_post", "tk", "pw").await;
+    let env = [("TK_IDP_SECRET", "pw")];
+    let revoke = |cfg: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["revoke", "-c", cfg.to_str().unwrap()])
+                .env("TK_IDP_SECRET", "pw")
+                .output()
+                .unwrap()
+        })
+    };
+
+    let left = write_store_then_die(&idp, &b, dir.path(), &env).await;
+    let (cfg, _) = api_config(&idp, &b, dir.path(), 0);
+    let out = revoke(cfg.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!idp.live().contains(&left), "{stdout}");
+    assert!(
+        stdout.contains("api: removed it from the store"),
+        "{stdout}"
+    );
+    assert_eq!(b.token("tokenkeeper/api").await, None, "{stdout}");
+
+    // Another writer's token at the path by the time of the revoke stays.
+    let left = write_store_then_die(&idp, &b, dir.path(), &env).await;
+    let (status, _) = b
+        .call(
+            "POST",
+            "secret/data/tokenkeeper/api",
+            Some(serde_json::json!({ "data": { "set": "api", "access_token": "someone-elses" } })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let out = revoke(cfg).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!idp.live().contains(&left), "{stdout}");
+    assert!(!stdout.contains("from the store"), "{stdout}");
+    assert_eq!(
+        b.token("tokenkeeper/api").await.as_deref(),
+        Some("someone-elses")
+    );
+}
+
 /// A set's document in the store, rewritten by another client of the store with a token that
 /// is no bearer token (it would add a line to an `env` file) and an expiry past any bound, is
 /// not adopted: the set issues a token of its own, and the file holds only that.

@@ -123,17 +123,44 @@ pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
             }
         }
     }
+    // A revoked token the store still holds would be handed to every reader of the store.
+    let revoked: Vec<(&str, &str)> = report
+        .iter()
+        .filter(|r| r.result.is_ok())
+        .map(|r| (r.set.as_str(), r.fingerprint.as_str()))
+        .collect();
+    let mut uncleared = 0;
+    for (set, cleared) in ha::clear_revoked(&config, &revoked).await {
+        match cleared {
+            Ok(()) => say!("{set}: removed it from the store"),
+            Err(why) => {
+                uncleared += 1;
+                say!(
+                    "{set}: FAILED to remove the revoked token from the store: {why}; remove the path by hand"
+                );
+            }
+        }
+    }
     let left = if handed == 0 {
         String::new()
     } else {
         format!(", {handed} left live for the group's leader")
     };
     let failed = failed + undecided;
+    let uncleared_text = if uncleared == 0 {
+        String::new()
+    } else {
+        format!(", {uncleared} still in the store")
+    };
     say!(
-        "{} revoked, {failed} failed{left}",
+        "{} revoked, {failed} failed{left}{uncleared_text}",
         report.len() + undecided - failed
     );
-    if failed == 0 { EXIT_OK } else { EXIT_FAILED }
+    if failed == 0 && uncleared == 0 {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
 }
 
 /// What the HA group says of the journaled tokens, before `revoke` touches any.

@@ -399,6 +399,81 @@ impl Lease {
     }
 }
 
+/// The fingerprint of the token `set`'s entry at `path` holds, if it holds one of that set's.
+async fn held_at(vault: &Vault, path: &str, set: &str) -> Result<Option<String>, StoreError> {
+    Ok(vault
+        .read(path)
+        .await?
+        .filter(|d| !d.deleted)
+        .and_then(|d| {
+            let token = d.data.get("access_token")?.as_str()?;
+            let ours = d.data.get("set").and_then(Value::as_str) == Some(set);
+            ours.then(|| fingerprint(token))
+        }))
+}
+
+/// After `tokenkeeper revoke` (the daemon not running, and no member of its group serving
+/// them): remove each store path that still holds one of the `revoked` tokens (set,
+/// fingerprint), or every reader of the store would go on being handed a revoked token. A
+/// path holding any other token is left alone: a member wrote it since. KV v2 has no
+/// conditional delete, so a member that takes over and writes the path between this read
+/// and the removal loses its write; its writer finds the path gone and writes again.
+/// Returns, for each set whose path held its revoked token, the removal's outcome.
+pub async fn clear_revoked(
+    config: &Config,
+    revoked: &[(&str, &str)],
+) -> Vec<(String, Result<(), String>)> {
+    let paths: Vec<(&str, &str, &str, &str)> = config
+        .sets
+        .iter()
+        .filter_map(|set| {
+            let s = set.store.as_ref()?;
+            let (_, fp) = revoked.iter().find(|(name, _)| *name == set.name)?;
+            Some((s.name.as_str(), s.path.as_str(), set.name.as_str(), *fp))
+        })
+        .collect();
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let stores = match Stores::build(config) {
+        Ok(stores) => stores,
+        Err(e) => {
+            let why = chain(&e);
+            return paths
+                .iter()
+                .map(|(_, _, set, _)| (set.to_string(), Err(why.clone())))
+                .collect();
+        }
+    };
+    // Owned: the futures below borrow nothing.
+    let wanted: Vec<(Arc<Vault>, String, String, String)> = paths
+        .into_iter()
+        .filter_map(|(store, path, set, fp)| {
+            let vault = Arc::clone(stores.get(store)?);
+            Some((vault, path.into(), set.into(), fp.into()))
+        })
+        .collect();
+    let clears = wanted.into_iter().map(|(vault, path, set, fp)| async move {
+        let cleared = match held_at(&vault, &path, &set).await {
+            Ok(Some(held)) if held == fp => vault.remove(&path).await.map(Some),
+            Ok(_) => Ok(None),
+            Err(e) => Err(e),
+        };
+        (set, cleared.map_err(|e| chain(&e)))
+    });
+    let done: Vec<(String, Result<Option<()>, String>)> = futures_util::stream::iter(clears)
+        .buffer_unordered(PATH_READS_AT_ONCE)
+        .collect()
+        .await;
+    done.into_iter()
+        .filter_map(|(set, r)| match r {
+            Ok(None) => None,
+            Ok(Some(())) => Some((set, Ok(()))),
+            Err(why) => Some((set, Err(why))),
+        })
+        .collect()
+}
+
 /// Of the journaled `entries` of a member of `config`'s HA group that is not running, the
 /// ones another member serves now, by fingerprint, each with the leader's name: those the
 /// store entry at their set's path holds while a live member leads the group (it adopted
@@ -447,15 +522,7 @@ pub async fn served_by_the_group(
     let reads = wanted
         .into_iter()
         .map(|(vault, path, set, mine)| async move {
-            let held = vault
-                .read(&path)
-                .await?
-                .filter(|d| !d.deleted)
-                .and_then(|d| {
-                    let token = d.data.get("access_token")?.as_str()?;
-                    let ours = d.data.get("set").and_then(Value::as_str) == Some(set.as_str());
-                    ours.then(|| fingerprint(token))
-                });
+            let held = held_at(&vault, &path, &set).await?;
             Ok::<_, GroupError>(held.filter(|f| mine.contains(f)))
         });
     let held: Vec<Result<Option<String>, GroupError>> = futures_util::stream::iter(reads)
