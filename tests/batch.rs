@@ -274,6 +274,48 @@ async fn once_refuses_a_token_shorter_than_min_remaining() {
     assert_eq!(p.issued_tokens().len(), 1, "{}", d.output());
 }
 
+/// `once` and `exec` do not take an HA group's lease, so with `ha:` they refuse the sets that
+/// write a store path: they would write over what the group's leader serves from it, under
+/// the leader. Nothing is issued for them; a set without a store is served as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_and_exec_refuse_the_store_sets_of_an_ha_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = provider(Duration::from_secs(900)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("bao-token");
+    std::fs::write(&token, "s.root").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Port 9 (discard): nothing may be asked of the store before the refusal.
+    let top = format!(
+        "stores:\n  bao:\n    kind: vault\n    address: http://127.0.0.1:9\n    mount: secret\n    auth: {{ token: {{ file: {} }} }}\nha: {{ store: bao }}\n",
+        token.display()
+    );
+    let (shared, plain) = (
+        dir.path().join("shared.token"),
+        dir.path().join("plain.token"),
+    );
+    let sets = set(
+        "shared",
+        &shared,
+        "    store: { name: bao, path: tokenkeeper/shared }\n",
+    ) + &set("plain", &plain, "");
+    let cfg = cfg_file(dir.path(), &config(&p, dir.path(), &top, &sets));
+    for args in [&["once"][..], &["exec", "--", "/bin/true"][..]] {
+        let mut d = spawn(dir.path(), &cfg, args);
+        assert_eq!(finish(&mut d).await, Some(78), "{args:?}: {}", d.output());
+        let out = d.output();
+        assert!(
+            out.contains("shared") && out.contains("lease") && out.contains(args[0]),
+            "{out}"
+        );
+        assert!(p.issued_tokens().is_empty(), "{args:?}: {out}");
+    }
+    let mut d = spawn(dir.path(), &cfg, &["once", "plain"]);
+    assert_eq!(finish(&mut d).await, Some(0), "{}", d.output());
+    assert_eq!(p.issued_tokens().len(), 1);
+    assert!(read(&plain).is_some() && read(&shared).is_none());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cron_rotation_replaces_a_long_lived_token_on_schedule() {
     let p = provider(Duration::from_secs(3600)).await;

@@ -11,7 +11,8 @@ use super::batch::batch_setup;
 use super::{EXIT_CANNOT_EXECUTE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE};
 
 pub(crate) async fn exec(path: &Path, sets: Vec<String>, opts: batch::ExecOptions) -> u8 {
-    let (config, providers, _lock, journal, entries) = match batch_setup(path, &sets).await {
+    let (config, providers, _lock, journal, entries) = match batch_setup("exec", path, &sets).await
+    {
         Ok(s) => s,
         Err(code) => return code,
     };

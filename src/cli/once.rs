@@ -17,7 +17,8 @@ pub(crate) async fn once(
     min_remaining: Option<Duration>,
     timeout: Duration,
 ) -> u8 {
-    let (config, providers, _lock, journal, entries) = match batch_setup(path, &sets).await {
+    let (config, providers, _lock, journal, entries) = match batch_setup("once", path, &sets).await
+    {
         Ok(s) => s,
         Err(code) => return code,
     };
