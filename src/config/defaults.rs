@@ -64,51 +64,6 @@ pub(super) const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
     ("us1", "https://us1.api.voucherify.io"),
     ("as1", "https://as1.api.voucherify.io"),
 ];
-/// The provider kinds this version knows.
-pub(super) const PROVIDER_KINDS: &[&str] = &["voucherify", "oauth2", "square"];
-/// Keys every provider kind accepts.
-pub(super) const COMMON_PROVIDER_KEYS: &[&str] = &["kind", "timeout"];
-/// The keys of each provider kind, so that a key of another kind (`cluster:` under
-/// `kind: oauth2`) is named as misplaced rather than silently ignored.
-pub(super) const PROVIDER_KEYS: &[(&str, &[&str])] = &[
-    (
-        "voucherify",
-        &["base_url", "cluster", "app_id", "app_token"],
-    ),
-    (
-        "oauth2",
-        &[
-            "issuer",
-            "token_url",
-            "revocation_url",
-            "introspection_url",
-            "client_id",
-            "client_secret",
-            "auth_method",
-            "private_key",
-            "key_id",
-            "assertion_audience",
-            "client_certificate",
-            "client_key",
-            "client_assertion",
-            "extra_params",
-            "default_lifetime",
-            "ca_file",
-        ],
-    ),
-    (
-        "square",
-        &[
-            "base_url",
-            "environment",
-            "client_id",
-            "client_secret",
-            "refresh_token",
-            "access_token",
-            "mode",
-        ],
-    ),
-];
 /// Square's hosts by environment (the spec's `servers`).
 pub(super) const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
     ("production", "https://connect.squareup.com"),

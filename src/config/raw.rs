@@ -116,38 +116,25 @@ pub(super) struct RawDefaultFile {
     pub(super) format: Option<String>,
 }
 
+/// A provider: what every kind accepts, then the kind's own keys, read into its struct (see
+/// `check/providers.rs`) once `kind` says which, so that a key of another kind is refused.
 #[derive(Deserialize, Default)]
 pub(super) struct RawProvider {
+    #[serde(flatten)]
+    pub(super) common: RawProviderCommon,
+    /// The kind's own keys, as written.
+    #[serde(flatten)]
+    pub(super) own: serde_yaml::Mapping,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct RawProviderCommon {
     pub(super) kind: Option<String>,
-    pub(super) base_url: Option<String>,
-    pub(super) cluster: Option<String>,
-    pub(super) app_id: Option<Value>,
-    pub(super) app_token: Option<Value>,
     pub(super) timeout: Option<Value>,
     pub(super) max_live_tokens: Option<Value>,
     pub(super) issue_rate: Option<Value>,
     pub(super) issue_burst: Option<Value>,
     pub(super) max_concurrent_requests: Option<Value>,
-    pub(super) issuer: Option<String>,
-    pub(super) token_url: Option<String>,
-    pub(super) revocation_url: Option<String>,
-    pub(super) introspection_url: Option<String>,
-    pub(super) client_id: Option<Value>,
-    pub(super) client_secret: Option<Value>,
-    pub(super) auth_method: Option<String>,
-    pub(super) private_key: Option<Value>,
-    pub(super) key_id: Option<String>,
-    pub(super) assertion_audience: Option<String>,
-    pub(super) client_certificate: Option<Value>,
-    pub(super) client_key: Option<Value>,
-    pub(super) client_assertion: Option<Value>,
-    pub(super) extra_params: Option<BTreeMap<String, Value>>,
-    pub(super) default_lifetime: Option<Value>,
-    pub(super) ca_file: Option<String>,
-    pub(super) environment: Option<String>,
-    pub(super) refresh_token: Option<Value>,
-    pub(super) access_token: Option<Value>,
-    pub(super) mode: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

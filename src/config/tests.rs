@@ -11,7 +11,7 @@ use super::defaults::{
     DEFAULT_HOOK_TIMEOUT, DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME,
     DEFAULT_PROVIDER_TIMEOUT, VOUCHERIFY_DEFAULT_URL,
 };
-use super::raw::{RawProvider, RawSet};
+use super::raw::{RawProviderCommon, RawSet};
 use super::text::{hide_raw_names, nesting_exceeds, strip_marks};
 use super::unknown::{closest, fields_of};
 
@@ -1437,7 +1437,7 @@ fn helpers() {
     assert_eq!(closest("mdoe", &["mode", "owner"]), Some("mode"));
     assert_eq!(closest("scoeps", fields_of::<RawSet>()), Some("scopes"));
     assert_eq!(closest("zzz", fields_of::<RawSet>()), None);
-    assert!(fields_of::<RawProvider>().contains(&"app_token"));
+    assert!(fields_of::<RawProviderCommon>().contains(&"issue_rate"));
     assert_eq!(
         strip_marks("x at line 3 column 1, while parsing at line 2 column 5"),
         "x, while parsing"
@@ -1551,4 +1551,31 @@ fn enterprise_provider_keys_are_refused_where_they_do_not_apply() {
         panic!("not oauth2")
     };
     assert_eq!(ca_file.as_deref(), Some(Path::new("/etc/tk/idp-ca.pem")));
+}
+
+/// Each provider kind reads its own keys into its own struct: a key of another kind is named
+/// as such, an unknown one is suggested from the kind's keys and the shared ones, a value of
+/// the wrong shape is named by its key with its line, and none of them stops the rest of the
+/// file from being checked (before, a wrong shape was the only problem reported).
+#[test]
+fn a_provider_kind_refuses_what_is_not_its_own_and_the_rest_is_still_checked() {
+    let text = with(&[
+        (
+            "    cluster: eu\n",
+            "    cluster: [eu]\n    isuer: x\n    client_id: y\n    issue_rtae: 1/s\n",
+        ),
+        ("mode: \"0600\"", "mode: \"0999\""),
+    ]);
+    let shown: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "6:5: providers.vf: unknown key `isuer`",
+            "7:5: providers.vf.client_id: `client_id` does not apply to kind `voucherify` (it belongs to oauth2, square)",
+            "8:5: providers.vf: unknown key `issue_rtae` (did you mean `issue_rate`?)",
+            "5:5: providers.vf.cluster: invalid type: sequence, expected a string",
+            "17:7: scope_sets[0] (orders-sync).file.mode: mode `0999` must be 3 or 4 octal digits, such as \"0640\"",
+        ],
+        "{shown:#?}"
+    );
 }

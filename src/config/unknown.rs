@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::raw::{
     RawAppRole, RawConfig, RawDefaultFile, RawDefaults, RawFile, RawHa, RawMetrics, RawOnRotate,
-    RawProvider, RawRefresh, RawSet, RawSetStore, RawSignalHook, RawStore, RawStoreAuth,
+    RawRefresh, RawSet, RawSetStore, RawSignalHook, RawStore, RawStoreAuth,
 };
 
 /// A path from `serde_ignored`, without its `Option` steps.
@@ -49,7 +49,6 @@ pub(super) fn known_keys(parent: &[Seg]) -> &'static [&'static str] {
         [m] if is(m, "metrics") => fields_of::<RawMetrics>(),
         [d, r] if is(d, "defaults") && is(r, "refresh") => fields_of::<RawRefresh>(),
         [d, f] if is(d, "defaults") && is(f, "file") => fields_of::<RawDefaultFile>(),
-        [p, Seg::Key(_)] if is(p, "providers") => fields_of::<RawProvider>(),
         [s, Seg::Index(_)] if is(s, "scope_sets") => fields_of::<RawSet>(),
         [s, Seg::Index(_), t] if is(s, "scope_sets") && is(t, "store") => {
             fields_of::<RawSetStore>()

@@ -1,14 +1,13 @@
 //! Checking: every value and cross-reference of the raw structs, each mistake becoming a
 //! [`Problem`]. The methods of [`Checker`] are spread over the files below, by section.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_yaml::Value;
 
-use crate::config::defaults::{DEFAULT_STATE_DIR, PROVIDER_KINDS};
+use crate::config::defaults::DEFAULT_STATE_DIR;
 use crate::config::located;
 use crate::config::paths::normalize;
 use crate::config::raw::RawConfig;
@@ -24,6 +23,7 @@ use crate::sink::FileFormat;
 use values::{describe, join};
 
 mod files;
+mod kinds;
 mod providers;
 mod secrets;
 mod sets;
@@ -144,13 +144,7 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
                 .flatten()
                 .map(|set| set.as_ref().and_then(|s| s.name.clone()))
                 .collect();
-            let kinds: HashMap<String, Option<String>> = raw
-                .providers
-                .iter()
-                .flatten()
-                .map(|(name, p)| (name.clone(), p.as_ref().and_then(|p| p.kind.clone())))
-                .collect();
-            ck.unknown_keys(unknown, &kinds);
+            ck.unknown_keys(unknown);
             ck.check(raw)
         }
         raw => {
@@ -197,19 +191,7 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
                     .collect(),
                 _ => Vec::new(),
             };
-            let kinds: HashMap<String, Option<String>> = value
-                .get("providers")
-                .and_then(Value::as_mapping)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(name, p)| {
-                            let kind = p.get("kind").and_then(Value::as_str).map(str::to_string);
-                            Some((name.as_str()?.to_string(), kind))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            ck.unknown_keys(unknown, &kinds);
+            ck.unknown_keys(unknown);
             match raw {
                 Ok(raw) => ck.check(raw),
                 Err(err) => {
@@ -240,21 +222,9 @@ fn node_path(at: &str) -> String {
 }
 
 impl Checker<'_> {
-    /// Report the keys serde passed over, except those under a provider of another kind: they
-    /// belong to that kind, its own problem says why it is refused, and listing its keys as
-    /// unknown would only bury that message.
-    fn unknown_keys(
-        &mut self,
-        mut unknown: Vec<Vec<Seg>>,
-        kinds: &HashMap<String, Option<String>>,
-    ) {
-        unknown.retain(|segs| match segs.as_slice() {
-            [Seg::Key(top), Seg::Key(name), _, ..] if top == "providers" => {
-                let kind = kinds.get(name.as_str()).and_then(Option::as_deref);
-                kind.is_some_and(|k| PROVIDER_KINDS.contains(&k))
-            }
-            _ => true,
-        });
+    /// Report the keys serde passed over. A provider's own keys are its kind's to judge (see
+    /// `providers.rs`): serde passes none of them over here.
+    fn unknown_keys(&mut self, unknown: Vec<Vec<Seg>>) {
         for segs in &unknown {
             self.unknown_key(segs);
         }

@@ -9,10 +9,10 @@ use serde_yaml::Value;
 use crate::budget::IssueRate;
 use crate::config::SetConfig;
 use crate::config::defaults::{
-    AUTH_METHODS, COMMON_PROVIDER_KEYS, DEFAULT_ISSUE_BURST, DEFAULT_ISSUE_PER_SECOND,
-    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS, DEFAULT_OAUTH2_LIFETIME,
-    DEFAULT_PROVIDER_TIMEOUT, PROVIDER_KEYS, PROVIDER_KINDS, RESERVED_TOKEN_PARAMS,
-    SQUARE_ENVIRONMENTS, SQUARE_MODES, VOUCHERIFY_CLUSTERS, VOUCHERIFY_DEFAULT_URL,
+    AUTH_METHODS, DEFAULT_ISSUE_BURST, DEFAULT_ISSUE_PER_SECOND, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_LIVE_TOKENS, DEFAULT_OAUTH2_LIFETIME, DEFAULT_PROVIDER_TIMEOUT,
+    RESERVED_TOKEN_PARAMS, SQUARE_ENVIRONMENTS, SQUARE_MODES, VOUCHERIFY_CLUSTERS,
+    VOUCHERIFY_DEFAULT_URL,
 };
 use crate::config::raw::RawProvider;
 use crate::provider::{
@@ -20,6 +20,7 @@ use crate::provider::{
 };
 
 use super::Checker;
+use super::kinds::{OAuth2, Square, Voucherify, kinds};
 use super::values::describe;
 
 impl Checker<'_> {
@@ -65,43 +66,43 @@ impl Checker<'_> {
         state_dir: &Path,
     ) -> Option<ProviderConfig> {
         let at = format!("providers.{name}");
-        let timeout = self.positive_duration(&at, "timeout", raw.timeout.as_ref(), "");
+        let timeout = self.positive_duration(&at, "timeout", raw.common.timeout.as_ref(), "");
         let max_live_tokens =
-            self.positive_integer(&at, "max_live_tokens", raw.max_live_tokens.as_ref());
-        let per_second = self.rate(&at, "issue_rate", raw.issue_rate.as_ref());
-        let burst = self.positive_integer(&at, "issue_burst", raw.issue_burst.as_ref());
+            self.positive_integer(&at, "max_live_tokens", raw.common.max_live_tokens.as_ref());
+        let per_second = self.rate(&at, "issue_rate", raw.common.issue_rate.as_ref());
+        let burst = self.positive_integer(&at, "issue_burst", raw.common.issue_burst.as_ref());
         let concurrency = self.positive_integer(
             &at,
             "max_concurrent_requests",
-            raw.max_concurrent_requests.as_ref(),
+            raw.common.max_concurrent_requests.as_ref(),
         );
-        let kind = match raw.kind.as_deref() {
-            Some(kind) if PROVIDER_KINDS.contains(&kind) => kind,
-            Some(kind) => {
-                self.bad(
-                    &at,
-                    "kind",
-                    format!(
-                        "unknown provider kind `{kind}`; this version supports {}",
-                        PROVIDER_KINDS
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-                return None;
-            }
-            None => {
-                self.missing(&at, "kind", "`voucherify`, `oauth2` or `square`");
-                return None;
-            }
+        let kinds = kinds();
+        let Some(kind) = raw.common.kind.as_deref() else {
+            self.missing(&at, "kind", "`voucherify`, `oauth2` or `square`");
+            return None;
         };
-        self.misplaced_keys(&at, kind, raw);
+        if !kinds.iter().any(|(k, _)| *k == kind) {
+            let names: Vec<String> = kinds.iter().map(|(k, _)| format!("`{k}`")).collect();
+            self.bad(
+                &at,
+                "kind",
+                format!(
+                    "unknown provider kind `{kind}`; this version supports {}",
+                    names.join(", ")
+                ),
+            );
+            return None;
+        }
         let checked = match kind {
-            "oauth2" => self.oauth2(&at, raw),
-            "square" => self.square(&at, name, raw, state_dir),
-            _ => self.voucherify(&at, raw),
+            "oauth2" => self
+                .own_keys(&at, kind, raw)
+                .and_then(|own| self.oauth2(&at, &own)),
+            "square" => self
+                .own_keys(&at, kind, raw)
+                .and_then(|own| self.square(&at, name, &own, state_dir)),
+            _ => self
+                .own_keys(&at, kind, raw)
+                .and_then(|own| self.voucherify(&at, &own)),
         };
         Some(ProviderConfig {
             name: name.to_string(),
@@ -123,59 +124,7 @@ impl Checker<'_> {
         })
     }
 
-    /// Keys that belong to another provider kind: serde knows them all, so only this check
-    /// stops `cluster:` under `kind: oauth2` from being ignored.
-    fn misplaced_keys(&mut self, at: &str, kind: &str, raw: &RawProvider) {
-        let own: &[&str] = PROVIDER_KEYS
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map_or(&[], |(_, keys)| keys);
-        let present = [
-            ("base_url", raw.base_url.is_some()),
-            ("cluster", raw.cluster.is_some()),
-            ("app_id", raw.app_id.is_some()),
-            ("app_token", raw.app_token.is_some()),
-            ("issuer", raw.issuer.is_some()),
-            ("token_url", raw.token_url.is_some()),
-            ("revocation_url", raw.revocation_url.is_some()),
-            ("introspection_url", raw.introspection_url.is_some()),
-            ("client_id", raw.client_id.is_some()),
-            ("client_secret", raw.client_secret.is_some()),
-            ("auth_method", raw.auth_method.is_some()),
-            ("private_key", raw.private_key.is_some()),
-            ("key_id", raw.key_id.is_some()),
-            ("assertion_audience", raw.assertion_audience.is_some()),
-            ("client_certificate", raw.client_certificate.is_some()),
-            ("client_key", raw.client_key.is_some()),
-            ("client_assertion", raw.client_assertion.is_some()),
-            ("extra_params", raw.extra_params.is_some()),
-            ("default_lifetime", raw.default_lifetime.is_some()),
-            ("ca_file", raw.ca_file.is_some()),
-            ("environment", raw.environment.is_some()),
-            ("refresh_token", raw.refresh_token.is_some()),
-            ("access_token", raw.access_token.is_some()),
-            ("mode", raw.mode.is_some()),
-        ];
-        for (key, is_present) in present {
-            if is_present && !own.contains(&key) && !COMMON_PROVIDER_KEYS.contains(&key) {
-                let owners: Vec<&str> = PROVIDER_KEYS
-                    .iter()
-                    .filter(|(_, keys)| keys.contains(&key))
-                    .map(|(k, _)| *k)
-                    .collect();
-                self.bad(
-                    at,
-                    key,
-                    format!(
-                        "`{key}` does not apply to kind `{kind}` (it belongs to {})",
-                        owners.join(", ")
-                    ),
-                );
-            }
-        }
-    }
-
-    fn voucherify(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+    fn voucherify(&mut self, at: &str, raw: &Voucherify) -> Option<ProviderKind> {
         let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
             (Some(_), Some(_)) => {
                 self.bad(at, "cluster", "give base_url or cluster, not both");
@@ -209,7 +158,7 @@ impl Checker<'_> {
         })
     }
 
-    fn oauth2(&mut self, at: &str, raw: &RawProvider) -> Option<ProviderKind> {
+    fn oauth2(&mut self, at: &str, raw: &OAuth2) -> Option<ProviderKind> {
         let explicit = raw.token_url.is_some()
             || raw.revocation_url.is_some()
             || raw.introspection_url.is_some();
@@ -336,7 +285,7 @@ impl Checker<'_> {
         &mut self,
         at: &str,
         method: AuthMethod,
-        raw: &RawProvider,
+        raw: &OAuth2,
     ) -> Option<ClientCredential> {
         let given = [
             ("client_secret", raw.client_secret.is_some()),
@@ -442,7 +391,7 @@ impl Checker<'_> {
         &mut self,
         at: &str,
         name: &str,
-        raw: &RawProvider,
+        raw: &Square,
         state_dir: &Path,
     ) -> Option<ProviderKind> {
         let base_url = match (raw.base_url.as_deref(), raw.environment.as_deref()) {

@@ -68,7 +68,7 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|p| providers.get(p))
             .and_then(|p| p.as_ref());
-        let kind = raw_provider.and_then(|p| p.kind.as_deref());
+        let kind = raw_provider.and_then(|p| p.common.kind.as_deref());
         let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
         let file = match &raw.file {
             // A set that writes only to a store needs no file.
@@ -117,7 +117,7 @@ impl Checker<'_> {
         };
         if kind == Some("square")
             && on_shutdown == Ok(Some(OnShutdown::Revoke))
-            && raw_provider.is_some_and(|p| p.client_secret.is_none())
+            && raw_provider.is_some_and(|p| !p.own.contains_key("client_secret"))
         {
             self.bad(
                 &at,
