@@ -12,6 +12,7 @@ pub mod control;
 pub mod cron;
 pub mod daemon;
 pub mod devprovider;
+pub mod fsio;
 pub mod hooks;
 pub mod journal;
 pub mod limits;

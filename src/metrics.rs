@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::sink::SinkError;
+use crate::fsio::FileError;
 use crate::status::{Board, Phase, SetPhase, Snapshot};
 
 /// node_exporter runs as its own user and must read the file; nothing in it is secret.
@@ -54,7 +54,7 @@ const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("cannot write the metrics textfile")]
-    Textfile(#[source] SinkError),
+    Textfile(#[source] FileError),
     #[error("cannot listen for metrics scrapes on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -221,7 +221,7 @@ fn escape(value: &str) -> String {
 
 /// Write the exposition atomically, so node_exporter never reads half a file.
 pub fn write_textfile(path: &Path, snap: &Snapshot) -> Result<(), MetricsError> {
-    crate::sink::write_file(path, TEXTFILE_MODE, render(snap).as_bytes())
+    crate::fsio::write_file(path, TEXTFILE_MODE, render(snap).as_bytes())
         .map_err(MetricsError::Textfile)
 }
 

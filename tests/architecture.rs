@@ -312,6 +312,50 @@ fn every_import_goes_down_a_layer_or_sideways() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Imports the layers allow but the design does not: (module, the module it must not import,
+/// why). The token sink is for token files; the daemon's own files (the journal, the status
+/// file, the metrics textfile, a provider's state file) go through the file primitives of
+/// `fsio`, so that a provider never depends on how tokens are written out.
+const FORBIDDEN_IMPORTS: &[(&str, &str, &str)] = &[
+    (
+        "provider",
+        "sink",
+        "a provider hands its tokens to the set task, never to a token file",
+    ),
+    (
+        "journal",
+        "sink",
+        "the journal writes through fsio, not the token sink",
+    ),
+    (
+        "status",
+        "sink",
+        "the status file is written through fsio, not the token sink",
+    ),
+    (
+        "metrics",
+        "sink",
+        "the textfile is written through fsio, not the token sink",
+    ),
+];
+
+#[test]
+fn providers_and_the_daemons_own_files_do_not_import_the_token_sink() {
+    let graph = import_graph();
+    let mut problems = Vec::new();
+    for (module, banned, why) in FORBIDDEN_IMPORTS {
+        let deps = graph.get(*module);
+        assert!(
+            deps.is_some(),
+            "src/{module} is gone: update FORBIDDEN_IMPORTS"
+        );
+        if deps.is_some_and(|d| d.contains(*banned)) {
+            problems.push(format!("{module} imports {banned}: {why}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn no_source_file_over_the_limit_and_main_only_dispatches() {
     let src = root().join("src");

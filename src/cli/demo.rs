@@ -83,7 +83,7 @@ pub(crate) async fn demo(dir: PathBuf, lifetime: Duration) -> u8 {
     // followed to write over what it names.
     let text = demo_config(&dir, &provider.base_url());
     let written =
-        tokenkeeper::sink::write_advisory_file(&cfg_path, 0o600, |w| w.write_all(text.as_bytes()));
+        tokenkeeper::fsio::write_advisory_file(&cfg_path, 0o600, |w| w.write_all(text.as_bytes()));
     if let Err(e) = written {
         error!(path = %cfg_path.display(), error = %tokenkeeper::error_chain(&e), "cannot write the demo config");
         return EXIT_OSERR;

@@ -331,13 +331,13 @@ fn too_large_message() -> String {
 /// The config file's text: a regular file (a device such as /dev/zero, or a FIFO, would be
 /// read forever or block), at most [`MAX_CONFIG_BYTES`], UTF-8.
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    use crate::sink::SmallTextError as E;
+    use crate::fsio::SmallTextError as E;
     let fail = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     };
     let refuse = |why: String| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
-    crate::sink::read_small_text(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+    crate::fsio::read_small_text(path, MAX_CONFIG_BYTES).map_err(|e| match e {
         E::Io(e) => fail(e),
         E::NotAFile => refuse(
             "not a regular file (a device, FIFO, socket or directory); the configuration is read from a file".into(),

@@ -9,9 +9,9 @@ use tokio::task::JoinHandle;
 use super::{DaemonError, Order, SetOutcome, SetTask, Start, random_jitter};
 use crate::budget::Budget;
 use crate::config::{Config, SetConfig};
+use crate::fsio;
 use crate::journal::Journal;
 use crate::provider::{ProviderConfig, TokenProvider};
-use crate::sink;
 use crate::status::{Board, SetReport};
 use crate::store::{SetSink, Stores};
 
@@ -66,9 +66,9 @@ impl<P: TokenProvider + 'static> Shared<P> {
             .file
             .as_ref()
             .map(|f| f.path.clone())
-            .filter(|p| sink::stale_temps_pending(p))
+            .filter(|p| fsio::stale_temps_pending(p))
         {
-            let _ = tokio::task::spawn_blocking(move || sink::remove_stale_temps(&path)).await;
+            let _ = tokio::task::spawn_blocking(move || fsio::remove_stale_temps(&path)).await;
         }
         let (stop_tx, stop_rx) = oneshot::channel();
         let report = self.board.register(&set.name, &set.provider);

@@ -122,7 +122,7 @@ pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
 /// Remove the copies of the log that compactions left in `dir` when they were killed before
 /// their rename: each holds token records, and nothing else would ever remove them; and the
 /// copies of a Square provider's refresh-token file, which hold a refresh token. Only regular
-/// files named as a writer names its temporary file (see [`crate::sink::write_file`]); called
+/// files named as a writer names its temporary file (see [`crate::fsio::write_file`]); called
 /// with the directory's lock held, so no writer of another process is under way.
 pub(super) fn remove_leftover_copies(dir: &Path) {
     let entries = match std::fs::read_dir(dir) {
@@ -158,7 +158,7 @@ pub(super) fn remove_leftover_copies(dir: &Path) {
 /// (`square-NAME.json`, its rotated refresh token). The status file's copies hold no secret
 /// and are left to the status writer.
 fn holds_secrets_left_behind(name: &std::ffi::OsStr) -> bool {
-    if crate::sink::is_temp_of(name, std::ffi::OsStr::new(JOURNAL_FILE)) {
+    if crate::fsio::is_temp_of(name, std::ffi::OsStr::new(JOURNAL_FILE)) {
         return true;
     }
     // `.square-NAME.json.RANDOM.tmp`: the random part has no dot.
@@ -280,7 +280,7 @@ impl Disk {
             s.push_line(&mut bytes);
         }
         synced(&self.dir);
-        crate::sink::write_file(&path, JOURNAL_MODE, &bytes).map_err(JournalError::Write)?;
+        crate::fsio::write_file(&path, JOURNAL_MODE, &bytes).map_err(JournalError::Write)?;
         if self.legacy {
             // Only now that the log holding its tokens is durable. Should this removal be
             // lost in a crash, the log still wins at the next load.

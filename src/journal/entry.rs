@@ -62,7 +62,7 @@ mod humantime_serde {
         // Straight into the output: a string per timestamp was three allocations per entry
         // per commit.
         ser.collect_str(&humantime::format_rfc3339_millis(
-            crate::sink::rfc3339_range(*t),
+            crate::clock::rfc3339_range(*t),
         ))
     }
 

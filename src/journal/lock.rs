@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::trust::{Owners, Writers, open_to_others, swappable_ancestor};
 
 use super::{JOURNAL_MODE, JournalError, LOCK_FILE, io};
-use crate::sink::STATE_DIR_MODE;
+use crate::fsio::STATE_DIR_MODE;
 
 /// Exclusive ownership of a state directory, for as long as this value lives.
 #[derive(Debug)]
@@ -177,7 +177,7 @@ pub fn lock_state_dir(dir: &Path) -> Result<StateLock, JournalError> {
         Err(e) => return Err(io("stat", dir)(e)),
     }
     // It holds live tokens and is ours alone, so a read mode someone added is taken back.
-    crate::sink::ensure_dir(dir, STATE_DIR_MODE, crate::sink::Existing::SetMode).map_err(|e| {
+    crate::fsio::ensure_dir(dir, STATE_DIR_MODE, crate::fsio::Existing::SetMode).map_err(|e| {
         JournalError::Io {
             op: e.op,
             path: e.path,

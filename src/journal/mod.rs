@@ -82,7 +82,7 @@ pub enum JournalError {
     #[error("{path} {why}; refusing state another user may have written (fix its owner and mode)", path = path.display())]
     Unsafe { path: PathBuf, why: String },
     #[error("cannot write the journal")]
-    Write(#[source] crate::sink::SinkError),
+    Write(#[source] crate::fsio::FileError),
     #[error("the journal writer has stopped")]
     Closed,
 }

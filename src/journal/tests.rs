@@ -88,7 +88,7 @@ fn copies_a_killed_compaction_left_are_swept_when_the_lock_is_taken() {
     let dir = tmp.path().join("state");
     let held = lock_state_dir(&dir).unwrap();
     save(&dir, &[entry("a", 900)]).unwrap();
-    // Named as the compaction's temporary file is (`sink::create_temp`), and kept as a kill
+    // Named as the compaction's temporary file is (`fsio`'s `create_temp`), and kept as a kill
     // before the rename keeps it.
     let copy = tempfile::Builder::new()
         .prefix(&format!(".{JOURNAL_FILE}."))

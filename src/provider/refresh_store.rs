@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::fsio::{self, FileError, STATE_DIR_MODE};
 use crate::secret::Secret;
-use crate::sink::{self, STATE_DIR_MODE, SinkError};
 
 /// The stored file: owner read-write only, like any key file.
 pub const STATE_FILE_MODE: u32 = 0o600;
@@ -39,7 +39,7 @@ pub enum RefreshStoreError {
     Write {
         path: PathBuf,
         #[source]
-        source: SinkError,
+        source: FileError,
     },
     #[error("{path} is not a tokenkeeper state file ({why}); restore it from a backup, or remove it to start again from the configured token", path = path.display())]
     Corrupt { path: PathBuf, why: String },
@@ -139,7 +139,7 @@ impl RefreshStore {
         let dir = self.path.parent().unwrap_or(Path::new("/"));
         // An existing directory is left as the operator made it: the file inside is owner-only
         // whatever the directory's mode, and `load` refuses it otherwise.
-        sink::ensure_dir(dir, STATE_DIR_MODE, sink::Existing::Keep).map_err(|e| {
+        fsio::ensure_dir(dir, STATE_DIR_MODE, fsio::Existing::Keep).map_err(|e| {
             RefreshStoreError::Io {
                 op: e.op,
                 path: e.path,
@@ -156,7 +156,7 @@ impl RefreshStore {
         // Serializing plain strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *bytes, &stored);
         bytes.push(b'\n');
-        sink::write_file(&self.path, STATE_FILE_MODE, &bytes).map_err(|source| {
+        fsio::write_file(&self.path, STATE_FILE_MODE, &bytes).map_err(|source| {
             RefreshStoreError::Write {
                 path: self.path.clone(),
                 source,

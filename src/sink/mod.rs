@@ -1,16 +1,8 @@
-//! Token files: the formats, and the atomic writer.
-//!
-//! Every write goes to a temporary file in the target's directory that only the owner can read,
-//! is flushed to disk, given its owner and exact mode, and renamed over the target, after which
-//! the directory is flushed too. A reader opening the path at any moment sees a whole file,
-//! old or new; a crash leaves either, never a mix.
+//! Token files: the formats, their templates, and the `TokenSink` that writes them with the
+//! atomic writer of [`crate::fsio`].
 
-use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{File, Permissions};
 use std::future::Future;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -18,6 +10,8 @@ use serde::Serialize;
 use tracing::warn;
 use zeroize::Zeroizing;
 
+use crate::clock::rfc3339_range;
+use crate::fsio::{self, DirError, Durability, Existing, FileError, ensure_dir};
 use crate::secret::Secret;
 
 pub use template::{FileTemplate, MAX_TEMPLATE_BYTES, TemplateError, TemplateProblem};
@@ -48,13 +42,6 @@ pub enum FileFormat {
 /// open files, others see nothing.
 pub const DIR_MODE: u32 = 0o750;
 
-/// Exact mode of `state_dir`: it holds live tokens, so only the daemon's user may enter.
-pub const STATE_DIR_MODE: u32 = 0o700;
-
-/// Mode the temporary file is created with, before it gets the target's exact mode: owner
-/// only, so no one else can read the token during the write, whatever the target mode is.
-const TEMP_MODE: u32 = 0o600;
-
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{op} {path}", path = path.display())]
@@ -76,6 +63,27 @@ impl SinkError {
     /// provider's tokens, so it waits like a refused key, for the operator to fix it.
     pub fn lasts(&self) -> bool {
         matches!(self, SinkError::Template(_))
+    }
+}
+
+impl From<FileError> for SinkError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io { op, path, source } => SinkError::Io { op, path, source },
+            FileError::BadPath(path) => SinkError::BadPath(path),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Where [`fsio::write_atomic`] puts this file.
+    pub fn target(&self) -> fsio::Target<'_> {
+        fsio::Target {
+            path: &self.path,
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
+        }
     }
 }
 
@@ -108,18 +116,6 @@ struct JsonFile<'a> {
 /// `orders-sync` → `ORDERS_SYNC`, the prefix of the `env` format's variables.
 pub fn env_name(set: &str) -> String {
     set.to_ascii_uppercase().replace('-', "_")
-}
-
-/// The last second RFC 3339 can write (9999-12-31T23:59:59Z): humantime refuses later
-/// times, and its `to_string` then panics.
-const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
-
-/// `t` brought into what RFC 3339 can write: from the epoch (humantime panics before it) to
-/// the end of year 9999. Configured durations are bounded far inside this, so only a
-/// bug or a corrupt clock gets here; a saturated time is still the safe answer, a panic not.
-pub fn rfc3339_range(t: SystemTime) -> SystemTime {
-    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_RFC3339_SECOND);
-    t.clamp(std::time::UNIX_EPOCH, last)
 }
 
 /// The file's bytes in `format`. The buffer is zeroed when dropped. Only a template can fail.
@@ -163,27 +159,6 @@ pub fn render(
     Ok(out)
 }
 
-/// What [`ensure_dir`] does with a directory that already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Leave it as it is. A token file's directory may be one the operator made, or a shared
-    /// one such as `/run` or `/tmp`, whose mode is not ours to change.
-    Keep,
-    /// Give it exactly the mode, tightening it if someone loosened it. Only for a directory
-    /// that is ours alone, such as `state_dir`.
-    SetMode,
-}
-
-/// A directory [`ensure_dir`] could not create or set the mode of.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {path}", path = path.display())]
-pub struct DirError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
-}
-
 impl From<DirError> for SinkError {
     fn from(e: DirError) -> Self {
         SinkError::Io {
@@ -192,52 +167,6 @@ impl From<DirError> for SinkError {
             source: e.source,
         }
     }
-}
-
-/// Create `dir` and its missing parents, each with exactly `mode` whatever the umask; a `dir`
-/// that exists already is kept or given `mode` as `existing` says, and parents that exist are
-/// never touched. A symlink to a directory counts as that directory; anything else that is
-/// not a directory (a file, a symlink to nothing) is an error naming it.
-pub fn ensure_dir(dir: &Path, mode: u32, existing: Existing) -> Result<(), DirError> {
-    let fail = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DirError { op, path, source }
-    };
-    if !dir.is_dir() {
-        // Create one level at a time so that each directory we make gets the exact mode,
-        // which the umask would otherwise trim.
-        // Up to the nearest directory, not the nearest existing path, so that a file on the
-        // way is met by mkdir below and refused by name rather than failing a later step.
-        let mut missing = Vec::new();
-        let mut cur = Some(dir);
-        while let Some(d) = cur {
-            if d.is_dir() {
-                break;
-            }
-            missing.push(d);
-            cur = d.parent();
-        }
-        for d in missing.into_iter().rev() {
-            match std::fs::DirBuilder::new().mode(mode).create(d) {
-                Ok(()) => std::fs::set_permissions(d, Permissions::from_mode(mode))
-                    .map_err(fail("set the mode of", d))?,
-                // Made by someone else meanwhile: it exists now, and is treated as such.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && d.is_dir() => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    return Err(fail("create directory", d)(std::io::Error::new(
-                        ErrorKind::NotADirectory,
-                        "it exists, and is neither a directory nor a symlink to one",
-                    )));
-                }
-                Err(e) => return Err(fail("create directory", d)(e)),
-            }
-        }
-    }
-    if existing == Existing::SetMode {
-        std::fs::set_permissions(dir, Permissions::from_mode(mode))
-            .map_err(fail("set the mode of", dir))?;
-    }
-    Ok(())
 }
 
 /// Create the target's directory (and missing parents) with [`DIR_MODE`], exactly; an
@@ -249,199 +178,6 @@ pub fn ensure_parent(path: &Path) -> Result<(), SinkError> {
     Ok(ensure_dir(dir, DIR_MODE, Existing::Keep)?)
 }
 
-/// Directories already listed for stale temporary files, with the stale ones still to remove.
-/// Only a previous process can leave a stale temporary file (this one removes its own when a
-/// write fails), so one listing per directory, taken before this process writes there, finds
-/// them all. Listing once instead of once per set keeps a start with 10,000 files in one
-/// directory linear instead of quadratic (10,000 listings of 10,000 names each).
-static LISTED: std::sync::Mutex<Option<HashMap<PathBuf, Vec<OsString>>>> =
-    std::sync::Mutex::new(None);
-
-/// Whether [`remove_stale_temps`] for `path` has anything left to do: false once its directory
-/// has been listed and no stale file of this target was found, so the caller can skip a trip
-/// to the blocking pool.
-pub fn stale_temps_pending(path: &Path) -> bool {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return false;
-    };
-    let listed = LISTED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match listed.as_ref().and_then(|m| m.get(dir)) {
-        None => true,
-        Some(stale) => stale.iter().any(|n| is_temp_of(n, name)),
-    }
-}
-
-/// `.NAME.RANDOM.tmp`: a temporary file [`write_atomic`] makes for `NAME`.
-pub fn is_temp_of(candidate: &std::ffi::OsStr, name: &std::ffi::OsStr) -> bool {
-    let c = candidate.to_string_lossy();
-    let prefix = format!(".{}.", name.to_string_lossy());
-    c.starts_with(&prefix) && c.ends_with(".tmp")
-}
-
-/// Remove temporary files that a killed writer left behind for this target.
-pub fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let mut listed = LISTED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let stale = listed
-        .get_or_insert_with(HashMap::new)
-        .entry(dir.to_path_buf())
-        .or_insert_with(|| {
-            // Every dot-name ending in .tmp: candidates for any target in this directory.
-            std::fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| e.file_name())
-                        .filter(|n| {
-                            let n = n.to_string_lossy();
-                            n.starts_with('.') && n.ends_with(".tmp")
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        });
-    stale.retain(|n| {
-        if is_temp_of(n, name) {
-            let _ = std::fs::remove_file(dir.join(n));
-            false
-        } else {
-            true
-        }
-    });
-}
-
-/// Atomically replace `path` with `contents` at exactly `mode`, owned by us: the journal,
-/// state files, the status file and metrics go through here like the token files.
-pub fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), SinkError> {
-    write_atomic(&own_file(path, mode), contents)
-}
-
-/// One of the daemon's own files: raw bytes, owned by the daemon's user.
-fn own_file(path: &Path, mode: u32) -> FileConfig {
-    FileConfig {
-        path: path.to_path_buf(),
-        format: FileFormat::Raw,
-        mode,
-        owner: None,
-        group: None,
-    }
-}
-
-/// Atomically replace `file.path` with `contents`, with the exact mode and owner.
-pub fn write_atomic(file: &FileConfig, contents: &[u8]) -> Result<(), SinkError> {
-    write_atomic_with(file, Durability::Durable, |w| w.write_all(contents))
-}
-
-/// Replace `path` atomically with what `fill` writes, piece by piece through a buffer of
-/// [`STREAM_BUFFER_BYTES`], and without `fsync`: for a file that says how things are and is
-/// rewritten every few seconds (the status file), whose loss in a power cut costs nothing,
-/// since the daemon that wrote it is gone too. Streamed because the status file of 10,000
-/// sets is several MiB of JSON, which serialized whole first was the largest single
-/// allocation of a stop; unsynced because the two `fsync`s were most of an idle daemon's
-/// wake-ups. Not for secrets: the buffer is not zeroed.
-pub fn write_advisory_file(
-    path: &Path,
-    mode: u32,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<(), SinkError> {
-    write_atomic_with(&own_file(path, mode), Durability::Advisory, |w| {
-        let mut buffered = std::io::BufWriter::with_capacity(STREAM_BUFFER_BYTES, w);
-        fill(&mut buffered)?;
-        buffered.flush()
-    })
-}
-
-/// What [`write_advisory_file`] buffers: large enough that a multi-MiB file takes few
-/// `write`s, small next to the file.
-const STREAM_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Whether a replaced file must survive a power cut.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// The file and the rename are flushed before the write returns: tokens, the journal.
-    Durable,
-    /// Atomic (a reader sees the old file or the new), but not flushed: also what a token
-    /// file on a tmpfs gets, where a flush means nothing.
-    Advisory,
-}
-
-fn write_atomic_with(
-    file: &FileConfig,
-    durability: Durability,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<(), SinkError> {
-    let path = &file.path;
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) => (d, n),
-        _ => return Err(SinkError::BadPath(path.clone())),
-    };
-    let mut tmp = create_temp(dir, name)?;
-    let tmp_path = tmp.path().to_path_buf();
-    fill(tmp.as_file_mut()).map_err(io("write", &tmp_path))?;
-    let f: &File = tmp.as_file();
-    if file.owner.is_some() || file.group.is_some() {
-        std::os::unix::fs::fchown(f, file.owner, file.group).map_err(io("chown", &tmp_path))?;
-    }
-    // fchmod after fchown: chown may clear mode bits, and the umask never touches fchmod.
-    f.set_permissions(Permissions::from_mode(file.mode))
-        .map_err(io("set the mode of", &tmp_path))?;
-    let flush = durability == Durability::Durable && can_flush(dir);
-    if flush {
-        flushed(dir);
-        f.sync_all().map_err(io("fsync", &tmp_path))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| io("rename a temporary file over", path)(e.error))?;
-    if flush { sync_dir(dir) } else { Ok(()) }
-}
-
-/// Whether flushing a file or a rename in `dir` means anything. A tmpfs has no device to
-/// flush to (its `fsync` returns at once) and loses everything in a power cut anyway, so a
-/// token file there (under `/run`, where the unit puts them) skips the `fsync` of the file
-/// and the open, `fsync` and close of its directory: four system calls a write and three a
-/// removal, for nothing.
-fn can_flush(dir: &Path) -> bool {
-    !in_memory(dir)
-}
-
-/// The flushes made in each directory, for the tests that check when they are skipped: by
-/// directory, since a write may run on any thread of the blocking pool.
-#[cfg(test)]
-static FLUSHES: std::sync::Mutex<Option<HashMap<PathBuf, usize>>> = std::sync::Mutex::new(None);
-
-fn flushed(_dir: &Path) {
-    #[cfg(test)]
-    {
-        let mut counts = FLUSHES
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts
-            .get_or_insert_with(HashMap::new)
-            .entry(_dir.to_path_buf())
-            .or_default() += 1;
-    }
-}
-
-/// The temporary file a write starts with: next to the target (so the rename is atomic),
-/// with a random name opened exclusively (so nobody can plant it), readable by the owner only.
-/// What a failure to make the temporary file beside a target is called in its error.
-const CREATE_TEMP: &str = "create a temporary file in";
-
-fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> Result<tempfile::NamedTempFile, SinkError> {
-    tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(TEMP_MODE))
-        .tempfile_in(dir)
-        .map_err(io(CREATE_TEMP, dir))
-}
-
 /// Write a token file. Its directory nearly always exists, so it is made (see
 /// [`ensure_parent`]) only once making the temporary file says it is missing or not a
 /// directory: one `stat` less on every write.
@@ -450,10 +186,10 @@ fn write_token_file(
     durability: Durability,
     bytes: &[u8],
 ) -> Result<(), SinkError> {
-    let attempt = || write_atomic_with(file, durability, |w| w.write_all(bytes));
+    let attempt = || fsio::write_atomic_with(&file.target(), durability, |w| w.write_all(bytes));
     match attempt() {
-        Err(SinkError::Io {
-            op: CREATE_TEMP,
+        Err(FileError::Io {
+            op: fsio::CREATE_TEMP,
             source,
             ..
         }) if matches!(
@@ -462,79 +198,9 @@ fn write_token_file(
         ) =>
         {
             ensure_parent(&file.path)?;
-            attempt()
+            Ok(attempt()?)
         }
-        done => done,
-    }
-}
-
-/// Why [`read_small_text`] refused a file; each caller words it for what the file is.
-#[derive(Debug)]
-pub enum SmallTextError {
-    Io(std::io::Error),
-    /// A device, FIFO, socket or directory.
-    NotAFile,
-    /// Over the caller's bound, at open or while read.
-    TooLarge,
-    NotUtf8,
-}
-
-/// The whole of a small text file the operator names (the config, a template): a regular
-/// file only, at most `max` bytes even if it grows while it is read, UTF-8. Opened
-/// non-blocking, so that a FIFO nobody writes returns instead of waiting; a regular file
-/// reads the same either way.
-pub fn read_small_text(path: &Path, max: u64) -> Result<String, SmallTextError> {
-    let (file, meta) = crate::secret::open_small_file(path, max).map_err(small_text_error)?;
-    text_of(file, &meta, max)
-}
-
-/// [`read_small_text`] of a file its caller opened (non-blocking) and looked at (`meta`), with
-/// rules of its own.
-pub(crate) fn read_opened_text(
-    file: std::fs::File,
-    meta: &std::fs::Metadata,
-    max: u64,
-) -> Result<String, SmallTextError> {
-    crate::secret::small_file(meta, max).map_err(small_text_error)?;
-    text_of(file, meta, max)
-}
-
-/// The UTF-8 text of a small file already judged, at most `max` bytes even if it grew since.
-fn text_of(
-    file: std::fs::File,
-    meta: &std::fs::Metadata,
-    max: u64,
-) -> Result<String, SmallTextError> {
-    let mut bytes = crate::secret::read_capped(file, meta, max).map_err(small_text_error)?;
-    // Not a secret: the text moves out of the zeroing buffer rather than being copied.
-    String::from_utf8(std::mem::take(&mut *bytes)).map_err(|_| SmallTextError::NotUtf8)
-}
-
-fn small_text_error(e: crate::secret::SmallFileError) -> SmallTextError {
-    use crate::secret::SmallFileError as E;
-    match e {
-        E::Io(e) => SmallTextError::Io(e),
-        E::NotAFile => SmallTextError::NotAFile,
-        E::TooLarge => SmallTextError::TooLarge,
-    }
-}
-
-/// Remove a token file; a file that is already gone is fine.
-pub fn remove(path: &Path) -> Result<(), SinkError> {
-    remove_with(path, Durability::Durable)
-}
-
-/// [`remove`], told whether the removal must be flushed: a caller that has just asked
-/// whether the directory is on a tmpfs (`Advisory`) spares the second `statfs`.
-fn remove_with(path: &Path, durability: Durability) -> Result<(), SinkError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("remove", path)(e)),
-    }
-    match path.parent() {
-        Some(dir) if durability == Durability::Durable && can_flush(dir) => sync_dir(dir),
-        _ => Ok(()),
+        done => Ok(done?),
     }
 }
 
@@ -576,7 +242,7 @@ pub fn remove_if_holds(path: &Path, written: &[FileDigest]) -> Result<Removal, S
     remove_if_holds_with(path, written, Durability::Durable)
 }
 
-/// [`remove_if_holds`], told whether the removal must be flushed (see [`remove_with`]).
+/// [`remove_if_holds`], told whether the removal must be flushed (see [`fsio::remove_with`]).
 fn remove_if_holds_with(
     path: &Path,
     written: &[FileDigest],
@@ -620,16 +286,8 @@ fn remove_if_holds_with(
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Gone),
         Err(e) => return Err(io("stat", path)(e)),
     }
-    remove_with(path, durability)?;
+    fsio::remove_with(path, durability)?;
     Ok(Removal::Removed)
-}
-
-/// Flush a directory so a rename or unlink in it survives a power cut.
-fn sync_dir(dir: &Path) -> Result<(), SinkError> {
-    flushed(dir);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 /// Where a set's token goes. The file is the first kind; a secrets store is another.
@@ -659,7 +317,7 @@ pub struct IssuedMeta {
     pub expires_at: SystemTime,
 }
 
-/// A token file, written with [`write_atomic`] (on the blocking pool unless on a tmpfs).
+/// A token file, written with [`fsio::write_atomic`] (on the blocking pool unless on a tmpfs).
 pub struct FileSink {
     set: String,
     file: FileConfig,
@@ -697,8 +355,8 @@ async fn blocking<T: Send + 'static>(
     cheap: bool,
     f: impl FnOnce(Durability) -> Result<T, SinkError> + Send + 'static,
 ) -> Result<T, SinkError> {
-    let memory = path.parent().is_some_and(in_memory);
-    // Nothing to flush to on a tmpfs (see `can_flush`).
+    let memory = path.parent().is_some_and(fsio::in_memory);
+    // Nothing to flush to on a tmpfs.
     let durability = if memory {
         Durability::Advisory
     } else {
@@ -716,14 +374,6 @@ async fn blocking<T: Send + 'static>(
                 source: std::io::Error::other(e.to_string()),
             })
         })
-}
-
-/// Whether `dir` is on a tmpfs, the file system that lives in memory. Asked at each
-/// operation rather than once: a mount may come or go under a long-running daemon, and the
-/// `statfs` costs a microsecond.
-fn in_memory(dir: &Path) -> bool {
-    use nix::sys::statfs::{TMPFS_MAGIC, statfs};
-    statfs(dir).is_ok_and(|fs| fs.filesystem_type() == TMPFS_MAGIC)
 }
 
 impl TokenSink for FileSink {
@@ -767,7 +417,10 @@ impl TokenSink for FileSink {
             // Written by this set's predecessor (a reload that kept the file): still only a
             // regular file, never what a symlink there points to.
             None => match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_file() => remove_with(&path, durability).map(|()| true),
+                Ok(m) if m.file_type().is_file() => {
+                    fsio::remove_with(&path, durability)?;
+                    Ok(true)
+                }
                 Ok(_) => {
                     warn!(file = %path.display(), "not removing the token file: it is no longer a regular file");
                     Ok(false)
@@ -795,6 +448,8 @@ impl TokenSink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::LAST_RFC3339_SECOND;
+    use crate::fsio::{flushes_in, in_memory, remove, write_file};
     use std::os::unix::fs::MetadataExt;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -920,7 +575,7 @@ mod tests {
         let meta = std::fs::metadata(path.parent().unwrap()).unwrap();
         assert_eq!(meta.mode() & 0o7777, DIR_MODE);
         for (mode, body) in [(0o640, "one"), (0o604, "two"), (0o600, "three")] {
-            write_atomic(&file_cfg(path.clone(), mode), body.as_bytes()).unwrap();
+            write_file(&path, mode, body.as_bytes()).unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), body);
             let m = std::fs::metadata(&path).unwrap().mode() & 0o7777;
             assert_eq!(m, mode);
@@ -933,95 +588,6 @@ mod tests {
         remove(&path).unwrap();
         assert!(!path.exists());
         remove(&path).unwrap();
-    }
-
-    #[test]
-    fn ensure_dir_makes_exact_modes_and_refuses_a_file_in_the_way() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
-        let nested = tmp.path().join("a/b/c");
-        // A umask that would strip the group's bits from a naive create.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let made = ensure_dir(&nested, 0o750, Existing::Keep);
-        nix::sys::stat::umask(old);
-        made.unwrap();
-        for d in ["a", "a/b", "a/b/c"] {
-            assert_eq!(mode(&tmp.path().join(d)), 0o750, "{d}");
-        }
-
-        // An existing directory: kept, or given the mode; its existing parents never touched.
-        std::fs::set_permissions(&nested, Permissions::from_mode(0o755)).unwrap();
-        ensure_dir(&nested, 0o750, Existing::Keep).unwrap();
-        assert_eq!(mode(&nested), 0o755);
-        ensure_dir(&nested, 0o700, Existing::SetMode).unwrap();
-        assert_eq!(mode(&nested), 0o700);
-        assert_eq!(mode(&tmp.path().join("a/b")), 0o750);
-
-        // A symlink to a directory is that directory.
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&nested, &link).unwrap();
-        ensure_dir(&link, 0o750, Existing::Keep).unwrap();
-        assert_eq!(mode(&nested), 0o700);
-
-        // A file in the way, as the directory or as a parent: an error naming it, file intact.
-        let file = tmp.path().join("file");
-        std::fs::write(&file, "x").unwrap();
-        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
-        for (dir, existing) in [
-            (file.clone(), Existing::Keep),
-            (file.clone(), Existing::SetMode),
-            (file.join("sub"), Existing::Keep),
-        ] {
-            let err = ensure_dir(&dir, 0o700, existing).unwrap_err();
-            assert_eq!(err.path, file);
-            let text = crate::error_chain(&err);
-            assert!(text.starts_with("create directory "), "{text}");
-            assert!(
-                text.contains("neither a directory nor a symlink to one"),
-                "{text}"
-            );
-        }
-        assert_eq!(mode(&file), 0o644);
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
-
-        // So is a symlink to nothing, which is left dangling rather than followed.
-        let dangling = tmp.path().join("dangling");
-        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
-        let err = ensure_dir(&dangling, 0o700, Existing::SetMode).unwrap_err();
-        assert_eq!(err.path, dangling);
-        assert!(!tmp.path().join("nowhere").exists());
-    }
-
-    #[test]
-    fn a_directory_in_the_way_is_an_error_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.token");
-        std::fs::create_dir(&path).unwrap();
-        let err = write_atomic(&file_cfg(path.clone(), 0o640), b"x").unwrap_err();
-        assert!(err.to_string().contains("rename"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn the_temporary_file_is_owner_only_from_its_creation() {
-        let dir = tempfile::tempdir().unwrap();
-        // Even with no umask at all, the token is never readable by others mid-write.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let tmp = create_temp(dir.path(), std::ffi::OsStr::new("t.token"));
-        nix::sys::stat::umask(old);
-        let tmp = tmp.unwrap();
-        assert_eq!(tmp.as_file().metadata().unwrap().mode() & 0o7777, 0o600);
-    }
-
-    #[test]
-    fn stale_temps_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.token");
-        std::fs::write(dir.path().join(".t.token.abc123.tmp"), "x").unwrap();
-        std::fs::write(dir.path().join("other"), "x").unwrap();
-        remove_stale_temps(&path);
-        assert!(!dir.path().join(".t.token.abc123.tmp").exists());
-        assert!(dir.path().join("other").exists());
     }
 
     /// Whether `dir` is on a tmpfs by the kernel's own mount table, not by `in_memory`.
@@ -1110,14 +676,7 @@ mod tests {
 
     #[test]
     fn a_token_file_is_flushed_on_a_disk_and_not_on_a_tmpfs() {
-        let flushes = |dir: &Path| {
-            FLUSHES
-                .lock()
-                .unwrap()
-                .as_ref()
-                .and_then(|m| m.get(dir).copied())
-                .unwrap_or(0)
-        };
+        let flushes = flushes_in;
         let meta = IssuedMeta {
             token_type: "Bearer".into(),
             scope: "api".into(),
@@ -1145,7 +704,7 @@ mod tests {
             let (dir, expected) = (dir.as_path(), *expected);
             let path = dir.join("t.token");
             let before = flushes(dir);
-            write_atomic(&file_cfg(path.clone(), 0o600), b"tok").unwrap();
+            write_file(&path, 0o600, b"tok").unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), b"tok");
             // The file and its directory, or nothing.
             assert_eq!(

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::FORMAT_VERSION;
 use super::state::{Phase, SetPhase};
-use crate::sink;
-use crate::sink::STATE_DIR_MODE;
+use crate::fsio;
+use crate::fsio::STATE_DIR_MODE;
 
 /// A heartbeat older than this many intervals means the daemon is not responding: one missed
 /// beat is a busy moment, three is a hang.
@@ -144,7 +144,7 @@ pub enum StatusError {
         source: std::io::Error,
     },
     #[error("cannot write the status file")]
-    Write(#[source] sink::SinkError),
+    Write(#[source] fsio::FileError),
     #[error("cannot read the status file {path}", path = path.display())]
     Read {
         path: PathBuf,
@@ -177,7 +177,7 @@ pub fn write_status_file(path: &Path, snap: &Snapshot) -> Result<(), StatusError
     // Streamed (at 10,000 sets the text is several MiB) and not fsynced: the file is
     // rewritten every heartbeat and means nothing after a power cut. Only the file can fail
     // here (plain data always serializes), and a failed write leaves the old file in place.
-    sink::write_advisory_file(path, STATUS_MODE, |w| {
+    fsio::write_advisory_file(path, STATUS_MODE, |w| {
         serde_json::to_writer_pretty(&mut *w, snap).map_err(std::io::Error::other)?;
         w.write_all(b"\n")
     })
@@ -193,9 +193,9 @@ const MAX_STATUS_BYTES: u64 = 256 << 20;
 /// Read a status file: a regular file (a FIFO would block `status`, a link to a device feed
 /// it without end), at most [`MAX_STATUS_BYTES`].
 pub fn read_status_file(path: &Path) -> Result<Snapshot, StatusError> {
-    use crate::sink::SmallTextError as E;
+    use crate::fsio::SmallTextError as E;
     use std::io::{Error, ErrorKind};
-    let text = sink::read_small_text(path, MAX_STATUS_BYTES).map_err(|e| StatusError::Read {
+    let text = fsio::read_small_text(path, MAX_STATUS_BYTES).map_err(|e| StatusError::Read {
         path: path.to_path_buf(),
         source: match e {
             E::Io(e) => e,

@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use minijinja::{ErrorKind, Value};
 use zeroize::Zeroizing;
 
-use super::{TokenContent, rfc3339_range};
+use super::TokenContent;
+use crate::clock::rfc3339_range;
+use crate::fsio;
 use crate::secret::Secret;
 
 mod language;
@@ -106,7 +108,7 @@ impl FileTemplate {
     /// forever) only root or the daemon's user could have written (see [`source::open`]),
     /// at most [`MAX_TEMPLATE_BYTES`], UTF-8.
     pub fn read(path: &Path, provider: &str) -> Result<Self, TemplateError> {
-        use super::SmallTextError as E;
+        use fsio::SmallTextError as E;
         use std::io::{Error, ErrorKind};
         let fail = |source| TemplateError::Read {
             path: path.to_path_buf(),
@@ -115,7 +117,7 @@ impl FileTemplate {
         let refuse = |kind, why: &str| fail(Error::new(kind, why.to_string()));
         let (file, meta) = source::open(path).map_err(fail)?;
         let source =
-            super::read_opened_text(file, &meta, MAX_TEMPLATE_BYTES).map_err(|e| match e {
+            fsio::read_opened_text(file, &meta, MAX_TEMPLATE_BYTES).map_err(|e| match e {
                 E::Io(e) => fail(e),
                 E::NotAFile => refuse(
                     ErrorKind::InvalidInput,
