@@ -22,6 +22,7 @@ pub mod provider;
 pub mod reporter;
 pub mod schedule;
 pub mod secret;
+pub mod settings;
 pub mod signals;
 pub mod sink;
 pub mod status;

@@ -131,9 +131,6 @@ pub(super) const MIN_HA_LEASE: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
 /// Why scopes are one per entry: the hint every scope-format message ends with.
 pub(super) const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
-/// How a secret may be given, for the messages that refuse one.
-pub(super) const SECRET_FORMS: &str =
-    "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
 /// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
 pub(super) const RESERVED_ID: u32 = u32::MAX;
 

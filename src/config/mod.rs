@@ -13,7 +13,6 @@
 //! ever contains a secret value: secrets are described by where they come from.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +24,8 @@ use crate::provider::{OAuth2Endpoints, ProviderConfig, ProviderKind};
 use crate::schedule::RefreshPolicy;
 use crate::secret::{Availability, SecretSource};
 use crate::sink::FileConfig;
+
+pub use crate::settings::{MAX_DURATION, MAX_DURATION_TEXT, Problem};
 
 use check::parse_text;
 use paths::{check_textfile_dir, check_token_dirs};
@@ -206,32 +207,6 @@ pub struct Loaded {
     pub config: Config,
     /// Human-readable, one line each, never containing a secret.
     pub warnings: Vec<String>,
-}
-
-/// One mistake in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based; known for YAML errors and for keys that appear once in the file.
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// Where in the configuration, e.g. `scope_sets[1] (orders-sync).file.mode`; empty for
-    /// the file as a whole.
-    pub at: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.line, self.column) {
-            (Some(line), Some(column)) => write!(f, "{line}:{column}: ")?,
-            (Some(line), None) => write!(f, "{line}: ")?,
-            _ => {}
-        }
-        if !self.at.is_empty() {
-            write!(f, "{}: ", self.at)?;
-        }
-        f.write_str(&self.message)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -480,14 +455,6 @@ fn check_sources(
     }
     (problems, warnings)
 }
-
-/// The longest duration any key accepts. Times are kept as instants and wall-clock times
-/// (now + duration); ten years is far beyond any sensible interval, lifetime or timeout, and
-/// keeps every sum far inside what `SystemTime`, `Instant` and the journal's RFC 3339 times
-/// (up to year 9999) can hold, so no arithmetic on a configured duration can overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// [`MAX_DURATION`] as the messages say it.
-pub const MAX_DURATION_TEXT: &str = "3650d (ten years)";
 
 /// The largest configuration file read, in bytes. The benchmark's 100,000 scope sets (the
 /// largest the daemon is measured for) take about 13 MB; 16 MiB leaves room for comments

@@ -6,7 +6,7 @@ use crate::provider::{AuthMethod, SquareGrant};
 use crate::secret::Secret;
 use crate::sink::FileFormat;
 
-use super::check::{pct, valid_set_name};
+use super::check::valid_set_name;
 use super::defaults::{
     DEFAULT_HOOK_TIMEOUT, DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME,
     DEFAULT_PROVIDER_TIMEOUT, VOUCHERIFY_DEFAULT_URL,
@@ -14,6 +14,7 @@ use super::defaults::{
 use super::raw::{RawProviderCommon, RawSet};
 use super::text::{hide_raw_names, nesting_exceeds, strip_marks};
 use super::unknown::{closest, fields_of};
+use crate::settings::pct;
 
 /// A valid config every refusal test changes in one place.
 const BASE: &str = r#"

@@ -10,6 +10,8 @@ use reqwest::Url;
 use crate::budget::IssueRate;
 use crate::secret::SecretSource;
 
+pub use crate::settings::is_loopback;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
@@ -191,18 +193,5 @@ impl ProviderKind {
                 v
             }
         }
-    }
-}
-
-/// Whether `url` names a loopback host, where plain http:// cannot be overheard.
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
     }
 }

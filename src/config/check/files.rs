@@ -10,8 +10,8 @@ use crate::config::raw::RawFile;
 use crate::secret::SecretSource;
 use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
-use super::values::{describe, join};
 use super::{Checked, Checker, Defaults};
+use crate::settings::{describe, join};
 
 impl Checker<'_> {
     pub(super) fn file(

@@ -1,7 +1,6 @@
 //! Checking: every value and cross-reference of the raw structs, each mistake becoming a
 //! [`Problem`]. The methods of [`Checker`] are spread over the files below, by section.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,16 +19,14 @@ use crate::config::{
 use crate::secret::SecretSource;
 use crate::sink::FileFormat;
 
-use values::{describe, join};
+use crate::settings::{Report, describe, join};
 
 mod files;
 mod kinds;
 mod providers;
-mod secrets;
 mod sets;
 mod stores;
 mod top;
-mod values;
 
 /// What one pass over the text found. `secrets` holds every well-formed secret source, even
 /// when other parts are wrong, so that `load` reports unreadable secrets in the same run.
@@ -56,9 +53,7 @@ impl Parsed {
     }
 }
 
-/// A checked value: `Err(())` when it was present but wrong (the problem is already
-/// recorded), so that cross-checks built on it stay quiet instead of piling up.
-type Checked<T> = Result<Option<T>, ()>;
+pub(super) use crate::settings::Checked;
 
 /// The refresh keys of one mapping (`defaults.refresh` or a set's `refresh`), each checked.
 struct RefreshParts {
@@ -87,13 +82,21 @@ struct Checker<'t> {
     state_dir: PathBuf,
     /// Each set's `name` as written, to label paths: `scope_sets[1] (orders-sync)`.
     set_names: Vec<Option<String>>,
-    /// Every secret source that parsed, by its key path.
-    secrets: Vec<(String, SecretSource)>,
-    problems: Vec<Problem>,
-    /// For each problem to be given a position: its index, the path it names, and the key
-    /// to fall back on. Resolved together, in one pass over the text, as the check ends.
-    unplaced: Vec<(usize, String, Option<String>)>,
-    warnings: Vec<String>,
+    report: Report,
+}
+
+/// The report's methods (`bad`, `missing`, `warn`, the value readers) on the checker itself.
+impl std::ops::Deref for Checker<'_> {
+    type Target = Report;
+    fn deref(&self) -> &Report {
+        &self.report
+    }
+}
+
+impl std::ops::DerefMut for Checker<'_> {
+    fn deref_mut(&mut self) -> &mut Report {
+        &mut self.report
+    }
 }
 
 pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
@@ -105,10 +108,7 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
             .unwrap_or_default(),
         state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         set_names: Vec::new(),
-        secrets: Vec::new(),
-        problems: Vec::new(),
-        unplaced: Vec::new(),
-        warnings: Vec::new(),
+        report: Report::default(),
     };
     // `load` refuses a larger file before reading it; this holds for any other text.
     if text.len() as u64 > MAX_CONFIG_BYTES {
@@ -203,24 +203,6 @@ pub(super) fn parse_text(text: &str, origin: &Path) -> Parsed {
     }
 }
 
-/// The path of the node a problem names, as [`located::locate`] spells it: the labels that
-/// name sets (`scope_sets[1] (orders-sync)`) dropped.
-fn node_path(at: &str) -> String {
-    let mut out = String::with_capacity(at.len());
-    let mut rest = at;
-    while let Some(i) = rest.find("] (") {
-        out.push_str(&rest[..=i]);
-        match rest[i..].find(')') {
-            Some(close) => rest = &rest[i + close + 1..],
-            None => {
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 impl Checker<'_> {
     /// Report the keys serde passed over. A provider's own keys are its kind's to judge (see
     /// `providers.rs`): serde passes none of them over here.
@@ -234,33 +216,10 @@ impl Checker<'_> {
         self.place_problems();
         Parsed {
             config,
-            secrets: self.secrets,
-            problems: self.problems,
-            warnings: self.warnings,
+            secrets: self.report.secrets,
+            problems: self.report.problems,
+            warnings: self.report.warnings,
         }
-    }
-
-    /// Record a problem at `at`; `locate` is the key it is about, whose position it is given
-    /// (see [`Self::place_problems`]).
-    pub(super) fn problem(&mut self, at: String, locate: Option<&str>, message: impl Into<String>) {
-        if let Some(key) = locate {
-            // `at` names the key itself (a bad value), or the mapping it is in (a key that
-            // does not belong there): the key's own node either way.
-            let path = node_path(&at);
-            let last = path.rsplit('.').next().unwrap_or_default();
-            let names_it = last.split('[').next() == Some(key);
-            let path = if names_it { path } else { join(&path, key) };
-            self.unplaced
-                .push((self.problems.len(), path, Some(key.to_string())));
-        }
-        // A key or value may quote a name with a control character in it: `check` prints
-        // every problem on the operator's terminal.
-        self.problems.push(Problem {
-            line: None,
-            column: None,
-            at: crate::shown(&at).into_owned(),
-            message: crate::shown(&message.into()).into_owned(),
-        });
     }
 
     /// Give each problem recorded with a key its line and column, all in one pass over the
@@ -288,46 +247,6 @@ impl Checker<'_> {
                 p.column = Some(column);
             }
         }
-    }
-
-    /// Whether `name`, a provider's or a store's, is printable text; a problem at
-    /// `section.name` if not. The name goes into every log line and status row about what it
-    /// names: a newline there forges a log line, an ESC or a bidi override drives or garbles
-    /// the terminal that shows it.
-    pub(super) fn printable_name(&mut self, section: &str, name: &str) -> bool {
-        if name.chars().all(crate::is_shown_as_is) {
-            return true;
-        }
-        self.problem(
-            format!("{section}.{name}"),
-            None,
-            "the name must be printable text, with no control, bidi or invisible character: it goes into every log line and status row about what it names",
-        );
-        false
-    }
-
-    /// A problem with the value of `key` in the mapping at `parent`.
-    pub(super) fn bad(&mut self, parent: &str, key: &str, message: impl Into<String>) {
-        self.problem(join(parent, key), Some(key), message);
-    }
-
-    /// A required `key` missing from the mapping at `parent` (located by the mapping's key).
-    pub(super) fn missing(&mut self, parent: &str, key: &str, what: &str) {
-        let locate = parent.rsplit('.').next().filter(|k| !k.contains('['));
-        self.problem(
-            parent.to_string(),
-            locate,
-            format!("missing `{key}` ({what})"),
-        );
-    }
-
-    pub(super) fn warn(&mut self, at: &str, message: impl fmt::Display) {
-        let text = if at.is_empty() {
-            message.to_string()
-        } else {
-            format!("{at}: {message}")
-        };
-        self.warnings.push(crate::shown(&text).into_owned());
     }
 
     pub(super) fn set_at(&self, index: usize) -> String {
@@ -421,4 +340,4 @@ impl Checker<'_> {
 
 /// For the tests of the config module.
 #[cfg(test)]
-pub(super) use {sets::valid_set_name, values::pct};
+pub(super) use sets::valid_set_name;

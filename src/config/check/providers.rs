@@ -21,7 +21,7 @@ use crate::provider::{
 
 use super::Checker;
 use super::kinds::{OAuth2, Square, Voucherify, kinds};
-use super::values::describe;
+use crate::settings::describe;
 
 impl Checker<'_> {
     /// RenewToken renews one access token into the next: two sets cannot share that chain

@@ -15,8 +15,8 @@ use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
 use crate::cron::RotateSchedule;
 use crate::schedule::RefreshPolicy;
 
-use super::values::{describe, effective, join};
 use super::{Checked, Checker, Defaults};
+use crate::settings::{describe, effective, join};
 
 impl Checker<'_> {
     pub(super) fn set(

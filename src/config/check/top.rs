@@ -17,8 +17,8 @@ use crate::config::{Config, MetricsConfig, OnShutdown};
 use crate::sink::FileFormat;
 
 use super::sets::valid_set_name;
-use super::values::{effective, pct};
 use super::{Checker, Defaults, Parsed, RefreshParts};
+use crate::settings::{effective, pct};
 
 impl Checker<'_> {
     pub(super) fn check(mut self, raw: RawConfig) -> Parsed {

@@ -4,14 +4,16 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use crate::config::defaults::SECRET_FORMS;
 use crate::secret::{Secret, SecretSource};
 
-use super::Checker;
+use super::Report;
 use super::values::{describe, join};
 
-impl Checker<'_> {
-    pub(super) fn secret(
+/// How a secret may be given, for the messages that refuse one.
+const SECRET_FORMS: &str = "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
+
+impl Report {
+    pub(crate) fn secret(
         &mut self,
         parent: &str,
         key: &str,
@@ -26,7 +28,7 @@ impl Checker<'_> {
     /// A value named like a secret that is not one (a client certificate): the same forms,
     /// but neither kept for the secret checks (a certificate may be world-readable) nor
     /// warned about when written in the config.
-    pub(super) fn public_source(
+    pub(crate) fn public_source(
         &mut self,
         parent: &str,
         key: &str,

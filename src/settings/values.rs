@@ -1,4 +1,4 @@
-//! Value parsers several sections share: URLs, choices, durations, counts, rates and
+//! Value readers every section shares: URLs, choices, durations, counts, rates and
 //! percentages, and the helpers their messages use.
 
 use std::time::Duration;
@@ -6,21 +6,12 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_yaml::Value;
 
-use crate::config::{MAX_DURATION, MAX_DURATION_TEXT};
-use crate::provider::is_loopback;
+use super::{Checked, MAX_DURATION, MAX_DURATION_TEXT, Report, is_loopback};
 
-use super::{Checked, Checker};
-
-impl Checker<'_> {
+impl Report {
     /// An endpoint URL: https (http only for loopback), no credentials, query or fragment.
     /// `strip_slash`: the URL is a base that request paths are appended to.
-    pub(super) fn url(
-        &mut self,
-        parent: &str,
-        key: &str,
-        text: &str,
-        strip_slash: bool,
-    ) -> Option<Url> {
+    pub(crate) fn url(&mut self, parent: &str, key: &str, text: &str, strip_slash: bool) -> Option<Url> {
         let mut url = match Url::parse(text.trim()) {
             Ok(url) => url,
             // The URL itself is not repeated: it might carry a password.
@@ -72,7 +63,7 @@ impl Checker<'_> {
         Some(url)
     }
 
-    pub(super) fn choice<T: Clone>(
+    pub(crate) fn choice<T: Clone>(
         &mut self,
         parent: &str,
         key: &str,
@@ -94,7 +85,7 @@ impl Checker<'_> {
         Err(())
     }
 
-    pub(super) fn duration(
+    pub(crate) fn duration(
         &mut self,
         parent: &str,
         key: &str,
@@ -147,7 +138,7 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn positive_duration(
+    pub(crate) fn positive_duration(
         &mut self,
         parent: &str,
         key: &str,
@@ -163,7 +154,7 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn positive_integer(
+    pub(crate) fn positive_integer(
         &mut self,
         parent: &str,
         key: &str,
@@ -187,7 +178,7 @@ impl Checker<'_> {
     }
 
     /// `N/s`, `N/m` or `N/h` as tokens per second.
-    pub(super) fn rate(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
+    pub(crate) fn rate(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
         let Some(value) = value else {
             return Ok(None);
         };
@@ -219,12 +210,7 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn percent(
-        &mut self,
-        parent: &str,
-        key: &str,
-        value: Option<&Value>,
-    ) -> Checked<f64> {
+    pub(crate) fn percent(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
         let value = match value {
             None => return Ok(None),
             Some(Value::String(text)) => text.trim(),
@@ -275,7 +261,7 @@ impl Checker<'_> {
 }
 
 /// A checked value from a set or the mapping it overrides; `None` if either was wrong.
-pub(super) fn effective(own: Checked<f64>, fallback: Option<f64>) -> Option<f64> {
+pub fn effective(own: Checked<f64>, fallback: Option<f64>) -> Option<f64> {
     match own {
         Ok(Some(value)) => Some(value),
         Ok(None) => fallback,
@@ -283,7 +269,7 @@ pub(super) fn effective(own: Checked<f64>, fallback: Option<f64>) -> Option<f64>
     }
 }
 
-pub(super) fn join(parent: &str, key: &str) -> String {
+pub fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -292,12 +278,12 @@ pub(super) fn join(parent: &str, key: &str) -> String {
 }
 
 /// `0.125` → `12.5%`, without float noise such as `66.00000000000001%`.
-pub(crate) fn pct(fraction: f64) -> String {
+pub fn pct(fraction: f64) -> String {
     let text = format!("{:.3}", fraction * 100.0);
     format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
-pub(super) fn describe(value: &Value) -> &'static str {
+pub fn describe(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
