@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::provider::AuthMethod;
 use crate::sink::FileFormat;
 
 use super::OnShutdown;
@@ -39,58 +38,6 @@ pub(super) const DEFAULT_FILE_MODE: u32 = 0o640;
 /// Long enough for a reader of the old token to finish its requests, short enough that a set
 /// holds at most two live tokens at steady state.
 pub(super) const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
-/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025), and
-/// the default for every kind: the others document no cap, and a thousand live tokens is far
-/// beyond what one machine's sets need, so it only stops a runaway. Lower it when other
-/// clients share a Voucherify project, so they keep room of their own.
-pub(super) const DEFAULT_MAX_LIVE_TOKENS: u64 = 1000;
-/// Sustained issuing rate per provider: a hundred sets start in about ten seconds, while a
-/// runaway loop cannot mint more than 600 tokens a minute.
-pub(super) const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
-/// Issues allowed back to back: enough for a typical machine's sets to start at once.
-pub(super) const DEFAULT_ISSUE_BURST: u64 = 100;
-/// Requests in flight to one provider at once: enough to keep a fast provider busy over a
-/// handful of keep-alive connections (a round trip of a few ms gives thousands of tokens a
-/// second), few enough that a start with thousands of sets neither opens thousands of
-/// connections nor looks like a flood to the provider's rate limiter.
-pub(super) const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 16;
-/// A provider slower than this per request is better retried than waited for.
-pub(super) const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
-pub(super) const VOUCHERIFY_DEFAULT_URL: &str = "https://api.voucherify.io";
-/// Voucherify's API hosts by cluster, as its documentation lists them.
-pub(super) const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
-    ("eu", VOUCHERIFY_DEFAULT_URL),
-    ("us1", "https://us1.api.voucherify.io"),
-    ("as1", "https://as1.api.voucherify.io"),
-];
-/// Square's hosts by environment (the spec's `servers`).
-pub(super) const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
-    ("production", "https://connect.squareup.com"),
-    ("sandbox", "https://connect.squareupsandbox.com"),
-];
-/// Five minutes: a server that omits `expires_in` gives no hint, and a guess that is too
-/// short costs only extra requests, while one too long leaves an expired token in the file.
-pub(super) const DEFAULT_OAUTH2_LIFETIME: Duration = Duration::from_secs(300);
-/// Token request parameters tokenkeeper sets itself; `extra_params` may not override them.
-pub(super) const RESERVED_TOKEN_PARAMS: &[&str] = &[
-    "grant_type",
-    "scope",
-    "client_id",
-    "client_secret",
-    "client_assertion",
-    "client_assertion_type",
-];
-/// The names `auth_method:` accepts.
-pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
-    ("client_secret_basic", AuthMethod::ClientSecretBasic),
-    ("client_secret_post", AuthMethod::ClientSecretPost),
-    ("private_key_jwt", AuthMethod::PrivateKeyJwt),
-    ("tls_client_auth", AuthMethod::TlsClientAuth),
-    ("client_assertion", AuthMethod::ClientAssertion),
-];
-/// The names a Square provider's `mode:` accepts.
-pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
 /// How long an `on_rotate` command may run by default: long enough for a service's reload
 /// (systemd's own default job timeout is 90 s, but reloads take seconds), short enough that a
 /// hung one is noticed well before the next token.

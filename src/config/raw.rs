@@ -40,7 +40,7 @@ pub(super) struct RawConfig {
     pub(super) log_level: Option<String>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) defaults: Option<RawDefaults>,
-    pub(super) providers: Option<BTreeMap<String, Option<RawProvider>>>,
+    pub(super) providers: Option<BTreeMap<String, Option<crate::provider::yaml::RawProvider>>>,
     /// Boxed: a `RawSet` is about a kilobyte, mostly options a set seldom uses, and 10,000
     /// sets in a growing vector held twice that while the config was read.
     pub(super) scope_sets: Option<Vec<Option<Box<RawSet>>>>,
@@ -114,27 +114,6 @@ pub(super) struct RawRefresh {
 pub(super) struct RawDefaultFile {
     pub(super) mode: Option<Value>,
     pub(super) format: Option<String>,
-}
-
-/// A provider: what every kind accepts, then the kind's own keys, read into its struct (see
-/// `check/providers.rs`) once `kind` says which, so that a key of another kind is refused.
-#[derive(Deserialize, Default)]
-pub(super) struct RawProvider {
-    #[serde(flatten)]
-    pub(super) common: RawProviderCommon,
-    /// The kind's own keys, as written.
-    #[serde(flatten)]
-    pub(super) own: serde_yaml::Mapping,
-}
-
-#[derive(Deserialize, Default)]
-pub(super) struct RawProviderCommon {
-    pub(super) kind: Option<String>,
-    pub(super) timeout: Option<Value>,
-    pub(super) max_live_tokens: Option<Value>,
-    pub(super) issue_rate: Option<Value>,
-    pub(super) issue_burst: Option<Value>,
-    pub(super) max_concurrent_requests: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]

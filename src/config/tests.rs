@@ -7,14 +7,16 @@ use crate::secret::Secret;
 use crate::sink::FileFormat;
 
 use super::check::valid_set_name;
-use super::defaults::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME,
-    DEFAULT_PROVIDER_TIMEOUT, VOUCHERIFY_DEFAULT_URL,
+use super::defaults::DEFAULT_HOOK_TIMEOUT;
+use super::raw::RawSet;
+use super::text::{nesting_exceeds, strip_marks};
+use crate::provider::yaml::RawProviderCommon;
+use crate::provider::yaml::{
+    DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME, DEFAULT_PROVIDER_TIMEOUT,
+    VOUCHERIFY_DEFAULT_URL,
 };
-use super::raw::{RawProviderCommon, RawSet};
-use super::text::{hide_raw_names, nesting_exceeds, strip_marks};
-use super::unknown::{closest, fields_of};
 use crate::settings::pct;
+use crate::settings::{closest, fields_of, hide_raw_names};
 
 /// A valid config every refusal test changes in one place.
 const BASE: &str = r#"

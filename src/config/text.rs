@@ -1,6 +1,5 @@
-//! The YAML text itself, beside the parser: the nesting bound checked before it runs, where a
-//! key is written, and serde's messages without what [`Problem`](super::Problem) carries or
-//! users never see.
+//! The YAML text itself, beside the parser: the nesting bound checked before it runs, and
+//! serde's messages without the marks [`Problem`](super::Problem) carries as line and column.
 
 /// The first line (1-based) at which `text` nests YAML collections deeper than `max`, by a
 /// single linear pass that errs on the deep side: each open indentation level, each compact
@@ -103,23 +102,6 @@ pub(super) fn strip_marks(message: &str) -> String {
             out.push_str(" at ");
         }
         rest = &after[skip..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// serde names the expected type (`expected struct RawSet`); users know it as a mapping.
-pub(super) fn hide_raw_names(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find("struct Raw") {
-        out.push_str(&rest[..start]);
-        out.push_str("a mapping");
-        let name = &rest[start + "struct ".len()..];
-        let len = name
-            .find(|c: char| !c.is_ascii_alphanumeric())
-            .unwrap_or(name.len());
-        rest = &name[len..];
     }
     out.push_str(rest);
     out

@@ -12,6 +12,7 @@ pub mod refresh_store;
 pub mod settings;
 pub mod square;
 pub mod voucherify;
+pub mod yaml;
 
 use std::future::Future;
 use std::sync::Arc;

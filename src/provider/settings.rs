@@ -1,5 +1,5 @@
 //! What the config says about one provider, in the types the provider code works with.
-//! `config` checks the YAML and builds these; nothing here knows the YAML's shape.
+//! [`yaml`](super::yaml) reads a provider's YAML into these; nothing else here knows its shape.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -11,9 +11,11 @@ use reqwest::Url;
 
 use crate::secret::SecretSource;
 
+mod keys;
 mod secrets;
 mod values;
 
+pub use keys::{closest, fields_of, hide_raw_names};
 pub use values::{describe, effective, join, pct};
 
 /// The longest duration any key accepts. Times are kept as instants and wall-clock times

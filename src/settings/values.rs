@@ -11,7 +11,13 @@ use super::{Checked, MAX_DURATION, MAX_DURATION_TEXT, Report, is_loopback};
 impl Report {
     /// An endpoint URL: https (http only for loopback), no credentials, query or fragment.
     /// `strip_slash`: the URL is a base that request paths are appended to.
-    pub(crate) fn url(&mut self, parent: &str, key: &str, text: &str, strip_slash: bool) -> Option<Url> {
+    pub(crate) fn url(
+        &mut self,
+        parent: &str,
+        key: &str,
+        text: &str,
+        strip_slash: bool,
+    ) -> Option<Url> {
         let mut url = match Url::parse(text.trim()) {
             Ok(url) => url,
             // The URL itself is not repeated: it might carry a password.
@@ -210,7 +216,12 @@ impl Report {
         }
     }
 
-    pub(crate) fn percent(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
+    pub(crate) fn percent(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: Option<&Value>,
+    ) -> Checked<f64> {
         let value = match value {
             None => return Ok(None),
             Some(Value::String(text)) => text.trim(),

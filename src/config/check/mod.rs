@@ -10,8 +10,8 @@ use crate::config::defaults::DEFAULT_STATE_DIR;
 use crate::config::located;
 use crate::config::paths::normalize;
 use crate::config::raw::RawConfig;
-use crate::config::text::{hide_raw_names, nesting_exceeds, strip_marks};
-use crate::config::unknown::{Seg, closest, known_keys, segments};
+use crate::config::text::{nesting_exceeds, strip_marks};
+use crate::config::unknown::{Seg, known_keys, segments};
 use crate::config::{
     Config, ConfigError, Loaded, MAX_CONFIG_BYTES, MAX_NESTING, OnShutdown, Problem,
     too_large_message,
@@ -19,11 +19,9 @@ use crate::config::{
 use crate::secret::SecretSource;
 use crate::sink::FileFormat;
 
-use crate::settings::{Report, describe, join};
+use crate::settings::{Report, closest, describe, hide_raw_names, join};
 
 mod files;
-mod kinds;
-mod providers;
 mod sets;
 mod stores;
 mod top;

@@ -10,9 +10,10 @@ use crate::config::defaults::{
     ON_SHUTDOWN, SCOPE_HINT,
 };
 use crate::config::paths::normalize;
-use crate::config::raw::{RawOnRotate, RawProvider, RawSet, RawStore};
+use crate::config::raw::{RawOnRotate, RawSet, RawStore};
 use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
 use crate::cron::RotateSchedule;
+use crate::provider::yaml::RawProvider;
 use crate::schedule::RefreshPolicy;
 
 use super::{Checked, Checker, Defaults};

@@ -10,10 +10,10 @@ use crate::config::defaults::{
     KERNEL_TREES, ON_SHUTDOWN, SYSTEM_TREES,
 };
 use crate::config::paths::normalize;
-use crate::config::raw::{
-    RawConfig, RawDefaults, RawMetrics, RawProvider, RawRefresh, RawSet, RawStore,
-};
-use crate::config::{Config, MetricsConfig, OnShutdown};
+use crate::config::raw::{RawConfig, RawDefaults, RawMetrics, RawRefresh, RawSet, RawStore};
+use crate::config::{Config, MetricsConfig, OnShutdown, SetConfig};
+use crate::provider::yaml::RawProvider;
+use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
 use crate::sink::FileFormat;
 
 use super::sets::valid_set_name;
@@ -77,8 +77,9 @@ impl Checker<'_> {
                 continue;
             }
             let default = RawProvider::default();
+            let raw = provider.as_ref().unwrap_or(&default);
             if let Some(checked) =
-                self.provider(name, provider.as_ref().unwrap_or(&default), &state_dir)
+                crate::provider::yaml::check(&mut self.report, name, raw, &state_dir)
             {
                 providers.insert(name.clone(), checked);
             }
@@ -315,6 +316,41 @@ impl Checker<'_> {
                     pct(at)
                 ),
             );
+        }
+    }
+
+    /// RenewToken renews one access token into the next: two sets cannot share that chain
+    /// without one revoking or outliving the other's token.
+    pub(super) fn renew_sets_unshared(
+        &mut self,
+        providers: &BTreeMap<String, ProviderConfig>,
+        sets: &[SetConfig],
+    ) {
+        for (name, provider) in providers {
+            if !matches!(
+                provider.kind,
+                ProviderKind::Square {
+                    grant: SquareGrant::Renew(_),
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let users: Vec<&str> = sets
+                .iter()
+                .filter(|s| &s.provider == name)
+                .map(|s| s.name.as_str())
+                .collect();
+            if users.len() > 1 {
+                self.problem(
+                    format!("providers.{name}"),
+                    Some("mode"),
+                    format!(
+                        "a square provider in mode: renew serves one scope set, but {} name it; give each its own provider or use the refresh_token mode",
+                        users.join(", ")
+                    ),
+                );
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
-//! `providers:`: the settings every kind shares, then each kind's own.
+//! A provider's YAML checked into a [`ProviderConfig`]: the settings every kind shares, then
+//! each kind's own (see [`kinds`]). The provider owns these keys: adding one touches its
+//! kind's struct, the check here that reads it, and docs/providers.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,59 +9,55 @@ use reqwest::Url;
 use serde_yaml::Value;
 
 use crate::budget::IssueRate;
-use crate::config::SetConfig;
-use crate::config::defaults::{
-    AUTH_METHODS, DEFAULT_ISSUE_BURST, DEFAULT_ISSUE_PER_SECOND, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    DEFAULT_MAX_LIVE_TOKENS, DEFAULT_OAUTH2_LIFETIME, DEFAULT_PROVIDER_TIMEOUT,
-    RESERVED_TOKEN_PARAMS, SQUARE_ENVIRONMENTS, SQUARE_MODES, VOUCHERIFY_CLUSTERS,
-    VOUCHERIFY_DEFAULT_URL,
-};
-use crate::config::raw::RawProvider;
 use crate::provider::{
     AuthMethod, ClientCredential, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant,
 };
+use crate::settings::{Report, describe};
 
-use super::Checker;
-use super::kinds::{OAuth2, Square, Voucherify, kinds};
-use crate::settings::describe;
+use kinds::{
+    AUTH_METHODS, DEFAULT_ISSUE_BURST, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS,
+    OAuth2, RESERVED_TOKEN_PARAMS, SQUARE_ENVIRONMENTS, SQUARE_MODES, Square, VOUCHERIFY_CLUSTERS,
+    Voucherify, kinds,
+};
+/// The defaults the config's tests see applied.
+pub(crate) use kinds::{
+    DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME, DEFAULT_PROVIDER_TIMEOUT,
+    VOUCHERIFY_DEFAULT_URL,
+};
 
-impl Checker<'_> {
-    /// RenewToken renews one access token into the next: two sets cannot share that chain
-    /// without one revoking or outliving the other's token.
-    pub(super) fn renew_sets_unshared(
-        &mut self,
-        providers: &BTreeMap<String, ProviderConfig>,
-        sets: &[SetConfig],
-    ) {
-        for (name, provider) in providers {
-            if !matches!(
-                provider.kind,
-                ProviderKind::Square {
-                    grant: SquareGrant::Renew(_),
-                    ..
-                }
-            ) {
-                continue;
-            }
-            let users: Vec<&str> = sets
-                .iter()
-                .filter(|s| &s.provider == name)
-                .map(|s| s.name.as_str())
-                .collect();
-            if users.len() > 1 {
-                self.problem(
-                    format!("providers.{name}"),
-                    Some("mode"),
-                    format!(
-                        "a square provider in mode: renew serves one scope set, but {} name it; give each its own provider or use the refresh_token mode",
-                        users.join(", ")
-                    ),
-                );
-            }
-        }
+mod kinds;
+
+pub use kinds::{RawProvider, RawProviderCommon};
+
+/// Check the provider `name`'s YAML `raw`, every problem going to `report`. `state_dir` is
+/// where a Square provider keeps its latest refresh token.
+pub fn check(
+    report: &mut Report,
+    name: &str,
+    raw: &RawProvider,
+    state_dir: &Path,
+) -> Option<ProviderConfig> {
+    Check(report).provider(name, raw, state_dir)
+}
+
+/// The report, with the provider's readers as methods.
+struct Check<'r>(&'r mut Report);
+
+impl std::ops::Deref for Check<'_> {
+    type Target = Report;
+    fn deref(&self) -> &Report {
+        self.0
     }
+}
 
-    pub(super) fn provider(
+impl std::ops::DerefMut for Check<'_> {
+    fn deref_mut(&mut self) -> &mut Report {
+        self.0
+    }
+}
+
+impl Check<'_> {
+    fn provider(
         &mut self,
         name: &str,
         raw: &RawProvider,

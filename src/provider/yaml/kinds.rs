@@ -3,16 +3,102 @@
 //! belongs to.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use crate::config::raw::{RawProvider, RawProviderCommon};
-use crate::config::text::hide_raw_names;
-use crate::config::unknown::{closest, fields_of};
+use crate::provider::AuthMethod;
 
-use super::Checker;
+use crate::settings::{closest, fields_of, hide_raw_names};
+
+use super::Check;
+
+/// A provider: what every kind accepts, then the kind's own keys, read into its struct (see
+/// [`super::check`]) once `kind` says which, so that a key of another kind is refused.
+#[derive(Deserialize, Default)]
+pub struct RawProvider {
+    #[serde(flatten)]
+    pub common: RawProviderCommon,
+    /// The kind's own keys, as written.
+    #[serde(flatten)]
+    pub own: serde_yaml::Mapping,
+}
+
+#[derive(Deserialize, Default)]
+pub struct RawProviderCommon {
+    pub kind: Option<String>,
+    pub timeout: Option<Value>,
+    pub max_live_tokens: Option<Value>,
+    pub issue_rate: Option<Value>,
+    pub issue_burst: Option<Value>,
+    pub max_concurrent_requests: Option<Value>,
+}
+
+/// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025), and
+/// the default for every kind: the others document no cap, and a thousand live tokens is far
+/// beyond what one machine's sets need, so it only stops a runaway. Lower it when other
+/// clients share a Voucherify project, so they keep room of their own.
+pub(super) const DEFAULT_MAX_LIVE_TOKENS: u64 = 1000;
+
+/// Sustained issuing rate per provider: a hundred sets start in about ten seconds, while a
+/// runaway loop cannot mint more than 600 tokens a minute.
+pub(crate) const DEFAULT_ISSUE_PER_SECOND: f64 = 10.0;
+
+/// Issues allowed back to back: enough for a typical machine's sets to start at once.
+pub(super) const DEFAULT_ISSUE_BURST: u64 = 100;
+
+/// Requests in flight to one provider at once: enough to keep a fast provider busy over a
+/// handful of keep-alive connections (a round trip of a few ms gives thousands of tokens a
+/// second), few enough that a start with thousands of sets neither opens thousands of
+/// connections nor looks like a flood to the provider's rate limiter.
+pub(super) const DEFAULT_MAX_CONCURRENT_REQUESTS: u64 = 16;
+
+/// A provider slower than this per request is better retried than waited for.
+pub(crate) const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Voucherify's default (EU) cluster, used when neither `base_url` nor `cluster` is given.
+pub(crate) const VOUCHERIFY_DEFAULT_URL: &str = "https://api.voucherify.io";
+
+/// Voucherify's API hosts by cluster, as its documentation lists them.
+pub(super) const VOUCHERIFY_CLUSTERS: &[(&str, &str)] = &[
+    ("eu", VOUCHERIFY_DEFAULT_URL),
+    ("us1", "https://us1.api.voucherify.io"),
+    ("as1", "https://as1.api.voucherify.io"),
+];
+
+/// Square's hosts by environment (the spec's `servers`).
+pub(super) const SQUARE_ENVIRONMENTS: &[(&str, &str)] = &[
+    ("production", "https://connect.squareup.com"),
+    ("sandbox", "https://connect.squareupsandbox.com"),
+];
+
+/// Five minutes: a server that omits `expires_in` gives no hint, and a guess that is too
+/// short costs only extra requests, while one too long leaves an expired token in the file.
+pub(crate) const DEFAULT_OAUTH2_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Token request parameters tokenkeeper sets itself; `extra_params` may not override them.
+pub(super) const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+/// The names `auth_method:` accepts.
+pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
+    ("client_secret_basic", AuthMethod::ClientSecretBasic),
+    ("client_secret_post", AuthMethod::ClientSecretPost),
+    ("private_key_jwt", AuthMethod::PrivateKeyJwt),
+    ("tls_client_auth", AuthMethod::TlsClientAuth),
+    ("client_assertion", AuthMethod::ClientAssertion),
+];
+
+/// The names a Square provider's `mode:` accepts.
+pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
 
 /// `kind: voucherify`'s own keys. Each kind's keys are its struct's fields: a key is added
 /// here and in docs/configuration.md, and every other kind refuses it.
@@ -66,7 +152,7 @@ pub(super) fn kinds() -> [(&'static str, &'static [&'static str]); 3] {
     ]
 }
 
-impl Checker<'_> {
+impl Check<'_> {
     /// The keys of `raw` that are `kind`'s own, read into its struct `T`. A key `T` does not
     /// have is refused, named as another kind's where it is one; a value of the wrong shape is
     /// refused by its key.
