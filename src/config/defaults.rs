@@ -3,22 +3,7 @@
 
 use std::time::Duration;
 
-use crate::sink::FileFormat;
-
 use super::OnShutdown;
-
-/// Trees of kernel files (procfs, sysfs, device nodes): a token file there would be
-/// written into, or deleted from, the kernel's interfaces.
-pub(super) const KERNEL_TREES: &[&str] = &["/proc", "/sys", "/dev"];
-
-/// The system's own files (FHS): its configuration, programs, libraries and boot loader. A
-/// file the daemon writes there would overwrite one of them (`/etc/passwd`, a library,
-/// `/etc/cron.d/...`), and the token file is deleted at stop. Only the package manager and
-/// the administrator write there; `/run`, `/var` (apart from these), `/srv`, `/opt` and
-/// `/tmp` stay open to token files.
-pub(super) const SYSTEM_TREES: &[&str] = &[
-    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
-];
 
 /// The FHS place for a daemon's persistent state.
 pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
@@ -33,8 +18,6 @@ pub(super) const DEFAULT_REFRESH_JITTER: f64 = 0.10;
 /// At most one issue per second per set: short-lived test tokens still work, and a bug
 /// cannot flood a provider that caps live tokens (Voucherify: 1000 per project).
 pub(super) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// Owner read-write, group read: share a token with one application's group, never others.
-pub(super) const DEFAULT_FILE_MODE: u32 = 0o640;
 /// Long enough for a reader of the old token to finish its requests, short enough that a set
 /// holds at most two live tokens at steady state.
 pub(super) const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
@@ -78,16 +61,6 @@ pub(super) const MIN_HA_LEASE: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
 /// Why scopes are one per entry: the hint every scope-format message ends with.
 pub(super) const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
-/// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
-pub(super) const RESERVED_ID: u32 = u32::MAX;
-
-/// The names `format:` accepts.
-pub(super) const FORMATS: &[(&str, FileFormat)] = &[
-    ("raw", FileFormat::Raw),
-    ("json", FileFormat::Json),
-    ("env", FileFormat::Env),
-    ("header", FileFormat::Header),
-];
 
 /// The names `on_shutdown:` accepts.
 pub(super) const ON_SHUTDOWN: &[(&str, OnShutdown)] =

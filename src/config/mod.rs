@@ -28,7 +28,7 @@ use crate::sink::FileConfig;
 pub use crate::settings::{MAX_DURATION, MAX_DURATION_TEXT, Problem};
 
 use check::parse_text;
-use paths::{check_textfile_dir, check_token_dirs};
+use paths::check_textfile_dir;
 
 mod check;
 mod defaults;
@@ -260,7 +260,12 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
     parsed.problems.extend(problems);
     parsed.warnings.extend(warnings);
     if let Some(config) = &parsed.config {
-        parsed.problems.extend(check_token_dirs(config, path));
+        let files = config.sets.iter().enumerate().filter_map(|(index, set)| {
+            let at = format!("scope_sets[{index}] ({})", set.name);
+            Some((at, set.file.as_ref()?))
+        });
+        let dirs = crate::sink::yaml::check_token_dirs(files, &config.state_dir, path);
+        parsed.problems.extend(dirs);
         parsed.problems.extend(check_textfile_dir(config));
         parsed.problems.extend(check_client_keys(config));
         parsed.problems.extend(check_ca_files(config));

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub(super) use crate::sink::yaml::RawFile;
+
 impl RawConfig {
     /// Whether the document set none of the keys tokenkeeper knows (an empty document, or
     /// only unknown keys).
@@ -142,14 +144,4 @@ pub(super) struct RawOnRotate {
 pub(super) struct RawSignalHook {
     pub(super) pidfile: Option<String>,
     pub(super) signal: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct RawFile {
-    pub(super) path: Option<String>,
-    pub(super) format: Option<String>,
-    pub(super) template: Option<String>,
-    pub(super) mode: Option<Value>,
-    pub(super) owner: Option<Value>,
-    pub(super) group: Option<Value>,
 }

@@ -12,10 +12,12 @@ use reqwest::Url;
 use crate::secret::SecretSource;
 
 mod keys;
+mod paths;
 mod secrets;
 mod values;
 
 pub use keys::{closest, fields_of, hide_raw_names};
+pub use paths::{KERNEL_TREES, SYSTEM_TREES, normalize, resolve};
 pub use values::{describe, effective, join, pct};
 
 /// The longest duration any key accepts. Times are kept as instants and wall-clock times

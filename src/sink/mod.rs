@@ -17,6 +17,7 @@ use crate::secret::Secret;
 pub use template::{FileTemplate, MAX_TEMPLATE_BYTES, TemplateError, TemplateProblem};
 
 mod template;
+pub mod yaml;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileConfig {

@@ -8,7 +8,6 @@ use serde_yaml::Value;
 
 use crate::config::defaults::DEFAULT_STATE_DIR;
 use crate::config::located;
-use crate::config::paths::normalize;
 use crate::config::raw::RawConfig;
 use crate::config::text::{nesting_exceeds, strip_marks};
 use crate::config::unknown::{Seg, known_keys, segments};
@@ -19,9 +18,8 @@ use crate::config::{
 use crate::secret::SecretSource;
 use crate::sink::FileFormat;
 
-use crate::settings::{Report, closest, describe, hide_raw_names, join};
+use crate::settings::{Report, closest, describe, hide_raw_names, join, normalize};
 
-mod files;
 mod sets;
 mod stores;
 mod top;

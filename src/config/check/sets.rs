@@ -6,15 +6,16 @@ use std::path::Path;
 use serde_yaml::Value;
 
 use crate::config::defaults::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, KERNEL_TREES,
-    ON_SHUTDOWN, SCOPE_HINT,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, ON_SHUTDOWN,
+    SCOPE_HINT,
 };
-use crate::config::paths::normalize;
 use crate::config::raw::{RawOnRotate, RawSet, RawStore};
 use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
 use crate::cron::RotateSchedule;
 use crate::provider::yaml::RawProvider;
 use crate::schedule::RefreshPolicy;
+use crate::settings::{KERNEL_TREES, normalize};
+use crate::sink::{self, yaml::Places};
 
 use super::{Checked, Checker, Defaults};
 use crate::settings::{describe, effective, join};
@@ -86,8 +87,13 @@ impl Checker<'_> {
                 // What a template's `check` render stands in for: the set as configured.
                 let scope = scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default();
                 let owner = (name.as_deref(), provider.as_deref(), scope.as_str());
-                self.file(&format!("{at}.file"), file, defaults, owner)
-                    .map(Some)
+                let places = Places {
+                    state_dir: &self.state_dir,
+                    reserved: &self.reserved,
+                };
+                let defaults = (defaults.mode, &defaults.format);
+                let at = format!("{at}.file");
+                sink::yaml::file(&mut self.report, &places, &at, file, defaults, owner).map(Some)
             }
         };
 

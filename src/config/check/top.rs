@@ -5,16 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::config::defaults::{
-    DEFAULT_FILE_MODE, DEFAULT_MIN_INTERVAL, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER,
-    DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR, FORMATS,
-    KERNEL_TREES, ON_SHUTDOWN, SYSTEM_TREES,
+    DEFAULT_MIN_INTERVAL, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER,
+    DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR, ON_SHUTDOWN,
 };
-use crate::config::paths::normalize;
 use crate::config::raw::{RawConfig, RawDefaults, RawMetrics, RawRefresh, RawSet, RawStore};
 use crate::config::{Config, MetricsConfig, OnShutdown, SetConfig};
 use crate::provider::yaml::RawProvider;
 use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
+use crate::settings::{KERNEL_TREES, SYSTEM_TREES, normalize};
 use crate::sink::FileFormat;
+use crate::sink::yaml::{DEFAULT_FILE_MODE, FORMATS};
 
 use super::sets::valid_set_name;
 use super::{Checker, Defaults, Parsed, RefreshParts};
@@ -224,7 +224,7 @@ impl Checker<'_> {
         }
         let file = raw.file.as_ref();
         let mode = match file.and_then(|f| f.mode.as_ref()) {
-            Some(mode) => self.mode("defaults.file", mode),
+            Some(mode) => crate::sink::yaml::mode(&mut self.report, "defaults.file", mode),
             None => None,
         };
         let format = self.choice(

@@ -1,24 +1,107 @@
-//! A set's `file:`: where the token is written, in which format, with which mode and owner.
+//! A set's `file:` read from the YAML: where the token is written, in which format, with
+//! which mode and owner. The token file owns these keys.
 
 use std::path::{Component, Path};
 
 use serde_yaml::Value;
 
-use crate::config::defaults::{FORMATS, KERNEL_TREES, RESERVED_ID, SYSTEM_TREES};
-use crate::config::paths::normalize;
-use crate::config::raw::RawFile;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
 use crate::secret::SecretSource;
+use crate::settings::{Checked, KERNEL_TREES, Report, SYSTEM_TREES, describe, join, normalize};
 use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
-use super::{Checked, Checker, Defaults};
-use crate::settings::{describe, join};
+mod dirs;
 
-impl Checker<'_> {
-    pub(super) fn file(
+pub use dirs::check_token_dirs;
+
+/// A set's `file:` as written.
+#[derive(Deserialize)]
+pub struct RawFile {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub template: Option<String>,
+    pub mode: Option<Value>,
+    pub owner: Option<Value>,
+    pub group: Option<Value>,
+}
+
+/// Owner read-write, group read: share a token with one application's group, never others.
+pub const DEFAULT_FILE_MODE: u32 = 0o640;
+
+/// `chown` reads this id as "leave unchanged", so it can never mean a real user or group.
+pub const RESERVED_ID: u32 = u32::MAX;
+
+/// The names `format:` accepts.
+pub const FORMATS: &[(&str, FileFormat)] = &[
+    ("raw", FileFormat::Raw),
+    ("json", FileFormat::Json),
+    ("env", FileFormat::Env),
+    ("header", FileFormat::Header),
+];
+
+/// Where no token file may go, besides the trees of the kernel and the system.
+pub struct Places<'a> {
+    /// Holds the journal, the lock and the status file.
+    pub state_dir: &'a Path,
+    /// Files a token must never be written over, with what each one is.
+    pub reserved: &'a [(PathBuf, &'static str)],
+}
+
+/// Check a set's `file:` mapping `raw` at `at`, every problem going to `report`. A mode or
+/// format not given is the `defaults:` one; `owner` is the set as configured (name,
+/// provider, scopes), which a template's check renders.
+pub fn file(
+    report: &mut Report,
+    places: &Places<'_>,
+    at: &str,
+    raw: &RawFile,
+    defaults: (u32, &FileFormat),
+    owner: (Option<&str>, Option<&str>, &str),
+) -> Option<FileConfig> {
+    Check { report, places }.file(at, raw, defaults, owner)
+}
+
+/// Check a file `mode`: a quoted octal string, at most 0777 (a warning if others get access).
+pub fn mode(report: &mut Report, parent: &str, value: &Value) -> Option<u32> {
+    let places = Places {
+        state_dir: Path::new("/"),
+        reserved: &[],
+    };
+    Check {
+        report,
+        places: &places,
+    }
+    .mode(parent, value)
+}
+
+/// The report, with the places no token file may go, and the file's readers as methods.
+struct Check<'r, 'p> {
+    report: &'r mut Report,
+    places: &'p Places<'p>,
+}
+
+impl std::ops::Deref for Check<'_, '_> {
+    type Target = Report;
+    fn deref(&self) -> &Report {
+        self.report
+    }
+}
+
+impl std::ops::DerefMut for Check<'_, '_> {
+    fn deref_mut(&mut self) -> &mut Report {
+        self.report
+    }
+}
+
+impl Check<'_, '_> {
+    fn file(
         &mut self,
         at: &str,
         raw: &RawFile,
-        defaults: &Defaults,
+        (default_mode, default_format): (u32, &FileFormat),
         (set, provider, scope): (Option<&str>, Option<&str>, &str),
     ) -> Option<FileConfig> {
         let path = match raw.path.as_deref() {
@@ -78,13 +161,13 @@ impl Checker<'_> {
         };
         let mode = match &raw.mode {
             Some(mode) => self.mode(at, mode),
-            None => Some(defaults.mode),
+            None => Some(default_mode),
         };
         let owner = self.id(at, "owner", raw.owner.as_ref());
         let group = self.id(at, "group", raw.group.as_ref());
         Some(FileConfig {
             path: path?,
-            format: format.ok()?.unwrap_or_else(|| defaults.format.clone()),
+            format: format.ok()?.unwrap_or_else(|| default_format.clone()),
             mode: mode?,
             owner: owner.ok()?,
             group: group.ok()?,
@@ -160,15 +243,16 @@ impl Checker<'_> {
                 "is under {kernel}, the kernel's files (`/proc/self/environ` holds the daemon's environment)"
             ));
         }
-        let state_dir = std::fs::canonicalize(&self.state_dir).unwrap_or(self.state_dir.clone());
+        let state_dir = std::fs::canonicalize(self.places.state_dir)
+            .unwrap_or_else(|_| self.places.state_dir.to_path_buf());
         if places
             .iter()
             .flatten()
-            .any(|p| p.starts_with(&self.state_dir) || p.starts_with(&state_dir))
+            .any(|p| p.starts_with(self.places.state_dir) || p.starts_with(&state_dir))
         {
             why.push(format!(
                 "is inside state_dir {}, whose journal holds every live token",
-                self.state_dir.display()
+                self.places.state_dir.display()
             ));
         }
         if let Some(creds) = std::env::var_os("CREDENTIALS_DIRECTORY") {
@@ -180,7 +264,7 @@ impl Checker<'_> {
                 ));
             }
         }
-        for (file, what) in &self.reserved {
+        for (file, what) in self.places.reserved {
             if same_file(file) {
                 why.push(format!("is {what}"));
             }
@@ -251,14 +335,15 @@ impl Checker<'_> {
                 );
             }
         }
-        if normal.starts_with(&self.state_dir) {
+        if normal.starts_with(self.places.state_dir) {
             let msg = format!(
                 "path `{path}` is inside state_dir {}, which holds the journal, the lock and the status file: token files go elsewhere",
-                self.state_dir.display()
+                self.places.state_dir.display()
             );
             self.bad(at, "path", msg);
         }
         let clashes: Vec<&'static str> = self
+            .places
             .reserved
             .iter()
             .filter(|(p, _)| p == normal)
@@ -274,7 +359,7 @@ impl Checker<'_> {
         self.problems.len() == before
     }
 
-    pub(super) fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
+    fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
         let text = match value {
             Value::String(text) => text.trim(),
             Value::Number(n) => {
