@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
+use crate::settings::{Checked, Report, describe};
 use crate::status::{SetReport, SetState};
 
 /// Largest delay added to a scheduled rotation, per set. Sets that share a schedule are
@@ -47,6 +48,42 @@ pub enum CronError {
 pub struct RotateSchedule {
     text: String,
     schedule: cron::Schedule,
+}
+
+impl RotateSchedule {
+    /// A set's `rotate:` as written: a quoted cron expression with seconds.
+    pub(crate) fn from_yaml(
+        report: &mut Report,
+        parent: &str,
+        value: Option<&serde_yaml::Value>,
+    ) -> Checked<RotateSchedule> {
+        use serde_yaml::Value;
+        match value {
+            None => Ok(None),
+            Some(Value::String(text)) => match RotateSchedule::parse(text) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    report.bad(
+                        parent,
+                        "rotate",
+                        format!("rotate {}", crate::error_chain(&e)),
+                    );
+                    Err(())
+                }
+            },
+            Some(other) => {
+                report.bad(
+                    parent,
+                    "rotate",
+                    format!(
+                        "rotate must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
+                        describe(other)
+                    ),
+                );
+                Err(())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RotateSchedule {

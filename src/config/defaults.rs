@@ -59,8 +59,6 @@ pub(super) const DEFAULT_HA_LEASE: Duration = Duration::from_secs(5);
 pub(super) const MIN_HA_LEASE: Duration = Duration::from_secs(1);
 /// Where the lease lives unless `ha.path` says otherwise.
 pub(super) const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
-/// Why scopes are one per entry: the hint every scope-format message ends with.
-pub(super) const SCOPE_HINT: &str = "tokenkeeper sends scopes space-separated (or as a JSON list, to Square); list each scope as its own entry";
 
 /// The names `on_shutdown:` accepts.
 pub(super) const ON_SHUTDOWN: &[(&str, OnShutdown)] =

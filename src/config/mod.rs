@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::cron::RotateSchedule;
 use crate::provider::{OAuth2Endpoints, ProviderConfig, ProviderKind};
 use crate::schedule::RefreshPolicy;
-use crate::secret::{Availability, SecretSource};
+use crate::secret::SecretSource;
 use crate::sink::FileConfig;
 
 pub use crate::settings::{MAX_DURATION, MAX_DURATION_TEXT, Problem};
@@ -256,7 +256,7 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
     only_trusted_could_write(path)?;
     let mut parsed = parse_text(&text, path);
     drop(text);
-    let (problems, warnings) = check_sources(&parsed.secrets, credentials_folder);
+    let (problems, warnings) = crate::settings::check_sources(&parsed.secrets, credentials_folder);
     parsed.problems.extend(problems);
     parsed.warnings.extend(warnings);
     if let Some(config) = &parsed.config {
@@ -267,8 +267,12 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
         let dirs = crate::sink::yaml::check_token_dirs(files, &config.state_dir, path);
         parsed.problems.extend(dirs);
         parsed.problems.extend(check_textfile_dir(config));
-        parsed.problems.extend(check_client_keys(config));
-        parsed.problems.extend(check_ca_files(config));
+        parsed
+            .problems
+            .extend(crate::provider::yaml::check_client_keys(&config.providers));
+        parsed
+            .problems
+            .extend(crate::provider::yaml::check_ca_files(&config.providers));
     }
     parsed.finish(path)
 }
@@ -350,114 +354,9 @@ pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
             sources.push((format!("stores.{name}.{key}"), source.clone()));
         }
     }
-    let (mut problems, warnings) = check_sources(&sources, None);
-    problems.extend(check_client_keys(config));
-    problems.extend(check_ca_files(config));
-    (problems, warnings)
-}
-
-/// Read every provider's `ca_file` now: readable, safe from other users, well-formed PEM with
-/// at least one certificate. A bundle that fails here would fail every request's handshake.
-fn check_ca_files(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    for (name, provider) in &config.providers {
-        let ProviderKind::OAuth2 {
-            ca_file: Some(path),
-            ..
-        } = &provider.kind
-        else {
-            continue;
-        };
-        if let Err(e) = crate::provider::ca_certificates(path, "the provider") {
-            problems.push(Problem {
-                line: None,
-                column: None,
-                at: format!("providers.{name}.ca_file"),
-                message: format!(
-                    "cannot use ca_file {}: {}",
-                    path.display(),
-                    crate::error_chain(&e)
-                ),
-            });
-        }
-    }
-    problems
-}
-
-/// Parse every oauth2 client key and certificate now, so that a key of the wrong kind or a
-/// certificate for another key fails `check` (and a reload) rather than every request.
-/// Credentials whose sources cannot be read were reported by [`check_sources`] already, and
-/// systemd credentials outside the service cannot be read at all; both are skipped.
-fn check_client_keys(config: &Config) -> Vec<Problem> {
-    use crate::provider::ClientCredential;
-    let mut problems = Vec::new();
-    for (name, provider) in &config.providers {
-        let ProviderKind::OAuth2 {
-            client_id,
-            credential,
-            auth_method,
-            ..
-        } = &provider.kind
-        else {
-            continue;
-        };
-        let sources = match credential {
-            // Read before every request, and rotated by another party: its form is judged then.
-            ClientCredential::Secret(_) | ClientCredential::Assertion(_) => continue,
-            ClientCredential::PrivateKey { key, .. } => vec![key],
-            ClientCredential::Certificate { certificate, key } => vec![certificate, key],
-        };
-        let readable = sources.iter().all(|s| match s {
-            SecretSource::Credential(_) => std::env::var_os("CREDENTIALS_DIRECTORY").is_some(),
-            _ => true,
-        }) && provider
-            .kind
-            .secret_sources()
-            .iter()
-            .all(|(_, s)| matches!(s.check(), Ok(Availability::Ok)));
-        if !readable {
-            continue;
-        }
-        let at = match credential {
-            ClientCredential::PrivateKey { .. } => format!("providers.{name}.private_key"),
-            _ => format!("providers.{name}.client_certificate"),
-        };
-        if let Err(e) =
-            crate::provider::oauth2::load_credential(client_id, *auth_method, credential)
-        {
-            // ProviderError::ClientKey and ::Secret never carry key material.
-            problems.push(Problem {
-                line: None,
-                column: None,
-                at,
-                message: crate::error_chain(&e),
-            });
-        }
-    }
-    problems
-}
-
-fn check_sources(
-    sources: &[(String, SecretSource)],
-    credentials_folder: Option<&Path>,
-) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    for (at, source) in sources {
-        match source.check_in(credentials_folder) {
-            Ok(Availability::Ok) => {}
-            Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
-            // SecretError never carries the value; its sources are io errors about paths.
-            Err(err) => {
-                problems.push(Problem {
-                    line: None,
-                    column: None,
-                    at: at.clone(),
-                    message: crate::error_chain(&err),
-                });
-            }
-        }
-    }
+    let (mut problems, warnings) = crate::settings::check_sources(&sources, None);
+    problems.extend(crate::provider::yaml::check_client_keys(&config.providers));
+    problems.extend(crate::provider::yaml::check_ca_files(&config.providers));
     (problems, warnings)
 }
 

@@ -18,6 +18,7 @@ mod values;
 
 pub use keys::{closest, fields_of, hide_raw_names};
 pub use paths::{KERNEL_TREES, SYSTEM_TREES, normalize, resolve};
+pub use secrets::check_sources;
 pub use values::{describe, effective, join, pct};
 
 /// The longest duration any key accepts. Times are kept as instants and wall-clock times

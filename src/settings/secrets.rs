@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
-use crate::secret::{Secret, SecretSource};
+use crate::secret::{Availability, Secret, SecretSource};
 
-use super::Report;
 use super::values::{describe, join};
+use super::{Problem, Report};
 
 /// How a secret may be given, for the messages that refuse one.
 const SECRET_FORMS: &str = "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
@@ -154,4 +154,31 @@ impl Report {
             }
         }
     }
+}
+
+/// Check that every secret in `sources` (by its key path) exists and is readable, and that
+/// a file is not open to others; systemd credentials are looked for in `credentials_folder`
+/// outside the service. Returns (problems, warnings).
+pub fn check_sources(
+    sources: &[(String, SecretSource)],
+    credentials_folder: Option<&Path>,
+) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    for (at, source) in sources {
+        match source.check_in(credentials_folder) {
+            Ok(Availability::Ok) => {}
+            Ok(Availability::Unknowable(why)) => warnings.push(format!("{at}: {why}")),
+            // SecretError never carries the value; its sources are io errors about paths.
+            Err(err) => {
+                problems.push(Problem {
+                    line: None,
+                    column: None,
+                    at: at.clone(),
+                    message: crate::error_chain(&err),
+                });
+            }
+        }
+    }
+    (problems, warnings)
 }

@@ -7,7 +7,6 @@ use serde_yaml::Value;
 
 use crate::config::defaults::{
     DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, ON_SHUTDOWN,
-    SCOPE_HINT,
 };
 use crate::config::raw::{RawOnRotate, RawSet, RawStore};
 use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
@@ -17,8 +16,8 @@ use crate::schedule::RefreshPolicy;
 use crate::settings::{KERNEL_TREES, normalize};
 use crate::sink::{self, yaml::Places};
 
-use super::{Checked, Checker, Defaults};
-use crate::settings::{describe, effective, join};
+use super::{Checker, Defaults};
+use crate::settings::{effective, join};
 
 impl Checker<'_> {
     pub(super) fn set(
@@ -71,7 +70,8 @@ impl Checker<'_> {
             .and_then(|p| providers.get(p))
             .and_then(|p| p.as_ref());
         let kind = raw_provider.and_then(|p| p.common.kind.as_deref());
-        let scopes = self.scopes(&at, raw.scopes.as_ref(), kind);
+        let scopes =
+            crate::provider::yaml::scopes(&mut self.report, &at, raw.scopes.as_ref(), kind);
         let file = match &raw.file {
             // A set that writes only to a store needs no file.
             None if raw.store.is_some() => Some(None),
@@ -137,7 +137,7 @@ impl Checker<'_> {
             "revoke_superseded_after",
             raw.revoke_superseded_after.as_ref(),
         );
-        let rotate = self.rotate(&at, raw.rotate.as_ref());
+        let rotate = RotateSchedule::from_yaml(&mut self.report, &at, raw.rotate.as_ref());
         let on_rotate = match &raw.on_rotate {
             None => Ok(None),
             Some(hooks) => self
@@ -171,161 +171,6 @@ impl Checker<'_> {
             never_revoke: false,
             store: store.ok()?,
         })
-    }
-
-    fn scopes(
-        &mut self,
-        parent: &str,
-        value: Option<&Value>,
-        kind: Option<&str>,
-    ) -> Option<Vec<String>> {
-        let Some(value) = value else {
-            self.missing(parent, "scopes", "a list such as [orders, customers]");
-            return None;
-        };
-        let items = match value {
-            Value::Sequence(items) => items,
-            Value::String(text) => {
-                let hint = if text.contains([',', ' ']) {
-                    format!("; {SCOPE_HINT}")
-                } else {
-                    String::new()
-                };
-                self.bad(
-                    parent,
-                    "scopes",
-                    format!(
-                        "scopes must be a list such as [orders, customers], not a string{hint}"
-                    ),
-                );
-                return None;
-            }
-            other => {
-                self.bad(
-                    parent,
-                    "scopes",
-                    format!(
-                        "scopes must be a list such as [orders, customers], not {}",
-                        describe(other)
-                    ),
-                );
-                return None;
-            }
-        };
-        if items.is_empty() {
-            self.bad(
-                parent,
-                "scopes",
-                "scopes is empty; a token needs at least one scope",
-            );
-            return None;
-        }
-        let before = self.problems.len();
-        // Room for as many as given: grown by pushes, one scope took room for four (96 bytes),
-        // kept for the daemon's life by every set.
-        let mut scopes: Vec<String> = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let at = format!("{parent}.scopes[{i}]");
-            let scope = match item {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => {
-                    self.problem(
-                        at,
-                        Some("scopes"),
-                        format!("a scope must be a string, not {}", describe(other)),
-                    );
-                    continue;
-                }
-            };
-            if scope.is_empty() {
-                self.problem(at, Some("scopes"), "scope is empty");
-            } else if kind == Some("oauth2") && !scope.bytes().all(is_scope_char) {
-                // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
-                self.problem(
-                    at,
-                    Some("scopes"),
-                    format!(
-                        "scope `{}` has a character RFC 6749 does not allow in a scope (whitespace, `\"` or `\\`); {SCOPE_HINT}",
-                        scope.escape_debug()
-                    ),
-                );
-            } else if kind != Some("oauth2") && scope.contains(',') {
-                self.problem(
-                    at,
-                    Some("scopes"),
-                    format!("scope `{scope}` contains a comma; {SCOPE_HINT}"),
-                );
-            } else if scope.contains(char::is_whitespace) {
-                self.problem(
-                    at,
-                    Some("scopes"),
-                    format!("scope `{scope}` contains whitespace; {SCOPE_HINT}"),
-                );
-            } else if scopes.contains(&scope) {
-                self.warn(
-                    &format!("{parent}.scopes"),
-                    format_args!("scope `{scope}` is listed twice"),
-                );
-            } else if kind == Some("square")
-                && !scope
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-            {
-                self.problem(
-                    at,
-                    Some("scopes"),
-                    format!(
-                        "scope `{scope}` is not a Square permission name; they are upper case, such as `{}`",
-                        scope.to_ascii_uppercase()
-                    ),
-                );
-            } else {
-                let documented = match kind {
-                    Some("voucherify") => Some(("Voucherify", crate::provider::voucherify::SCOPES)),
-                    Some("square") => Some(("Square", crate::provider::square::SCOPES)),
-                    _ => None,
-                };
-                if let Some((vendor, list)) = documented
-                    && !list.contains(&scope.as_str())
-                {
-                    self.warn(
-                        &format!("{parent}.scopes"),
-                        format_args!("scope `{scope}` is not in {vendor}'s documented list; the API may refuse it"),
-                    );
-                }
-                scopes.push(scope);
-            }
-        }
-        (self.problems.len() == before).then_some(scopes)
-    }
-
-    fn rotate(&mut self, parent: &str, value: Option<&Value>) -> Checked<RotateSchedule> {
-        match value {
-            None => Ok(None),
-            Some(Value::String(text)) => match RotateSchedule::parse(text) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) => {
-                    self.bad(
-                        parent,
-                        "rotate",
-                        format!("rotate {}", crate::error_chain(&e)),
-                    );
-                    Err(())
-                }
-            },
-            Some(other) => {
-                self.bad(
-                    parent,
-                    "rotate",
-                    format!(
-                        "rotate must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
-                        describe(other)
-                    ),
-                );
-                Err(())
-            }
-        }
     }
 
     fn on_rotate(&mut self, at: &str, raw: &RawOnRotate) -> Result<OnRotate, ()> {
@@ -447,11 +292,6 @@ impl Checker<'_> {
             _ => Err(()),
         }
     }
-}
-
-/// RFC 6749 section 3.3 `scope-token` characters: printable ASCII except space, `"`, `\`.
-fn is_scope_char(b: u8) -> bool {
-    b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)
 }
 
 pub(crate) fn valid_set_name(name: &str) -> bool {

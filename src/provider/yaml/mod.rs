@@ -25,9 +25,13 @@ pub(crate) use kinds::{
     VOUCHERIFY_DEFAULT_URL,
 };
 
+mod files;
 mod kinds;
+mod scopes;
 
+pub use files::{check_ca_files, check_client_keys};
 pub use kinds::{RawProvider, RawProviderCommon};
+pub use scopes::scopes;
 
 /// Check the provider `name`'s YAML `raw`, every problem going to `report`. `state_dir` is
 /// where a Square provider keeps its latest refresh token.
