@@ -120,7 +120,7 @@ impl Session {
     /// Each set's token expiry, as the board shows it now.
     fn expiry(&self) -> Vec<(String, Option<SystemTime>)> {
         self.board
-            .snapshot(SystemTime::now())
+            .snapshot(crate::clock::now_wall())
             .sets
             .into_iter()
             .map(|s| (s.name.to_string(), s.expires_at))
@@ -130,7 +130,7 @@ impl Session {
     /// Sets without a token, each with its last error.
     fn failing(&self) -> Vec<(String, String)> {
         self.board
-            .snapshot(SystemTime::now())
+            .snapshot(crate::clock::now_wall())
             .sets
             .into_iter()
             .filter(|s| !s.state.has_token())
@@ -212,7 +212,12 @@ pub async fn once<P: TokenProvider + 'static>(
         s.on_shutdown = OnShutdown::Keep;
         s.never_revoke = true;
     }
-    let reuse = reusable(entries, &config.sets, min_remaining, SystemTime::now());
+    let reuse = reusable(
+        entries,
+        &config.sets,
+        min_remaining,
+        crate::clock::now_wall(),
+    );
     let names: Vec<String> = config.sets.iter().map(|s| s.name.clone()).collect();
     let deadline = Instant::now() + timeout;
     let (report, (failing, expiry)) =
@@ -225,7 +230,7 @@ pub async fn once<P: TokenProvider + 'static>(
             (failing, s.expiry())
         })
         .await?;
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     finish_hooks().await;
     let mut outcome = OnceOutcome::default();
     for name in names {
@@ -235,8 +240,7 @@ pub async fn once<P: TokenProvider + 'static>(
             .any(|s| s.set == name && s.kept.is_some());
         let short = min_remaining.and_then(|need| {
             let expires = expiry.iter().find(|(n, _)| *n == name)?.1?;
-            let left = expires.duration_since(now).unwrap_or_default();
-            (left < need).then(|| too_short(left, need))
+            too_short(expires, need, now)
         });
         if let (true, Some(why)) = (kept, &short) {
             outcome.failed.push((name, why.clone()));
@@ -253,15 +257,19 @@ pub async fn once<P: TokenProvider + 'static>(
     Ok(outcome)
 }
 
-/// Why a token `once` obtained does not meet `--min-remaining`: a freshly issued token is as
-/// long-lived as the provider makes it, so asking again would not help.
-fn too_short(left: Duration, need: Duration) -> String {
-    format!(
-        "the provider's token is valid for {} more, less than --min-remaining {}; \
+/// Why a token `once` obtained, expiring at `expires`, does not meet `--min-remaining` `need`
+/// at wall-clock time `now`, if it does not: a freshly issued token is as long-lived as the
+/// provider makes it, so asking again would not help.
+fn too_short(expires: SystemTime, need: Duration, now: SystemTime) -> Option<String> {
+    let left = expires.duration_since(now).unwrap_or_default();
+    (left < need).then(|| {
+        format!(
+            "the provider's token is valid for {} more, less than --min-remaining {}; \
          it grants no token that lasts that long (the token stays in the file)",
-        humantime::format_duration(Duration::from_secs(left.as_secs())),
-        humantime::format_duration(need),
-    )
+            humantime::format_duration(Duration::from_secs(left.as_secs())),
+            humantime::format_duration(need),
+        )
+    })
 }
 
 /// How `exec` should run its command.
@@ -520,8 +528,22 @@ mod tests {
     }
 
     #[test]
+    fn min_remaining_is_judged_at_the_time_given() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let expires = now + Duration::from_secs(600);
+        let need = Duration::from_secs(300);
+        assert_eq!(too_short(expires, need, now), None);
+        let why = too_short(expires, need, now + Duration::from_secs(400)).unwrap();
+        assert!(
+            why.contains("valid for 3m 20s more, less than --min-remaining 5m"),
+            "{why}"
+        );
+        assert!(too_short(expires, need, expires + Duration::from_secs(1)).is_some());
+    }
+
+    #[test]
     fn reuse_needs_half_the_lifetime_by_default_or_the_given_minimum() {
-        let now = SystemTime::now();
+        let now = crate::clock::now_wall();
         let s = set("a");
         // 900 s tokens: 600 s left qualifies, 300 s left does not (half is 450 s).
         let young = entry("a", "young", 300, 900, now);

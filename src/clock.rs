@@ -1,19 +1,29 @@
-//! The one conversion between the two clocks the daemon keeps. Deadlines are tokio
-//! [`Instant`]s: monotonic, so a clock step cannot fire a refresh early or late, and paused in
-//! tests. Other processes (the journal's reader, `tokenkeeper status`, a token file's
-//! `expires_at`) need wall-clock time.
+//! The daemon's clocks. Deadlines are tokio [`Instant`]s: monotonic, so a clock step cannot
+//! fire a refresh early or late, and paused in tests. Other processes (the journal's reader,
+//! `tokenkeeper status`, a token file's `expires_at`, a store's lease) need wall-clock time,
+//! and it is read here only ([`now_wall`]; clippy.toml refuses `SystemTime::now` elsewhere):
+//! code that decides by it (adopting a journaled or stored token, whether one has expired)
+//! takes the time as a parameter, so a test can choose it.
 
 use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+/// The wall-clock time now. Read it once per decision and pass it down: two reads a moment
+/// apart can disagree about a token expiring between them.
+#[allow(clippy::disallowed_methods)] // the one place the wall clock is read
+pub fn now_wall() -> SystemTime {
+    SystemTime::now()
+}
+
 /// The wall-clock time of a monotonic instant, as far as the two clocks agree now.
 pub fn wall(at: Instant) -> SystemTime {
     let now = Instant::now();
+    let wall_now = now_wall();
     if at >= now {
-        SystemTime::now() + (at - now)
+        wall_now + (at - now)
     } else {
-        SystemTime::now() - (now - at)
+        wall_now - (now - at)
     }
 }
 

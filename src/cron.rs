@@ -109,7 +109,7 @@ impl RotateSchedule {
             text: text.to_string(),
             schedule,
         };
-        if parsed.next_after(SystemTime::now()).is_none() {
+        if parsed.next_after(crate::clock::now_wall()).is_none() {
             return Err(CronError::Never {
                 expr: text.to_string(),
             });
@@ -148,7 +148,7 @@ pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// The real wall clock: a cron expression names wall-clock times, and a clock set forward or
 /// back (NTP, suspend) moves the next rotation with it.
 pub fn system_clock() -> WallClock {
-    Arc::new(SystemTime::now)
+    Arc::new(crate::clock::now_wall)
 }
 
 /// Give a set its own rotate channel: everything from `global` (SIGUSR1), plus a message at

@@ -279,9 +279,10 @@ pub async fn serve(listener: TcpListener, board: Arc<Board>) {
 
 fn answer(board: &Board, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => {
-            (StatusCode::OK, render(&board.snapshot(SystemTime::now())))
-        }
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            render(&board.snapshot(crate::clock::now_wall())),
+        ),
         (_, "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "GET /metrics only\n".into()),
         _ => (StatusCode::NOT_FOUND, "metrics are at /metrics\n".into()),
     };

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
@@ -77,10 +77,10 @@ pub async fn run(board: Arc<Board>, opts: ReporterOptions) {
         }
         let started = Instant::now();
         last_publish = Some(started);
-        let snap = board.snapshot(SystemTime::now());
+        let snap = board.snapshot(crate::clock::now_wall());
         let phase = snap.phase;
         last_phase = Some(phase);
-        let line = summary(&snap, SystemTime::now());
+        let line = summary(&snap, crate::clock::now_wall());
         // systemd keeps the last STATUS=; resend only when it reads differently.
         if line != last_line {
             systemd::status(&line);

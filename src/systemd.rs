@@ -1,13 +1,23 @@
-//! systemd integration without libsystemd: sd_notify(3) datagrams to `$NOTIFY_SOCKET`, the
-//! watchdog interval, and whether stderr is a journal stream.
+//! systemd integration without libsystemd: sd_notify(3) datagrams to `$NOTIFY_SOCKET` (the
+//! states as the `sd-notify` crate spells them), the watchdog interval, and whether stderr is
+//! a journal stream.
 //!
 //! Outside systemd (no `NOTIFY_SOCKET`, no `JOURNAL_STREAM`) every function here does nothing
 //! or says "no", so the daemon behaves the same in a terminal, a container or a test.
+//!
+//! The crate's own `notify` is not used to send: it reads `NOTIFY_SOCKET` at each call, with
+//! no way to name another socket (tests would have to set the variable, see [`Notifier`]), it
+//! connects to an `@` (abstract) address as if it were a path, which fails, and it ends every
+//! state with a newline, which changes the datagrams readers here and in tests compare. Its
+//! watchdog reading halves nothing and takes `WATCHDOG_USEC=0` for an interval of zero, which
+//! tokio's `interval` refuses: [`watchdog_interval`] stays.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
+
+pub use sd_notify::NotifyState;
 
 /// Where notifications go: the socket `NOTIFY_SOCKET` names, or nowhere. The free functions
 /// below read the environment at each call; a test names its own socket with
@@ -34,55 +44,57 @@ impl Notifier {
         }
     }
 
-    /// Send `state` (for example `READY=1`), if anyone is listening. Failures are ignored on
-    /// purpose: a notification is advice to the service manager, never a reason to stop.
-    pub fn notify(&self, state: &str) {
+    /// Send `states` in one datagram, one per line, if anyone is listening. Failures are
+    /// ignored on purpose: a notification is advice to the service manager, never a reason to
+    /// stop.
+    pub fn notify(&self, states: &[NotifyState<'_>]) {
         let Some(path) = &self.socket else {
             return;
         };
         let Ok(sock) = UnixDatagram::unbound() else {
             return;
         };
+        let message = states
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         let bytes = path.as_encoded_bytes();
         let _ = if let Some(name) = bytes.strip_prefix(b"@") {
             // Abstract socket: the name after '@', with no NUL terminator.
             use std::os::linux::net::SocketAddrExt;
             match std::os::unix::net::SocketAddr::from_abstract_name(name) {
-                Ok(addr) => sock.send_to_addr(state.as_bytes(), &addr),
+                Ok(addr) => sock.send_to_addr(message.as_bytes(), &addr),
                 Err(e) => Err(e),
             }
         } else {
-            sock.send_to(state.as_bytes(), path)
+            sock.send_to(message.as_bytes(), path)
         };
     }
 
     /// See [`ready`].
     pub fn ready(&self) {
-        self.notify("READY=1");
+        self.notify(&[NotifyState::Ready]);
     }
 
     /// See [`status`].
     pub fn status(&self, line: &str) {
-        self.notify(&format!("STATUS={}", line.replace('\n', " ")));
+        self.notify(&[NotifyState::Status(&line.replace('\n', " "))]);
     }
 
     /// See [`reloading`]: the guard sends its `READY=1` to the same socket.
     pub fn reloading(&self) -> Reloading {
-        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-            Ok(ts) => {
-                let usec = ts.tv_sec() * 1_000_000 + ts.tv_nsec() / 1_000;
-                self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
-            }
-            Err(_) => self.notify("RELOADING=1"),
+        match NotifyState::monotonic_usec_now() {
+            Ok(usec) => self.notify(&[NotifyState::Reloading, usec]),
+            Err(_) => self.notify(&[NotifyState::Reloading]),
         }
         Reloading(self.clone())
     }
 }
 
-/// Send `state` (for example `READY=1`) to systemd, if it is listening (see
-/// [`Notifier::notify`]).
-pub fn notify(state: &str) {
-    Notifier::from_env().notify(state);
+/// Send `states` to systemd, if it is listening (see [`Notifier::notify`]).
+pub fn notify(states: &[NotifyState<'_>]) {
+    Notifier::from_env().notify(states);
 }
 
 /// `READY=1`: every scope set has a valid token in place (start-up), or a reload is over.
@@ -98,12 +110,12 @@ pub fn status(line: &str) {
 
 /// `STOPPING=1`: stop has begun; revocation may take up to `shutdown_timeout`.
 pub fn stopping() {
-    notify("STOPPING=1");
+    notify(&[NotifyState::Stopping]);
 }
 
 /// `WATCHDOG=1`: the daemon's runtime is alive.
 pub fn watchdog_ping() {
-    notify("WATCHDOG=1");
+    notify(&[NotifyState::Watchdog]);
 }
 
 /// A reload under way, as systemd sees it. The reload code takes one with
@@ -218,6 +230,21 @@ mod tests {
         assert!(usec > 0);
         assert_eq!(got[1], "STATUS=reloading");
         assert_eq!(got[2], "READY=1");
+    }
+
+    /// `@NAME` is an abstract socket (sd_notify(3)), not a path: the reason the sending is
+    /// done here (see the module).
+    #[test]
+    fn sends_to_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("tokenkeeper-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+        let listener = UnixDatagram::bind_addr(&addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Notifier::to(format!("@{name}")).notify(&[NotifyState::Stopping]);
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
     }
 
     #[test]

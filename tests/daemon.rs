@@ -76,7 +76,7 @@ async fn first_issuance_writes_every_file_with_exact_mode_and_format_then_sigter
     assert_eq!(json["set"], "json-set");
     let expires = humantime::parse_rfc3339(json["expires_at"].as_str().unwrap()).unwrap();
     let left = expires
-        .duration_since(std::time::SystemTime::now())
+        .duration_since(tokenkeeper::clock::now_wall())
         .unwrap();
     assert!(left > Duration::from_secs(800) && left <= Duration::from_secs(900));
 

@@ -364,7 +364,7 @@ fn platform_jwt(exp: u64, n: u32) -> String {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
+    tokenkeeper::clock::now_wall()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()

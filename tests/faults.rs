@@ -374,7 +374,7 @@ async fn sigkill_at_random_moments_loses_nothing() {
     };
 
     // The two clocks at one moment: mint times are tokio's, log lines are the wall clock's.
-    let clock = (tokio::time::Instant::now(), std::time::SystemTime::now());
+    let clock = (tokio::time::Instant::now(), tokenkeeper::clock::now_wall());
     let mut kills = Vec::new();
     // For the report of a leak: each run's start and log, and what the journal held after
     // each kill.

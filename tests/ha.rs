@@ -246,7 +246,7 @@ async fn a_lease_claimed_far_ahead_is_believed_only_for_a_lease() {
     let p = provider(Duration::from_secs(900)).await;
     let ten_years_ms = 10 * 365 * 24 * 3600 * 1000_u64;
     let now_ms = u64::try_from(
-        std::time::SystemTime::now()
+        tokenkeeper::clock::now_wall()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis(),
@@ -763,7 +763,7 @@ async fn revoke_names_a_leader_with_escape_sequences_escaped() {
             let http = reqwest::Client::new();
             while renewing.load(std::sync::atomic::Ordering::SeqCst) {
                 let now_ms = u64::try_from(
-                    SystemTime::now()
+                    tokenkeeper::clock::now_wall()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap()
                         .as_millis(),

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -29,7 +29,7 @@ async fn retry_after_as_an_http_date_is_waited_for() {
     let f = dir.path().join("t.token");
     // Six seconds ahead, in whole seconds: at least four once the daemon has started and read
     // it, where the first retry of our own backoff comes within one.
-    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(6));
+    let date = httpdate::fmt_http_date(tokenkeeper::clock::now_wall() + Duration::from_secs(6));
     p.fail_next_issues_retry_after(1, 503, &date);
     let (mut d, _cfg) = start(dir.path(), &config(&p, dir.path(), "", &set("s", &f)));
     assert!(
@@ -141,7 +141,7 @@ async fn a_token_expired_only_by_a_jumped_clock_is_revoked_not_just_dropped() {
     let state = dir.path().join("state");
     let mut entries = tokenkeeper::journal::load(&state).unwrap();
     assert!(!entries.is_empty());
-    let past = |h: u64| SystemTime::now() - Duration::from_secs(h * 3600);
+    let past = |h: u64| tokenkeeper::clock::now_wall() - Duration::from_secs(h * 3600);
     for e in &mut entries {
         e.issued_at = past(3);
         e.refresh_at = past(2);
@@ -197,7 +197,7 @@ async fn tokens_the_journal_calls_expired_are_revoked_at_start() {
     let state = dir.path().join("state");
     let mut entries = tokenkeeper::journal::load(&state).unwrap();
     assert_eq!(entries.len(), 4);
-    let past = |h: u64| SystemTime::now() - Duration::from_secs(h * 3600);
+    let past = |h: u64| tokenkeeper::clock::now_wall() - Duration::from_secs(h * 3600);
     for e in &mut entries {
         e.issued_at = past(3);
         e.refresh_at = past(2);

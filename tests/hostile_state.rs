@@ -52,7 +52,7 @@ fn start(dir: &Path, cfg: &Path) -> Daemon {
 /// A journal holding one token of set `gone` (no longer configured) of provider `dev`, whose
 /// file is `file`, as a planted or left-over journal would.
 fn journal_entry(token: &str, file: &Path) -> String {
-    let now = std::time::SystemTime::now();
+    let now = tokenkeeper::clock::now_wall();
     let t = |d: u64| humantime::format_rfc3339_millis(now + Duration::from_secs(d)).to_string();
     format!(
         r#"{{"set":"gone","provider":"dev","fingerprint":"{fp}","token":"{token}","token_type":"Bearer","scope":"api","issued_at":"{issued}","expires_at":"{expires}","refresh_at":"{refresh}","config_hash":"0000000000000000","file":"{file}"}}"#,
@@ -182,7 +182,7 @@ async fn a_journaled_file_is_removed_only_while_it_holds_the_token_written_there
         let raw = dir.path().join("raw.token");
         std::fs::write(&raw, "tok-raw").unwrap();
         let json = dir.path().join("json.token");
-        let expires = std::time::SystemTime::now() + Duration::from_secs(900);
+        let expires = tokenkeeper::clock::now_wall() + Duration::from_secs(900);
         std::fs::write(
             &json,
             format!(

@@ -142,7 +142,7 @@ async fn an_ha_lease_holder_with_escape_sequences_cannot_drive_the_terminal() {
     // claimed further ahead is believed for one lease only.
     let lease_url = format!("{}/v1/secret/data/tokenkeeper/lease", b.addr());
     let renew = move |http: reqwest::Client, url: String| async move {
-        let now = std::time::SystemTime::now()
+        let now = tokenkeeper::clock::now_wall()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;

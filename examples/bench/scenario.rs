@@ -350,7 +350,7 @@ fn written_span(dir: &Path, since: SystemTime) -> Option<(Duration, Duration)> {
 /// to its gap (see [`LISTING_DUTY`]).
 pub fn wait_for_tokens(dir: &Path, n: usize, d: &mut Guard) -> (Duration, Duration) {
     let start = Instant::now();
-    let since = SystemTime::now();
+    let since = tokenkeeper::clock::now_wall();
     loop {
         let listed = Instant::now();
         let have = tokens_in(dir);

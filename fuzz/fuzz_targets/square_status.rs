@@ -1,8 +1,6 @@
 //! Any answer to Square's RetrieveTokenStatus (input framing: fuzz/src/lib.rs).
 #![no_main]
 
-use std::time::SystemTime;
-
 use libfuzzer_sys::fuzz_target;
 use tokenkeeper::provider::Introspection;
 use tokenkeeper::provider::square::parse_status_answer;
@@ -16,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         answer.status,
         answer.retry_after,
         answer.body,
-        SystemTime::now(),
+        tokenkeeper::clock::now_wall(),
     ) {
         Ok(Introspection::Active { .. }) => {
             assert_eq!(answer.status, 200, "an active token from a non-200 answer")

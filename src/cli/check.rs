@@ -171,7 +171,7 @@ fn configured_revocation_warnings(config: &Config) -> Vec<String> {
 /// problem, since the platform replaces it on its own schedule and the daemon reads it again
 /// before every request. An unreadable one is the config's problem, reported already.
 fn assertion_warnings(config: &Config) -> Vec<String> {
-    let now = std::time::SystemTime::now()
+    let now = tokenkeeper::clock::now_wall()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut warnings = Vec::new();

@@ -1,7 +1,6 @@
 //! `tokenkeeper status`: each set's state, from the running daemon's status file.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use tokenkeeper::config;
 use tokenkeeper::error_chain as chain;
@@ -53,7 +52,7 @@ pub(crate) fn show_status(path: &Path, json: bool) -> u8 {
             return EXIT_STATUS_UNKNOWN;
         }
     };
-    let now = SystemTime::now();
+    let now = tokenkeeper::clock::now_wall();
     let live = status::liveness(&snap, now, status::pid_alive);
     if json {
         let v = status::render_json(&snap, &live, now);

@@ -29,7 +29,9 @@ pub const REMOVED_SETS: &str = "(sets no longer configured)";
 /// fits (same provider and scopes, not yet due for refresh, and active when introspected),
 /// and mark the rest for revocation. Tokens a predecessor handed over (`inherited`, at a
 /// restart in place) are taken back as they were, without asking the provider: the
-/// predecessor held them until a moment ago.
+/// predecessor held them until a moment ago. Expiry and refresh times are judged as they
+/// stand at wall-clock time `now`.
+#[allow(clippy::too_many_arguments)] // each is a distinct input; a struct would only rename them
 pub(super) async fn adopt<P: TokenProvider, S>(
     set: &SetConfig,
     hash: &str,
@@ -38,8 +40,8 @@ pub(super) async fn adopt<P: TokenProvider, S>(
     mut mine: Vec<Entry>,
     journal: &Journal,
     inherited: &Inherited,
+    now: SystemTime,
 ) -> Start<S> {
-    let now = SystemTime::now();
     // The handed-over current token first: it is the one the file holds.
     mine.sort_by_key(|e| {
         let role = inherited.get(&e.fingerprint).map(|(r, _)| *r);
@@ -163,19 +165,20 @@ fn revoke_window(e: &Entry, now: SystemTime) -> Duration {
 }
 
 /// Revoke journaled tokens that belong to no configured set (or to a set's former provider),
-/// retrying until each is revoked or expired, or until stop; then remove their files.
+/// retrying until each is revoked or expired, or until stop; then remove their files. Each
+/// is tried until it expires as it stands at wall-clock time `now` (see [`revoke_window`]).
 pub(super) async fn revoke_leftovers<P: TokenProvider>(
     entries: Vec<Entry>,
     providers: HashMap<String, Arc<P>>,
     journal: Journal,
     in_use: Vec<std::path::PathBuf>,
     mut stop: watch::Receiver<Option<Instant>>,
+    now: SystemTime,
 ) -> SetOutcome {
     let mut outcome = SetOutcome {
         set: REMOVED_SETS.into(),
         ..SetOutcome::default()
     };
-    let now = SystemTime::now();
     let attempts = entries.iter().map(|e| {
         let provider = providers.get(&e.provider).cloned();
         let mut stop = stop.clone();
@@ -211,7 +214,7 @@ pub(super) async fn revoke_leftovers<P: TokenProvider>(
                 }
             }
             // Expired while we tried: nothing is left to revoke.
-            Err(_) if journal::remaining(e, SystemTime::now()).is_zero() => {}
+            Err(_) if journal::remaining(e, crate::clock::now_wall()).is_zero() => {}
             Err(why) => {
                 warn!(set = %e.set, fingerprint = %e.fingerprint, error = %why, "could not revoke a journaled token");
                 outcome.failed.push((e.fingerprint.clone(), why));
@@ -259,6 +262,7 @@ pub(super) async fn revoke_displaced<P: TokenProvider + 'static>(
                     journal.clone(),
                     in_use.clone(),
                     stop.clone(),
+                    crate::clock::now_wall(),
                 )));
             }
             changed = stop.changed() => if changed.is_err() { break },

@@ -229,7 +229,8 @@ pub async fn run<P: TokenProvider + 'static>(
             journaled.push(mine);
         }
     }
-    let inherited = plan.map(Plan::into_inherited).unwrap_or_default();
+    let now = crate::clock::now_wall();
+    let inherited = plan.map(|p| p.into_inherited(now)).unwrap_or_default();
     let adopted = join_all(adopting.iter().zip(journaled).map(
         |((i, hash, provider, budget), mine)| {
             adopt(
@@ -240,6 +241,7 @@ pub async fn run<P: TokenProvider + 'static>(
                 mine,
                 &shared.journal,
                 &inherited,
+                now,
             )
         },
     ))
@@ -287,6 +289,7 @@ pub async fn run<P: TokenProvider + 'static>(
                     std::mem::take(&mut in_use)
                 },
                 leftover_stop_rx,
+                now,
             )),
         ));
     }

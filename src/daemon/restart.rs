@@ -74,8 +74,9 @@ pub(super) enum Role {
 pub(super) type Inherited = HashMap<String, (Role, Instant)>;
 
 impl Plan {
-    pub(super) fn into_inherited(self) -> Inherited {
-        let now = SystemTime::now();
+    /// The plan on the daemon's clock, its wall-clock times read as they stand at `now`: a
+    /// time already past is due at once.
+    pub(super) fn into_inherited(self, now: SystemTime) -> Inherited {
         let at = |t: SystemTime| Instant::now() + t.duration_since(now).unwrap_or_default();
         let current = self
             .current
@@ -379,6 +380,20 @@ mod tests {
         let fd = file.as_raw_fd();
         std::mem::forget(file);
         assert_eq!(read_plan(fd).unwrap(), plan);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plans_times_are_due_after_the_time_given() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let plan = Plan {
+            current: vec![("aa".into(), now + Duration::from_secs(300))],
+            superseded: vec![("bb".into(), now - Duration::from_secs(5))],
+        };
+        let t0 = Instant::now();
+        let got = plan.into_inherited(now);
+        assert_eq!(got["aa"], (Role::Current, t0 + Duration::from_secs(300)));
+        // Already past at `now`: due at once.
+        assert_eq!(got["bb"], (Role::Superseded, t0));
     }
 
     #[test]

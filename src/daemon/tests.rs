@@ -658,7 +658,7 @@ async fn adopt_takes_handed_over_tokens_back_as_they_were() {
         },
     );
     let (journal, _view) = Journal::memory();
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let entry = |fp: &str| Entry {
         set: "s".into(),
         provider: "p".into(),
@@ -685,21 +685,78 @@ async fn adopt_takes_handed_over_tokens_back_as_they_were() {
         &budget,
         vec![entry("old"), entry("new")],
         &journal,
-        &plan.into_inherited(),
+        &plan.into_inherited(now),
+        now,
     )
     .await;
-    // The plan's times are wall-clock ones, and the wall clock runs on while tokio's is paused.
-    let near = |at: Instant, want: Instant| at <= want && want - at < S(1);
     let (held, _, refresh) = start.current.expect("the current token is kept");
     assert_eq!(&*held.fingerprint, "new");
-    assert!(near(refresh, t0 + S(300)), "{refresh:?}");
+    assert_eq!(refresh, t0 + S(300));
     let [(old, due)] = &start.superseded[..] else {
         panic!("one superseded token");
     };
     assert_eq!(&*old.fingerprint, "old");
-    assert!(near(*due, t0 + S(20)), "{due:?}");
+    assert_eq!(*due, t0 + S(20));
     // Not asked: this provider calls every token inactive.
     assert!(start.stale.is_empty());
+}
+
+/// The same journaled token, judged at three wall-clock times: before its refresh time it is
+/// served until then, past it it is stale (replaced at once), past its expiry it is revoked.
+#[tokio::test(start_paused = true)]
+async fn adopt_judges_a_journaled_token_at_the_time_given() {
+    let p = Mock::new(S(900));
+    p.s.lock().unwrap().introspection = Some(Introspection::Active { remaining: None });
+    let budget = Budget::new(
+        "p",
+        10,
+        crate::budget::IssueRate {
+            per_second: 1.0,
+            burst: 1,
+        },
+    );
+    let (journal, _view) = Journal::memory();
+    // A fixed time, not the clock: the decisions must follow the time they are given.
+    let issued = SystemTime::UNIX_EPOCH + S(1_800_000_000);
+    let entry = Entry {
+        set: "s".into(),
+        provider: "p".into(),
+        fingerprint: "aa".into(),
+        token: Secret::new("aa"),
+        token_type: "Bearer".into(),
+        scope: "api".into(),
+        issued_at: issued,
+        expires_at: issued + S(900),
+        refresh_at: issued + S(600),
+        config_hash: "h".into(),
+        file: None,
+        lifetime_assumed: false,
+    };
+    let (cfg, inherited) = (&set_cfg(0.66, 0.0), &Default::default());
+    let t0 = Instant::now();
+    let judge = |now: SystemTime| {
+        let mine = vec![entry.clone()];
+        adopt::<_, MemSink>(
+            cfg,
+            "h",
+            p.as_ref(),
+            &budget,
+            mine,
+            &journal,
+            inherited,
+            now,
+        )
+    };
+    let start = judge(issued + S(100)).await;
+    let (held, _, refresh) = start.current.expect("reused before its refresh time");
+    assert_eq!((&*held.fingerprint, refresh), ("aa", t0 + S(500)));
+    assert_eq!(held.expires_at, t0 + S(800));
+    let start = judge(issued + S(700)).await;
+    assert!(start.current.is_none() && start.superseded.is_empty());
+    assert_eq!(start.stale.len(), 1, "past its refresh time: stale");
+    let start = judge(issued + S(901)).await;
+    assert!(start.current.is_none() && start.stale.is_empty());
+    assert_eq!(start.superseded.len(), 1, "past its expiry: revoked");
 }
 
 #[tokio::test(start_paused = true)]
@@ -718,7 +775,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         },
     );
     let (journal, _view) = Journal::memory();
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let entry = |fp: &str, expires_at: SystemTime, refresh_at: SystemTime| Entry {
         set: "s".into(),
         provider: "p".into(),
@@ -747,6 +804,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         mine,
         &journal,
         &Default::default(),
+        now,
     )
     .await;
     assert!(start.current.is_none());
@@ -779,6 +837,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
         mine,
         &journal,
         &Default::default(),
+        now,
     )
     .await;
     assert!(start.superseded.is_empty());
@@ -792,7 +851,7 @@ async fn an_adopted_token_is_kept_until_its_refresh_and_stale_ones_go_at_once() 
     let meta = IssuedMeta {
         token_type: "Bearer".into(),
         scope: "api".into(),
-        expires_at: SystemTime::now() + S(600),
+        expires_at: crate::clock::now_wall() + S(600),
     };
     let begin = Start {
         current: Some((journaled("old", 600), meta, t0 + S(300))),

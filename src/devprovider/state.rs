@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -240,7 +240,7 @@ pub(super) fn whole_secs(d: Duration) -> u64 {
 /// Seconds since the Unix epoch on the wall clock; 0 if the clock is before 1970, which only
 /// a badly broken machine shows.
 pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
+    crate::clock::now_wall()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

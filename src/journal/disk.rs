@@ -107,8 +107,9 @@ fn parse_log(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>, JournalError> {
 /// version-1 document.
 pub fn save(dir: &Path, entries: &[Entry]) -> Result<(), JournalError> {
     let mut live = Live::default();
+    let now = crate::clock::now_wall();
     for e in entries {
-        let s = Stored::new(e).map_err(|source| JournalError::Corrupt {
+        let s = Stored::new(e, now).map_err(|source| JournalError::Corrupt {
             path: dir.join(JOURNAL_FILE),
             line: 0,
             source,

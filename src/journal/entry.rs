@@ -128,13 +128,19 @@ const RECORD_OPEN: &[u8] = b"{\"record\":";
 const RECORD_CLOSE: &[u8] = b"}\n";
 
 impl Stored {
-    pub(super) fn new(e: &Entry) -> Result<Stored, serde_json::Error> {
-        Self::kept_for(e, remaining(e, SystemTime::now()))
+    /// Token `e` as recorded at wall-clock time `now`: kept until it expires.
+    pub(super) fn new(e: &Entry, now: SystemTime) -> Result<Stored, serde_json::Error> {
+        Self::kept_for(e, remaining(e, now), now)
     }
 
-    /// A journaled token kept at least `for_at_least` whatever its expiry says, and one whose
-    /// expiry is an assumption at least [`ASSUMED_LIFETIME_KEPT`].
-    pub(super) fn kept_for(e: &Entry, for_at_least: Duration) -> Result<Stored, serde_json::Error> {
+    /// A journaled token kept at least `for_at_least` whatever its expiry (as it stands at
+    /// wall-clock time `now`) says, and one whose expiry is an assumption at least
+    /// [`ASSUMED_LIFETIME_KEPT`].
+    pub(super) fn kept_for(
+        e: &Entry,
+        for_at_least: Duration,
+        now: SystemTime,
+    ) -> Result<Stored, serde_json::Error> {
         let floor = if e.lifetime_assumed {
             for_at_least.max(ASSUMED_LIFETIME_KEPT)
         } else {
@@ -142,7 +148,7 @@ impl Stored {
         };
         Ok(Stored {
             fingerprint: e.fingerprint.clone(),
-            deadline: Instant::now() + remaining(e, SystemTime::now()).max(floor),
+            deadline: Instant::now() + remaining(e, now).max(floor),
             json: {
                 let mut scratch = Zeroizing::new(Vec::with_capacity(ENTRY_JSON_ROOM));
                 serde_json::to_writer(&mut *scratch, e)?;

@@ -7,7 +7,7 @@ use std::fs::Permissions;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 fn entry(fp: &str, expires_in: u64) -> Entry {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     Entry {
         set: "s".into(),
         provider: "p".into(),
@@ -189,7 +189,7 @@ fn the_log_is_one_json_object_a_line_and_replays_in_order() {
     // Appended by hand as the writer would: a replacement moves last, a removal forgets.
     let mut more = String::new();
     let mut again = Vec::new();
-    Stored::new(&entry("aa", 300))
+    Stored::new(&entry("aa", 300), crate::clock::now_wall())
         .unwrap()
         .push_line(&mut again);
     more.push_str(std::str::from_utf8(&again).unwrap());
@@ -205,7 +205,9 @@ fn a_torn_last_line_is_passed_over_and_any_other_bad_line_is_corruption() {
     let path = tmp.path().join(JOURNAL_FILE);
     let whole = std::fs::read_to_string(&path).unwrap();
     let mut line = Vec::new();
-    Stored::new(&entry("bb", 600)).unwrap().push_line(&mut line);
+    Stored::new(&entry("bb", 600), crate::clock::now_wall())
+        .unwrap()
+        .push_line(&mut line);
     // A crash in the middle of an append: any prefix of the line, without its newline.
     for cut in [1, 10, line.len() / 2, line.len() - 1] {
         let torn = [whole.as_bytes(), &line[..cut]].concat();
@@ -256,7 +258,7 @@ async fn the_log_stays_within_twice_its_live_records_however_many_changes() {
     let j = Journal::start(tmp.path().to_path_buf(), Vec::new());
     let line = {
         let mut v = Vec::new();
-        Stored::new(&entry("00000000", 600))
+        Stored::new(&entry("00000000", 600), crate::clock::now_wall())
             .unwrap()
             .push_line(&mut v);
         v.len() as u64
@@ -363,6 +365,27 @@ async fn tokens_expired_by_the_wall_clock_stay_until_the_doubt_window_ends() {
     tokio::time::advance(CLOCK_DOUBT_WINDOW).await;
     j.record(entry("cc", 6000)).await.unwrap();
     assert_eq!(fingerprints(tmp.path()), ["bb", "cc"]);
+}
+
+/// A record's deadline on the daemon's clock is what is left of the token at the wall-clock
+/// time it is recorded at, or the floor once that is nothing.
+#[tokio::test(start_paused = true)]
+async fn a_records_deadline_is_what_is_left_of_the_token_at_the_time_given() {
+    let t0 = tokio::time::Instant::now();
+    let e = entry("aa", 600);
+    let s = |now, floor| Stored::kept_for(&e, floor, now).unwrap().deadline - t0;
+    let issued = e.expires_at - Duration::from_secs(600);
+    assert_eq!(
+        Stored::new(&e, issued).unwrap().deadline - t0,
+        Duration::from_secs(600)
+    );
+    let later = issued + Duration::from_secs(100);
+    assert_eq!(s(later, Duration::ZERO), Duration::from_secs(500));
+    // Past its expiry by the time given: kept for the floor only.
+    let past = e.expires_at + Duration::from_secs(1);
+    assert_eq!(s(past, CLOCK_DOUBT_WINDOW), CLOCK_DOUBT_WINDOW);
+    // The floor (15 min) also when it is longer than what is left.
+    assert_eq!(s(later, CLOCK_DOUBT_WINDOW), CLOCK_DOUBT_WINDOW);
 }
 
 /// A token whose expiry was assumed stays journaled past it, until it is revoked (removed),

@@ -105,9 +105,10 @@ impl Journal {
             let mut live = Live::default();
             // What the journal held at start is kept at least as long as the daemon offers an
             // expired-looking token for revocation: the clock may be what is wrong.
+            let now = crate::clock::now_wall();
             for s in entries
                 .iter()
-                .filter_map(|e| Stored::kept_for(e, CLOCK_DOUBT_WINDOW).ok())
+                .filter_map(|e| Stored::kept_for(e, CLOCK_DOUBT_WINDOW, now).ok())
             {
                 let len = s.line_len();
                 live.insert(s.fingerprint.clone(), s.deadline, s, len);
@@ -261,8 +262,8 @@ impl Journal {
     /// the disk with the next change that can be written.
     pub async fn record(&self, entry: Entry) -> Result<(), String> {
         // Serialized here, on the recording set's thread, not in the one writer.
-        let stored =
-            Stored::new(&entry).map_err(|e| format!("cannot serialize the journal entry: {e}"))?;
+        let stored = Stored::new(&entry, crate::clock::now_wall())
+            .map_err(|e| format!("cannot serialize the journal entry: {e}"))?;
         self.op(Op::Record(Box::new(stored))).await
     }
 

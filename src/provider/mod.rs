@@ -73,7 +73,7 @@ impl Issued {
     /// Wall-clock expiry for the token files, in the reader's (local) clock.
     pub fn expires_at_wall(&self) -> SystemTime {
         let left = self.expires_at().saturating_duration_since(Instant::now());
-        SystemTime::now() + left
+        crate::clock::now_wall() + left
     }
 }
 
@@ -666,7 +666,7 @@ pub(crate) fn failure(
             operation,
             status,
             detail,
-            retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
+            retry_after: retry_after.and_then(|v| parse_retry_after(v, crate::clock::now_wall())),
         }
     } else {
         ProviderError::Refused {
@@ -928,7 +928,7 @@ mod tests {
 
     #[test]
     fn a_failure_carries_the_capped_retry_after_of_either_form() {
-        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let soon = httpdate::fmt_http_date(crate::clock::now_wall() + Duration::from_secs(120));
         let e = failure("token request", 503, Some(&soon), String::new());
         let ra = e.retry_after().unwrap();
         // Whole seconds in the date, and a moment passes before `failure` reads the clock.

@@ -150,7 +150,7 @@ impl RefreshStore {
             version: FORMAT_VERSION,
             seed: seed.to_string(),
             token: token.expose().to_string(),
-            saved_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            saved_at: humantime::format_rfc3339_seconds(crate::clock::now_wall()).to_string(),
         };
         let mut bytes = Zeroizing::new(Vec::new());
         // Serializing plain strings into a Vec cannot fail.

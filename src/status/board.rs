@@ -61,7 +61,7 @@ impl Board {
             }),
             changed: Notify::new(),
             phase_changed: Notify::new(),
-            started_at: SystemTime::now(),
+            started_at: crate::clock::now_wall(),
             pid: std::process::id(),
         })
     }
@@ -364,7 +364,7 @@ mod tests {
 
     fn stores(board: &Board) -> Vec<(String, String)> {
         board
-            .snapshot(SystemTime::now())
+            .snapshot(crate::clock::now_wall())
             .stores
             .into_iter()
             .map(|s| (s.set, s.location))

@@ -87,7 +87,7 @@ impl SetStats {
         self.refreshing = false;
         self.issue_failures += 1;
         self.last_error = Some(error);
-        self.last_error_at = Some(SystemTime::now());
+        self.last_error_at = Some(crate::clock::now_wall());
         self.next_refresh = Some(wall(retry_at));
     }
 
@@ -96,7 +96,7 @@ impl SetStats {
     pub fn journal_failed(&mut self, error: String) {
         self.journal_failures += 1;
         self.last_error = Some(error);
-        self.last_error_at = Some(SystemTime::now());
+        self.last_error_at = Some(crate::clock::now_wall());
     }
 
     /// A new token is in the file.

@@ -18,7 +18,7 @@ async fn the_board_follows_each_sets_state_and_counters() {
     let board = Board::new();
     let a = board.register("a", "vf");
     let b = board.register("b", "vf");
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let snap = board.snapshot(now);
     assert_eq!(snap.phase, Phase::Starting);
     assert_eq!(
@@ -181,7 +181,7 @@ fn a_status_file_that_is_a_fifo_or_a_device_is_refused_unread() {
 
 #[test]
 fn liveness_needs_both_the_pid_and_a_recent_heartbeat() {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let mut s = snap_at(now);
     assert_eq!(liveness(&s, now, |_| true), Liveness::Running);
     assert_eq!(liveness(&s, now, |_| false), Liveness::Gone);
@@ -196,7 +196,7 @@ fn liveness_needs_both_the_pid_and_a_recent_heartbeat() {
 
 #[test]
 fn the_table_is_readable() {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let s = snap_at(now);
     let table = render_table(&s, &Liveness::Running, now);
     let expected = "\
@@ -215,7 +215,7 @@ reports      voucherify-eu  failing  0011aabb  1m40s       4s            1      
 
 #[test]
 fn json_adds_the_verdict_and_countdowns() {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let s = snap_at(now);
     let v = render_json(&s, &Liveness::Running, now);
     assert_eq!(v["running"], true);
@@ -233,7 +233,7 @@ fn json_adds_the_verdict_and_countdowns() {
 
 #[test]
 fn summary_is_one_short_line() {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let mut s = snap_at(now);
     s.sets[1].state = SetPhase::Fresh;
     s.sets.push(SetSnapshot {

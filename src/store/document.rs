@@ -22,7 +22,7 @@ pub(super) fn document(set: &str, config_hash: &str, token: &Secret, meta: &Issu
         "scopes": scopes,
         "set": set,
         "fingerprint": token.fingerprint(),
-        "written_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "written_at": humantime::format_rfc3339_seconds(crate::clock::now_wall()).to_string(),
         "config_hash": config_hash,
     })
 }
@@ -48,8 +48,12 @@ pub(super) struct Unfit {
 /// Anyone allowed to write the path can write it, and an adopted token goes into the set's
 /// file and to its consumers: it is held to the checks a provider's answer passes (a
 /// `b64token`, a one-word `token_type`, a `scope` that is plain text, an expiry after it was
-/// written and within [`crate::config::MAX_DURATION`]), or not adopted at all.
-pub(super) fn entry_from_doc(set: &SetConfig, data: &Value) -> Result<Option<Entry>, Unfit> {
+/// written and within [`crate::config::MAX_DURATION`] of `now`), or not adopted at all.
+pub(super) fn entry_from_doc(
+    set: &SetConfig,
+    data: &Value,
+    now: SystemTime,
+) -> Result<Option<Entry>, Unfit> {
     let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
     let time = |k: &str| text(k).and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
     if text("set").as_deref() != Some(set.name.as_str()) {
@@ -89,7 +93,7 @@ pub(super) fn entry_from_doc(set: &SetConfig, data: &Value) -> Result<Option<Ent
     };
     if lifetime.is_zero()
         || expires_at
-            .duration_since(SystemTime::now())
+            .duration_since(now)
             .is_ok_and(|ahead| ahead > crate::config::MAX_DURATION)
     {
         return Err(unfit(

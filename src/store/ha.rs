@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -25,6 +25,41 @@ use crate::store::vault::{StoreError, Vault};
 pub struct Holder {
     pub name: String,
     pub expires_ms: u64,
+}
+
+impl Holder {
+    /// Whether the lease still runs at wall-clock time `now_ms`.
+    fn runs_at(&self, now_ms: u64) -> bool {
+        self.expires_ms > now_ms
+    }
+}
+
+/// What a member record that expires at `expires_ms` says at wall-clock time `now_ms`, for a
+/// lease of `lease_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    /// Heartbeating: a standby that can take over.
+    Live,
+    /// Claims to last longer than a heartbeat reaches ([`MEMBER_BELIEF_LEASES`]): not believed.
+    Overclaiming,
+    /// Run out, but not long enough ago to call the instance dead.
+    Lapsed,
+    /// Run out [`MEMBER_EXPIRY_LEASES`] leases ago: the instance is dead.
+    Dead,
+}
+
+fn member_at(expires_ms: u64, now_ms: u64, lease_ms: u64) -> Member {
+    let grace = lease_ms.saturating_mul(MEMBER_EXPIRY_LEASES);
+    let bound = now_ms.saturating_add(lease_ms.saturating_mul(MEMBER_BELIEF_LEASES));
+    if expires_ms.saturating_add(grace) < now_ms {
+        Member::Dead
+    } else if expires_ms <= now_ms {
+        Member::Lapsed
+    } else if expires_ms <= bound {
+        Member::Live
+    } else {
+        Member::Overclaiming
+    }
 }
 
 /// One instance's view of the lease.
@@ -69,8 +104,9 @@ const MEMBER_BELIEF_LEASES: u64 = 2;
 /// instance merely stalled by a slow store; more leaves dead records about longer for nothing.
 const MEMBER_EXPIRY_LEASES: u64 = 2;
 
+/// The wall-clock time now in milliseconds since the epoch, as lease records hold it.
 fn now_ms() -> u64 {
-    SystemTime::now()
+    crate::clock::now_wall()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -159,7 +195,7 @@ impl Lease {
         let (version, holder) = self.read().await?;
         let now = now_ms();
         match &holder {
-            Some(h) if h.name != self.id && h.expires_ms > now => return Ok(false),
+            Some(h) if h.name != self.id && h.runs_at(now) => return Ok(false),
             _ => {}
         }
         let doc = json!({
@@ -216,7 +252,6 @@ impl Lease {
     /// stop into a handover to no one, leaving the tokens live.
     pub async fn live_standby(&self) -> Result<Option<String>, StoreError> {
         let now = now_ms();
-        let bound = now.saturating_add(ms(self.lease).saturating_mul(MEMBER_BELIEF_LEASES));
         for key in self.vault.list(&self.members).await? {
             if key == self.id || key.ends_with('/') {
                 continue;
@@ -225,12 +260,14 @@ impl Lease {
             if let Some(doc) = self.vault.read(&path).await?
                 && !doc.deleted
                 && let Some(expires_ms) = doc.data.get("expires_ms").and_then(Value::as_u64)
-                && expires_ms > now
             {
-                if expires_ms <= bound {
-                    return Ok(Some(key));
+                match member_at(expires_ms, now, ms(self.lease)) {
+                    Member::Live => return Ok(Some(key)),
+                    Member::Overclaiming => {
+                        warn!(member = %crate::shown(&key), "a member record claims to last longer than a heartbeat reaches; not counting it as a standby");
+                    }
+                    Member::Lapsed | Member::Dead => {}
                 }
-                warn!(member = %crate::shown(&key), "a member record claims to last longer than a heartbeat reaches; not counting it as a standby");
             }
         }
         Ok(None)
@@ -243,7 +280,6 @@ impl Lease {
     /// Records without a readable expiry are left alone: they are no heartbeat of ours.
     pub async fn expire_dead_members(&self) -> Result<(), StoreError> {
         let now = now_ms();
-        let grace = ms(self.lease).saturating_mul(MEMBER_EXPIRY_LEASES);
         for key in self.vault.list(&self.members).await? {
             if key == self.id || key.ends_with('/') {
                 continue;
@@ -253,7 +289,8 @@ impl Lease {
                 continue;
             };
             let expires_ms = doc.data.get("expires_ms").and_then(Value::as_u64);
-            let dead = !doc.deleted && expires_ms.is_some_and(|e| e.saturating_add(grace) < now);
+            let dead = !doc.deleted
+                && expires_ms.is_some_and(|e| member_at(e, now, ms(self.lease)) == Member::Dead);
             if !dead {
                 continue;
             }
@@ -381,7 +418,8 @@ impl Lease {
         let give_up = tokio::time::Instant::now() + waited;
         loop {
             let (version, holder) = self.read().await?;
-            match holder.filter(|h| h.expires_ms > now_ms()) {
+            let now = now_ms();
+            match holder.filter(|h| h.runs_at(now)) {
                 // Anyone who can write the lease names its holder: escaped before it is shown.
                 Some(h) if version != first => return Ok(Some(crate::shown(&h.name).into_owned())),
                 Some(h) => seen = Some(h),
@@ -542,4 +580,43 @@ pub async fn served_by_the_group(
         Some(leader) => adopted.into_iter().map(|f| (f, leader.clone())).collect(),
         None => HashMap::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each verdict at chosen times around one record, for a 10 s lease: live up to its
+    /// expiry, lapsed after it, dead two leases later, and not believed if it claims more than
+    /// two leases ahead.
+    #[test]
+    fn a_member_record_is_judged_at_the_time_given() {
+        let lease = 10_000;
+        let expires = 1_800_000_000_000;
+        assert_eq!(member_at(expires, expires - 1, lease), Member::Live);
+        assert_eq!(member_at(expires, expires - 2 * lease, lease), Member::Live);
+        assert_eq!(
+            member_at(expires, expires - 2 * lease - 1, lease),
+            Member::Overclaiming
+        );
+        assert_eq!(member_at(expires, expires, lease), Member::Lapsed);
+        assert_eq!(
+            member_at(expires, expires + 2 * lease, lease),
+            Member::Lapsed
+        );
+        assert_eq!(
+            member_at(expires, expires + 2 * lease + 1, lease),
+            Member::Dead
+        );
+    }
+
+    #[test]
+    fn a_lease_runs_until_its_expiry_at_the_time_given() {
+        let h = Holder {
+            name: "a".into(),
+            expires_ms: 1_800_000_000_000,
+        };
+        assert!(h.runs_at(h.expires_ms - 1));
+        assert!(!h.runs_at(h.expires_ms));
+    }
 }

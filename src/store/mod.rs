@@ -494,7 +494,7 @@ async fn write_once(
 impl Unread {
     /// Report the token `data` holds unless it is `ours` or was reported already.
     fn report(&mut self, data: &Value, ours: &Secret) {
-        match entry_from_doc(&self.set, data) {
+        match entry_from_doc(&self.set, data, crate::clock::now_wall()) {
             Ok(Some(e)) if e.fingerprint != ours.fingerprint() => {
                 if self.reported.as_deref() != Some(e.fingerprint.as_str()) {
                     self.reported = Some(e.fingerprint.clone());
@@ -570,7 +570,6 @@ mod tests {
     use super::*;
     use document::{MAX_SCOPE_BYTES, MAX_TOKEN_TYPE_LEN};
     use serde_json::json;
-    use std::time::SystemTime;
 
     fn set() -> SetConfig {
         let text = "providers:\n  p: { kind: voucherify, app_id: a, app_token: b }\nscope_sets:\n  - { name: s, provider: p, scopes: [api], file: { path: /t/s } }\n";
@@ -586,7 +585,7 @@ mod tests {
         let meta = IssuedMeta {
             token_type: "Bearer".into(),
             scope: "api".into(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
+            expires_at: crate::clock::now_wall() + Duration::from_secs(3600),
         };
         document("s", "h", &Secret::new("tok.en-1~+/="), &meta)
     }
@@ -615,14 +614,15 @@ mod tests {
     #[test]
     fn a_document_is_adopted_only_if_it_passes_a_providers_answer_checks() {
         let set = set();
-        let e = entry_from_doc(&set, &doc()).unwrap().unwrap();
+        let now = crate::clock::now_wall();
+        let e = entry_from_doc(&set, &doc(), now).unwrap().unwrap();
         assert_eq!(e.token.expose(), "tok.en-1~+/=");
         assert_eq!((e.token_type.as_str(), e.scope.as_str()), ("Bearer", "api"));
         let mut other = doc();
         other["set"] = json!("t");
-        assert_eq!(entry_from_doc(&set, &other), Ok(None));
+        assert_eq!(entry_from_doc(&set, &other, now), Ok(None));
         let far = humantime::format_rfc3339_seconds(
-            SystemTime::now() + crate::config::MAX_DURATION + Duration::from_secs(86400),
+            crate::clock::now_wall() + crate::config::MAX_DURATION + Duration::from_secs(86400),
         )
         .to_string();
         for (field, value) in [
@@ -645,11 +645,27 @@ mod tests {
         ] {
             let mut d = doc();
             d[field] = value.clone();
-            let refused = entry_from_doc(&set, &d);
+            let refused = entry_from_doc(&set, &d, now);
             assert!(refused.is_err(), "{field} = {value} was adopted");
             // The reason names the check, never the value.
             let why = format!("{refused:?}");
             assert!(!why.contains("FOO") && !why.contains("\\u{1b}"), "{why}");
         }
+    }
+
+    /// "Too far ahead" is measured from the time the document is judged at, not from when it
+    /// was written: a document expiring a minute within the cap after `now` is adopted at
+    /// `now`, and refused when judged two minutes earlier.
+    #[test]
+    fn how_far_ahead_a_document_expires_is_judged_at_the_time_given() {
+        let set = set();
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut d = doc();
+        let at = |t: std::time::SystemTime| json!(humantime::format_rfc3339_seconds(t).to_string());
+        d["written_at"] = at(now - crate::config::MAX_DURATION);
+        d["expires_at"] = at(now + crate::config::MAX_DURATION - Duration::from_secs(60));
+        assert!(matches!(entry_from_doc(&set, &d, now), Ok(Some(_))));
+        let earlier = now - Duration::from_secs(120);
+        assert!(entry_from_doc(&set, &d, earlier).is_err());
     }
 }

@@ -195,7 +195,7 @@ async fn stand_by<L: Election>(
 mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use tokio::sync::watch;
 
@@ -255,7 +255,7 @@ mod tests {
     }
 
     fn ha(board: &Board) -> Option<status::HaStatus> {
-        board.snapshot(SystemTime::now()).ha
+        board.snapshot(crate::clock::now_wall()).ha
     }
 
     fn role(role: &str, leader: &str) -> Option<status::HaStatus> {

@@ -169,14 +169,16 @@ impl Stores {
             };
             answered.insert(set.name.as_str());
             match read {
-                Ok(Some(doc)) if !doc.deleted => match entry_from_doc(set, &doc.data) {
-                    Ok(Some(e)) => out.push(e),
-                    Ok(None) => {}
-                    // The fingerprint and the field only: the values are a stranger's text.
-                    Err(Unfit { fingerprint, why }) => warn!(set = %set.name,
+                Ok(Some(doc)) if !doc.deleted => {
+                    match entry_from_doc(set, &doc.data, crate::clock::now_wall()) {
+                        Ok(Some(e)) => out.push(e),
+                        Ok(None) => {}
+                        // The fingerprint and the field only: the values are a stranger's text.
+                        Err(Unfit { fingerprint, why }) => warn!(set = %set.name,
                         %fingerprint, why,
                         "the set's token document in the store fails the checks a provider's answer passes; not adopting it, issuing a new token"),
-                },
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => warn!(set = %set.name, error = %chain(&e),
                     "could not read the set's token from the store; issuing a new one"),

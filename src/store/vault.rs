@@ -3,7 +3,7 @@
 //! (a token, renewed while it is renewable; AppRole, logged in again before its TTL runs out).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
@@ -173,29 +173,35 @@ const MAX_HOLD: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Note every secret in `v` (see [`SECRET_FIELDS`]) in `held`: a token until its document's
 /// `expires_at` and a clock's doubt after it, anything undated for a clock's doubt from now.
-fn hold_secrets(held: &HeldTokens, v: &Value) {
+fn hold_secrets(held: &HeldTokens, v: &Value, now: SystemTime) {
     let doubt = crate::journal::CLOCK_DOUBT_WINDOW;
     match v {
-        Value::Array(items) => items.iter().for_each(|i| hold_secrets(held, i)),
+        Value::Array(items) => items.iter().for_each(|i| hold_secrets(held, i, now)),
         Value::Object(fields) => {
-            let left = fields
-                .get("expires_at")
-                .and_then(Value::as_str)
-                .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
-                .unwrap_or_default()
-                .min(MAX_HOLD);
+            let left = left_by_expiry(fields, now);
             for (k, f) in fields {
                 match f.as_str() {
                     Some(s) if SECRET_FIELDS.contains(&k.as_str()) => {
                         held.hold(&Secret::new(s.to_owned()), Instant::now() + left + doubt);
                     }
-                    _ => hold_secrets(held, f),
+                    _ => hold_secrets(held, f, now),
                 }
             }
         }
         _ => {}
     }
+}
+
+/// How long after `now` a document's `expires_at` lies (nothing if it has passed or is not
+/// there), at most [`MAX_HOLD`].
+fn left_by_expiry(fields: &serde_json::Map<String, Value>, now: SystemTime) -> Duration {
+    fields
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(now).ok())
+        .unwrap_or_default()
+        .min(MAX_HOLD)
 }
 
 /// The values of [`SECRET_FIELDS`] in `v`, into `out`.
@@ -328,7 +334,7 @@ impl Vault {
             req = req.header("X-Vault-Token", t.expose());
         }
         if let Some(b) = body {
-            hold_secrets(&self.held, b);
+            hold_secrets(&self.held, b, crate::clock::now_wall());
         }
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
@@ -370,7 +376,7 @@ impl Vault {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status.is_success() {
-            hold_secrets(&self.held, &json);
+            hold_secrets(&self.held, &json, crate::clock::now_wall());
             return Ok(Answer {
                 found: true,
                 body: json,
@@ -639,5 +645,19 @@ mod tests {
         // start (an Instant overflow).
         assert!(super::renew_at(u64::MAX).is_some());
         assert!(super::renew_at(0).is_none());
+    }
+
+    #[test]
+    fn a_documents_secrets_are_held_for_what_is_left_of_it_at_the_time_given() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let doc = serde_json::json!({ "expires_at": "2027-01-15T08:10:00Z" });
+        let fields = doc.as_object().unwrap();
+        // 1_800_000_000 is 2027-01-15T08:00:00Z: ten minutes left.
+        assert_eq!(super::left_by_expiry(fields, now), Duration::from_secs(600));
+        let later = now + Duration::from_secs(900);
+        assert_eq!(super::left_by_expiry(fields, later), Duration::ZERO);
+        let long_before = now - 2 * super::MAX_HOLD;
+        assert_eq!(super::left_by_expiry(fields, long_before), super::MAX_HOLD);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use ring::signature::{UnparsedPublicKey, VerificationAlgorithm};
 
@@ -382,7 +382,7 @@ fn authenticate_by_key(
     if header["alg"] != alg {
         return refuse(s, format!("alg {} where {alg} was expected", header["alg"]));
     }
-    let now = SystemTime::now()
+    let now = tokenkeeper::clock::now_wall()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();

@@ -3,7 +3,7 @@
 //! single-use refresh tokens when `rotate` is on.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokenkeeper::secret::fingerprint;
@@ -230,7 +230,7 @@ fn obtain(s: &mut State, req: &Req) -> Resp {
     };
     let access = token("EAAA");
     s.access.push((access.clone(), false));
-    let expires = SystemTime::now() + s.lifetime;
+    let expires = tokenkeeper::clock::now_wall() + s.lifetime;
     let mut answer = json!({
         "access_token": access,
         "token_type": "bearer",
@@ -241,8 +241,10 @@ fn obtain(s: &mut State, req: &Req) -> Resp {
     });
     if s.rotate {
         answer["refresh_token_expires_at"] = json!(
-            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(90 * 86400))
-                .to_string()
+            humantime::format_rfc3339_seconds(
+                tokenkeeper::clock::now_wall() + Duration::from_secs(90 * 86400)
+            )
+            .to_string()
         );
     }
     Resp::json(200, answer)

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -273,7 +273,7 @@ impl<P: TokenProvider + 'static, S: TokenSink> SetTask<P, S> {
             token: held.token.clone(),
             token_type: meta.token_type.clone(),
             scope: meta.scope.clone(),
-            issued_at: SystemTime::now(),
+            issued_at: crate::clock::now_wall(),
             expires_at: meta.expires_at,
             refresh_at: wall(refresh_at),
             config_hash: self.config_hash.to_string(),

@@ -8,7 +8,7 @@
 //! `exp` is read, unverified, so that an expired one is a clear error here instead of a
 //! refusal the server words as it likes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use crate::provider::ProviderError;
 use crate::secret::{Secret, SecretSource};
@@ -33,7 +33,7 @@ pub(super) fn read_assertion(source: &SecretSource) -> Result<Secret, ProviderEr
         what: "client_assertion",
         source,
     })?;
-    let now = SystemTime::now()
+    let now = crate::clock::now_wall()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     check_assertion(jwt.expose(), now).map_err(|e| ProviderError::ClientAssertion {

@@ -6,7 +6,7 @@
 //! Keys are read through the secret sources and kept only as parsed key pairs; the PEM text
 //! and its DER are zeroed as soon as they are parsed. No error here carries key material.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use reqwest::header::HeaderValue;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -189,7 +189,7 @@ impl Signer {
 
     /// A fresh RFC 7523 client assertion for `client_id` addressed to `audience`.
     pub fn assertion(&self, client_id: &str, audience: &str) -> Result<Secret, KeyError> {
-        let now = SystemTime::now()
+        let now = crate::clock::now_wall()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| KeyError::Sign)?
             .as_secs();

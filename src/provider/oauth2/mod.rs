@@ -9,7 +9,7 @@
 //! the life of the provider.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -572,7 +572,7 @@ impl TokenProvider for OAuth2 {
                 ],
             )
             .await?;
-        let now = SystemTime::now()
+        let now = crate::clock::now_wall()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)

@@ -16,7 +16,7 @@ mod answers;
 mod clock;
 mod requests;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::HeaderValue;
@@ -285,7 +285,7 @@ impl TokenProvider for Square {
             headers
                 .get(reqwest::header::DATE)
                 .and_then(|v| v.to_str().ok()),
-            SystemTime::now(),
+            crate::clock::now_wall(),
         )
         .map_err(redact)?;
         // The new refresh token first: whatever is wrong with the rest of the answer, the
@@ -352,7 +352,7 @@ impl TokenProvider for Square {
             status.as_u16(),
             retry_after_text(&headers),
             &body,
-            SystemTime::now(),
+            crate::clock::now_wall(),
         )
     }
 

@@ -3,7 +3,7 @@ use crate::provider::testutil::{Canned, http};
 use std::path::Path;
 
 fn in_days(days: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(days * 86400))
+    humantime::format_rfc3339_seconds(crate::clock::now_wall() + Duration::from_secs(days * 86400))
         .to_string()
 }
 
@@ -73,7 +73,7 @@ fn timestamps_and_lifetimes() {
         assert_eq!(t(bad), None, "{bad}");
     }
 
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     let day = Duration::from_secs(86400);
     // Square's Date is the reference: a local clock an hour fast does not shorten the lifetime.
     let (left, clock) = lifetime(now + 30 * day, Some(now - Duration::from_secs(3600)), now);
@@ -376,8 +376,15 @@ async fn renew_mode_renews_the_latest_access_token_and_keeps_it() {
 #[test]
 fn a_bad_access_token_still_hands_back_the_refresh_token() {
     let body = br#"{"access_token":"bad token","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z","refresh_token":"EQAAnext"}"#;
-    let answer =
-        parse_token_answer("ObtainToken", 200, None, body, None, SystemTime::now()).unwrap();
+    let answer = parse_token_answer(
+        "ObtainToken",
+        200,
+        None,
+        body,
+        None,
+        crate::clock::now_wall(),
+    )
+    .unwrap();
     assert_eq!(
         answer.refresh_token.as_ref().map(Secret::expose),
         Some("EQAAnext")
@@ -404,7 +411,7 @@ fn a_refresh_token_square_would_not_issue_fails_the_answer() {
             None,
             body.as_bytes(),
             None,
-            SystemTime::now(),
+            crate::clock::now_wall(),
         )
     };
     let longest = "E".repeat(1024);
@@ -439,7 +446,15 @@ fn a_refresh_token_square_would_not_issue_fails_the_answer() {
     // No refresh token at all is fine: RenewToken answers carry none.
     let body =
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z"}"#;
-    let a = parse_token_answer("RenewToken", 200, None, body, None, SystemTime::now()).unwrap();
+    let a = parse_token_answer(
+        "RenewToken",
+        200,
+        None,
+        body,
+        None,
+        crate::clock::now_wall(),
+    )
+    .unwrap();
     assert!(a.refresh_token.is_none());
 }
 
@@ -465,7 +480,7 @@ async fn a_broken_rotated_refresh_token_is_never_saved() {
 /// RetrieveTokenStatus: 401 is an inactive token, not an error; 503 is a retryable one.
 #[test]
 fn status_answers_are_classified() {
-    let now = SystemTime::now();
+    let now = crate::clock::now_wall();
     assert!(matches!(
         parse_status_answer(401, None, b"", now),
         Ok(Introspection::Inactive)
@@ -488,7 +503,15 @@ fn refused_access_tokens_are_carried_for_revocation() {
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"soon"}"#,
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2000-01-01T00:00:00Z"}"#,
     ] {
-        let a = parse_token_answer("RenewToken", 200, None, body, None, SystemTime::now()).unwrap();
+        let a = parse_token_answer(
+            "RenewToken",
+            200,
+            None,
+            body,
+            None,
+            crate::clock::now_wall(),
+        )
+        .unwrap();
         let e = a.access.unwrap_err();
         assert_eq!(e.minted().map(Secret::expose), Some("EAAAone"), "{e}");
         assert!(!format!("{e} {e:?}").contains("EAAAone"), "{e:?}");
@@ -512,7 +535,7 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
             None,
             body.as_bytes(),
             None,
-            SystemTime::now(),
+            crate::clock::now_wall(),
         )
         .err()
         .or_else(|| {
@@ -522,7 +545,7 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
                 None,
                 body.as_bytes(),
                 None,
-                SystemTime::now(),
+                crate::clock::now_wall(),
             )
             .ok()
             .and_then(|a| a.access.err())
@@ -543,7 +566,7 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
             None,
             body.as_bytes(),
             None,
-            SystemTime::now(),
+            crate::clock::now_wall(),
         )
         .err()
         .unwrap_or_else(|| panic!("{body} accepted"));

@@ -372,7 +372,7 @@ impl TokenProvider for Voucherify {
                 &[("access_token", token.expose())],
             )
             .await?;
-        let now = std::time::SystemTime::now()
+        let now = crate::clock::now_wall()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         parse_introspect_answer(status.as_u16(), retry_after.as_deref(), &body, now)

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use minijinja::{ErrorKind, Value};
 use zeroize::Zeroizing;
@@ -188,7 +188,7 @@ impl FileTemplate {
                 set,
                 token: &token,
                 token_type: "Bearer",
-                expires_at: SystemTime::now() + STAND_IN_LIFETIME,
+                expires_at: crate::clock::now_wall() + STAND_IN_LIFETIME,
                 scope,
             };
             if let Err(f) = self.run(&template, &content, true) {
