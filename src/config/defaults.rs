@@ -21,22 +21,6 @@ pub(super) const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Long enough for a reader of the old token to finish its requests, short enough that a set
 /// holds at most two live tokens at steady state.
 pub(super) const DEFAULT_REVOKE_SUPERSEDED_AFTER: Duration = Duration::from_secs(60);
-/// How long an `on_rotate` command may run by default: long enough for a service's reload
-/// (systemd's own default job timeout is 90 s, but reloads take seconds), short enough that a
-/// hung one is noticed well before the next token.
-pub(super) const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
-/// Signals `on_rotate.signal` may send: the ones applications use for "re-read your files",
-/// plus the polite stops. SIGKILL and SIGSTOP are refused: nothing reloads on them.
-pub(super) const HOOK_SIGNALS: &[(&str, nix::sys::signal::Signal)] = &[
-    ("SIGHUP", nix::sys::signal::Signal::SIGHUP),
-    ("SIGUSR1", nix::sys::signal::Signal::SIGUSR1),
-    ("SIGUSR2", nix::sys::signal::Signal::SIGUSR2),
-    ("SIGWINCH", nix::sys::signal::Signal::SIGWINCH),
-    ("SIGALRM", nix::sys::signal::Signal::SIGALRM),
-    ("SIGTERM", nix::sys::signal::Signal::SIGTERM),
-    ("SIGINT", nix::sys::signal::Signal::SIGINT),
-    ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
-];
 /// The store kinds this version speaks.
 pub(super) const STORE_KINDS: &[&str] = &["vault"];
 /// A store request is one small JSON document; 10 s leaves room for a slow network, and a

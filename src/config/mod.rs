@@ -25,6 +25,7 @@ use crate::schedule::RefreshPolicy;
 use crate::secret::SecretSource;
 use crate::sink::FileConfig;
 
+pub use crate::hooks::{OnRotate, SignalHook};
 pub use crate::settings::{MAX_DURATION, MAX_DURATION_TEXT, Problem};
 
 use check::parse_text;
@@ -165,34 +166,6 @@ pub struct SetConfig {
     /// `store:`: a secrets store path the token is also written to. Boxed, like the hooks:
     /// most sets have none.
     pub store: Option<Box<SetStore>>,
-}
-
-/// What to do after a set's new token is written. Every part is optional; all that are given
-/// run, in this order: `exec`, `signal`, `reload_unit`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct OnRotate {
-    /// A command (argv, no shell) run with TOKENKEEPER_SET, TOKENKEEPER_FILE and
-    /// TOKENKEEPER_FINGERPRINT in its environment.
-    pub exec: Option<Vec<String>>,
-    /// How long a command (`exec` or `systemctl reload`) may run before its process group is
-    /// killed.
-    pub timeout: Duration,
-    /// A signal for the process whose pid a file holds (read afresh each time).
-    pub signal: Option<SignalHook>,
-    /// A systemd unit to reload (`systemctl reload UNIT`).
-    pub reload_unit: Option<String>,
-}
-
-impl OnRotate {
-    pub fn is_empty(&self) -> bool {
-        self.exec.is_none() && self.signal.is_none() && self.reload_unit.is_none()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignalHook {
-    pub pidfile: PathBuf,
-    pub signal: nix::sys::signal::Signal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

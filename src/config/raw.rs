@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+pub(super) use crate::hooks::yaml::{RawOnRotate, RawSignalHook};
 pub(super) use crate::sink::yaml::RawFile;
 
 impl RawConfig {
@@ -130,18 +131,4 @@ pub(super) struct RawSet {
     pub(super) rotate: Option<Value>,
     pub(super) on_rotate: Option<RawOnRotate>,
     pub(super) store: Option<RawSetStore>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct RawOnRotate {
-    pub(super) exec: Option<Value>,
-    pub(super) timeout: Option<Value>,
-    pub(super) signal: Option<RawSignalHook>,
-    pub(super) reload_unit: Option<Value>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct RawSignalHook {
-    pub(super) pidfile: Option<String>,
-    pub(super) signal: Option<String>,
 }

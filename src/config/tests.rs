@@ -7,9 +7,9 @@ use crate::secret::Secret;
 use crate::sink::FileFormat;
 
 use super::check::valid_set_name;
-use super::defaults::DEFAULT_HOOK_TIMEOUT;
 use super::raw::RawSet;
 use super::text::{nesting_exceeds, strip_marks};
+use crate::hooks::yaml::DEFAULT_HOOK_TIMEOUT;
 use crate::provider::yaml::RawProviderCommon;
 use crate::provider::yaml::{
     DEFAULT_ISSUE_PER_SECOND, DEFAULT_OAUTH2_LIFETIME, DEFAULT_PROVIDER_TIMEOUT,

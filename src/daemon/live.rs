@@ -73,7 +73,8 @@ impl<P: TokenProvider + 'static> Shared<P> {
         let (stop_tx, stop_rx) = oneshot::channel();
         let report = self.board.register(&set.name, &set.provider);
         let view = report.view();
-        crate::hooks::watch(set, &report);
+        let file = set.file.as_ref().map(|f| f.path.as_path());
+        crate::hooks::watch(&set.name, file, set.on_rotate.as_deref(), &report);
         let config_hash = crate::config::config_hash(set, provider_cfg);
         let task = SetTask {
             cfg: Arc::clone(set),

@@ -110,7 +110,12 @@ impl RunReport {
 
 /// Build every provider once, with the shared HTTP client.
 pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
-    crate::hooks::hide_secret_env(config);
+    let providers = config
+        .providers
+        .values()
+        .flat_map(|p| p.kind.secret_sources());
+    let stores = config.stores.values().flat_map(|s| s.auth.secret_sources());
+    crate::hooks::hide_secret_env(providers.chain(stores).map(|(_, source)| source));
     let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
         name: "(http client)".into(),
         source,

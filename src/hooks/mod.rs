@@ -11,6 +11,7 @@
 
 mod group;
 pub mod pidfile;
+pub mod yaml;
 
 pub use group::end_all;
 
@@ -26,9 +27,36 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Config, OnRotate, SetConfig};
-use crate::secret::{hidden_env, hide_env_of};
+use crate::secret::{SecretSource, hidden_env, hide_env_of};
 use crate::status::SetReport;
+
+/// What to do after a set's new token is written. Every part is optional; all that are given
+/// run, in this order: `exec`, `signal`, `reload_unit`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OnRotate {
+    /// A command (argv, no shell) run with TOKENKEEPER_SET, TOKENKEEPER_FILE and
+    /// TOKENKEEPER_FINGERPRINT in its environment.
+    pub exec: Option<Vec<String>>,
+    /// How long a command (`exec` or `systemctl reload`) may run before its process group is
+    /// killed.
+    pub timeout: Duration,
+    /// A signal for the process whose pid a file holds (read afresh each time).
+    pub signal: Option<SignalHook>,
+    /// A systemd unit to reload (`systemctl reload UNIT`).
+    pub reload_unit: Option<String>,
+}
+
+impl OnRotate {
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_none() && self.signal.is_none() && self.reload_unit.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalHook {
+    pub pidfile: PathBuf,
+    pub signal: nix::sys::signal::Signal,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -76,20 +104,17 @@ pub struct HookCounters {
 /// finish before it exits. Process-wide because hooks are this process's children.
 static WATCHERS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
-/// Follow `stats` of `set` and run its `on_rotate` hooks after each new token; nothing if the
-/// set has none. The watcher ends once the set's task has ended (and its last hooks ran).
-pub fn watch(set: &SetConfig, report: &SetReport) {
-    let Some(hooks) = set.on_rotate.as_deref().cloned() else {
+/// Follow `stats` of the set `name` and run its `on_rotate` hooks after each new token;
+/// nothing if the set has none. `file` is the set's token file, if it has one: a store-only
+/// set's hooks see TOKENKEEPER_FILE empty. The watcher ends once the set's task has ended
+/// (and its last hooks ran).
+pub fn watch(name: &str, file: Option<&Path>, hooks: Option<&OnRotate>, report: &SetReport) {
+    let Some(hooks) = hooks.cloned() else {
         return;
     };
     let mut stats = report.subscribe_stats();
-    let name = set.name.clone();
-    // A store-only set has no file: its hooks see TOKENKEEPER_FILE empty.
-    let file = set
-        .file
-        .as_ref()
-        .map(|f| f.path.clone())
-        .unwrap_or_default();
+    let name = name.to_string();
+    let file = file.map(Path::to_path_buf).unwrap_or_default();
     let handle = tokio::spawn(async move {
         let counters = HookCounters::default();
         let mut last = stats.borrow_and_update().fingerprint.clone();
@@ -130,15 +155,10 @@ pub async fn finish(deadline: Instant) {
     }
 }
 
-/// Keep the environment variables `config` reads secrets from out of every hook's
-/// environment from now on.
-pub fn hide_secret_env(config: &Config) {
-    let providers = config
-        .providers
-        .values()
-        .flat_map(|p| p.kind.secret_sources());
-    let stores = config.stores.values().flat_map(|s| s.auth.secret_sources());
-    hide_env_of(providers.chain(stores).map(|(_, source)| source));
+/// Keep the environment variables the config reads secrets from (`sources`) out of every
+/// hook's environment from now on.
+pub fn hide_secret_env<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
+    hide_env_of(sources);
 }
 
 /// Run every hook of one set for the token `fingerprint`, in order, each failure logged.
@@ -266,7 +286,6 @@ async fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), HookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SignalHook;
     use nix::sys::signal::kill;
 
     fn hooks(exec: &[&str], timeout: Duration) -> OnRotate {

@@ -1,23 +1,17 @@
 //! `scope_sets:`: each set, its scopes, and what it runs after a new token.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use serde_yaml::Value;
-
-use crate::config::defaults::{
-    DEFAULT_HOOK_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, HOOK_SIGNALS, ON_SHUTDOWN,
-};
-use crate::config::raw::{RawOnRotate, RawSet, RawStore};
-use crate::config::{OnRotate, OnShutdown, SetConfig, SignalHook};
+use crate::config::defaults::{DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, ON_SHUTDOWN};
+use crate::config::raw::{RawSet, RawStore};
+use crate::config::{OnShutdown, SetConfig};
 use crate::cron::RotateSchedule;
 use crate::provider::yaml::RawProvider;
 use crate::schedule::RefreshPolicy;
-use crate::settings::{KERNEL_TREES, normalize};
 use crate::sink::{self, yaml::Places};
 
 use super::{Checker, Defaults};
-use crate::settings::{effective, join};
+use crate::settings::effective;
 
 impl Checker<'_> {
     pub(super) fn set(
@@ -140,9 +134,10 @@ impl Checker<'_> {
         let rotate = RotateSchedule::from_yaml(&mut self.report, &at, raw.rotate.as_ref());
         let on_rotate = match &raw.on_rotate {
             None => Ok(None),
-            Some(hooks) => self
-                .on_rotate(&format!("{at}.on_rotate"), hooks)
-                .map(|h| (!h.is_empty()).then(|| Box::new(h))),
+            Some(hooks) => {
+                crate::hooks::yaml::on_rotate(&mut self.report, &format!("{at}.on_rotate"), hooks)
+                    .map(|h| (!h.is_empty()).then(|| Box::new(h)))
+            }
         };
         let store = match &raw.store {
             None => Ok(None),
@@ -172,126 +167,6 @@ impl Checker<'_> {
             store: store.ok()?,
         })
     }
-
-    fn on_rotate(&mut self, at: &str, raw: &RawOnRotate) -> Result<OnRotate, ()> {
-        let mut ok = true;
-        let exec = match &raw.exec {
-            None => None,
-            Some(Value::Sequence(items)) if !items.is_empty() => {
-                let argv: Vec<String> = items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect();
-                if argv.len() != items.len() || argv[0].is_empty() {
-                    self.bad(at, "exec", "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
-                    ok = false;
-                } else if !std::path::Path::new(&argv[0]).is_absolute() {
-                    self.bad(at, "exec", format!(
-                        "exec's program `{}` must be an absolute path, e.g. [\"/usr/bin/app-reload\"]: PATH is not searched, so that whoever may put a program earlier on it cannot choose what runs",
-                        argv[0].escape_debug()
-                    ));
-                    ok = false;
-                } else if let Some(why) =
-                    crate::trust::program_open_to_others(std::path::Path::new(&argv[0]))
-                {
-                    self.bad(at, "exec", format!(
-                        "exec's program `{}`: {why}, who could choose what runs as tokenkeeper's user",
-                        argv[0].escape_debug()
-                    ));
-                    ok = false;
-                }
-                Some(argv)
-            }
-            Some(_) => {
-                self.bad(at, "exec", "exec must be a non-empty list: the command and its arguments (no shell), e.g. [\"/usr/bin/app-reload\"]");
-                ok = false;
-                None
-            }
-        };
-        let timeout = self
-            .positive_duration(
-                at,
-                "timeout",
-                raw.timeout.as_ref(),
-                ": a command needs time to run",
-            )
-            .map(|t| t.unwrap_or(DEFAULT_HOOK_TIMEOUT));
-        let signal = match &raw.signal {
-            None => None,
-            Some(sig) => {
-                let sig_at = join(at, "signal");
-                let pidfile = match sig.pidfile.as_deref() {
-                    None => {
-                        self.missing(&sig_at, "pidfile", "the file holding the pid to signal");
-                        None
-                    }
-                    Some(p) => match pidfile_problem(p) {
-                        Some(why) => {
-                            self.bad(&sig_at, "pidfile", why);
-                            None
-                        }
-                        None => Some(normalize(Path::new(p))),
-                    },
-                };
-                let name = sig
-                    .signal
-                    .as_deref()
-                    .unwrap_or("SIGHUP")
-                    .trim()
-                    .to_ascii_uppercase();
-                let full = if name.starts_with("SIG") {
-                    name
-                } else {
-                    format!("SIG{name}")
-                };
-                let signal = match HOOK_SIGNALS.iter().find(|(n, _)| *n == full) {
-                    Some((_, s)) => Some(*s),
-                    None => {
-                        let names: Vec<&str> = HOOK_SIGNALS.iter().map(|(n, _)| *n).collect();
-                        self.bad(
-                            &sig_at,
-                            "signal",
-                            format!("signal `{full}` must be one of {}", names.join(", ")),
-                        );
-                        None
-                    }
-                };
-                match (pidfile, signal) {
-                    (Some(pidfile), Some(signal)) => Some(SignalHook { pidfile, signal }),
-                    _ => {
-                        ok = false;
-                        None
-                    }
-                }
-            }
-        };
-        let reload_unit = match &raw.reload_unit {
-            None => None,
-            Some(Value::String(u))
-                if !u.is_empty() && !u.starts_with('-') && !u.contains(char::is_whitespace) =>
-            {
-                Some(u.clone())
-            }
-            Some(_) => {
-                self.bad(
-                    at,
-                    "reload_unit",
-                    "reload_unit must be one systemd unit name such as \"app.service\"",
-                );
-                ok = false;
-                None
-            }
-        };
-        match (ok, timeout) {
-            (true, Ok(timeout)) => Ok(OnRotate {
-                exec,
-                timeout,
-                signal,
-                reload_unit,
-            }),
-            _ => Err(()),
-        }
-    }
 }
 
 pub(crate) fn valid_set_name(name: &str) -> bool {
@@ -300,23 +175,4 @@ pub(crate) fn valid_set_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// Why `path` cannot be an `on_rotate` pidfile, as far as the config alone tells: the file
-/// itself is checked at each use (`hooks::pidfile`).
-fn pidfile_problem(path: &str) -> Option<String> {
-    if path.chars().any(char::is_control) {
-        return Some(format!(
-            "pidfile `{}` holds a control character",
-            path.escape_default()
-        ));
-    }
-    if !Path::new(path).is_absolute() {
-        return Some(format!("pidfile `{path}` must be an absolute path"));
-    }
-    let normal = normalize(Path::new(path));
-    KERNEL_TREES
-        .iter()
-        .find(|k| normal.starts_with(k))
-        .map(|k| format!("pidfile `{path}` is under {k}, the kernel's files, not a pidfile"))
 }
