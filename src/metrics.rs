@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,11 +19,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::fsio::FileError;
+use crate::settings::{KERNEL_TREES, Problem, Report, SYSTEM_TREES, normalize};
 use crate::status::{Board, Phase, SetPhase, Snapshot};
 
 /// node_exporter runs as its own user and must read the file; nothing in it is secret.
@@ -291,6 +293,109 @@ fn answer(board: &Board, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_TEXT));
     resp
+}
+
+/// Prometheus exposition of each set's state (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// A `.prom` file for node_exporter's textfile collector, rewritten atomically.
+    pub textfile: Option<PathBuf>,
+    /// A loopback address to serve `GET /metrics` on.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `metrics:` as written.
+#[derive(Deserialize, Default)]
+pub struct RawMetrics {
+    pub textfile: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// Check `metrics:`, every problem going to `report`.
+pub fn from_yaml(report: &mut Report, raw: Option<&RawMetrics>) -> MetricsConfig {
+    let mut out = MetricsConfig::default();
+    let Some(raw) = raw else {
+        return out;
+    };
+    if let Some(text) = raw.textfile.as_deref() {
+        let path = Path::new(text);
+        if !path.is_absolute() {
+            report.bad(
+                "metrics",
+                "textfile",
+                format!("textfile `{text}` must be an absolute path"),
+            );
+        } else if path.extension().is_none_or(|e| e != "prom") {
+            report.bad(
+                "metrics",
+                "textfile",
+                format!(
+                    "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
+                ),
+            );
+        } else if let Some(tree) = KERNEL_TREES
+            .iter()
+            .chain(SYSTEM_TREES)
+            .find(|t| normalize(path).starts_with(t))
+        {
+            report.bad(
+                "metrics",
+                "textfile",
+                format!(
+                    "textfile `{text}` is under {tree}, the kernel's or the system's own files: it is rewritten every few seconds, so it belongs in node_exporter's textfile directory"
+                ),
+            );
+        } else {
+            out.textfile = Some(normalize(path));
+        }
+    }
+    if let Some(text) = raw.listen.as_deref() {
+        match text.trim().parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => out.listen = Some(addr),
+            Ok(_) => report.bad(
+                "metrics",
+                "listen",
+                format!(
+                    "listen `{text}` must be a loopback address such as 127.0.0.1:9464: the listener has no authentication, so a local exporter or agent scrapes it"
+                ),
+            ),
+            Err(_) => report.bad(
+                "metrics",
+                "listen",
+                format!("listen `{text}` is not an address and port such as 127.0.0.1:9464"),
+            ),
+        }
+    }
+    out
+}
+
+/// The metrics textfile's folder must be there: the daemon does not make it (it is
+/// node_exporter's, with node_exporter's owner and mode), and without it every publish fails
+/// and no textfile is ever written.
+pub fn check_textfile_dir(metrics: &MetricsConfig) -> Vec<Problem> {
+    let Some(textfile) = &metrics.textfile else {
+        return Vec::new();
+    };
+    let Some(dir) = textfile.parent() else {
+        return Vec::new();
+    };
+    let why = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Vec::new(),
+        Ok(_) => "is not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        // Another error (permission) is the daemon's user's business at run time; the
+        // publish failures are logged and counted then.
+        Err(_) => return Vec::new(),
+    };
+    vec![Problem {
+        line: None,
+        column: None,
+        at: "metrics.textfile".into(),
+        message: format!(
+            "the textfile's folder {} {why}: tokenkeeper does not create it (node_exporter's --collector.textfile.directory); create it or fix the path",
+            dir.display()
+        ),
+    }]
 }
 
 #[cfg(test)]

@@ -26,15 +26,14 @@ use crate::secret::SecretSource;
 use crate::sink::FileConfig;
 
 pub use crate::hooks::{OnRotate, SignalHook};
+pub use crate::metrics::MetricsConfig;
 pub use crate::settings::{MAX_DURATION, MAX_DURATION_TEXT, Problem};
 
 use check::parse_text;
-use paths::check_textfile_dir;
 
 mod check;
 mod defaults;
 mod located;
-mod paths;
 mod raw;
 mod text;
 mod unknown;
@@ -135,15 +134,6 @@ pub struct HaConfig {
     pub instance: Option<String>,
 }
 
-/// Prometheus exposition of each set's state (see [`crate::metrics`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// A `.prom` file for node_exporter's textfile collector, rewritten atomically.
-    pub textfile: Option<PathBuf>,
-    /// A loopback address to serve `GET /metrics` on.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct SetConfig {
     pub name: String,
@@ -239,7 +229,9 @@ pub fn load_in(path: &Path, credentials_folder: Option<&Path>) -> Result<Loaded,
         });
         let dirs = crate::sink::yaml::check_token_dirs(files, &config.state_dir, path);
         parsed.problems.extend(dirs);
-        parsed.problems.extend(check_textfile_dir(config));
+        parsed
+            .problems
+            .extend(crate::metrics::check_textfile_dir(&config.metrics));
         parsed
             .problems
             .extend(crate::provider::yaml::check_client_keys(&config.providers));

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 pub(super) use crate::hooks::yaml::{RawOnRotate, RawSignalHook};
+pub(super) use crate::metrics::RawMetrics;
 pub(super) use crate::sink::yaml::RawFile;
 
 impl RawConfig {
@@ -89,12 +90,6 @@ pub(super) struct RawHa {
 pub(super) struct RawSetStore {
     pub(super) name: Option<String>,
     pub(super) path: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-pub(super) struct RawMetrics {
-    pub(super) textfile: Option<String>,
-    pub(super) listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,11 +8,11 @@ use crate::config::defaults::{
     DEFAULT_MIN_INTERVAL, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER,
     DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR, ON_SHUTDOWN,
 };
-use crate::config::raw::{RawConfig, RawDefaults, RawMetrics, RawRefresh, RawSet, RawStore};
-use crate::config::{Config, MetricsConfig, OnShutdown, SetConfig};
+use crate::config::raw::{RawConfig, RawDefaults, RawRefresh, RawSet, RawStore};
+use crate::config::{Config, OnShutdown, SetConfig};
 use crate::provider::yaml::RawProvider;
 use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
-use crate::settings::{KERNEL_TREES, SYSTEM_TREES, normalize};
+use crate::settings::normalize;
 use crate::sink::FileFormat;
 use crate::sink::yaml::{DEFAULT_FILE_MODE, FORMATS};
 
@@ -49,7 +49,7 @@ impl Checker<'_> {
                 format!("log_level `{filter}` is not a tracing filter such as `info` or `tokenkeeper=debug`: {err}"),
             );
         }
-        let metrics = self.metrics(raw.metrics.as_ref());
+        let metrics = crate::metrics::from_yaml(&mut self.report, raw.metrics.as_ref());
         if let Some(textfile) = &metrics.textfile {
             self.reserved
                 .push((textfile.clone(), "the metrics textfile"));
@@ -149,63 +149,6 @@ impl Checker<'_> {
             ha,
         };
         self.into_parsed(Some(config))
-    }
-
-    fn metrics(&mut self, raw: Option<&RawMetrics>) -> MetricsConfig {
-        let mut out = MetricsConfig::default();
-        let Some(raw) = raw else {
-            return out;
-        };
-        if let Some(text) = raw.textfile.as_deref() {
-            let path = Path::new(text);
-            if !path.is_absolute() {
-                self.bad(
-                    "metrics",
-                    "textfile",
-                    format!("textfile `{text}` must be an absolute path"),
-                );
-            } else if path.extension().is_none_or(|e| e != "prom") {
-                self.bad(
-                    "metrics",
-                    "textfile",
-                    format!(
-                        "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
-                    ),
-                );
-            } else if let Some(tree) = KERNEL_TREES
-                .iter()
-                .chain(SYSTEM_TREES)
-                .find(|t| normalize(path).starts_with(t))
-            {
-                self.bad(
-                    "metrics",
-                    "textfile",
-                    format!(
-                        "textfile `{text}` is under {tree}, the kernel's or the system's own files: it is rewritten every few seconds, so it belongs in node_exporter's textfile directory"
-                    ),
-                );
-            } else {
-                out.textfile = Some(normalize(path));
-            }
-        }
-        if let Some(text) = raw.listen.as_deref() {
-            match text.trim().parse::<std::net::SocketAddr>() {
-                Ok(addr) if addr.ip().is_loopback() => out.listen = Some(addr),
-                Ok(_) => self.bad(
-                    "metrics",
-                    "listen",
-                    format!(
-                        "listen `{text}` must be a loopback address such as 127.0.0.1:9464: the listener has no authentication, so a local exporter or agent scrapes it"
-                    ),
-                ),
-                Err(_) => self.bad(
-                    "metrics",
-                    "listen",
-                    format!("listen `{text}` is not an address and port such as 127.0.0.1:9464"),
-                ),
-            }
-        }
-        out
     }
 
     fn defaults(&mut self, raw: Option<&RawDefaults>) -> Defaults {
