@@ -132,7 +132,12 @@ impl Vault {
     /// (readers get 404, and the data is gone from the store's history). A late write with
     /// an old version is still refused: the path's current version is 0 again, and a
     /// check-and-set write succeeds only against that.
-    pub async fn remove(&self, path: &KvPath) -> Result<(), StoreError> {
+    pub async fn remove(&self, path: &str) -> Result<(), StoreError> {
+        self.delete_all(path).await
+    }
+
+    /// [`remove`](Self::remove) of a path whose URLs are parsed already.
+    pub async fn remove_at(&self, path: &KvPath) -> Result<(), StoreError> {
         self.call("delete metadata", Method::DELETE, &path.metadata, None)
             .await
             .map(|_| ())
@@ -140,7 +145,7 @@ impl Vault {
 
     /// Delete `path` with all its versions and metadata.
     pub async fn delete_all(&self, path: &str) -> Result<(), StoreError> {
-        self.remove(&self.kv_path(path)).await
+        self.remove_at(&self.kv_path(path)).await
     }
 
     /// The mount's own `max_versions` (`GET MOUNT/config`; 0 means the store's default, no

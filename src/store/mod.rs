@@ -367,7 +367,7 @@ async fn writer(
                 // another instance's, not yet read: left for the next start to find.
                 Want::Remove if unread.is_some() => Ok(false),
                 // Removed whole: the path starts again from version 0, without metadata.
-                Want::Remove => vault.remove(&kv).await.map(|()| {
+                Want::Remove => vault.remove_at(&kv).await.map(|()| {
                     version = Some(0);
                     metadata_set = new_path_done;
                     seen_doc = None;
