@@ -1,6 +1,6 @@
 //! `bench store`: the store path beside the file path. The same sets (1,000 by default,
-//! `BENCH_STORE_SETS`) run files only, then files + a real OpenBao (a dev server, in memory,
-//! the `bao` the tests install), and each run's daemon is measured over its whole life: time
+//! `BENCH_STORE_SETS`) run files only and files + a real OpenBao in turn (a dev server, in
+//! memory, the `bao` the tests install), and each run's daemon is measured over its whole life: time
 //! to every file written, time until status says every store copy is up to date, peak RSS, CPU
 //! per token (start, issue, store writes, 5 s idle, revoke and store removal at SIGTERM), the
 //! sockets it holds once written, and SIGTERM to exit. Medians of `BENCH_RUNS` (3) runs.
@@ -319,12 +319,20 @@ pub fn driver() {
     eprintln!(
         "fake provider at {url}, OpenBao dev server at {addr} (secret/ keeps {mount_max_versions} versions, 0: all); {runs} run(s) of {n} sets"
     );
-    let files: Vec<Run> = (0..runs)
-        .map(|r| run_once(&b, &layout, &url, n, None, r))
-        .collect();
-    let stored: Vec<Run> = (0..runs)
-        .map(|r| run_once(&b, &layout, &url, n, Some(&store), r))
-        .collect();
+    // Files only and with the store in turn, not all of one then all of the other: on a
+    // shared host the load drifts over minutes, and a ratio of two columns measured minutes
+    // apart measured the drift as much as the store (1.82x to 2.52x for one build).
+    let (files, stored): (Vec<Run>, Vec<Run>) = (0..runs)
+        .map(|r| {
+            let f = run_once(&b, &layout, &url, n, None, r);
+            let s = run_once(&b, &layout, &url, n, Some(&store), r);
+            eprintln!(
+                "pair {r}: store/files CPU per token {:.2}x",
+                s.cpu_per_token_us / f.cpu_per_token_us
+            );
+            (f, s)
+        })
+        .unzip();
     drop((bao, fake));
     report(n, runs, &median_run(&files), &median_run(&stored));
 }

@@ -9,21 +9,19 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::vault::{StoreError, Vault, Versioned};
+use super::vault::{KvPath, StoreError, Vault, Versioned};
 
 impl Vault {
     /// Read the latest version of `path`: `None` if it was never written (or was removed
     /// whole); `deleted` set, with the version, if its latest version was deleted.
     pub async fn read(&self, path: &str) -> Result<Option<Versioned>, StoreError> {
+        self.read_at(&self.kv_path(path)).await
+    }
+
+    /// [`read`](Self::read) of a path whose URLs are parsed already.
+    pub async fn read_at(&self, path: &KvPath) -> Result<Option<Versioned>, StoreError> {
         let op = "read";
-        let answer = self
-            .call(
-                op,
-                Method::GET,
-                &format!("{}/data/{path}", self.mount()),
-                None,
-            )
-            .await?;
+        let answer = self.call(op, Method::GET, &path.data, None).await?;
         let found = answer.found;
         let data = answer.body.get("data").cloned().unwrap_or(Value::Null);
         let meta = data.get("metadata").cloned().unwrap_or(Value::Null);
@@ -55,7 +53,7 @@ impl Vault {
             .call(
                 "read metadata",
                 Method::GET,
-                &format!("{}/metadata/{path}", self.mount()),
+                &self.target(&format!("{}/metadata/{path}", self.mount())),
                 None,
             )
             .await?;
@@ -69,19 +67,22 @@ impl Vault {
     /// Returns the new version.
     /// `data` moves into the body: `json!` would copy it, string by string, at every write.
     pub async fn write_cas(&self, path: &str, data: Value, cas: u64) -> Result<u64, StoreError> {
+        self.write_cas_at(&self.kv_path(path), data, cas).await
+    }
+
+    /// [`write_cas`](Self::write_cas) to a path whose URLs are parsed already.
+    pub async fn write_cas_at(
+        &self,
+        path: &KvPath,
+        data: Value,
+        cas: u64,
+    ) -> Result<u64, StoreError> {
         let op = "write";
         let mut body = serde_json::Map::new();
         body.insert("options".into(), json!({ "cas": cas }));
         body.insert("data".into(), data);
         let body = Value::Object(body);
-        let answer = self
-            .call(
-                op,
-                Method::POST,
-                &format!("{}/data/{path}", self.mount()),
-                Some(&body),
-            )
-            .await;
+        let answer = self.call(op, Method::POST, &path.data, Some(&body)).await;
         match answer.map(super::vault::Answer::found) {
             Ok(Some(a)) => a
                 .get("data")
@@ -96,7 +97,7 @@ impl Vault {
             }) if detail.contains("check-and-set") => Err(StoreError::Conflict {
                 store: self.name().to_string(),
                 op,
-                path: path.into(),
+                path: path.path.clone(),
                 expected: cas,
             }),
             Err(e) => Err(e),
@@ -116,15 +117,15 @@ impl Vault {
 
     /// Set `max_versions` and the custom metadata (who wrote it, for whom) on `path`.
     pub async fn set_metadata(&self, path: &str, custom: &Value) -> Result<(), StoreError> {
+        self.set_metadata_at(&self.kv_path(path), custom).await
+    }
+
+    /// [`set_metadata`](Self::set_metadata) of a path whose URLs are parsed already.
+    pub async fn set_metadata_at(&self, path: &KvPath, custom: &Value) -> Result<(), StoreError> {
         let body = json!({ "max_versions": self.max_versions(), "custom_metadata": custom });
-        self.call(
-            "write metadata",
-            Method::POST,
-            &format!("{}/metadata/{path}", self.mount()),
-            Some(&body),
-        )
-        .await
-        .map(|_| ())
+        self.call("write metadata", Method::POST, &path.metadata, Some(&body))
+            .await
+            .map(|_| ())
     }
 
     /// Remove what `path` holds, in one request: its metadata and every version, destroyed
@@ -135,16 +136,16 @@ impl Vault {
         self.delete_all(path).await
     }
 
+    /// [`remove`](Self::remove) of a path whose URLs are parsed already.
+    pub async fn remove_at(&self, path: &KvPath) -> Result<(), StoreError> {
+        self.call("delete metadata", Method::DELETE, &path.metadata, None)
+            .await
+            .map(|_| ())
+    }
+
     /// Delete `path` with all its versions and metadata.
     pub async fn delete_all(&self, path: &str) -> Result<(), StoreError> {
-        self.call(
-            "delete metadata",
-            Method::DELETE,
-            &format!("{}/metadata/{path}", self.mount()),
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.remove_at(&self.kv_path(path)).await
     }
 
     /// The mount's own `max_versions` (`GET MOUNT/config`; 0 means the store's default, no
@@ -152,7 +153,12 @@ impl Vault {
     pub async fn mount_max_versions(&self) -> Result<u64, StoreError> {
         let op = "read the mount's config";
         let answer = self
-            .call(op, Method::GET, &format!("{}/config", self.mount()), None)
+            .call(
+                op,
+                Method::GET,
+                &self.target(&format!("{}/config", self.mount())),
+                None,
+            )
             .await?;
         answer
             .found()
@@ -167,7 +173,7 @@ impl Vault {
             .call(
                 "list",
                 method,
-                &format!("{}/metadata/{path}", self.mount()),
+                &self.target(&format!("{}/metadata/{path}", self.mount())),
                 None,
             )
             .await?;

@@ -337,6 +337,8 @@ async fn writer(
         .as_ref()
         .is_some_and(|s| s.metadata || (s.fresh && new_path_done));
     let mut seen_doc = seen.and_then(|s| s.held);
+    // Its URLs parsed once: the path is requested at every refresh for the daemon's life.
+    let kv = vault.kv_path(&path);
     'wishes: loop {
         let Wish { generation, want } = wishes.borrow_and_update().clone();
         let mut attempt: u32 = 0;
@@ -359,13 +361,13 @@ async fn writer(
                 Want::Write(w) => {
                     let mut doc = document(&set, &config_hash, &w.0, &w.1);
                     let written = (&mut version, &mut metadata_set, &mut unread);
-                    write_once(&vault, &path, &set, &mut doc, &w.0, written, &mut seen_doc).await
+                    write_once(&vault, &kv, &set, &mut doc, &w.0, written, &mut seen_doc).await
                 }
                 // Never written over, the path holds no token of this set's but perhaps
                 // another instance's, not yet read: left for the next start to find.
                 Want::Remove if unread.is_some() => Ok(false),
                 // Removed whole: the path starts again from version 0, without metadata.
-                Want::Remove => vault.remove(&path).await.map(|()| {
+                Want::Remove => vault.remove_at(&kv).await.map(|()| {
                     version = Some(0);
                     metadata_set = new_path_done;
                     seen_doc = None;
@@ -432,7 +434,7 @@ async fn writer(
 /// would be written is not written at all: a take-over writes nothing it adopted unchanged.
 async fn write_once(
     vault: &Vault,
-    path: &str,
+    path: &vault::KvPath,
     set: &str,
     doc: &mut Value,
     token: &Secret,
@@ -449,7 +451,7 @@ async fn write_once(
     }
     let cas = match *version {
         Some(v) => v,
-        None => match vault.read(path).await? {
+        None => match vault.read_at(path).await? {
             // The write checks-and-sets against this very version: nothing written between
             // the read and the write is hidden unseen.
             Some(held) if !held.deleted => {
@@ -471,12 +473,12 @@ async fn write_once(
     };
     if !*metadata_set {
         vault
-            .set_metadata(path, &vault.custom_metadata(set))
+            .set_metadata_at(path, &vault.custom_metadata(set))
             .await?;
         *metadata_set = true;
     }
     // The document is not used after its write: moved into the body, not copied.
-    match vault.write_cas(path, std::mem::take(doc), cas).await {
+    match vault.write_cas_at(path, std::mem::take(doc), cas).await {
         Ok(v) => {
             *version = Some(v);
             // Written over: what this path held before is reported, and is this set's own

@@ -2,9 +2,11 @@
 //! needs (read, check-and-set write, metadata, delete and destroy, list) and two ways to log in
 //! (a token, renewed while it is renewable; AppRole, logged in again before its TTL runs out).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
@@ -106,10 +108,40 @@ impl StoreError {
 
 /// A logged-in store token and when to renew or replace it.
 struct Session {
-    token: Secret,
+    login: Arc<Login>,
     /// `None`: the token does not expire (a root token) or cannot be renewed; use it as is.
     renew_at: Option<Instant>,
     renewable: bool,
+}
+
+/// A store token with its `X-Vault-Token` header, built once per session, not per request:
+/// every request of a session shares both without copying the token.
+pub(super) struct Login {
+    token: Secret,
+    header: HeaderValue,
+}
+
+/// The header a request carries its store token in.
+const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
+
+/// The header a request names its namespace in (Vault Enterprise, OpenBao).
+const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-vault-namespace");
+
+/// Where a request goes: a URL parsed once, for a path requested again and again (a set's
+/// path, written at each refresh), or the text of one, parsed by the HTTP client at the
+/// request as every URL was before (a path requested once or twice).
+pub(super) enum Target {
+    Parsed(Url),
+    Text(String),
+}
+
+/// A set's path in a KV v2 mount, with the URLs of its data and its metadata parsed once: its
+/// writer requests them at every refresh, and parsing a URL per request was a visible share
+/// of a store request's CPU (docs/performance.md, "The store path").
+pub struct KvPath {
+    pub(super) path: String,
+    pub(super) data: Target,
+    pub(super) metadata: Target,
 }
 
 /// One KV v2 mount of one store, with its login.
@@ -118,7 +150,8 @@ pub struct Vault {
     http: reqwest::Client,
     address: Url,
     mount: String,
-    namespace: Option<String>,
+    /// The namespace's header value, checked once rather than at each request.
+    namespace: Option<HeaderValue>,
     auth: StoreAuth,
     max_versions: u32,
     /// Set once the start read the mount's own `max_versions` and found it equal to
@@ -260,12 +293,22 @@ impl Vault {
             store: cfg.name.clone(),
             source,
         })?;
+        let namespace = match &cfg.namespace {
+            Some(ns) => Some(
+                HeaderValue::from_str(ns).map_err(|_| StoreError::Malformed {
+                    store: cfg.name.clone(),
+                    op: "namespace",
+                    what: "the namespace is not a valid HTTP header value".into(),
+                })?,
+            ),
+            None => None,
+        };
         Ok(Vault {
             name: cfg.name.clone(),
             http,
             address: cfg.address.clone(),
             mount: cfg.mount.clone(),
-            namespace: cfg.namespace.clone(),
+            namespace,
             auth: cfg.auth.clone(),
             max_versions: cfg.max_versions,
             mount_keeps: AtomicBool::new(false),
@@ -317,27 +360,61 @@ impl Vault {
         format!("{}/v1/{path}", self.address.as_str().trim_end_matches('/'))
     }
 
+    /// The URL of `path` (under the API's `v1/`), parsed now when it parses: a URL that does
+    /// not is left for the request to refuse, as it always was.
+    pub(super) fn target(&self, path: &str) -> Target {
+        let url = self.url(path);
+        match Url::parse(&url) {
+            Ok(parsed) => Target::Parsed(parsed),
+            Err(_) => Target::Text(url),
+        }
+    }
+
+    /// `path` in this store's mount, its URLs parsed once for the many requests of a writer.
+    pub fn kv_path(&self, path: &str) -> KvPath {
+        KvPath {
+            path: path.to_string(),
+            data: self.target(&format!("{}/data/{path}", self.mount)),
+            metadata: self.target(&format!("{}/metadata/{path}", self.mount)),
+        }
+    }
+
+    /// A login of `token`: the token with its header. A token no header can carry is refused
+    /// here, once, as the request would have refused it (without quoting it).
+    fn login_of(&self, op: &'static str, token: Secret) -> Result<Login, StoreError> {
+        let mut header = HeaderValue::from_str(token.expose())
+            .map_err(|_| self.malformed(op, "the store token is not a valid HTTP header value"))?;
+        // Kept out of any header table a connection may build (HTTP/2's HPACK).
+        header.set_sensitive(true);
+        Ok(Login { token, header })
+    }
+
     /// One HTTP request; `token` is sent as `X-Vault-Token` when given. Answers 2xx with the
     /// JSON body (or `Null` for 204), 404 as `Ok(None)`, and everything else as an error.
     async fn send(
         &self,
         op: &'static str,
         method: Method,
-        path: &str,
-        token: Option<&Secret>,
+        target: &Target,
+        token: Option<&Login>,
         body: Option<&Value>,
     ) -> Result<Answer, StoreError> {
-        let mut req = self.http.request(method, self.url(path));
+        let mut req = match target {
+            Target::Parsed(url) => self.http.request(method, url.clone()),
+            Target::Text(url) => self.http.request(method, url.as_str()),
+        };
         if let Some(t) = token {
-            self.held
-                .hold(t, Instant::now() + crate::journal::CLOCK_DOUBT_WINDOW);
-            req = req.header("X-Vault-Token", t.expose());
+            self.held.hold(
+                &t.token,
+                Instant::now() + crate::journal::CLOCK_DOUBT_WINDOW,
+            );
+            req = req.header(TOKEN_HEADER, t.header.clone());
         }
         if let Some(b) = body {
             hold_secrets(&self.held, b, crate::clock::now_wall());
         }
         if let Some(ns) = &self.namespace {
-            req = req.header("X-Vault-Namespace", ns);
+            req = req.header(NAMESPACE_HEADER, ns.clone());
         }
         if let Some(b) = body {
             // Straight to bytes: `to_string` goes through `fmt` and checks the UTF-8 again.
@@ -347,7 +424,7 @@ impl Vault {
                 what: "cannot encode the request body".into(),
             })?;
             req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(bytes);
         }
         let transport = |source| StoreError::Transport {
@@ -406,7 +483,7 @@ impl Vault {
             // A store, or a proxy before it, may echo the request in its error: the store
             // token and the body's secrets (a token written, login credentials) must not
             // reach the log or the status file, and its text must not forge log lines.
-            let mut secrets: Vec<&str> = token.map(Secret::expose).into_iter().collect();
+            let mut secrets: Vec<&str> = token.map(|t| t.token.expose()).into_iter().collect();
             if let Some(b) = body {
                 secrets_in(b, &mut secrets);
             }
@@ -434,7 +511,7 @@ impl Vault {
     }
 
     /// The store token to use now, logging in or renewing first when due.
-    async fn token(&self) -> Result<Secret, StoreError> {
+    async fn token(&self) -> Result<Arc<Login>, StoreError> {
         let mut session = self.session.lock().await;
         let due = match &*session {
             None => true,
@@ -445,7 +522,7 @@ impl Vault {
             *session = Some(next);
         }
         match &*session {
-            Some(s) => Ok(s.token.clone()),
+            Some(s) => Ok(Arc::clone(&s.login)),
             None => Err(StoreError::Malformed {
                 store: self.name.clone(),
                 op: "login",
@@ -483,7 +560,7 @@ impl Vault {
                     .send(
                         "AppRole login",
                         Method::POST,
-                        &format!("auth/{mount}/login"),
+                        &Target::Text(self.url(&format!("auth/{mount}/login"))),
                         None,
                         Some(&body),
                     )
@@ -501,7 +578,7 @@ impl Vault {
                     .unwrap_or(0);
                 info!(store = %self.name, ttl_secs = ttl, "logged in to the store with AppRole");
                 Ok(Session {
-                    token: Secret::new(token),
+                    login: Arc::new(self.login_of("AppRole login", Secret::new(token))?),
                     renew_at: renew_at(ttl),
                     // Logging in again is simpler and surer than renewing an AppRole token,
                     // whose max TTL ends renewals anyway.
@@ -520,8 +597,15 @@ impl Vault {
                     }
                     _ => ("token lookup", Method::GET, "auth/token/lookup-self"),
                 };
+                let login = self.login_of(op, token)?;
                 let answer = self
-                    .send(op, method, path, Some(&token), None)
+                    .send(
+                        op,
+                        method,
+                        &Target::Text(self.url(path)),
+                        Some(&login),
+                        None,
+                    )
                     .await?
                     .found()
                     .ok_or_else(|| self.malformed(op, "404"))?;
@@ -549,7 +633,7 @@ impl Vault {
                     info!(store = %self.name, ttl_secs = ttl, "renewed the store token");
                 }
                 Ok(Session {
-                    token,
+                    login: Arc::new(login),
                     // A token that cannot be renewed is used until the store refuses it.
                     renew_at: if renewable { renew_at(ttl) } else { None },
                     renewable,
@@ -571,12 +655,12 @@ impl Vault {
         &self,
         op: &'static str,
         method: Method,
-        path: &str,
+        target: &Target,
         body: Option<&Value>,
     ) -> Result<Answer, StoreError> {
         let token = self.token().await?;
         match self
-            .send(op, method.clone(), path, Some(&token), body)
+            .send(op, method.clone(), target, Some(&token), body)
             .await
         {
             Err(StoreError::Refused { status: 403, .. })
@@ -584,7 +668,7 @@ impl Vault {
             {
                 self.forget_session().await;
                 let token = self.token().await?;
-                self.send(op, method, path, Some(&token), body).await
+                self.send(op, method, target, Some(&token), body).await
             }
             other => other,
         }
@@ -639,6 +723,65 @@ fn renew_at(ttl_secs: u64) -> Option<Instant> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A store of one set, at `address`, logged in with a token from a file never read here.
+    fn vault(address: &str) -> Vault {
+        let text = format!(
+            "providers:\n  p: {{ kind: voucherify, app_id: a, app_token: b }}\nstores:\n  s:\n    kind: vault\n    address: {address}\n    namespace: team/a\n    auth: {{ token: {{ file: /nonexistent }} }}\nscope_sets:\n  - {{ name: s, provider: p, scopes: [api], store: {{ name: s, path: a/b }} }}\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("t"))
+            .unwrap()
+            .config;
+        Vault::new(&config.stores["s"]).unwrap()
+    }
+
+    #[test]
+    fn a_writer_s_urls_parsed_once_are_those_its_requests_built_each_time() {
+        // The URLs a set's writer keeps must be exactly what parsing the text of each request
+        // gave before (`url` plus the HTTP client's parse), whatever the address's slash.
+        for address in ["http://127.0.0.1:8200", "http://127.0.0.1:8200/"] {
+            let v = vault(address);
+            let kv = v.kv_path("team/a_b-c.d");
+            for (target, text, want) in [
+                (&kv.data, v.url("secret/data/team/a_b-c.d"), "data"),
+                (
+                    &kv.metadata,
+                    v.url("secret/metadata/team/a_b-c.d"),
+                    "metadata",
+                ),
+            ] {
+                let Target::Parsed(url) = target else {
+                    panic!("{text} not parsed");
+                };
+                assert_eq!(url, &Url::parse(&text).unwrap());
+                let want = format!("http://127.0.0.1:8200/v1/secret/{want}/team/a_b-c.d");
+                assert_eq!(url.as_str(), want);
+            }
+            assert_eq!(kv.path, "team/a_b-c.d");
+        }
+    }
+
+    #[test]
+    fn the_store_token_s_header_never_shows_the_token() {
+        // Built once per session and shared by its requests: marked sensitive, so neither its
+        // Debug nor an HTTP/2 header table carries the token.
+        let v = vault("http://127.0.0.1:8200");
+        let login = v
+            .login_of("token lookup", Secret::new("s.hunter2"))
+            .unwrap();
+        assert!(login.header.is_sensitive());
+        assert!(!format!("{:?}", login.header).contains("hunter2"));
+        assert_eq!(login.header.to_str().unwrap(), "s.hunter2");
+        // A token no header can carry is refused at its login, and not quoted.
+        let e = v
+            .login_of("token lookup", Secret::new("s.hunter2\nX: y"))
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert_eq!(v.namespace.as_ref().unwrap(), "team/a");
+    }
+
     #[tokio::test]
     async fn a_lifetime_past_the_clock_s_reach_is_bounded_not_a_panic() {
         // A store answering `lease_duration: 18446744073709551615` panicked the daemon at
