@@ -45,15 +45,8 @@ pub const DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{op} {path}", path = path.display())]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} has no parent directory or file name", path = .0.display())]
-    BadPath(PathBuf),
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Template(#[from] TemplateError),
 }
@@ -64,15 +57,6 @@ impl SinkError {
     /// provider's tokens, so it waits like a refused key, for the operator to fix it.
     pub fn lasts(&self) -> bool {
         matches!(self, SinkError::Template(_))
-    }
-}
-
-impl From<FileError> for SinkError {
-    fn from(e: FileError) -> Self {
-        match e {
-            FileError::Io { op, path, source } => SinkError::Io { op, path, source },
-            FileError::BadPath(path) => SinkError::BadPath(path),
-        }
     }
 }
 
@@ -89,10 +73,12 @@ impl FileConfig {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SinkError + 'a {
-    move |source| SinkError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        SinkError::File(FileError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -162,11 +148,11 @@ pub fn render(
 
 impl From<DirError> for SinkError {
     fn from(e: DirError) -> Self {
-        SinkError::Io {
+        SinkError::File(FileError::Io {
             op: e.op,
             path: e.path,
             source: e.source,
-        }
+        })
     }
 }
 
@@ -175,7 +161,7 @@ impl From<DirError> for SinkError {
 pub fn ensure_parent(path: &Path) -> Result<(), SinkError> {
     let dir = path
         .parent()
-        .ok_or_else(|| SinkError::BadPath(path.to_path_buf()))?;
+        .ok_or_else(|| SinkError::File(FileError::BadPath(path.to_path_buf())))?;
     Ok(ensure_dir(dir, DIR_MODE, Existing::Keep)?)
 }
 
@@ -369,11 +355,11 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(durability))
         .await
         .unwrap_or_else(|e| {
-            Err(SinkError::Io {
+            Err(SinkError::File(FileError::Io {
                 op: "write (the writer thread failed)",
                 path: path.to_path_buf(),
                 source: std::io::Error::other(e.to_string()),
-            })
+            }))
         })
 }
 
@@ -427,11 +413,11 @@ impl TokenSink for FileSink {
                     Ok(false)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-                Err(e) => Err(SinkError::Io {
+                Err(e) => Err(SinkError::File(FileError::Io {
                     op: "stat",
                     path: path.clone(),
                     source: e,
-                }),
+                })),
             },
         })
         .await?;
