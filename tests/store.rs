@@ -439,7 +439,7 @@ async fn revoke_after_a_crash_removes_the_revoked_token_from_the_store() {
         )
         .await;
     assert_eq!(status, 200);
-    let out = revoke(cfg).await.unwrap();
+    let out = revoke(cfg.clone()).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(!idp.live().contains(&left), "{stdout}");
@@ -448,6 +448,28 @@ async fn revoke_after_a_crash_removes_the_revoked_token_from_the_store() {
         b.token("tokenkeeper/api").await.as_deref(),
         Some("someone-elses")
     );
+
+    // A store that stops answering holds the command no longer than shutdown_timeout, not a
+    // store timeout per path: the removal is named as failed, and the token is revoked.
+    let left = write_store_then_die(&idp, &b, dir.path(), &env).await;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gated = gate(b.addr(), std::sync::Arc::clone(&open)).await;
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&b.addr(), &gated)
+        .replace("shutdown_timeout: 10s", "shutdown_timeout: 2s")
+        .replace("mount: secret\n", "mount: secret\n    timeout: 60s\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let started = std::time::Instant::now();
+    let out = revoke(cfg).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(started.elapsed() < Duration::from_secs(30), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("api: FAILED to remove the revoked token from the store: the store did not answer by the deadline"),
+        "{stdout}"
+    );
+    assert!(!idp.live().contains(&left), "{stdout}");
 }
 
 /// A set's document in the store, rewritten by another client of the store with a token that

@@ -130,7 +130,9 @@ pub(crate) async fn revoke(path: &Path, sets: Vec<String>) -> u8 {
         .map(|r| (r.set.as_str(), r.fingerprint.as_str()))
         .collect();
     let mut uncleared = 0;
-    for (set, cleared) in ha::clear_revoked(&config, &revoked).await {
+    // Bounded like the revocations: a store that hangs must not hold the command for ever.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    for (set, cleared) in ha::clear_revoked(&config, &revoked, deadline).await {
         match cleared {
             Ok(()) => say!("{set}: removed it from the store"),
             Err(why) => {

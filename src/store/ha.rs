@@ -456,10 +456,12 @@ async fn held_at(vault: &Vault, path: &str, set: &str) -> Result<Option<String>,
 /// path holding any other token is left alone: a member wrote it since. KV v2 has no
 /// conditional delete, so a member that takes over and writes the path between this read
 /// and the removal loses its write; its writer finds the path gone and writes again.
-/// Returns, for each set whose path held its revoked token, the removal's outcome.
+/// Returns, for each set whose path held its revoked token (or could not be read by
+/// `deadline`), the removal's outcome.
 pub async fn clear_revoked(
     config: &Config,
     revoked: &[(&str, &str)],
+    deadline: tokio::time::Instant,
 ) -> Vec<(String, Result<(), String>)> {
     let paths: Vec<(&str, &str, &str, &str)> = config
         .sets
@@ -492,12 +494,18 @@ pub async fn clear_revoked(
         })
         .collect();
     let clears = wanted.into_iter().map(|(vault, path, set, fp)| async move {
-        let cleared = match held_at(&vault, &path, &set).await {
-            Ok(Some(held)) if held == fp => vault.remove(&path).await.map(Some),
-            Ok(_) => Ok(None),
-            Err(e) => Err(e),
+        let clear = async {
+            match held_at(&vault, &path, &set).await {
+                Ok(Some(held)) if held == fp => vault.remove(&path).await.map(Some),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            }
         };
-        (set, cleared.map_err(|e| chain(&e)))
+        let cleared = match tokio::time::timeout_at(deadline, clear).await {
+            Ok(cleared) => cleared.map_err(|e| chain(&e)),
+            Err(_) => Err("the store did not answer by the deadline (shutdown_timeout)".into()),
+        };
+        (set, cleared)
     });
     let done: Vec<(String, Result<Option<()>, String>)> = futures_util::stream::iter(clears)
         .buffer_unordered(PATH_READS_AT_ONCE)
