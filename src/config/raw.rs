@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::settings::{AnyDuration, Count, Field, MinInterval, Percent, PositiveDuration};
+
 pub(super) use crate::hooks::yaml::{RawOnRotate, RawSignalHook};
 pub(super) use crate::metrics::RawMetrics;
 pub(super) use crate::sink::yaml::RawFile;
@@ -40,7 +42,7 @@ impl RawConfig {
 #[derive(Deserialize)]
 pub(super) struct RawConfig {
     pub(super) state_dir: Option<String>,
-    pub(super) shutdown_timeout: Option<Value>,
+    pub(super) shutdown_timeout: Option<Field<PositiveDuration>>,
     pub(super) log_level: Option<String>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) defaults: Option<RawDefaults>,
@@ -60,9 +62,9 @@ pub(super) struct RawStore {
     pub(super) namespace: Option<String>,
     pub(super) ca_file: Option<String>,
     pub(super) auth: Option<RawStoreAuth>,
-    pub(super) timeout: Option<Value>,
-    pub(super) max_versions: Option<Value>,
-    pub(super) max_concurrent_requests: Option<Value>,
+    pub(super) timeout: Option<Field<PositiveDuration>>,
+    pub(super) max_versions: Option<Field<Count>>,
+    pub(super) max_concurrent_requests: Option<Field<Count>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -82,7 +84,7 @@ pub(super) struct RawAppRole {
 pub(super) struct RawHa {
     pub(super) store: Option<String>,
     pub(super) path: Option<String>,
-    pub(super) lease: Option<Value>,
+    pub(super) lease: Option<Field<PositiveDuration>>,
     pub(super) instance: Option<String>,
 }
 
@@ -97,14 +99,14 @@ pub(super) struct RawDefaults {
     pub(super) refresh: Option<RawRefresh>,
     pub(super) file: Option<RawDefaultFile>,
     pub(super) on_shutdown: Option<String>,
-    pub(super) revoke_superseded_after: Option<Value>,
+    pub(super) revoke_superseded_after: Option<Field<AnyDuration>>,
 }
 
 #[derive(Deserialize)]
 pub(super) struct RawRefresh {
-    pub(super) at: Option<Value>,
-    pub(super) jitter: Option<Value>,
-    pub(super) min_interval: Option<Value>,
+    pub(super) at: Option<Field<Percent>>,
+    pub(super) jitter: Option<Field<Percent>>,
+    pub(super) min_interval: Option<Field<MinInterval>>,
 }
 
 /// Only what makes sense for every file: `path` is per set by nature.
@@ -122,7 +124,7 @@ pub(super) struct RawSet {
     pub(super) file: Option<RawFile>,
     pub(super) refresh: Option<RawRefresh>,
     pub(super) on_shutdown: Option<String>,
-    pub(super) revoke_superseded_after: Option<Value>,
+    pub(super) revoke_superseded_after: Option<Field<AnyDuration>>,
     pub(super) rotate: Option<Value>,
     pub(super) on_rotate: Option<RawOnRotate>,
     pub(super) store: Option<RawSetStore>,

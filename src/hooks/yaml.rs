@@ -6,14 +6,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::settings::{KERNEL_TREES, Report, join, normalize};
+use crate::settings::{Field, KERNEL_TREES, Report, Rule, join, normalize};
 
 use super::{OnRotate, SignalHook};
 
 #[derive(Deserialize)]
 pub struct RawOnRotate {
     pub exec: Option<Value>,
-    pub timeout: Option<Value>,
+    pub timeout: Option<Field<HookTimeout>>,
     pub signal: Option<RawSignalHook>,
     pub reload_unit: Option<Value>,
 }
@@ -40,6 +40,19 @@ pub const HOOK_SIGNALS: &[(&str, nix::sys::signal::Signal)] = &[
     ("SIGINT", nix::sys::signal::Signal::SIGINT),
     ("SIGQUIT", nix::sys::signal::Signal::SIGQUIT),
 ];
+
+/// `on_rotate.timeout`: above zero, for a command needs time to run.
+pub struct HookTimeout;
+
+impl Rule for HookTimeout {
+    type Value = Duration;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
+        let why = ": a command needs time to run";
+        r.positive_duration(parent, key, Some(value), why)
+            .ok()
+            .flatten()
+    }
+}
 
 /// Check a set's `on_rotate:` mapping `raw` at `at`, every problem going to `report`.
 #[allow(clippy::result_unit_err)] // the problems are in the report; Err only says there were some
@@ -79,12 +92,7 @@ pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnR
         }
     };
     let timeout = report
-        .positive_duration(
-            at,
-            "timeout",
-            raw.timeout.as_ref(),
-            ": a command needs time to run",
-        )
+        .read(at, "timeout", raw.timeout.as_ref())
         .map(|t| t.unwrap_or(DEFAULT_HOOK_TIMEOUT));
     let signal = match &raw.signal {
         None => None,

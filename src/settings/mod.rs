@@ -11,15 +11,20 @@ use reqwest::Url;
 
 use crate::secret::SecretSource;
 
+mod field;
 mod keys;
 mod paths;
 mod secrets;
 mod values;
 
+pub use field::{Field, Rule};
 pub use keys::{closest, fields_of, hide_raw_names};
 pub use paths::{KERNEL_TREES, SYSTEM_TREES, normalize, resolve};
 pub use secrets::check_sources;
-pub use values::{describe, effective, join, pct};
+pub use values::{
+    AnyDuration, Count, MinInterval, Percent, PositiveDuration, Rate, describe, effective, join,
+    pct,
+};
 
 /// The longest duration any key accepts. Times are kept as instants and wall-clock times
 /// (now + duration); ten years is far beyond any sensible interval, lifetime or timeout, and

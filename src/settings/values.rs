@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_yaml::Value;
 
+use super::field::Rule;
 use super::{Checked, MAX_DURATION, MAX_DURATION_TEXT, Report, is_loopback};
 
 impl Report {
@@ -303,5 +304,70 @@ pub fn describe(value: &Value) -> &'static str {
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a mapping",
         Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A duration such as "20s", at most [`MAX_DURATION`].
+pub struct AnyDuration;
+
+impl Rule for AnyDuration {
+    type Value = Duration;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
+        r.duration(parent, key, Some(value)).ok().flatten()
+    }
+}
+
+/// A duration above zero, such as a timeout.
+pub struct PositiveDuration;
+
+impl Rule for PositiveDuration {
+    type Value = Duration;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
+        r.positive_duration(parent, key, Some(value), "")
+            .ok()
+            .flatten()
+    }
+}
+
+/// `refresh.min_interval`: above zero, which would allow a tight issuing loop.
+pub struct MinInterval;
+
+impl Rule for MinInterval {
+    type Value = Duration;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
+        let why = ": 0 would allow a tight issuing loop";
+        r.positive_duration(parent, key, Some(value), why)
+            .ok()
+            .flatten()
+    }
+}
+
+/// A whole number above zero.
+pub struct Count;
+
+impl Rule for Count {
+    type Value = u64;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<u64> {
+        r.positive_integer(parent, key, Some(value)).ok().flatten()
+    }
+}
+
+/// `N/s`, `N/m` or `N/h`, read as tokens per second.
+pub struct Rate;
+
+impl Rule for Rate {
+    type Value = f64;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<f64> {
+        r.rate(parent, key, Some(value)).ok().flatten()
+    }
+}
+
+/// A percentage such as "66%", read as a fraction.
+pub struct Percent;
+
+impl Rule for Percent {
+    type Value = f64;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<f64> {
+        r.percent(parent, key, Some(value)).ok().flatten()
     }
 }

@@ -126,7 +126,7 @@ impl Checker<'_> {
                 "on_shutdown: revoke needs the provider's client_secret: Square's RevokeToken authenticates with it (PKCE applications have none, so their tokens can only expire)",
             );
         }
-        let revoke_after = self.duration(
+        let revoke_after = self.read(
             &at,
             "revoke_superseded_after",
             raw.revoke_superseded_after.as_ref(),

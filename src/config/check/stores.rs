@@ -106,15 +106,15 @@ impl Checker<'_> {
             }
         };
         let timeout = self
-            .positive_duration(&at, "timeout", raw.timeout.as_ref(), "")
+            .read(&at, "timeout", raw.timeout.as_ref())
             .ok()?
             .unwrap_or(DEFAULT_STORE_TIMEOUT);
         let max_versions = self
-            .positive_integer(&at, "max_versions", raw.max_versions.as_ref())
+            .read(&at, "max_versions", raw.max_versions.as_ref())
             .ok()?
             .unwrap_or(DEFAULT_STORE_MAX_VERSIONS);
         let concurrency = self
-            .positive_integer(
+            .read(
                 &at,
                 "max_concurrent_requests",
                 raw.max_concurrent_requests.as_ref(),
@@ -211,7 +211,7 @@ impl Checker<'_> {
             other => Some(other.unwrap_or(DEFAULT_HA_PATH).to_string()),
         };
         let lease = self
-            .positive_duration("ha", "lease", raw.lease.as_ref(), "")
+            .read("ha", "lease", raw.lease.as_ref())
             .ok()?
             .unwrap_or(DEFAULT_HA_LEASE);
         if lease < MIN_HA_LEASE {

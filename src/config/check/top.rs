@@ -36,7 +36,7 @@ impl Checker<'_> {
             }
         };
         let shutdown_timeout = self
-            .positive_duration("", "shutdown_timeout", raw.shutdown_timeout.as_ref(), "")
+            .read("", "shutdown_timeout", raw.shutdown_timeout.as_ref())
             .ok()
             .flatten()
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
@@ -182,7 +182,7 @@ impl Checker<'_> {
             raw.on_shutdown.as_deref(),
             ON_SHUTDOWN,
         );
-        let revoke_after = self.duration(
+        let revoke_after = self.read(
             "defaults",
             "revoke_superseded_after",
             raw.revoke_superseded_after.as_ref(),
@@ -213,7 +213,7 @@ impl Checker<'_> {
                 min_interval: Ok(None),
             };
         };
-        let mut refresh_at = self.percent(at, "at", raw.at.as_ref());
+        let mut refresh_at = self.read(at, "at", raw.at.as_ref());
         if let Ok(Some(value)) = refresh_at
             && !(value > 0.0 && value <= 1.0)
         {
@@ -224,7 +224,7 @@ impl Checker<'_> {
             );
             refresh_at = Err(());
         }
-        let mut jitter = self.percent(at, "jitter", raw.jitter.as_ref());
+        let mut jitter = self.read(at, "jitter", raw.jitter.as_ref());
         if let Ok(Some(value)) = jitter
             && value >= 1.0
         {
@@ -235,12 +235,7 @@ impl Checker<'_> {
             );
             jitter = Err(());
         }
-        let min_interval = self.positive_duration(
-            at,
-            "min_interval",
-            raw.min_interval.as_ref(),
-            ": 0 would allow a tight issuing loop",
-        );
+        let min_interval = self.read(at, "min_interval", raw.min_interval.as_ref());
         RefreshParts {
             at: refresh_at,
             jitter,

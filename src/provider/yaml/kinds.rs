@@ -11,7 +11,7 @@ use serde_yaml::Value;
 
 use crate::provider::AuthMethod;
 
-use crate::settings::{closest, fields_of, hide_raw_names};
+use crate::settings::{Count, Field, PositiveDuration, Rate, closest, fields_of, hide_raw_names};
 
 use super::Check;
 
@@ -29,11 +29,11 @@ pub struct RawProvider {
 #[derive(Deserialize, Default)]
 pub struct RawProviderCommon {
     pub kind: Option<String>,
-    pub timeout: Option<Value>,
-    pub max_live_tokens: Option<Value>,
-    pub issue_rate: Option<Value>,
-    pub issue_burst: Option<Value>,
-    pub max_concurrent_requests: Option<Value>,
+    pub timeout: Option<Field<PositiveDuration>>,
+    pub max_live_tokens: Option<Field<Count>>,
+    pub issue_rate: Option<Field<Rate>>,
+    pub issue_burst: Option<Field<Count>>,
+    pub max_concurrent_requests: Option<Field<Count>>,
 }
 
 /// Voucherify's documented cap on live OAuth tokens per project (it was 200 until 2025), and
@@ -127,7 +127,7 @@ pub(super) struct OAuth2 {
     pub(super) client_key: Option<Value>,
     pub(super) client_assertion: Option<Value>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,
-    pub(super) default_lifetime: Option<Value>,
+    pub(super) default_lifetime: Option<Field<PositiveDuration>>,
     pub(super) ca_file: Option<String>,
 }
 

@@ -68,12 +68,12 @@ impl Check<'_> {
         state_dir: &Path,
     ) -> Option<ProviderConfig> {
         let at = format!("providers.{name}");
-        let timeout = self.positive_duration(&at, "timeout", raw.common.timeout.as_ref(), "");
+        let timeout = self.read(&at, "timeout", raw.common.timeout.as_ref());
         let max_live_tokens =
-            self.positive_integer(&at, "max_live_tokens", raw.common.max_live_tokens.as_ref());
-        let per_second = self.rate(&at, "issue_rate", raw.common.issue_rate.as_ref());
-        let burst = self.positive_integer(&at, "issue_burst", raw.common.issue_burst.as_ref());
-        let concurrency = self.positive_integer(
+            self.read(&at, "max_live_tokens", raw.common.max_live_tokens.as_ref());
+        let per_second = self.read(&at, "issue_rate", raw.common.issue_rate.as_ref());
+        let burst = self.read(&at, "issue_burst", raw.common.issue_burst.as_ref());
+        let concurrency = self.read(
             &at,
             "max_concurrent_requests",
             raw.common.max_concurrent_requests.as_ref(),
@@ -257,8 +257,7 @@ impl Check<'_> {
                 extra_params.insert(key.clone(), value);
             }
         }
-        let default_lifetime =
-            self.positive_duration(at, "default_lifetime", raw.default_lifetime.as_ref(), "");
+        let default_lifetime = self.read(at, "default_lifetime", raw.default_lifetime.as_ref());
         let ca_file = match raw.ca_file.as_deref() {
             Some(f) if !Path::new(f).is_absolute() => {
                 self.bad(
