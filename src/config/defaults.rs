@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::settings::Choices;
+
 use super::OnShutdown;
 
 /// The FHS place for a daemon's persistent state.
@@ -44,6 +46,10 @@ pub(super) const MIN_HA_LEASE: Duration = Duration::from_secs(1);
 /// Where the lease lives unless `ha.path` says otherwise.
 pub(super) const DEFAULT_HA_PATH: &str = "tokenkeeper/lease";
 
-/// The names `on_shutdown:` accepts.
-pub(super) const ON_SHUTDOWN: &[(&str, OnShutdown)] =
-    &[("revoke", OnShutdown::Revoke), ("keep", OnShutdown::Keep)];
+/// `on_shutdown:`: what a set does with its token at stop.
+pub(super) struct OnShutdownChoice;
+impl Choices for OnShutdownChoice {
+    type Value = OnShutdown;
+    const NAMES: &'static [(&'static str, OnShutdown)] =
+        &[("revoke", OnShutdown::Revoke), ("keep", OnShutdown::Keep)];
+}

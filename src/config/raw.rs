@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::settings::{AnyDuration, Count, Field, MinInterval, Percent, PositiveDuration};
+use crate::settings::{AnyDuration, Count, Field, MinInterval, OneOf, Percent, PositiveDuration};
+use crate::sink::yaml::Formats;
+
+use super::defaults::OnShutdownChoice;
 
 pub(super) use crate::hooks::yaml::{RawOnRotate, RawSignalHook};
 pub(super) use crate::metrics::RawMetrics;
@@ -98,7 +101,7 @@ pub(super) struct RawSetStore {
 pub(super) struct RawDefaults {
     pub(super) refresh: Option<RawRefresh>,
     pub(super) file: Option<RawDefaultFile>,
-    pub(super) on_shutdown: Option<String>,
+    pub(super) on_shutdown: Option<Field<OneOf<OnShutdownChoice>>>,
     pub(super) revoke_superseded_after: Option<Field<AnyDuration>>,
 }
 
@@ -113,7 +116,7 @@ pub(super) struct RawRefresh {
 #[derive(Deserialize)]
 pub(super) struct RawDefaultFile {
     pub(super) mode: Option<Value>,
-    pub(super) format: Option<String>,
+    pub(super) format: Option<Field<OneOf<Formats>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,7 +126,7 @@ pub(super) struct RawSet {
     pub(super) scopes: Option<Value>,
     pub(super) file: Option<RawFile>,
     pub(super) refresh: Option<RawRefresh>,
-    pub(super) on_shutdown: Option<String>,
+    pub(super) on_shutdown: Option<Field<OneOf<OnShutdownChoice>>>,
     pub(super) revoke_superseded_after: Option<Field<AnyDuration>>,
     pub(super) rotate: Option<Value>,
     pub(super) on_rotate: Option<RawOnRotate>,

@@ -371,3 +371,40 @@ impl Rule for Percent {
         r.percent(parent, key, Some(value)).ok().flatten()
     }
 }
+
+/// One of a few names, each standing for a value.
+pub trait Choices {
+    type Value: Clone + 'static;
+    /// The names the key accepts, in the order messages list them.
+    const NAMES: &'static [(&'static str, Self::Value)];
+}
+
+/// The rule of a key whose value is one of `C`'s names.
+pub struct OneOf<C>(std::marker::PhantomData<C>);
+
+impl<C: Choices> Rule for OneOf<C> {
+    type Value = C::Value;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<C::Value> {
+        let text = r.text(parent, key, value)?;
+        r.choice(parent, key, Some(text), C::NAMES).ok().flatten()
+    }
+}
+
+impl Report {
+    /// `value` as text, or a problem in serde's words (`invalid type: integer `5`, expected a
+    /// string`) where it is not a string.
+    pub(crate) fn text<'v>(
+        &mut self,
+        parent: &str,
+        key: &str,
+        value: &'v Value,
+    ) -> Option<&'v str> {
+        if let Value::String(text) = value {
+            return Some(text);
+        }
+        if let Err(e) = serde_yaml::from_value::<String>(value.clone()) {
+            self.bad(parent, key, e.to_string());
+        }
+        None
+    }
+}

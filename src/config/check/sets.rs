@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::defaults::{DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER, ON_SHUTDOWN};
+use crate::config::defaults::{DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER};
 use crate::config::raw::{RawSet, RawStore};
 use crate::config::{OnShutdown, SetConfig};
 use crate::cron::RotateSchedule;
@@ -108,7 +108,7 @@ impl Checker<'_> {
             };
             self.jitter_below_at(&refresh_at, key, at_value, jitter);
         }
-        let on_shutdown = self.choice(&at, "on_shutdown", raw.on_shutdown.as_deref(), ON_SHUTDOWN);
+        let on_shutdown = self.read(&at, "on_shutdown", raw.on_shutdown.as_ref());
         // Square's RevokeToken can end the seller's whole authorization: a square set revokes
         // only when it says so itself, never because of `defaults.on_shutdown`.
         let default_on_shutdown = if kind == Some("square") {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::defaults::{
     DEFAULT_MIN_INTERVAL, DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER,
-    DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR, ON_SHUTDOWN,
+    DEFAULT_REVOKE_SUPERSEDED_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STATE_DIR,
 };
 use crate::config::raw::{RawConfig, RawDefaults, RawRefresh, RawSet, RawStore};
 use crate::config::{Config, OnShutdown, SetConfig};
@@ -14,7 +14,7 @@ use crate::provider::yaml::RawProvider;
 use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
 use crate::settings::normalize;
 use crate::sink::FileFormat;
-use crate::sink::yaml::{DEFAULT_FILE_MODE, FORMATS};
+use crate::sink::yaml::DEFAULT_FILE_MODE;
 
 use super::sets::valid_set_name;
 use super::{Checker, Defaults, Parsed, RefreshParts};
@@ -170,18 +170,12 @@ impl Checker<'_> {
             Some(mode) => crate::sink::yaml::mode(&mut self.report, "defaults.file", mode),
             None => None,
         };
-        let format = self.choice(
+        let format = self.read(
             "defaults.file",
             "format",
-            file.and_then(|f| f.format.as_deref()),
-            FORMATS,
+            file.and_then(|f| f.format.as_ref()),
         );
-        let on_shutdown = self.choice(
-            "defaults",
-            "on_shutdown",
-            raw.on_shutdown.as_deref(),
-            ON_SHUTDOWN,
-        );
+        let on_shutdown = self.read("defaults", "on_shutdown", raw.on_shutdown.as_ref());
         let revoke_after = self.read(
             "defaults",
             "revoke_superseded_after",

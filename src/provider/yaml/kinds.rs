@@ -11,7 +11,9 @@ use serde_yaml::Value;
 
 use crate::provider::AuthMethod;
 
-use crate::settings::{Count, Field, PositiveDuration, Rate, closest, fields_of, hide_raw_names};
+use crate::settings::{
+    Choices, Count, Field, OneOf, PositiveDuration, Rate, closest, fields_of, hide_raw_names,
+};
 
 use super::Check;
 
@@ -100,12 +102,40 @@ pub(super) const AUTH_METHODS: &[(&str, AuthMethod)] = &[
 /// The names a Square provider's `mode:` accepts.
 pub(super) const SQUARE_MODES: &[(&str, bool)] = &[("refresh_token", false), ("renew", true)];
 
+/// `cluster:`: Voucherify's API host by cluster.
+pub(super) struct Cluster;
+impl Choices for Cluster {
+    type Value = &'static str;
+    const NAMES: &'static [(&'static str, &'static str)] = VOUCHERIFY_CLUSTERS;
+}
+
+/// `environment:`: Square's API host by environment.
+pub(super) struct Environment;
+impl Choices for Environment {
+    type Value = &'static str;
+    const NAMES: &'static [(&'static str, &'static str)] = SQUARE_ENVIRONMENTS;
+}
+
+/// `auth_method:`: how an oauth2 client authenticates.
+pub(super) struct AuthMethods;
+impl Choices for AuthMethods {
+    type Value = AuthMethod;
+    const NAMES: &'static [(&'static str, AuthMethod)] = AUTH_METHODS;
+}
+
+/// A Square provider's `mode:`: whether it renews (`renew`) or refreshes.
+pub(super) struct SquareMode;
+impl Choices for SquareMode {
+    type Value = bool;
+    const NAMES: &'static [(&'static str, bool)] = SQUARE_MODES;
+}
+
 /// `kind: voucherify`'s own keys. Each kind's keys are its struct's fields: a key is added
 /// here and in docs/configuration.md, and every other kind refuses it.
 #[derive(Deserialize, Default)]
 pub(super) struct Voucherify {
     pub(super) base_url: Option<String>,
-    pub(super) cluster: Option<String>,
+    pub(super) cluster: Option<Field<OneOf<Cluster>>>,
     pub(super) app_id: Option<Value>,
     pub(super) app_token: Option<Value>,
 }
@@ -119,7 +149,7 @@ pub(super) struct OAuth2 {
     pub(super) introspection_url: Option<String>,
     pub(super) client_id: Option<Value>,
     pub(super) client_secret: Option<Value>,
-    pub(super) auth_method: Option<String>,
+    pub(super) auth_method: Option<Field<OneOf<AuthMethods>>>,
     pub(super) private_key: Option<Value>,
     pub(super) key_id: Option<String>,
     pub(super) assertion_audience: Option<String>,
@@ -135,12 +165,12 @@ pub(super) struct OAuth2 {
 #[derive(Deserialize, Default)]
 pub(super) struct Square {
     pub(super) base_url: Option<String>,
-    pub(super) environment: Option<String>,
+    pub(super) environment: Option<Field<OneOf<Environment>>>,
     pub(super) client_id: Option<Value>,
     pub(super) client_secret: Option<Value>,
     pub(super) refresh_token: Option<Value>,
     pub(super) access_token: Option<Value>,
-    pub(super) mode: Option<String>,
+    pub(super) mode: Option<Field<OneOf<SquareMode>>>,
 }
 
 /// Each kind's own keys, in the order messages list the kinds.

@@ -15,9 +15,8 @@ use crate::provider::{
 use crate::settings::{Report, describe};
 
 use kinds::{
-    AUTH_METHODS, DEFAULT_ISSUE_BURST, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS,
-    OAuth2, RESERVED_TOKEN_PARAMS, SQUARE_ENVIRONMENTS, SQUARE_MODES, Square, VOUCHERIFY_CLUSTERS,
-    Voucherify, kinds,
+    DEFAULT_ISSUE_BURST, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS, OAuth2,
+    RESERVED_TOKEN_PARAMS, SQUARE_ENVIRONMENTS, Square, Voucherify, kinds,
 };
 /// The defaults the config's tests see applied.
 pub(crate) use kinds::{
@@ -127,18 +126,16 @@ impl Check<'_> {
     }
 
     fn voucherify(&mut self, at: &str, raw: &Voucherify) -> Option<ProviderKind> {
-        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_deref()) {
+        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_ref()) {
             (Some(_), Some(_)) => {
                 self.bad(at, "cluster", "give base_url or cluster, not both");
                 None
             }
             (Some(url), None) => self.base_url(at, url),
-            (None, Some(cluster)) => {
-                match self.choice(at, "cluster", Some(cluster), VOUCHERIFY_CLUSTERS) {
-                    Ok(Some(url)) => Url::parse(url).ok(),
-                    _ => None,
-                }
-            }
+            (None, Some(cluster)) => match self.read(at, "cluster", Some(cluster)) {
+                Ok(Some(url)) => Url::parse(url).ok(),
+                _ => None,
+            },
             (None, None) => Url::parse(VOUCHERIFY_DEFAULT_URL).ok(),
         };
         let app_id = self.secret(
@@ -212,7 +209,7 @@ impl Check<'_> {
         };
         let client_id = self.client_id(at, raw.client_id.as_ref());
         let auth_method = self
-            .choice(at, "auth_method", raw.auth_method.as_deref(), AUTH_METHODS)
+            .read(at, "auth_method", raw.auth_method.as_ref())
             .ok()?
             .unwrap_or(AuthMethod::ClientSecretBasic);
         let credential = self.client_credential(at, auth_method, raw);
@@ -395,19 +392,17 @@ impl Check<'_> {
         raw: &Square,
         state_dir: &Path,
     ) -> Option<ProviderKind> {
-        let base_url = match (raw.base_url.as_deref(), raw.environment.as_deref()) {
+        let base_url = match (raw.base_url.as_deref(), raw.environment.as_ref()) {
             (Some(_), Some(_)) => {
                 self.bad(at, "environment", "give base_url or environment, not both");
                 None
             }
             (Some(url), None) => self.base_url(at, url),
-            (None, environment) => {
-                match self.choice(at, "environment", environment, SQUARE_ENVIRONMENTS) {
-                    Ok(Some(url)) => Url::parse(url).ok(),
-                    Ok(None) => Url::parse(SQUARE_ENVIRONMENTS[0].1).ok(),
-                    Err(()) => None,
-                }
-            }
+            (None, environment) => match self.read(at, "environment", environment) {
+                Ok(Some(url)) => Url::parse(url).ok(),
+                Ok(None) => Url::parse(SQUARE_ENVIRONMENTS[0].1).ok(),
+                Err(()) => None,
+            },
         };
         let client_id = self.client_id(at, raw.client_id.as_ref());
         let client_secret = match raw.client_secret.as_ref() {
@@ -422,7 +417,7 @@ impl Check<'_> {
                 .map(Some)
                 .ok_or(()),
         };
-        let renew = self.choice(at, "mode", raw.mode.as_deref(), SQUARE_MODES);
+        let renew = self.read(at, "mode", raw.mode.as_ref());
         let grant = match renew {
             Ok(Some(true)) => {
                 if raw.refresh_token.is_some() {

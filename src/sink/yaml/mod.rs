@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::secret::SecretSource;
-use crate::settings::{Checked, KERNEL_TREES, Report, SYSTEM_TREES, describe, join, normalize};
+use crate::settings::{
+    Checked, Choices, Field, KERNEL_TREES, OneOf, Report, SYSTEM_TREES, describe, join, normalize,
+};
 use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
 mod dirs;
@@ -21,7 +23,7 @@ pub use dirs::check_token_dirs;
 #[derive(Deserialize)]
 pub struct RawFile {
     pub path: Option<String>,
-    pub format: Option<String>,
+    pub format: Option<Field<OneOf<Formats>>>,
     pub template: Option<String>,
     pub mode: Option<Value>,
     pub owner: Option<Value>,
@@ -41,6 +43,13 @@ pub const FORMATS: &[(&str, FileFormat)] = &[
     ("env", FileFormat::Env),
     ("header", FileFormat::Header),
 ];
+
+/// `format:`: what a token file holds.
+pub struct Formats;
+impl Choices for Formats {
+    type Value = FileFormat;
+    const NAMES: &'static [(&'static str, FileFormat)] = FORMATS;
+}
 
 /// Where no token file may go, besides the trees of the kernel and the system.
 pub struct Places<'a> {
@@ -135,7 +144,7 @@ impl Check<'_, '_> {
             }
         };
         let format = match raw.template.as_deref() {
-            None => self.choice(at, "format", raw.format.as_deref(), FORMATS),
+            None => self.read(at, "format", raw.format.as_ref()),
             Some(template) => {
                 // Checked even beside a `format`, so that one run reports both mistakes.
                 let checked = self.template(
