@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::secret::SecretSource;
 use crate::settings::{AnyDuration, Count, Field, MinInterval, OneOf, Percent, PositiveDuration};
 use crate::sink::yaml::Formats;
 
@@ -72,15 +73,15 @@ pub(super) struct RawStore {
 
 #[derive(Deserialize, Default)]
 pub(super) struct RawStoreAuth {
-    pub(super) token: Option<Value>,
+    pub(super) token: Option<Field<SecretSource>>,
     pub(super) approle: Option<RawAppRole>,
 }
 
 #[derive(Deserialize, Default)]
 pub(super) struct RawAppRole {
     pub(super) mount: Option<String>,
-    pub(super) role_id: Option<Value>,
-    pub(super) secret_id: Option<Value>,
+    pub(super) role_id: Option<Field<SecretSource>>,
+    pub(super) secret_id: Option<Field<SecretSource>>,
 }
 
 #[derive(Deserialize, Default)]

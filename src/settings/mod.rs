@@ -20,7 +20,7 @@ mod values;
 pub use field::{Field, Rule};
 pub use keys::{closest, fields_of, hide_raw_names};
 pub use paths::{KERNEL_TREES, SYSTEM_TREES, normalize, resolve};
-pub use secrets::check_sources;
+pub use secrets::{Public, check_sources};
 pub use values::{
     AnyDuration, Choices, Count, MinInterval, OneOf, Percent, PositiveDuration, Rate, describe,
     effective, join, pct,

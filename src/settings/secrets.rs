@@ -7,54 +7,74 @@ use serde_yaml::Value;
 use crate::secret::{Availability, Secret, SecretSource};
 
 use super::values::{describe, join};
-use super::{Problem, Report};
+use super::{Field, Problem, Report, Rule};
 
 /// How a secret may be given, for the messages that refuse one.
 const SECRET_FORMS: &str = "{ credential: NAME }, { file: PATH }, { env: NAME } or a quoted string";
 
-impl Report {
-    pub(crate) fn secret(
-        &mut self,
-        parent: &str,
-        key: &str,
-        value: Option<&Value>,
-        what: &str,
-    ) -> Option<SecretSource> {
-        let source = self.secret_source(parent, key, value, what)?;
-        self.secrets.push((join(parent, key), source.clone()));
-        Some(source)
+/// Where a secret comes from: `{ credential: NAME }`, `{ file: PATH }`, `{ env: NAME }` or a
+/// quoted string (warned about). Read by [`Report::secret`], which keeps it for the checks
+/// of every secret.
+impl Rule for SecretSource {
+    type Value = SecretSource;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<SecretSource> {
+        r.secret_source(parent, key, value)
     }
+}
 
-    /// A value named like a secret that is not one (a client certificate): the same forms,
-    /// but neither kept for the secret checks (a certificate may be world-readable) nor
-    /// warned about when written in the config.
-    pub(crate) fn public_source(
-        &mut self,
-        parent: &str,
-        key: &str,
-        value: Option<&Value>,
-        what: &str,
-    ) -> Option<SecretSource> {
-        if let Some(Value::String(text)) = value
+/// A value given like a secret that is not one (a client certificate): the same forms, but
+/// neither kept for the secret checks (a certificate may be world-readable) nor warned about
+/// when written in the config.
+pub struct Public;
+
+impl Rule for Public {
+    type Value = SecretSource;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<SecretSource> {
+        if let Value::String(text) = value
             && !text.is_empty()
         {
             return Some(SecretSource::Plain(Secret::new(text.as_str())));
         }
-        self.secret_source(parent, key, value, what)
+        r.secret_source(parent, key, value)
     }
+}
 
-    fn secret_source(
+impl Report {
+    /// The secret `key` in the mapping at `parent` names, which must be given (`what` says
+    /// what it is), kept for the checks of every secret.
+    pub(crate) fn secret(
         &mut self,
         parent: &str,
         key: &str,
-        value: Option<&Value>,
+        field: Option<&Field<SecretSource>>,
         what: &str,
     ) -> Option<SecretSource> {
-        let at = join(parent, key);
-        let Some(value) = value else {
+        let Some(field) = field else {
             self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
             return None;
         };
+        let source = SecretSource::read(self, parent, key, field.value())?;
+        self.secrets.push((join(parent, key), source.clone()));
+        Some(source)
+    }
+
+    /// A [`Public`] value `key` in the mapping at `parent` names, which must be given.
+    pub(crate) fn public_source(
+        &mut self,
+        parent: &str,
+        key: &str,
+        field: Option<&Field<Public>>,
+        what: &str,
+    ) -> Option<SecretSource> {
+        let Some(field) = field else {
+            self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
+            return None;
+        };
+        Public::read(self, parent, key, field.value())
+    }
+
+    fn secret_source(&mut self, parent: &str, key: &str, value: &Value) -> Option<SecretSource> {
+        let at = join(parent, key);
         match value {
             Value::String(text) if text.is_empty() => {
                 self.bad(parent, key, format!("{key} is empty"));

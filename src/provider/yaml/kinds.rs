@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::provider::AuthMethod;
+use crate::secret::SecretSource;
 
 use crate::settings::{
-    Choices, Count, Field, OneOf, PositiveDuration, Rate, closest, fields_of, hide_raw_names,
+    Choices, Count, Field, OneOf, PositiveDuration, Public, Rate, closest, fields_of,
+    hide_raw_names,
 };
 
 use super::Check;
@@ -136,8 +138,8 @@ impl Choices for SquareMode {
 pub(super) struct Voucherify {
     pub(super) base_url: Option<String>,
     pub(super) cluster: Option<Field<OneOf<Cluster>>>,
-    pub(super) app_id: Option<Value>,
-    pub(super) app_token: Option<Value>,
+    pub(super) app_id: Option<Field<SecretSource>>,
+    pub(super) app_token: Option<Field<SecretSource>>,
 }
 
 /// `kind: oauth2`'s own keys.
@@ -148,14 +150,14 @@ pub(super) struct OAuth2 {
     pub(super) revocation_url: Option<String>,
     pub(super) introspection_url: Option<String>,
     pub(super) client_id: Option<Value>,
-    pub(super) client_secret: Option<Value>,
+    pub(super) client_secret: Option<Field<SecretSource>>,
     pub(super) auth_method: Option<Field<OneOf<AuthMethods>>>,
-    pub(super) private_key: Option<Value>,
+    pub(super) private_key: Option<Field<SecretSource>>,
     pub(super) key_id: Option<String>,
     pub(super) assertion_audience: Option<String>,
-    pub(super) client_certificate: Option<Value>,
-    pub(super) client_key: Option<Value>,
-    pub(super) client_assertion: Option<Value>,
+    pub(super) client_certificate: Option<Field<Public>>,
+    pub(super) client_key: Option<Field<SecretSource>>,
+    pub(super) client_assertion: Option<Field<SecretSource>>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,
     pub(super) default_lifetime: Option<Field<PositiveDuration>>,
     pub(super) ca_file: Option<String>,
@@ -167,9 +169,9 @@ pub(super) struct Square {
     pub(super) base_url: Option<String>,
     pub(super) environment: Option<Field<OneOf<Environment>>>,
     pub(super) client_id: Option<Value>,
-    pub(super) client_secret: Option<Value>,
-    pub(super) refresh_token: Option<Value>,
-    pub(super) access_token: Option<Value>,
+    pub(super) client_secret: Option<Field<SecretSource>>,
+    pub(super) refresh_token: Option<Field<SecretSource>>,
+    pub(super) access_token: Option<Field<SecretSource>>,
     pub(super) mode: Option<Field<OneOf<SquareMode>>>,
 }
 
