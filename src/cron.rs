@@ -16,7 +16,9 @@ use tokio::sync::broadcast;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use crate::settings::{Checked, Report, describe};
+use serde_yaml::Value;
+
+use crate::settings::{Report, Rule, describe};
 use crate::status::{SetReport, SetState};
 
 /// Largest delay added to a scheduled rotation, per set. Sets that share a schedule are
@@ -50,37 +52,26 @@ pub struct RotateSchedule {
     schedule: cron::Schedule,
 }
 
-impl RotateSchedule {
-    /// A set's `rotate:` as written: a quoted cron expression with seconds.
-    pub(crate) fn from_yaml(
-        report: &mut Report,
-        parent: &str,
-        value: Option<&serde_yaml::Value>,
-    ) -> Checked<RotateSchedule> {
-        use serde_yaml::Value;
-        match value {
-            None => Ok(None),
-            Some(Value::String(text)) => match RotateSchedule::parse(text) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) => {
-                    report.bad(
-                        parent,
-                        "rotate",
-                        format!("rotate {}", crate::error_chain(&e)),
-                    );
-                    Err(())
-                }
-            },
-            Some(other) => {
-                report.bad(
-                    parent,
-                    "rotate",
-                    format!(
-                        "rotate must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
-                        describe(other)
-                    ),
-                );
-                Err(())
+/// A set's `rotate:` as written: a quoted cron expression with seconds.
+impl Rule for RotateSchedule {
+    type Value = RotateSchedule;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<RotateSchedule> {
+        let Value::String(text) = value else {
+            r.bad(
+                parent,
+                key,
+                format!(
+                    "{key} must be a quoted cron expression with seconds such as \"0 55 1 * * *\", not {}",
+                    describe(value)
+                ),
+            );
+            return None;
+        };
+        match RotateSchedule::parse(text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                r.bad(parent, key, format!("{key} {}", crate::error_chain(&e)));
+                None
             }
         }
     }

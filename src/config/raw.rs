@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::cron::RotateSchedule;
 use crate::secret::SecretSource;
 use crate::settings::{AnyDuration, Count, Field, MinInterval, OneOf, Percent, PositiveDuration};
-use crate::sink::yaml::Formats;
+use crate::sink::yaml::{FileMode, Formats};
 
 use super::defaults::OnShutdownChoice;
 
@@ -116,7 +117,7 @@ pub(super) struct RawRefresh {
 /// Only what makes sense for every file: `path` is per set by nature.
 #[derive(Deserialize)]
 pub(super) struct RawDefaultFile {
-    pub(super) mode: Option<Value>,
+    pub(super) mode: Option<Field<FileMode>>,
     pub(super) format: Option<Field<OneOf<Formats>>>,
 }
 
@@ -129,7 +130,7 @@ pub(super) struct RawSet {
     pub(super) refresh: Option<RawRefresh>,
     pub(super) on_shutdown: Option<Field<OneOf<OnShutdownChoice>>>,
     pub(super) revoke_superseded_after: Option<Field<AnyDuration>>,
-    pub(super) rotate: Option<Value>,
+    pub(super) rotate: Option<Field<RotateSchedule>>,
     pub(super) on_rotate: Option<RawOnRotate>,
     pub(super) store: Option<RawSetStore>,
 }

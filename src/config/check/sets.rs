@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use crate::config::defaults::{DEFAULT_REFRESH_AT, DEFAULT_REFRESH_JITTER};
 use crate::config::raw::{RawSet, RawStore};
 use crate::config::{OnShutdown, SetConfig};
-use crate::cron::RotateSchedule;
 use crate::provider::yaml::RawProvider;
 use crate::schedule::RefreshPolicy;
 use crate::sink::{self, yaml::Places};
@@ -131,7 +130,7 @@ impl Checker<'_> {
             "revoke_superseded_after",
             raw.revoke_superseded_after.as_ref(),
         );
-        let rotate = RotateSchedule::from_yaml(&mut self.report, &at, raw.rotate.as_ref());
+        let rotate = self.read(&at, "rotate", raw.rotate.as_ref());
         let on_rotate = match &raw.on_rotate {
             None => Ok(None),
             Some(hooks) => {

@@ -12,9 +12,10 @@ use crate::config::raw::{RawConfig, RawDefaults, RawRefresh, RawSet, RawStore};
 use crate::config::{Config, OnShutdown, SetConfig};
 use crate::provider::yaml::RawProvider;
 use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
+use crate::settings::Rule;
 use crate::settings::normalize;
 use crate::sink::FileFormat;
-use crate::sink::yaml::DEFAULT_FILE_MODE;
+use crate::sink::yaml::{DEFAULT_FILE_MODE, FileMode};
 
 use super::sets::valid_set_name;
 use super::{Checker, Defaults, Parsed, RefreshParts};
@@ -167,7 +168,7 @@ impl Checker<'_> {
         }
         let file = raw.file.as_ref();
         let mode = match file.and_then(|f| f.mode.as_ref()) {
-            Some(mode) => crate::sink::yaml::mode(&mut self.report, "defaults.file", mode),
+            Some(mode) => FileMode::read(self, "defaults.file", "mode", mode.value()),
             None => None,
         };
         let format = self.read(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::secret::SecretSource;
 use crate::settings::{
-    Checked, Choices, Field, KERNEL_TREES, OneOf, Report, SYSTEM_TREES, describe, join, normalize,
+    Choices, Field, KERNEL_TREES, OneOf, Report, Rule, SYSTEM_TREES, describe, join, normalize,
 };
 use crate::sink::{FileConfig, FileFormat, FileTemplate};
 
@@ -25,9 +25,9 @@ pub struct RawFile {
     pub path: Option<String>,
     pub format: Option<Field<OneOf<Formats>>>,
     pub template: Option<String>,
-    pub mode: Option<Value>,
-    pub owner: Option<Value>,
-    pub group: Option<Value>,
+    pub mode: Option<Field<FileMode>>,
+    pub owner: Option<Field<Id>>,
+    pub group: Option<Field<Id>>,
 }
 
 /// Owner read-write, group read: share a token with one application's group, never others.
@@ -71,19 +71,6 @@ pub fn file(
     owner: (Option<&str>, Option<&str>, &str),
 ) -> Option<FileConfig> {
     Check { report, places }.file(at, raw, defaults, owner)
-}
-
-/// Check a file `mode`: a quoted octal string, at most 0777 (a warning if others get access).
-pub fn mode(report: &mut Report, parent: &str, value: &Value) -> Option<u32> {
-    let places = Places {
-        state_dir: Path::new("/"),
-        reserved: &[],
-    };
-    Check {
-        report,
-        places: &places,
-    }
-    .mode(parent, value)
 }
 
 /// The report, with the places no token file may go, and the file's readers as methods.
@@ -169,11 +156,11 @@ impl Check<'_, '_> {
             }
         };
         let mode = match &raw.mode {
-            Some(mode) => self.mode(at, mode),
+            Some(mode) => FileMode::read(self, at, "mode", mode.value()),
             None => Some(default_mode),
         };
-        let owner = self.id(at, "owner", raw.owner.as_ref());
-        let group = self.id(at, "group", raw.group.as_ref());
+        let owner = self.read(at, "owner", raw.owner.as_ref());
+        let group = self.read(at, "group", raw.group.as_ref());
         Some(FileConfig {
             path: path?,
             format: format.ok()?.unwrap_or_else(|| default_format.clone()),
@@ -367,12 +354,18 @@ impl Check<'_, '_> {
         }
         self.problems.len() == before
     }
+}
 
-    fn mode(&mut self, parent: &str, value: &Value) -> Option<u32> {
+/// A file's `mode`: a quoted octal string, at most 0777; a warning where others get access.
+pub struct FileMode;
+
+impl Rule for FileMode {
+    type Value = u32;
+    fn read(r: &mut Report, parent: &str, _key: &str, value: &Value) -> Option<u32> {
         let text = match value {
             Value::String(text) => text.trim(),
             Value::Number(n) => {
-                self.bad(
+                r.bad(
                     parent,
                     "mode",
                     format!("mode must be a quoted octal string such as \"0640\" (YAML reads an unquoted mode as a number; this one as {n})"),
@@ -380,7 +373,7 @@ impl Check<'_, '_> {
                 return None;
             }
             other => {
-                self.bad(
+                r.bad(
                     parent,
                     "mode",
                     format!(
@@ -394,7 +387,7 @@ impl Check<'_, '_> {
         let octal =
             (3..=4).contains(&text.len()) && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
         let Some(mode) = u32::from_str_radix(text, 8).ok().filter(|_| octal) else {
-            self.bad(
+            r.bad(
                 parent,
                 "mode",
                 format!("mode `{text}` must be 3 or 4 octal digits, such as \"0640\""),
@@ -402,7 +395,7 @@ impl Check<'_, '_> {
             return None;
         };
         if mode > 0o777 {
-            self.bad(
+            r.bad(
                 parent,
                 "mode",
                 format!("mode {mode:04o} is larger than 0777; setuid, setgid and sticky bits have no place on a token file"),
@@ -410,19 +403,21 @@ impl Check<'_, '_> {
             return None;
         }
         if mode & 0o007 != 0 {
-            self.warn(
+            r.warn(
                 &join(parent, "mode"),
                 format_args!("mode {mode:04o} gives every local user access to the token"),
             );
         }
         Some(mode)
     }
+}
 
-    /// `owner`/`group`: a name (looked up now, so a typo is found by `check`) or a numeric id.
-    fn id(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<u32> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
+/// `owner`/`group`: a name (looked up now, so a typo is found by `check`) or a numeric id.
+pub struct Id;
+
+impl Rule for Id {
+    type Value = u32;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<u32> {
         let what = if key == "owner" { "user" } else { "group" };
         let id = match value {
             Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
@@ -436,32 +431,32 @@ impl Check<'_, '_> {
                     nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
                 };
                 return match found {
-                    Ok(Some(id)) => Ok(Some(id)),
+                    Ok(Some(id)) => Some(id),
                     Ok(None) => {
-                        self.bad(parent, key, format!("unknown {what} `{name}`"));
-                        Err(())
+                        r.bad(parent, key, format!("unknown {what} `{name}`"));
+                        None
                     }
                     Err(err) => {
-                        self.bad(
+                        r.bad(
                             parent,
                             key,
                             format!("cannot look up {what} `{name}`: {err}"),
                         );
-                        Err(())
+                        None
                     }
                 };
             }
             _ => None,
         };
         match id {
-            Some(id) if id != RESERVED_ID => Ok(Some(id)),
+            Some(id) if id != RESERVED_ID => Some(id),
             _ => {
-                self.bad(
+                r.bad(
                     parent,
                     key,
                     format!("{key} must be a {what} name or a numeric id below {RESERVED_ID}"),
                 );
-                Err(())
+                None
             }
         }
     }
