@@ -8,7 +8,9 @@ use serde_yaml::Value;
 
 use crate::cron::RotateSchedule;
 use crate::secret::SecretSource;
-use crate::settings::{AnyDuration, Count, Field, MinInterval, OneOf, Percent, PositiveDuration};
+use crate::settings::{
+    AbsolutePath, AnyDuration, BaseUrl, Count, Field, MinInterval, OneOf, Percent, PositiveDuration,
+};
 use crate::sink::yaml::{FileMode, Formats};
 
 use super::defaults::OnShutdownChoice;
@@ -62,10 +64,10 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default)]
 pub(super) struct RawStore {
     pub(super) kind: Option<String>,
-    pub(super) address: Option<String>,
+    pub(super) address: Option<Field<BaseUrl>>,
     pub(super) mount: Option<String>,
     pub(super) namespace: Option<String>,
-    pub(super) ca_file: Option<String>,
+    pub(super) ca_file: Option<Field<AbsolutePath>>,
     pub(super) auth: Option<RawStoreAuth>,
     pub(super) timeout: Option<Field<PositiveDuration>>,
     pub(super) max_versions: Option<Field<Count>>,

@@ -22,8 +22,8 @@ pub use keys::{closest, fields_of, hide_raw_names};
 pub use paths::{KERNEL_TREES, SYSTEM_TREES, normalize, resolve};
 pub use secrets::{Public, check_sources};
 pub use values::{
-    AnyDuration, Choices, Count, MinInterval, OneOf, Percent, PositiveDuration, Rate, describe,
-    effective, join, pct,
+    AbsolutePath, AnyDuration, BaseUrl, Choices, Count, Endpoint, MinInterval, OneOf, Percent,
+    PositiveDuration, Rate, describe, effective, join, pct,
 };
 
 /// The longest duration any key accepts. Times are kept as instants and wall-clock times

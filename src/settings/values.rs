@@ -408,3 +408,45 @@ impl Report {
         None
     }
 }
+
+/// An endpoint URL: https (http only for loopback), no credentials, query or fragment.
+pub struct Endpoint;
+
+impl Rule for Endpoint {
+    type Value = Url;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Url> {
+        let text = r.text(parent, key, value)?;
+        r.url(parent, key, text, false)
+    }
+}
+
+/// An [`Endpoint`] that request paths are appended to: its trailing slash dropped.
+pub struct BaseUrl;
+
+impl Rule for BaseUrl {
+    type Value = Url;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Url> {
+        let text = r.text(parent, key, value)?;
+        r.url(parent, key, text, true)
+    }
+}
+
+/// A path to a file of the operator's, which must be absolute: the daemon's working
+/// directory is no place to look for it.
+pub struct AbsolutePath;
+
+impl Rule for AbsolutePath {
+    type Value = std::path::PathBuf;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Self::Value> {
+        let text = r.text(parent, key, value)?;
+        if !std::path::Path::new(text).is_absolute() {
+            r.bad(
+                parent,
+                key,
+                format!("{key} `{text}` must be an absolute path"),
+            );
+            return None;
+        }
+        Some(text.into())
+    }
+}

@@ -1,7 +1,6 @@
 //! `stores:`, a set's `store:`, and `ha:`, whose lease lives in a store.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use crate::config::defaults::{
     DEFAULT_APPROLE_MOUNT, DEFAULT_HA_LEASE, DEFAULT_HA_PATH,
@@ -25,7 +24,7 @@ impl Checker<'_> {
             ),
             Some(_) => {}
         }
-        let address = match raw.address.as_deref() {
+        let address = match raw.address.as_ref() {
             None => {
                 self.missing(
                     &at,
@@ -34,7 +33,7 @@ impl Checker<'_> {
                 );
                 None
             }
-            Some(a) => self.url(&at, "address", a, true),
+            Some(a) => self.read(&at, "address", Some(a)).ok().flatten(),
         };
         let mount = match raw.mount.as_deref() {
             None => Some("secret".to_string()),
@@ -44,17 +43,7 @@ impl Checker<'_> {
             }
             Some(m) => Some(m.to_string()),
         };
-        let ca_file = match raw.ca_file.as_deref() {
-            Some(f) if !Path::new(f).is_absolute() => {
-                self.bad(
-                    &at,
-                    "ca_file",
-                    format!("ca_file `{f}` must be an absolute path"),
-                );
-                None
-            }
-            other => Some(other.map(PathBuf::from)),
-        };
+        let ca_file = self.read(&at, "ca_file", raw.ca_file.as_ref()).ok();
         let auth_at = format!("{at}.auth");
         let auth = match &raw.auth {
             None => {

@@ -13,8 +13,8 @@ use crate::provider::AuthMethod;
 use crate::secret::SecretSource;
 
 use crate::settings::{
-    Choices, Count, Field, OneOf, PositiveDuration, Public, Rate, closest, fields_of,
-    hide_raw_names,
+    AbsolutePath, BaseUrl, Choices, Count, Endpoint, Field, OneOf, PositiveDuration, Public, Rate,
+    closest, fields_of, hide_raw_names,
 };
 
 use super::Check;
@@ -136,7 +136,7 @@ impl Choices for SquareMode {
 /// here and in docs/configuration.md, and every other kind refuses it.
 #[derive(Deserialize, Default)]
 pub(super) struct Voucherify {
-    pub(super) base_url: Option<String>,
+    pub(super) base_url: Option<Field<BaseUrl>>,
     pub(super) cluster: Option<Field<OneOf<Cluster>>>,
     pub(super) app_id: Option<Field<SecretSource>>,
     pub(super) app_token: Option<Field<SecretSource>>,
@@ -145,10 +145,10 @@ pub(super) struct Voucherify {
 /// `kind: oauth2`'s own keys.
 #[derive(Deserialize, Default)]
 pub(super) struct OAuth2 {
-    pub(super) issuer: Option<String>,
-    pub(super) token_url: Option<String>,
-    pub(super) revocation_url: Option<String>,
-    pub(super) introspection_url: Option<String>,
+    pub(super) issuer: Option<Field<Endpoint>>,
+    pub(super) token_url: Option<Field<Endpoint>>,
+    pub(super) revocation_url: Option<Field<Endpoint>>,
+    pub(super) introspection_url: Option<Field<Endpoint>>,
     pub(super) client_id: Option<Value>,
     pub(super) client_secret: Option<Field<SecretSource>>,
     pub(super) auth_method: Option<Field<OneOf<AuthMethods>>>,
@@ -160,13 +160,13 @@ pub(super) struct OAuth2 {
     pub(super) client_assertion: Option<Field<SecretSource>>,
     pub(super) extra_params: Option<BTreeMap<String, Value>>,
     pub(super) default_lifetime: Option<Field<PositiveDuration>>,
-    pub(super) ca_file: Option<String>,
+    pub(super) ca_file: Option<Field<AbsolutePath>>,
 }
 
 /// `kind: square`'s own keys.
 #[derive(Deserialize, Default)]
 pub(super) struct Square {
-    pub(super) base_url: Option<String>,
+    pub(super) base_url: Option<Field<BaseUrl>>,
     pub(super) environment: Option<Field<OneOf<Environment>>>,
     pub(super) client_id: Option<Value>,
     pub(super) client_secret: Option<Field<SecretSource>>,

@@ -3,7 +3,7 @@
 //! kind's struct, the check here that reads it, and docs/providers.md.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::Url;
 use serde_yaml::Value;
@@ -126,12 +126,12 @@ impl Check<'_> {
     }
 
     fn voucherify(&mut self, at: &str, raw: &Voucherify) -> Option<ProviderKind> {
-        let base_url = match (raw.base_url.as_deref(), raw.cluster.as_ref()) {
+        let base_url = match (raw.base_url.as_ref(), raw.cluster.as_ref()) {
             (Some(_), Some(_)) => {
                 self.bad(at, "cluster", "give base_url or cluster, not both");
                 None
             }
-            (Some(url), None) => self.base_url(at, url),
+            (Some(url), None) => self.read(at, "base_url", Some(url)).ok().flatten(),
             (None, Some(cluster)) => match self.read(at, "cluster", Some(cluster)) {
                 Ok(Some(url)) => Url::parse(url).ok(),
                 _ => None,
@@ -161,9 +161,11 @@ impl Check<'_> {
         let explicit = raw.token_url.is_some()
             || raw.revocation_url.is_some()
             || raw.introspection_url.is_some();
-        let endpoints = match (raw.issuer.as_deref(), raw.token_url.as_deref()) {
+        let endpoints = match (raw.issuer.as_ref(), raw.token_url.as_ref()) {
             (Some(issuer), None) if !explicit => self
-                .url(at, "issuer", issuer, false)
+                .read(at, "issuer", Some(issuer))
+                .ok()
+                .flatten()
                 .map(|issuer| OAuth2Endpoints::Discover { issuer }),
             (Some(_), _) => {
                 self.bad(
@@ -174,17 +176,12 @@ impl Check<'_> {
                 None
             }
             (None, Some(token)) => {
-                let token_url = self.url(at, "token_url", token, false);
-                let optional = |ck: &mut Self, key: &str, value: Option<&str>| match value {
-                    None => Ok(None),
-                    Some(u) => ck.url(at, key, u, false).map(Some).ok_or(()),
-                };
-                let revocation_url =
-                    optional(self, "revocation_url", raw.revocation_url.as_deref());
+                let token_url = self.read(at, "token_url", Some(token));
+                let revocation_url = self.read(at, "revocation_url", raw.revocation_url.as_ref());
                 let introspection_url =
-                    optional(self, "introspection_url", raw.introspection_url.as_deref());
+                    self.read(at, "introspection_url", raw.introspection_url.as_ref());
                 match (token_url, revocation_url, introspection_url) {
-                    (Some(token_url), Ok(revocation_url), Ok(introspection_url)) => {
+                    (Ok(Some(token_url)), Ok(revocation_url), Ok(introspection_url)) => {
                         Some(OAuth2Endpoints::Explicit {
                             token_url,
                             revocation_url,
@@ -255,17 +252,7 @@ impl Check<'_> {
             }
         }
         let default_lifetime = self.read(at, "default_lifetime", raw.default_lifetime.as_ref());
-        let ca_file = match raw.ca_file.as_deref() {
-            Some(f) if !Path::new(f).is_absolute() => {
-                self.bad(
-                    at,
-                    "ca_file",
-                    format!("ca_file `{f}` must be an absolute path"),
-                );
-                None
-            }
-            other => Some(other.map(PathBuf::from)),
-        };
+        let ca_file = self.read(at, "ca_file", raw.ca_file.as_ref()).ok();
         Some(ProviderKind::OAuth2 {
             endpoints: endpoints?,
             client_id: client_id?,
@@ -392,12 +379,12 @@ impl Check<'_> {
         raw: &Square,
         state_dir: &Path,
     ) -> Option<ProviderKind> {
-        let base_url = match (raw.base_url.as_deref(), raw.environment.as_ref()) {
+        let base_url = match (raw.base_url.as_ref(), raw.environment.as_ref()) {
             (Some(_), Some(_)) => {
                 self.bad(at, "environment", "give base_url or environment, not both");
                 None
             }
-            (Some(url), None) => self.base_url(at, url),
+            (Some(url), None) => self.read(at, "base_url", Some(url)).ok().flatten(),
             (None, environment) => match self.read(at, "environment", environment) {
                 Ok(Some(url)) => Url::parse(url).ok(),
                 Ok(None) => Url::parse(SQUARE_ENVIRONMENTS[0].1).ok(),
@@ -494,10 +481,6 @@ impl Check<'_> {
                 None
             }
         }
-    }
-
-    fn base_url(&mut self, parent: &str, text: &str) -> Option<Url> {
-        self.url(parent, "base_url", text, true)
     }
 }
 
