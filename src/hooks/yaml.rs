@@ -12,10 +12,10 @@ use super::{OnRotate, SignalHook};
 
 #[derive(Deserialize)]
 pub struct RawOnRotate {
-    pub exec: Option<Value>,
+    pub exec: Option<Field<Command>>,
     pub timeout: Option<Field<HookTimeout>>,
     pub signal: Option<RawSignalHook>,
-    pub reload_unit: Option<Value>,
+    pub reload_unit: Option<Field<UnitName>>,
 }
 
 #[derive(Deserialize)]
@@ -54,43 +54,78 @@ impl Rule for HookTimeout {
     }
 }
 
+/// `exec`: the command and its arguments (no shell), its program an absolute path that only
+/// its owner or root could have written.
+pub struct Command;
+
+impl Rule for Command {
+    type Value = Vec<String>;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Vec<String>> {
+        let items = match value {
+            Value::Sequence(items) if !items.is_empty() => items,
+            _ => {
+                r.bad(parent, key, "exec must be a non-empty list: the command and its arguments (no shell), e.g. [\"/usr/bin/app-reload\"]");
+                return None;
+            }
+        };
+        let argv: Vec<String> = items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        if argv.len() != items.len() || argv[0].is_empty() {
+            r.bad(parent, key, "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
+            return None;
+        }
+        let program = Path::new(&argv[0]);
+        let why = if !program.is_absolute() {
+            format!(
+                "exec's program `{}` must be an absolute path, e.g. [\"/usr/bin/app-reload\"]: PATH is not searched, so that whoever may put a program earlier on it cannot choose what runs",
+                argv[0].escape_debug()
+            )
+        } else if let Some(why) = crate::trust::program_open_to_others(program) {
+            format!(
+                "exec's program `{}`: {why}, who could choose what runs as tokenkeeper's user",
+                argv[0].escape_debug()
+            )
+        } else {
+            return Some(argv);
+        };
+        r.bad(parent, key, why);
+        None
+    }
+}
+
+/// `reload_unit`: one systemd unit name, which `systemctl reload` cannot take for an option.
+pub struct UnitName;
+
+impl Rule for UnitName {
+    type Value = String;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(u)
+                if !u.is_empty() && !u.starts_with('-') && !u.contains(char::is_whitespace) =>
+            {
+                Some(u.clone())
+            }
+            _ => {
+                r.bad(
+                    parent,
+                    key,
+                    "reload_unit must be one systemd unit name such as \"app.service\"",
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Check a set's `on_rotate:` mapping `raw` at `at`, every problem going to `report`.
 #[allow(clippy::result_unit_err)] // the problems are in the report; Err only says there were some
 pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnRotate, ()> {
     let mut ok = true;
-    let exec = match &raw.exec {
-        None => None,
-        Some(Value::Sequence(items)) if !items.is_empty() => {
-            let argv: Vec<String> = items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-            if argv.len() != items.len() || argv[0].is_empty() {
-                report.bad(at, "exec", "exec must list the command and its arguments as strings, e.g. [\"/usr/bin/app-reload\", \"--soft\"]");
-                ok = false;
-            } else if !std::path::Path::new(&argv[0]).is_absolute() {
-                report.bad(at, "exec", format!(
-                    "exec's program `{}` must be an absolute path, e.g. [\"/usr/bin/app-reload\"]: PATH is not searched, so that whoever may put a program earlier on it cannot choose what runs",
-                    argv[0].escape_debug()
-                ));
-                ok = false;
-            } else if let Some(why) =
-                crate::trust::program_open_to_others(std::path::Path::new(&argv[0]))
-            {
-                report.bad(at, "exec", format!(
-                    "exec's program `{}`: {why}, who could choose what runs as tokenkeeper's user",
-                    argv[0].escape_debug()
-                ));
-                ok = false;
-            }
-            Some(argv)
-        }
-        Some(_) => {
-            report.bad(at, "exec", "exec must be a non-empty list: the command and its arguments (no shell), e.g. [\"/usr/bin/app-reload\"]");
-            ok = false;
-            None
-        }
-    };
+    let exec = report.read(at, "exec", raw.exec.as_ref());
+    ok &= exec.is_ok();
+    let exec = exec.ok().flatten();
     let timeout = report
         .read(at, "timeout", raw.timeout.as_ref())
         .map(|t| t.unwrap_or(DEFAULT_HOOK_TIMEOUT));
@@ -143,23 +178,9 @@ pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnR
             }
         }
     };
-    let reload_unit = match &raw.reload_unit {
-        None => None,
-        Some(Value::String(u))
-            if !u.is_empty() && !u.starts_with('-') && !u.contains(char::is_whitespace) =>
-        {
-            Some(u.clone())
-        }
-        Some(_) => {
-            report.bad(
-                at,
-                "reload_unit",
-                "reload_unit must be one systemd unit name such as \"app.service\"",
-            );
-            ok = false;
-            None
-        }
-    };
+    let reload_unit = report.read(at, "reload_unit", raw.reload_unit.as_ref());
+    ok &= reload_unit.is_ok();
+    let reload_unit = reload_unit.ok().flatten();
     match (ok, timeout) {
         (true, Ok(timeout)) => Ok(OnRotate {
             exec,

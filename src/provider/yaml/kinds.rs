@@ -17,7 +17,7 @@ use crate::settings::{
     closest, fields_of, hide_raw_names,
 };
 
-use super::Check;
+use super::{Check, ClientId};
 
 /// A provider: what every kind accepts, then the kind's own keys, read into its struct (see
 /// [`super::check`]) once `kind` says which, so that a key of another kind is refused.
@@ -149,7 +149,7 @@ pub(super) struct OAuth2 {
     pub(super) token_url: Option<Field<Endpoint>>,
     pub(super) revocation_url: Option<Field<Endpoint>>,
     pub(super) introspection_url: Option<Field<Endpoint>>,
-    pub(super) client_id: Option<Value>,
+    pub(super) client_id: Option<Field<ClientId>>,
     pub(super) client_secret: Option<Field<SecretSource>>,
     pub(super) auth_method: Option<Field<OneOf<AuthMethods>>>,
     pub(super) private_key: Option<Field<SecretSource>>,
@@ -168,7 +168,7 @@ pub(super) struct OAuth2 {
 pub(super) struct Square {
     pub(super) base_url: Option<Field<BaseUrl>>,
     pub(super) environment: Option<Field<OneOf<Environment>>>,
-    pub(super) client_id: Option<Value>,
+    pub(super) client_id: Option<Field<ClientId>>,
     pub(super) client_secret: Option<Field<SecretSource>>,
     pub(super) refresh_token: Option<Field<SecretSource>>,
     pub(super) access_token: Option<Field<SecretSource>>,

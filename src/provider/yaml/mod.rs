@@ -12,7 +12,7 @@ use crate::budget::IssueRate;
 use crate::provider::{
     AuthMethod, ClientCredential, OAuth2Endpoints, ProviderConfig, ProviderKind, SquareGrant,
 };
-use crate::settings::{Report, describe};
+use crate::settings::{Field, Report, Rule, describe};
 
 use kinds::{
     DEFAULT_ISSUE_BURST, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_LIVE_TOKENS, OAuth2,
@@ -456,31 +456,12 @@ impl Check<'_> {
         })
     }
 
-    /// `client_id`: an identifier, not a secret, so a plain string.
-    fn client_id(&mut self, parent: &str, value: Option<&Value>) -> Option<String> {
-        match value {
-            None => {
-                self.missing(parent, "client_id", "the OAuth client (application) id");
-                None
-            }
-            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            Some(Value::String(_)) => {
-                self.bad(parent, "client_id", "client_id is empty");
-                None
-            }
-            Some(other) => {
-                self.bad(
-                    parent,
-                    "client_id",
-                    format!(
-                        "client_id must be a string (it is not a secret), not {}",
-                        describe(other)
-                    ),
-                );
-                None
-            }
+    /// `client_id`, which every OAuth client has.
+    fn client_id(&mut self, parent: &str, field: Option<&Field<ClientId>>) -> Option<String> {
+        if field.is_none() {
+            self.missing(parent, "client_id", "the OAuth client (application) id");
         }
+        self.read(parent, "client_id", field).ok().flatten()
     }
 }
 
@@ -505,5 +486,33 @@ fn state_file_name(provider: &str) -> String {
             "square-{safe}-{}.json",
             crate::secret::fingerprint(provider)
         )
+    }
+}
+
+/// `client_id`: an identifier, not a secret, so a plain string (or a number).
+pub(super) struct ClientId;
+
+impl Rule for ClientId {
+    type Value = String;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::String(_) => {
+                r.bad(parent, key, format!("{key} is empty"));
+                None
+            }
+            other => {
+                r.bad(
+                    parent,
+                    key,
+                    format!(
+                        "{key} must be a string (it is not a secret), not {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
     }
 }
