@@ -25,7 +25,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::fsio::FileError;
-use crate::settings::{KERNEL_TREES, Problem, Report, SYSTEM_TREES, normalize};
+use serde_yaml::Value;
+
+use crate::settings::{Field, KERNEL_TREES, Problem, Report, Rule, SYSTEM_TREES, normalize};
 use crate::status::{Board, Phase, SetPhase, Snapshot};
 
 /// node_exporter runs as its own user and must read the file; nothing in it is secret.
@@ -307,66 +309,74 @@ pub struct MetricsConfig {
 /// `metrics:` as written.
 #[derive(Deserialize, Default)]
 pub struct RawMetrics {
-    pub textfile: Option<String>,
-    pub listen: Option<String>,
+    pub textfile: Option<Field<Textfile>>,
+    pub listen: Option<Field<Listen>>,
 }
 
 /// Check `metrics:`, every problem going to `report`.
 pub fn from_yaml(report: &mut Report, raw: Option<&RawMetrics>) -> MetricsConfig {
-    let mut out = MetricsConfig::default();
     let Some(raw) = raw else {
-        return out;
+        return MetricsConfig::default();
     };
-    if let Some(text) = raw.textfile.as_deref() {
+    MetricsConfig {
+        textfile: report
+            .read("metrics", "textfile", raw.textfile.as_ref())
+            .ok()
+            .flatten(),
+        listen: report
+            .read("metrics", "listen", raw.listen.as_ref())
+            .ok()
+            .flatten(),
+    }
+}
+
+/// `metrics.textfile`: an absolute `.prom` path outside the kernel's and the system's trees.
+pub struct Textfile;
+
+impl Rule for Textfile {
+    type Value = PathBuf;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<PathBuf> {
+        let text = r.text(parent, key, value)?;
         let path = Path::new(text);
-        if !path.is_absolute() {
-            report.bad(
-                "metrics",
-                "textfile",
-                format!("textfile `{text}` must be an absolute path"),
-            );
+        let why = if !path.is_absolute() {
+            format!("textfile `{text}` must be an absolute path")
         } else if path.extension().is_none_or(|e| e != "prom") {
-            report.bad(
-                "metrics",
-                "textfile",
-                format!(
-                    "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
-                ),
-            );
+            format!(
+                "textfile `{text}` must end in `.prom`: node_exporter's textfile collector reads no other files"
+            )
         } else if let Some(tree) = KERNEL_TREES
             .iter()
             .chain(SYSTEM_TREES)
             .find(|t| normalize(path).starts_with(t))
         {
-            report.bad(
-                "metrics",
-                "textfile",
-                format!(
-                    "textfile `{text}` is under {tree}, the kernel's or the system's own files: it is rewritten every few seconds, so it belongs in node_exporter's textfile directory"
-                ),
-            );
+            format!(
+                "textfile `{text}` is under {tree}, the kernel's or the system's own files: it is rewritten every few seconds, so it belongs in node_exporter's textfile directory"
+            )
         } else {
-            out.textfile = Some(normalize(path));
-        }
+            return Some(normalize(path));
+        };
+        r.bad(parent, key, why);
+        None
     }
-    if let Some(text) = raw.listen.as_deref() {
-        match text.trim().parse::<std::net::SocketAddr>() {
-            Ok(addr) if addr.ip().is_loopback() => out.listen = Some(addr),
-            Ok(_) => report.bad(
-                "metrics",
-                "listen",
-                format!(
-                    "listen `{text}` must be a loopback address such as 127.0.0.1:9464: the listener has no authentication, so a local exporter or agent scrapes it"
-                ),
+}
+
+/// `metrics.listen`: a loopback address and port, since the listener asks for no credentials.
+pub struct Listen;
+
+impl Rule for Listen {
+    type Value = SocketAddr;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<SocketAddr> {
+        let text = r.text(parent, key, value)?;
+        let why = match text.trim().parse::<SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => return Some(addr),
+            Ok(_) => format!(
+                "listen `{text}` must be a loopback address such as 127.0.0.1:9464: the listener has no authentication, so a local exporter or agent scrapes it"
             ),
-            Err(_) => report.bad(
-                "metrics",
-                "listen",
-                format!("listen `{text}` is not an address and port such as 127.0.0.1:9464"),
-            ),
-        }
+            Err(_) => format!("listen `{text}` is not an address and port such as 127.0.0.1:9464"),
+        };
+        r.bad(parent, key, why);
+        None
     }
-    out
 }
 
 /// The metrics textfile's folder must be there: the daemon does not make it (it is

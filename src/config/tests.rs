@@ -1582,3 +1582,31 @@ fn a_provider_kind_refuses_what_is_not_its_own_and_the_rest_is_still_checked() {
         "{shown:#?}"
     );
 }
+
+/// A value of the wrong type under a key with a rule (a choice, a URL, a path) is named by its
+/// key in serde's words, and the rest of the file is still checked: before, the first such
+/// value ended the check of the whole file.
+#[test]
+fn a_value_of_the_wrong_type_is_named_by_its_key_and_hides_nothing() {
+    let text = with(&[
+        (
+            "    provider: vf\n    scopes: [orders, customers]\n",
+            "    provider: vf\n    on_shutdown: [keep]\n    scopes: [orders, customers]\n",
+        ),
+        (
+            "      mode: \"0600\"\n",
+            "      mode: \"0600\"\n      format: 7\n",
+        ),
+        ("mode: \"0600\"", "mode: \"0999\""),
+    ]);
+    let shown: Vec<String> = problems(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "16:7: scope_sets[0] (orders-sync).file.format: invalid type: integer `7`, expected a string",
+            "15:7: scope_sets[0] (orders-sync).file.mode: mode `0999` must be 3 or 4 octal digits, such as \"0640\"",
+            "11:5: scope_sets[0] (orders-sync).on_shutdown: invalid type: sequence, expected a string",
+        ],
+        "{shown:#?}"
+    );
+}

@@ -1,6 +1,6 @@
 //! A set's `on_rotate:` read from the YAML: the command, the signal and the unit to reload.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,7 +20,7 @@ pub struct RawOnRotate {
 
 #[derive(Deserialize)]
 pub struct RawSignalHook {
-    pub pidfile: Option<String>,
+    pub pidfile: Option<Field<Pidfile>>,
     pub signal: Option<String>,
 }
 
@@ -133,19 +133,13 @@ pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnR
         None => None,
         Some(sig) => {
             let sig_at = join(at, "signal");
-            let pidfile = match sig.pidfile.as_deref() {
-                None => {
-                    report.missing(&sig_at, "pidfile", "the file holding the pid to signal");
-                    None
-                }
-                Some(p) => match pidfile_problem(p) {
-                    Some(why) => {
-                        report.bad(&sig_at, "pidfile", why);
-                        None
-                    }
-                    None => Some(normalize(Path::new(p))),
-                },
-            };
+            if sig.pidfile.is_none() {
+                report.missing(&sig_at, "pidfile", "the file holding the pid to signal");
+            }
+            let pidfile = report
+                .read(&sig_at, "pidfile", sig.pidfile.as_ref())
+                .ok()
+                .flatten();
             let name = sig
                 .signal
                 .as_deref()
@@ -189,6 +183,23 @@ pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnR
             reload_unit,
         }),
         _ => Err(()),
+    }
+}
+
+/// `on_rotate.signal.pidfile`: where the pid to signal is read, afresh each time.
+pub struct Pidfile;
+
+impl Rule for Pidfile {
+    type Value = PathBuf;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<PathBuf> {
+        let path = r.text(parent, key, value)?;
+        match pidfile_problem(path) {
+            Some(why) => {
+                r.bad(parent, key, why);
+                None
+            }
+            None => Some(normalize(Path::new(path))),
+        }
     }
 }
 
