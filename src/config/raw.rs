@@ -13,6 +13,7 @@ use crate::settings::{
 };
 use crate::sink::yaml::{FileMode, Formats};
 
+use super::check::{KvMount, KvPath, LeasePath, LogFilter};
 use super::defaults::OnShutdownChoice;
 
 pub(super) use crate::hooks::yaml::{RawOnRotate, RawSignalHook};
@@ -50,7 +51,7 @@ impl RawConfig {
 pub(super) struct RawConfig {
     pub(super) state_dir: Option<String>,
     pub(super) shutdown_timeout: Option<Field<PositiveDuration>>,
-    pub(super) log_level: Option<String>,
+    pub(super) log_level: Option<Field<LogFilter>>,
     pub(super) metrics: Option<RawMetrics>,
     pub(super) defaults: Option<RawDefaults>,
     pub(super) providers: Option<BTreeMap<String, Option<crate::provider::yaml::RawProvider>>>,
@@ -65,7 +66,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawStore {
     pub(super) kind: Option<String>,
     pub(super) address: Option<Field<BaseUrl>>,
-    pub(super) mount: Option<String>,
+    pub(super) mount: Option<Field<KvMount>>,
     pub(super) namespace: Option<String>,
     pub(super) ca_file: Option<Field<AbsolutePath>>,
     pub(super) auth: Option<RawStoreAuth>,
@@ -90,7 +91,7 @@ pub(super) struct RawAppRole {
 #[derive(Deserialize, Default)]
 pub(super) struct RawHa {
     pub(super) store: Option<String>,
-    pub(super) path: Option<String>,
+    pub(super) path: Option<Field<LeasePath>>,
     pub(super) lease: Option<Field<PositiveDuration>>,
     pub(super) instance: Option<String>,
 }
@@ -98,7 +99,7 @@ pub(super) struct RawHa {
 #[derive(Deserialize, Default)]
 pub(super) struct RawSetStore {
     pub(super) name: Option<String>,
-    pub(super) path: Option<String>,
+    pub(super) path: Option<Field<KvPath>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -24,6 +24,9 @@ mod sets;
 mod stores;
 mod top;
 
+pub(super) use stores::{KvMount, KvPath, LeasePath};
+pub(super) use top::LogFilter;
+
 /// What one pass over the text found. `secrets` holds every well-formed secret source, even
 /// when other parts are wrong, so that `load` reports unreadable secrets in the same run.
 pub(super) struct Parsed {

@@ -10,6 +10,10 @@ use crate::config::defaults::{
 use crate::config::raw::{RawHa, RawSetStore, RawStore, RawStoreAuth};
 use crate::config::{HaConfig, SetStore, StoreAuth, StoreConfig};
 
+use serde_yaml::Value;
+
+use crate::settings::{Report, Rule};
+
 use super::Checker;
 
 impl Checker<'_> {
@@ -35,14 +39,10 @@ impl Checker<'_> {
             }
             Some(a) => self.read(&at, "address", Some(a)).ok().flatten(),
         };
-        let mount = match raw.mount.as_deref() {
-            None => Some("secret".to_string()),
-            Some(m) if !valid_store_path(m) => {
-                self.bad(&at, "mount", format!("mount `{m}` is not a KV mount path"));
-                None
-            }
-            Some(m) => Some(m.to_string()),
-        };
+        let mount = self
+            .read(&at, "mount", raw.mount.as_ref())
+            .map(|m| m.unwrap_or_else(|| "secret".into()))
+            .ok();
         let ca_file = self.read(&at, "ca_file", raw.ca_file.as_ref()).ok();
         let auth_at = format!("{at}.auth");
         let auth = match &raw.auth {
@@ -147,25 +147,11 @@ impl Checker<'_> {
             }
             Some(n) => Some(n.to_string()),
         };
-        let path = match raw.path.as_deref() {
-            None => {
-                self.missing(
-                    at,
-                    "path",
-                    "the secret's path under the mount, e.g. tokenkeeper/NAME",
-                );
-                None
-            }
-            Some(p) if !valid_store_path(p) => {
-                self.bad(
-                    at,
-                    "path",
-                    format!("path `{p}` must be relative segments of letters, digits, `_`, `-` and `.` separated by `/`"),
-                );
-                None
-            }
-            Some(p) => Some(p.to_string()),
-        };
+        if raw.path.is_none() {
+            let what = "the secret's path under the mount, e.g. tokenkeeper/NAME";
+            self.missing(at, "path", what);
+        }
+        let path = self.read(at, "path", raw.path.as_ref()).ok().flatten();
         Some(SetStore {
             name: name?,
             path: path?,
@@ -192,13 +178,10 @@ impl Checker<'_> {
             }
             Some(n) => Some(n.to_string()),
         };
-        let path = match raw.path.as_deref() {
-            Some(p) if !valid_store_path(p) => {
-                self.bad("ha", "path", format!("path `{p}` is not a store path"));
-                None
-            }
-            other => Some(other.unwrap_or(DEFAULT_HA_PATH).to_string()),
-        };
+        let path = self
+            .read("ha", "path", raw.path.as_ref())
+            .map(|p| p.unwrap_or_else(|| DEFAULT_HA_PATH.into()))
+            .ok();
         let lease = self
             .read("ha", "lease", raw.lease.as_ref())
             .ok()?
@@ -228,3 +211,39 @@ fn valid_store_path(path: &str) -> bool {
                     .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         })
 }
+
+/// A rule for a KV path, saying what a wrong one is.
+macro_rules! kv_path_rule {
+    ($(#[$doc:meta])* $name:ident, $message:literal) => {
+        $(#[$doc])*
+        pub(in crate::config) struct $name;
+
+        impl Rule for $name {
+            type Value = String;
+            fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<String> {
+                let text = r.text(parent, key, value)?;
+                if valid_store_path(text) {
+                    return Some(text.to_string());
+                }
+                r.bad(parent, key, format!($message, text));
+                None
+            }
+        }
+    };
+}
+
+kv_path_rule!(
+    /// A store's `mount`.
+    KvMount,
+    "mount `{}` is not a KV mount path"
+);
+kv_path_rule!(
+    /// A set's `store.path`, under the mount.
+    KvPath,
+    "path `{}` must be relative segments of letters, digits, `_`, `-` and `.` separated by `/`"
+);
+kv_path_rule!(
+    /// `ha.path`, where the lease lives.
+    LeasePath,
+    "path `{}` is not a store path"
+);

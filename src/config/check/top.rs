@@ -12,8 +12,10 @@ use crate::config::raw::{RawConfig, RawDefaults, RawRefresh, RawSet, RawStore};
 use crate::config::{Config, OnShutdown, SetConfig};
 use crate::provider::yaml::RawProvider;
 use crate::provider::{ProviderConfig, ProviderKind, SquareGrant};
-use crate::settings::Rule;
+use serde_yaml::Value;
+
 use crate::settings::normalize;
+use crate::settings::{Report, Rule};
 use crate::sink::FileFormat;
 use crate::sink::yaml::{DEFAULT_FILE_MODE, FileMode};
 
@@ -41,15 +43,10 @@ impl Checker<'_> {
             .ok()
             .flatten()
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
-        if let Some(filter) = &raw.log_level
-            && let Err(err) = tracing_subscriber::EnvFilter::try_new(filter)
-        {
-            self.bad(
-                "",
-                "log_level",
-                format!("log_level `{filter}` is not a tracing filter such as `info` or `tokenkeeper=debug`: {err}"),
-            );
-        }
+        let log_level = self
+            .read("", "log_level", raw.log_level.as_ref())
+            .ok()
+            .flatten();
         let metrics = crate::metrics::from_yaml(&mut self.report, raw.metrics.as_ref());
         if let Some(textfile) = &metrics.textfile {
             self.reserved
@@ -142,7 +139,7 @@ impl Checker<'_> {
         let config = Config {
             state_dir,
             shutdown_timeout,
-            log_level: raw.log_level,
+            log_level,
             metrics,
             providers,
             sets,
@@ -283,6 +280,27 @@ impl Checker<'_> {
                         users.join(", ")
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// `log_level`: a tracing filter such as `info` or `tokenkeeper=debug`.
+pub(in crate::config) struct LogFilter;
+
+impl Rule for LogFilter {
+    type Value = String;
+    fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<String> {
+        let filter = r.text(parent, key, value)?;
+        match tracing_subscriber::EnvFilter::try_new(filter) {
+            Ok(_) => Some(filter.to_string()),
+            Err(err) => {
+                r.bad(
+                    parent,
+                    key,
+                    format!("log_level `{filter}` is not a tracing filter such as `info` or `tokenkeeper=debug`: {err}"),
+                );
+                None
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::settings::{
     closest, fields_of, hide_raw_names,
 };
 
-use super::{Check, ClientId};
+use super::{Audience, Check, ClientId, KeyId};
 
 /// A provider: what every kind accepts, then the kind's own keys, read into its struct (see
 /// [`super::check`]) once `kind` says which, so that a key of another kind is refused.
@@ -153,8 +153,8 @@ pub(super) struct OAuth2 {
     pub(super) client_secret: Option<Field<SecretSource>>,
     pub(super) auth_method: Option<Field<OneOf<AuthMethods>>>,
     pub(super) private_key: Option<Field<SecretSource>>,
-    pub(super) key_id: Option<String>,
-    pub(super) assertion_audience: Option<String>,
+    pub(super) key_id: Option<Field<KeyId>>,
+    pub(super) assertion_audience: Option<Field<Audience>>,
     pub(super) client_certificate: Option<Field<Public>>,
     pub(super) client_key: Option<Field<SecretSource>>,
     pub(super) client_assertion: Option<Field<SecretSource>>,

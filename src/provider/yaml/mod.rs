@@ -318,23 +318,10 @@ impl Check<'_> {
                     raw.private_key.as_ref(),
                     "the client's PKCS#8 PEM key, RSA or EC P-256",
                 );
-                let key_id = match raw.key_id.as_deref() {
-                    Some(kid) if kid.is_empty() || kid.chars().any(char::is_control) => {
-                        self.bad(at, "key_id", "key_id must be non-empty printable text");
-                        return None;
-                    }
-                    kid => kid.map(str::to_string),
-                };
-                let audience = match raw.assertion_audience.as_deref() {
-                    Some(aud) if aud.is_empty() || aud.chars().any(char::is_control) => {
-                        self.bad(
-                            at,
-                            "assertion_audience",
-                            "assertion_audience must be non-empty printable text, such as the server's issuer or token URL",
-                        );
-                        return None;
-                    }
-                    aud => aud.map(str::to_string),
+                let key_id = self.read(at, "key_id", raw.key_id.as_ref());
+                let audience = self.read(at, "assertion_audience", raw.assertion_audience.as_ref());
+                let (Ok(key_id), Ok(audience)) = (key_id, audience) else {
+                    return None;
                 };
                 key.map(|key| ClientCredential::PrivateKey {
                     key,
@@ -516,3 +503,34 @@ impl Rule for ClientId {
         }
     }
 }
+
+/// A rule for a name sent in a client assertion: non-empty printable text.
+macro_rules! printable_rule {
+    ($(#[$doc:meta])* $name:ident, $message:literal) => {
+        $(#[$doc])*
+        pub(super) struct $name;
+
+        impl Rule for $name {
+            type Value = String;
+            fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<String> {
+                let text = r.text(parent, key, value)?;
+                if text.is_empty() || text.chars().any(char::is_control) {
+                    r.bad(parent, key, $message);
+                    return None;
+                }
+                Some(text.to_string())
+            }
+        }
+    };
+}
+
+printable_rule!(
+    /// `key_id`: the `kid` of the client's key.
+    KeyId,
+    "key_id must be non-empty printable text"
+);
+printable_rule!(
+    /// `assertion_audience`: who the client's assertion is for.
+    Audience,
+    "assertion_audience must be non-empty printable text, such as the server's issuer or token URL"
+);
