@@ -625,15 +625,20 @@ async fn keep_leaves_the_current_token_in_place() {
     assert_eq!(sink.content().as_deref(), Some("tok1"));
 }
 
-fn journaled(fp: &str, secs: u64) -> Held {
-    let b = Budget::new(
+/// A budget of 10 live tokens, issuing one a second: what the adoption tests need.
+fn small_budget() -> Arc<Budget> {
+    Budget::new(
         "p",
         10,
         crate::budget::IssueRate {
             per_second: 1.0,
             burst: 1,
         },
-    );
+    )
+}
+
+fn journaled(fp: &str, secs: u64) -> Held {
+    let b = small_budget();
     Held {
         token: Secret::new(fp),
         fingerprint: fp.into(),
@@ -649,14 +654,7 @@ fn journaled(fp: &str, secs: u64) -> Held {
 #[tokio::test(start_paused = true)]
 async fn adopt_takes_handed_over_tokens_back_as_they_were() {
     let p = Mock::new(S(900));
-    let budget = Budget::new(
-        "p",
-        10,
-        crate::budget::IssueRate {
-            per_second: 1.0,
-            burst: 1,
-        },
-    );
+    let budget = small_budget();
     let (journal, _view) = Journal::memory();
     let now = crate::clock::now_wall();
     let entry = |fp: &str| Entry {
@@ -707,14 +705,7 @@ async fn adopt_takes_handed_over_tokens_back_as_they_were() {
 async fn adopt_judges_a_journaled_token_at_the_time_given() {
     let p = Mock::new(S(900));
     p.s.lock().unwrap().introspection = Some(Introspection::Active { remaining: None });
-    let budget = Budget::new(
-        "p",
-        10,
-        crate::budget::IssueRate {
-            per_second: 1.0,
-            burst: 1,
-        },
-    );
+    let budget = small_budget();
     let (journal, _view) = Journal::memory();
     // A fixed time, not the clock: the decisions must follow the time they are given.
     let issued = SystemTime::UNIX_EPOCH + S(1_800_000_000);
@@ -766,14 +757,7 @@ async fn adopt_revokes_what_the_clock_or_the_provider_calls_expired() {
     p.s.lock().unwrap().introspection = Some(Introspection::Active {
         remaining: Some(Duration::ZERO),
     });
-    let budget = Budget::new(
-        "p",
-        10,
-        crate::budget::IssueRate {
-            per_second: 1.0,
-            burst: 1,
-        },
-    );
+    let budget = small_budget();
     let (journal, _view) = Journal::memory();
     let now = crate::clock::now_wall();
     let entry = |fp: &str, expires_at: SystemTime, refresh_at: SystemTime| Entry {
