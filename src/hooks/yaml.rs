@@ -48,9 +48,7 @@ impl Rule for HookTimeout {
     type Value = Duration;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
         let why = ": a command needs time to run";
-        r.positive_duration(parent, key, Some(value), why)
-            .ok()
-            .flatten()
+        r.positive_duration(parent, key, value, why)
     }
 }
 
@@ -133,13 +131,8 @@ pub fn on_rotate(report: &mut Report, at: &str, raw: &RawOnRotate) -> Result<OnR
         None => None,
         Some(sig) => {
             let sig_at = join(at, "signal");
-            if sig.pidfile.is_none() {
-                report.missing(&sig_at, "pidfile", "the file holding the pid to signal");
-            }
-            let pidfile = report
-                .read(&sig_at, "pidfile", sig.pidfile.as_ref())
-                .ok()
-                .flatten();
+            let what = "the file holding the pid to signal";
+            let pidfile = report.required(&sig_at, "pidfile", sig.pidfile.as_ref(), what);
             let name = sig
                 .signal
                 .as_deref()

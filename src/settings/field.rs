@@ -49,4 +49,20 @@ impl Report {
         };
         R::read(self, parent, key, &field.value).map(Some).ok_or(())
     }
+
+    /// The value of `key` in the mapping at `parent`, which must be given: `what` says what
+    /// it is when it is missing.
+    pub(crate) fn required<R: Rule>(
+        &mut self,
+        parent: &str,
+        key: &str,
+        field: Option<&Field<R>>,
+        what: &str,
+    ) -> Option<R::Value> {
+        let Some(field) = field else {
+            self.missing(parent, key, what);
+            return None;
+        };
+        R::read(self, parent, key, &field.value)
+    }
 }

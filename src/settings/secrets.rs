@@ -49,11 +49,7 @@ impl Report {
         field: Option<&Field<SecretSource>>,
         what: &str,
     ) -> Option<SecretSource> {
-        let Some(field) = field else {
-            self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
-            return None;
-        };
-        let source = SecretSource::read(self, parent, key, field.value())?;
+        let source = self.required(parent, key, field, &format!("{what}: {SECRET_FORMS}"))?;
         self.secrets.push((join(parent, key), source.clone()));
         Some(source)
     }
@@ -66,11 +62,7 @@ impl Report {
         field: Option<&Field<Public>>,
         what: &str,
     ) -> Option<SecretSource> {
-        let Some(field) = field else {
-            self.missing(parent, key, &format!("{what}: {SECRET_FORMS}"));
-            return None;
-        };
-        Public::read(self, parent, key, field.value())
+        self.required(parent, key, field, &format!("{what}: {SECRET_FORMS}"))
     }
 
     fn secret_source(&mut self, parent: &str, key: &str, value: &Value) -> Option<SecretSource> {

@@ -74,14 +74,11 @@ impl Report {
         &mut self,
         parent: &str,
         key: &str,
-        value: Option<&str>,
+        value: &str,
         options: &[(&str, T)],
-    ) -> Checked<T> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
+    ) -> Option<T> {
         if let Some((_, choice)) = options.iter().find(|(name, _)| *name == value) {
-            return Ok(Some(choice.clone()));
+            return Some(choice.clone());
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
         self.bad(
@@ -89,27 +86,21 @@ impl Report {
             key,
             format!("{key} `{value}` must be one of {}", names.join(", ")),
         );
-        Err(())
+        None
     }
 
-    pub(crate) fn duration(
-        &mut self,
-        parent: &str,
-        key: &str,
-        value: Option<&Value>,
-    ) -> Checked<Duration> {
+    pub(crate) fn duration(&mut self, parent: &str, key: &str, value: &Value) -> Option<Duration> {
         match value {
-            None => Ok(None),
-            Some(Value::String(text)) => match humantime::parse_duration(text.trim()) {
+            Value::String(text) => match humantime::parse_duration(text.trim()) {
                 Ok(duration) if duration > MAX_DURATION => {
                     self.bad(
                         parent,
                         key,
                         format!("{key} `{text}` must be at most {MAX_DURATION_TEXT}"),
                     );
-                    Err(())
+                    None
                 }
-                Ok(duration) => Ok(Some(duration)),
+                Ok(duration) => Some(duration),
                 Err(err) => {
                     self.bad(
                         parent,
@@ -118,10 +109,10 @@ impl Report {
                             "{key} `{text}` is not a duration such as \"20s\" or \"15m\": {err}"
                         ),
                     );
-                    Err(())
+                    None
                 }
             },
-            Some(Value::Number(n)) => {
+            Value::Number(n) => {
                 self.bad(
                     parent,
                     key,
@@ -129,9 +120,9 @@ impl Report {
                         "{key} must be a duration with a unit, such as \"{n}s\", not a bare number"
                     ),
                 );
-                Err(())
+                None
             }
-            Some(other) => {
+            other => {
                 self.bad(
                     parent,
                     key,
@@ -140,7 +131,7 @@ impl Report {
                         describe(other)
                     ),
                 );
-                Err(())
+                None
             }
         }
     }
@@ -149,28 +140,26 @@ impl Report {
         &mut self,
         parent: &str,
         key: &str,
-        value: Option<&Value>,
+        value: &Value,
         why: &str,
-    ) -> Checked<Duration> {
-        match self.duration(parent, key, value) {
-            Ok(Some(duration)) if duration.is_zero() => {
-                self.bad(parent, key, format!("{key} must be more than 0s{why}"));
-                Err(())
-            }
-            other => other,
+    ) -> Option<Duration> {
+        let duration = self.duration(parent, key, value)?;
+        if duration.is_zero() {
+            self.bad(parent, key, format!("{key} must be more than 0s{why}"));
+            return None;
         }
+        Some(duration)
     }
 
     pub(crate) fn positive_integer(
         &mut self,
         parent: &str,
         key: &str,
-        value: Option<&Value>,
-    ) -> Checked<u64> {
+        value: &Value,
+    ) -> Option<u64> {
         match value {
-            None => Ok(None),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => Ok(n.as_u64()),
-            Some(other) => {
+            Value::Number(n) if n.as_u64().is_some_and(|n| n > 0) => n.as_u64(),
+            other => {
                 self.bad(
                     parent,
                     key,
@@ -179,16 +168,13 @@ impl Report {
                         describe(other)
                     ),
                 );
-                Err(())
+                None
             }
         }
     }
 
     /// `N/s`, `N/m` or `N/h` as tokens per second.
-    pub(crate) fn rate(&mut self, parent: &str, key: &str, value: Option<&Value>) -> Checked<f64> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
+    pub(crate) fn rate(&mut self, parent: &str, key: &str, value: &Value) -> Option<f64> {
         let parsed = value.as_str().and_then(|text| {
             let (n, unit) = text.trim().split_once('/')?;
             let n: f64 = n
@@ -205,28 +191,22 @@ impl Report {
             Some(n / per)
         });
         match parsed {
-            Some(rate) => Ok(Some(rate)),
+            Some(rate) => Some(rate),
             None => {
                 self.bad(
                     parent,
                     key,
                     format!("{key} must be a rate such as \"10/s\", \"120/m\" or \"1000/h\""),
                 );
-                Err(())
+                None
             }
         }
     }
 
-    pub(crate) fn percent(
-        &mut self,
-        parent: &str,
-        key: &str,
-        value: Option<&Value>,
-    ) -> Checked<f64> {
+    pub(crate) fn percent(&mut self, parent: &str, key: &str, value: &Value) -> Option<f64> {
         let value = match value {
-            None => return Ok(None),
-            Some(Value::String(text)) => text.trim(),
-            Some(Value::Number(n)) => {
+            Value::String(text) => text.trim(),
+            Value::Number(n) => {
                 let n = n.as_f64().unwrap_or(0.0);
                 let example = if (0.0..=1.0).contains(&n) {
                     n * 100.0
@@ -241,9 +221,9 @@ impl Report {
                         pct(example / 100.0)
                     ),
                 );
-                return Err(());
+                return None;
             }
-            Some(other) => {
+            other => {
                 self.bad(
                     parent,
                     key,
@@ -252,21 +232,21 @@ impl Report {
                         describe(other)
                     ),
                 );
-                return Err(());
+                return None;
             }
         };
         match value
             .strip_suffix('%')
             .and_then(|n| n.trim().parse::<f64>().ok())
         {
-            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n / 100.0)),
+            Some(n) if n.is_finite() && n >= 0.0 => Some(n / 100.0),
             _ => {
                 self.bad(
                     parent,
                     key,
                     format!("{key} `{value}` must be a percentage such as \"66%\" or \"12.5%\""),
                 );
-                Err(())
+                None
             }
         }
     }
@@ -313,7 +293,7 @@ pub struct AnyDuration;
 impl Rule for AnyDuration {
     type Value = Duration;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
-        r.duration(parent, key, Some(value)).ok().flatten()
+        r.duration(parent, key, value)
     }
 }
 
@@ -323,9 +303,7 @@ pub struct PositiveDuration;
 impl Rule for PositiveDuration {
     type Value = Duration;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
-        r.positive_duration(parent, key, Some(value), "")
-            .ok()
-            .flatten()
+        r.positive_duration(parent, key, value, "")
     }
 }
 
@@ -336,9 +314,7 @@ impl Rule for MinInterval {
     type Value = Duration;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<Duration> {
         let why = ": 0 would allow a tight issuing loop";
-        r.positive_duration(parent, key, Some(value), why)
-            .ok()
-            .flatten()
+        r.positive_duration(parent, key, value, why)
     }
 }
 
@@ -348,7 +324,7 @@ pub struct Count;
 impl Rule for Count {
     type Value = u64;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<u64> {
-        r.positive_integer(parent, key, Some(value)).ok().flatten()
+        r.positive_integer(parent, key, value)
     }
 }
 
@@ -358,7 +334,7 @@ pub struct Rate;
 impl Rule for Rate {
     type Value = f64;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<f64> {
-        r.rate(parent, key, Some(value)).ok().flatten()
+        r.rate(parent, key, value)
     }
 }
 
@@ -368,7 +344,7 @@ pub struct Percent;
 impl Rule for Percent {
     type Value = f64;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<f64> {
-        r.percent(parent, key, Some(value)).ok().flatten()
+        r.percent(parent, key, value)
     }
 }
 
@@ -386,7 +362,7 @@ impl<C: Choices> Rule for OneOf<C> {
     type Value = C::Value;
     fn read(r: &mut Report, parent: &str, key: &str, value: &Value) -> Option<C::Value> {
         let text = r.text(parent, key, value)?;
-        r.choice(parent, key, Some(text), C::NAMES).ok().flatten()
+        r.choice(parent, key, text, C::NAMES)
     }
 }
 

@@ -28,17 +28,8 @@ impl Checker<'_> {
             ),
             Some(_) => {}
         }
-        let address = match raw.address.as_ref() {
-            None => {
-                self.missing(
-                    &at,
-                    "address",
-                    "the store's URL, e.g. https://bao.internal:8200",
-                );
-                None
-            }
-            Some(a) => self.read(&at, "address", Some(a)).ok().flatten(),
-        };
+        let what = "the store's URL, e.g. https://bao.internal:8200";
+        let address = self.required(&at, "address", raw.address.as_ref(), what);
         let mount = self
             .read(&at, "mount", raw.mount.as_ref())
             .map(|m| m.unwrap_or_else(|| "secret".into()))
@@ -147,11 +138,8 @@ impl Checker<'_> {
             }
             Some(n) => Some(n.to_string()),
         };
-        if raw.path.is_none() {
-            let what = "the secret's path under the mount, e.g. tokenkeeper/NAME";
-            self.missing(at, "path", what);
-        }
-        let path = self.read(at, "path", raw.path.as_ref()).ok().flatten();
+        let what = "the secret's path under the mount, e.g. tokenkeeper/NAME";
+        let path = self.required(at, "path", raw.path.as_ref(), what);
         Some(SetStore {
             name: name?,
             path: path?,

@@ -445,10 +445,12 @@ impl Check<'_> {
 
     /// `client_id`, which every OAuth client has.
     fn client_id(&mut self, parent: &str, field: Option<&Field<ClientId>>) -> Option<String> {
-        if field.is_none() {
-            self.missing(parent, "client_id", "the OAuth client (application) id");
-        }
-        self.read(parent, "client_id", field).ok().flatten()
+        self.required(
+            parent,
+            "client_id",
+            field,
+            "the OAuth client (application) id",
+        )
     }
 }
 
