@@ -62,6 +62,25 @@ pub struct Config {
     pub ha: Option<HaConfig>,
 }
 
+impl Config {
+    /// Every secret the config names, by its key path (`providers.vf.app_token`).
+    pub fn secret_sources(&self) -> impl Iterator<Item = (String, &SecretSource)> {
+        let providers = self.providers.iter().flat_map(|(name, p)| {
+            let sources = p.kind.secret_sources();
+            sources
+                .into_iter()
+                .map(move |(key, source)| (format!("providers.{name}.{key}"), source))
+        });
+        let stores = self.stores.iter().flat_map(|(name, s)| {
+            let sources = s.auth.secret_sources();
+            sources
+                .into_iter()
+                .map(move |(key, source)| (format!("stores.{name}.{key}"), source))
+        });
+        providers.chain(stores)
+    }
+}
+
 /// A secrets store: HashiCorp Vault or OpenBao, KV version 2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
@@ -308,17 +327,10 @@ pub fn parse(text: &str, origin: &Path) -> Result<Loaded, ConfigError> {
 /// Check every secret the config names: it exists, is readable, and a file is not group- or
 /// world-readable. Returns (problems, warnings).
 pub fn check_secrets(config: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut sources = Vec::new();
-    for (name, provider) in &config.providers {
-        for (key, source) in provider.kind.secret_sources() {
-            sources.push((format!("providers.{name}.{key}"), source.clone()));
-        }
-    }
-    for (name, store) in &config.stores {
-        for (key, source) in store.auth.secret_sources() {
-            sources.push((format!("stores.{name}.{key}"), source.clone()));
-        }
-    }
+    let sources: Vec<(String, SecretSource)> = config
+        .secret_sources()
+        .map(|(at, source)| (at, source.clone()))
+        .collect();
     let (mut problems, warnings) = crate::settings::check_sources(&sources, None);
     problems.extend(crate::provider::yaml::check_client_keys(&config.providers));
     problems.extend(crate::provider::yaml::check_ca_files(&config.providers));

@@ -110,12 +110,8 @@ impl RunReport {
 
 /// Build every provider once, with the shared HTTP client.
 pub fn build_providers(config: &Config) -> Result<HashMap<String, Arc<Provider>>, DaemonError> {
-    let providers = config
-        .providers
-        .values()
-        .flat_map(|p| p.kind.secret_sources());
-    let stores = config.stores.values().flat_map(|s| s.auth.secret_sources());
-    crate::hooks::hide_secret_env(providers.chain(stores).map(|(_, source)| source));
+    // No hook inherits a variable the config reads a secret from.
+    crate::secret::hide_env_of(config.secret_sources().map(|(_, source)| source));
     let http = crate::provider::http_client().map_err(|source| DaemonError::Provider {
         name: "(http client)".into(),
         source,

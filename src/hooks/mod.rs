@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::secret::{SecretSource, hidden_env, hide_env_of};
+use crate::secret::hidden_env;
 use crate::status::SetReport;
 
 /// What to do after a set's new token is written. Every part is optional; all that are given
@@ -153,12 +153,6 @@ pub async fn finish(deadline: Instant) {
             abort.abort();
         }
     }
-}
-
-/// Keep the environment variables the config reads secrets from (`sources`) out of every
-/// hook's environment from now on.
-pub fn hide_secret_env<'a>(sources: impl IntoIterator<Item = &'a SecretSource>) {
-    hide_env_of(sources);
 }
 
 /// Run every hook of one set for the token `fingerprint`, in order, each failure logged.
