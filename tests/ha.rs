@@ -67,6 +67,19 @@ fn start(cfg: &Path) -> Daemon {
 
 const LEADING: &str = "leading: this instance holds the lease";
 
+/// What every test here starts from: a folder for the members, a real OpenBao, and a provider
+/// issuing 15-minute tokens.
+async fn group() -> (
+    tempfile::TempDir,
+    Bao,
+    tokenkeeper::devprovider::DevProvider,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Bao::start(dir.path()).await;
+    let p = provider(Duration::from_secs(900)).await;
+    (dir, b, p)
+}
+
 async fn store_tokens(b: &Bao) -> Vec<Option<String>> {
     let mut out = Vec::new();
     for s in SETS {
@@ -104,9 +117,7 @@ async fn status_shows(cfg: &Path, needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_hand_over_at_sigterm_and_the_last_one_revokes() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
     let mut a = start(&ca);
@@ -170,9 +181,7 @@ async fn two_instances_hand_over_at_sigterm_and_the_last_one_revokes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_survive_a_sigkill_and_a_sigterm_with_one_issuer_per_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let cfgs: Vec<_> = (0..3)
         .map(|n| instance_config(&p, &b, dir.path(), n))
         .collect();
@@ -241,9 +250,7 @@ const TAKEOVER_LIMIT: Duration = Duration::from_secs(4 * 2);
 /// record claiming years is no standby to hand over to: the daemon revokes at stop.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_claimed_far_ahead_is_believed_only_for_a_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ten_years_ms = 10 * 365 * 24 * 3600 * 1000_u64;
     let now_ms = u64::try_from(
         tokenkeeper::clock::now_wall()
@@ -306,9 +313,7 @@ const MEMBER_GONE_LIMIT: Duration = Duration::from_secs(5 * 2);
 /// not heartbeated for a few leases, and keeps its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_members_record_is_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let mut a = start(&instance_config(&p, &b, dir.path(), 0));
     a.wait_for_log(LEADING).await;
     let deadline = Instant::now() + PATIENCE;
@@ -416,9 +421,7 @@ async fn stored_tokens(b: &Bao, d: &Daemon) -> Vec<String> {
 /// Before the fix it revoked the new leader's tokens and removed its files.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
     let (mut a, served) = first_leader(&b, &ca).await;
@@ -511,9 +514,7 @@ async fn revoke_after_a_crash_leaves_the_new_leaders_tokens_live() {
 /// answers and no member serves them, it revokes them. Before the fix it revoked them blind.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_keeps_what_a_silent_store_cannot_vouch_for_until_it_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let (mut a, served) = first_leader(&b, &ca).await;
     a.signal(Signal::SIGKILL);
@@ -575,9 +576,7 @@ async fn store_settled(d: &Daemon) {
 /// `written_at`: four requests a set, and the refresh schedule moved.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_take_over_writes_no_unchanged_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let (mut a, served) = first_leader(&b, &instance_config(&p, &b, dir.path(), 0)).await;
     store_settled(&a).await;
     let before = store_metadata(&b).await;
@@ -639,9 +638,7 @@ fn apart(a: SystemTime, b: SystemTime) -> Duration {
 /// token's refresh when the first leader did, from the issue time the store keeps.
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_take_overs_keep_the_refresh_schedule() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     // Early in the lifetime and without jitter: a moved written time moves the refresh by nine
     // tenths of it, and the first leader's schedule is exactly what the store implies.
     let keys = "    refresh: { at: 10%, jitter: 0% }\n";
@@ -702,9 +699,7 @@ async fn repeated_take_overs_keep_the_refresh_schedule() {
 /// store: nothing is revoked or issued on the way, and its last stop revokes them all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_member_revokes_nothing_another_member_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let cb = instance_config(&p, &b, dir.path(), 1);
     let (mut a, served) = first_leader(&b, &ca).await;
@@ -748,9 +743,7 @@ async fn a_restarted_member_revokes_nothing_another_member_served() {
 /// escape sequence while the crashed leader's config is revoked.
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_names_a_leader_with_escape_sequences_escaped() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Bao::start(dir.path()).await;
-    let p = provider(Duration::from_secs(900)).await;
+    let (dir, b, p) = group().await;
     let ca = instance_config(&p, &b, dir.path(), 0);
     let (mut a, served) = first_leader(&b, &ca).await;
     a.signal(Signal::SIGKILL);
