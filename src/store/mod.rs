@@ -9,6 +9,7 @@
 mod ca;
 mod document;
 pub mod ha;
+mod io;
 mod kv2;
 pub mod standby;
 mod start;
@@ -90,13 +91,14 @@ impl Drop for KeeperGuard {
 
 impl Stores {
     /// One client per store in `config`. Reads `ca_file`s; logs in on first use. Must run
-    /// inside a tokio runtime (each store's login is kept fresh by a task).
+    /// inside a tokio runtime (each store's login is kept fresh by a task, on the stores' own
+    /// thread: see [`io`]).
     pub fn build(config: &Config) -> Result<Stores, StoreError> {
         let mut by_name = HashMap::new();
         let mut keepers = Vec::new();
         for (name, cfg) in &config.stores {
             let v = Arc::new(Vault::new(cfg)?);
-            keepers.push(tokio::spawn(Arc::clone(&v).keep_logged_in()));
+            keepers.push(io::spawn(Arc::clone(&v).keep_logged_in()));
             by_name.insert(name.clone(), v);
         }
         Ok(Stores {
@@ -263,7 +265,7 @@ impl StoreSink {
         });
         let (done_tx, done) = watch::channel(0);
         let health = Arc::new(health);
-        let writer = tokio::spawn(writer(
+        let writer = io::spawn(writer(
             Arc::clone(&vault),
             path.to_string(),
             set.name.clone(),

@@ -432,6 +432,9 @@ impl Vault {
             op,
             source,
         };
+        // Counted until the answer is read: the store thread gathers answers while more than
+        // one can come (see `io`).
+        let _in_flight = super::io::InFlight::start();
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         // Read with the cap, not whole then measured: a store sending without end must not
