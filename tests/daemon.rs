@@ -54,6 +54,13 @@ async fn first_issuance_writes_every_file_with_exact_mode_and_format_then_sigter
     let all_there = wait_until(PATIENCE, || files.iter().all(|(_, _, f, _)| f.exists())).await;
     assert!(all_there, "files not written; output:\n{}", d.output());
 
+    // Without a store, no thread is started for one (see src/store/io.rs).
+    let threads = d.threads();
+    assert!(
+        !threads.is_empty() && !threads.iter().any(|t| t == "tk-store-io"),
+        "{threads:?}"
+    );
+
     assert_eq!(mode(&out), 0o750);
     assert_eq!(mode(&files[0].2), 0o640);
     assert_eq!(mode(&files[1].2), 0o600);

@@ -79,6 +79,9 @@ async fn file_and_store_hold_the_token_and_stop_removes_and_destroys_it() {
         "{}",
         d.output()
     );
+    // The store's requests run on a thread of their own (src/store/io.rs).
+    let threads = d.threads();
+    assert!(threads.iter().any(|t| t == "tk-store-io"), "{threads:?}");
     let (version, data) = b.read("tokenkeeper/orders").await.unwrap();
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["set"], "orders");

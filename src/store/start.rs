@@ -104,6 +104,10 @@ impl Stores {
         config: &Config,
         budget: Duration,
     ) -> (Vec<Entry>, HashSet<String>) {
+        if self.by_name.is_empty() {
+            // No store: no thread started for nothing (see `io`).
+            return (Vec::new(), HashSet::new());
+        }
         let (stores, owned) = (self.clone(), config.clone());
         match super::io::spawn(async move { stores.entries_here(&owned, budget).await }).await {
             Ok(found) => found,
