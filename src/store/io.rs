@@ -1,6 +1,7 @@
-//! The stores' own thread: the sets' store writers, the store logins and the start's look at
-//! the stores run on one thread of their own, with a single-threaded runtime, and not on the
-//! daemon's workers.
+//! The stores' own thread: the sets' store writers and the store logins run on one thread of
+//! their own, with a single-threaded runtime, and not on the daemon's workers. (The start's
+//! look at the stores, two requests at a fresh start, stays on the daemon's runtime: moving it
+//! here meant a copy of the whole config.)
 //!
 //! Why: a store such as OpenBao answers a request about every half millisecond when it is
 //! busy, so its answers come one by one, each to a daemon that is idle by then. On the

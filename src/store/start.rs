@@ -98,29 +98,6 @@ impl Stores {
 
     /// Tokens the stores hold for the configured sets, as journal entries, so that an
     /// instance taking over (HA) or starting on a new machine reuses them instead of issuing.
-    /// Their reads run on the stores' own thread, like the writers after them (see `io`).
-    pub async fn entries(
-        &self,
-        config: &Config,
-        budget: Duration,
-    ) -> (Vec<Entry>, HashSet<String>) {
-        if self.by_name.is_empty() {
-            // No store: no thread started for nothing (see `io`).
-            return (Vec::new(), HashSet::new());
-        }
-        let (stores, owned) = (self.clone(), config.clone());
-        match super::io::spawn(async move { stores.entries_here(&owned, budget).await }).await {
-            Ok(found) => found,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Never aborted; were it, nothing was read in time: each set issues its own.
-            Err(_) => {
-                let unread = config.sets.iter().filter(|s| s.store.is_some());
-                (Vec::new(), unread.map(|s| s.name.clone()).collect())
-            }
-        }
-    }
-
-    /// [`entries`](Self::entries), on the caller's runtime.
     ///
     /// Every folder is listed at once, and the paths the LISTs name are read at once (within
     /// each store's `max_concurrent_requests`); the start waits at most `budget` for them all:
@@ -128,7 +105,7 @@ impl Stores {
     /// so a store that hangs delays no token file by more than `budget` (never a store timeout
     /// per set). What each look found is kept for the set's writer. Returns the entries, and
     /// the names of the sets left out.
-    async fn entries_here<'a>(
+    pub async fn entries<'a>(
         &'a self,
         config: &'a Config,
         budget: Duration,
