@@ -371,20 +371,17 @@ async fn renew_mode_renews_the_latest_access_token_and_keeps_it() {
     assert_eq!(p.store.load().unwrap().unwrap().1.expose(), "EAAAr2");
 }
 
+/// `body` as a 200 answer to `op`, read now.
+fn answer_200(op: &'static str, body: &[u8]) -> Result<TokenAnswer, ProviderError> {
+    parse_token_answer(op, 200, None, body, None, crate::clock::now_wall())
+}
+
 /// A 200 whose access token is unusable still hands back the refresh token: the old one may
 /// already be spent, so the caller must be able to save the new one before failing.
 #[test]
 fn a_bad_access_token_still_hands_back_the_refresh_token() {
     let body = br#"{"access_token":"bad token","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z","refresh_token":"EQAAnext"}"#;
-    let answer = parse_token_answer(
-        "ObtainToken",
-        200,
-        None,
-        body,
-        None,
-        crate::clock::now_wall(),
-    )
-    .unwrap();
+    let answer = answer_200("ObtainToken", body).unwrap();
     assert_eq!(
         answer.refresh_token.as_ref().map(Secret::expose),
         Some("EQAAnext")
@@ -405,14 +402,7 @@ fn a_refresh_token_square_would_not_issue_fails_the_answer() {
             "refresh_token": refresh,
         })
         .to_string();
-        parse_token_answer(
-            "ObtainToken",
-            200,
-            None,
-            body.as_bytes(),
-            None,
-            crate::clock::now_wall(),
-        )
+        answer_200("ObtainToken", body.as_bytes())
     };
     let longest = "E".repeat(1024);
     for good in ["EQ", "EQAAnext", "EQAA-._~+/abc==", longest.as_str()] {
@@ -446,15 +436,7 @@ fn a_refresh_token_square_would_not_issue_fails_the_answer() {
     // No refresh token at all is fine: RenewToken answers carry none.
     let body =
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2025-05-03T18:31:06Z"}"#;
-    let a = parse_token_answer(
-        "RenewToken",
-        200,
-        None,
-        body,
-        None,
-        crate::clock::now_wall(),
-    )
-    .unwrap();
+    let a = answer_200("RenewToken", body).unwrap();
     assert!(a.refresh_token.is_none());
 }
 
@@ -503,15 +485,7 @@ fn refused_access_tokens_are_carried_for_revocation() {
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"soon"}"#,
         br#"{"access_token":"EAAAone","token_type":"bearer","expires_at":"2000-01-01T00:00:00Z"}"#,
     ] {
-        let a = parse_token_answer(
-            "RenewToken",
-            200,
-            None,
-            body,
-            None,
-            crate::clock::now_wall(),
-        )
-        .unwrap();
+        let a = answer_200("RenewToken", body).unwrap();
         let e = a.access.unwrap_err();
         assert_eq!(e.minted().map(Secret::expose), Some("EAAAone"), "{e}");
         assert!(!format!("{e} {e:?}").contains("EAAAone"), "{e:?}");
@@ -529,28 +503,14 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
         r#"{"access_token":"EAAAmint","errors":"none"}"#,
         r#"{"access_token":"EAAAmint","refresh_token":5}"#,
     ] {
-        let e = parse_token_answer(
-            "ObtainToken",
-            200,
-            None,
-            body.as_bytes(),
-            None,
-            crate::clock::now_wall(),
-        )
-        .err()
-        .or_else(|| {
-            parse_token_answer(
-                "ObtainToken",
-                200,
-                None,
-                body.as_bytes(),
-                None,
-                crate::clock::now_wall(),
-            )
-            .ok()
-            .and_then(|a| a.access.err())
-        })
-        .unwrap_or_else(|| panic!("{body} accepted"));
+        let e = answer_200("ObtainToken", body.as_bytes())
+            .err()
+            .or_else(|| {
+                answer_200("ObtainToken", body.as_bytes())
+                    .ok()
+                    .and_then(|a| a.access.err())
+            })
+            .unwrap_or_else(|| panic!("{body} accepted"));
         assert_eq!(
             e.minted().map(Secret::expose),
             Some("EAAAmint"),
@@ -560,16 +520,9 @@ fn every_token_in_a_malformed_answer_is_carried_for_revocation() {
     }
     // No token, or not a string: nothing to carry.
     for body in [r#"{"access_token":7}"#, r#"{"errors":[{"code":"X"}]}"#, "{"] {
-        let e = parse_token_answer(
-            "ObtainToken",
-            200,
-            None,
-            body.as_bytes(),
-            None,
-            crate::clock::now_wall(),
-        )
-        .err()
-        .unwrap_or_else(|| panic!("{body} accepted"));
+        let e = answer_200("ObtainToken", body.as_bytes())
+            .err()
+            .unwrap_or_else(|| panic!("{body} accepted"));
         assert!(e.minted().is_none(), "{body}: {e:?}");
     }
 }
