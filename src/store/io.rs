@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 /// store requests are in flight. OpenBao on 2 vCPUs answered about 1.8 writes a millisecond
 /// at 1,000 sets, so 2 ms gathers three or four answers a wake-up; it adds at most 2 ms to a
 /// request, against a store timeout of seconds and a token lifetime of minutes to hours.
-pub(crate) const BATCH_PAUSE: Duration = Duration::from_millis(2);
+const BATCH_PAUSE: Duration = Duration::from_millis(2);
 
 /// Store requests in flight, across every store: the pause is only worth it when more than
 /// one answer can come.
@@ -58,13 +58,8 @@ impl Drop for InFlight {
     }
 }
 
-/// Store requests in flight now.
-pub(crate) fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
-}
-
 /// How long the store thread pauses before it sleeps with `in_flight` requests under way.
-pub(crate) fn pause_before_sleep(in_flight: usize) -> Option<Duration> {
+fn pause_before_sleep(in_flight: usize) -> Option<Duration> {
     (in_flight >= 2).then_some(BATCH_PAUSE)
 }
 
@@ -88,7 +83,7 @@ fn store_runtime() -> Option<&'static Handle> {
 /// then all taken at the next wake-up. Nothing else runs on this thread.
 #[allow(clippy::disallowed_methods)] // the store thread's own pause, not a worker's
 fn pause() {
-    if let Some(pause) = pause_before_sleep(in_flight()) {
+    if let Some(pause) = pause_before_sleep(IN_FLIGHT.load(Ordering::Relaxed)) {
         std::thread::sleep(pause);
     }
 }
